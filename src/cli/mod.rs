@@ -1,0 +1,44 @@
+//! Command-line interface: clap derive, one file per verb. Verbs stay thin and call into the
+//! library; only this module and `main.rs` use `anyhow`.
+
+use clap::{Parser, Subcommand};
+
+mod datastore;
+
+/// k8sd turns Linux machines into a Kubernetes cluster.
+#[derive(Debug, Parser)]
+#[command(name = "k8sd", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the etcd-compatible datastore on its own (accepts etcd's core flags).
+    Datastore(datastore::DatastoreArgs),
+}
+
+/// Parse the process arguments and run the chosen verb.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Datastore(args) => datastore::run(args),
+    }
+}
+
+/// Exit codes: 1 for any failure, 2 for usage errors (clap exits with 2 itself).
+pub fn exit_code(_err: &anyhow::Error) -> u8 {
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1 @@
+//! Local OCI image tarballs (filled in by the Kubernetes components work).

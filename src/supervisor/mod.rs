@@ -1,0 +1,1 @@
+//! Supervisor of child processes (filled in by the supervisor work).
