@@ -1,1 +1,18 @@
-//! datastore
+//! The datastore: an MVCC key-value store on SQLite with etcd's semantics.
+//!
+//! It is a deterministic state machine: `Store::apply_batch` takes commands in log order and
+//! assigns revisions, and `Reader` serves reads from WAL snapshots. It knows nothing about
+//! gRPC, protobuf, async runtimes or Raft; those live in `etcd` and `node`. Plain `#[test]`s
+//! cover it.
+
+pub mod error;
+pub mod mvcc;
+mod sql;
+pub mod types;
+
+pub use error::StoreError;
+pub use mvcc::{Durability, LogPosition, Meta, ReadView, Reader, Store, execute_range, validate_txn};
+pub use types::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,53 @@
+//! Datastore errors. Each variant that a client can cause maps to one exact etcd error in
+//! `etcd/status.rs`; `Sqlite` and `Io` are fatal to the store.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mvcc: required revision has been compacted (requested {requested}, compacted {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("mvcc: required revision is a future revision (requested {requested}, current {current})")]
+    FutureRevision { requested: i64, current: i64 },
+    #[error("requested lease not found: {0:x}")]
+    LeaseNotFound(i64),
+    #[error("lease already exists: {0:x}")]
+    LeaseExists(i64),
+    #[error("too large lease TTL: {0}")]
+    LeaseTtlTooLarge(i64),
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("value is provided")]
+    ValueProvided,
+    #[error("lease is provided")]
+    LeaseProvided,
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("too many operations in txn request ({ops} > {max})")]
+    TooManyOps { ops: usize, max: usize },
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("sqlite error on {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot open the datastore at {path}: {reason}; move the directory aside and rejoin, or restore a backup")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Fatal errors mean the store can no longer be trusted; the node must stop applying.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StoreError::Sqlite { .. } | StoreError::Corrupt { .. } | StoreError::Io { .. })
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

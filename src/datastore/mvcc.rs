@@ -1,0 +1,703 @@
+//! The MVCC state machine over SQLite: one writer that applies commands, and readers.
+//!
+//! Invariants kept here:
+//! - Revisions are dense and assigned only here: a command that changes at least one key takes
+//!   `current_rev + 1`, and every change inside it takes the next sub-revision. Failed compares,
+//!   read-only commands, lease grants and compactions consume no revision (contract T2, T3, S3).
+//! - A batch of commands is applied in one SQLite transaction that also records the applied log
+//!   position, so replaying from the last applied entry after a crash is exact (S4).
+//! - A command that fails with a client error is rolled back to its savepoint and changes
+//!   nothing; the rest of the batch still applies.
+//! - Only the writer connection writes; readers use WAL snapshots, so no write path can see
+//!   SQLITE_BUSY from a reader (do-not-repeat rule D5).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::error::{Result, StoreError};
+use super::sql::{self, SCHEMA, SCHEMA_VERSION, latest_kv, meta_get, meta_set};
+use super::types::*;
+
+/// Largest TTL a lease may ask for (etcd's `MaxLeaseTTL`).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// Smallest TTL granted; shorter requests are raised to it, as etcd does with its default
+/// election timeout (ceil(1.5 * election timeout)).
+pub const MIN_LEASE_TTL: i64 = 2;
+/// Most operations in one Txn (etcd's `--max-txn-ops` default).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// How hard the writer pushes commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the WAL at every commit. Used when the store itself is the only durable record
+    /// (a standalone store without a separate replicated log).
+    Full,
+    /// No fsync per commit; a crash may lose the tail, which is replayed from the durable log.
+    Normal,
+}
+
+/// The store's metadata, cached by the writer and written in every apply transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub current_rev: i64,
+    pub compact_rev: i64,
+    pub physical_compact_rev: i64,
+    pub next_lease_id: i64,
+    pub applied_index: u64,
+    pub applied_term: u64,
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+/// A position in the replicated log; the store records the last one it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogPosition {
+    pub index: u64,
+    pub term: u64,
+}
+
+fn sq<T>(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite { path: path.to_path_buf(), source }
+}
+
+/// Keep i64 <-> u64 conversions for ids and indexes in one place.
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The writer: owns the only read-write connection.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    meta: Meta,
+}
+
+fn configure(conn: &Connection, path: &Path) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq::<()>(path))?;
+    conn.pragma_update(None, "foreign_keys", false).map_err(sq::<()>(path))?;
+    conn.pragma_update(None, "cache_size", -16_000).map_err(sq::<()>(path))?;
+    Ok(())
+}
+
+impl Store {
+    /// Open (or create) the store file. A new store starts empty at revision 1.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+        let conn = Connection::open(path).map_err(sq::<()>(path))?;
+        configure(&conn, path)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0)).map_err(sq::<()>(path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt { path: path.into(), reason: format!("cannot enable WAL (got {mode})") });
+        }
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync).map_err(sq::<()>(path))?;
+        conn.execute_batch(SCHEMA).map_err(sq::<()>(path))?;
+        let version = meta_get(&conn, "schema_version").map_err(sq::<()>(path))?;
+        match version {
+            None => Self::initialise(&conn, path)?,
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt {
+                    path: path.into(),
+                    reason: format!("schema version {v} is newer than this k8sd understands ({SCHEMA_VERSION}); upgrade k8sd"),
+                });
+            }
+        }
+        let meta = Self::load_meta(&conn, path)?;
+        Ok(Store { conn, path: path.to_path_buf(), meta })
+    }
+
+    fn initialise(conn: &Connection, path: &Path) -> Result<()> {
+        let member_id: u64 = rand::random::<u64>() >> 1 | 1;
+        let cluster_id: u64 = rand::random::<u64>() >> 1 | 1;
+        // Lease ids start at a random base so ids from different clusters rarely collide in
+        // logs; after that they only grow, so an id is never reused.
+        let lease_base: i64 = i64::from(rand::random::<u32>() >> 1) << 24 | 1;
+        let init = [
+            ("schema_version", SCHEMA_VERSION),
+            ("current_rev", 1),
+            ("compact_rev", 0),
+            ("physical_compact_rev", 0),
+            ("next_lease_id", lease_base),
+            ("applied_index", 0),
+            ("applied_term", 0),
+            ("member_id", to_i64(member_id)),
+            ("cluster_id", to_i64(cluster_id)),
+        ];
+        for (k, v) in init {
+            meta_set(conn, k, v).map_err(sq::<()>(path))?;
+        }
+        Ok(())
+    }
+
+    fn load_meta(conn: &Connection, path: &Path) -> Result<Meta> {
+        let get = |name: &str| -> Result<i64> {
+            meta_get(conn, name).map_err(sq::<()>(path))?.ok_or_else(|| StoreError::Corrupt {
+                path: path.into(),
+                reason: format!("metadata row {name} is missing"),
+            })
+        };
+        Ok(Meta {
+            current_rev: get("current_rev")?,
+            compact_rev: get("compact_rev")?,
+            physical_compact_rev: get("physical_compact_rev")?,
+            next_lease_id: get("next_lease_id")?,
+            applied_index: to_u64(get("applied_index")?),
+            applied_term: to_u64(get("applied_term")?),
+            member_id: to_u64(get("member_id")?),
+            cluster_id: to_u64(get("cluster_id")?),
+        })
+    }
+
+    pub fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open a reader on the same file.
+    pub fn reader(&self) -> Result<Reader> {
+        Reader::open(&self.path)
+    }
+
+    /// Apply a batch of commands in one transaction. Returns one result per command and the
+    /// events produced, in revision order. A fatal error aborts the whole batch.
+    pub fn apply_batch(
+        &mut self,
+        cmds: &[(LogPosition, &Command)],
+    ) -> Result<(Vec<Result<CommandOutput>>, Vec<Event>)> {
+        let path = self.path.clone();
+        let mut tx = self.conn.transaction().map_err(sq::<()>(&path))?;
+        let mut meta = self.meta;
+        let mut outputs = Vec::with_capacity(cmds.len());
+        let mut events = Vec::new();
+        for (pos, cmd) in cmds {
+            let mut sp = tx.savepoint().map_err(sq::<()>(&path))?;
+            let mut next = meta;
+            let mut cmd_events = Vec::new();
+            match apply_one(&sp, &path, &mut next, cmd, &mut cmd_events) {
+                Ok(out) => {
+                    sp.commit().map_err(sq::<()>(&path))?;
+                    meta = next;
+                    events.append(&mut cmd_events);
+                    outputs.push(Ok(out));
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    sp.rollback().map_err(sq::<()>(&path))?;
+                    drop(sp);
+                    outputs.push(Err(e));
+                }
+            }
+            meta.applied_index = pos.index;
+            meta.applied_term = pos.term;
+        }
+        write_meta(&tx, &path, &meta)?;
+        tx.commit().map_err(sq::<()>(&path))?;
+        self.meta = meta;
+        Ok((outputs, events))
+    }
+
+    /// Physically delete history below the compaction revision, at most `budget` revisions
+    /// per call so that apply batches interleave. Returns true while work remains.
+    pub fn compact_step(&mut self, budget: i64) -> Result<bool> {
+        let target = self.meta.compact_rev;
+        let from = self.meta.physical_compact_rev;
+        if from >= target {
+            return Ok(false);
+        }
+        let hi = (from + budget.max(1)).min(target);
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq::<()>(&path))?;
+        // Keep, for every key, its newest row at or below the compaction revision, unless that
+        // row is a tombstone older than the compaction revision. A tombstone exactly at the
+        // compaction revision stays, so a watch from that revision replays it (etcd#19179).
+        tx.execute(
+            "DELETE FROM kv WHERE rev > ?1 AND rev <= ?2 AND (
+                 (deleted = 1 AND rev < ?3)
+                 OR EXISTS (SELECT 1 FROM kv AS n WHERE n.key = kv.key AND n.rev > kv.rev AND n.rev <= ?3))",
+            params![from, hi, target],
+        )
+        .map_err(sq::<()>(&path))?;
+        meta_set(&tx, "physical_compact_rev", hi).map_err(sq::<()>(&path))?;
+        tx.commit().map_err(sq::<()>(&path))?;
+        self.meta.physical_compact_rev = hi;
+        if hi >= target {
+            // Let the WAL shrink now that a large delete is done; passive never blocks readers.
+            let _ = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+        Ok(hi < target)
+    }
+}
+
+fn write_meta(conn: &Connection, path: &Path, m: &Meta) -> Result<()> {
+    let rows = [
+        ("current_rev", m.current_rev),
+        ("compact_rev", m.compact_rev),
+        ("next_lease_id", m.next_lease_id),
+        ("applied_index", to_i64(m.applied_index)),
+        ("applied_term", to_i64(m.applied_term)),
+    ];
+    for (k, v) in rows {
+        meta_set(conn, k, v).map_err(sq::<()>(path))?;
+    }
+    Ok(())
+}
+
+/// Check a Txn's shape before it is proposed: etcd's `checkTxnRequest` and `checkIntervals`.
+pub fn validate_txn(txn: &TxnRequest) -> Result<()> {
+    let ops = txn.success.len().max(txn.failure.len());
+    if ops > MAX_TXN_OPS {
+        return Err(StoreError::TooManyOps { ops, max: MAX_TXN_OPS });
+    }
+    for c in &txn.compare {
+        if c.range.key.is_empty() {
+            return Err(StoreError::EmptyKey);
+        }
+    }
+    for branch in [&txn.success, &txn.failure] {
+        let mut puts: Vec<&[u8]> = Vec::new();
+        let mut dels: Vec<&KeyRange> = Vec::new();
+        collect_writes(branch, &mut puts, &mut dels)?;
+        for (i, p) in puts.iter().enumerate() {
+            if puts[i + 1..].contains(p) {
+                return Err(StoreError::DuplicateKey);
+            }
+            if dels.iter().any(|d| d.contains(p)) {
+                return Err(StoreError::DuplicateKey);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn collect_writes<'a>(ops: &'a [Op], puts: &mut Vec<&'a [u8]>, dels: &mut Vec<&'a KeyRange>) -> Result<()> {
+    for op in ops {
+        match op {
+            Op::Range(r) if r.range.key.is_empty() => return Err(StoreError::EmptyKey),
+            Op::Range(_) => {}
+            Op::Put(p) => {
+                if p.key.is_empty() {
+                    return Err(StoreError::EmptyKey);
+                }
+                if p.ignore_value && !p.value.is_empty() {
+                    return Err(StoreError::ValueProvided);
+                }
+                if p.ignore_lease && p.lease != 0 {
+                    return Err(StoreError::LeaseProvided);
+                }
+                puts.push(&p.key);
+            }
+            Op::Delete(d) if d.range.key.is_empty() => return Err(StoreError::EmptyKey),
+            Op::Delete(d) => dels.push(&d.range),
+            Op::Txn(t) => {
+                // A nested txn's writes count towards the enclosing branch, from either of its
+                // branches, since either may run.
+                validate_txn(t)?;
+                collect_writes(&t.success, puts, dels)?;
+                collect_writes(&t.failure, puts, dels)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mutable state of one command while it applies: the revision it will take if it writes and
+/// the next sub-revision.
+struct WriteCtx<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    rev: i64,
+    sub: i64,
+    events: &'a mut Vec<Event>,
+}
+
+fn apply_one(conn: &Connection, path: &Path, meta: &mut Meta, cmd: &Command, events: &mut Vec<Event>) -> Result<CommandOutput> {
+    let mut ctx = WriteCtx { conn, path, rev: meta.current_rev + 1, sub: 0, events };
+    match cmd {
+        Command::Txn(txn) => {
+            let result = apply_txn(&mut ctx, meta, txn)?;
+            if ctx.sub > 0 {
+                meta.current_rev = ctx.rev;
+            }
+            Ok(CommandOutput::Txn { revision: meta.current_rev, result })
+        }
+        Command::Compact { revision } => {
+            if *revision <= meta.compact_rev {
+                return Err(StoreError::Compacted { requested: *revision, compacted: meta.compact_rev });
+            }
+            if *revision > meta.current_rev {
+                return Err(StoreError::FutureRevision { requested: *revision, current: meta.current_rev });
+            }
+            meta.compact_rev = *revision;
+            Ok(CommandOutput::Compact { revision: meta.current_rev })
+        }
+        Command::LeaseGrant { id, ttl } => {
+            if *ttl > MAX_LEASE_TTL {
+                return Err(StoreError::LeaseTtlTooLarge(*ttl));
+            }
+            let ttl = (*ttl).max(MIN_LEASE_TTL);
+            let id = if *id == 0 {
+                let mut candidate = meta.next_lease_id;
+                while lease_exists(conn, path, candidate)? {
+                    candidate += 1;
+                }
+                meta.next_lease_id = candidate + 1;
+                candidate
+            } else if lease_exists(conn, path, *id)? {
+                return Err(StoreError::LeaseExists(*id));
+            } else {
+                *id
+            };
+            conn.prepare_cached("INSERT INTO leases (id, ttl) VALUES (?, ?)")
+                .and_then(|mut s| s.execute(params![id, ttl]))
+                .map_err(sq::<()>(path))?;
+            Ok(CommandOutput::LeaseGrant { revision: meta.current_rev, id, ttl })
+        }
+        Command::LeaseRevoke { id } => {
+            if !lease_exists(conn, path, *id)? {
+                return Err(StoreError::LeaseNotFound(*id));
+            }
+            let keys: Vec<Vec<u8>> = conn
+                .prepare_cached("SELECT key FROM lease_keys WHERE lease = ? ORDER BY key")
+                .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
+                .map_err(sq::<()>(path))?;
+            for key in keys {
+                delete_range(&mut ctx, &KeyRange::single(key), false)?;
+            }
+            conn.execute("DELETE FROM leases WHERE id = ?", [id]).map_err(sq::<()>(path))?;
+            conn.execute("DELETE FROM lease_keys WHERE lease = ?", [id]).map_err(sq::<()>(path))?;
+            if ctx.sub > 0 {
+                meta.current_rev = ctx.rev;
+            }
+            Ok(CommandOutput::LeaseRevoke { revision: meta.current_rev })
+        }
+    }
+}
+
+fn lease_exists(conn: &Connection, path: &Path, id: i64) -> Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM leases WHERE id = ?")
+        .and_then(|mut s| s.exists([id]))
+        .map_err(sq::<()>(path))
+}
+
+fn apply_txn(ctx: &mut WriteCtx<'_>, meta: &Meta, txn: &TxnRequest) -> Result<TxnResult> {
+    let mut succeeded = true;
+    for c in &txn.compare {
+        if !compare(ctx.conn, ctx.path, c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { &txn.success } else { &txn.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let r = match op {
+            Op::Range(req) => {
+                // Reads inside a write see the writes made earlier in the same Txn, like etcd.
+                let current = if ctx.sub > 0 { ctx.rev } else { meta.current_rev };
+                OpResult::Range(execute_range(ctx.conn, ctx.path, req, current, meta.compact_rev)?)
+            }
+            Op::Put(req) => put(ctx, req)?,
+            Op::Delete(req) => delete_range(ctx, &req.range, req.prev_kv)?,
+            Op::Txn(inner) => OpResult::Txn(apply_txn(ctx, meta, inner)?),
+        };
+        responses.push(r);
+    }
+    Ok(TxnResult { succeeded, responses })
+}
+
+fn compare(conn: &Connection, path: &Path, c: &Compare) -> Result<bool> {
+    let kvs = if c.range.is_single() {
+        latest_kv(conn, &c.range.key).map_err(sq::<()>(path))?.into_iter().collect::<Vec<_>>()
+    } else {
+        sql::range_rows(conn, &c.range, 0, true, 0, false, false).map_err(sq::<()>(path))?.0
+    };
+    if kvs.is_empty() {
+        // etcd compares a missing key as the zero KeyValue, except that a value compare fails.
+        if matches!(c.target, CompareTarget::Value(_)) {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match &c.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Create(v) => kv.create_revision.cmp(v),
+        CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+fn put(ctx: &mut WriteCtx<'_>, req: &PutRequest) -> Result<OpResult> {
+    let (conn, path) = (ctx.conn, ctx.path);
+    let prev = latest_kv(conn, &req.key).map_err(sq::<()>(path))?;
+    if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+        return Err(StoreError::KeyNotFound);
+    }
+    let lease = match (&prev, req.ignore_lease) {
+        (Some(p), true) => p.lease,
+        _ => req.lease,
+    };
+    if lease != 0 && !lease_exists(conn, path, lease)? {
+        return Err(StoreError::LeaseNotFound(lease));
+    }
+    let value = match (&prev, req.ignore_value) {
+        (Some(p), true) => p.value.clone(),
+        _ => req.value.clone(),
+    };
+    let (rev, sub) = (ctx.rev, ctx.sub);
+    ctx.sub += 1;
+    let kv = KeyValue {
+        key: req.key.clone(),
+        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+        mod_revision: rev,
+        version: prev.as_ref().map_or(1, |p| p.version + 1),
+        value,
+        lease,
+    };
+    insert_row(conn, path, rev, sub, &kv, false, prev.as_ref())?;
+    conn.prepare_cached("INSERT INTO latest (key, rev, sub) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET rev = ?2, sub = ?3")
+        .and_then(|mut s| s.execute(params![kv.key, rev, sub]))
+        .map_err(sq::<()>(path))?;
+    let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+    if prev_lease != 0 && prev_lease != lease {
+        detach(conn, path, prev_lease, &kv.key)?;
+    }
+    if lease != 0 && lease != prev_lease {
+        conn.prepare_cached("INSERT OR IGNORE INTO lease_keys (lease, key) VALUES (?, ?)")
+            .and_then(|mut s| s.execute(params![lease, kv.key]))
+            .map_err(sq::<()>(path))?;
+    }
+    ctx.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev.clone() });
+    Ok(OpResult::Put { prev_kv: if req.prev_kv { prev } else { None } })
+}
+
+fn delete_range(ctx: &mut WriteCtx<'_>, range: &KeyRange, want_prev: bool) -> Result<OpResult> {
+    let (conn, path) = (ctx.conn, ctx.path);
+    let (victims, _) = sql::range_rows(conn, range, 0, true, 0, false, false).map_err(sq::<()>(path))?;
+    let deleted = i64::try_from(victims.len()).unwrap_or(i64::MAX);
+    for prev in &victims {
+        let (rev, sub) = (ctx.rev, ctx.sub);
+        ctx.sub += 1;
+        let tomb = KeyValue { key: prev.key.clone(), mod_revision: rev, ..KeyValue::default() };
+        insert_row(conn, path, rev, sub, &tomb, true, Some(prev))?;
+        conn.prepare_cached("DELETE FROM latest WHERE key = ?")
+            .and_then(|mut s| s.execute([&prev.key]))
+            .map_err(sq::<()>(path))?;
+        if prev.lease != 0 {
+            detach(conn, path, prev.lease, &prev.key)?;
+        }
+        ctx.events.push(Event { kind: EventKind::Delete, kv: tomb, prev_kv: Some(prev.clone()) });
+    }
+    Ok(OpResult::Delete { deleted, prev_kvs: if want_prev { victims } else { Vec::new() } })
+}
+
+fn detach(conn: &Connection, path: &Path, lease: i64, key: &[u8]) -> Result<()> {
+    conn.prepare_cached("DELETE FROM lease_keys WHERE lease = ? AND key = ?")
+        .and_then(|mut s| s.execute(params![lease, key]))
+        .map_err(sq::<()>(path))?;
+    Ok(())
+}
+
+fn insert_row(
+    conn: &Connection,
+    path: &Path,
+    rev: i64,
+    sub: i64,
+    kv: &KeyValue,
+    deleted: bool,
+    prev: Option<&KeyValue>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO kv (rev, sub, key, create_rev, version, lease, value, deleted,
+                         prev_rev, prev_create_rev, prev_version, prev_lease, prev_value)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            rev,
+            sub,
+            kv.key,
+            kv.create_revision,
+            kv.version,
+            kv.lease,
+            kv.value,
+            i64::from(deleted),
+            prev.map_or(0, |p| p.mod_revision),
+            prev.map_or(0, |p| p.create_revision),
+            prev.map_or(0, |p| p.version),
+            prev.map_or(0, |p| p.lease),
+            prev.map(|p| p.value.as_slice()),
+        ])
+    })
+    .map_err(sq::<()>(path))?;
+    Ok(())
+}
+
+/// Serve a Range at `req.revision` (0 = current) with etcd's rules for limit, count, more,
+/// sorting and revision filters.
+pub fn execute_range(conn: &Connection, path: &Path, req: &RangeRequest, current: i64, compacted: i64) -> Result<RangeResult> {
+    let rev = if req.revision <= 0 { current } else { req.revision };
+    if rev > current {
+        return Err(StoreError::FutureRevision { requested: rev, current });
+    }
+    if rev < compacted {
+        return Err(StoreError::Compacted { requested: rev, compacted });
+    }
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    let sorted = !(req.sort_order == SortOrder::None
+        || (req.sort_target == SortTarget::Key && req.sort_order == SortOrder::Ascend));
+    let want = usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX);
+    // Like etcd: fetch one extra row to learn `more`, or everything when sorting or filtering.
+    let fetch = if sorted || filtered || want == 0 { 0 } else { want.saturating_add(1) };
+    let (mut kvs, count) = sql::range_rows(conn, &req.range, rev, rev == current, fetch, req.keys_only, req.count_only)
+        .map_err(sq::<()>(path))?;
+    if req.count_only {
+        return Ok(RangeResult { kvs: Vec::new(), more: false, count });
+    }
+    if filtered {
+        kvs.retain(|kv| {
+            (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+                && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+                && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+        });
+    }
+    if sorted {
+        let key = |a: &KeyValue, b: &KeyValue| match req.sort_target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        match req.sort_order {
+            SortOrder::Descend => kvs.sort_by(|a, b| key(b, a)),
+            _ => kvs.sort_by(key),
+        }
+    }
+    let mut more = false;
+    if want > 0 && kvs.len() > want {
+        kvs.truncate(want);
+        more = true;
+    }
+    Ok(RangeResult { kvs, more, count })
+}
+
+/// A read-only connection. Each call reads one consistent WAL snapshot.
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The store revision and compaction point as seen by one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadView {
+    pub current_rev: i64,
+    pub compact_rev: i64,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(sq::<()>(path))?;
+        configure(&conn, path)?;
+        Ok(Reader { conn, path: path.to_path_buf() })
+    }
+
+    fn read<T>(&mut self, f: impl FnOnce(&Connection, &Path, ReadView) -> Result<T>) -> Result<T> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sq::<()>(&path))?;
+        let get = |n: &str| meta_get(&tx, n).map_err(sq::<()>(&path)).map(|v| v.unwrap_or(0));
+        let view = ReadView { current_rev: get("current_rev")?, compact_rev: get("compact_rev")? };
+        let out = f(&tx, &path, view)?;
+        tx.finish().map_err(sq::<()>(&path))?;
+        Ok(out)
+    }
+
+    pub fn view(&mut self) -> Result<ReadView> {
+        self.read(|_, _, v| Ok(v))
+    }
+
+    pub fn range(&mut self, req: &RangeRequest) -> Result<(RangeResult, ReadView)> {
+        self.read(|c, p, v| Ok((execute_range(c, p, req, v.current_rev, v.compact_rev)?, v)))
+    }
+
+    /// Events in `range` with revisions in `[from, to]`; `to` is clamped to the snapshot's
+    /// current revision, which is returned with them. Fails if `from` is compacted.
+    pub fn events(&mut self, range: &KeyRange, from: i64, to: i64) -> Result<(Vec<Event>, ReadView)> {
+        self.read(|c, p, v| {
+            if from < v.compact_rev {
+                return Err(StoreError::Compacted { requested: from, compacted: v.compact_rev });
+            }
+            let to = to.min(v.current_rev);
+            let evs = if from > to { Vec::new() } else { sql::events_between(c, range, from, to).map_err(sq::<()>(p))? };
+            Ok((evs, v))
+        })
+    }
+
+    pub fn lease(&mut self, id: i64, with_keys: bool) -> Result<Option<LeaseInfo>> {
+        self.read(|c, p, _| {
+            let ttl: Option<i64> = {
+                use rusqlite::OptionalExtension;
+                c.prepare_cached("SELECT ttl FROM leases WHERE id = ?")
+                    .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+                    .map_err(sq::<()>(p))?
+            };
+            let Some(ttl) = ttl else { return Ok(None) };
+            let keys = if with_keys {
+                c.prepare_cached("SELECT key FROM lease_keys WHERE lease = ? ORDER BY key")
+                    .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
+                    .map_err(sq::<()>(p))?
+            } else {
+                Vec::new()
+            };
+            Ok(Some(LeaseInfo { id, ttl, keys }))
+        })
+    }
+
+    /// Every lease id with its TTL.
+    pub fn leases(&mut self) -> Result<Vec<(i64, i64)>> {
+        self.read(|c, p, _| {
+            c.prepare_cached("SELECT id, ttl FROM leases ORDER BY id")
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(sq::<()>(p))
+        })
+    }
+
+    /// Bytes allocated by the database file and bytes in use (allocated minus free pages).
+    pub fn db_size(&mut self) -> Result<(i64, i64)> {
+        let p = self.path.clone();
+        let q = |name: &str| -> Result<i64> {
+            self.conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(sq::<()>(&p))
+        };
+        let (pages, free, size) = (q("page_count")?, q("freelist_count")?, q("page_size")?);
+        Ok((pages * size, (pages - free) * size))
+    }
+}

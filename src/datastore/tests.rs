@@ -1,0 +1,182 @@
+//! Unit tests for the MVCC state machine: plain `#[test]`s on a temporary SQLite file.
+
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("state.db"), Durability::Normal).unwrap();
+    (dir, s)
+}
+
+fn put(k: &str, v: &str) -> Command {
+    Command::Txn(TxnRequest {
+        success: vec![Op::Put(PutRequest { key: k.into(), value: v.into(), ..Default::default() })],
+        ..Default::default()
+    })
+}
+
+fn del(k: &str, end: &str) -> Command {
+    Command::Txn(TxnRequest {
+        success: vec![Op::Delete(DeleteRequest { range: KeyRange::new(k.into(), end.into()), prev_kv: true })],
+        ..Default::default()
+    })
+}
+
+fn apply(s: &mut Store, cmd: Command) -> Result<CommandOutput, StoreError> {
+    let idx = s.meta().applied_index + 1;
+    let (mut out, _) = s.apply_batch(&[(LogPosition { index: idx, term: 1 }, &cmd)]).unwrap();
+    out.remove(0)
+}
+
+fn get(r: &mut Reader, k: &str, rev: i64) -> Result<RangeResult, StoreError> {
+    r.range(&RangeRequest { range: KeyRange::single(k), revision: rev, ..Default::default() }).map(|x| x.0)
+}
+
+#[test]
+fn new_store_is_empty_at_revision_one() {
+    let (_d, s) = store();
+    assert_eq!(s.meta().current_rev, 1);
+    let mut r = s.reader().unwrap();
+    assert_eq!(r.view().unwrap().current_rev, 1);
+}
+
+#[test]
+fn put_assigns_dense_revisions_versions_and_create_revision() {
+    let (_d, mut s) = store();
+    assert_eq!(apply(&mut s, put("a", "1")).unwrap().revision(), 2);
+    assert_eq!(apply(&mut s, put("a", "2")).unwrap().revision(), 3);
+    assert_eq!(apply(&mut s, put("b", "1")).unwrap().revision(), 4);
+    let mut r = s.reader().unwrap();
+    let kv = &get(&mut r, "a", 0).unwrap().kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(kv.value, b"2");
+    // Historical read at revision 2 sees the first value.
+    assert_eq!(get(&mut r, "a", 2).unwrap().kvs[0].value, b"1");
+    // Delete, then recreate: version restarts at 1 with a new create revision.
+    apply(&mut s, del("a", "")).unwrap();
+    apply(&mut s, put("a", "3")).unwrap();
+    let kv = &get(&mut r, "a", 0).unwrap().kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (6, 6, 1));
+    assert!(get(&mut r, "a", 5).unwrap().kvs.is_empty(), "deleted at revision 5");
+}
+
+#[test]
+fn failed_compare_and_noop_delete_consume_no_revision() {
+    let (_d, mut s) = store();
+    apply(&mut s, put("k", "v")).unwrap();
+    let txn = Command::Txn(TxnRequest {
+        compare: vec![Compare { range: KeyRange::single("k"), result: CompareResult::Equal, target: CompareTarget::Mod(0) }],
+        success: vec![Op::Put(PutRequest { key: "k".into(), value: "x".into(), ..Default::default() })],
+        failure: vec![Op::Range(RangeRequest { range: KeyRange::single("k"), ..Default::default() })],
+    });
+    let CommandOutput::Txn { revision, result } = apply(&mut s, txn).unwrap() else { panic!() };
+    assert!(!result.succeeded);
+    assert_eq!(revision, 2);
+    let OpResult::Range(rr) = &result.responses[0] else { panic!() };
+    assert_eq!(rr.kvs[0].mod_revision, 2);
+    assert_eq!(apply(&mut s, del("absent", "")).unwrap().revision(), 2);
+}
+
+#[test]
+fn limit_reports_exact_count_and_more() {
+    let (_d, mut s) = store();
+    for i in 0..5 {
+        apply(&mut s, put(&format!("/p/{i}"), "v")).unwrap();
+    }
+    apply(&mut s, put("/q", "v")).unwrap();
+    let mut r = s.reader().unwrap();
+    let req = RangeRequest { range: KeyRange::new("/p/".into(), "/p0".into()), limit: 2, ..Default::default() };
+    let (res, view) = r.range(&req).unwrap();
+    assert_eq!((res.kvs.len(), res.count, res.more), (2, 5, true));
+    assert_eq!(view.current_rev, 7);
+    // Next page from the last key + \0, pinned at the first page's revision.
+    let next = RangeRequest {
+        range: KeyRange::new(b"/p/1\0".to_vec(), "/p0".into()),
+        limit: 10,
+        revision: 6,
+        ..Default::default()
+    };
+    let (res, _) = r.range(&next).unwrap();
+    assert_eq!((res.kvs.len(), res.count, res.more), (3, 3, false));
+    let count = RangeRequest { range: KeyRange::new("/".into(), vec![0]), count_only: true, ..Default::default() };
+    assert_eq!(r.range(&count).unwrap().0.count, 6);
+}
+
+#[test]
+fn compaction_errors_and_keeps_reads_at_and_above_it() {
+    let (_d, mut s) = store();
+    apply(&mut s, put("a", "1")).unwrap(); // 2
+    apply(&mut s, put("a", "2")).unwrap(); // 3
+    apply(&mut s, del("a", "")).unwrap(); // 4
+    apply(&mut s, put("b", "1")).unwrap(); // 5
+    assert!(matches!(apply(&mut s, Command::Compact { revision: 9 }), Err(StoreError::FutureRevision { .. })));
+    apply(&mut s, Command::Compact { revision: 4 }).unwrap();
+    assert!(matches!(apply(&mut s, Command::Compact { revision: 4 }), Err(StoreError::Compacted { .. })));
+    while s.compact_step(1).unwrap() {}
+    let mut r = s.reader().unwrap();
+    assert!(matches!(get(&mut r, "a", 3), Err(StoreError::Compacted { .. })));
+    assert!(get(&mut r, "a", 4).unwrap().kvs.is_empty());
+    // The tombstone at exactly the compaction revision is still replayable, with its prev_kv.
+    let (evs, _) = r.events(&KeyRange::new("a".into(), vec![0]), 4, 10).unwrap();
+    assert_eq!(evs.len(), 2);
+    assert_eq!(evs[0].kind, EventKind::Delete);
+    assert_eq!(evs[0].prev_kv.as_ref().unwrap().value, b"2");
+    assert!(matches!(r.events(&KeyRange::single("a"), 3, 10), Err(StoreError::Compacted { .. })));
+}
+
+#[test]
+fn leases_attach_and_revoke_deletes_keys_at_one_revision() {
+    let (_d, mut s) = store();
+    let CommandOutput::LeaseGrant { id, ttl, .. } = apply(&mut s, Command::LeaseGrant { id: 0, ttl: 1 }).unwrap() else {
+        panic!()
+    };
+    assert_eq!(ttl, 2, "raised to the minimum TTL");
+    let with_lease = |k: &str, lease: i64| {
+        Command::Txn(TxnRequest {
+            success: vec![Op::Put(PutRequest { key: k.into(), value: "v".into(), lease, ..Default::default() })],
+            ..Default::default()
+        })
+    };
+    assert!(matches!(apply(&mut s, with_lease("x", id + 999)), Err(StoreError::LeaseNotFound(_))));
+    assert_eq!(s.meta().current_rev, 1, "a refused put changes nothing");
+    apply(&mut s, with_lease("x", id)).unwrap();
+    apply(&mut s, with_lease("y", id)).unwrap();
+    let mut r = s.reader().unwrap();
+    assert_eq!(r.lease(id, true).unwrap().unwrap().keys, vec![b"x".to_vec(), b"y".to_vec()]);
+    let idx = s.meta().applied_index + 1;
+    let (out, events) =
+        s.apply_batch(&[(LogPosition { index: idx, term: 1 }, &Command::LeaseRevoke { id })]).unwrap();
+    assert_eq!(out[0].as_ref().unwrap().revision(), 4);
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == 4));
+    assert!(r.lease(id, false).unwrap().is_none());
+    assert!(matches!(apply(&mut s, Command::LeaseRevoke { id }), Err(StoreError::LeaseNotFound(_))));
+}
+
+#[test]
+fn duplicate_keys_and_oversized_txns_are_refused() {
+    let p = |k: &str| Op::Put(PutRequest { key: k.into(), ..Default::default() });
+    let dup = TxnRequest { success: vec![p("a"), p("a")], ..Default::default() };
+    assert!(matches!(validate_txn(&dup), Err(StoreError::DuplicateKey)));
+    let in_del = TxnRequest {
+        success: vec![p("b"), Op::Delete(DeleteRequest { range: KeyRange::new("a".into(), "c".into()), prev_kv: false })],
+        ..Default::default()
+    };
+    assert!(matches!(validate_txn(&in_del), Err(StoreError::DuplicateKey)));
+    let many = TxnRequest { success: (0..129).map(|i| p(&i.to_string())).collect(), ..Default::default() };
+    assert!(matches!(validate_txn(&many), Err(StoreError::TooManyOps { .. })));
+    assert!(validate_txn(&TxnRequest { success: vec![p("a")], failure: vec![p("a")], ..Default::default() }).is_ok());
+}
+
+#[test]
+fn state_survives_reopen_with_applied_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let mut s = Store::open(&path, Durability::Full).unwrap();
+        apply(&mut s, put("a", "1")).unwrap();
+        apply(&mut s, put("b", "1")).unwrap();
+    }
+    let s = Store::open(&path, Durability::Full).unwrap();
+    assert_eq!((s.meta().current_rev, s.meta().applied_index), (3, 2));
+}
