@@ -1,8 +1,174 @@
 //! `k8sd datastore`: the embedded datastore as a standalone etcd-compatible server.
+//!
+//! It takes etcd's core flags, so tools and test harnesses that start etcd can start it
+//! instead, and prints `ready to serve client requests` once every listener is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::datastore::Durability;
+use crate::etcd::{self, TlsFiles};
+use crate::node::{Node, NodeConfig};
 
 #[derive(Debug, clap::Args)]
-pub struct DatastoreArgs {}
+pub struct DatastoreArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Directory for the database; created 0700 if missing.
+    #[arg(long, default_value = "default.k8sd")]
+    pub data_dir: PathBuf,
+    /// Comma-separated URLs to serve clients on: http:// only on loopback, https:// anywhere.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+    /// Comma-separated client URLs advertised in MemberList (defaults to the listen URLs).
+    #[arg(long, value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// Server certificate (PEM) for https listeners.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Server private key (PEM) for https listeners.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle that client certificates must chain to.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub client_cert_auth: bool,
+    /// Interval of progress notifications for watches that request them (etcd's
+    /// --experimental-watch-progress-notify-interval), e.g. 5s or 100ms.
+    #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "5s", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: Duration,
+    /// Log level: error, warn, info or debug.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
 
-pub fn run(_args: DatastoreArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+/// Parse etcd/Go style durations: `500ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 2m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    })
+}
+
+struct Listen {
+    addr: SocketAddr,
+    tls: bool,
+}
+
+fn parse_listen(url: &str, have_tls: bool) -> anyhow::Result<Listen> {
+    let (scheme, rest) = url.split_once("://").with_context(|| format!("invalid URL {url:?}: expected http://HOST:PORT"))?;
+    let hostport = rest.trim_end_matches('/');
+    let addr: SocketAddr = match hostport.parse() {
+        Ok(a) => a,
+        Err(_) if hostport.starts_with("localhost:") => {
+            format!("127.0.0.1:{}", &hostport["localhost:".len()..]).parse().with_context(|| format!("invalid port in {url:?}"))?
+        }
+        Err(_) => bail!("invalid listen URL {url:?}: use an IP address and port, e.g. https://10.0.0.1:2379"),
+    };
+    match scheme {
+        "http" if !addr.ip().is_loopback() => {
+            bail!("refusing plain http on non-loopback address {url}; use https:// with --cert-file and --key-file")
+        }
+        "http" => Ok(Listen { addr, tls: false }),
+        "https" if !have_tls => bail!("{url} needs --cert-file and --key-file"),
+        "https" => Ok(Listen { addr, tls: true }),
+        other => bail!("unsupported URL scheme {other:?} in {url}: use http or https"),
+    }
+}
+
+pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
+    super::init_logging(&args.log_level);
+    let tls = TlsFiles {
+        cert_file: args.cert_file.clone(),
+        key_file: args.key_file.clone(),
+        trusted_ca_file: args.trusted_ca_file.clone(),
+        client_cert_auth: args.client_cert_auth,
+    };
+    let listens = args
+        .listen_client_urls
+        .iter()
+        .map(|u| parse_listen(u, tls.enabled()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let mut listeners = Vec::new();
+        for l in &listens {
+            let listener = tokio::net::TcpListener::bind(l.addr)
+                .await
+                .with_context(|| format!("cannot listen on {}; is another etcd or k8sd already using it?", l.addr))?;
+            listeners.push((listener, l.tls));
+        }
+        let advertise =
+            if args.advertise_client_urls.is_empty() { args.listen_client_urls.clone() } else { args.advertise_client_urls.clone() };
+        let node = Node::start(NodeConfig {
+            name: args.name.clone(),
+            data_dir: args.data_dir.clone(),
+            durability: Durability::Full,
+            client_urls: advertise,
+            progress_notify_interval: args.watch_progress_notify_interval,
+        })
+        .with_context(|| format!("cannot open the datastore in {}", args.data_dir.display()))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut servers = tokio::task::JoinSet::new();
+        for (listener, use_tls) in listeners {
+            let node = node.clone();
+            let tls = if use_tls { tls.clone() } else { TlsFiles::default() };
+            let mut stop = stop_rx.clone();
+            servers.spawn(async move {
+                etcd::serve(node, listener, &tls, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+            });
+        }
+        tracing::info!(name = %args.name, data_dir = %args.data_dir.display(), "ready to serve client requests");
+        eprintln!("ready to serve client requests");
+        tokio::select! {
+            _ = super::shutdown_signal() => tracing::info!("shutting down"),
+            Some(res) = servers.join_next() => {
+                res.context("server task panicked")??;
+            }
+        }
+        let _ = stop_tx.send(true);
+        while let Some(res) = servers.join_next().await {
+            res.context("server task panicked")??;
+        }
+        node.shutdown();
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_loopback_only() {
+        assert!(parse_listen("http://127.0.0.1:2379", false).is_ok());
+        assert!(parse_listen("http://localhost:2379", false).is_ok());
+        let err = parse_listen("http://0.0.0.0:2379", false).err().unwrap().to_string();
+        assert!(err.contains("refusing plain http"), "{err}");
+        assert!(parse_listen("https://0.0.0.0:2379", false).is_err());
+        assert!(parse_listen("https://0.0.0.0:2379", true).is_ok());
+        assert!(parse_listen("ftp://127.0.0.1:1", true).is_err());
+    }
+
+    #[test]
+    fn durations_parse_like_etcd_flags() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("5x").is_err());
+    }
 }

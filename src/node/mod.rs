@@ -1,1 +1,297 @@
-//! node
+//! A datastore node: the store, the apply loop that owns its writer, the reader pool, the watch
+//! hub and the lessor, behind one async handle (`Node`) that the etcd façade calls.
+//!
+//! ```text
+//!  etcd handlers ──propose(Command)──▶ channel ──▶ apply thread ──▶ Store::apply_batch (1 txn)
+//!        │                                            │  replies ◀──┘  │
+//!        │                                            └──▶ WatchHub::publish (after commit)
+//!        └──read(Reader)──▶ reader pool (WAL snapshots, blocking threads)
+//! ```
+//!
+//! Group commit: the apply thread takes every proposal waiting in the channel (up to a bound)
+//! and applies them in one SQLite transaction with one fsync. In a standalone node the store
+//! commits with `synchronous=FULL`, so a reply means the write is on disk.
+
+pub mod hub;
+pub mod lessor;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::datastore::{
+    Command, CommandOutput, Durability, LogPosition, Meta, Reader, Store, StoreError,
+};
+use hub::{EventBatch, WatchHub};
+use lessor::Lessor;
+
+/// Most commands applied in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Revisions physically compacted per step between apply batches.
+const COMPACT_BUDGET: i64 = 1000;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// URLs advertised to clients in MemberList.
+    pub client_urls: Vec<String>,
+    /// Interval of progress notifications for watches that ask for them (contract W9).
+    pub progress_notify_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("server stopped")]
+    Stopped,
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Proposal {
+    cmd: Command,
+    reply: oneshot::Sender<Result<CommandOutput, NodeError>>,
+}
+
+/// Handle to a running node. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: NodeConfig,
+    db_path: PathBuf,
+    proposals: Mutex<Option<std_mpsc::Sender<Proposal>>>,
+    readers: Mutex<Vec<Reader>>,
+    hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
+    meta: Arc<Mutex<Meta>>,
+}
+
+impl std::fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposal").field("cmd", &self.cmd).finish()
+    }
+}
+
+impl Node {
+    /// Open the store under `config.data_dir` and start the apply loop and lease expiry.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        restrict_dir(dir);
+        let db_path = dir.join("state.db");
+        let store = Store::open(&db_path, config.durability)?;
+        let meta = store.meta();
+        let hub = Arc::new(WatchHub::new(meta.current_rev));
+        let lessor = Arc::new(Lessor::default());
+        lessor.reset(&store.reader()?.leases()?, Instant::now());
+        let (tx, rx) = std_mpsc::channel();
+        let shared_meta = Arc::new(Mutex::new(meta));
+        {
+            let (hub, lessor, shared_meta) = (hub.clone(), lessor.clone(), shared_meta.clone());
+            std::thread::Builder::new()
+                .name("k8sd-apply".into())
+                .spawn(move || apply_loop(store, rx, hub, lessor, shared_meta))
+                .map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        }
+        let node = Node {
+            inner: Arc::new(Inner {
+                config,
+                db_path,
+                proposals: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                hub,
+                lessor,
+                meta: shared_meta,
+            }),
+        };
+        node.spawn_expiry();
+        Ok(node)
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    pub fn hub(&self) -> &WatchHub {
+        &self.inner.hub
+    }
+
+    pub fn lessor(&self) -> &Lessor {
+        &self.inner.lessor
+    }
+
+    /// The last applied metadata (revision, applied index, ids).
+    pub fn meta(&self) -> Meta {
+        *self.inner.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this node knows a leader. A standalone node is its own leader.
+    pub fn has_leader(&self) -> bool {
+        true
+    }
+
+    /// Submit a command and wait until it is applied.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandOutput, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.inner.proposals.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = guard.as_ref().ok_or(NodeError::Stopped)?;
+            tx.send(Proposal { cmd, reply }).map_err(|_| NodeError::Stopped)?;
+        }
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Run `f` on a pooled reader on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Reader) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut reader = match pooled {
+                Some(r) => r,
+                None => Reader::open(&inner.db_path)?,
+            };
+            let out = f(&mut reader);
+            inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
+            Ok(out?)
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Stop accepting proposals; the apply loop drains what it has and exits.
+    pub fn shutdown(&self) {
+        self.inner.proposals.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn spawn_expiry(&self) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                if Arc::strong_count(&node.inner) == 1 {
+                    return; // every other handle is gone
+                }
+                for id in node.inner.lessor.take_expired(Instant::now()) {
+                    match node.propose(Command::LeaseRevoke { id }).await {
+                        Ok(_) | Err(NodeError::Store(StoreError::LeaseNotFound(_))) => {}
+                        Err(NodeError::Stopped) => return,
+                        Err(e) => {
+                            tracing::warn!(lease = id, error = %e, "lease expiry failed; retrying");
+                            node.inner.lessor.retry_later(id, Instant::now());
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The data directory holds keys and the database: owner only.
+fn restrict_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+fn apply_loop(
+    mut store: Store,
+    rx: std_mpsc::Receiver<Proposal>,
+    hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
+    shared_meta: Arc<Mutex<Meta>>,
+) {
+    let mut batch: Vec<Proposal> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let compacting = store.meta().physical_compact_rev < store.meta().compact_rev;
+        let first = if compacting {
+            match rx.recv_timeout(Duration::from_millis(1)) {
+                Ok(p) => Some(p),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            }
+        };
+        if let Some(p) = first {
+            batch.push(p);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            if !apply_proposals(&mut store, &mut batch, &hub, &lessor) {
+                return;
+            }
+            *shared_meta.lock().unwrap_or_else(|p| p.into_inner()) = store.meta();
+        }
+        if compacting {
+            if let Err(e) = store.compact_step(COMPACT_BUDGET) {
+                tracing::error!(error = %e, "compaction failed; it will be retried");
+            }
+            *shared_meta.lock().unwrap_or_else(|p| p.into_inner()) = store.meta();
+        }
+    }
+}
+
+/// Apply one batch and answer its proposers. Returns false after a fatal store error.
+fn apply_proposals(store: &mut Store, batch: &mut Vec<Proposal>, hub: &WatchHub, lessor: &Lessor) -> bool {
+    let start = store.meta().applied_index;
+    let cmds: Vec<(LogPosition, &Command)> = batch
+        .iter()
+        .zip(1u64..)
+        .map(|(p, i)| (LogPosition { index: start + i, term: 1 }, &p.cmd))
+        .collect();
+    match store.apply_batch(&cmds) {
+        Ok((outputs, events)) => {
+            let now = Instant::now();
+            for out in outputs.iter().flatten() {
+                match out {
+                    CommandOutput::LeaseGrant { id, ttl, .. } => lessor.granted(*id, *ttl, now),
+                    CommandOutput::LeaseRevoke { .. } => {}
+                    _ => {}
+                }
+            }
+            for (p, _) in batch.iter().zip(outputs.iter()) {
+                if let Command::LeaseRevoke { id } = p.cmd {
+                    lessor.revoked(id);
+                }
+            }
+            if !events.is_empty() {
+                hub.publish(EventBatch { revision: store.meta().current_rev, events });
+            }
+            for (p, out) in batch.drain(..).zip(outputs) {
+                let _ = p.reply.send(out.map_err(NodeError::from));
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "datastore apply failed; refusing further writes");
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(NodeError::Stopped));
+            }
+            false
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Maintenance and Cluster: real Status and MemberList (etcdctl's endpoint health and status
+//! read them), an empty alarm list, a no-op defragment, and Unimplemented for the rest.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::EtcdService;
+use super::status::{node_status, unimplemented};
+use crate::EMULATED_ETCD_VERSION;
+use crate::pb::etcdserverpb as pb;
+
+/// etcd's default backend quota, reported in Status.
+const DB_SIZE_QUOTA: i64 = 2 * 1024 * 1024 * 1024;
+
+impl EtcdService {
+    fn members(&self) -> Vec<pb::Member> {
+        let meta = self.node.meta();
+        vec![pb::Member {
+            id: meta.member_id,
+            name: self.node.config().name.clone(),
+            peer_ur_ls: Vec::new(),
+            client_ur_ls: self.node.config().client_urls.clone(),
+            is_learner: false,
+        }]
+    }
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for EtcdService {
+    async fn alarm(&self, _req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.header(self.node.meta().current_rev)),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let (size, in_use) = self.node.read(|r| r.db_size()).await.map_err(node_status)?;
+        let meta = self.node.meta();
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.header(meta.current_rev)),
+            version: EMULATED_ETCD_VERSION.to_string(),
+            db_size: size,
+            leader: meta.member_id,
+            raft_index: meta.applied_index,
+            raft_term: 1,
+            raft_applied_index: meta.applied_index,
+            errors: Vec::new(),
+            db_size_in_use: in_use,
+            is_learner: false,
+            storage_version: "3.6.0".to_string(),
+            db_size_quota: DB_SIZE_QUOTA,
+            downgrade_info: Some(pb::DowngradeInfo { enabled: false, target_version: String::new() }),
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // SQLite reuses free pages and compaction checkpoints the WAL; nothing to do here.
+        Ok(Response::new(pb::DefragmentResponse { header: Some(self.header(self.node.meta().current_rev)) }))
+    }
+
+    async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        Err(unimplemented("Maintenance.Hash"))
+    }
+
+    async fn hash_kv(&self, _req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(unimplemented("Maintenance.HashKV"))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Maintenance.Snapshot; back up with k8sd's own backup command instead"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(unimplemented("Maintenance.MoveLeader"))
+    }
+
+    async fn downgrade(&self, _req: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(unimplemented("Maintenance.Downgrade"))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for EtcdService {
+    async fn member_add(&self, _req: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(unimplemented("Cluster.MemberAdd; members join with k8sd add-node and k8sd join"))
+    }
+
+    async fn member_remove(
+        &self,
+        _req: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(unimplemented("Cluster.MemberRemove; use k8sd remove-node"))
+    }
+
+    async fn member_update(
+        &self,
+        _req: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(unimplemented("Cluster.MemberUpdate"))
+    }
+
+    async fn member_list(
+        &self,
+        _req: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(self.header(self.node.meta().current_rev)),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _req: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(unimplemented("Cluster.MemberPromote; k8sd promotes learners itself"))
+    }
+}

@@ -1,0 +1,56 @@
+//! Errors become `tonic::Status` here and nowhere else. etcd clients map a status to a typed
+//! error by its exact message (`rpctypes.errStringToError`), so every message below is etcd's
+//! string verbatim (contract §4).
+
+use tonic::{Code, Status};
+
+use crate::datastore::StoreError;
+use crate::node::NodeError;
+
+pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+pub const NO_LEADER: &str = "etcdserver: no leader";
+
+pub fn store_status(e: &StoreError) -> Status {
+    match e {
+        StoreError::Compacted { .. } => {
+            Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+        }
+        StoreError::FutureRevision { .. } => {
+            Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+        }
+        StoreError::LeaseNotFound(_) => Status::new(Code::NotFound, "etcdserver: requested lease not found"),
+        StoreError::LeaseExists(_) => Status::new(Code::FailedPrecondition, "etcdserver: lease already exists"),
+        StoreError::LeaseTtlTooLarge(_) => Status::new(Code::OutOfRange, "etcdserver: too large lease TTL"),
+        StoreError::KeyNotFound => Status::new(Code::InvalidArgument, "etcdserver: key not found"),
+        StoreError::ValueProvided => Status::new(Code::InvalidArgument, "etcdserver: value is provided"),
+        StoreError::LeaseProvided => Status::new(Code::InvalidArgument, "etcdserver: lease is provided"),
+        StoreError::EmptyKey => Status::new(Code::InvalidArgument, "etcdserver: key is not provided"),
+        StoreError::TooManyOps { .. } => {
+            Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request")
+        }
+        StoreError::DuplicateKey => Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+        StoreError::Sqlite { .. } | StoreError::Corrupt { .. } | StoreError::Io { .. } => {
+            tracing::error!(error = %e, "datastore failure");
+            Status::new(Code::Unavailable, "etcdserver: server stopped")
+        }
+    }
+}
+
+pub fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Store(s) => store_status(&s),
+        NodeError::Stopped | NodeError::DataDir { .. } => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+    }
+}
+
+pub fn too_large() -> Status {
+    Status::new(Code::InvalidArgument, REQUEST_TOO_LARGE)
+}
+
+pub fn no_leader() -> Status {
+    Status::new(Code::Unavailable, NO_LEADER)
+}
+
+pub fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("k8sd does not implement {what}"))
+}
