@@ -57,7 +57,7 @@ pub struct LogPosition {
     pub term: u64,
 }
 
-fn sq<T>(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+fn sq(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite { path: path.to_path_buf(), source }
 }
 
@@ -78,19 +78,19 @@ pub struct Store {
 }
 
 fn configure(conn: &Connection, path: &Path) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq::<()>(path))?;
-    conn.pragma_update(None, "foreign_keys", false).map_err(sq::<()>(path))?;
-    conn.pragma_update(None, "cache_size", -16_000).map_err(sq::<()>(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq(path))?;
+    conn.pragma_update(None, "foreign_keys", false).map_err(sq(path))?;
+    conn.pragma_update(None, "cache_size", -16_000).map_err(sq(path))?;
     Ok(())
 }
 
 impl Store {
     /// Open (or create) the store file. A new store starts empty at revision 1.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        let conn = Connection::open(path).map_err(sq::<()>(path))?;
+        let conn = Connection::open(path).map_err(sq(path))?;
         configure(&conn, path)?;
         let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0)).map_err(sq::<()>(path))?;
+            conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0)).map_err(sq(path))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Corrupt { path: path.into(), reason: format!("cannot enable WAL (got {mode})") });
         }
@@ -98,9 +98,9 @@ impl Store {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
         };
-        conn.pragma_update(None, "synchronous", sync).map_err(sq::<()>(path))?;
-        conn.execute_batch(SCHEMA).map_err(sq::<()>(path))?;
-        let version = meta_get(&conn, "schema_version").map_err(sq::<()>(path))?;
+        conn.pragma_update(None, "synchronous", sync).map_err(sq(path))?;
+        conn.execute_batch(SCHEMA).map_err(sq(path))?;
+        let version = meta_get(&conn, "schema_version").map_err(sq(path))?;
         match version {
             None => Self::initialise(&conn, path)?,
             Some(SCHEMA_VERSION) => {}
@@ -133,14 +133,14 @@ impl Store {
             ("cluster_id", to_i64(cluster_id)),
         ];
         for (k, v) in init {
-            meta_set(conn, k, v).map_err(sq::<()>(path))?;
+            meta_set(conn, k, v).map_err(sq(path))?;
         }
         Ok(())
     }
 
     fn load_meta(conn: &Connection, path: &Path) -> Result<Meta> {
         let get = |name: &str| -> Result<i64> {
-            meta_get(conn, name).map_err(sq::<()>(path))?.ok_or_else(|| StoreError::Corrupt {
+            meta_get(conn, name).map_err(sq(path))?.ok_or_else(|| StoreError::Corrupt {
                 path: path.into(),
                 reason: format!("metadata row {name} is missing"),
             })
@@ -177,24 +177,24 @@ impl Store {
         cmds: &[(LogPosition, &Command)],
     ) -> Result<(Vec<Result<CommandOutput>>, Vec<Event>)> {
         let path = self.path.clone();
-        let mut tx = self.conn.transaction().map_err(sq::<()>(&path))?;
+        let mut tx = self.conn.transaction().map_err(sq(&path))?;
         let mut meta = self.meta;
         let mut outputs = Vec::with_capacity(cmds.len());
         let mut events = Vec::new();
         for (pos, cmd) in cmds {
-            let mut sp = tx.savepoint().map_err(sq::<()>(&path))?;
+            let mut sp = tx.savepoint().map_err(sq(&path))?;
             let mut next = meta;
             let mut cmd_events = Vec::new();
             match apply_one(&sp, &path, &mut next, cmd, &mut cmd_events) {
                 Ok(out) => {
-                    sp.commit().map_err(sq::<()>(&path))?;
+                    sp.commit().map_err(sq(&path))?;
                     meta = next;
                     events.append(&mut cmd_events);
                     outputs.push(Ok(out));
                 }
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
-                    sp.rollback().map_err(sq::<()>(&path))?;
+                    sp.rollback().map_err(sq(&path))?;
                     drop(sp);
                     outputs.push(Err(e));
                 }
@@ -203,7 +203,7 @@ impl Store {
             meta.applied_term = pos.term;
         }
         write_meta(&tx, &path, &meta)?;
-        tx.commit().map_err(sq::<()>(&path))?;
+        tx.commit().map_err(sq(&path))?;
         self.meta = meta;
         Ok((outputs, events))
     }
@@ -218,7 +218,7 @@ impl Store {
         }
         let hi = (from + budget.max(1)).min(target);
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sq::<()>(&path))?;
+        let tx = self.conn.transaction().map_err(sq(&path))?;
         // Keep, for every key, its newest row at or below the compaction revision, unless that
         // row is a tombstone older than the compaction revision. A tombstone exactly at the
         // compaction revision stays, so a watch from that revision replays it (etcd#19179).
@@ -228,9 +228,9 @@ impl Store {
                  OR EXISTS (SELECT 1 FROM kv AS n WHERE n.key = kv.key AND n.rev > kv.rev AND n.rev <= ?3))",
             params![from, hi, target],
         )
-        .map_err(sq::<()>(&path))?;
-        meta_set(&tx, "physical_compact_rev", hi).map_err(sq::<()>(&path))?;
-        tx.commit().map_err(sq::<()>(&path))?;
+        .map_err(sq(&path))?;
+        meta_set(&tx, "physical_compact_rev", hi).map_err(sq(&path))?;
+        tx.commit().map_err(sq(&path))?;
         self.meta.physical_compact_rev = hi;
         if hi >= target {
             // Let the WAL shrink now that a large delete is done; passive never blocks readers.
@@ -249,7 +249,7 @@ fn write_meta(conn: &Connection, path: &Path, m: &Meta) -> Result<()> {
         ("applied_term", to_i64(m.applied_term)),
     ];
     for (k, v) in rows {
-        meta_set(conn, k, v).map_err(sq::<()>(path))?;
+        meta_set(conn, k, v).map_err(sq(path))?;
     }
     Ok(())
 }
@@ -361,7 +361,7 @@ fn apply_one(conn: &Connection, path: &Path, meta: &mut Meta, cmd: &Command, eve
             };
             conn.prepare_cached("INSERT INTO leases (id, ttl) VALUES (?, ?)")
                 .and_then(|mut s| s.execute(params![id, ttl]))
-                .map_err(sq::<()>(path))?;
+                .map_err(sq(path))?;
             Ok(CommandOutput::LeaseGrant { revision: meta.current_rev, id, ttl })
         }
         Command::LeaseRevoke { id } => {
@@ -371,12 +371,12 @@ fn apply_one(conn: &Connection, path: &Path, meta: &mut Meta, cmd: &Command, eve
             let keys: Vec<Vec<u8>> = conn
                 .prepare_cached("SELECT key FROM lease_keys WHERE lease = ? ORDER BY key")
                 .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
-                .map_err(sq::<()>(path))?;
+                .map_err(sq(path))?;
             for key in keys {
                 delete_range(&mut ctx, &KeyRange::single(key), false)?;
             }
-            conn.execute("DELETE FROM leases WHERE id = ?", [id]).map_err(sq::<()>(path))?;
-            conn.execute("DELETE FROM lease_keys WHERE lease = ?", [id]).map_err(sq::<()>(path))?;
+            conn.execute("DELETE FROM leases WHERE id = ?", [id]).map_err(sq(path))?;
+            conn.execute("DELETE FROM lease_keys WHERE lease = ?", [id]).map_err(sq(path))?;
             if ctx.sub > 0 {
                 meta.current_rev = ctx.rev;
             }
@@ -388,7 +388,7 @@ fn apply_one(conn: &Connection, path: &Path, meta: &mut Meta, cmd: &Command, eve
 fn lease_exists(conn: &Connection, path: &Path, id: i64) -> Result<bool> {
     conn.prepare_cached("SELECT 1 FROM leases WHERE id = ?")
         .and_then(|mut s| s.exists([id]))
-        .map_err(sq::<()>(path))
+        .map_err(sq(path))
 }
 
 fn apply_txn(ctx: &mut WriteCtx<'_>, meta: &Meta, txn: &TxnRequest) -> Result<TxnResult> {
@@ -419,9 +419,9 @@ fn apply_txn(ctx: &mut WriteCtx<'_>, meta: &Meta, txn: &TxnRequest) -> Result<Tx
 
 fn compare(conn: &Connection, path: &Path, c: &Compare) -> Result<bool> {
     let kvs = if c.range.is_single() {
-        latest_kv(conn, &c.range.key).map_err(sq::<()>(path))?.into_iter().collect::<Vec<_>>()
+        latest_kv(conn, &c.range.key).map_err(sq(path))?.into_iter().collect::<Vec<_>>()
     } else {
-        sql::range_rows(conn, &c.range, 0, true, 0, false, false).map_err(sq::<()>(path))?.0
+        sql::range_rows(conn, &c.range, 0, true, 0, false, false).map_err(sq(path))?.0
     };
     if kvs.is_empty() {
         // etcd compares a missing key as the zero KeyValue, except that a value compare fails.
@@ -452,7 +452,7 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 
 fn put(ctx: &mut WriteCtx<'_>, req: &PutRequest) -> Result<OpResult> {
     let (conn, path) = (ctx.conn, ctx.path);
-    let prev = latest_kv(conn, &req.key).map_err(sq::<()>(path))?;
+    let prev = latest_kv(conn, &req.key).map_err(sq(path))?;
     if (req.ignore_value || req.ignore_lease) && prev.is_none() {
         return Err(StoreError::KeyNotFound);
     }
@@ -480,7 +480,7 @@ fn put(ctx: &mut WriteCtx<'_>, req: &PutRequest) -> Result<OpResult> {
     insert_row(conn, path, rev, sub, &kv, false, prev.as_ref())?;
     conn.prepare_cached("INSERT INTO latest (key, rev, sub) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET rev = ?2, sub = ?3")
         .and_then(|mut s| s.execute(params![kv.key, rev, sub]))
-        .map_err(sq::<()>(path))?;
+        .map_err(sq(path))?;
     let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
     if prev_lease != 0 && prev_lease != lease {
         detach(conn, path, prev_lease, &kv.key)?;
@@ -488,7 +488,7 @@ fn put(ctx: &mut WriteCtx<'_>, req: &PutRequest) -> Result<OpResult> {
     if lease != 0 && lease != prev_lease {
         conn.prepare_cached("INSERT OR IGNORE INTO lease_keys (lease, key) VALUES (?, ?)")
             .and_then(|mut s| s.execute(params![lease, kv.key]))
-            .map_err(sq::<()>(path))?;
+            .map_err(sq(path))?;
     }
     ctx.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev.clone() });
     Ok(OpResult::Put { prev_kv: if req.prev_kv { prev } else { None } })
@@ -496,7 +496,7 @@ fn put(ctx: &mut WriteCtx<'_>, req: &PutRequest) -> Result<OpResult> {
 
 fn delete_range(ctx: &mut WriteCtx<'_>, range: &KeyRange, want_prev: bool) -> Result<OpResult> {
     let (conn, path) = (ctx.conn, ctx.path);
-    let (victims, _) = sql::range_rows(conn, range, 0, true, 0, false, false).map_err(sq::<()>(path))?;
+    let (victims, _) = sql::range_rows(conn, range, 0, true, 0, false, false).map_err(sq(path))?;
     let deleted = i64::try_from(victims.len()).unwrap_or(i64::MAX);
     for prev in &victims {
         let (rev, sub) = (ctx.rev, ctx.sub);
@@ -505,7 +505,7 @@ fn delete_range(ctx: &mut WriteCtx<'_>, range: &KeyRange, want_prev: bool) -> Re
         insert_row(conn, path, rev, sub, &tomb, true, Some(prev))?;
         conn.prepare_cached("DELETE FROM latest WHERE key = ?")
             .and_then(|mut s| s.execute([&prev.key]))
-            .map_err(sq::<()>(path))?;
+            .map_err(sq(path))?;
         if prev.lease != 0 {
             detach(conn, path, prev.lease, &prev.key)?;
         }
@@ -517,7 +517,7 @@ fn delete_range(ctx: &mut WriteCtx<'_>, range: &KeyRange, want_prev: bool) -> Re
 fn detach(conn: &Connection, path: &Path, lease: i64, key: &[u8]) -> Result<()> {
     conn.prepare_cached("DELETE FROM lease_keys WHERE lease = ? AND key = ?")
         .and_then(|mut s| s.execute(params![lease, key]))
-        .map_err(sq::<()>(path))?;
+        .map_err(sq(path))?;
     Ok(())
 }
 
@@ -552,7 +552,7 @@ fn insert_row(
             prev.map(|p| p.value.as_slice()),
         ])
     })
-    .map_err(sq::<()>(path))?;
+    .map_err(sq(path))?;
     Ok(())
 }
 
@@ -576,7 +576,7 @@ pub fn execute_range(conn: &Connection, path: &Path, req: &RangeRequest, current
     // Like etcd: fetch one extra row to learn `more`, or everything when sorting or filtering.
     let fetch = if sorted || filtered || want == 0 { 0 } else { want.saturating_add(1) };
     let (mut kvs, count) = sql::range_rows(conn, &req.range, rev, rev == current, fetch, req.keys_only, req.count_only)
-        .map_err(sq::<()>(path))?;
+        .map_err(sq(path))?;
     if req.count_only {
         return Ok(RangeResult { kvs: Vec::new(), more: false, count });
     }
@@ -626,18 +626,18 @@ pub struct ReadView {
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(sq::<()>(path))?;
+            .map_err(sq(path))?;
         configure(&conn, path)?;
         Ok(Reader { conn, path: path.to_path_buf() })
     }
 
     fn read<T>(&mut self, f: impl FnOnce(&Connection, &Path, ReadView) -> Result<T>) -> Result<T> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sq::<()>(&path))?;
-        let get = |n: &str| meta_get(&tx, n).map_err(sq::<()>(&path)).map(|v| v.unwrap_or(0));
+        let tx = self.conn.transaction().map_err(sq(&path))?;
+        let get = |n: &str| meta_get(&tx, n).map_err(sq(&path)).map(|v| v.unwrap_or(0));
         let view = ReadView { current_rev: get("current_rev")?, compact_rev: get("compact_rev")? };
         let out = f(&tx, &path, view)?;
-        tx.finish().map_err(sq::<()>(&path))?;
+        tx.finish().map_err(sq(&path))?;
         Ok(out)
     }
 
@@ -657,7 +657,7 @@ impl Reader {
                 return Err(StoreError::Compacted { requested: from, compacted: v.compact_rev });
             }
             let to = to.min(v.current_rev);
-            let evs = if from > to { Vec::new() } else { sql::events_between(c, range, from, to).map_err(sq::<()>(p))? };
+            let evs = if from > to { Vec::new() } else { sql::events_between(c, range, from, to).map_err(sq(p))? };
             Ok((evs, v))
         })
     }
@@ -668,13 +668,13 @@ impl Reader {
                 use rusqlite::OptionalExtension;
                 c.prepare_cached("SELECT ttl FROM leases WHERE id = ?")
                     .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
-                    .map_err(sq::<()>(p))?
+                    .map_err(sq(p))?
             };
             let Some(ttl) = ttl else { return Ok(None) };
             let keys = if with_keys {
                 c.prepare_cached("SELECT key FROM lease_keys WHERE lease = ? ORDER BY key")
                     .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
-                    .map_err(sq::<()>(p))?
+                    .map_err(sq(p))?
             } else {
                 Vec::new()
             };
@@ -687,7 +687,7 @@ impl Reader {
         self.read(|c, p, _| {
             c.prepare_cached("SELECT id, ttl FROM leases ORDER BY id")
                 .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-                .map_err(sq::<()>(p))
+                .map_err(sq(p))
         })
     }
 
@@ -695,7 +695,7 @@ impl Reader {
     pub fn db_size(&mut self) -> Result<(i64, i64)> {
         let p = self.path.clone();
         let q = |name: &str| -> Result<i64> {
-            self.conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(sq::<()>(&p))
+            self.conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(sq(&p))
         };
         let (pages, free, size) = (q("page_count")?, q("freelist_count")?, q("page_size")?);
         Ok((pages * size, (pages - free) * size))
