@@ -279,3 +279,100 @@ fn random_serial() -> SerialNumber {
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::inspect::is_signed_by;
+    use crate::pki::spec::{Leaf, NodeIdentity};
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn id() -> NodeIdentity {
+        NodeIdentity {
+            node_name: "node-1".into(),
+            node_ips: vec!["192.0.2.10".parse().unwrap()],
+            extra_sans: vec![],
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_leaf_verifies_against_its_own_ca_only() {
+        let cas = CaKind::ALL.map(|k| CertificateAuthority::generate(k, now()).unwrap());
+        for leaf in Leaf::ALL {
+            let spec = leaf.spec(&id());
+            let ca = cas.iter().find(|c| c.kind() == spec.signer).unwrap();
+            let issued = issue_leaf(ca, &spec, now()).unwrap();
+            for other in &cas {
+                let signed = is_signed_by(&issued.cert_pem, other.cert_pem()).unwrap();
+                assert_eq!(signed, other.kind() == spec.signer, "{leaf:?} against {:?}", other.kind());
+            }
+            // Every CA self-verifies.
+            assert!(is_signed_by(ca.cert_pem(), ca.cert_pem()).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_reloaded_ca_signs_leaves_that_verify() {
+        let ca = CertificateAuthority::generate(CaKind::Cluster, now()).unwrap();
+        let reloaded = CertificateAuthority::from_pem(CaKind::Cluster, ca.cert_pem(), ca.key_pem()).unwrap();
+        let issued = issue_leaf(&reloaded, &Leaf::Admin.spec(&id()), now()).unwrap();
+        assert!(is_signed_by(&issued.cert_pem, ca.cert_pem()).unwrap());
+        assert!(format!("{reloaded:?}").contains("Cluster"));
+        assert!(!format!("{reloaded:?}").contains("PRIVATE"), "Debug must not print the key");
+    }
+
+    #[test]
+    fn a_ca_key_that_does_not_match_is_refused() {
+        let a = CertificateAuthority::generate(CaKind::Cluster, now()).unwrap();
+        let b = CertificateAuthority::generate(CaKind::Cluster, now()).unwrap();
+        let err = CertificateAuthority::from_pem(CaKind::Cluster, a.cert_pem(), b.key_pem()).unwrap_err();
+        assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_wrong_ca_is_refused_for_a_leaf() {
+        let ca = CertificateAuthority::generate(CaKind::Cluster, now()).unwrap();
+        let err = issue_leaf(&ca, &Leaf::FrontProxyClient.spec(&id()), now()).unwrap_err();
+        assert!(matches!(err, PkiError::WrongSigner { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "front-proxy-client.crt must be signed by front-proxy-ca but was given kubernetes-ca"
+        );
+    }
+
+    #[test]
+    fn leaves_for_a_workers_public_key() {
+        let ca = CertificateAuthority::generate(CaKind::Cluster, now()).unwrap();
+        let worker_key = generate_private_key_pem("kubelet.key").unwrap();
+        let public = public_key_pem("kubelet.key", &worker_key).unwrap();
+        let spec = Leaf::KubeletClient.spec(&id());
+        let cert = sign_leaf_for_public_key(&ca, &spec, &public, now()).unwrap();
+        assert!(is_signed_by(&cert, ca.cert_pem()).unwrap());
+        let info = parse_cert("kubelet-client.crt", &cert).unwrap();
+        assert_eq!(info.spki_der, key_spki_der("kubelet.key", &worker_key).unwrap());
+        assert_eq!(info.common_name.as_deref(), Some("system:node:node-1"));
+
+        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap().public_key_pem();
+        let err = sign_leaf_for_public_key(&ca, &spec, &ed25519, now()).unwrap_err();
+        assert!(matches!(err, PkiError::NotP256 { .. }), "{err}");
+    }
+
+    #[test]
+    fn non_p256_private_keys_are_refused() {
+        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap().serialize_pem();
+        let err = CertificateAuthority::from_key_pem(CaKind::Cluster, &ed25519, now()).unwrap_err();
+        assert!(matches!(err, PkiError::NotP256 { .. }), "{err}");
+    }
+
+    #[test]
+    fn service_account_key_pair_is_p256_pkcs8_and_pkix() {
+        let (key, public) = generate_service_account_key().unwrap();
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(public_key_pem("sa.key", &key).unwrap(), public);
+    }
+}

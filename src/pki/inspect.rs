@@ -151,3 +151,54 @@ pub fn is_signed_by(cert_pem: &str, ca_cert_pem: &str) -> Result<bool, PkiError>
         Ok(cert.verify_signature(Some(ca.public_key())).is_ok())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+    use crate::pki::ca::CertificateAuthority;
+    use crate::pki::spec::{CA_LIFETIME, CaKind};
+
+    #[test]
+    fn fingerprint_is_stable_and_matches_openssl() {
+        let ca = CertificateAuthority::generate(CaKind::Cluster, OffsetDateTime::now_utc()).unwrap();
+        let ours = ca_fingerprint_sha256(ca.cert_pem()).unwrap();
+        assert_eq!(ours, ca_fingerprint_sha256(ca.cert_pem()).unwrap());
+        assert_eq!(ours.len(), 64);
+
+        let mut child = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("openssl is installed");
+        child.stdin.take().unwrap().write_all(ca.cert_pem().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        // "sha256 Fingerprint=AB:CD:..." (the prefix's case varies between versions).
+        let text = String::from_utf8(out.stdout).unwrap();
+        let theirs = text.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn expiry_and_ca_flag() {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let ca = CertificateAuthority::generate(CaKind::Datastore, now).unwrap();
+        assert_eq!(cert_expiry(ca.cert_pem()).unwrap(), now + CA_LIFETIME);
+        let info = parse_cert("datastore-ca.crt", ca.cert_pem()).unwrap();
+        assert!(info.is_ca);
+        assert_eq!(info.common_name.as_deref(), Some("k8sd-datastore-ca"));
+    }
+
+    #[test]
+    fn garbage_is_a_parse_error_naming_the_input() {
+        let err = parse_cert("apiserver.crt", "not a pem").unwrap_err();
+        assert!(err.to_string().starts_with("cannot parse apiserver.crt: "), "{err}");
+        let key_pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let err = ca_fingerprint_sha256(&key_pem).unwrap_err();
+        assert!(err.to_string().contains("expected a CERTIFICATE block"), "{err}");
+    }
+}
