@@ -359,3 +359,195 @@ pub(crate) fn known_files() -> Vec<String> {
     files.extend(Leaf::ALL.iter().flat_map(|l| [l.cert_file(), l.key_file()]));
     files
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> NodeIdentity {
+        NodeIdentity {
+            node_name: "node-1".into(),
+            node_ips: vec!["192.0.2.10".parse().unwrap()],
+            extra_sans: vec![],
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+        }
+    }
+
+    fn policy() -> RenewalPolicy {
+        RenewalPolicy::current()
+    }
+
+    /// Applies planned writes to an in-memory directory.
+    fn apply(snap: &mut Snapshot, writes: &[PlannedWrite]) {
+        for w in writes {
+            snap.insert(w.file.clone(), w.contents.clone());
+        }
+    }
+
+    fn bootstrapped() -> Snapshot {
+        let mut snap = Snapshot::new();
+        let writes = plan_control_plane(&snap, &id(), &policy()).unwrap();
+        apply(&mut snap, &writes);
+        snap
+    }
+
+    fn changed(writes: &[PlannedWrite]) -> Vec<(&str, ChangeReason)> {
+        writes.iter().map(|w| (w.file.as_str(), w.reason)).collect()
+    }
+
+    #[test]
+    fn bootstrap_creates_every_file_once_and_then_nothing() {
+        let snap = bootstrapped();
+        let mut files: Vec<_> = snap.keys().cloned().collect();
+        let mut want = known_files();
+        files.sort();
+        want.sort();
+        assert_eq!(files, want);
+        assert!(plan_control_plane(&snap, &id(), &policy()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_node_ip_reissues_exactly_the_certs_that_carry_it() {
+        let snap = bootstrapped();
+        let mut moved = id();
+        moved.node_ips.push("192.0.2.11".parse().unwrap());
+        let writes = plan_control_plane(&snap, &moved, &policy()).unwrap();
+        let mut stems: Vec<_> = writes.iter().map(|w| w.file.as_str()).collect();
+        stems.sort();
+        assert_eq!(
+            stems,
+            [
+                "apiserver.crt",
+                "apiserver.key",
+                "datastore-peer.crt",
+                "datastore-peer.key",
+                "datastore-server.crt",
+                "datastore-server.key",
+                "kubelet.crt",
+                "kubelet.key",
+            ]
+        );
+        assert!(writes.iter().all(|w| w.reason == ChangeReason::SansChanged));
+    }
+
+    #[test]
+    fn an_extra_san_reissues_only_the_apiserver_cert() {
+        let snap = bootstrapped();
+        let mut extra = id();
+        extra.extra_sans.push("api.example.com".into());
+        let writes = plan_control_plane(&snap, &extra, &policy()).unwrap();
+        assert_eq!(
+            changed(&writes),
+            [("apiserver.key", ChangeReason::SansChanged), ("apiserver.crt", ChangeReason::SansChanged)]
+        );
+        assert_eq!(writes[1].consumers, [Consumer::KubeApiserver]);
+    }
+
+    #[test]
+    fn a_renamed_node_gets_new_node_identities() {
+        let snap = bootstrapped();
+        let mut renamed = id();
+        renamed.node_name = "node-2".into();
+        let writes = plan_control_plane(&snap, &renamed, &policy()).unwrap();
+        let reason = |file: &str| writes.iter().find(|w| w.file == file).map(|w| w.reason);
+        assert_eq!(reason("kubelet-client.crt"), Some(ChangeReason::SubjectChanged));
+        assert_eq!(reason("kubelet.crt"), Some(ChangeReason::SubjectChanged));
+        assert_eq!(reason("apiserver.crt"), Some(ChangeReason::SansChanged));
+        assert_eq!(reason("admin.crt"), None);
+    }
+
+    #[test]
+    fn leaves_are_renewed_inside_the_window_but_cas_are_not() {
+        let snap = bootstrapped();
+        let later = RenewalPolicy { now: policy().now + Duration::days(250), ..policy() };
+        let writes = plan_control_plane(&snap, &id(), &later).unwrap();
+        // Every leaf, key and cert; no CA file, no service-account file.
+        assert_eq!(writes.len(), Leaf::ALL.len() * 2);
+        assert!(writes.iter().all(|w| w.reason == ChangeReason::Expiring));
+        let earlier = RenewalPolicy { now: policy().now + Duration::days(240), ..policy() };
+        assert!(plan_control_plane(&snap, &id(), &earlier).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_ca_certificate_without_its_key_is_refused() {
+        let mut snap = bootstrapped();
+        snap.remove("ca.key");
+        let err = plan_control_plane(&snap, &id(), &policy()).unwrap_err();
+        assert!(matches!(err, PkiError::CaIncomplete { .. }), "{err}");
+        assert!(err.to_string().contains("copy ca.key from another control-plane node"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_key_without_its_certificate_is_repaired_and_leaves_still_verify() {
+        let mut snap = bootstrapped();
+        snap.remove("ca.crt");
+        let writes = plan_control_plane(&snap, &id(), &policy()).unwrap();
+        assert_eq!(changed(&writes), [("ca.crt", ChangeReason::Rebuilt)]);
+        assert!(inspect::is_signed_by(&snap["admin.crt"], &writes[0].contents).unwrap());
+    }
+
+    #[test]
+    fn a_replaced_ca_reissues_all_its_leaves() {
+        let mut snap = bootstrapped();
+        snap.remove("front-proxy-ca.crt");
+        snap.remove("front-proxy-ca.key");
+        let writes = plan_control_plane(&snap, &id(), &policy()).unwrap();
+        assert_eq!(
+            changed(&writes),
+            [
+                ("front-proxy-ca.key", ChangeReason::Created),
+                ("front-proxy-ca.crt", ChangeReason::Created),
+                ("front-proxy-client.key", ChangeReason::SignerChanged),
+                ("front-proxy-client.crt", ChangeReason::SignerChanged),
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_leaves_and_sa_pub_are_repaired_but_sa_key_is_kept() {
+        let mut snap = bootstrapped();
+        let sa_key = snap["sa.key"].clone();
+        snap.insert("scheduler.crt".into(), "garbage".into());
+        snap.insert("admin.key".into(), snap["scheduler.key"].clone());
+        snap.remove("sa.pub");
+        let writes = plan_control_plane(&snap, &id(), &policy()).unwrap();
+        assert_eq!(
+            changed(&writes),
+            [
+                ("sa.pub", ChangeReason::Created),
+                ("scheduler.key", ChangeReason::Unreadable),
+                ("scheduler.crt", ChangeReason::Unreadable),
+                ("admin.key", ChangeReason::KeyMismatch),
+                ("admin.crt", ChangeReason::KeyMismatch),
+            ]
+        );
+        apply(&mut snap, &writes);
+        assert_eq!(snap["sa.key"], sa_key);
+        assert!(plan_control_plane(&snap, &id(), &policy()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_worker_installs_what_the_control_plane_signed() {
+        let cp = bootstrapped();
+        let ca = CertificateAuthority::from_pem(CaKind::Cluster, &cp["ca.crt"], &cp["ca.key"]).unwrap();
+        let mut worker = Snapshot::new();
+        let due = worker_leaves_due(&worker, &id(), &policy()).unwrap();
+        assert_eq!(due.len(), 3);
+        let certs: Vec<_> = due
+            .iter()
+            .map(|(spec, _)| (spec.leaf, ca::issue_leaf(&ca, spec, policy().now).unwrap()))
+            .collect();
+        let writes = plan_worker_install(&worker, ca.cert_pem(), &certs).unwrap();
+        assert_eq!(writes.len(), 7);
+        assert!(writes.iter().all(|w| !w.file.ends_with(".key") || w.secret));
+        apply(&mut worker, &writes);
+        assert!(!worker.contains_key("ca.key"), "a worker never holds a CA key");
+        assert!(worker_leaves_due(&worker, &id(), &policy()).unwrap().is_empty());
+        assert!(plan_worker_install(&worker, ca.cert_pem(), &certs).unwrap().is_empty());
+
+        // Certificates from another cluster's CA are refused.
+        let other = CertificateAuthority::generate(CaKind::Cluster, policy().now).unwrap();
+        let err = plan_worker_install(&Snapshot::new(), other.cert_pem(), &certs).unwrap_err();
+        assert!(matches!(err, PkiError::NotSignedByCa { .. }), "{err}");
+    }
+}
