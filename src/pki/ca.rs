@@ -308,7 +308,12 @@ mod tests {
             let issued = issue_leaf(ca, &spec, now()).unwrap();
             for other in &cas {
                 let signed = is_signed_by(&issued.cert_pem, other.cert_pem()).unwrap();
-                assert_eq!(signed, other.kind() == spec.signer, "{leaf:?} against {:?}", other.kind());
+                assert_eq!(
+                    signed,
+                    other.kind() == spec.signer,
+                    "{leaf:?} against {:?}",
+                    other.kind()
+                );
             }
             // Every CA self-verifies.
             assert!(is_signed_by(ca.cert_pem(), ca.cert_pem()).unwrap());
@@ -322,7 +327,10 @@ mod tests {
         let issued = issue_leaf(&reloaded, &Leaf::Admin.spec(&id()), now()).unwrap();
         assert!(is_signed_by(&issued.cert_pem, ca.cert_pem()).unwrap());
         assert!(format!("{reloaded:?}").contains("Cluster"));
-        assert!(!format!("{reloaded:?}").contains("PRIVATE"), "Debug must not print the key");
+        assert!(
+            !format!("{reloaded:?}").contains("PRIVATE"),
+            "Debug must not print the key"
+        );
     }
 
     #[test]
@@ -356,14 +364,18 @@ mod tests {
         assert_eq!(info.spki_der, key_spki_der("kubelet.key", &worker_key).unwrap());
         assert_eq!(info.common_name.as_deref(), Some("system:node:node-1"));
 
-        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap().public_key_pem();
+        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .unwrap()
+            .public_key_pem();
         let err = sign_leaf_for_public_key(&ca, &spec, &ed25519, now()).unwrap_err();
         assert!(matches!(err, PkiError::NotP256 { .. }), "{err}");
     }
 
     #[test]
     fn non_p256_private_keys_are_refused() {
-        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap().serialize_pem();
+        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .unwrap()
+            .serialize_pem();
         let err = CertificateAuthority::from_key_pem(CaKind::Cluster, &ed25519, now()).unwrap_err();
         assert!(matches!(err, PkiError::NotP256 { .. }), "{err}");
     }

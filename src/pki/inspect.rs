@@ -174,12 +174,23 @@ mod tests {
             .stdout(Stdio::piped())
             .spawn()
             .expect("openssl is installed");
-        child.stdin.take().unwrap().write_all(ca.cert_pem().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ca.cert_pem().as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         // "sha256 Fingerprint=AB:CD:..." (the prefix's case varies between versions).
         let text = String::from_utf8(out.stdout).unwrap();
-        let theirs = text.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+        let theirs = text
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .replace(':', "")
+            .to_lowercase();
         assert_eq!(ours, theirs);
     }
 
@@ -196,7 +207,10 @@ mod tests {
     #[test]
     fn garbage_is_a_parse_error_naming_the_input() {
         let err = parse_cert("apiserver.crt", "not a pem").unwrap_err();
-        assert!(err.to_string().starts_with("cannot parse apiserver.crt: "), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot parse apiserver.crt: "),
+            "{err}"
+        );
         let key_pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
         let err = ca_fingerprint_sha256(&key_pem).unwrap_err();
         assert!(err.to_string().contains("expected a CERTIFICATE block"), "{err}");

@@ -438,7 +438,10 @@ mod tests {
         let writes = plan_control_plane(&snap, &extra, &policy()).unwrap();
         assert_eq!(
             changed(&writes),
-            [("apiserver.key", ChangeReason::SansChanged), ("apiserver.crt", ChangeReason::SansChanged)]
+            [
+                ("apiserver.key", ChangeReason::SansChanged),
+                ("apiserver.crt", ChangeReason::SansChanged)
+            ]
         );
         assert_eq!(writes[1].consumers, [Consumer::KubeApiserver]);
     }
@@ -459,12 +462,18 @@ mod tests {
     #[test]
     fn leaves_are_renewed_inside_the_window_but_cas_are_not() {
         let snap = bootstrapped();
-        let later = RenewalPolicy { now: policy().now + Duration::days(250), ..policy() };
+        let later = RenewalPolicy {
+            now: policy().now + Duration::days(250),
+            ..policy()
+        };
         let writes = plan_control_plane(&snap, &id(), &later).unwrap();
         // Every leaf, key and cert; no CA file, no service-account file.
         assert_eq!(writes.len(), Leaf::ALL.len() * 2);
         assert!(writes.iter().all(|w| w.reason == ChangeReason::Expiring));
-        let earlier = RenewalPolicy { now: policy().now + Duration::days(240), ..policy() };
+        let earlier = RenewalPolicy {
+            now: policy().now + Duration::days(240),
+            ..policy()
+        };
         assert!(plan_control_plane(&snap, &id(), &earlier).unwrap().is_empty());
     }
 
@@ -474,7 +483,11 @@ mod tests {
         snap.remove("ca.key");
         let err = plan_control_plane(&snap, &id(), &policy()).unwrap_err();
         assert!(matches!(err, PkiError::CaIncomplete { .. }), "{err}");
-        assert!(err.to_string().contains("copy ca.key from another control-plane node"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("copy ca.key from another control-plane node"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -543,7 +556,11 @@ mod tests {
         apply(&mut worker, &writes);
         assert!(!worker.contains_key("ca.key"), "a worker never holds a CA key");
         assert!(worker_leaves_due(&worker, &id(), &policy()).unwrap().is_empty());
-        assert!(plan_worker_install(&worker, ca.cert_pem(), &certs).unwrap().is_empty());
+        assert!(
+            plan_worker_install(&worker, ca.cert_pem(), &certs)
+                .unwrap()
+                .is_empty()
+        );
 
         // Certificates from another cluster's CA are refused.
         let other = CertificateAuthority::generate(CaKind::Cluster, policy().now).unwrap();
