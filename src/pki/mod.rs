@@ -1,1 +1,42 @@
-//! Cluster PKI: the CA, every certificate and every kubeconfig (filled in by the PKI work).
+//! Cluster PKI: the CAs, every certificate, the service-account key pair and every kubeconfig.
+//!
+//! ```text
+//!   spec.rs       the table of every certificate (CN, O, SANs, EKU, signer, file)
+//!      │
+//!   ca.rs         CAs and signing          inspect.rs   parse, expiry, fingerprint, verify
+//!      └──────────────┬─────────────────────────┘
+//!   plan.rs       pure decisions: snapshot of files in, list of writes out
+//!   kubeconfig.rs kubeconfig wire format and its plan
+//!      │
+//!   files.rs      the only IO: read snapshot, write atomically (keys 0600, certs 0644)
+//! ```
+//!
+//! Boundary: this module knows file names inside one PKI directory and which processes read
+//! each file ([`Consumer`]); it does not know where that directory lives, how components are
+//! started, or how a worker's certificates travel (the join module carries [`IssuedCert`]s and
+//! the CA certificate in its own wire type). Every key is ECDSA P-256.
+
+mod ca;
+mod error;
+mod files;
+mod inspect;
+mod kubeconfig;
+mod plan;
+mod spec;
+
+pub use ca::{
+    CertificateAuthority, IssuedCert, generate_private_key_pem, issue_leaf, public_key_pem,
+    sign_leaf_for_public_key,
+};
+pub use error::PkiError;
+pub use files::{
+    CERT_MODE, CertStatus, FileChange, KEY_MODE, PkiReport, cert_status, ensure_control_plane_pki,
+    ensure_control_plane_pki_with, ensure_kubeconfigs, install_worker_pki, load_ca, worker_renewals_due,
+};
+pub use inspect::{CertInfo, ca_fingerprint_sha256, cert_expiry, is_signed_by, parse_cert};
+pub use kubeconfig::{CLUSTER_NAME, render_kubeconfig};
+pub use plan::{ChangeReason, RenewalPolicy, leaf_verdict};
+pub use spec::{
+    CA_LIFETIME, CaKind, Consumer, DEFAULT_RENEW_BEFORE, IpCidr, LEAF_LIFETIME, Leaf, LeafSpec, NodeIdentity,
+    NodeRole, SA_KEY_FILE, SA_PUB_FILE, San,
+};
