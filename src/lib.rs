@@ -9,6 +9,8 @@ pub mod datastore;
 pub mod etcd;
 pub mod images;
 pub mod node;
+pub mod httpc;
+pub mod paths;
 pub mod pki;
 pub mod supervisor;
 

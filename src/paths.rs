@@ -1,0 +1,122 @@
+//! Every on-disk path k8sd uses, and its mode, in one place (see docs/directories.md).
+//!
+//! Two roots: the data dir (persistent: PKI, datastore, component state, logs) and the run dir
+//! (volatile: control socket, pid files, containerd state). Both are flags, so several nodes can
+//! share one machine in tests, each in its own network namespace.
+
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/k8sd";
+pub const DEFAULT_RUN_DIR: &str = "/run/k8sd";
+/// Default place of the prebuilt image tarballs and kubebin (outside any checkout).
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/k8sd";
+
+/// Environment variables k8sd reads.
+pub const ENV_KUBEBIN: &str = "K8SD_KUBEBIN";
+pub const ENV_IMAGES_DIR: &str = "K8SD_IMAGES_DIR";
+pub const ENV_DATA_DIR: &str = "K8SD_DATA_DIR";
+pub const ENV_RUN_DIR: &str = "K8SD_RUN_DIR";
+
+/// The pinned Kubernetes version (the one pin lives in assets/kube/VERSION).
+pub const KUBE_VERSION: &str = include_str!("../assets/kube/VERSION");
+
+pub fn kube_version() -> &'static str {
+    KUBE_VERSION.trim()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(data_dir: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
+        Layout { data_dir: data_dir.into(), run_dir: run_dir.into() }
+    }
+
+    fn d(&self, p: &str) -> PathBuf {
+        self.data_dir.join(p)
+    }
+    fn r(&self, p: &str) -> PathBuf {
+        self.run_dir.join(p)
+    }
+
+    /// 0600: the node's persisted configuration; its presence means "initialised".
+    pub fn node_file(&self) -> PathBuf {
+        self.d("node.yaml")
+    }
+    /// 0700: certificates (0644) and keys (0600).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.d("pki")
+    }
+    /// 0700: kubeconfigs (0600).
+    pub fn kubeconfig_dir(&self) -> PathBuf {
+        self.d("kubeconfig")
+    }
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.kubeconfig_dir().join("admin.conf")
+    }
+    /// 0700: the datastore's SQLite files.
+    pub fn datastore_dir(&self) -> PathBuf {
+        self.d("datastore")
+    }
+    /// 0700: rendered component configuration files.
+    pub fn config_dir(&self) -> PathBuf {
+        self.d("config")
+    }
+    /// 0700: one log file per component plus k8sd's own daemon log.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.d("logs")
+    }
+    pub fn daemon_log(&self) -> PathBuf {
+        self.logs_dir().join("k8sd.log")
+    }
+    pub fn containerd_root(&self) -> PathBuf {
+        self.d("containerd")
+    }
+    pub fn kubelet_root(&self) -> PathBuf {
+        self.d("kubelet")
+    }
+    pub fn pod_logs_dir(&self) -> PathBuf {
+        self.d("pod-logs")
+    }
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.d("cni/net.d")
+    }
+    pub fn cni_ipam_dir(&self) -> PathBuf {
+        self.d("cni/networks")
+    }
+    /// 0700: volatile state.
+    pub fn containerd_state(&self) -> PathBuf {
+        self.r("containerd")
+    }
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.r("containerd/containerd.sock")
+    }
+    /// 0600, root only: the CLI talks to the daemon here.
+    pub fn control_socket(&self) -> PathBuf {
+        self.r("k8sd.sock")
+    }
+    /// Pid files of supervised children.
+    pub fn pid_dir(&self) -> PathBuf {
+        self.r("pids")
+    }
+}
+
+/// Find kubebin: `$K8SD_KUBEBIN`, next to the k8sd binary (the snap), or the build cache.
+pub fn find_kubebin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(ENV_KUBEBIN) {
+        return Some(PathBuf::from(p));
+    }
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("kubebin")));
+    let cached = Path::new(DEFAULT_CACHE_DIR).join("kube").join(kube_version()).join("kubebin");
+    [beside, Some(cached)].into_iter().flatten().find(|p| p.is_file())
+}
+
+/// Where the image tarballs (pause.tar, busybox.tar) are.
+pub fn images_dir() -> PathBuf {
+    std::env::var_os(ENV_IMAGES_DIR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(DEFAULT_CACHE_DIR).join("images"))
+}
