@@ -60,7 +60,7 @@ func main() {
 	args := os.Args[1:]
 	if !known(name) {
 		if len(args) == 0 {
-			usage(name)
+			usage("")
 		}
 		name, args = args[0], args[1:]
 		if !known(name) {
@@ -102,7 +102,12 @@ func runKubectl(args []string) int {
 	return 0
 }
 
+// usage reports an unknown or missing component and exits 2, the usual code for bad usage.
 func usage(name string) {
-	fmt.Fprintf(os.Stderr, "kubebin: unknown component %q; run as one of %v (by argv[0] or first argument)\n", name, names())
+	if name == "" {
+		fmt.Fprintf(os.Stderr, "kubebin: no component given; usage: kubebin COMPONENT [FLAGS...], COMPONENT one of %v\n", names())
+	} else {
+		fmt.Fprintf(os.Stderr, "kubebin: unknown component %q; run as one of %v (by argv[0] or first argument)\n", name, names())
+	}
 	os.Exit(2)
 }
