@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod datastore;
+mod images;
 
 /// k8sd turns Linux machines into a Kubernetes cluster.
 #[derive(Debug, Parser)]
@@ -17,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the etcd-compatible datastore on its own (accepts etcd's core flags).
     Datastore(datastore::DatastoreArgs),
+    /// Build the local container images (pause, busybox) and import them into containerd.
+    Images(images::ImagesArgs),
 }
 
 /// Parse the process arguments and run the chosen verb.
@@ -24,6 +27,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Datastore(args) => datastore::run(args),
+        Command::Images(args) => images::run(args),
     }
 }
 

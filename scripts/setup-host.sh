@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what k8sd and its tests need from Debian 12, idempotently: only missing packages
+# are installed, and an unfetchable package stops the script naming it (apt resolves and
+# downloads everything before it unpacks anything, so a failure never half-installs).
+# Also checks the toolchains that do not come from apt (Go >= 1.26 in /usr/local/go, Rust).
+#
+# Usage: scripts/setup-host.sh   (as root)
+set -euo pipefail
+
+die() { echo "setup-host: error: $*" >&2; exit 1; }
+log() { echo "setup-host: $*" >&2; }
+
+packages=(
+  # Node runtime: k8sd runs containerd as a child and pods through runc and the CNI plugins.
+  containerd runc containernetworking-plugins iptables nftables conntrack iproute2
+  # Images: busybox-static goes into the test image; gcc and libc6-dev build the static pause.
+  busybox-static gcc libc6-dev
+  # Test oracles and tools: Debian's etcd for the smoke test, haproxy for HA tests.
+  etcd-server etcd-client haproxy openssl curl ca-certificates util-linux procps
+  # Rust build: tonic-prost-build needs protoc.
+  protobuf-compiler
+)
+
+[[ $(id -u) -eq 0 ]] || die "run as root (apt-get install needs it)"
+
+installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
+
+missing=()
+for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
+
+if ((${#missing[@]})); then
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed; check /etc/apt/sources.list and the network"
+  unfetchable=()
+  for p in "${missing[@]}"; do
+    cand=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    [[ -n "$cand" && "$cand" != "(none)" ]] || unfetchable+=("$p")
+  done
+  ((${#unfetchable[@]} == 0)) || die "apt has no installation candidate for: ${unfetchable[*]}"
+  # policy-rc.d keeps the package scripts from starting a system containerd or etcd next to ours.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [[ ! -e $policy ]]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; created_policy=1; fi
+  rc=0
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
+  ((created_policy == 0)) || rm -f $policy
+  ((rc == 0)) || die "apt-get install failed (exit $rc) for: ${missing[*]}"
+fi
+
+still=()
+for p in "${packages[@]}"; do installed "$p" || still+=("$p"); done
+((${#still[@]} == 0)) || die "packages still not installed: ${still[*]}"
+
+for bin in containerd ctr runc etcd iptables conntrack ip nsenter busybox gcc protoc openssl; do
+  command -v "$bin" >/dev/null || die "'$bin' is not on PATH although its package is installed"
+done
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap && -x /usr/lib/cni/loopback ]] \
+  || die "CNI plugins missing from /usr/lib/cni (package containernetworking-plugins)"
+
+# Toolchains that Debian 12 cannot provide at the needed version.
+go=$(command -v go || echo /usr/local/go/bin/go)
+[[ -x "$go" ]] || die "Go is not installed; install Go >= 1.26 to /usr/local/go (Debian 12 ships 1.19)"
+gov=$("$go" env GOVERSION)
+[[ "$gov" =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 26)) || die "$go is $gov; kubebin needs Go >= 1.26"
+command -v cargo >/dev/null || die "cargo is not on PATH; install Rust (stable >= 1.88)"
+
+log "host ready: ${#packages[@]} Debian packages present, $gov, $(cargo --version)"

@@ -1,0 +1,311 @@
+use super::*;
+use flate2::read::GzDecoder;
+use std::collections::BTreeMap;
+use std::io::Read;
+
+/// A minimal little-endian ELF64 image with one program header of type `p_type`.
+fn fake_elf(p_type: u32) -> Vec<u8> {
+    let mut elf = vec![0u8; 64 + 56];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // ELFCLASS64
+    elf[5] = 1; // little-endian
+    elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf[64..68].copy_from_slice(&p_type.to_le_bytes());
+    elf.extend_from_slice(b"payload");
+    elf
+}
+
+const PT_LOAD: u32 = 1;
+const PT_INTERP: u32 = 3;
+
+/// Every file of an OCI layout tarball, by path.
+fn read_tar(bytes: &[u8]) -> BTreeMap<String, (tar::Header, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut archive = tar::Archive::new(bytes);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        out.insert(path, (entry.header().clone(), data));
+    }
+    out
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+fn blob<'a>(files: &'a BTreeMap<String, (tar::Header, Vec<u8>)>, digest: &str) -> &'a [u8] {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let data = &files[&format!("blobs/sha256/{hex}")].1;
+    assert_eq!(sha256_hex(data), hex, "blob content must match its name");
+    data
+}
+
+struct Unpacked {
+    index: serde_json::Value,
+    manifest: serde_json::Value,
+    config: serde_json::Value,
+    layer: BTreeMap<String, (tar::Header, Vec<u8>)>,
+    outer: BTreeMap<String, (tar::Header, Vec<u8>)>,
+}
+
+fn unpack(tarball: &Path) -> Unpacked {
+    let outer = read_tar(&fs::read(tarball).unwrap());
+    let index = json(&outer["index.json"].1);
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = json(blob(&outer, manifest_digest));
+    let config = json(blob(&outer, manifest["config"]["digest"].as_str().unwrap()));
+    let layer_gz = blob(&outer, manifest["layers"][0]["digest"].as_str().unwrap());
+    let mut layer_tar = Vec::new();
+    GzDecoder::new(layer_gz).read_to_end(&mut layer_tar).unwrap();
+    assert_eq!(
+        config["rootfs"]["diff_ids"][0],
+        sha256_digest(&layer_tar),
+        "diff_id is the uncompressed layer"
+    );
+    let layer = read_tar(&layer_tar);
+    Unpacked {
+        index,
+        manifest,
+        config,
+        layer,
+        outer,
+    }
+}
+
+#[test]
+fn pause_image_has_layout_names_and_consistent_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("pause-bin");
+    fs::write(&bin, fake_elf(PT_LOAD)).unwrap();
+    let built = build_pause(&dir.path().join("out"), &bin).unwrap();
+    assert_eq!(built.tarball, dir.path().join("out").join(PAUSE_TARBALL));
+    assert_eq!(built.reference, "registry.k8s.io/pause:3.10");
+
+    let img = unpack(&built.tarball);
+    assert_eq!(img.outer["oci-layout"].1, br#"{"imageLayoutVersion":"1.0.0"}"#);
+    let desc = &img.index["manifests"][0];
+    assert_eq!(desc["digest"], built.manifest_digest.as_str());
+    assert_eq!(desc["mediaType"], oci::MEDIA_MANIFEST);
+    assert_eq!(
+        desc["annotations"]["io.containerd.image.name"],
+        "registry.k8s.io/pause:3.10"
+    );
+    assert_eq!(desc["annotations"]["org.opencontainers.image.ref.name"], "3.10");
+    assert_eq!(desc["platform"]["os"], "linux");
+    assert_eq!(img.manifest["schemaVersion"], 2);
+    assert_eq!(img.manifest["layers"][0]["mediaType"], oci::MEDIA_LAYER_GZIP);
+    assert_eq!(img.config["config"]["Entrypoint"], serde_json::json!(["/pause"]));
+    assert_eq!(img.config["architecture"], oci::host_architecture());
+    assert!(
+        img.config.get("created").is_none(),
+        "a timestamp would break reproducibility"
+    );
+
+    let (header, data) = &img.layer["pause"];
+    assert_eq!(data, &fake_elf(PT_LOAD));
+    assert_eq!(header.mode().unwrap(), 0o755);
+    assert_eq!(img.layer.len(), 1);
+    // Sizes in descriptors match the blobs.
+    let layer_size = img.manifest["layers"][0]["size"].as_u64().unwrap();
+    let layer_digest = img.manifest["layers"][0]["digest"].as_str().unwrap();
+    assert_eq!(blob(&img.outer, layer_digest).len() as u64, layer_size);
+}
+
+#[test]
+fn packing_is_reproducible_and_owner_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = busybox_spec(fake_elf(PT_LOAD));
+    let a = pack(&spec, &dir.path().join("a.tar")).unwrap();
+    let b = pack(&spec, &dir.path().join("b.tar")).unwrap();
+    assert_eq!(a.manifest_digest, b.manifest_digest);
+    assert_eq!(fs::read(&a.tarball).unwrap(), fs::read(&b.tarball).unwrap());
+    assert!(!dir.path().join("a.tar.tmp").exists());
+
+    let img = unpack(&a.tarball);
+    for (path, (header, _)) in img.layer.iter().chain(img.outer.iter()) {
+        assert_eq!(header.mtime().unwrap(), 0, "{path}");
+        assert_eq!(header.uid().unwrap(), 0, "{path}");
+        assert_eq!(header.gid().unwrap(), 0, "{path}");
+    }
+}
+
+#[test]
+fn busybox_image_has_applets_and_etc() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("busybox");
+    fs::write(&bin, fake_elf(PT_LOAD)).unwrap();
+    let built = build_busybox(dir.path(), &bin).unwrap();
+    let img = unpack(&built.tarball);
+    assert_eq!(
+        img.index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        BUSYBOX_IMAGE
+    );
+    assert_eq!(img.config["config"]["Cmd"], serde_json::json!(["sh"]));
+
+    let (header, _) = &img.layer["bin/sh"];
+    assert_eq!(header.entry_type(), tar::EntryType::Symlink);
+    assert_eq!(header.link_name().unwrap().unwrap().to_str(), Some("busybox"));
+    assert_eq!(img.layer["bin/busybox"].1, fake_elf(PT_LOAD));
+    assert!(String::from_utf8_lossy(&img.layer["etc/passwd"].1).starts_with("root:x:0:0:"));
+    assert!(String::from_utf8_lossy(&img.layer["etc/group"].1).contains("nobody:x:65534:"));
+    assert_eq!(img.layer["tmp/"].0.mode().unwrap(), 0o1777);
+    for applet in BUSYBOX_APPLETS {
+        assert!(
+            img.layer.contains_key(&format!("bin/{applet}")),
+            "missing applet {applet}"
+        );
+    }
+    // Parents come before children in the layer.
+    let names: Vec<_> = img.layer.keys().collect();
+    assert!(
+        names.iter().position(|n| *n == "bin/").unwrap() < names.iter().position(|n| *n == "bin/sh").unwrap()
+    );
+}
+
+#[test]
+fn dynamic_or_non_elf_inputs_are_refused_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let dynamic = dir.path().join("dynamic");
+    fs::write(&dynamic, fake_elf(PT_INTERP)).unwrap();
+    let err = build_busybox(dir.path(), &dynamic).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::NotStatic { path, .. } if *path == dynamic),
+        "{err}"
+    );
+    assert!(err.to_string().contains("dynamically linked"), "{err}");
+
+    let script = dir.path().join("script");
+    fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let err = build_pause(dir.path(), &script).unwrap_err();
+    assert!(err.to_string().contains("not an ELF file"), "{err}");
+
+    let missing = dir.path().join("missing");
+    let err = build_pause(dir.path(), &missing).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Read { path, .. } if *path == missing),
+        "{err}"
+    );
+    assert!(!dir.path().join(PAUSE_TARBALL).exists());
+}
+
+#[test]
+fn real_host_binaries_are_static() {
+    // Debian's busybox-static, when installed, is what the smoke test packs.
+    let busybox = Path::new("/bin/busybox");
+    if let Ok(data) = fs::read(busybox) {
+        assert_eq!(check_static_elf(&data), Ok(()));
+    }
+    // /bin/sh (dash) is dynamically linked on Debian.
+    if let Ok(data) = fs::read("/bin/dash") {
+        assert!(check_static_elf(&data).is_err());
+    }
+}
+
+#[test]
+fn references_must_be_qualified_and_not_latest() {
+    assert_eq!(tag_of("registry.k8s.io/pause:3.10").unwrap(), "3.10");
+    assert_eq!(
+        tag_of("docker.io/library/busybox:1.36-local").unwrap(),
+        "1.36-local"
+    );
+    assert_eq!(tag_of("localhost:5000/x:1").unwrap(), "1");
+    for bad in [
+        "busybox:1.36",
+        "library/busybox:1",
+        "docker.io/library/busybox",
+        "docker.io/x:latest",
+        "docker.io/x@sha256:00",
+        "localhost:5000/x",
+    ] {
+        assert!(
+            matches!(tag_of(bad), Err(ImageError::BadReference { .. })),
+            "{bad} should be refused"
+        );
+    }
+}
+
+#[test]
+fn invalid_entries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            vec![Entry::Symlink {
+                path: "bin/sh".into(),
+                target: "busybox".into(),
+            }],
+            "parent",
+        ),
+        (
+            vec![Entry::Dir {
+                path: "/abs".into(),
+                mode: 0o755,
+            }],
+            "relative",
+        ),
+        (
+            vec![Entry::Dir {
+                path: "a/../b".into(),
+                mode: 0o755,
+            }],
+            "'..'",
+        ),
+        (
+            vec![
+                Entry::Dir {
+                    path: "a".into(),
+                    mode: 0o755,
+                },
+                Entry::Dir {
+                    path: "a".into(),
+                    mode: 0o700,
+                },
+            ],
+            "twice",
+        ),
+    ];
+    for (entries, want) in cases {
+        let spec = ImageSpec {
+            entries,
+            ..pause_spec(vec![])
+        };
+        let err = pack(&spec, &dir.path().join("x.tar")).unwrap_err();
+        assert!(
+            matches!(err, ImageError::BadEntry { .. }) && err.to_string().contains(want),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn import_command_targets_the_cri_namespace_of_the_given_socket() {
+    let cmd = import_command(
+        Path::new("/usr/bin/ctr"),
+        Path::new("/run/x/containerd.sock"),
+        Path::new("/o/p.tar"),
+    );
+    assert_eq!(cmd.get_program(), "/usr/bin/ctr");
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    assert_eq!(
+        args,
+        [
+            "--address",
+            "/run/x/containerd.sock",
+            "--namespace",
+            "k8s.io",
+            "images",
+            "import",
+            "/o/p.tar"
+        ]
+    );
+}
+
+#[test]
+fn containerd_template_names_our_pause_image() {
+    let template = include_str!("../../assets/containerd/config.toml");
+    assert!(template.contains(&format!("sandbox_image = \"{PAUSE_IMAGE}\"")), "assets/containerd/config.toml");
+}
