@@ -1,0 +1,241 @@
+//! The Kubernetes components of a node: their arguments (pure functions, pinned by tests) and
+//! the rendered configuration files. Arguments are our defaults only; every flag here has a
+//! reason in `shared/reference/kubernetes-on-this-machine.md` §7–10.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use super::config::NodeConfig;
+use crate::paths::Layout;
+
+pub const APISERVER_PORT: u16 = 6443;
+pub const DATASTORE_PORT: u16 = 2379;
+
+pub fn apiserver_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), APISERVER_PORT)
+}
+
+pub fn datastore_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DATASTORE_PORT)
+}
+
+/// Everything a component's arguments depend on.
+#[derive(Debug, Clone)]
+pub struct Ctx<'a> {
+    pub layout: &'a Layout,
+    pub cfg: &'a NodeConfig,
+}
+
+impl Ctx<'_> {
+    fn pki(&self, f: &str) -> String {
+        self.layout.pki_dir().join(f).display().to_string()
+    }
+    fn kubeconfig(&self, f: &str) -> String {
+        self.layout.kubeconfig_dir().join(f).display().to_string()
+    }
+    fn config(&self, f: &str) -> String {
+        self.layout.config_dir().join(f).display().to_string()
+    }
+}
+
+fn flags(pairs: &[(&str, String)]) -> Vec<String> {
+    pairs.iter().map(|(k, v)| format!("--{k}={v}")).collect()
+}
+
+pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
+    let issuer = "https://kubernetes.default.svc.cluster.local".to_string();
+    flags(&[
+        ("advertise-address", c.cfg.advertise_address.to_string()),
+        ("bind-address", "0.0.0.0".into()),
+        ("secure-port", APISERVER_PORT.to_string()),
+        ("etcd-servers", format!("https://{}", datastore_addr())),
+        ("etcd-cafile", c.pki("datastore-ca.crt")),
+        ("etcd-certfile", c.pki("datastore-client.crt")),
+        ("etcd-keyfile", c.pki("datastore-client.key")),
+        ("storage-backend", "etcd3".into()),
+        ("etcd-prefix", "/registry".into()),
+        // A loaded 2-core machine can take longer than the 2 s default to answer a probe.
+        ("etcd-healthcheck-timeout", "10s".into()),
+        ("etcd-readycheck-timeout", "10s".into()),
+        ("service-cluster-ip-range", c.cfg.service_cidr.clone()),
+        ("service-account-issuer", issuer.clone()),
+        ("api-audiences", issuer),
+        ("service-account-key-file", c.pki("sa.pub")),
+        ("service-account-signing-key-file", c.pki("sa.key")),
+        ("client-ca-file", c.pki("ca.crt")),
+        ("tls-cert-file", c.pki("apiserver.crt")),
+        ("tls-private-key-file", c.pki("apiserver.key")),
+        ("kubelet-client-certificate", c.pki("apiserver-kubelet-client.crt")),
+        ("kubelet-client-key", c.pki("apiserver-kubelet-client.key")),
+        ("kubelet-preferred-address-types", "InternalIP,Hostname".into()),
+        ("authorization-mode", "Node,RBAC".into()),
+        ("enable-admission-plugins", "NodeRestriction".into()),
+        ("allow-privileged", "true".into()),
+        ("profiling", "false".into()),
+        ("anonymous-auth", "false".into()),
+        ("requestheader-client-ca-file", c.pki("front-proxy-ca.crt")),
+        ("requestheader-allowed-names", "front-proxy-client".into()),
+        ("requestheader-username-headers", "X-Remote-User".into()),
+        ("requestheader-group-headers", "X-Remote-Group".into()),
+        ("requestheader-extra-headers-prefix", "X-Remote-Extra-".into()),
+        ("proxy-client-cert-file", c.pki("front-proxy-client.crt")),
+        ("proxy-client-key-file", c.pki("front-proxy-client.key")),
+    ])
+}
+
+pub fn controller_manager_args(c: &Ctx<'_>) -> Vec<String> {
+    let kc = c.kubeconfig("controller-manager.conf");
+    flags(&[
+        ("kubeconfig", kc.clone()),
+        ("authentication-kubeconfig", kc.clone()),
+        ("authorization-kubeconfig", kc),
+        ("bind-address", "127.0.0.1".into()),
+        ("root-ca-file", c.pki("ca.crt")),
+        ("service-account-private-key-file", c.pki("sa.key")),
+        ("use-service-account-credentials", "true".into()),
+        ("cluster-signing-cert-file", c.pki("ca.crt")),
+        ("cluster-signing-key-file", c.pki("ca.key")),
+        ("service-cluster-ip-range", c.cfg.service_cidr.clone()),
+        ("cluster-cidr", c.cfg.pod_cidr.clone()),
+        ("leader-elect", "true".into()),
+        ("profiling", "false".into()),
+    ])
+}
+
+pub fn scheduler_args(c: &Ctx<'_>) -> Vec<String> {
+    let kc = c.kubeconfig("scheduler.conf");
+    flags(&[
+        ("kubeconfig", kc.clone()),
+        ("authentication-kubeconfig", kc.clone()),
+        ("authorization-kubeconfig", kc),
+        ("bind-address", "127.0.0.1".into()),
+        ("leader-elect", "true".into()),
+        ("profiling", "false".into()),
+    ])
+}
+
+pub fn containerd_args(c: &Ctx<'_>) -> Vec<String> {
+    flags(&[("config", c.config("containerd.toml"))])
+}
+
+pub fn kubelet_args(c: &Ctx<'_>) -> Vec<String> {
+    flags(&[
+        ("config", c.config("kubelet.yaml")),
+        ("kubeconfig", c.kubeconfig("kubelet.conf")),
+        ("hostname-override", c.cfg.node_name.clone()),
+        ("node-ip", c.cfg.advertise_address.to_string()),
+        ("root-dir", c.layout.kubelet_root().display().to_string()),
+        ("cert-dir", c.layout.kubelet_root().join("pki").display().to_string()),
+    ])
+}
+
+pub fn kube_proxy_args(c: &Ctx<'_>) -> Vec<String> {
+    flags(&[("config", c.config("kube-proxy.yaml"))])
+}
+
+const CONTAINERD_TEMPLATE: &str = include_str!("../../assets/containerd/config.toml");
+const CNI_TEMPLATE: &str = include_str!("../../assets/cni/10-k8sd.conflist");
+const KUBELET_TEMPLATE: &str = include_str!("../../assets/kubelet/config.yaml");
+const KUBE_PROXY_TEMPLATE: &str = include_str!("../../assets/kube-proxy/config.yaml");
+
+/// Replace every `{{name}}` marker; a marker without a value is an error, never left behind.
+pub fn render(template: &str, values: &[(&str, String)]) -> Result<String, String> {
+    let mut out = template.to_string();
+    for (k, v) in values {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    match out.find("{{") {
+        Some(i) => Err(format!("template marker left unrendered near: {}", &out[i..(i + 40).min(out.len())])),
+        None => Ok(out),
+    }
+}
+
+/// The rendered configuration files: (path, contents).
+pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
+    let l = c.layout;
+    let p = |x: &Path| x.display().to_string();
+    let values = [
+        ("containerd_root", p(&l.containerd_root())),
+        ("containerd_state", p(&l.containerd_state())),
+        ("containerd_address", p(&l.containerd_socket())),
+        ("cni_conf_dir", p(&l.cni_conf_dir())),
+        ("cni_ipam_dir", p(&l.cni_ipam_dir())),
+        ("pod_cidr", c.cfg.pod_cidr.clone()),
+        ("pki_dir", p(&l.pki_dir())),
+        ("cgroup_root", "/".to_string()),
+        ("pod_logs_dir", p(&l.pod_logs_dir())),
+        ("kubeconfig", c.kubeconfig("proxy.conf")),
+        ("node_name", c.cfg.node_name.clone()),
+    ];
+    Ok(vec![
+        (l.config_dir().join("containerd.toml"), render(CONTAINERD_TEMPLATE, &values)?),
+        (l.cni_conf_dir().join("10-k8sd.conflist"), render(CNI_TEMPLATE, &values)?),
+        (l.config_dir().join("kubelet.yaml"), render(KUBELET_TEMPLATE, &values)?),
+        (l.config_dir().join("kube-proxy.yaml"), render(KUBE_PROXY_TEMPLATE, &values)?),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::{NODE_CONFIG_VERSION, Role};
+
+    fn cfg() -> NodeConfig {
+        NodeConfig {
+            version: NODE_CONFIG_VERSION,
+            role: Role::ControlPlane,
+            node_name: "n1".into(),
+            advertise_address: "10.0.0.5".parse().unwrap(),
+            pod_cidr: "10.88.0.0/16".into(),
+            service_cidr: "10.96.0.0/12".into(),
+            extra_sans: vec![],
+        }
+    }
+
+    #[test]
+    fn apiserver_flags_are_pinned() {
+        let layout = Layout::new("/d", "/r");
+        let cfg = cfg();
+        let args = apiserver_args(&Ctx { layout: &layout, cfg: &cfg });
+        let must = [
+            "--anonymous-auth=false",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--profiling=false",
+            "--etcd-servers=https://127.0.0.1:2379",
+            "--etcd-certfile=/d/pki/datastore-client.crt",
+            "--advertise-address=10.0.0.5",
+            "--service-cluster-ip-range=10.96.0.0/12",
+        ];
+        for m in must {
+            assert!(args.iter().any(|a| a == m), "missing {m}");
+        }
+        // Default feature gates stay on: no gate is switched off (contract §2.5).
+        assert!(!args.iter().any(|a| a.starts_with("--feature-gates")), "{args:?}");
+        assert_eq!(args.len(), 34, "the full flag set is pinned; update this test deliberately");
+    }
+
+    #[test]
+    fn kubelet_never_gets_a_loopback_node_ip() {
+        let layout = Layout::new("/d", "/r");
+        let cfg = cfg();
+        let args = kubelet_args(&Ctx { layout: &layout, cfg: &cfg });
+        assert!(args.contains(&"--node-ip=10.0.0.5".to_string()));
+        assert!(args.contains(&"--root-dir=/d/kubelet".to_string()));
+    }
+
+    #[test]
+    fn every_template_marker_is_rendered() {
+        let layout = Layout::new("/d", "/r");
+        let cfg = cfg();
+        let files = config_files(&Ctx { layout: &layout, cfg: &cfg }).unwrap();
+        assert_eq!(files.len(), 4);
+        for (path, text) in &files {
+            assert!(!text.contains("{{"), "{} has an unrendered marker", path.display());
+        }
+        let containerd = &files[0].1;
+        assert!(containerd.contains("restrict_oom_score_adj = true"));
+        assert!(containerd.contains("address = \"/r/containerd/containerd.sock\""));
+        assert!(render("a {{x}}", &[]).is_err());
+    }
+}

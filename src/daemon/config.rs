@@ -1,0 +1,246 @@
+//! Node configuration: what `k8sd init` asks for (flags or a YAML file), validated into a
+//! `NodeConfig` before anything is written, and persisted as the versioned `node.yaml`.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pki::IpCidr;
+
+/// The init request as the user gives it (flags override the file). Crosses the control socket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InitRequest {
+    pub node_name: Option<String>,
+    pub advertise_address: Option<String>,
+    pub pod_cidr: Option<String>,
+    pub service_cidr: Option<String>,
+    #[serde(default)]
+    pub extra_sans: Vec<String>,
+}
+
+impl InitRequest {
+    /// Fill fields missing here from `file` (a YAML config).
+    pub fn merge_file(mut self, file: InitRequest) -> Self {
+        self.node_name = self.node_name.or(file.node_name);
+        self.advertise_address = self.advertise_address.or(file.advertise_address);
+        self.pod_cidr = self.pod_cidr.or(file.pod_cidr);
+        self.service_cidr = self.service_cidr.or(file.service_cidr);
+        if self.extra_sans.is_empty() {
+            self.extra_sans = file.extra_sans;
+        }
+        self
+    }
+}
+
+pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+/// Ports a control-plane node needs free before init.
+pub const PORTS: &[(u16, &str)] = &[
+    (6443, "kube-apiserver"),
+    (2379, "datastore"),
+    (10250, "kubelet"),
+    (10248, "kubelet healthz"),
+    (10257, "kube-controller-manager"),
+    (10259, "kube-scheduler"),
+    (10256, "kube-proxy healthz"),
+];
+
+/// The persisted node configuration (`node.yaml`). Versioned: a newer k8sd must read it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeConfig {
+    pub version: u32,
+    pub role: Role,
+    pub node_name: String,
+    pub advertise_address: IpAddr,
+    pub pod_cidr: String,
+    pub service_cidr: String,
+    pub extra_sans: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    ControlPlane,
+    Worker,
+}
+
+pub const NODE_CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid { what: &'static str, value: String, reason: String },
+    #[error(
+        "advertise address {0} is a loopback address; the kubelet and other nodes cannot use it. Pass --advertise-address with this machine's address"
+    )]
+    Loopback(IpAddr),
+    #[error("advertise address {0} is not assigned to any interface of this machine; pass one of its addresses")]
+    NotLocal(IpAddr),
+    #[error("no usable advertise address found (no non-loopback IPv4 address); pass --advertise-address")]
+    NoAddress,
+    #[error("port {port} ({what}) is already in use; stop whatever listens there (ss -ltnp 'sport = :{port}') and retry")]
+    PortInUse { port: u16, what: &'static str },
+    #[error("pod CIDR {pod} and service CIDR {service} overlap; choose disjoint ranges")]
+    Overlap { pod: String, service: String },
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+fn invalid(what: &'static str, value: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid { what, value: value.to_string(), reason: reason.to_string() }
+}
+
+/// Validate a request into a node configuration. Checks only; writes nothing.
+pub fn validate(req: &InitRequest, host_name: &str, local_addrs: &[IpAddr]) -> Result<NodeConfig, ConfigError> {
+    let node_name = req.node_name.clone().unwrap_or_else(|| host_name.to_lowercase());
+    validate_node_name(&node_name)?;
+    let advertise_address = match &req.advertise_address {
+        Some(a) => {
+            let ip: IpAddr = a.parse().map_err(|e| invalid("advertise address", a, e))?;
+            if ip.is_loopback() {
+                return Err(ConfigError::Loopback(ip));
+            }
+            if !local_addrs.contains(&ip) {
+                return Err(ConfigError::NotLocal(ip));
+            }
+            ip
+        }
+        None => *local_addrs.iter().find(|a| a.is_ipv4() && !a.is_loopback()).ok_or(ConfigError::NoAddress)?,
+    };
+    let pod_cidr = req.pod_cidr.clone().unwrap_or_else(|| DEFAULT_POD_CIDR.into());
+    let service_cidr = req.service_cidr.clone().unwrap_or_else(|| DEFAULT_SERVICE_CIDR.into());
+    let pod: IpCidr = pod_cidr.parse().map_err(|e| invalid("pod CIDR", &pod_cidr, e))?;
+    let svc: IpCidr = service_cidr.parse().map_err(|e| invalid("service CIDR", &service_cidr, e))?;
+    if cidrs_overlap(&pod.to_string(), &svc.to_string()) {
+        return Err(ConfigError::Overlap { pod: pod_cidr, service: service_cidr });
+    }
+    for san in &req.extra_sans {
+        if san.is_empty() || san.contains(char::is_whitespace) {
+            return Err(invalid("extra SAN", san, "must be a DNS name or an IP address"));
+        }
+    }
+    Ok(NodeConfig {
+        version: NODE_CONFIG_VERSION,
+        role: Role::ControlPlane,
+        node_name,
+        advertise_address,
+        pod_cidr: pod.to_string(),
+        service_cidr: svc.to_string(),
+        extra_sans: req.extra_sans.clone(),
+    })
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires for Node names.
+fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok { Ok(()) } else { Err(invalid("node name", name, "use lowercase letters, digits, '-' and '.' (RFC 1123)")) }
+}
+
+fn cidr_range(c: &str) -> Option<(u128, u128)> {
+    let (ip, len) = c.split_once('/')?;
+    let len: u32 = len.parse().ok()?;
+    let (v, bits) = match ip.parse::<IpAddr>().ok()? {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    };
+    let host = bits - len.min(bits);
+    let size = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
+    Some((v, v.saturating_add(size)))
+}
+
+fn cidrs_overlap(a: &str, b: &str) -> bool {
+    match (cidr_range(a), cidr_range(b)) {
+        (Some((a0, a1)), Some((b0, b1))) => a0 <= b1 && b0 <= a1,
+        _ => false,
+    }
+}
+
+/// Every port in `PORTS` must be free on this host.
+pub fn check_ports() -> Result<(), ConfigError> {
+    for &(port, what) in PORTS {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        if TcpListener::bind(addr).is_err() {
+            return Err(ConfigError::PortInUse { port, what });
+        }
+    }
+    Ok(())
+}
+
+/// Addresses assigned to this host's interfaces, from `ip -o addr` semantics via getifaddrs.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if let Some(s) = a.address {
+                if let Some(v4) = s.as_sockaddr_in() {
+                    out.push(IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = s.as_sockaddr_in6() {
+                    out.push(IpAddr::V6(v6.ip()));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn host_name() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "k8sd-node".into())
+}
+
+pub fn read_init_file(path: &Path) -> Result<InitRequest, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })?;
+    serde_yaml::from_str(&text).map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> Vec<IpAddr> {
+        vec!["127.0.0.1".parse().unwrap(), "10.0.0.5".parse().unwrap()]
+    }
+
+    #[test]
+    fn defaults_pick_the_first_non_loopback_address() {
+        let c = validate(&InitRequest::default(), "Host-A", &addrs()).unwrap();
+        assert_eq!(c.node_name, "host-a");
+        assert_eq!(c.advertise_address.to_string(), "10.0.0.5");
+        assert_eq!((c.pod_cidr.as_str(), c.service_cidr.as_str()), (DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR));
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_reason() {
+        let req = |f: fn(&mut InitRequest)| {
+            let mut r = InitRequest::default();
+            f(&mut r);
+            validate(&r, "h", &addrs()).unwrap_err().to_string()
+        };
+        assert!(req(|r| r.advertise_address = Some("127.0.0.1".into())).contains("loopback"));
+        assert!(req(|r| r.advertise_address = Some("10.9.9.9".into())).contains("not assigned"));
+        assert!(req(|r| r.pod_cidr = Some("10.88.0.0/33".into())).contains("pod CIDR"));
+        assert!(req(|r| r.service_cidr = Some("nonsense".into())).contains("service CIDR"));
+        assert!(req(|r| r.service_cidr = Some("10.88.128.0/24".into())).contains("overlap"));
+        assert!(req(|r| r.node_name = Some("Bad_Name".into())).contains("node name"));
+        assert!(validate(&InitRequest::default(), "h", &["127.0.0.1".parse().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn config_file_rejects_unknown_fields_and_flags_win() {
+        let file: InitRequest = serde_yaml::from_str("node-name: a\npod-cidr: 10.1.0.0/16\n").unwrap();
+        let merged = InitRequest { node_name: Some("b".into()), ..Default::default() }.merge_file(file);
+        assert_eq!(merged.node_name.as_deref(), Some("b"));
+        assert_eq!(merged.pod_cidr.as_deref(), Some("10.1.0.0/16"));
+        assert!(serde_yaml::from_str::<InitRequest>("podcidr: x\n").is_err());
+    }
+}
