@@ -59,8 +59,10 @@ pub(crate) fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group (pgid = pid), so that stop can signal everything the component
-        // forked, not just the leader. containerd's shims call setpgid themselves, so running
-        // containers survive a containerd restart as they should.
+        // forked, not just the leader. containerd's shims put themselves in their own group
+        // (`Setpgid` in containerd's core/runtime/v2/shim/util_unix.go), so running containers
+        // survive a containerd restart as they should. A side benefit: Ctrl-C on a foreground
+        // `k8sd run` reaches only k8sd, which then stops the children in order.
         .process_group(0)
         // Last resort if a `Child` is dropped without being stopped (a panic in the runner).
         .kill_on_drop(true);
@@ -81,8 +83,9 @@ pub(crate) fn spawn(
             // PR_SET_PDEATHSIG: the kernel sends SIGKILL to the child when its parent dies, so
             // components do not outlive a k8sd that was SIGKILLed or crashed. Caveat: "parent"
             // is the forking *thread*; children are forked from tokio worker threads, which live
-            // as long as the runtime. The daemon must not spawn components from
-            // `spawn_blocking` threads, which exit when idle (cf. golang/go#27505).
+            // as long as the runtime. The daemon must not drive the supervisor from
+            // `spawn_blocking` or `block_in_place` threads, which exit when idle
+            // (Go has the same trap: golang/go#27505).
             if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }

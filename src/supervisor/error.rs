@@ -46,6 +46,9 @@ pub enum Error {
         last_lines: Vec<String>,
     },
 
+    #[error("cannot create the run directory {path}: {source}")]
+    RunDir { path: PathBuf, source: std::io::Error },
+
     #[error("unknown component {0}")]
     UnknownComponent(String),
 

@@ -115,6 +115,9 @@ pub struct Supervisor {
     config: SupervisorConfig,
     /// The groups of the last `start`, in start order.
     groups: Mutex<Vec<Vec<Arc<Component>>>>,
+    /// Serialises `start` and `stop`, so that a stop never runs between a start's registration
+    /// and its spawns.
+    lifecycle: tokio::sync::Mutex<()>,
 }
 
 /// One registered component: what is shared with its runner task, and the handle to stop it.
@@ -160,6 +163,7 @@ impl Supervisor {
         Self {
             config,
             groups: Mutex::new(Vec::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -171,7 +175,12 @@ impl Supervisor {
     /// reverse order and the error names the component with its last lines of output.
     ///
     /// Replaces the components of a previous `start`, which must have been stopped.
+    ///
+    /// Cancel-safe: every spawned child is registered before the next await, so to abort a
+    /// slow start (k8sd got SIGTERM while waiting for kube-apiserver), drop this future and
+    /// call [`Supervisor::stop`].
     pub async fn start(&self, groups: Vec<Vec<ComponentSpec>>) -> Result<(), Error> {
+        let _lifecycle = self.lifecycle.lock().await;
         let registered = self.register(groups).await?;
         for (i, group) in registered.iter().enumerate() {
             if let Err(e) = start_group(group).await {
@@ -189,6 +198,7 @@ impl Supervisor {
     /// Stops every component, groups in reverse start order, members of a group concurrently.
     /// Idempotent.
     pub async fn stop(&self) {
+        let _lifecycle = self.lifecycle.lock().await;
         let groups = self.groups();
         for group in groups.iter().rev() {
             stop_group(group).await;
@@ -288,8 +298,7 @@ impl Supervisor {
             )
             .await;
         }
-        std::fs::create_dir_all(&self.config.run_dir).map_err(|source| Error::Io {
-            component: String::from("supervisor"),
+        std::fs::create_dir_all(&self.config.run_dir).map_err(|source| Error::RunDir {
             path: self.config.run_dir.clone(),
             source,
         })?;
