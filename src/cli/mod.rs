@@ -4,18 +4,37 @@
 use clap::{Parser, Subcommand};
 
 mod datastore;
+mod node;
 mod images;
 
 /// k8sd turns Linux machines into a Kubernetes cluster.
 #[derive(Debug, Parser)]
 #[command(name = "k8sd", version, about, long_about = None)]
 pub struct Cli {
+    #[command(flatten)]
+    pub layout: node::LayoutArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Bootstrap this machine as the first control-plane node and wait until it is ready.
+    Init(node::InitArgs),
+    /// The long-running daemon (what systemd or the snap runs); idle until `init`.
+    Run(node::RunArgs),
+    /// Show the node, datastore, components, certificates and readiness.
+    Status(node::StatusArgs),
+    /// Run kubectl against this cluster with the admin kubeconfig.
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print the admin kubeconfig.
+    Config,
+    /// Show a component's log.
+    Logs(node::LogsArgs),
     /// Run the etcd-compatible datastore on its own (accepts etcd's core flags).
     Datastore(datastore::DatastoreArgs),
     /// Build the local container images (pause, busybox) and import them into containerd.
@@ -27,6 +46,12 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Datastore(args) => datastore::run(args),
+        Command::Init(args) => node::init(cli.layout.layout(), args),
+        Command::Run(args) => node::run(cli.layout.layout(), args),
+        Command::Status(args) => node::status(cli.layout.layout(), args),
+        Command::Kubectl { args } => node::kubectl(cli.layout.layout(), args),
+        Command::Config => node::config(cli.layout.layout()),
+        Command::Logs(args) => node::logs(cli.layout.layout(), args),
         Command::Images(args) => images::run(args),
     }
 }

@@ -1,0 +1,265 @@
+//! Node verbs: `run`, `init`, `status`, `kubectl`, `config`, `logs`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::daemon::api::{API_VERSION, Message, Request, StatusReport};
+use crate::daemon::config::{self, InitRequest};
+use crate::daemon::{ControlClient, Daemon, DaemonOptions};
+use crate::paths::{self, Layout};
+
+/// Where this node keeps its state. Shared by every node verb.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LayoutArgs {
+    /// Persistent state: PKI, datastore, component state and logs.
+    #[arg(long, env = paths::ENV_DATA_DIR, default_value = paths::DEFAULT_DATA_DIR, global = true)]
+    pub data_dir: PathBuf,
+    /// Volatile state: the control socket and pid files.
+    #[arg(long, env = paths::ENV_RUN_DIR, default_value = paths::DEFAULT_RUN_DIR, global = true)]
+    pub run_dir: PathBuf,
+}
+
+impl LayoutArgs {
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.data_dir, &self.run_dir)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The kubebin multi-call binary (defaults: $K8SD_KUBEBIN, beside k8sd, or the build cache).
+    #[arg(long)]
+    pub kubebin: Option<PathBuf>,
+    /// Directory with pause.tar and busybox.tar (default: $K8SD_IMAGES_DIR or /var/cache/k8sd/images).
+    #[arg(long)]
+    pub images_dir: Option<PathBuf>,
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
+    super::init_logging(&args.log_level);
+    let opts = DaemonOptions {
+        layout,
+        kubebin: args.kubebin.or_else(paths::find_kubebin),
+        images_dir: args.images_dir.unwrap_or_else(paths::images_dir),
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let daemon = Daemon::new(opts);
+        daemon.run(super::shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Kubernetes node name (default: the host name, lowercased).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// This node's address for the cluster; never loopback (default: first non-loopback IPv4).
+    #[arg(long)]
+    pub advertise_address: Option<String>,
+    /// Pod network range (default 10.88.0.0/16).
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// Service IP range (default 10.96.0.0/12).
+    #[arg(long)]
+    pub service_cidr: Option<String>,
+    /// Extra subject alternative names for the API server certificate (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub extra_sans: Vec<String>,
+    /// YAML file with the same settings (kebab-case keys); flags win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Give up waiting for the node after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
+    let mut req = InitRequest {
+        node_name: args.node_name,
+        advertise_address: args.advertise_address,
+        pod_cidr: args.pod_cidr,
+        service_cidr: args.service_cidr,
+        extra_sans: args.extra_sans,
+    };
+    if let Some(file) = &args.config {
+        req = req.merge_file(config::read_init_file(file)?);
+    }
+    if layout.node_file().exists() {
+        bail!(
+            "this node is already initialised ({} exists); nothing was changed. Use `k8sd status`",
+            layout.node_file().display()
+        );
+    }
+    // Check everything we can before anything is written or started.
+    config::validate(&req, &config::host_name(), &config::local_addresses())?;
+    check_writable(&layout.data_dir)?;
+    let client = ControlClient::new(layout.control_socket());
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        if !client.is_running() {
+            config::check_ports()?;
+            start_detached_daemon(&layout, &args.run)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while !client.is_running() {
+                if tokio::time::Instant::now() > deadline {
+                    bail!("the k8sd daemon did not start; see {}", layout.daemon_log().display());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!("started the k8sd daemon (log: {})", layout.daemon_log().display());
+        }
+        let req = Request::Init { version: API_VERSION, init: req };
+        let call = client.call(&req, |m| {
+            if let Message::Progress { step } = m {
+                println!("  {step}");
+            }
+        });
+        match tokio::time::timeout(Duration::from_secs(args.timeout), call).await {
+            Err(_) => bail!("the node is not ready after {} s; see `k8sd status`", args.timeout),
+            Ok(r) => match r? {
+                Message::Done => {
+                    println!("node is ready. Try: k8sd kubectl get nodes");
+                    Ok(())
+                }
+                Message::Error { error } => bail!("{error}"),
+                other => bail!("unexpected answer from the daemon: {other:?}"),
+            },
+        }
+    })
+}
+
+fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("data dir {} cannot be created; pick another with --data-dir", dir.display()))?;
+    let probe = dir.join(".k8sd-write-test");
+    std::fs::write(&probe, b"").with_context(|| format!("data dir {} is not writable; pick another with --data-dir or run as root", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// `k8sd run` in the background, in its own session, logging into the data dir.
+fn start_detached_daemon(layout: &Layout, args: &RunArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(layout.logs_dir())?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(layout.daemon_log())?;
+    let exe = std::env::current_exe().context("cannot find the k8sd executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("run")
+        .arg("--data-dir")
+        .arg(&layout.data_dir)
+        .arg("--run-dir")
+        .arg(&layout.run_dir)
+        .arg("--log-level")
+        .arg(&args.log_level);
+    if let Some(k) = &args.kubebin {
+        cmd.arg("--kubebin").arg(k);
+    }
+    if let Some(i) = &args.images_dir {
+        cmd.arg("--images-dir").arg(i);
+    }
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0).env_remove("NOTIFY_SOCKET");
+    cmd.spawn().context("cannot start the k8sd daemon")?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, short, value_enum, default_value = "text")]
+    pub output: Output,
+    /// Wait until the node is ready (up to --timeout seconds).
+    #[arg(long)]
+    pub wait_ready: bool,
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+pub fn status(layout: Layout, args: StatusArgs) -> anyhow::Result<()> {
+    let client = ControlClient::new(layout.control_socket());
+    let rt = tokio::runtime::Runtime::new()?;
+    let report: StatusReport = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+        loop {
+            let got = match client.call(&Request::Status { version: API_VERSION }, |_| {}).await {
+                Ok(Message::Status { status }) => Ok(*status),
+                Ok(Message::Error { error }) => Err(anyhow::anyhow!(error)),
+                Ok(other) => Err(anyhow::anyhow!("unexpected answer: {other:?}")),
+                Err(e) => Err(e.into()),
+            };
+            match got {
+                Ok(s) if !args.wait_ready || s.ready => return Ok(s),
+                Err(e) if !args.wait_ready => return Err(e),
+                _ if tokio::time::Instant::now() > deadline => {
+                    bail!("not ready after {} s; run `k8sd status` for details", args.timeout)
+                }
+                _ => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    })?;
+    match args.output {
+        Output::Text => print!("{}", crate::daemon::status::render_text(&report)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(&report)?),
+    }
+    Ok(())
+}
+
+/// `k8sd kubectl ARGS…`: kubectl from kubebin with the admin kubeconfig.
+pub fn kubectl(layout: Layout, args: Vec<String>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let kubebin = paths::find_kubebin().context("kubebin not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN")?;
+    let kc = layout.admin_kubeconfig();
+    if !kc.exists() {
+        bail!("{} does not exist; initialise the node with `k8sd init` first", kc.display());
+    }
+    let err = std::process::Command::new(kubebin).arg("kubectl").arg(format!("--kubeconfig={}", kc.display())).args(args).exec();
+    Err(err).context("cannot run kubectl")
+}
+
+pub fn config(layout: Layout) -> anyhow::Result<()> {
+    let kc = layout.admin_kubeconfig();
+    let text = std::fs::read_to_string(&kc)
+        .with_context(|| format!("cannot read {}; initialise the node with `k8sd init` first", kc.display()))?;
+    print!("{text}");
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy or k8sd.
+    pub component: String,
+    /// Number of lines from the end (0 = all).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub lines: usize,
+}
+
+pub const COMPONENTS: &[&str] =
+    &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet", "kube-proxy", "k8sd"];
+
+pub fn logs(layout: Layout, args: LogsArgs) -> anyhow::Result<()> {
+    if !COMPONENTS.contains(&args.component.as_str()) {
+        bail!("unknown component {:?}; choose one of: {}", args.component, COMPONENTS.join(", "));
+    }
+    let path = layout.logs_dir().join(format!("{}.log", args.component));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("no log at {}", path.display()))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let from = if args.lines == 0 { 0 } else { lines.len().saturating_sub(args.lines) };
+    for l in &lines[from..] {
+        println!("{l}");
+    }
+    Ok(())
+}

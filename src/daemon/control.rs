@@ -1,0 +1,137 @@
+//! The control socket (root only, 0600): newline-delimited JSON, one request per connection.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::api::{API_VERSION, Message, Request};
+use super::{Daemon, DaemonError};
+
+/// Bind the socket, replacing a stale one that nobody answers on.
+pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::Other(format!(
+                "another k8sd is already running on {}; stop it first",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path).map_err(|e| DaemonError::Other(format!("cannot bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| DaemonError::Write { path: path.to_path_buf(), source })?;
+    Ok(l)
+}
+
+pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, d).await {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn send(w: &mut (impl AsyncWriteExt + Unpin), m: &Message) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => return send(&mut w, &Message::Error { error: format!("malformed request: {e}") }).await,
+    };
+    match req {
+        Request::Init { version, .. } | Request::Status { version } if version != API_VERSION => {
+            send(&mut w, &Message::Error { error: format!("CLI speaks API {version}, daemon {API_VERSION}; use matching k8sd binaries") }).await
+        }
+        Request::Status { .. } => {
+            let status = daemon.status().await;
+            send(&mut w, &Message::Status { status: Box::new(status) }).await
+        }
+        Request::Init { init, .. } => {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let d = daemon.clone();
+            let task = tokio::spawn(async move { d.init(init, tx).await });
+            while let Some(step) = rx.recv().await {
+                // The client may go away; init carries on regardless.
+                let _ = send(&mut w, &Message::Progress { step }).await;
+            }
+            let result = task.await.map_err(std::io::Error::other)?;
+            let msg = match result {
+                Ok(()) => Message::Done,
+                Err(e) => Message::Error { error: e.to_string() },
+            };
+            send(&mut w, &msg).await
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("k8sd is not running (no socket at {0}); start it with `k8sd run` or bring a node up with `k8sd init`")]
+    NotRunning(PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon sent a malformed message: {0}")]
+    Malformed(String),
+    #[error("the daemon closed the connection without an answer; see its log")]
+    Closed,
+}
+
+/// The CLI side of the socket.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    path: PathBuf,
+}
+
+impl ControlClient {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        ControlClient { path: path.into() }
+    }
+
+    pub fn is_running(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(&self.path).is_ok()
+    }
+
+    /// Send `req` and call `on_message` for every message until a final one, which is returned.
+    pub async fn call(&self, req: &Request, mut on_message: impl FnMut(&Message)) -> Result<Message, ControlError> {
+        let io = |source| ControlError::Io { path: self.path.clone(), source };
+        let stream = match UnixStream::connect(&self.path).await {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                return Err(ControlError::NotRunning(self.path.clone()));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let (r, mut w) = stream.into_split();
+        let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Malformed(e.to_string()))?;
+        line.push(b'\n');
+        w.write_all(&line).await.map_err(io)?;
+        let mut lines = BufReader::new(r).lines();
+        while let Some(l) = lines.next_line().await.map_err(io)? {
+            let msg: Message = serde_json::from_str(&l).map_err(|e| ControlError::Malformed(e.to_string()))?;
+            match msg {
+                Message::Progress { .. } => on_message(&msg),
+                _ => return Ok(msg),
+            }
+        }
+        Err(ControlError::Closed)
+    }
+}

@@ -1,0 +1,439 @@
+//! The composition root: `k8sd run`. It owns the control socket, and once the node is
+//! initialised it brings the node up in dependency order and keeps it running:
+//!
+//! ```text
+//!  PKI + kubeconfigs ─▶ datastore (in-process, mTLS on 127.0.0.1:2379)
+//!    ─▶ kube-apiserver (/readyz) ─▶ controller-manager + scheduler
+//!    ─▶ containerd (socket + images imported) ─▶ kubelet (/healthz) ─▶ kube-proxy
+//!    ─▶ Node Ready ─▶ READY=1 to systemd
+//! ```
+//!
+//! Only this module wires `pki`, `node`/`etcd` and `supervisor` together; the supervisor knows
+//! nothing of the others. SIGTERM stops the children in reverse order, then the datastore.
+
+pub mod api;
+pub mod components;
+pub mod config;
+mod control;
+pub mod status;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::datastore::Durability;
+use crate::etcd::{self, TlsFiles};
+use crate::httpc::TlsClient;
+use crate::node::{Node, NodeConfig as DatastoreConfig};
+use crate::paths::Layout;
+use crate::pki::{self, NodeIdentity, NodeRole};
+use crate::supervisor::{ComponentSpec, Probe, Supervisor, SupervisorConfig};
+use components::Ctx;
+use config::NodeConfig;
+
+pub use control::{ControlClient, ControlError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+    #[error("kubebin (the Kubernetes components) was not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN")]
+    NoKubebin,
+    #[error("the pause image {0} is missing; build images with scripts/build-images.sh or set K8SD_IMAGES_DIR")]
+    NoPauseImage(PathBuf),
+    #[error("this node is already initialised ({0} exists); nothing was changed. Use `k8sd status` to inspect it")]
+    AlreadyInitialised(PathBuf),
+    #[error("starting {component} failed: {reason}")]
+    Start { component: String, reason: String },
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Write { path: path.to_path_buf(), source }
+}
+
+/// Create a directory (and parents) with `mode`.
+pub fn mkdir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(path).map_err(write_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(write_err(path))
+}
+
+/// Write a file atomically with `mode`.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), DaemonError> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(write_err(&tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(write_err(&tmp))?;
+    f.write_all(contents).and_then(|_| f.sync_all()).map_err(write_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(write_err(path))
+}
+
+/// Where the node is in its life, for `k8sd status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Uninitialised,
+    Starting(String),
+    Running,
+    Failed(String),
+}
+
+/// A progress sink: init streams these lines to the CLI, and they go to systemd's STATUS=.
+pub type Progress = mpsc::UnboundedSender<String>;
+
+fn report(p: &Option<Progress>, step: &str) {
+    tracing::info!("{step}");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(step)]);
+    if let Some(p) = p {
+        let _ = p.send(step.to_string());
+    }
+}
+
+/// Runtime options of `k8sd run`.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub layout: Layout,
+    pub kubebin: Option<PathBuf>,
+    pub images_dir: PathBuf,
+}
+
+/// The running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    opts: DaemonOptions,
+    phase: Mutex<Phase>,
+    node: Mutex<Option<RunningNode>>,
+    /// Serialises init and bring-up.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+struct RunningNode {
+    cfg: NodeConfig,
+    datastore: Node,
+    supervisor: Arc<Supervisor>,
+    etcd_stop: watch::Sender<bool>,
+}
+
+impl Daemon {
+    pub fn new(opts: DaemonOptions) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            opts,
+            phase: Mutex::new(Phase::Uninitialised),
+            node: Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.opts.layout
+    }
+
+    fn set_phase(&self, p: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn running(&self) -> Option<RunningNode> {
+        self.node.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serve the control socket; resume the node if it was initialised; stop on SIGTERM.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DaemonError> {
+        let l = self.opts.layout.clone();
+        mkdir(&l.run_dir, 0o700)?;
+        mkdir(&l.data_dir, 0o700)?;
+        mkdir(&l.logs_dir(), 0o700)?;
+        let listener = control::bind(&l.control_socket())?;
+        tokio::spawn(control::serve(listener, self.clone()));
+        spawn_watchdog();
+        if let Some(cfg) = self.load_config()? {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _guard = me.lifecycle.lock().await;
+                if let Err(e) = me.bring_up(cfg, None).await {
+                    tracing::error!(error = %e, "resuming the node failed");
+                    me.set_phase(Phase::Failed(e.to_string()));
+                }
+            });
+        } else {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("waiting for k8sd init")]);
+            // Nothing to start: the service is up and idle.
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        }
+        shutdown.await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        self.stop().await;
+        let _ = std::fs::remove_file(l.control_socket());
+        Ok(())
+    }
+
+    fn load_config(&self) -> Result<Option<NodeConfig>, DaemonError> {
+        let path = self.opts.layout.node_file();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_yaml::from_str(&text)
+                .map(Some)
+                .map_err(|e| DaemonError::Other(format!("{} is unreadable: {e}; restore it or remove the data dir", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DaemonError::Other(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    /// `k8sd init`: validate, persist, bring up. Refused on an initialised node.
+    pub async fn init(self: &Arc<Self>, req: config::InitRequest, progress: Progress) -> Result<(), DaemonError> {
+        let _guard = self.lifecycle.lock().await;
+        let node_file = self.opts.layout.node_file();
+        if node_file.exists() {
+            return Err(DaemonError::AlreadyInitialised(node_file));
+        }
+        report(&Some(progress.clone()), "checking configuration");
+        let cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
+        config::check_ports()?;
+        self.preflight()?;
+        let text = serde_yaml::to_string(&cfg).map_err(|e| DaemonError::Other(e.to_string()))?;
+        write_file(&node_file, text.as_bytes(), 0o600)?;
+        let res = self.bring_up(cfg, Some(progress)).await;
+        if let Err(e) = &res {
+            self.set_phase(Phase::Failed(e.to_string()));
+        }
+        res
+    }
+
+    fn kubebin(&self) -> Result<PathBuf, DaemonError> {
+        self.opts.kubebin.clone().filter(|p| p.is_file()).ok_or(DaemonError::NoKubebin)
+    }
+
+    fn preflight(&self) -> Result<(), DaemonError> {
+        self.kubebin()?;
+        let pause = self.opts.images_dir.join(crate::images::PAUSE_TARBALL);
+        if !pause.is_file() {
+            return Err(DaemonError::NoPauseImage(pause));
+        }
+        for bin in ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/sbin/runc"] {
+            if !Path::new(bin).exists() && which(bin.rsplit('/').next().unwrap_or(bin)).is_none() {
+                return Err(DaemonError::Other(format!("{bin} is missing; run scripts/setup-host.sh")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn bring_up(self: &Arc<Self>, cfg: NodeConfig, progress: Option<Progress>) -> Result<(), DaemonError> {
+        let l = self.opts.layout.clone();
+        let step = |s: &str| {
+            self.set_phase(Phase::Starting(s.to_string()));
+            report(&progress, s);
+        };
+        let kubebin = self.kubebin()?;
+
+        step("generating certificates and kubeconfigs");
+        for (dir, mode) in [(l.pki_dir(), 0o700), (l.kubeconfig_dir(), 0o700), (l.config_dir(), 0o700), (l.datastore_dir(), 0o700)] {
+            mkdir(&dir, mode)?;
+        }
+        let identity = NodeIdentity {
+            node_name: cfg.node_name.clone(),
+            node_ips: vec![cfg.advertise_address],
+            extra_sans: cfg.extra_sans.clone(),
+            service_cidr: cfg.service_cidr.parse()?,
+        };
+        pki::ensure_control_plane_pki(&l.pki_dir(), &identity)?;
+        let server = format!("https://{}", components::apiserver_addr());
+        pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)?;
+
+        step("starting the datastore");
+        let datastore = Node::start(DatastoreConfig {
+            name: cfg.node_name.clone(),
+            data_dir: l.datastore_dir(),
+            durability: Durability::Full,
+            client_urls: vec![format!("https://{}", components::datastore_addr())],
+            progress_notify_interval: Duration::from_secs(5),
+        })
+        .map_err(|e| DaemonError::Other(format!("datastore: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(components::datastore_addr())
+            .await
+            .map_err(|e| DaemonError::Other(format!("datastore listener {}: {e}", components::datastore_addr())))?;
+        let tls = TlsFiles {
+            cert_file: Some(l.pki_dir().join("datastore-server.crt")),
+            key_file: Some(l.pki_dir().join("datastore-server.key")),
+            trusted_ca_file: Some(l.pki_dir().join("datastore-ca.crt")),
+            client_cert_auth: true,
+        };
+        let (etcd_stop, mut stop_rx) = watch::channel(false);
+        {
+            let node = datastore.clone();
+            tokio::spawn(async move {
+                let res = etcd::serve(node, listener, &tls, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "datastore server stopped");
+                }
+            });
+        }
+
+        step("rendering component configuration");
+        let ctx = Ctx { layout: &l, cfg: &cfg };
+        for (path, text) in components::config_files(&ctx).map_err(DaemonError::Other)? {
+            write_file(&path, text.as_bytes(), 0o600)?;
+        }
+        mkdir(&l.containerd_state(), 0o711)?;
+
+        let supervisor = Arc::new(Supervisor::new(SupervisorConfig {
+            run_dir: l.pid_dir(),
+            instance: l.data_dir.clone().into_os_string(),
+        }));
+        *self.node.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(RunningNode { cfg: cfg.clone(), datastore, supervisor: supervisor.clone(), etcd_stop });
+
+        step("starting kube-apiserver, controller-manager, scheduler, containerd, kubelet and kube-proxy");
+        let groups = self.component_groups(&ctx, &kubebin)?;
+        supervisor.start(groups).await.map_err(|e| DaemonError::Start { component: "node".into(), reason: e.to_string() })?;
+
+        step("waiting for the node to become Ready");
+        let admin = self.admin_client()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(n) = status::kube_node(&admin, &cfg.node_name).await
+                && n.ready
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(DaemonError::Other(format!(
+                    "node {} did not become Ready within 5 minutes; see `k8sd status` and `k8sd logs kubelet`",
+                    cfg.node_name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.set_phase(Phase::Running);
+        report(&progress, "node is Ready");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        Ok(())
+    }
+
+    pub(crate) fn admin_client(&self) -> Result<TlsClient, DaemonError> {
+        let p = self.opts.layout.pki_dir();
+        TlsClient::from_files(&p.join("ca.crt"), &p.join("admin.crt"), &p.join("admin.key"))
+            .map_err(|e| DaemonError::Other(format!("admin credentials: {e}")))
+    }
+
+    fn component_groups(&self, ctx: &Ctx<'_>, kubebin: &Path) -> Result<Vec<Vec<ComponentSpec>>, DaemonError> {
+        let logs = self.opts.layout.logs_dir();
+        let kube = |name: &str, args: Vec<String>| {
+            ComponentSpec::new(name, kubebin, &logs).with_args(std::iter::once(name.to_string()).chain(args))
+        };
+        let admin = self.admin_client()?;
+        let apiserver_ready = Probe::custom("kube-apiserver /readyz", move || {
+            let admin = admin.clone();
+            async move {
+                matches!(admin.get(components::apiserver_addr(), "/readyz", Duration::from_secs(3)).await, Ok((200, _)))
+            }
+        });
+        let path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        let containerd_sock = self.opts.layout.containerd_socket();
+        let images = self.opts.images_dir.clone();
+        let imported = Arc::new(tokio::sync::Mutex::new(false));
+        let containerd_ready = Probe::custom("containerd socket and images", move || {
+            let (sock, images, imported) = (containerd_sock.clone(), images.clone(), imported.clone());
+            async move {
+                if tokio::net::UnixStream::connect(&sock).await.is_err() {
+                    return false;
+                }
+                let mut done = imported.lock().await;
+                if !*done {
+                    *done = tokio::task::spawn_blocking(move || import_images(&sock, &images)).await.unwrap_or(false);
+                }
+                *done
+            }
+        });
+        let tcp = |port: u16| Probe::tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        let http = |url: &str| Probe::http_get(url).map_err(|e| DaemonError::Other(e.to_string()));
+        let minute = Duration::from_secs(120);
+        Ok(vec![
+            vec![kube("kube-apiserver", components::apiserver_args(ctx)).with_readiness(apiserver_ready, minute)],
+            vec![
+                kube("kube-controller-manager", components::controller_manager_args(ctx)).with_readiness(tcp(10257), minute),
+                kube("kube-scheduler", components::scheduler_args(ctx)).with_readiness(tcp(10259), minute),
+            ],
+            vec![ComponentSpec::new("containerd", "/usr/bin/containerd", &logs)
+                .with_args(components::containerd_args(ctx))
+                .with_env("PATH", path_env)
+                .with_readiness(containerd_ready, minute)],
+            vec![kube("kubelet", components::kubelet_args(ctx))
+                .with_env("PATH", path_env)
+                .with_readiness(http("http://127.0.0.1:10248/healthz")?, minute)],
+            vec![kube("kube-proxy", components::kube_proxy_args(ctx))
+                .with_env("PATH", path_env)
+                .with_readiness(http("http://127.0.0.1:10256/healthz")?, minute)],
+        ])
+    }
+
+    /// Stop children in reverse order, then the datastore.
+    pub async fn stop(&self) {
+        let running = self.node.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(n) = running {
+            n.supervisor.stop().await;
+            let _ = n.etcd_stop.send(true);
+            n.datastore.shutdown();
+        }
+    }
+
+    pub async fn status(&self) -> api::StatusReport {
+        status::build(self).await
+    }
+}
+
+/// Import every image tarball into containerd's k8s.io namespace (idempotent).
+fn import_images(sock: &Path, dir: &Path) -> bool {
+    for name in [crate::images::PAUSE_TARBALL, crate::images::BUSYBOX_TARBALL] {
+        let tarball = dir.join(name);
+        if !tarball.is_file() {
+            if name == crate::images::PAUSE_TARBALL {
+                tracing::error!(path = %tarball.display(), "pause image missing");
+                return false;
+            }
+            continue;
+        }
+        if let Err(e) = crate::images::import(sock, &tarball) {
+            tracing::warn!(error = %e, "image import failed; retrying");
+            return false;
+        }
+    }
+    true
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+}
+
+/// Ping systemd's watchdog at half its interval when WATCHDOG_USEC asks for it.
+fn spawn_watchdog() {
+    if let Some(interval) = sd_notify::watchdog_enabled().filter(|d| !d.is_zero()) {
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(interval / 2);
+            loop {
+                t.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}

@@ -1,0 +1,135 @@
+//! Builds `k8sd status` from the daemon's parts, and asks kube-apiserver for the Node.
+
+use std::time::Duration;
+
+use super::api::*;
+use super::{Daemon, Phase, components};
+use crate::httpc::TlsClient;
+use crate::supervisor::ComponentState;
+
+pub async fn build(d: &Daemon) -> StatusReport {
+    let phase = d.phase();
+    let running = d.running();
+    let mut report = StatusReport {
+        version: API_VERSION,
+        initialised: d.layout().node_file().exists(),
+        node_name: running.as_ref().map(|r| r.cfg.node_name.clone()),
+        role: running.as_ref().map(|_| "control-plane (datastore voter)".to_string()),
+        ready: phase == Phase::Running,
+        phase: match &phase {
+            Phase::Uninitialised => "waiting for `k8sd init`".into(),
+            Phase::Starting(s) => format!("starting: {s}"),
+            Phase::Running => "running".into(),
+            Phase::Failed(e) => format!("failed: {e}"),
+        },
+        datastore: None,
+        components: Vec::new(),
+        certificates: Vec::new(),
+        kubernetes_node: None,
+    };
+    let Some(r) = running else { return report };
+    let meta = r.datastore.meta();
+    let db = r.datastore.read(|rd| rd.db_size()).await.map(|(s, _)| s).unwrap_or(0);
+    report.datastore = Some(DatastoreStatus {
+        endpoint: format!("https://{}", components::datastore_addr()),
+        revision: meta.current_rev,
+        applied_index: meta.applied_index,
+        leader: r.cfg.node_name.clone(),
+        members: vec![MemberReport {
+            id: format!("{:016x}", meta.member_id),
+            name: r.cfg.node_name.clone(),
+            role: "voter".into(),
+            leader: true,
+            applied_index: meta.applied_index,
+        }],
+        db_size_bytes: db,
+    });
+    report.components = r
+        .supervisor
+        .status()
+        .into_iter()
+        .map(|c| ComponentReport {
+            running: matches!(c.state, ComponentState::Running | ComponentState::Ready),
+            state: format!("{:?}", c.state).to_lowercase(),
+            name: c.name,
+            pid: c.pid,
+            restarts: c.restarts,
+            last_exit: c.last_exit,
+            last_lines: c.last_lines.into_iter().rev().take(5).rev().collect(),
+        })
+        .collect();
+    let now = time::OffsetDateTime::now_utc();
+    if let Ok(certs) = crate::pki::cert_status(&d.layout().pki_dir()) {
+        report.certificates = certs
+            .into_iter()
+            .map(|c| CertReport {
+                file: c.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                subject: c.common_name.unwrap_or_default(),
+                expires: c.not_after.date().to_string(),
+                days_left: (c.not_after - now).whole_days(),
+            })
+            .collect();
+    }
+    if let Ok(admin) = d.admin_client() {
+        report.kubernetes_node = kube_node(&admin, &r.cfg.node_name).await;
+    }
+    report
+}
+
+/// The Node's Ready condition, or None if the API cannot be asked.
+pub async fn kube_node(admin: &TlsClient, name: &str) -> Option<KubeNodeReport> {
+    let (code, body) = admin
+        .get(components::apiserver_addr(), &format!("/api/v1/nodes/{name}"), Duration::from_secs(3))
+        .await
+        .ok()?;
+    if code == 404 {
+        return Some(KubeNodeReport { name: name.into(), ready: false, reason: "not registered yet".into() });
+    }
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let cond = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+    Some(KubeNodeReport {
+        name: name.into(),
+        ready: cond["status"] == "True",
+        reason: cond["reason"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+/// Human-readable rendering of a status report.
+pub fn render_text(s: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "node:        {}", s.node_name.as_deref().unwrap_or("(not initialised)"));
+    let _ = writeln!(o, "role:        {}", s.role.as_deref().unwrap_or("-"));
+    let _ = writeln!(o, "status:      {}{}", s.phase, if s.ready { " (ready)" } else { "" });
+    if let Some(n) = &s.kubernetes_node {
+        let _ = writeln!(o, "k8s node:    {} {}{}", n.name, if n.ready { "Ready" } else { "NotReady" }, if n.reason.is_empty() { String::new() } else { format!(" ({})", n.reason) });
+    }
+    if let Some(ds) = &s.datastore {
+        let _ = writeln!(o, "datastore:   {} revision {} applied index {} leader {} size {} KiB", ds.endpoint, ds.revision, ds.applied_index, ds.leader, ds.db_size_bytes / 1024);
+        for m in &ds.members {
+            let _ = writeln!(o, "  member {} {} {}{} applied {}", m.id, m.name, m.role, if m.leader { " leader" } else { "" }, m.applied_index);
+        }
+    }
+    if !s.components.is_empty() {
+        let _ = writeln!(o, "components:");
+        for c in &s.components {
+            let pid = c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            let _ = writeln!(o, "  {:<24} {:<8} pid {:<8} restarts {:<3} {}", c.name, c.state, pid, c.restarts, c.last_exit.as_deref().map(|e| format!("last exit: {e}")).unwrap_or_default());
+            if !c.running && !c.last_lines.is_empty() {
+                for l in &c.last_lines {
+                    let _ = writeln!(o, "      | {l}");
+                }
+            }
+        }
+    }
+    if !s.certificates.is_empty() {
+        let soonest = s.certificates.iter().min_by_key(|c| c.days_left);
+        if let Some(c) = soonest {
+            let _ = writeln!(o, "certificates: {} files; soonest expiry {} ({}, {} days)", s.certificates.len(), c.expires, c.file, c.days_left);
+        }
+    }
+    o
+}
