@@ -98,6 +98,10 @@ impl Layout {
     pub fn control_socket(&self) -> PathBuf {
         self.r("k8sd.sock")
     }
+    /// The daemon's own pid.
+    pub fn daemon_pid_file(&self) -> PathBuf {
+        self.r("k8sd.pid")
+    }
     /// Pid files of supervised children.
     pub fn pid_dir(&self) -> PathBuf {
         self.r("pids")

@@ -162,6 +162,7 @@ impl Daemon {
         mkdir(&l.data_dir, 0o700)?;
         mkdir(&l.logs_dir(), 0o700)?;
         let listener = control::bind(&l.control_socket())?;
+        write_file(&l.daemon_pid_file(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
         tokio::spawn(control::serve(listener, self.clone()));
         spawn_watchdog();
         if let Some(cfg) = self.load_config()? {
@@ -182,6 +183,7 @@ impl Daemon {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.stop().await;
         let _ = std::fs::remove_file(l.control_socket());
+        let _ = std::fs::remove_file(l.daemon_pid_file());
         Ok(())
     }
 

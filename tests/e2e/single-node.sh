@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# End to end on one node, with real components: `k8sd init` brings up a Ready node in a
+# test-owned network namespace; a busybox Deployment runs and is deleted; kill -9 of
+# kube-apiserver is repaired by the supervisor; a restart of k8sd keeps the cluster state;
+# stopping k8sd leaves no orphan process; `k8sd status` matches reality at each step.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" /usr/bin/containerd
+
+ns=k8sd-e2e1
+work=$(mktemp -d /var/tmp/k8sd-e2e-single.XXXXXX)
+data=$work/data run=/run/$(basename "$work")
+k8sd() { in_host "$ns" "$K8SD_BIN" --data-dir "$data" --run-dir "$run" "$@"; }
+kubectl() { k8sd kubectl "$@"; }
+daemon_pid() { cat "$run/k8sd.pid" 2>/dev/null; }
+
+stop_daemon() {
+  local pid; pid=$(daemon_pid) || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+  log "k8sd did not exit within 60 s"; return 1
+}
+
+cleanup() {
+  stop_daemon
+  "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$data/kubelet" \
+    --containerd-address "$run/containerd/containerd.sock" --containerd-root "$data/containerd" \
+    --containerd-state "$run/containerd" --cni-ipam-dir "$data/cni/networks" --pod-logs-dir "$data/pod-logs" >/dev/null 2>&1
+  ip link del k8sd-h1 2>/dev/null
+  if ((failed > 0)); then
+    for f in "$data"/logs/*.log; do echo "----- $f (last 30 lines)"; tail -n 30 "$f"; done
+  fi
+  rm -rf "$work" "$run"
+}
+trap cleanup EXIT
+
+status_json() { k8sd status -o json > "$work/status.json"; }
+status_says() { status_json && [[ $(json_get "$work/status.json" "$1") == "$2" ]]; }
+
+make_host "$ns" 1
+
+log "1. k8sd init"
+if k8sd init --node-name e2e-1; then pass "k8sd init returns once the node is ready"; else fail "k8sd init"; exit 1; fi
+check "status: ready, node Ready" status_says "d['ready'] and d['kubernetes_node']['ready']" True
+check "status: every component running" status_says "all(c['running'] for c in d['components']) and len(d['components'])" 6
+check "status: datastore voter and leader" status_says "d['datastore']['members'][0]['role']+' '+str(d['datastore']['members'][0]['leader'])" "voter True"
+node_ready() { [[ $(kubectl get node e2e-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
+check "kubectl sees the node Ready" wait_for 30 "node Ready" node_ready
+init_refused() {
+  local sha out rc
+  sha=$(sha256sum < "$data/node.yaml")
+  out=$(k8sd init 2>&1); rc=$?
+  [[ $rc -ne 0 && $out == *"already initialised"* && $(sha256sum < "$data/node.yaml") == "$sha" ]]
+}
+check "init on an initialised node is refused and changes nothing" init_refused
+
+log "2. a busybox Deployment runs"
+cat > "$work/deploy.yaml" <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bb}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: bb}}
+  template:
+    metadata: {labels: {app: bb}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: bb
+        image: docker.io/library/busybox:1.36-local
+        imagePullPolicy: Never
+        command: ["sleep", "3600"]
+YAML
+kubectl apply -f "$work/deploy.yaml" >/dev/null
+running_pods() { [[ $(kubectl get pods -l app=bb --field-selector=status.phase=Running -o name | wc -l) -eq 2 ]]; }
+check "2 busybox pods Running" wait_for 180 "2 running pods" running_pods
+
+log "3. deleting the Deployment removes its pods"
+kubectl delete deployment bb >/dev/null
+no_pods() { [[ $(kubectl get pods -l app=bb -o name | wc -l) -eq 0 ]]; }
+check "pods are gone" wait_for 120 "pods gone" no_pods
+
+log "4. kill -9 kube-apiserver"
+apiserver=$(cat "$run/pids/kube-apiserver.pid")
+kill -9 "$apiserver"
+api_back() { kubectl get --raw /readyz >/dev/null; }
+check "kubectl recovers after the supervisor restarts kube-apiserver" wait_for 120 "apiserver back" api_back
+check "status: kube-apiserver restarted once, new pid" status_says \
+  "[(c['restarts'], c['pid'] != $apiserver) for c in d['components'] if c['name']=='kube-apiserver'][0]" "(1, True)"
+
+log "5. restart k8sd: the cluster state is intact"
+kubectl create configmap e2e-marker --from-literal=k=v >/dev/null
+check "k8sd stops on SIGTERM" stop_daemon
+no_orphans() { ! grep -lsa "K8SD_MANAGED=$data" /proc/[0-9]*/environ >/dev/null 2>&1; }
+check "6. no orphan process is left (no process carries our marker)" no_orphans
+in_host "$ns" "$K8SD_BIN" --data-dir "$data" --run-dir "$run" run >> "$data/logs/k8sd.log" 2>&1 &
+check "k8sd run resumes the node" k8sd status --wait-ready --timeout 240
+marker_kept() { [[ $(kubectl get configmap e2e-marker -o jsonpath='{.data.k}') == v ]]; }
+check "the ConfigMap written before the restart is there" marker_kept
+check "7. status after restart: 6 components running, node Ready" status_says \
+  "str(all(c['running'] for c in d['components'])) + ' ' + str(d['kubernetes_node']['ready'])" "True True"
+
+finish
