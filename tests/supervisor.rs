@@ -102,6 +102,21 @@ mod supervisor {
         }
     }
 
+    /// Spawns and waits until /proc/<pid>/environ shows the new image's environment, which the
+    /// kernel fills in a moment after a vfork-style spawn returns.
+    fn spawn_exec(cmd: &mut std::process::Command) -> std::process::Child {
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{}/environ", child.id()))
+            .unwrap_or_default()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "exec did not finish");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child
+    }
+
     fn read_pid(path: &Path) -> u32 {
         std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
     }
@@ -242,6 +257,30 @@ mod supervisor {
         wait_dead(grandchild).await;
     }
 
+    /// The daemon panicked or its runtime shut down without `stop`: no task gets to run a
+    /// graceful stop, and the whole process group must still die.
+    #[test]
+    fn dropping_the_runtime_kills_every_child() {
+        let h = Harness::new("drop");
+        let spec = h
+            .sh("a", r#"trap '' TERM; sleep 100 & echo $! > "$DIR/gc.tmp"; mv "$DIR/gc.tmp" "$DIR/grandchild"; wait"#)
+            .with_readiness(Probe::file_exists(h.path("grandchild")), Duration::from_secs(10));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(h.sup.start(vec![vec![spec]])).unwrap();
+        let leader = h.status("a").pid.unwrap();
+        let grandchild = read_pid(&h.path("grandchild"));
+        drop(runtime);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(leader) || alive(grandchild) {
+            assert!(Instant::now() < deadline, "children survived the runtime");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn children_get_the_marker_but_never_notify_socket() {
         let h = Harness::new("env");
@@ -279,12 +318,12 @@ mod supervisor {
         let run = h.path("run");
         std::fs::create_dir_all(&run).unwrap();
         // Leftovers of a "previous k8sd": one carries our marker, one does not.
-        let mut marked = std::process::Command::new("sleep")
-            .arg("100")
-            .env(MARKER_ENV, &h.instance)
-            .spawn()
-            .unwrap();
-        let mut unmarked = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        let mut marked = spawn_exec(
+            std::process::Command::new("sleep")
+                .arg("100")
+                .env(MARKER_ENV, &h.instance),
+        );
+        let mut unmarked = spawn_exec(std::process::Command::new("sleep").arg("100"));
         std::fs::write(run.join("a.pid"), format!("{}\n", marked.id())).unwrap();
         std::fs::write(run.join("b.pid"), format!("{}\n", unmarked.id())).unwrap();
 

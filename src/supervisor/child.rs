@@ -35,6 +35,8 @@ pub(crate) struct Child {
     pid: u32,
     inner: tokio::process::Child,
     pumps: Vec<JoinHandle<()>>,
+    /// Set once the leader has been reaped; from then on its pgid must not be signalled.
+    reaped: bool,
 }
 
 /// Spawns `spec` (with `program` already resolved by [`resolve_program`]).
@@ -64,7 +66,8 @@ pub(crate) fn spawn(
         // survive a containerd restart as they should. A side benefit: Ctrl-C on a foreground
         // `k8sd run` reaches only k8sd, which then stops the children in order.
         .process_group(0)
-        // Last resort if a `Child` is dropped without being stopped (a panic in the runner).
+        // Lets tokio reap the leader in the background if a `Child` is dropped unreaped;
+        // `Drop for Child` below kills the rest of the group.
         .kill_on_drop(true);
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
@@ -112,7 +115,12 @@ pub(crate) fn spawn(
     if let Some(err) = inner.stderr.take() {
         pumps.push(pump(err, Stream::Stderr, Arc::clone(log)));
     }
-    Ok(Child { pid, inner, pumps })
+    Ok(Child {
+        pid,
+        inner,
+        pumps,
+        reaped: false,
+    })
 }
 
 impl Child {
@@ -123,6 +131,7 @@ impl Child {
     /// Waits for the process to exit on its own. Cancel-safe, so it can sit in a `select!`.
     pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
         let status = self.inner.wait().await?;
+        self.reaped = true;
         self.after_exit().await;
         Ok(status)
     }
@@ -138,6 +147,7 @@ impl Child {
                 self.inner.wait().await?
             }
         };
+        self.reaped = true;
         self.after_exit().await;
         Ok(status)
     }
@@ -160,6 +170,17 @@ impl Child {
             // ESRCH: the group is already empty, which is what we want.
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => tracing::warn!(pid = self.pid, %signal, error = %e, "cannot signal process group"),
+        }
+    }
+}
+
+/// A `Child` dropped without being waited for (the runtime shut down, or the daemon panicked
+/// before calling `stop`): SIGKILL the whole group. `kill_on_drop` alone would kill only the
+/// leader and leave, say, a shell's background job running with nobody to stop it.
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.signal_group(Signal::SIGKILL);
         }
     }
 }

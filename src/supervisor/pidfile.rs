@@ -204,6 +204,22 @@ mod tests {
         super::super::child::resolve_program(Path::new("sleep")).unwrap()
     }
 
+    /// Spawns and waits until the exec has fully finished. A vfork-style spawn returns once
+    /// the new image replaced the old one, but the kernel fills in the new environment (what
+    /// /proc/<pid>/environ shows) a moment later. Real stale processes are long past that.
+    fn spawn(cmd: &mut Command) -> std::process::Child {
+        let child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{}/environ", child.id()))
+            .unwrap_or_default()
+            .is_empty()
+        {
+            assert!(std::time::Instant::now() < deadline, "exec did not finish");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child
+    }
+
     fn pid_of(child: &std::process::Child) -> i32 {
         i32::try_from(child.id()).unwrap()
     }
@@ -214,23 +230,11 @@ mod tests {
         let instance = OsStr::new("test-instance-pidfile");
         let sleep = sleep_path();
 
-        let mut marked = Command::new(&sleep)
-            .arg("100")
-            .env(MARKER_ENV, instance)
-            .spawn()
-            .unwrap();
-        let mut unmarked = Command::new(&sleep).arg("100").spawn().unwrap();
-        let mut other_instance = Command::new(&sleep)
-            .arg("100")
-            .env(MARKER_ENV, "someone-else")
-            .spawn()
-            .unwrap();
+        let mut marked = spawn(Command::new(&sleep).arg("100").env(MARKER_ENV, instance));
+        let mut unmarked = spawn(Command::new(&sleep).arg("100"));
+        let mut other_instance = spawn(Command::new(&sleep).arg("100").env(MARKER_ENV, "someone-else"));
         // Marked, but the spec names a different program: not provably ours.
-        let mut wrong_program = Command::new(&sleep)
-            .arg("100")
-            .env(MARKER_ENV, instance)
-            .spawn()
-            .unwrap();
+        let mut wrong_program = spawn(Command::new(&sleep).arg("100").env(MARKER_ENV, instance));
 
         assert_eq!(is_ours(pid_of(&marked), &sleep, instance), Ok(()));
         assert!(is_ours(pid_of(&unmarked), &sleep, instance).is_err());
