@@ -256,60 +256,71 @@ fn write_meta(conn: &Connection, path: &Path, m: &Meta) -> Result<()> {
 
 /// Check a Txn's shape before it is proposed: etcd's `checkTxnRequest` and `checkIntervals`.
 pub fn validate_txn(txn: &TxnRequest) -> Result<()> {
-    let ops = txn.success.len().max(txn.failure.len());
+    check_txn_shape(txn)?;
+    check_intervals(&txn.success)?;
+    check_intervals(&txn.failure)?;
+    Ok(())
+}
+
+fn check_txn_shape(txn: &TxnRequest) -> Result<()> {
+    let ops = txn.compare.len().max(txn.success.len()).max(txn.failure.len());
     if ops > MAX_TXN_OPS {
         return Err(StoreError::TooManyOps { ops, max: MAX_TXN_OPS });
     }
-    for c in &txn.compare {
-        if c.range.key.is_empty() {
-            return Err(StoreError::EmptyKey);
-        }
+    if txn.compare.iter().any(|c| c.range.key.is_empty()) {
+        return Err(StoreError::EmptyKey);
     }
-    for branch in [&txn.success, &txn.failure] {
-        let mut puts: Vec<&[u8]> = Vec::new();
-        let mut dels: Vec<&KeyRange> = Vec::new();
-        collect_writes(branch, &mut puts, &mut dels)?;
-        for (i, p) in puts.iter().enumerate() {
-            if puts[i + 1..].contains(p) {
-                return Err(StoreError::DuplicateKey);
-            }
-            if dels.iter().any(|d| d.contains(p)) {
-                return Err(StoreError::DuplicateKey);
-            }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            Op::Range(r) if r.range.key.is_empty() => return Err(StoreError::EmptyKey),
+            Op::Delete(d) if d.range.key.is_empty() => return Err(StoreError::EmptyKey),
+            Op::Put(p) if p.key.is_empty() => return Err(StoreError::EmptyKey),
+            Op::Put(p) if p.ignore_value && !p.value.is_empty() => return Err(StoreError::ValueProvided),
+            Op::Put(p) if p.ignore_lease && p.lease != 0 => return Err(StoreError::LeaseProvided),
+            Op::Txn(t) => check_txn_shape(t)?,
+            _ => {}
         }
     }
     Ok(())
 }
 
-fn collect_writes<'a>(ops: &'a [Op], puts: &mut Vec<&'a [u8]>, dels: &mut Vec<&'a KeyRange>) -> Result<()> {
+/// etcd's duplicate-key rule: within one branch no key is written twice, and no put falls in
+/// a deleted range. A nested Txn's success and failure branches exclude each other, so the
+/// same key may appear in both.
+fn check_intervals(ops: &[Op]) -> Result<(Vec<Vec<u8>>, Vec<KeyRange>)> {
+    let mut dels: Vec<KeyRange> =
+        ops.iter().filter_map(|op| if let Op::Delete(d) = op { Some(d.range.clone()) } else { None }).collect();
+    let mut puts: Vec<Vec<u8>> = Vec::new();
+    let hits = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|d| d.contains(k));
     for op in ops {
-        match op {
-            Op::Range(r) if r.range.key.is_empty() => return Err(StoreError::EmptyKey),
-            Op::Range(_) => {}
-            Op::Put(p) => {
-                if p.key.is_empty() {
-                    return Err(StoreError::EmptyKey);
-                }
-                if p.ignore_value && !p.value.is_empty() {
-                    return Err(StoreError::ValueProvided);
-                }
-                if p.ignore_lease && p.lease != 0 {
-                    return Err(StoreError::LeaseProvided);
-                }
-                puts.push(&p.key);
+        let Op::Txn(t) = op else { continue };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || hits(&dels, k) {
+                return Err(StoreError::DuplicateKey);
             }
-            Op::Delete(d) if d.range.key.is_empty() => return Err(StoreError::EmptyKey),
-            Op::Delete(d) => dels.push(&d.range),
-            Op::Txn(t) => {
-                // A nested txn's writes count towards the enclosing branch, from either of its
-                // branches, since either may run.
-                validate_txn(t)?;
-                collect_writes(&t.success, puts, dels)?;
-                collect_writes(&t.failure, puts, dels)?;
+            puts.push(k.clone());
+        }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || hits(&dels, k) {
+                return Err(StoreError::DuplicateKey);
+            }
+            if !puts.contains(k) {
+                puts.push(k.clone());
             }
         }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
     }
-    Ok(())
+    for op in ops {
+        let Op::Put(p) = op else { continue };
+        if puts.contains(&p.key) || hits(&dels, &p.key) {
+            return Err(StoreError::DuplicateKey);
+        }
+        puts.push(p.key.clone());
+    }
+    Ok((puts, dels))
 }
 
 /// Mutable state of one command while it applies: the revision it will take if it writes and
@@ -570,11 +581,19 @@ pub fn execute_range(conn: &Connection, path: &Path, req: &RangeRequest, current
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
-    let sorted = !(req.sort_order == SortOrder::None
-        || (req.sort_target == SortTarget::Key && req.sort_order == SortOrder::Ascend));
+    // etcd: a non-key target with no order sorts ascending; key-ascending is the natural order.
+    let order = match (req.sort_order, req.sort_target) {
+        (SortOrder::None, t) if t != SortTarget::Key => SortOrder::Ascend,
+        (SortOrder::Ascend, SortTarget::Key) => SortOrder::None,
+        (o, _) => o,
+    };
+    let sorted = order != SortOrder::None;
     let want = usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX);
-    // Like etcd: fetch one extra row to learn `more`, or everything when sorting or filtering.
-    let fetch = if sorted || filtered || want == 0 { 0 } else { want.saturating_add(1) };
+    // Like etcd: fetch one extra row to learn `more`, or everything when the request asked for
+    // an explicit order or filters. (etcd decides this on the order as requested, so a non-key
+    // target with no order sorts only the first `limit` keys; we match that.)
+    let fetch_all = req.sort_order != SortOrder::None || filtered;
+    let fetch = if fetch_all || want == 0 { 0 } else { want.saturating_add(1) };
     let (mut kvs, count) = sql::range_rows(conn, &req.range, rev, rev == current, fetch, req.keys_only, req.count_only)
         .map_err(sq(path))?;
     if req.count_only {
@@ -596,7 +615,7 @@ pub fn execute_range(conn: &Connection, path: &Path, req: &RangeRequest, current
             SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
             SortTarget::Value => a.value.cmp(&b.value),
         };
-        match req.sort_order {
+        match order {
             SortOrder::Descend => kvs.sort_by(|a, b| key(b, a)),
             _ => kvs.sort_by(key),
         }

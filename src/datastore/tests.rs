@@ -166,6 +166,18 @@ fn duplicate_keys_and_oversized_txns_are_refused() {
     let many = TxnRequest { success: (0..129).map(|i| p(&i.to_string())).collect(), ..Default::default() };
     assert!(matches!(validate_txn(&many), Err(StoreError::TooManyOps { .. })));
     assert!(validate_txn(&TxnRequest { success: vec![p("a")], failure: vec![p("a")], ..Default::default() }).is_ok());
+    // A nested txn's branches exclude each other: the same key in both is fine, but not next
+    // to a put of that key at the outer level.
+    let nested = TxnRequest { success: vec![p("n")], failure: vec![p("n")], ..Default::default() };
+    assert!(validate_txn(&TxnRequest { success: vec![p("o"), Op::Txn(nested.clone())], ..Default::default() }).is_ok());
+    assert!(matches!(
+        validate_txn(&TxnRequest { success: vec![p("n"), Op::Txn(nested)], ..Default::default() }),
+        Err(StoreError::DuplicateKey)
+    ));
+    let compares = (0..129)
+        .map(|i| Compare { range: KeyRange::single(i.to_string()), result: CompareResult::Equal, target: CompareTarget::Version(0) })
+        .collect();
+    assert!(matches!(validate_txn(&TxnRequest { compare: compares, ..Default::default() }), Err(StoreError::TooManyOps { .. })));
 }
 
 #[test]

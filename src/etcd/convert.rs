@@ -136,7 +136,12 @@ pub fn txn_result_to_pb(r: ds::TxnResult, header: pb::ResponseHeader) -> pb::Txn
                     deleted,
                     prev_kvs: prev_kvs.into_iter().map(kv_to_pb).collect(),
                 }),
-                ds::OpResult::Txn(t) => Response::ResponseTxn(txn_result_to_pb(t, header)),
+                // etcd gives a nested Txn an empty header.
+                ds::OpResult::Txn(t) => {
+                    let mut inner = txn_result_to_pb(t, header);
+                    inner.header = Some(pb::ResponseHeader::default());
+                    Response::ResponseTxn(inner)
+                }
             }),
         })
         .collect();

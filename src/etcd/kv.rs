@@ -6,12 +6,18 @@ use tonic::{Request, Response, Status};
 
 use super::convert::*;
 use super::status::{node_status, store_status, too_large};
-use super::{EtcdService, MAX_REQUEST_BYTES};
+use super::{EtcdService, MAX_RECV_BYTES, MAX_REQUEST_BYTES};
 use crate::datastore::{self as ds, Command, CommandOutput, OpResult, validate_txn};
 use crate::pb::etcdserverpb as pb;
 
 fn check_size<M: Message>(m: &M) -> Result<(), Status> {
-    if m.encoded_len() > MAX_REQUEST_BYTES { Err(too_large()) } else { Ok(()) }
+    let len = m.encoded_len();
+    if len > MAX_RECV_BYTES {
+        return Err(Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({len} vs. {MAX_RECV_BYTES})"
+        )));
+    }
+    if len > MAX_REQUEST_BYTES { Err(too_large()) } else { Ok(()) }
 }
 
 impl EtcdService {

@@ -8,8 +8,8 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::EtcdService;
-use super::status::{node_status, store_status};
-use crate::datastore::{Command, CommandOutput, StoreError};
+use super::status::node_status;
+use crate::datastore::{Command, CommandOutput};
 use crate::pb::etcdserverpb as pb;
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
@@ -74,7 +74,14 @@ impl pb::lease_server::Lease for EtcdService {
         let (id, keys) = (req.id, req.keys);
         let info = self.node.read(move |r| r.lease(id, keys)).await.map_err(node_status)?;
         let Some(info) = info else {
-            return Err(store_status(&StoreError::LeaseNotFound(id)));
+            // etcd answers an unknown or expired lease with TTL -1, not an error.
+            return Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header: Some(self.header(self.node.meta().current_rev)),
+                id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            }));
         };
         let (ttl, granted) = self.node.lessor().remaining(id, Instant::now()).unwrap_or((info.ttl, info.ttl));
         Ok(Response::new(pb::LeaseTimeToLiveResponse {

@@ -191,14 +191,13 @@ impl StreamTask {
             }
             c.watch_id
         } else {
+            // Like etcd: a counter that explicit ids do not move, skipping ids in use.
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            self.next_id += 1;
+            self.next_id - 1
         };
-        if id >= self.next_id {
-            self.next_id = id + 1;
-        }
         let w = Watcher {
             range: KeyRange::new(c.key, c.range_end),
             next_rev: if c.start_revision == 0 { self.seen + 1 } else { c.start_revision },
@@ -235,8 +234,8 @@ impl StreamTask {
                 Err(NodeError::Store(StoreError::Compacted { compacted, .. })) => {
                     self.watchers.remove(&id);
                     let mut r = self.response(id, self.seen);
+                    // etcd leaves cancel_reason empty here; clients read compact_revision.
                     (r.canceled, r.compact_revision) = (true, compacted);
-                    r.cancel_reason = COMPACTED_REASON.into();
                     return self.send(r).await;
                 }
                 Err(e) => {
