@@ -26,14 +26,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cache=${K8SD_CACHE_DIR:-/var/cache/k8sd}
 images_dir=${K8SD_IMAGES_DIR:-$cache/images}
 ns=k8sd-smoke-$$
-node=k8sd-smoke
+node="k8sd-smoke"
 node_ip=10.213.0.2
 cgroup_root=/k8sd-smoke-$$
 pod_cidr=10.88.0.0/16
 version=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
 k8sd=${K8SD_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/k8sd}
 
-passed=0 failed=0 torn_down=0
+passed=0 failed=0
 work="" kubebin=""
 declare -A pids=()
 
@@ -163,7 +163,8 @@ must "kube-apiserver --version is Kubernetes $version" \
   test "$("$kubebin" kube-apiserver --version)" = "Kubernetes $version"
 
 host_cni0_before=0; ip link show cni0 >/dev/null 2>&1 && host_cni0_before=1
-netns_before=$(ls /run/netns 2>/dev/null | grep '^cni-' | sort)
+pod_netns() { local f; for f in /run/netns/cni-*; do [[ -e "$f" ]] && echo "${f##*/}"; done; }
+netns_before=$(pod_netns)
 
 # --- work dir, netns, cgroup root ----------------------------------------------------------
 work=$(mktemp -d /var/tmp/k8sd-smoke.XXXXXX)
@@ -303,18 +304,19 @@ render() {  # render TEMPLATE OUT: replace every {{marker}}; a leftover marker i
     -e "s|{{node_name}}|$node|g" \
     "$repo/assets/$1" > "$2" && ! grep -n '{{' "$2"
 }
-must "config templates rendered" eval '
+render_all() {
   render containerd/config.toml "$work/containerd/config.toml" &&
-  render cni/10-k8sd.conflist "$work/cni/net.d/10-k8sd.conflist" &&
-  render kubelet/config.yaml "$work/kubelet-config.yaml" &&
-  render kube-proxy/config.yaml "$work/kube-proxy-config.yaml"'
+    render cni/10-k8sd.conflist "$work/cni/net.d/10-k8sd.conflist" &&
+    render kubelet/config.yaml "$work/kubelet-config.yaml" &&
+    render kube-proxy/config.yaml "$work/kube-proxy-config.yaml"
+}
+must "config templates rendered" render_all
 
 start containerd containerd --config "$work/containerd/config.toml"
 must "private containerd answers on its socket" \
   wait_for 30 ctr --address "$work/containerd/containerd.sock" version
 import_images() {  # through k8sd's own import (src/images), twice: it must be idempotent
-  local i
-  for i in 1 2; do
+  for _ in 1 2; do
     "$k8sd" images import --address "$work/containerd/containerd.sock" \
       "$images_dir/pause.tar" "$images_dir/busybox.tar" >>"$work/logs/import.log" 2>&1 || return 1
   done
@@ -381,14 +383,14 @@ check "teardown reported clean twice (idempotent)" \
 check "no mounts left under $work" bash -c "! awk '{print \$5}' /proc/self/mountinfo | grep -q '^$work'"
 check "no kubepods cgroups or cgroup root left" bash -c "! ls -d /sys/fs/cgroup/*/${cgroup_root#/} 2>/dev/null | grep -q ."
 check "test netns $ns deleted" test ! -e "/run/netns/$ns"
-check "no pod network namespaces left" test "$(ls /run/netns 2>/dev/null | grep '^cni-' | sort)" = "$netns_before"
+check "no pod network namespaces left" test "$(pod_netns)" = "$netns_before"
 host_cni0_after=0; ip link show cni0 >/dev/null 2>&1 && host_cni0_after=1
 check "no cni0 created on the host" test "$host_cni0_after" -le "$host_cni0_before"
 no_leftover_processes() {  # nothing running whose command line names our work dir
   local p left=()
   for p in /proc/[0-9]*; do
     [[ "${p#/proc/}" != "$$" ]] || continue
-    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "$work"; then left+=("${p#/proc/}"); fi
+    if { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qF -- "$work"; then left+=("${p#/proc/}"); fi
   done
   ((${#left[@]} == 0)) || { say "  left running: ${left[*]}"; return 1; }
 }
