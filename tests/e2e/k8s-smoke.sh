@@ -61,16 +61,19 @@ start() {
   pids[$name]=$!
 }
 stop() {  # stop NAME...: SIGTERM to all, up to 20 s together, then SIGKILL
-  local name pid deadline=$((SECONDS + 20)) live=()
+  local name pid deadline=$((SECONDS + 20))
   for name in "$@"; do
     pid=${pids[$name]:-}
-    [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null && live+=("$pid")
-    unset "pids[$name]"
+    [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null
   done
-  for pid in "${live[@]}"; do
+  for name in "$@"; do
+    pid=${pids[$name]:-}
+    [[ -n "$pid" ]] || continue
     while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
     kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
+    # Forgotten only once dead, so a teardown interrupted here is completed by the exit trap.
+    unset "pids[$name]"
   done
 }
 
@@ -105,27 +108,32 @@ teardown_args() {
 # act on it and removes containers while containerd still runs; stage 2 stops containerd and
 # the API, and runs the host teardown again, which must then be a harmless no-op apart from
 # deleting the netns (proving idempotence).
+# Each stage is marked done only at its end, so the exit trap re-runs an interrupted one
+# (everything in it is idempotent).
 stage=0
 teardown_stage1() {
   ((stage < 1)) || return 0
+  if [[ -n "$work" ]]; then
+    stop kube-proxy kubelet kube-scheduler kube-controller-manager
+    # shellcheck disable=SC2046
+    "$repo/scripts/teardown-host.sh" $(teardown_args) >>"$work/logs/teardown.log" 2>&1
+  fi
   stage=1
-  [[ -n "$work" ]] || return 0
-  stop kube-proxy kubelet kube-scheduler kube-controller-manager
-  # shellcheck disable=SC2046
-  "$repo/scripts/teardown-host.sh" $(teardown_args) >>"$work/logs/teardown.log" 2>&1
 }
 teardown_stage2() {
   ((stage < 2)) || return 0
   teardown_stage1
+  if [[ -n "$work" ]]; then
+    stop containerd kube-apiserver etcd
+    # shellcheck disable=SC2046
+    "$repo/scripts/teardown-host.sh" $(teardown_args) >>"$work/logs/teardown.log" 2>&1
+  fi
   stage=2
-  [[ -n "$work" ]] || return 0
-  stop containerd kube-apiserver etcd
-  # shellcheck disable=SC2046
-  "$repo/scripts/teardown-host.sh" $(teardown_args) >>"$work/logs/teardown.log" 2>&1
 }
 
 on_exit() {
   local rc=$?
+  trap '' INT TERM  # finish cleaning up even if interrupted again
   teardown_stage2
   if ((failed > 0 || rc != 0)); then
     ((failed > 0)) || nok "aborted (exit $rc)"
