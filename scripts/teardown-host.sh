@@ -183,7 +183,9 @@ fi
 
 # --- 6. CNI state --------------------------------------------------------------------------
 if [[ -d "$ipam_dir/$network" ]]; then rm -rf "${ipam_dir:?}/$network" && log "removed $ipam_dir/$network"; fi
-for id in "${container_ids[@]}"; do rm -f /var/lib/cni/results/"$network-$id"-*; done
+# libcni caches each ADD result as <network>-<container id>-<ifname>, for our network and for
+# the loopback containerd sets up itself; a sandbox killed without a CNI DEL leaves them.
+for id in "${container_ids[@]}"; do rm -f /var/lib/cni/results/*-"$id"-*; done
 # The kubelet links /var/log/containers/* to files under its podLogsDir.
 for l in /var/log/containers/*.log; do
   [[ -L "$l" ]] || continue

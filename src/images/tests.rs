@@ -307,5 +307,8 @@ fn import_command_targets_the_cri_namespace_of_the_given_socket() {
 #[test]
 fn containerd_template_names_our_pause_image() {
     let template = include_str!("../../assets/containerd/config.toml");
-    assert!(template.contains(&format!("sandbox_image = \"{PAUSE_IMAGE}\"")), "assets/containerd/config.toml");
+    assert!(
+        template.contains(&format!("sandbox_image = \"{PAUSE_IMAGE}\"")),
+        "assets/containerd/config.toml"
+    );
 }
