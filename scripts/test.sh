@@ -32,7 +32,7 @@ rc=${PIPESTATUS[0]}
 
 failed=0
 for t in tests/e2e/*.sh; do
-  [[ -e "$t" ]] || continue
+  [[ -x "$t" ]] || continue   # lib.sh is sourced, not run
   step "e2e: $t"
   if ! "$t"; then
     echo "e2e FAILED: $t"

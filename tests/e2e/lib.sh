@@ -18,7 +18,7 @@ finish() {
 # Prerequisites fail loudly; nothing is skipped.
 require() {
   for b in "$@"; do
-    [[ -x "$b" ]] || { echo "missing prerequisite: $b (run scripts/test.sh, which builds and installs everything)" >&2; exit 1; }
+    [[ -s "$b" ]] || { echo "missing prerequisite: $b (run scripts/test.sh, which builds and installs everything)" >&2; exit 1; }
   done
 }
 

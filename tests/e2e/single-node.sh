@@ -35,13 +35,19 @@ cleanup() {
 trap cleanup EXIT
 
 status_json() { k8sd status -o json > "$work/status.json"; }
-status_says() { status_json && [[ $(json_get "$work/status.json" "$1") == "$2" ]]; }
+status_says() {
+  status_json || return 1
+  local got; got=$(json_get "$work/status.json" "$1" 2>&1)
+  [[ $got == "$2" ]] && return 0
+  log "status check: wanted '$2' from $1, got '$got'; status was:"; cat "$work/status.json"
+  return 1
+}
 
 make_host "$ns" 1
 
 log "1. k8sd init"
 if k8sd init --node-name e2e-1; then pass "k8sd init returns once the node is ready"; else fail "k8sd init"; exit 1; fi
-check "status: ready, node Ready" status_says "d['ready'] and d['kubernetes_node']['ready']" True
+check "status: ready, node Ready" status_says "d['ready'] and d['kubernetes-node']['ready']" True
 check "status: every component running" status_says "all(c['running'] for c in d['components']) and len(d['components'])" 6
 check "status: datastore voter and leader" status_says "d['datastore']['members'][0]['role']+' '+str(d['datastore']['members'][0]['leader'])" "voter True"
 node_ready() { [[ $(kubectl get node e2e-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
@@ -99,6 +105,6 @@ check "k8sd run resumes the node" k8sd status --wait-ready --timeout 240
 marker_kept() { [[ $(kubectl get configmap e2e-marker -o jsonpath='{.data.k}') == v ]]; }
 check "the ConfigMap written before the restart is there" marker_kept
 check "7. status after restart: 6 components running, node Ready" status_says \
-  "str(all(c['running'] for c in d['components'])) + ' ' + str(d['kubernetes_node']['ready'])" "True True"
+  "str(all(c['running'] for c in d['components'])) + ' ' + str(d['kubernetes-node']['ready'])" "True True"
 
 finish
