@@ -38,6 +38,9 @@ pub struct RunArgs {
     pub images_dir: Option<PathBuf>,
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// The kubelet's cgroup root; give each node its own when several share one machine.
+    #[arg(long, env = "K8SD_CGROUP_ROOT", default_value = "/")]
+    pub cgroup_root: String,
 }
 
 pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
@@ -46,6 +49,7 @@ pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
         layout,
         kubebin: args.kubebin.or_else(paths::find_kubebin),
         images_dir: args.images_dir.unwrap_or_else(paths::images_dir),
+        cgroup_root: args.cgroup_root,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -158,7 +162,9 @@ fn start_detached_daemon(layout: &Layout, args: &RunArgs) -> anyhow::Result<()> 
         .arg("--run-dir")
         .arg(&layout.run_dir)
         .arg("--log-level")
-        .arg(&args.log_level);
+        .arg(&args.log_level)
+        .arg("--cgroup-root")
+        .arg(&args.cgroup_root);
     if let Some(k) = &args.kubebin {
         cmd.arg("--kubebin").arg(k);
     }

@@ -24,6 +24,7 @@ pub fn datastore_addr() -> SocketAddr {
 pub struct Ctx<'a> {
     pub layout: &'a Layout,
     pub cfg: &'a NodeConfig,
+    pub cgroup_root: &'a str,
 }
 
 impl Ctx<'_> {
@@ -162,7 +163,7 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
         ("cni_ipam_dir", p(&l.cni_ipam_dir())),
         ("pod_cidr", c.cfg.pod_cidr.clone()),
         ("pki_dir", p(&l.pki_dir())),
-        ("cgroup_root", "/".to_string()),
+        ("cgroup_root", c.cgroup_root.to_string()),
         ("pod_logs_dir", p(&l.pod_logs_dir())),
         ("kubeconfig", c.kubeconfig("proxy.conf")),
         ("node_name", c.cfg.node_name.clone()),
@@ -196,7 +197,7 @@ mod tests {
     fn apiserver_flags_are_pinned() {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
-        let args = apiserver_args(&Ctx { layout: &layout, cfg: &cfg });
+        let args = apiserver_args(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" });
         let must = [
             "--anonymous-auth=false",
             "--authorization-mode=Node,RBAC",
@@ -219,7 +220,7 @@ mod tests {
     fn kubelet_never_gets_a_loopback_node_ip() {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
-        let args = kubelet_args(&Ctx { layout: &layout, cfg: &cfg });
+        let args = kubelet_args(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" });
         assert!(args.contains(&"--node-ip=10.0.0.5".to_string()));
         assert!(args.contains(&"--root-dir=/d/kubelet".to_string()));
     }
@@ -228,7 +229,7 @@ mod tests {
     fn every_template_marker_is_rendered() {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
-        let files = config_files(&Ctx { layout: &layout, cfg: &cfg }).unwrap();
+        let files = config_files(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" }).unwrap();
         assert_eq!(files.len(), 4);
         for (path, text) in &files {
             assert!(!text.contains("{{"), "{} has an unrendered marker", path.display());

@@ -109,6 +109,9 @@ pub struct DaemonOptions {
     pub layout: Layout,
     pub kubebin: Option<PathBuf>,
     pub images_dir: PathBuf,
+    /// The kubelet's cgroupRoot: "/" on a real host; a private subtree when several nodes share
+    /// one machine (tests), so their kubepods hierarchies never collide.
+    pub cgroup_root: String,
 }
 
 /// The running daemon.
@@ -291,11 +294,12 @@ impl Daemon {
         }
 
         step("rendering component configuration");
-        let ctx = Ctx { layout: &l, cfg: &cfg };
+        let ctx = Ctx { layout: &l, cfg: &cfg, cgroup_root: &self.opts.cgroup_root };
         for (path, text) in components::config_files(&ctx).map_err(DaemonError::Other)? {
             write_file(&path, text.as_bytes(), 0o600)?;
         }
         mkdir(&l.containerd_state(), 0o711)?;
+        ensure_cgroup_root(&self.opts.cgroup_root)?;
 
         let supervisor = Arc::new(Supervisor::new(SupervisorConfig {
             run_dir: l.pid_dir(),
@@ -327,8 +331,45 @@ impl Daemon {
         }
         self.set_phase(Phase::Running);
         report(&progress, "node is Ready");
+        self.spawn_cert_renewal(identity, supervisor);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         Ok(())
+    }
+
+    /// Twice a day, renew leaf certificates close to expiry (or whose SANs changed) from the same
+    /// CA, and restart only the components that read them.
+    fn spawn_cert_renewal(self: &Arc<Self>, identity: NodeIdentity, supervisor: Arc<Supervisor>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(12 * 3600));
+            tick.tick().await; // the first tick is now: bring-up just ensured the PKI
+            loop {
+                tick.tick().await;
+                let Some(d) = me.upgrade() else { return };
+                let l = d.opts.layout.clone();
+                let server = format!("https://{}", components::apiserver_addr());
+                let renewed = pki::ensure_control_plane_pki(&l.pki_dir(), &identity).and_then(|r| {
+                    pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)
+                        .map(|k| r.merge(k))
+                });
+                match renewed {
+                    Ok(r) if r.is_empty() => {}
+                    Ok(r) => {
+                        for c in r.affected() {
+                            let Some(name) = component_of(c) else {
+                                tracing::warn!(consumer = ?c, "renewed certificate takes effect at the next k8sd restart");
+                                continue;
+                            };
+                            tracing::info!(component = name, "restarting after certificate renewal");
+                            if let Err(e) = supervisor.restart(name).await {
+                                tracing::error!(component = name, error = %e, "restart after renewal failed");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "certificate renewal check failed; retrying in 12 h"),
+                }
+            }
+        });
     }
 
     pub(crate) fn admin_client(&self) -> Result<TlsClient, DaemonError> {
@@ -403,6 +444,19 @@ impl Daemon {
     }
 }
 
+/// The supervised component that reads a certificate consumer's files, if any.
+fn component_of(c: pki::Consumer) -> Option<&'static str> {
+    use pki::Consumer::*;
+    match c {
+        KubeApiserver => Some("kube-apiserver"),
+        ControllerManager => Some("kube-controller-manager"),
+        Scheduler => Some("kube-scheduler"),
+        Kubelet => Some("kubelet"),
+        KubeProxy => Some("kube-proxy"),
+        Datastore | K8sd => None,
+    }
+}
+
 /// Import every image tarball into containerd's k8s.io namespace (idempotent).
 fn import_images(sock: &Path, dir: &Path) -> bool {
     for name in [crate::images::PAUSE_TARBALL, crate::images::BUSYBOX_TARBALL] {
@@ -420,6 +474,31 @@ fn import_images(sock: &Path, dir: &Path) -> bool {
         }
     }
     true
+}
+
+/// The kubelet requires its cgroupRoot to exist in every (v1) hierarchy; a new cpuset cgroup
+/// starts with no CPUs or memory nodes, so copy its parent's.
+fn ensure_cgroup_root(root: &str) -> Result<(), DaemonError> {
+    let rel = root.trim_matches('/');
+    if rel.is_empty() {
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return Ok(()) };
+    for h in entries.flatten().map(|e| e.path()) {
+        if !h.join("cgroup.procs").exists() {
+            continue;
+        }
+        let dir = h.join(rel);
+        std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(h.join(f))
+                && std::fs::read_to_string(dir.join(f)).map(|c| c.trim().is_empty()).unwrap_or(false)
+            {
+                std::fs::write(dir.join(f), v.trim()).map_err(write_err(&dir.join(f)))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn which(name: &str) -> Option<PathBuf> {

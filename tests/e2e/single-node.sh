@@ -10,6 +10,7 @@ require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_D
 ns=k8sd-e2e1
 work=$(mktemp -d /var/tmp/k8sd-e2e-single.XXXXXX)
 data=$work/data run=/run/$(basename "$work")
+export K8SD_CGROUP_ROOT=/$(basename "$work")
 k8sd() { in_host "$ns" "$K8SD_BIN" --data-dir "$data" --run-dir "$run" "$@"; }
 kubectl() { k8sd kubectl "$@"; }
 daemon_pid() { cat "$run/k8sd.pid" 2>/dev/null; }
@@ -25,7 +26,8 @@ cleanup() {
   stop_daemon
   "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$data/kubelet" \
     --containerd-address "$run/containerd/containerd.sock" --containerd-root "$data/containerd" \
-    --containerd-state "$run/containerd" --cni-ipam-dir "$data/cni/networks" --pod-logs-dir "$data/pod-logs" >/dev/null 2>&1
+    --containerd-state "$run/containerd" --cni-ipam-dir "$data/cni/networks" --pod-logs-dir "$data/pod-logs" \
+    --cgroup-root "$K8SD_CGROUP_ROOT" >/dev/null 2>&1
   ip link del k8sd-h1 2>/dev/null
   if ((failed > 0)); then
     for f in "$data"/logs/*.log; do echo "----- $f (last 30 lines)"; tail -n 30 "$f"; done
