@@ -98,6 +98,7 @@ impl Node {
         let hub = Arc::new(WatchHub::new(meta.current_rev));
         let lessor = Arc::new(Lessor::default());
         lessor.reset(&store.reader()?.leases()?, Instant::now());
+        let checkpointer = crate::datastore::Checkpointer::open(&db_path)?;
         let (tx, rx) = std_mpsc::channel();
         let shared_meta = Arc::new(Mutex::new(meta));
         {
@@ -119,6 +120,7 @@ impl Node {
             }),
         };
         node.spawn_expiry();
+        spawn_checkpointer(checkpointer, Arc::downgrade(&node.inner));
         Ok(node)
     }
 
@@ -203,6 +205,18 @@ impl Node {
             }
         });
     }
+}
+
+/// Checkpoint the WAL every 200 ms while the node lives.
+fn spawn_checkpointer(cp: crate::datastore::Checkpointer, node: std::sync::Weak<Inner>) {
+    let _ = std::thread::Builder::new().name("k8sd-checkpoint".into()).spawn(move || {
+        while node.strong_count() > 0 {
+            if let Err(e) = cp.checkpoint() {
+                tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
 }
 
 /// The data directory holds keys and the database: owner only.
