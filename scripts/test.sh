@@ -27,6 +27,7 @@ step "images"
 scripts/build-images.sh >/dev/null
 
 step "cargo test"
+rm -f /tmp/k8sd-e2e-*.log
 cargo test --release --no-fail-fast 2>&1 | tee /tmp/k8sd-cargo-test.log
 rc=${PIPESTATUS[0]}
 
@@ -34,14 +35,22 @@ failed=0
 for t in tests/e2e/*.sh; do
   [[ -x "$t" ]] || continue   # lib.sh is sourced, not run
   step "e2e: $t"
-  if ! "$t"; then
+  log=/tmp/k8sd-e2e-$(basename "$t" .sh).log
+  if ! "$t" 2>&1 | tee "$log"; then
     echo "e2e FAILED: $t"
     failed=$((failed + 1))
   fi
 done
 
+# One closing line over every runner: cargo's "test result" lines and the e2e tallies.
+totals=$(cat /tmp/k8sd-cargo-test.log /tmp/k8sd-e2e-*.log 2>/dev/null | awk '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+  /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
+  END { printf "%d %d", p, f }')
+read -r total_passed total_failed <<<"$totals"
 if ((rc != 0 || failed != 0)); then
   echo "FAILED: cargo test exit $rc, $failed end-to-end suite(s) failed"
+  echo "$total_passed passed, $((total_failed > 0 ? total_failed : 1)) failed"
   exit 1
 fi
-echo "all tests passed"
+echo "$total_passed passed, $total_failed failed"
