@@ -7,7 +7,8 @@
 //!
 //! - W1/W2: requests are handled in order; a watcher's `created` reply is sent before any of its
 //!   events, with a non-zero header revision.
-//! - W3/W6/W7: events come from SQLite (catch-up) or from hub batches (live); either way each
+//! - W3: prev_kv on every event inside retained history (above the compaction revision).
+//! - W6/W7: events come from SQLite (catch-up) or from hub batches (live); either way each
 //!   revision's events are sent whole, in order, once: a watcher only takes events with
 //!   `rev >= next_rev` and then moves `next_rev` past them.
 //! - W4/W5: a start below the compaction point is cancelled with `compact_revision`; a start
@@ -258,8 +259,17 @@ impl StreamTask {
     /// Send `events` (already in revision order) that watcher `id` wants, then mark it as
     /// having seen everything up to `through`.
     async fn deliver(&mut self, id: i64, events: &[Event], through: i64) -> Result<(), Closed> {
+        // Like etcd, an event at or below the compaction revision has no prev_kv: its previous
+        // revision is compacted history. (Our rows keep it, but kube-apiserver's storage tests
+        // require a watch from the compaction point to fail, which it does on the missing
+        // prev_kv, as on etcd.)
+        let compacted = self.svc.node.meta().compact_rev;
         let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
-        let out: Vec<_> = events.iter().filter(|e| w.wants(e)).map(|e| event_to_pb(e, w.prev_kv)).collect();
+        let out: Vec<_> = events
+            .iter()
+            .filter(|e| w.wants(e))
+            .map(|e| event_to_pb(e, w.prev_kv && e.kv.mod_revision > compacted))
+            .collect();
         w.next_rev = w.next_rev.max(through + 1);
         if out.is_empty() {
             return Ok(());
