@@ -423,6 +423,9 @@ func writeReport(w io.Writer, r *run, info reportInfo, top, sub counts, perPkg m
 		}
 	}
 
+	sort.Slice(skipped, func(i, j int) bool {
+		return skipped[i].pkg+" "+skipped[i].name < skipped[j].pkg+" "+skipped[j].name
+	})
 	p("## Skipped\n\n")
 	if len(skipped) == 0 {
 		p("None.\n\n")
