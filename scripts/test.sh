@@ -42,6 +42,12 @@ for t in tests/e2e/*.sh; do
   fi
 done
 
+step "Kubernetes' storage tests (k8s.io/apiserver etcd3 and cacher) against k8sd"
+if ! tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite.log; then
+  echo "storage suite FAILED"
+  failed=$((failed + 1))
+fi
+
 # One closing line over every runner: cargo's "test result" lines and the e2e tallies.
 totals=$(cat /tmp/k8sd-cargo-test.log /tmp/k8sd-e2e-*.log 2>/dev/null | awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
