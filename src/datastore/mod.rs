@@ -11,7 +11,7 @@ mod sql;
 pub mod types;
 
 pub use error::StoreError;
-pub use mvcc::{Durability, LogPosition, Meta, ReadView, Reader, Store, execute_range, validate_txn};
+pub use mvcc::{export_snapshot, read_raft_meta, Durability, LogPosition, Meta, ReadView, Reader, Store, execute_range, validate_txn};
 pub use types::*;
 
 #[cfg(test)]
