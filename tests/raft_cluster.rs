@@ -52,7 +52,11 @@ async fn must<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Opti
 fn put(key: &str, value: &str) -> Command {
     Command::Txn(TxnRequest {
         compare: vec![],
-        success: vec![Op::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })],
+        success: vec![Op::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })],
         failure: vec![],
     })
 }
@@ -60,7 +64,10 @@ fn put(key: &str, value: &str) -> Command {
 /// The value of `key` in the SQLite file of a node, read like the etcd façade would.
 fn read(db: &std::path::Path, key: &str) -> Option<Vec<u8>> {
     let mut r = Reader::open(db).unwrap();
-    let req = RangeRequest { range: KeyRange::single(key.as_bytes().to_vec()), ..Default::default() };
+    let req = RangeRequest {
+        range: KeyRange::single(key.as_bytes().to_vec()),
+        ..Default::default()
+    };
     r.range(&req).unwrap().0.kvs.first().map(|kv| kv.value.clone())
 }
 
@@ -73,16 +80,28 @@ impl Cluster {
         for i in 0..3 {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap().to_string();
-            members.push(Member { dir: tmp.path().join(format!("n{i}")), addr, name: format!("n{i}"), node: None });
+            members.push(Member {
+                dir: tmp.path().join(format!("n{i}")),
+                addr,
+                name: format!("n{i}"),
+                node: None,
+            });
             listeners.push(l);
         }
         for (m, l) in members.iter_mut().zip(listeners) {
             m.node = Some(RaftNode::start(config(m, snapshot_every), l).await.unwrap());
         }
-        let mut c = Cluster { _tmp: tmp, members, snapshot_every };
+        let mut c = Cluster {
+            _tmp: tmp,
+            members,
+            snapshot_every,
+        };
         let first = c.node(0);
         first.bootstrap().await.unwrap();
-        must("bootstrap leader", Duration::from_secs(10), async || (first.status().leader == Some(first.id())).then_some(())).await;
+        must("bootstrap leader", Duration::from_secs(10), async || {
+            (first.status().leader == Some(first.id())).then_some(())
+        })
+        .await;
         let mut voters = BTreeSet::from([first.id()]);
         for i in 1..3 {
             let n = c.node(i);
@@ -92,7 +111,10 @@ impl Cluster {
         first.change_membership(voters.clone()).await.unwrap();
         for i in 0..3 {
             let n = c.node(i);
-            must("membership everywhere", Duration::from_secs(10), async || (n.status().voters == voters).then_some(())).await;
+            must("membership everywhere", Duration::from_secs(10), async || {
+                (n.status().voters == voters).then_some(())
+            })
+            .await;
         }
         c.members.truncate(3);
         c
@@ -103,7 +125,9 @@ impl Cluster {
     }
 
     fn running(&self) -> Vec<usize> {
-        (0..self.members.len()).filter(|i| self.members[*i].node.is_some()).collect()
+        (0..self.members.len())
+            .filter(|i| self.members[*i].node.is_some())
+            .collect()
     }
 
     /// The index of the node every running node agrees is leader.
@@ -127,7 +151,9 @@ impl Cluster {
 
     async fn restart(&mut self, i: usize) {
         let l = TcpListener::bind(&self.members[i].addr).await.unwrap();
-        let node = RaftNode::start(config(&self.members[i], self.snapshot_every), l).await.unwrap();
+        let node = RaftNode::start(config(&self.members[i], self.snapshot_every), l)
+            .await
+            .unwrap();
         self.members[i].node = Some(node);
     }
 
@@ -150,11 +176,18 @@ async fn t10_writes_from_any_node_replicate_to_all_stores() {
     let leader = c.leader().await;
     // One write through every node: the leader proposes directly, followers forward.
     for i in 0..3 {
-        let out = c.node(i).propose(put(&format!("k{i}"), &format!("v{i}"))).await.unwrap();
+        let out = c
+            .node(i)
+            .propose(put(&format!("k{i}"), &format!("v{i}")))
+            .await
+            .unwrap();
         txn_ok(out);
         // Read-your-write locally right away: a forwarded write returns only after this
         // node applied it.
-        assert_eq!(read(c.node(i).db_path(), &format!("k{i}")).as_deref(), Some(format!("v{i}").as_bytes()));
+        assert_eq!(
+            read(c.node(i).db_path(), &format!("k{i}")).as_deref(),
+            Some(format!("v{i}").as_bytes())
+        );
     }
     // A failed compare is an outcome, not an error; a client error comes back as `Err` inside.
     let failing = Command::Txn(TxnRequest {
@@ -171,7 +204,12 @@ async fn t10_writes_from_any_node_replicate_to_all_stores() {
         CommandOutput::Txn { result, .. } => assert!(!result.succeeded),
         other => panic!("{other:?}"),
     }
-    let err = c.node(follower).propose(Command::LeaseRevoke { id: 12345 }).await.unwrap().unwrap_err();
+    let err = c
+        .node(follower)
+        .propose(Command::LeaseRevoke { id: 12345 })
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, StoreError::LeaseNotFound(12345)), "{err}");
 
     // After a read-index barrier, every node's local SQLite has every acknowledged write.
@@ -179,11 +217,23 @@ async fn t10_writes_from_any_node_replicate_to_all_stores() {
         let n = c.node(i);
         n.linearizable_barrier().await.unwrap();
         for k in 0..3 {
-            assert_eq!(read(n.db_path(), &format!("k{k}")).as_deref(), Some(format!("v{k}").as_bytes()), "node {i} key k{k}");
+            assert_eq!(
+                read(n.db_path(), &format!("k{k}")).as_deref(),
+                Some(format!("v{k}").as_bytes()),
+                "node {i} key k{k}"
+            );
         }
     }
     // Identical revisions everywhere: the state machine is deterministic.
-    let revs: Vec<i64> = (0..3).map(|i| Reader::open(c.node(i).db_path()).unwrap().view().unwrap().current_rev).collect();
+    let revs: Vec<i64> = (0..3)
+        .map(|i| {
+            Reader::open(c.node(i).db_path())
+                .unwrap()
+                .view()
+                .unwrap()
+                .current_rev
+        })
+        .collect();
     assert!(revs.iter().all(|r| *r == revs[0]), "{revs:?}");
     c.shutdown().await;
 }
@@ -209,7 +259,10 @@ async fn t20_leader_loss_elects_a_new_leader_and_the_old_one_catches_up_on_resta
     back.linearizable_barrier().await.unwrap();
     for i in c.running() {
         if i != old {
-            assert_eq!(read(back.db_path(), &format!("after{i}")).as_deref(), Some(&b"2"[..]));
+            assert_eq!(
+                read(back.db_path(), &format!("after{i}")).as_deref(),
+                Some(&b"2"[..])
+            );
         }
     }
     assert_eq!(read(back.db_path(), "before").as_deref(), Some(&b"1"[..]));
@@ -225,7 +278,12 @@ async fn t30_lagging_node_catches_up_by_snapshot() {
     c.kill(lagging).await;
 
     for k in 0..60 {
-        txn_ok(c.node(leader).propose(put(&format!("s{k:02}"), "x")).await.unwrap());
+        txn_ok(
+            c.node(leader)
+                .propose(put(&format!("s{k:02}"), "x"))
+                .await
+                .unwrap(),
+        );
     }
     // The leader has snapshotted and purged past what the lagging node has.
     let l = c.node(leader);
@@ -236,9 +294,11 @@ async fn t30_lagging_node_catches_up_by_snapshot() {
 
     c.restart(lagging).await;
     let n = c.node(lagging);
-    must("snapshot installed on the lagging node", Duration::from_secs(20), async || {
-        (read(n.db_path(), "s59").is_some()).then_some(())
-    })
+    must(
+        "snapshot installed on the lagging node",
+        Duration::from_secs(20),
+        async || (read(n.db_path(), "s59").is_some()).then_some(()),
+    )
     .await;
     assert!(n.status().snapshot_index.is_some(), "{:?}", n.status());
     assert_eq!(read(n.db_path(), "s00").as_deref(), Some(&b"x"[..]));

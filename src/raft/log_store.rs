@@ -60,8 +60,15 @@ pub enum LogStoreError {
         "raft log {path} is corrupt at index {index}: {reason}; committed entries may be lost, so this \
          node must not rejoin with it: stop k8sd, move {dir} aside and rejoin the cluster"
     )]
-    Corrupt { path: PathBuf, dir: PathBuf, index: u64, reason: String },
-    #[error("raft log {path} has format version {found}, this k8sd understands {LOG_FORMAT_VERSION}; upgrade k8sd")]
+    Corrupt {
+        path: PathBuf,
+        dir: PathBuf,
+        index: u64,
+        reason: String,
+    },
+    #[error(
+        "raft log {path} has format version {found}, this k8sd understands {LOG_FORMAT_VERSION}; upgrade k8sd"
+    )]
     Format { path: PathBuf, found: i64 },
     #[error("cannot create the raft log directory {path}: {source}")]
     Dir {
@@ -114,8 +121,16 @@ impl Shared {
 type Done = oneshot::Sender<io::Result<()>>;
 
 enum Op {
-    Append { rows: Vec<(u64, u32, Vec<u8>)>, seqs: Vec<(u64, u64)>, cb: IOFlushed<TypeConfig> },
-    Meta { name: &'static str, value: Vec<u8>, done: Option<Done> },
+    Append {
+        rows: Vec<(u64, u32, Vec<u8>)>,
+        seqs: Vec<(u64, u64)>,
+        cb: IOFlushed<TypeConfig>,
+    },
+    Meta {
+        name: &'static str,
+        value: Vec<u8>,
+        done: Option<Done>,
+    },
     /// Delete every row with `idx > after` (`after = -1` deletes all).
     Truncate { after: i64, done: Done },
     /// Delete every row with `idx <= upto` and record the purged log id.
@@ -160,9 +175,15 @@ impl std::fmt::Debug for Op {
 impl LogStore {
     /// Open (or create) the log at `<dir>/log.db`, verify every entry and start the writer.
     pub fn open(dir: &Path) -> Result<LogStore, LogStoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| LogStoreError::Dir { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| LogStoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join("log.db");
-        let sq = |source| LogStoreError::Sqlite { path: path.clone(), source };
+        let sq = |source| LogStoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         let conn = Connection::open(&path).map_err(sq)?;
         conn.pragma_update(None, "journal_mode", "wal").map_err(sq)?;
         // FULL: the WAL is fsync'd at every commit, which is what makes IOFlushed honest.
@@ -179,29 +200,39 @@ impl LogStore {
             }
         }
         let state = recover(&conn, &path, dir)?;
-        let shared = Arc::new(Shared { path: path.clone(), state: Mutex::new(state) });
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            state: Mutex::new(state),
+        });
         let (tx, rx) = std_mpsc::channel();
         let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("k8sd-raft-log".into())
             .spawn(move || writer_loop(conn, rx, writer_shared))
-            .map_err(|source| LogStoreError::Dir { path: dir.to_path_buf(), source })?;
+            .map_err(|source| LogStoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         Ok(LogStore { shared, ops: tx })
     }
 
     fn send(&self, op: Op) -> io::Result<()> {
-        self.ops.send(op).map_err(|_| io::Error::other("raft log writer has stopped"))
+        self.ops
+            .send(op)
+            .map_err(|_| io::Error::other("raft log writer has stopped"))
     }
 
     async fn send_and_wait(&self, make: impl FnOnce(Done) -> Op) -> io::Result<()> {
         let (done, rx) = oneshot::channel();
         self.send(make(done))?;
-        rx.await.map_err(|_| io::Error::other("raft log writer has stopped"))?
+        rx.await
+            .map_err(|_| io::Error::other("raft log writer has stopped"))?
     }
 }
 
 fn meta_get<T: rusqlite::types::FromSql>(conn: &Connection, name: &str) -> rusqlite::Result<Option<T>> {
-    conn.query_row("SELECT value FROM meta WHERE name = ?", [name], |r| r.get(0)).optional()
+    conn.query_row("SELECT value FROM meta WHERE name = ?", [name], |r| r.get(0))
+        .optional()
 }
 
 fn meta_put(conn: &Connection, name: &str, value: &[u8]) -> rusqlite::Result<()> {
@@ -214,17 +245,22 @@ fn meta_put(conn: &Connection, name: &str, value: &[u8]) -> rusqlite::Result<()>
 
 /// Load the vote and log pointers and verify every row: checksums, indexes and contiguity.
 fn recover(conn: &Connection, path: &Path, dir: &Path) -> Result<State, LogStoreError> {
-    let sq = |source| LogStoreError::Sqlite { path: path.to_path_buf(), source };
+    let sq = |source| LogStoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
     let corrupt = |index: u64, reason: String| LogStoreError::Corrupt {
         path: path.to_path_buf(),
         dir: dir.to_path_buf(),
         index,
         reason,
     };
-    let decode_meta = |name: &str| -> Result<Option<Vec<u8>>, LogStoreError> { meta_get(conn, name).map_err(sq) };
+    let decode_meta =
+        |name: &str| -> Result<Option<Vec<u8>>, LogStoreError> { meta_get(conn, name).map_err(sq) };
     let mut state = State::default();
     if let Some(v) = decode_meta("vote")? {
-        state.vote = Some(serde_json::from_slice(&v).map_err(|e| corrupt(0, format!("undecodable vote: {e}")))?);
+        state.vote =
+            Some(serde_json::from_slice(&v).map_err(|e| corrupt(0, format!("undecodable vote: {e}")))?);
     }
     if let Some(v) = decode_meta("committed")? {
         state.committed =
@@ -234,7 +270,9 @@ fn recover(conn: &Connection, path: &Path, dir: &Path) -> Result<State, LogStore
         state.last_purged =
             serde_json::from_slice(&v).map_err(|e| corrupt(0, format!("undecodable purge point: {e}")))?;
     }
-    let mut stmt = conn.prepare("SELECT idx, crc, entry FROM log ORDER BY idx").map_err(sq)?;
+    let mut stmt = conn
+        .prepare("SELECT idx, crc, entry FROM log ORDER BY idx")
+        .map_err(sq)?;
     let mut rows = stmt.query([]).map_err(sq)?;
     let mut expect = state.last_purged.as_ref().map(|l| l.index + 1);
     let mut last: Option<(u64, Vec<u8>)> = None;
@@ -313,17 +351,20 @@ fn write_group(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
             Op::Append { rows, .. } => {
                 // REPLACE: an append may overwrite a suffix that a truncate already removed
                 // in an earlier group; rows are never left with mixed terms.
-                let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO log (idx, crc, entry) VALUES (?, ?, ?)")?;
+                let mut stmt =
+                    tx.prepare_cached("INSERT OR REPLACE INTO log (idx, crc, entry) VALUES (?, ?, ?)")?;
                 for (idx, crc, blob) in rows {
                     stmt.execute(params![to_i64(*idx), i64::from(*crc), blob])?;
                 }
             }
             Op::Meta { name, value, .. } => meta_put(&tx, name, value)?,
             Op::Truncate { after, .. } => {
-                tx.prepare_cached("DELETE FROM log WHERE idx > ?")?.execute([after])?;
+                tx.prepare_cached("DELETE FROM log WHERE idx > ?")?
+                    .execute([after])?;
             }
             Op::Purge { upto, value, .. } => {
-                tx.prepare_cached("DELETE FROM log WHERE idx <= ?")?.execute([to_i64(*upto)])?;
+                tx.prepare_cached("DELETE FROM log WHERE idx <= ?")?
+                    .execute([to_i64(*upto)])?;
                 meta_put(&tx, "last_purged", value)?;
             }
         }
@@ -345,7 +386,10 @@ impl LogReader {
         let mut out: BTreeMap<u64, Entry> = {
             let st = self.shared.lock();
             let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-            st.pending.range((Bound::Included(start), upper)).map(|(i, (_, e))| (*i, e.clone())).collect()
+            st.pending
+                .range((Bound::Included(start), upper))
+                .map(|(i, (_, e))| (*i, e.clone()))
+                .collect()
         };
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
@@ -353,7 +397,9 @@ impl LogReader {
                 .map_err(io_err)?;
             *guard = Some(c);
         }
-        let Some(conn) = guard.as_ref() else { return Err(io::Error::other("no raft log connection")) };
+        let Some(conn) = guard.as_ref() else {
+            return Err(io::Error::other("no raft log connection"));
+        };
         let mut stmt = conn
             .prepare_cached("SELECT idx, crc, entry FROM log WHERE idx >= ? AND idx < ? ORDER BY idx")
             .map_err(io_err)?;
@@ -369,7 +415,10 @@ impl LogReader {
             if i64::from(row_crc(idx, &blob)) != crc {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("raft log {} entry {idx} fails its checksum", self.shared.path.display()),
+                    format!(
+                        "raft log {} entry {idx} fails its checksum",
+                        self.shared.path.display()
+                    ),
                 ));
             }
             out.insert(idx, serde_json::from_slice(&blob).map_err(io_err)?);
@@ -411,16 +460,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let st = self.shared.lock();
-        Ok(LogState { last_purged_log_id: st.last_purged, last_log_id: st.last_log_id })
+        Ok(LogState {
+            last_purged_log_id: st.last_purged,
+            last_log_id: st.last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogReader { shared: self.shared.clone(), conn: Mutex::new(None) }
+        LogReader {
+            shared: self.shared.clone(),
+            conn: Mutex::new(None),
+        }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let value = serde_json::to_vec(vote).map_err(io_err)?;
-        self.send_and_wait(|done| Op::Meta { name: "vote", value, done: Some(done) }).await?;
+        self.send_and_wait(|done| Op::Meta {
+            name: "vote",
+            value,
+            done: Some(done),
+        })
+        .await?;
         // Published only once durable, so a reader never acts on a vote a crash could undo.
         self.shared.lock().vote = Some(*vote);
         Ok(())
@@ -430,7 +490,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not waited for: it rides the next fsync. A lost update only means a restart
         // re-applies less eagerly; it can never claim more than was committed.
         let value = serde_json::to_vec(&committed).map_err(io_err)?;
-        self.send(Op::Meta { name: "committed", value, done: None })?;
+        self.send(Op::Meta {
+            name: "committed",
+            value,
+            done: None,
+        })?;
         self.shared.lock().committed = committed;
         Ok(())
     }
@@ -459,7 +523,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 st.pending.insert(idx, (seq, entry));
             }
         }
-        self.send(Op::Append { rows, seqs, cb: callback })
+        self.send(Op::Append {
+            rows,
+            seqs,
+            cb: callback,
+        })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

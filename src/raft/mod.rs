@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ReadPolicy, ServerState, SnapshotPolicy};
 use tokio::sync::{Mutex, oneshot};
 use tokio::time::Instant;
@@ -196,7 +196,10 @@ struct Inner {
 /// before first use so that the id a peer learns can never change under it.
 pub fn load_or_create_node_id(raft_dir: &Path) -> Result<u64, RaftNodeError> {
     let path = raft_dir.join("node-id");
-    let io = |source| RaftNodeError::NodeId { path: path.clone(), source };
+    let io = |source| RaftNodeError::NodeId {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(s) => u64::from_str_radix(s.trim(), 16)
             .ok()
@@ -209,7 +212,9 @@ pub fn load_or_create_node_id(raft_dir: &Path) -> Result<u64, RaftNodeError> {
             std::fs::write(&tmp, format!("{id:016x}\n")).map_err(io)?;
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
-            std::fs::File::open(raft_dir).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::File::open(raft_dir)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
             Ok(id)
         }
         Err(e) => Err(io(e)),
@@ -226,15 +231,26 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 impl RaftNode {
     /// Open storage under `config.data_dir`, start openraft and serve the peer service on
     /// `listener`. The node is not part of any cluster until `bootstrap` or a leader adds it.
-    pub async fn start(config: RaftConfig, listener: tokio::net::TcpListener) -> Result<RaftNode, RaftNodeError> {
+    pub async fn start(
+        config: RaftConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<RaftNode, RaftNodeError> {
         let raft_dir = config.data_dir.join("raft");
         let id = load_or_create_node_id(&raft_dir)?;
         let log = LogStore::open(&raft_dir)?;
         let waiters = Arc::new(Waiters::default());
         let db_path = config.data_dir.join("state.db");
-        let sm = StateMachine::open(id, &db_path, &raft_dir.join("snapshots"), waiters.clone(), config.apply_hook.clone())?;
+        let sm = StateMachine::open(
+            id,
+            &db_path,
+            &raft_dir.join("snapshots"),
+            waiters.clone(),
+            config.apply_hook.clone(),
+        )?;
         let net = NetworkFactory::new(id, config.client_tls.clone());
-        let raft = Raft::new(id, Arc::new(config.openraft_config()?), net.clone(), log, sm).await.map_err(stopped)?;
+        let raft = Raft::new(id, Arc::new(config.openraft_config()?), net.clone(), log, sm)
+            .await
+            .map_err(stopped)?;
 
         let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"));
         let mut builder = Server::builder();
@@ -264,7 +280,11 @@ impl RaftNode {
                 tracing::error!(addr = %addr, error = %e, "raft peer service stopped");
             }
         });
-        let info = NodeInfo { name: config.name.clone(), peer_addr: config.peer_addr.clone(), client_addr: config.client_addr.clone() };
+        let info = NodeInfo {
+            name: config.name.clone(),
+            peer_addr: config.peer_addr.clone(),
+            client_addr: config.client_addr.clone(),
+        };
         // Request ids start at a random base so that ids from before a restart (which may
         // still be in the log) are not reused by this incarnation.
         let base = rand::random::<u64>() >> 16;
@@ -307,7 +327,11 @@ impl RaftNode {
             return Ok(());
         }
         let members = BTreeMap::from([(self.inner.id, self.inner.info.clone())]);
-        self.inner.raft.initialize(members).await.map_err(|e| RaftNodeError::Membership(e.to_string()))
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| RaftNodeError::Membership(e.to_string()))
     }
 
     /// Propose a command and return its outcome: the command output, or the client error it
@@ -320,14 +344,22 @@ impl RaftNode {
     /// already sees its write.
     pub async fn propose(&self, cmd: Command) -> Result<Result<CommandOutput, StoreError>, RaftNodeError> {
         let inner = &self.inner;
-        let request = Request { origin: inner.id, request_id: inner.next_request.fetch_add(1, Ordering::Relaxed), cmd };
+        let request = Request {
+            origin: inner.id,
+            request_id: inner.next_request.fetch_add(1, Ordering::Relaxed),
+            cmd,
+        };
         let deadline = Instant::now() + inner.request_timeout;
         loop {
             let leader = match inner.raft.client_write(request.clone()).await {
                 Ok(resp) => return outcome(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id.zip(f.leader_node),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    f.leader_id.zip(f.leader_node)
+                }
                 Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                    return Err(RaftNodeError::Ambiguous(format!("log entry discarded on leader change: {f}")));
+                    return Err(RaftNodeError::Ambiguous(format!(
+                        "log entry discarded on leader change: {f}"
+                    )));
                 }
                 Err(e) => return Err(stopped(e)),
             };
@@ -356,11 +388,15 @@ impl RaftNode {
         deadline: Instant,
     ) -> Result<Option<Result<CommandOutput, StoreError>>, RaftNodeError> {
         let inner = &self.inner;
-        let mut client = inner.net.client(&node.peer_addr).map_err(|e| RaftNodeError::Ambiguous(e.to_string()))?;
+        let mut client = inner
+            .net
+            .client(&node.peer_addr)
+            .map_err(|e| RaftNodeError::Ambiguous(e.to_string()))?;
         // Register before sending: the entry may be applied here before the reply arrives.
         let waiter = inner.waiters.register(request.request_id);
         let ttl = deadline.saturating_duration_since(Instant::now());
-        let reply: Result<ForwardReply, CallError> = network::call(&mut client, Method::Forward, request, ttl).await;
+        let reply: Result<ForwardReply, CallError> =
+            network::call(&mut client, Method::Forward, request, ttl).await;
         match reply {
             Ok(ForwardReply::Committed { .. }) => {}
             Ok(ForwardReply::NotLeader { .. }) => {
@@ -369,7 +405,10 @@ impl RaftNode {
             }
             Err(e) => {
                 inner.waiters.cancel(request.request_id);
-                return Err(RaftNodeError::Ambiguous(format!("forwarding to {}: {e:?}", node.peer_addr)));
+                return Err(RaftNodeError::Ambiguous(format!(
+                    "forwarding to {}: {e:?}",
+                    node.peer_addr
+                )));
             }
         }
         // Committed on the leader; this node applies it within about a heartbeat.
@@ -378,7 +417,9 @@ impl RaftNode {
             Ok(Ok(resp)) => outcome(resp).map(Some),
             Ok(Err(_)) | Err(_) => {
                 inner.waiters.cancel(request.request_id);
-                Err(RaftNodeError::Ambiguous("committed, but not applied locally in time".into()))
+                Err(RaftNodeError::Ambiguous(
+                    "committed, but not applied locally in time".into(),
+                ))
             }
         }
     }
@@ -395,9 +436,16 @@ impl RaftNode {
             match inner.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
                 Ok(lin) => {
                     let index = lin.read_log_id().index();
-                    return match lin.try_await_ready(&inner.raft, Some(left)).await.map_err(stopped)? {
+                    return match lin
+                        .try_await_ready(&inner.raft, Some(left))
+                        .await
+                        .map_err(stopped)?
+                    {
                         Ok(_) => Ok(index),
-                        Err(_) => Err(RaftNodeError::Timeout { what: "local apply up to the read index", after: inner.request_timeout }),
+                        Err(_) => Err(RaftNodeError::Timeout {
+                            what: "local apply up to the read index",
+                            after: inner.request_timeout,
+                        }),
                     };
                 }
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
@@ -441,23 +489,41 @@ impl RaftNode {
             .wait_for_recovery(Some(timeout))
             .await
             .map(|_| ())
-            .map_err(|_| RaftNodeError::Timeout { what: "recovery", after: timeout })
+            .map_err(|_| RaftNodeError::Timeout {
+                what: "recovery",
+                after: timeout,
+            })
     }
 
     /// Add a node as a non-voting learner and wait until it has caught up (leader only).
     pub async fn add_learner(&self, id: u64, info: NodeInfo) -> Result<(), RaftNodeError> {
-        self.inner.raft.add_learner(id, info, true).await.map(|_| ()).map_err(membership_err)
+        self.inner
+            .raft
+            .add_learner(id, info, true)
+            .await
+            .map(|_| ())
+            .map_err(membership_err)
     }
 
     /// Replace the voter set (leader only). Every id must already be a member (learner or
     /// voter). openraft goes through a joint configuration; one change at a time.
     pub async fn change_membership(&self, voters: BTreeSet<u64>) -> Result<(), RaftNodeError> {
-        self.inner.raft.change_membership(voters, false).await.map(|_| ()).map_err(membership_err)
+        self.inner
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(membership_err)
     }
 
     /// Ask the leader (this node) to hand leadership to `to`, e.g. on graceful shutdown.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), RaftNodeError> {
-        self.inner.raft.trigger().transfer_leader(to).await.map_err(stopped)
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(stopped)
     }
 
     /// Leader, term, log and apply positions, membership.
@@ -486,7 +552,10 @@ impl RaftNode {
             let _ = stop.send(());
             // Graceful stop waits for open streams; a peer that never lets go must not keep
             // a shutdown (or a restart on the same port) waiting.
-            if tokio::time::timeout(Duration::from_secs(3), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
                 task.abort();
             }
         }
@@ -502,7 +571,9 @@ fn membership_err(e: impl std::fmt::Display) -> RaftNodeError {
 fn outcome(resp: Response) -> Result<Result<CommandOutput, StoreError>, RaftNodeError> {
     match resp.into_result() {
         Ok(Some(out)) => Ok(Ok(out)),
-        Ok(None) => Err(RaftNodeError::Stopped("a command entry produced no output".into())),
+        Ok(None) => Err(RaftNodeError::Stopped(
+            "a command entry produced no output".into(),
+        )),
         Err(e) => Ok(Err(e)),
     }
 }

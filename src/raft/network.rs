@@ -25,8 +25,8 @@ use futures::{Stream, StreamExt};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{RaftNetworkV2, ReadPolicy};
 use serde::de::DeserializeOwned;
@@ -70,11 +70,14 @@ struct SnapshotHeader {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Msg, Status> {
-    serde_json::to_vec(v).map(|body| Msg { body }).map_err(|e| Status::internal(format!("encode: {e}")))
+    serde_json::to_vec(v)
+        .map(|body| Msg { body })
+        .map_err(|e| Status::internal(format!("encode: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(m: &Msg) -> Result<T, Status> {
-    serde_json::from_slice(&m.body).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    serde_json::from_slice(&m.body)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -93,7 +96,11 @@ impl NetworkFactory {
     /// `tls` carries the cluster CA and this node's peer certificate for mutual TLS; `None`
     /// means plain HTTP/2 (tests on loopback only).
     pub fn new(my_id: u64, tls: Option<ClientTlsConfig>) -> Self {
-        NetworkFactory { my_id, tls, channels: Arc::default() }
+        NetworkFactory {
+            my_id,
+            tls,
+            channels: Arc::default(),
+        }
     }
 
     /// A gRPC client for the peer service at `addr` (`host:port`).
@@ -130,7 +137,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerNetwork {
             my_id: self.my_id,
             target,
-            client: self.client(&node.peer_addr).map_err(|e| format!("peer address {}: {e}", node.peer_addr)),
+            client: self
+                .client(&node.peer_addr)
+                .map_err(|e| format!("peer address {}: {e}", node.peer_addr)),
         }
     }
 }
@@ -161,7 +170,12 @@ impl CallError {
 
     fn into_rpc(self, my_id: u64, target: u64, action: RPCTypes) -> RPCError<TypeConfig> {
         match self {
-            CallError::Timeout(timeout) => RPCError::Timeout(Timeout { action, id: my_id, target, timeout }),
+            CallError::Timeout(timeout) => RPCError::Timeout(Timeout {
+                action,
+                id: my_id,
+                target,
+                timeout,
+            }),
             CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&std::io::Error::other(m))),
             CallError::Other(m) => RPCError::Network(NetworkError::new(&std::io::Error::other(m))),
         }
@@ -206,7 +220,9 @@ pub(crate) async fn call<Req: Serialize, T: DeserializeOwned>(
             Method::ReadIndex => client.read_index(msg).await,
         }
     };
-    let reply = tokio::time::timeout(ttl, fut).await.map_err(|_| CallError::Timeout(ttl))?;
+    let reply = tokio::time::timeout(ttl, fut)
+        .await
+        .map_err(|_| CallError::Timeout(ttl))?;
     let reply = reply.map_err(CallError::from_status)?;
     decode(reply.get_ref()).map_err(|s| CallError::Other(s.to_string()))
 }
@@ -224,7 +240,9 @@ impl PeerNetwork {
             .client
             .as_mut()
             .map_err(|e| CallError::Unreachable(e.clone()).into_rpc(my_id, target, action))?;
-        call(client, method, req, option.hard_ttl()).await.map_err(|e| e.into_rpc(my_id, target, action))
+        call(client, method, req, option.hard_ttl())
+            .await
+            .map_err(|e| e.into_rpc(my_id, target, action))
     }
 }
 
@@ -234,7 +252,12 @@ fn snapshot_chunks(
     file: tokio::fs::File,
 ) -> impl Stream<Item = SnapshotChunk> + Send + 'static {
     use tokio::io::AsyncReadExt;
-    let first = futures::stream::once(async move { SnapshotChunk { header, data: Vec::new() } });
+    let first = futures::stream::once(async move {
+        SnapshotChunk {
+            header,
+            data: Vec::new(),
+        }
+    });
     let rest = futures::stream::unfold(Some(file), |file| async move {
         let mut file = file?;
         let mut buf = vec![0u8; SNAPSHOT_CHUNK];
@@ -242,7 +265,13 @@ fn snapshot_chunks(
             Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((SnapshotChunk { header: Vec::new(), data: buf }, Some(file)))
+                Some((
+                    SnapshotChunk {
+                        header: Vec::new(),
+                        data: buf,
+                    },
+                    Some(file),
+                ))
             }
             Err(e) => {
                 // Ending early makes the receiver see a short file, which fails to install;
@@ -263,7 +292,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(Method::Append, RPCTypes::AppendEntries, &rpc, &option).await
+        self.unary(Method::Append, RPCTypes::AppendEntries, &rpc, &option)
+            .await
     }
 
     async fn vote(
@@ -287,7 +317,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(Method::TransferLeader, RPCTypes::TransferLeader, &req, &option).await
+        self.unary(Method::TransferLeader, RPCTypes::TransferLeader, &req, &option)
+            .await
     }
 
     async fn full_snapshot(
@@ -302,8 +333,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             Ok(c) => c,
             Err(e) => return Err(CallError::Unreachable(e.clone()).into_streaming(my_id, target)),
         };
-        let header = serde_json::to_vec(&SnapshotHeader { vote, meta: snapshot.meta })
-            .map_err(|e| CallError::Other(e.to_string()).into_streaming(my_id, target))?;
+        let header = serde_json::to_vec(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta,
+        })
+        .map_err(|e| CallError::Other(e.to_string()).into_streaming(my_id, target))?;
         let file = tokio::fs::File::open(&snapshot.snapshot.path)
             .await
             .map_err(|e| CallError::Other(format!("open snapshot: {e}")).into_streaming(my_id, target))?;
@@ -374,11 +408,18 @@ impl RaftPeer for PeerService {
         req: tonic::Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<tonic::Response<Msg>, Status> {
         let mut stream = req.into_inner();
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
-        tokio::fs::create_dir_all(&self.inbox).await.map_err(|e| Status::internal(e.to_string()))?;
-        let path = self.inbox.join(format!("incoming-{:016x}.db", rand::random::<u64>()));
+        tokio::fs::create_dir_all(&self.inbox)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let path = self
+            .inbox
+            .join(format!("incoming-{:016x}.db", rand::random::<u64>()));
         let received = async {
             let mut file = tokio::fs::File::create(&path).await?;
             while let Some(chunk) = stream.message().await.map_err(std::io::Error::other)? {
@@ -392,7 +433,10 @@ impl RaftPeer for PeerService {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(Status::aborted(format!("snapshot transfer failed: {e}")));
         }
-        let snapshot = Snapshot { meta: header.meta, snapshot: SnapshotFile { path: path.clone() } };
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: SnapshotFile { path: path.clone() },
+        };
         let resp = self.raft.install_full_snapshot(header.vote, snapshot).await;
         // The state machine copied what it keeps; the inbox file is ours to delete.
         let _ = tokio::fs::remove_file(&path).await;
@@ -403,9 +447,9 @@ impl RaftPeer for PeerService {
         let request: Request = decode(req.get_ref())?;
         let reply = match self.raft.client_write(request).await {
             Ok(resp) => ForwardReply::Committed { log_id: resp.log_id },
-            Err(openraft::errors::RaftError::APIError(openraft::errors::ClientWriteError::ForwardToLeader(f))) => {
-                ForwardReply::NotLeader { leader: f.leader_id }
-            }
+            Err(openraft::errors::RaftError::APIError(
+                openraft::errors::ClientWriteError::ForwardToLeader(f),
+            )) => ForwardReply::NotLeader { leader: f.leader_id },
             Err(e) => return Err(Status::unavailable(format!("forwarded write failed: {e}"))),
         };
         encode(&reply).map(tonic::Response::new)
@@ -413,10 +457,12 @@ impl RaftPeer for PeerService {
 
     async fn read_index(&self, _req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let reply = match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
-            Ok(lin) => ReadIndexReply::Index { index: lin.read_log_id().index() },
-            Err(openraft::errors::RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f))) => {
-                ReadIndexReply::NotLeader { leader: f.leader_id }
-            }
+            Ok(lin) => ReadIndexReply::Index {
+                index: lin.read_log_id().index(),
+            },
+            Err(openraft::errors::RaftError::APIError(
+                openraft::errors::LinearizableReadError::ForwardToLeader(f),
+            )) => ReadIndexReply::NotLeader { leader: f.leader_id },
             Err(e) => return Err(Status::unavailable(format!("read index failed: {e}"))),
         };
         encode(&reply).map(tonic::Response::new)

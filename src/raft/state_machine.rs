@@ -69,16 +69,25 @@ pub struct Waiters {
 impl Waiters {
     pub fn register(&self, request_id: u64) -> oneshot::Receiver<Response> {
         let (tx, rx) = oneshot::channel();
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(request_id, tx);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request_id, tx);
         rx
     }
 
     pub fn cancel(&self, request_id: u64) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&request_id);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
     }
 
     fn take(&self, request_id: u64) -> Option<oneshot::Sender<Response>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&request_id)
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id)
     }
 }
 
@@ -113,7 +122,10 @@ pub struct StateMachine {
 
 impl std::fmt::Debug for StateMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateMachine").field("db_path", &self.db_path).field("applied", &self.applied).finish()
+        f.debug_struct("StateMachine")
+            .field("db_path", &self.db_path)
+            .field("applied", &self.applied)
+            .finish()
     }
 }
 
@@ -126,7 +138,10 @@ impl StateMachine {
         waiters: Arc<Waiters>,
         hook: Option<ApplyHook>,
     ) -> Result<StateMachine, StoreError> {
-        let io = |source| StoreError::Io { path: snap_dir.to_path_buf(), source };
+        let io = |source| StoreError::Io {
+            path: snap_dir.to_path_buf(),
+            source,
+        };
         std::fs::create_dir_all(snap_dir).map_err(io)?;
         let mut store = Store::open(db_path, Durability::Normal)?;
         store.enable_raft_meta()?;
@@ -143,10 +158,14 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         let current = match std::fs::read(snap_dir.join(CURRENT)) {
-            Ok(b) => Some(serde_json::from_slice::<CurrentSnapshot>(&b).map_err(|e| StoreError::Corrupt {
-                path: snap_dir.join(CURRENT),
-                reason: format!("undecodable snapshot pointer: {e}"),
-            })?),
+            Ok(b) => {
+                Some(
+                    serde_json::from_slice::<CurrentSnapshot>(&b).map_err(|e| StoreError::Corrupt {
+                        path: snap_dir.join(CURRENT),
+                        reason: format!("undecodable snapshot pointer: {e}"),
+                    })?,
+                )
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(e)),
         };
@@ -164,12 +183,19 @@ impl StateMachine {
     }
 
     fn builder(&self) -> SnapshotBuilder {
-        SnapshotBuilder { db_path: self.db_path.clone(), snap_dir: self.snap_dir.clone(), current: self.current.clone() }
+        SnapshotBuilder {
+            db_path: self.db_path.clone(),
+            snap_dir: self.snap_dir.clone(),
+            current: self.current.clone(),
+        }
     }
 }
 
 fn position(log_id: &LogId) -> LogPosition {
-    LogPosition { index: log_id.index, term: log_id.leader_id.term }
+    LogPosition {
+        index: log_id.index,
+        term: log_id.leader_id.term,
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -190,14 +216,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some(item) = entries.next().await {
             items.push(item?);
         }
-        let Some(last) = items.last().map(|(e, _)| e.log_id) else { return Ok(()) };
+        let Some(last) = items.last().map(|(e, _)| e.log_id) else {
+            return Ok(());
+        };
         let mut membership = self.membership.clone();
         for (entry, _) in &items {
             if let EntryPayload::Membership(m) = &entry.payload {
                 membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }
         }
-        let rows = [(APPLIED_KEY, json(&Some(last))?), (MEMBERSHIP_KEY, json(&membership)?)];
+        let rows = [
+            (APPLIED_KEY, json(&Some(last))?),
+            (MEMBERSHIP_KEY, json(&membership)?),
+        ];
         let store = self.store.clone();
         let (items, applied) = tokio::task::spawn_blocking(move || {
             let cmds: Vec<(LogPosition, &Command)> = items
@@ -226,7 +257,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let r = match outputs.next() {
                         Some(Ok(out)) => Response::Applied(out),
                         Some(Err(e)) => Response::Rejected(e),
-                        None => return Err(io::Error::other("datastore returned fewer outputs than commands")),
+                        None => {
+                            return Err(io::Error::other("datastore returned fewer outputs than commands"));
+                        }
                     };
                     (r, Some((req.origin, req.request_id)))
                 }
@@ -244,7 +277,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = Some(last);
         self.membership = membership;
         if let Some(hook) = &self.hook {
-            hook(&AppliedBatch { applied: Some(last), revision, events, snapshot_installed: false });
+            hook(&AppliedBatch {
+                applied: Some(last),
+                revision,
+                events,
+                snapshot_installed: false,
+            });
         }
         Ok(())
     }
@@ -253,7 +291,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.builder()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
         let store = self.store.clone();
         let builder = self.builder();
         let meta2 = meta.clone();
@@ -270,14 +312,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         if let Some(hook) = &self.hook {
-            hook(&AppliedBatch { applied: meta.last_log_id, revision, events: Vec::new(), snapshot_installed: true });
+            hook(&AppliedBatch {
+                applied: meta.last_log_id,
+                revision,
+                events: Vec::new(),
+                snapshot_installed: true,
+            });
         }
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(cur.map(|c| Snapshot { meta: c.meta, snapshot: SnapshotFile { path: self.snap_dir.join(c.file) } }))
+        Ok(cur.map(|c| Snapshot {
+            meta: c.meta,
+            snapshot: SnapshotFile {
+                path: self.snap_dir.join(c.file),
+            },
+        }))
     }
 }
 
@@ -291,7 +343,9 @@ pub struct SnapshotBuilder {
 
 impl SnapshotBuilder {
     fn build_blocking(&self) -> io::Result<Snapshot> {
-        let tmp = self.snap_dir.join(format!("tmp-{:016x}.db", rand::random::<u64>()));
+        let tmp = self
+            .snap_dir
+            .join(format!("tmp-{:016x}.db", rand::random::<u64>()));
         export_snapshot(&self.db_path, &tmp).map_err(io_err)?;
         let decode = |key: &str| -> io::Result<Option<Vec<u8>>> { read_raft_meta(&tmp, key).map_err(io_err) };
         let last_log_id: Option<LogId> = match decode(APPLIED_KEY)? {
@@ -302,9 +356,15 @@ impl SnapshotBuilder {
             Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
             None => StoredMembership::default(),
         };
-        let meta = SnapshotMeta { last_log_id, last_membership };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
         let path = self.adopt(&tmp, meta.clone(), true)?;
-        Ok(Snapshot { meta, snapshot: SnapshotFile { path } })
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        })
     }
 
     /// Make `src` the current snapshot: place it under a unique name (renaming when `owned`,
@@ -319,7 +379,10 @@ impl SnapshotBuilder {
             std::fs::copy(src, &dst)?;
         }
         std::fs::File::open(&dst)?.sync_all()?;
-        let cur = CurrentSnapshot { meta, file: file.clone() };
+        let cur = CurrentSnapshot {
+            meta,
+            file: file.clone(),
+        };
         let tmp = self.snap_dir.join("current.json.tmp");
         std::fs::write(&tmp, json(&cur)?)?;
         std::fs::File::open(&tmp)?.sync_all()?;
@@ -347,6 +410,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snap_dir: self.snap_dir.clone(),
             current: self.current.clone(),
         };
-        tokio::task::spawn_blocking(move || this.build_blocking()).await.map_err(io_err)?
+        tokio::task::spawn_blocking(move || this.build_blocking())
+            .await
+            .map_err(io_err)?
     }
 }

@@ -87,13 +87,17 @@ impl Response {
 // loudly if that design is ever broken.
 impl Serialize for Response {
     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("raft responses are node-local and never serialised"))
+        Err(serde::ser::Error::custom(
+            "raft responses are node-local and never serialised",
+        ))
     }
 }
 
 impl<'de> Deserialize<'de> for Response {
     fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom("raft responses are node-local and never deserialised"))
+        Err(serde::de::Error::custom(
+            "raft responses are node-local and never deserialised",
+        ))
     }
 }
 

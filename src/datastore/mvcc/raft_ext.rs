@@ -106,7 +106,9 @@ impl Store {
                 }
             }
         }
-        self.conn.execute_batch(RAFT_META_SCHEMA).map_err(sq(&self.path))?;
+        self.conn
+            .execute_batch(RAFT_META_SCHEMA)
+            .map_err(sq(&self.path))?;
         meta_set(&self.conn, "member_id", to_i64(member_id)).map_err(sq(&self.path))?;
         self.meta = Self::load_meta(&self.conn, &self.path)?;
         Ok(())
@@ -133,10 +135,15 @@ pub fn read_raft_meta(db: &Path, name: &str) -> Result<Option<Vec<u8>>> {
 
 fn read_raft_meta_conn(conn: &Connection, name: &str) -> rusqlite::Result<Option<Vec<u8>>> {
     let exists: Option<i64> = conn
-        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'raft_meta'", [], |r| r.get(0))
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'raft_meta'",
+            [],
+            |r| r.get(0),
+        )
         .optional()?;
     if exists.is_none() {
         return Ok(None);
     }
-    conn.query_row("SELECT value FROM raft_meta WHERE name = ?", [name], |r| r.get(0)).optional()
+    conn.query_row("SELECT value FROM raft_meta WHERE name = ?", [name], |r| r.get(0))
+        .optional()
 }
