@@ -6,11 +6,13 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8sd::datastore::{
     Command, CommandOutput, KeyRange, Op, PutRequest, RangeRequest, Reader, StoreError, TxnRequest,
 };
+use k8sd::raft::state_machine::AppliedBatch;
 use k8sd::raft::{RaftConfig, RaftNode, RaftStatus};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -20,6 +22,8 @@ struct Member {
     addr: String,
     name: String,
     node: Option<RaftNode>,
+    /// `(mod_revision, key)` of every event this node's apply hook saw, in order.
+    events: Arc<Mutex<Vec<(i64, Vec<u8>)>>>,
 }
 
 struct Cluster {
@@ -35,6 +39,13 @@ fn config(m: &Member, snapshot_every: u64) -> RaftConfig {
     c.election_timeout = (Duration::from_millis(400), Duration::from_millis(800));
     c.snapshot_every = snapshot_every;
     c.logs_kept_after_snapshot = 2;
+    let events = m.events.clone();
+    c.apply_hook = Some(Arc::new(move |b: &AppliedBatch| {
+        events
+            .lock()
+            .unwrap()
+            .extend(b.events.iter().map(|e| (e.kv.mod_revision, e.kv.key.clone())));
+    }));
     c
 }
 
@@ -85,6 +96,7 @@ impl Cluster {
                 addr,
                 name: format!("n{i}"),
                 node: None,
+                events: Arc::default(),
             });
             listeners.push(l);
         }
@@ -224,6 +236,16 @@ async fn t10_writes_from_any_node_replicate_to_all_stores() {
             );
         }
     }
+    // Every node's apply stream (what will feed its watch hub) saw each write exactly once,
+    // in revision order, and all nodes saw the same stream.
+    let streams: Vec<Vec<(i64, Vec<u8>)>> = c
+        .members
+        .iter()
+        .map(|m| m.events.lock().unwrap().clone())
+        .collect();
+    assert_eq!(streams[0].len(), 3, "{:?}", streams[0]);
+    assert!(streams[0].windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(streams.iter().all(|s| *s == streams[0]));
     // Identical revisions everywhere: the state machine is deterministic.
     let revs: Vec<i64> = (0..3)
         .map(|i| {

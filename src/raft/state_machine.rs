@@ -36,7 +36,8 @@ use tokio::sync::oneshot;
 
 use super::types::{LogId, Response, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::datastore::{
-    Command, Durability, Event, LogPosition, Store, StoreError, export_snapshot, read_raft_meta,
+    Command, CommandOutput, Durability, Event, LogPosition, Store, StoreError, export_snapshot,
+    read_raft_meta,
 };
 
 const APPLIED_KEY: &str = "applied_log_id";
@@ -55,6 +56,10 @@ pub struct AppliedBatch {
     /// The whole database was replaced by a snapshot: rebuild anything derived from it
     /// (watch hub, lessor), since the events in between are not available.
     pub snapshot_installed: bool,
+    /// Leases granted in this batch, `(id, ttl)`, for the lessor's deadlines.
+    pub granted: Vec<(i64, i64)>,
+    /// Leases whose revoke command was applied (whether or not the lease still existed).
+    pub revoked: Vec<i64>,
 }
 
 /// Called after every committed batch, on the apply task. Must not block.
@@ -251,11 +256,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // A fatal store error: openraft stops this node; it must be rebuilt (contract 8.2).
         let (outputs, events, revision) = applied.map_err(io_err)?;
         let mut outputs = outputs.into_iter();
+        let (mut granted, mut revoked) = (Vec::new(), Vec::new());
         for (entry, responder) in items {
             let (response, origin) = match &entry.payload {
                 EntryPayload::Normal(req) => {
+                    if let Command::LeaseRevoke { id } = req.cmd {
+                        revoked.push(id);
+                    }
                     let r = match outputs.next() {
-                        Some(Ok(out)) => Response::Applied(out),
+                        Some(Ok(out)) => {
+                            if let CommandOutput::LeaseGrant { id, ttl, .. } = out {
+                                granted.push((id, ttl));
+                            }
+                            Response::Applied(out)
+                        }
                         Some(Err(e)) => Response::Rejected(e),
                         None => {
                             return Err(io::Error::other("datastore returned fewer outputs than commands"));
@@ -282,6 +296,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 revision,
                 events,
                 snapshot_installed: false,
+                granted,
+                revoked,
             });
         }
         Ok(())
@@ -317,6 +333,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 revision,
                 events: Vec::new(),
                 snapshot_installed: true,
+                granted: Vec::new(),
+                revoked: Vec::new(),
             });
         }
         Ok(())
