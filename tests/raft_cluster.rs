@@ -17,13 +17,16 @@ use k8sd::raft::{RaftConfig, RaftNode, RaftStatus};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
+/// `(mod_revision, key)` of one event.
+type Seen = (i64, Vec<u8>);
+
 struct Member {
     dir: PathBuf,
     addr: String,
     name: String,
     node: Option<RaftNode>,
     /// `(mod_revision, key)` of every event this node's apply hook saw, in order.
-    events: Arc<Mutex<Vec<(i64, Vec<u8>)>>>,
+    events: Arc<Mutex<Vec<Seen>>>,
 }
 
 struct Cluster {
@@ -238,7 +241,7 @@ async fn t10_writes_from_any_node_replicate_to_all_stores() {
     }
     // Every node's apply stream (what will feed its watch hub) saw each write exactly once,
     // in revision order, and all nodes saw the same stream.
-    let streams: Vec<Vec<(i64, Vec<u8>)>> = c
+    let streams: Vec<Vec<Seen>> = c
         .members
         .iter()
         .map(|m| m.events.lock().unwrap().clone())

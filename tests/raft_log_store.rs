@@ -26,6 +26,7 @@ fn entry(term: u64, index: u64) -> Entry {
     let req = Request {
         origin: 1,
         request_id: index,
+        low_water: 0,
         cmd: Command::Txn(TxnRequest::default()),
     };
     Entry {

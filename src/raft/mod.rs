@@ -19,6 +19,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod outcome;
 pub mod state_machine;
 pub mod types;
 
@@ -186,7 +187,11 @@ struct Inner {
     raft: Raft,
     net: NetworkFactory,
     waiters: Arc<Waiters>,
+    /// This process's proposer id (`Request::origin`), new at every start.
+    origin: u64,
     next_request: AtomicU64,
+    /// Request ids of proposals not yet answered; the smallest is the dedup low-water mark.
+    inflight: Arc<std::sync::Mutex<BTreeSet<u64>>>,
     db_path: PathBuf,
     request_timeout: Duration,
     server: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
@@ -240,8 +245,11 @@ impl RaftNode {
         let log = LogStore::open(&raft_dir)?;
         let waiters = Arc::new(Waiters::default());
         let db_path = config.data_dir.join("state.db");
+        // A fresh proposer id per start: request ids restart, so they must not collide with
+        // dedup rows a previous run of this node left behind.
+        let origin = rand::random::<u64>() >> 1 | 1;
         let sm = StateMachine::open(
-            id,
+            origin,
             &db_path,
             &raft_dir.join("snapshots"),
             waiters.clone(),
@@ -285,9 +293,6 @@ impl RaftNode {
             peer_addr: config.peer_addr.clone(),
             client_addr: config.client_addr.clone(),
         };
-        // Request ids start at a random base so that ids from before a restart (which may
-        // still be in the log) are not reused by this incarnation.
-        let base = rand::random::<u64>() >> 16;
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 id,
@@ -295,7 +300,9 @@ impl RaftNode {
                 raft,
                 net,
                 waiters,
-                next_request: AtomicU64::new(base),
+                origin,
+                next_request: AtomicU64::new(1),
+                inflight: Arc::default(),
                 db_path,
                 request_timeout: config.request_timeout,
                 server: Mutex::new(Some((stop_tx, task))),
@@ -336,20 +343,27 @@ impl RaftNode {
 
     /// Propose a command and return its outcome: the command output, or the client error it
     /// caused (a failed compare is not an error at all: it is an output with `succeeded =
-    /// false`). The outer error is about Raft: no leader, timeout, a stopped node, or an
-    /// outcome that cannot be known.
+    /// false`). The outer error is about Raft: no leader within the deadline, a stopped node,
+    /// or an outcome still unknown at the deadline.
     ///
     /// On a follower the proposal is forwarded to the leader, which appends it; the outcome is
     /// then taken from this node's own apply of the entry, so the caller's next local read
-    /// already sees its write.
+    /// already sees its write. Through leader changes the same request (same request id) is
+    /// re-sent until `request_timeout`; the state machine's dedup table applies it at most
+    /// once and answers a repeat with the first outcome.
     pub async fn propose(&self, cmd: Command) -> Result<Result<CommandOutput, StoreError>, RaftNodeError> {
         let inner = &self.inner;
+        let request_id = inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let inflight = Inflight::new(&inner.inflight, request_id);
+        let low_water = inflight.low_water();
         let request = Request {
-            origin: inner.id,
-            request_id: inner.next_request.fetch_add(1, Ordering::Relaxed),
+            origin: inner.origin,
+            request_id,
+            low_water,
             cmd,
         };
         let deadline = Instant::now() + inner.request_timeout;
+        let mut unknown: Option<String> = None;
         loop {
             let leader = match inner.raft.client_write(request.clone()).await {
                 Ok(resp) => return outcome(resp.data),
@@ -357,22 +371,27 @@ impl RaftNode {
                     f.leader_id.zip(f.leader_node)
                 }
                 Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                    return Err(RaftNodeError::Ambiguous(format!(
-                        "log entry discarded on leader change: {f}"
-                    )));
+                    // It may still commit through the new leader; dedup makes the retry safe.
+                    unknown = Some(format!("log entry discarded on leader change: {f}"));
+                    f.leader_id.zip(f.leader_node)
                 }
                 Err(e) => return Err(stopped(e)),
             };
-            match leader {
-                Some((id, node)) if id != inner.id => {
-                    if let Some(result) = self.forward(&request, &node, deadline).await? {
-                        return Ok(result);
-                    }
+            if let Some((id, node)) = leader
+                && id != inner.id
+            {
+                match self.forward(&request, &node, deadline).await {
+                    Ok(Some(result)) => return Ok(result),
+                    Ok(None) => {}
+                    Err(RaftNodeError::Ambiguous(why)) => unknown = Some(why),
+                    Err(e) => return Err(e),
                 }
-                _ => {}
             }
             if Instant::now() + RETRY_PAUSE >= deadline {
-                return Err(RaftNodeError::NoLeader(inner.request_timeout));
+                return Err(match unknown {
+                    Some(why) => RaftNodeError::Ambiguous(why),
+                    None => RaftNodeError::NoLeader(inner.request_timeout),
+                });
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
@@ -560,6 +579,38 @@ impl RaftNode {
             }
         }
         result
+    }
+}
+
+/// Marks a request id in flight for as long as the guard lives.
+struct Inflight {
+    set: Arc<std::sync::Mutex<BTreeSet<u64>>>,
+    id: u64,
+}
+
+impl Inflight {
+    fn new(set: &Arc<std::sync::Mutex<BTreeSet<u64>>>, id: u64) -> Self {
+        set.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        Inflight { set: set.clone(), id }
+    }
+
+    /// The smallest id still in flight (never above our own).
+    fn low_water(&self) -> u64 {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .copied()
+            .unwrap_or(self.id)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 

@@ -23,7 +23,7 @@
 //! - Snapshot files are immutable once renamed into place; `current.json` names the current
 //!   one and is replaced atomically (write, fsync, rename).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,15 +34,19 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::outcome;
 use super::types::{LogId, Response, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::datastore::{
-    Command, CommandOutput, Durability, Event, LogPosition, Store, StoreError, export_snapshot,
-    read_raft_meta,
+    Command, CommandOutput, DedupPrune, Durability, Event, LogPosition, RaftApplied, RaftCommand, Store,
+    StoreError, export_snapshot, read_raft_meta,
 };
 
 const APPLIED_KEY: &str = "applied_log_id";
 const MEMBERSHIP_KEY: &str = "membership";
 const CURRENT: &str = "current.json";
+/// Dedup rows older than this many log entries are dropped even without a low-water mark
+/// (proposers that went away). A retry older than this is no longer recognised.
+const DEDUP_WINDOW: u64 = 100_000;
 
 /// One committed apply batch, as seen by the rest of the node (watch hub, lessor).
 #[derive(Debug)]
@@ -114,7 +118,9 @@ fn json<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
 /// The state machine handed to openraft. The `Store` sits behind a mutex only so that SQLite
 /// work can run on a blocking thread; openraft calls `apply` and `install_snapshot` serially.
 pub struct StateMachine {
-    node_id: u64,
+    /// This process's proposer id (`Request::origin`): outcomes of our own forwarded
+    /// proposals go to `waiters`.
+    origin: u64,
     store: Arc<Mutex<Store>>,
     db_path: PathBuf,
     snap_dir: PathBuf,
@@ -137,7 +143,7 @@ impl std::fmt::Debug for StateMachine {
 impl StateMachine {
     /// Open the store at `db_path` and the snapshot directory `snap_dir`.
     pub fn open(
-        node_id: u64,
+        origin: u64,
         db_path: &Path,
         snap_dir: &Path,
         waiters: Arc<Waiters>,
@@ -175,7 +181,7 @@ impl StateMachine {
             Err(e) => return Err(io(e)),
         };
         Ok(StateMachine {
-            node_id,
+            origin,
             store: Arc::new(Mutex::new(store)),
             db_path: db_path.to_path_buf(),
             snap_dir: snap_dir.to_path_buf(),
@@ -225,28 +231,46 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         };
         let mut membership = self.membership.clone();
+        // Dedup pruning, decided from the entries alone so every replica prunes alike: each
+        // proposer's low-water mark, and anything older than DEDUP_WINDOW entries.
+        let mut low_water: BTreeMap<u64, u64> = BTreeMap::new();
         for (entry, _) in &items {
-            if let EntryPayload::Membership(m) = &entry.payload {
-                membership = StoredMembership::new(Some(entry.log_id), m.clone());
+            match &entry.payload {
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone())
+                }
+                EntryPayload::Normal(req) if req.low_water > 0 => {
+                    let w = low_water.entry(req.origin).or_default();
+                    *w = (*w).max(req.low_water);
+                }
+                _ => {}
             }
         }
+        let prune = DedupPrune {
+            low_water: low_water.into_iter().collect(),
+            below_index: last.index.saturating_sub(DEDUP_WINDOW),
+        };
         let rows = [
             (APPLIED_KEY, json(&Some(last))?),
             (MEMBERSHIP_KEY, json(&membership)?),
         ];
         let store = self.store.clone();
         let (items, applied) = tokio::task::spawn_blocking(move || {
-            let cmds: Vec<(LogPosition, &Command)> = items
+            let cmds: Vec<RaftCommand<'_>> = items
                 .iter()
                 .filter_map(|(e, _)| match &e.payload {
-                    EntryPayload::Normal(req) => Some((position(&e.log_id), &req.cmd)),
+                    EntryPayload::Normal(req) => Some(RaftCommand {
+                        pos: position(&e.log_id),
+                        cmd: &req.cmd,
+                        dedup: Some((req.origin, req.request_id)),
+                    }),
                     _ => None,
                 })
                 .collect();
             let meta: Vec<(&str, &[u8])> = rows.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
             let applied = store
-                .apply_raft_batch(&cmds, position(&last), &meta)
+                .apply_raft_batch(&cmds, position(&last), &meta, &outcome::encode, &prune)
                 .map(|(outputs, events)| (outputs, events, store.meta().current_rev));
             drop(cmds);
             (items, applied)
@@ -260,20 +284,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (entry, responder) in items {
             let (response, origin) = match &entry.payload {
                 EntryPayload::Normal(req) => {
-                    if let Command::LeaseRevoke { id } = req.cmd {
-                        revoked.push(id);
-                    }
-                    let r = match outputs.next() {
-                        Some(Ok(out)) => {
-                            if let CommandOutput::LeaseGrant { id, ttl, .. } = out {
-                                granted.push((id, ttl));
+                    let result = match outputs.next() {
+                        Some(RaftApplied::Fresh(r)) => {
+                            // Only a fresh application changes leases; a duplicate changed nothing.
+                            match (&req.cmd, &r) {
+                                (_, Ok(CommandOutput::LeaseGrant { id, ttl, .. })) => {
+                                    granted.push((*id, *ttl))
+                                }
+                                (Command::LeaseRevoke { id }, _) => revoked.push(*id),
+                                _ => {}
                             }
-                            Response::Applied(out)
+                            r
                         }
-                        Some(Err(e)) => Response::Rejected(e),
+                        Some(RaftApplied::Duplicate(bytes)) => {
+                            outcome::decode(&bytes).map_err(io::Error::other)?
+                        }
                         None => {
                             return Err(io::Error::other("datastore returned fewer outputs than commands"));
                         }
+                    };
+                    let r = match result {
+                        Ok(out) => Response::Applied(out),
+                        Err(e) => Response::Rejected(e),
                     };
                     (r, Some((req.origin, req.request_id)))
                 }
@@ -282,7 +314,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(responder) = responder {
                 responder.send(response);
             } else if let Some((origin, request_id)) = origin
-                && origin == self.node_id
+                && origin == self.origin
                 && let Some(waiter) = self.waiters.take(request_id)
             {
                 let _ = waiter.send(response);

@@ -35,13 +35,18 @@ pub struct NodeInfo {
 
 /// The payload of a normal log entry: a datastore command plus who proposed it.
 ///
-/// `(origin, request_id)` names a proposal cluster-wide. The origin node uses it to find the
-/// outcome of a forwarded write when it applies the entry itself, and it is the key of the
-/// planned dedup table (docs/design/raft.md, "Forwarded writes").
+/// `(origin, request_id)` names a proposal cluster-wide. `origin` is a random id drawn by each
+/// `RaftNode` at start (a proposer session, so ids never repeat across restarts) and
+/// `request_id` counts up within it. The state machine applies each key at most once and keeps
+/// its outcome in the `dedup` table, so a proposal retried after a leader change returns the
+/// outcome of its first application. `low_water` is the proposer's lowest request id still in
+/// flight: rows of that origin below it can no longer be asked for and are pruned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub origin: u64,
     pub request_id: u64,
+    #[serde(default)]
+    pub low_water: u64,
     pub cmd: Command,
 }
 

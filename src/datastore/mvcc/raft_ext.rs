@@ -5,6 +5,11 @@
 //!   applied position may lie past the last command (blank and membership entries carry no
 //!   command), and opaque `raft_meta` rows (applied log id, membership) are written atomically
 //!   with the data, so a restart never sees data and Raft bookkeeping disagree.
+//! - Dedup: a command may carry `(origin, request_id)`. The first time it is applied its outcome,
+//!   encoded by the caller, is stored in `dedup` in the same transaction; a later command with
+//!   the same key is not applied again and yields the stored bytes instead. This is what makes
+//!   a retried forwarded write safe (issue 3, "writes from any node"). The datastore does not
+//!   interpret the bytes; their format belongs to `crate::raft`.
 //! - `export_snapshot` / `Store::import_snapshot` copy the whole database consistently.
 //!
 //! `raft_meta` is its own table (`name -> BLOB`) rather than rows in `meta`, whose values are
@@ -19,8 +24,40 @@ use crate::datastore::sql::meta_set;
 use crate::datastore::types::{Command, CommandOutput, Event};
 use crate::datastore::{LogPosition, mvcc::to_i64};
 
-const RAFT_META_SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS raft_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;";
+const RAFT_META_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS raft_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedup (
+    origin INTEGER NOT NULL, request_id INTEGER NOT NULL, idx INTEGER NOT NULL, outcome BLOB NOT NULL,
+    PRIMARY KEY (origin, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_idx ON dedup (idx);
+";
+
+/// One replicated command for `apply_raft_batch`.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftCommand<'a> {
+    pub pos: LogPosition,
+    pub cmd: &'a Command,
+    /// `(origin, request_id)`: apply at most once per key (see the module docs).
+    pub dedup: Option<(u64, u64)>,
+}
+
+/// What one `RaftCommand` produced.
+#[derive(Debug)]
+pub enum RaftApplied {
+    /// Applied now; a client error is a normal outcome.
+    Fresh(Result<CommandOutput>),
+    /// Already applied earlier: the outcome stored then, as encoded by the caller.
+    Duplicate(Vec<u8>),
+}
+
+/// Which dedup rows a batch deletes: per origin, every request id below a low-water mark,
+/// and, for every origin, rows written at a log index below `below_index`.
+#[derive(Debug, Clone, Default)]
+pub struct DedupPrune {
+    pub low_water: Vec<(u64, u64)>,
+    pub below_index: u64,
+}
 
 impl Store {
     /// Create the `raft_meta` table if this database predates it. Idempotent.
@@ -34,33 +71,72 @@ impl Store {
     /// the batch and leaves the database untouched.
     pub fn apply_raft_batch(
         &mut self,
-        cmds: &[(LogPosition, &Command)],
+        cmds: &[RaftCommand<'_>],
         applied: LogPosition,
         raft_meta: &[(&str, &[u8])],
-    ) -> Result<(Vec<Result<CommandOutput>>, Vec<Event>)> {
+        encode: &dyn Fn(&Result<CommandOutput>) -> Vec<u8>,
+        prune: &DedupPrune,
+    ) -> Result<(Vec<RaftApplied>, Vec<Event>)> {
         let path = self.path.clone();
         let mut tx = self.conn.transaction().map_err(sq(&path))?;
         let mut meta = self.meta;
         let mut outputs = Vec::with_capacity(cmds.len());
         let mut events = Vec::new();
-        for (_, cmd) in cmds {
+        for rc in cmds {
+            if let Some((origin, request_id)) = rc.dedup {
+                let seen: Option<Vec<u8>> = tx
+                    .prepare_cached("SELECT outcome FROM dedup WHERE origin = ? AND request_id = ?")
+                    .and_then(|mut st| {
+                        st.query_row(params![to_i64(origin), to_i64(request_id)], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(sq(&path))?;
+                if let Some(bytes) = seen {
+                    outputs.push(RaftApplied::Duplicate(bytes));
+                    continue;
+                }
+            }
             let mut sp = tx.savepoint().map_err(sq(&path))?;
             let mut next = meta;
             let mut cmd_events = Vec::new();
-            match apply_one(&sp, &path, &mut next, cmd, &mut cmd_events) {
+            let result = match apply_one(&sp, &path, &mut next, rc.cmd, &mut cmd_events) {
                 Ok(out) => {
                     sp.commit().map_err(sq(&path))?;
                     meta = next;
                     events.append(&mut cmd_events);
-                    outputs.push(Ok(out));
+                    Ok(out)
                 }
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
                     sp.rollback().map_err(sq(&path))?;
                     drop(sp);
-                    outputs.push(Err(e));
+                    Err(e)
                 }
+            };
+            if let Some((origin, request_id)) = rc.dedup {
+                tx.prepare_cached("INSERT INTO dedup (origin, request_id, idx, outcome) VALUES (?, ?, ?, ?)")
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            to_i64(origin),
+                            to_i64(request_id),
+                            to_i64(rc.pos.index),
+                            encode(&result)
+                        ])
+                    })
+                    .map_err(sq(&path))?;
             }
+            outputs.push(RaftApplied::Fresh(result));
+        }
+        // Pruning depends only on the log, so every replica keeps the same rows.
+        for (origin, below) in &prune.low_water {
+            tx.prepare_cached("DELETE FROM dedup WHERE origin = ? AND request_id < ?")
+                .and_then(|mut st| st.execute(params![to_i64(*origin), to_i64(*below)]))
+                .map_err(sq(&path))?;
+        }
+        if prune.below_index > 0 {
+            tx.prepare_cached("DELETE FROM dedup WHERE idx < ?")
+                .and_then(|mut st| st.execute([to_i64(prune.below_index)]))
+                .map_err(sq(&path))?;
         }
         meta.applied_index = applied.index;
         meta.applied_term = applied.term;
