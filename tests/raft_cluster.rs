@@ -332,3 +332,33 @@ async fn t30_lagging_node_catches_up_by_snapshot() {
     assert_eq!(read(n.db_path(), "post").as_deref(), Some(&b"y"[..]));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t40_leadership_transfer_and_member_removal() {
+    let mut c = Cluster::start(5000).await;
+    let from = c.leader().await;
+    let to = (from + 1) % 3;
+    c.node(from).transfer_leader(c.node(to).id()).await.unwrap();
+    // The trigger returns at once; the handover completes asynchronously.
+    must(
+        "leadership to move to the chosen node",
+        Duration::from_secs(10),
+        async || (c.leader().await == to).then_some(()),
+    )
+    .await;
+
+    // Remove the old leader: the new voter set is the other two, and writes continue.
+    let keep: BTreeSet<u64> = (0..3).filter(|i| *i != from).map(|i| c.node(i).id()).collect();
+    c.node(to).change_membership(keep.clone()).await.unwrap();
+    for i in (0..3).filter(|i| *i != from) {
+        let n = c.node(i);
+        must("the smaller voter set", Duration::from_secs(10), async || {
+            (n.status().voters == keep).then_some(())
+        })
+        .await;
+    }
+    c.kill(from).await;
+    let other = (0..3).find(|i| *i != from && *i != to).unwrap();
+    txn_ok(c.node(other).propose(put("after-removal", "1")).await.unwrap());
+    c.shutdown().await;
+}
