@@ -13,7 +13,7 @@ use k8sd::datastore::{
     Command, CommandOutput, KeyRange, Op, PutRequest, RangeRequest, Reader, StoreError, TxnRequest,
 };
 use k8sd::raft::state_machine::AppliedBatch;
-use k8sd::raft::{RaftConfig, RaftNode, RaftStatus};
+use k8sd::raft::{Faults, RaftConfig, RaftNode, RaftNodeError, RaftStatus};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -33,15 +33,18 @@ struct Cluster {
     _tmp: TempDir,
     members: Vec<Member>,
     snapshot_every: u64,
+    faults: Arc<Faults>,
 }
 
-fn config(m: &Member, snapshot_every: u64) -> RaftConfig {
+fn config(m: &Member, snapshot_every: u64, faults: &Arc<Faults>) -> RaftConfig {
     let mut c = RaftConfig::new(&m.dir, &m.name, &m.addr, "http://127.0.0.1:2379");
     // Faster than production (100 ms / 1–2 s) so the suite stays short; still configurable.
     c.heartbeat = Duration::from_millis(50);
     c.election_timeout = (Duration::from_millis(400), Duration::from_millis(800));
     c.snapshot_every = snapshot_every;
     c.logs_kept_after_snapshot = 2;
+    c.request_timeout = Duration::from_secs(3);
+    c.faults = Some(faults.clone());
     let events = m.events.clone();
     c.apply_hook = Some(Arc::new(move |b: &AppliedBatch| {
         events
@@ -89,6 +92,7 @@ impl Cluster {
     /// Three nodes: the first bootstraps, the others join as learners and are promoted.
     async fn start(snapshot_every: u64) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
         let mut members = Vec::new();
         let mut listeners = Vec::new();
         for i in 0..3 {
@@ -104,12 +108,17 @@ impl Cluster {
             listeners.push(l);
         }
         for (m, l) in members.iter_mut().zip(listeners) {
-            m.node = Some(RaftNode::start(config(m, snapshot_every), l).await.unwrap());
+            m.node = Some(
+                RaftNode::start(config(m, snapshot_every, &faults), l)
+                    .await
+                    .unwrap(),
+            );
         }
         let mut c = Cluster {
             _tmp: tmp,
             members,
             snapshot_every,
+            faults,
         };
         let first = c.node(0);
         first.bootstrap().await.unwrap();
@@ -166,7 +175,7 @@ impl Cluster {
 
     async fn restart(&mut self, i: usize) {
         let l = TcpListener::bind(&self.members[i].addr).await.unwrap();
-        let node = RaftNode::start(config(&self.members[i], self.snapshot_every), l)
+        let node = RaftNode::start(config(&self.members[i], self.snapshot_every, &self.faults), l)
             .await
             .unwrap();
         self.members[i].node = Some(node);
@@ -360,5 +369,46 @@ async fn t40_leadership_transfer_and_member_removal() {
     c.kill(from).await;
     let other = (0..3).find(|i| *i != from && *i != to).unwrap();
     txn_ok(c.node(other).propose(put("after-removal", "1")).await.unwrap());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_isolated_leader_refuses_linearizable_reads_and_rejoins() {
+    let c = Cluster::start(5000).await;
+    let old = c.leader().await;
+    let old_id = c.node(old).id();
+    txn_ok(c.node(old).propose(put("k", "old")).await.unwrap());
+    c.faults.isolate(old_id);
+
+    // The majority elects a new leader and keeps accepting writes.
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    must(
+        "the majority to elect a new leader",
+        Duration::from_secs(15),
+        async || {
+            let a = c.node(others[0]).status().leader?;
+            (Some(a) == c.node(others[1]).status().leader && a != old_id).then_some(a)
+        },
+    )
+    .await;
+    txn_ok(c.node(others[0]).propose(put("k", "new")).await.unwrap());
+
+    // The isolated node still has the old value locally, but it must not serve it as a
+    // linearizable read, and it cannot commit a write.
+    assert_eq!(read(c.node(old).db_path(), "k").as_deref(), Some(&b"old"[..]));
+    let err = c.node(old).linearizable_barrier().await.unwrap_err();
+    assert!(matches!(err, RaftNodeError::Timeout { .. } | RaftNodeError::NoLeader(_)), "{err}");
+    let err = c.node(old).propose(put("k", "lost")).await.unwrap_err();
+    assert!(matches!(err, RaftNodeError::Ambiguous(_) | RaftNodeError::NoLeader(_)), "{err}");
+
+    // Healed, it follows the new leader: the barrier succeeds and the read is current. Its
+    // uncommitted "lost" entry was truncated, never applied.
+    c.faults.heal(old_id);
+    let n = c.node(old);
+    must("a barrier after healing", Duration::from_secs(15), async || {
+        n.linearizable_barrier().await.ok()
+    })
+    .await;
+    assert_eq!(read(n.db_path(), "k").as_deref(), Some(&b"new"[..]));
     c.shutdown().await;
 }

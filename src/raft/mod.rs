@@ -45,6 +45,7 @@ use tonic::transport::{ClientTlsConfig, Server, ServerTlsConfig};
 
 use crate::datastore::{Command, CommandOutput, StoreError};
 use log_store::{LogStore, LogStoreError};
+pub use network::Faults;
 use network::{CallError, ForwardReply, Method, NetworkFactory, PeerService, Raft, ReadIndexReply};
 use state_machine::{ApplyHook, StateMachine, Waiters};
 pub use types::{NodeInfo, Request, Response, TypeConfig};
@@ -75,6 +76,8 @@ pub struct RaftConfig {
     pub client_tls: Option<ClientTlsConfig>,
     /// Called after every applied batch (feeds the watch hub and lessor).
     pub apply_hook: Option<ApplyHook>,
+    /// Fault injection shared by an in-process test cluster; `None` in production.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl std::fmt::Debug for RaftConfig {
@@ -105,6 +108,7 @@ impl RaftConfig {
             server_tls: None,
             client_tls: None,
             apply_hook: None,
+            faults: None,
         }
     }
 
@@ -255,7 +259,7 @@ impl RaftNode {
             waiters.clone(),
             config.apply_hook.clone(),
         )?;
-        let net = NetworkFactory::new(id, config.client_tls.clone());
+        let net = NetworkFactory::new(id, config.client_tls.clone()).with_faults(config.faults.clone());
         let raft = Raft::new(id, Arc::new(config.openraft_config()?), net.clone(), log, sm)
             .await
             .map_err(stopped)?;
@@ -365,7 +369,16 @@ impl RaftNode {
         let deadline = Instant::now() + inner.request_timeout;
         let mut unknown: Option<String> = None;
         loop {
-            let leader = match inner.raft.client_write(request.clone()).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let written = tokio::time::timeout(left, inner.raft.client_write(request.clone())).await;
+            let Ok(written) = written else {
+                // Appended here as leader but not committed in time (e.g. this leader lost its
+                // quorum): the entry may still commit later.
+                return Err(RaftNodeError::Ambiguous(
+                    "not committed within the deadline".into(),
+                ));
+            };
+            let leader = match written {
                 Ok(resp) => return outcome(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     f.leader_id.zip(f.leader_node)
@@ -379,6 +392,7 @@ impl RaftNode {
             };
             if let Some((id, node)) = leader
                 && id != inner.id
+                && !inner.net.blocks(id)
             {
                 match self.forward(&request, &node, deadline).await {
                     Ok(Some(result)) => return Ok(result),
@@ -452,7 +466,14 @@ impl RaftNode {
         let deadline = Instant::now() + inner.request_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match inner.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            let lin = tokio::time::timeout(left, inner.raft.get_read_linearizer(ReadPolicy::ReadIndex)).await;
+            let Ok(lin) = lin else {
+                return Err(RaftNodeError::Timeout {
+                    what: "confirming leadership for a read index",
+                    after: inner.request_timeout,
+                });
+            };
+            match lin {
                 Ok(lin) => {
                     let index = lin.read_log_id().index();
                     return match lin
@@ -470,6 +491,7 @@ impl RaftNode {
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                     if let (Some(id), Some(node)) = (f.leader_id, f.leader_node)
                         && id != inner.id
+                        && !inner.net.blocks(id)
                         && let Ok(mut client) = inner.net.client(&node.peer_addr)
                     {
                         let reply: Result<ReadIndexReply, CallError> =

@@ -16,7 +16,7 @@
 //! UNAVAILABLE status is `Unreachable` (openraft backs off), a deadline is `Timeout`, anything
 //! else is `Network` (retried at once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,12 +84,40 @@ fn decode<T: DeserializeOwned>(m: &Msg) -> Result<T, Status> {
 // Client side
 // ---------------------------------------------------------------------------------------------
 
+/// Fault injection for in-process cluster tests (TiKV's message filters, reduced to
+/// isolation): an isolated node can neither send nor receive peer RPCs. One `Faults` is shared
+/// by every node of a test cluster; production nodes have none.
+#[derive(Debug, Default)]
+pub struct Faults {
+    isolated: Mutex<HashSet<u64>>,
+}
+
+impl Faults {
+    pub fn isolate(&self, id: u64) {
+        self.isolated.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    }
+
+    pub fn heal(&self, id: u64) {
+        self.isolated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Whether an RPC from `from` to `to` is dropped.
+    pub fn blocks(&self, from: u64, to: u64) -> bool {
+        let set = self.isolated.lock().unwrap_or_else(|p| p.into_inner());
+        set.contains(&from) || set.contains(&to)
+    }
+}
+
 /// Creates peer clients; one HTTP/2 channel per peer address, shared by all its clients.
 #[derive(Debug, Clone)]
 pub struct NetworkFactory {
     my_id: u64,
     tls: Option<ClientTlsConfig>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    faults: Option<Arc<Faults>>,
 }
 
 impl NetworkFactory {
@@ -100,7 +128,19 @@ impl NetworkFactory {
             my_id,
             tls,
             channels: Arc::default(),
+            faults: None,
         }
+    }
+
+    /// Drop RPCs according to `faults` (tests only).
+    pub fn with_faults(mut self, faults: Option<Arc<Faults>>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Whether fault injection drops RPCs from this node to `to`.
+    pub fn blocks(&self, to: u64) -> bool {
+        self.faults.as_ref().is_some_and(|f| f.blocks(self.my_id, to))
     }
 
     /// A gRPC client for the peer service at `addr` (`host:port`).
@@ -135,6 +175,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerNetwork {
         PeerNetwork {
+            faults: self.faults.clone(),
             my_id: self.my_id,
             target,
             client: self
@@ -147,6 +188,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// openraft's connection to one peer.
 #[derive(Debug)]
 pub struct PeerNetwork {
+    faults: Option<Arc<Faults>>,
     my_id: u64,
     target: u64,
     client: Result<RaftPeerClient<Channel>, String>,
@@ -228,6 +270,12 @@ pub(crate) async fn call<Req: Serialize, T: DeserializeOwned>(
 }
 
 impl PeerNetwork {
+    fn isolated(&self) -> bool {
+        self.faults
+            .as_ref()
+            .is_some_and(|f| f.blocks(self.my_id, self.target))
+    }
+
     async fn unary<Req: Serialize, T: DeserializeOwned>(
         &mut self,
         method: Method,
@@ -236,6 +284,11 @@ impl PeerNetwork {
         option: &RPCOption,
     ) -> Result<T, RPCError<TypeConfig>> {
         let (my_id, target) = (self.my_id, self.target);
+        if self.isolated() {
+            return Err(
+                CallError::Unreachable("isolated by fault injection".into()).into_rpc(my_id, target, action)
+            );
+        }
         let client = self
             .client
             .as_mut()
@@ -329,6 +382,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let (my_id, target) = (self.my_id, self.target);
+        if self.isolated() {
+            return Err(
+                CallError::Unreachable("isolated by fault injection".into()).into_streaming(my_id, target)
+            );
+        }
         let client = match self.client.as_mut() {
             Ok(c) => c,
             Err(e) => return Err(CallError::Unreachable(e.clone()).into_streaming(my_id, target)),
