@@ -13,6 +13,7 @@ pub mod node;
 pub mod httpc;
 pub mod paths;
 pub mod pki;
+pub mod raft;
 pub mod supervisor;
 
 /// Generated protobuf and gRPC code for etcd's v3 API (our own .proto files under `proto/`).

@@ -19,6 +19,9 @@ use super::error::{Result, StoreError};
 use super::sql::{self, SCHEMA, SCHEMA_VERSION, latest_kv, meta_get, meta_set};
 use super::types::*;
 
+mod raft_ext;
+pub use raft_ext::{DedupPrune, RaftApplied, RaftCommand, export_snapshot, read_raft_meta};
+
 /// Largest TTL a lease may ask for (etcd's `MaxLeaseTTL`).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// Smallest TTL granted; shorter requests are raised to it, as etcd does with its default

@@ -1,0 +1,225 @@
+//! Additions for the Raft state machine (`crate::raft::state_machine`), kept apart from the
+//! standalone apply path so the two can evolve separately.
+//!
+//! - `apply_raft_batch` is `apply_batch` plus two things Raft needs in the same transaction: the
+//!   applied position may lie past the last command (blank and membership entries carry no
+//!   command), and opaque `raft_meta` rows (applied log id, membership) are written atomically
+//!   with the data, so a restart never sees data and Raft bookkeeping disagree.
+//! - Dedup: a command may carry `(origin, request_id)`. The first time it is applied its outcome,
+//!   encoded by the caller, is stored in `dedup` in the same transaction; a later command with
+//!   the same key is not applied again and yields the stored bytes instead. This is what makes
+//!   a retried forwarded write safe (issue 3, "writes from any node"). The datastore does not
+//!   interpret the bytes; their format belongs to `crate::raft`.
+//! - `export_snapshot` / `Store::import_snapshot` copy the whole database consistently.
+//!
+//! `raft_meta` is its own table (`name -> BLOB`) rather than rows in `meta`, whose values are
+//! integers that every reader decodes as such.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::{Result, Store, StoreError, apply_one, sq, write_meta};
+use crate::datastore::sql::meta_set;
+use crate::datastore::types::{Command, CommandOutput, Event};
+use crate::datastore::{LogPosition, mvcc::to_i64};
+
+const RAFT_META_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS raft_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedup (
+    origin INTEGER NOT NULL, request_id INTEGER NOT NULL, idx INTEGER NOT NULL, outcome BLOB NOT NULL,
+    PRIMARY KEY (origin, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_idx ON dedup (idx);
+";
+
+/// One replicated command for `apply_raft_batch`.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftCommand<'a> {
+    pub pos: LogPosition,
+    pub cmd: &'a Command,
+    /// `(origin, request_id)`: apply at most once per key (see the module docs).
+    pub dedup: Option<(u64, u64)>,
+}
+
+/// What one `RaftCommand` produced.
+#[derive(Debug)]
+pub enum RaftApplied {
+    /// Applied now; a client error is a normal outcome.
+    Fresh(Result<CommandOutput>),
+    /// Already applied earlier: the outcome stored then, as encoded by the caller.
+    Duplicate(Vec<u8>),
+}
+
+/// Which dedup rows a batch deletes: per origin, every request id below a low-water mark,
+/// and, for every origin, rows written at a log index below `below_index`.
+#[derive(Debug, Clone, Default)]
+pub struct DedupPrune {
+    pub low_water: Vec<(u64, u64)>,
+    pub below_index: u64,
+}
+
+impl Store {
+    /// Create the `raft_meta` table if this database predates it. Idempotent.
+    pub fn enable_raft_meta(&mut self) -> Result<()> {
+        self.conn.execute_batch(RAFT_META_SCHEMA).map_err(sq(&self.path))
+    }
+
+    /// Apply replicated commands in one transaction, set the applied position to `applied`
+    /// (which may be past the last command) and upsert `raft_meta` rows, all atomically.
+    /// Client errors are per-command results, exactly as in `apply_batch`; a fatal error aborts
+    /// the batch and leaves the database untouched.
+    pub fn apply_raft_batch(
+        &mut self,
+        cmds: &[RaftCommand<'_>],
+        applied: LogPosition,
+        raft_meta: &[(&str, &[u8])],
+        encode: &dyn Fn(&Result<CommandOutput>) -> Vec<u8>,
+        prune: &DedupPrune,
+    ) -> Result<(Vec<RaftApplied>, Vec<Event>)> {
+        let path = self.path.clone();
+        let mut tx = self.conn.transaction().map_err(sq(&path))?;
+        let mut meta = self.meta;
+        let mut outputs = Vec::with_capacity(cmds.len());
+        let mut events = Vec::new();
+        for rc in cmds {
+            if let Some((origin, request_id)) = rc.dedup {
+                let seen: Option<Vec<u8>> = tx
+                    .prepare_cached("SELECT outcome FROM dedup WHERE origin = ? AND request_id = ?")
+                    .and_then(|mut st| {
+                        st.query_row(params![to_i64(origin), to_i64(request_id)], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(sq(&path))?;
+                if let Some(bytes) = seen {
+                    outputs.push(RaftApplied::Duplicate(bytes));
+                    continue;
+                }
+            }
+            let mut sp = tx.savepoint().map_err(sq(&path))?;
+            let mut next = meta;
+            let mut cmd_events = Vec::new();
+            let result = match apply_one(&sp, &path, &mut next, rc.cmd, &mut cmd_events) {
+                Ok(out) => {
+                    sp.commit().map_err(sq(&path))?;
+                    meta = next;
+                    events.append(&mut cmd_events);
+                    Ok(out)
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    sp.rollback().map_err(sq(&path))?;
+                    drop(sp);
+                    Err(e)
+                }
+            };
+            if let Some((origin, request_id)) = rc.dedup {
+                tx.prepare_cached("INSERT INTO dedup (origin, request_id, idx, outcome) VALUES (?, ?, ?, ?)")
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            to_i64(origin),
+                            to_i64(request_id),
+                            to_i64(rc.pos.index),
+                            encode(&result)
+                        ])
+                    })
+                    .map_err(sq(&path))?;
+            }
+            outputs.push(RaftApplied::Fresh(result));
+        }
+        // Pruning depends only on the log, so every replica keeps the same rows.
+        for (origin, below) in &prune.low_water {
+            tx.prepare_cached("DELETE FROM dedup WHERE origin = ? AND request_id < ?")
+                .and_then(|mut st| st.execute(params![to_i64(*origin), to_i64(*below)]))
+                .map_err(sq(&path))?;
+        }
+        if prune.below_index > 0 {
+            tx.prepare_cached("DELETE FROM dedup WHERE idx < ?")
+                .and_then(|mut st| st.execute([to_i64(prune.below_index)]))
+                .map_err(sq(&path))?;
+        }
+        meta.applied_index = applied.index;
+        meta.applied_term = applied.term;
+        write_meta(&tx, &path, &meta)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO raft_meta (name, value) VALUES (?, ?) \
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                )
+                .map_err(sq(&path))?;
+            for (name, value) in raft_meta {
+                stmt.execute(params![name, value]).map_err(sq(&path))?;
+            }
+        }
+        tx.commit().map_err(sq(&path))?;
+        self.meta = meta;
+        Ok((outputs, events))
+    }
+
+    /// One `raft_meta` row as last committed by this writer.
+    pub fn raft_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        read_raft_meta_conn(&self.conn, name).map_err(sq(&self.path))
+    }
+
+    /// Replace the whole database with the snapshot file at `src`, in one write transaction
+    /// through SQLite's online backup API. Readers keep their connections: an open read sees
+    /// the old content, the next one the new. The node-local `member_id` survives the copy (the
+    /// snapshot carries the sender's); everything else, `cluster_id` included, comes from `src`.
+    pub fn import_snapshot(&mut self, src: &Path) -> Result<()> {
+        let member_id = self.meta.member_id;
+        let from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(src))?;
+        {
+            let backup = rusqlite::backup::Backup::new(&from, &mut self.conn).map_err(sq(&self.path))?;
+            // -1 copies every page in one step, so the destination changes in one transaction.
+            match backup.step(-1).map_err(sq(&self.path))? {
+                rusqlite::backup::StepResult::Done => {}
+                other => {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        reason: format!("snapshot import from {} did not finish: {other:?}", src.display()),
+                    });
+                }
+            }
+        }
+        self.conn
+            .execute_batch(RAFT_META_SCHEMA)
+            .map_err(sq(&self.path))?;
+        meta_set(&self.conn, "member_id", to_i64(member_id)).map_err(sq(&self.path))?;
+        self.meta = Self::load_meta(&self.conn, &self.path)?;
+        Ok(())
+    }
+}
+
+/// Write a consistent, compacted copy of the database at `db` to `dst` (which must not exist),
+/// from one read transaction (`VACUUM INTO`), without blocking the writer.
+pub fn export_snapshot(db: &Path, dst: &Path) -> Result<()> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(db))?;
+    let dst_str = dst.to_str().ok_or_else(|| StoreError::Io {
+        path: dst.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "snapshot path is not utf-8"),
+    })?;
+    conn.execute("VACUUM INTO ?", [dst_str]).map_err(sq(db))?;
+    Ok(())
+}
+
+/// One `raft_meta` row of the database file at `db` (a live store or a snapshot file).
+pub fn read_raft_meta(db: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(db))?;
+    read_raft_meta_conn(&conn, name).map_err(sq(db))
+}
+
+fn read_raft_meta_conn(conn: &Connection, name: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'raft_meta'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    conn.query_row("SELECT value FROM raft_meta WHERE name = ?", [name], |r| r.get(0))
+        .optional()
+}

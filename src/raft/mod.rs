@@ -1,0 +1,652 @@
+//! Raft replication of the datastore, on openraft 0.10.
+//!
+//! ```text
+//!   etcd façade (later) ──propose(Command)──▶ RaftNode ──client_write──▶ openraft core
+//!                                              │  follower? Forward RPC to the leader, then
+//!                                              │  wait for the entry's outcome from the local apply
+//!   reads ──linearizable_barrier()──▶ read index (local leader, or ReadIndex RPC to it),
+//!                                      wait until applied ≥ index, then read the local SQLite
+//!
+//!   openraft core ──▶ LogStore   (<data>/raft/log.db: log + vote, fsync per batch)
+//!                 ──▶ StateMachine (<data>/state.db: the datastore, + raft_meta rows)
+//!                 ──▶ NetworkFactory/PeerNetwork ──gRPC──▶ peers' PeerService
+//! ```
+//!
+//! Boundaries: this module is the only writer of the datastore once a node runs Raft; it
+//! knows nothing of etcd's protobuf types. The peer service has its own listener, never the
+//! etcd client port. A node's identity is a random `u64` kept in `<data>/raft/node-id`, never
+//! its hostname or address. See docs/design/raft.md for the reasoning.
+
+pub mod log_store;
+pub mod network;
+pub mod outcome;
+pub mod state_machine;
+pub mod types;
+
+/// Generated code for the peer service (`proto/raft/raft.proto`).
+pub mod pb {
+    #![allow(clippy::all, missing_debug_implementations, missing_docs)]
+    tonic::include_proto!("k8sd.raft.v1");
+}
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ReadPolicy, ServerState, SnapshotPolicy};
+use tokio::sync::{Mutex, oneshot};
+use tokio::time::Instant;
+use tonic::transport::{ClientTlsConfig, Server, ServerTlsConfig};
+
+use crate::datastore::{Command, CommandOutput, StoreError};
+use log_store::{LogStore, LogStoreError};
+pub use network::Faults;
+use network::{CallError, ForwardReply, Method, NetworkFactory, PeerService, Raft, ReadIndexReply};
+use state_machine::{ApplyHook, StateMachine, Waiters};
+pub use types::{NodeInfo, Request, Response, TypeConfig};
+
+/// Settings of one Raft node. `RaftConfig::new` fills in the defaults described per field.
+#[derive(Clone)]
+pub struct RaftConfig {
+    /// The node's data directory: `state.db` and `raft/` live here.
+    pub data_dir: PathBuf,
+    /// Advertised name, peer address (`host:port`) and client URL of this node.
+    pub name: String,
+    pub peer_addr: String,
+    pub client_addr: String,
+    /// Leader heartbeat; default 100 ms, as etcd.
+    pub heartbeat: Duration,
+    /// Randomised election timeout range; default 1000–2000 ms. Long enough that a slow
+    /// fsync on the leader does not trigger an election (etcd counts disk latency the same way).
+    pub election_timeout: (Duration, Duration),
+    /// Build a snapshot after this many applied entries since the last one; default 5000.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, so slightly lagging followers catch up from
+    /// the log instead of a full snapshot; default 1000.
+    pub logs_kept_after_snapshot: u64,
+    /// How long `propose` and `linearizable_barrier` retry through leader changes.
+    pub request_timeout: Duration,
+    /// mTLS for the peer service; `None` is plain HTTP/2 (loopback tests only).
+    pub server_tls: Option<ServerTlsConfig>,
+    pub client_tls: Option<ClientTlsConfig>,
+    /// Called after every applied batch (feeds the watch hub and lessor).
+    pub apply_hook: Option<ApplyHook>,
+    /// Fault injection shared by an in-process test cluster; `None` in production.
+    pub faults: Option<Arc<Faults>>,
+}
+
+impl std::fmt::Debug for RaftConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftConfig")
+            .field("data_dir", &self.data_dir)
+            .field("name", &self.name)
+            .field("peer_addr", &self.peer_addr)
+            .field("heartbeat", &self.heartbeat)
+            .field("election_timeout", &self.election_timeout)
+            .field("tls", &self.server_tls.is_some())
+            .finish()
+    }
+}
+
+impl RaftConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, name: &str, peer_addr: &str, client_addr: &str) -> Self {
+        RaftConfig {
+            data_dir: data_dir.into(),
+            name: name.to_string(),
+            peer_addr: peer_addr.to_string(),
+            client_addr: client_addr.to_string(),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            snapshot_every: 5000,
+            logs_kept_after_snapshot: 1000,
+            request_timeout: Duration::from_secs(10),
+            server_tls: None,
+            client_tls: None,
+            apply_hook: None,
+            faults: None,
+        }
+    }
+
+    fn openraft_config(&self) -> Result<openraft::Config, RaftNodeError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let c = openraft::Config {
+            cluster_name: "k8sd".into(),
+            heartbeat_interval: ms(self.heartbeat),
+            election_timeout_min: ms(self.election_timeout.0),
+            election_timeout_max: ms(self.election_timeout.1),
+            // Snapshots are whole SQLite files; openraft's 200 ms default suits memory stores.
+            install_snapshot_timeout: 60_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            // A learner is promoted only once this close to the leader (issue 3, membership).
+            replication_lag_threshold: 1000,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        c.validate().map_err(|e| RaftNodeError::Config(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftNodeError {
+    #[error(transparent)]
+    Log(#[from] LogStoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    #[error("cannot read or create the node id at {path}: {source}")]
+    NodeId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the node id file {path} is corrupt; restore it or move the data directory aside and rejoin")]
+    NodeIdCorrupt { path: PathBuf },
+    #[error("raft node stopped: {0}")]
+    Stopped(String),
+    #[error("no leader within {0:?}")]
+    NoLeader(Duration),
+    #[error("{what} did not finish within {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    /// The write may or may not have been applied; only the dedup table can make a retry safe.
+    #[error("outcome unknown: {0}")]
+    Ambiguous(String),
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("peer service on {addr} failed: {message}")]
+    Serve { addr: String, message: String },
+}
+
+/// A point-in-time view of this node's Raft state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub state: ServerState,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+}
+
+/// A running Raft node: openraft, its storage, and its peer service. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: u64,
+    info: NodeInfo,
+    raft: Raft,
+    net: NetworkFactory,
+    waiters: Arc<Waiters>,
+    /// This process's proposer id (`Request::origin`), new at every start.
+    origin: u64,
+    next_request: AtomicU64,
+    /// Request ids of proposals not yet answered; the smallest is the dedup low-water mark.
+    inflight: Arc<std::sync::Mutex<BTreeSet<u64>>>,
+    db_path: PathBuf,
+    request_timeout: Duration,
+    server: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+}
+
+/// Load this node's id, or create one: a random non-zero u64, written atomically and fsync'd
+/// before first use so that the id a peer learns can never change under it.
+pub fn load_or_create_node_id(raft_dir: &Path) -> Result<u64, RaftNodeError> {
+    let path = raft_dir.join("node-id");
+    let io = |source| RaftNodeError::NodeId {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => u64::from_str_radix(s.trim(), 16)
+            .ok()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| RaftNodeError::NodeIdCorrupt { path: path.clone() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(raft_dir).map_err(io)?;
+            let id = rand::random::<u64>() >> 1 | 1;
+            let tmp = raft_dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{id:016x}\n")).map_err(io)?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(raft_dir)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn stopped(e: impl std::fmt::Display) -> RaftNodeError {
+    RaftNodeError::Stopped(e.to_string())
+}
+
+/// Pause between retries while there is no leader to talk to (about one heartbeat).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+impl RaftNode {
+    /// Open storage under `config.data_dir`, start openraft and serve the peer service on
+    /// `listener`. The node is not part of any cluster until `bootstrap` or a leader adds it.
+    pub async fn start(
+        config: RaftConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<RaftNode, RaftNodeError> {
+        let raft_dir = config.data_dir.join("raft");
+        let id = load_or_create_node_id(&raft_dir)?;
+        let log = LogStore::open(&raft_dir)?;
+        let waiters = Arc::new(Waiters::default());
+        let db_path = config.data_dir.join("state.db");
+        // A fresh proposer id per start: request ids restart, so they must not collide with
+        // dedup rows a previous run of this node left behind.
+        let origin = rand::random::<u64>() >> 1 | 1;
+        let sm = StateMachine::open(
+            origin,
+            &db_path,
+            &raft_dir.join("snapshots"),
+            waiters.clone(),
+            config.apply_hook.clone(),
+        )?;
+        let net = NetworkFactory::new(id, config.client_tls.clone()).with_faults(config.faults.clone());
+        let raft = Raft::new(id, Arc::new(config.openraft_config()?), net.clone(), log, sm)
+            .await
+            .map_err(stopped)?;
+
+        let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"));
+        let mut builder = Server::builder();
+        if let Some(tls) = config.server_tls.clone() {
+            builder = builder.tls_config(tls).map_err(|e| RaftNodeError::Serve {
+                addr: config.peer_addr.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            s.inspect(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            })
+        });
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let addr = config.peer_addr.clone();
+        let router = builder.add_service(
+            pb::raft_peer_server::RaftPeerServer::new(svc)
+                .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(network::MAX_MESSAGE_BYTES),
+        );
+        let task = tokio::spawn(async move {
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                tracing::error!(addr = %addr, error = %e, "raft peer service stopped");
+            }
+        });
+        let info = NodeInfo {
+            name: config.name.clone(),
+            peer_addr: config.peer_addr.clone(),
+            client_addr: config.client_addr.clone(),
+        };
+        Ok(RaftNode {
+            inner: Arc::new(Inner {
+                id,
+                info,
+                raft,
+                net,
+                waiters,
+                origin,
+                next_request: AtomicU64::new(1),
+                inflight: Arc::default(),
+                db_path,
+                request_timeout: config.request_timeout,
+                server: Mutex::new(Some((stop_tx, task))),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub fn info(&self) -> &NodeInfo {
+        &self.inner.info
+    }
+
+    /// The state-machine database, for `datastore::Reader`s.
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    /// The underlying openraft handle, for what this wrapper does not cover yet.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Make this node a one-member cluster. Does nothing if it already belongs to one.
+    pub async fn bootstrap(&self) -> Result<(), RaftNodeError> {
+        if self.inner.raft.is_initialized().await.map_err(stopped)? {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.inner.id, self.inner.info.clone())]);
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| RaftNodeError::Membership(e.to_string()))
+    }
+
+    /// Propose a command and return its outcome: the command output, or the client error it
+    /// caused (a failed compare is not an error at all: it is an output with `succeeded =
+    /// false`). The outer error is about Raft: no leader within the deadline, a stopped node,
+    /// or an outcome still unknown at the deadline.
+    ///
+    /// On a follower the proposal is forwarded to the leader, which appends it; the outcome is
+    /// then taken from this node's own apply of the entry, so the caller's next local read
+    /// already sees its write. Through leader changes the same request (same request id) is
+    /// re-sent until `request_timeout`; the state machine's dedup table applies it at most
+    /// once and answers a repeat with the first outcome.
+    pub async fn propose(&self, cmd: Command) -> Result<Result<CommandOutput, StoreError>, RaftNodeError> {
+        let inner = &self.inner;
+        let request_id = inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let inflight = Inflight::new(&inner.inflight, request_id);
+        let low_water = inflight.low_water();
+        let request = Request {
+            origin: inner.origin,
+            request_id,
+            low_water,
+            cmd,
+        };
+        let deadline = Instant::now() + inner.request_timeout;
+        let mut unknown: Option<String> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let written = tokio::time::timeout(left, inner.raft.client_write(request.clone())).await;
+            let Ok(written) = written else {
+                // Appended here as leader but not committed in time (e.g. this leader lost its
+                // quorum): the entry may still commit later.
+                return Err(RaftNodeError::Ambiguous(
+                    "not committed within the deadline".into(),
+                ));
+            };
+            let leader = match written {
+                Ok(resp) => return outcome(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    f.leader_id.zip(f.leader_node)
+                }
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+                    // It may still commit through the new leader; dedup makes the retry safe.
+                    unknown = Some(format!("log entry discarded on leader change: {f}"));
+                    f.leader_id.zip(f.leader_node)
+                }
+                Err(e) => return Err(stopped(e)),
+            };
+            if let Some((id, node)) = leader
+                && id != inner.id
+                && !inner.net.blocks(id)
+            {
+                match self.forward(&request, &node, deadline).await {
+                    Ok(Some(result)) => return Ok(result),
+                    Ok(None) => {}
+                    Err(RaftNodeError::Ambiguous(why)) => unknown = Some(why),
+                    Err(e) => return Err(e),
+                }
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(match unknown {
+                    Some(why) => RaftNodeError::Ambiguous(why),
+                    None => RaftNodeError::NoLeader(inner.request_timeout),
+                });
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Forward `request` to the leader at `node`. `Ok(None)` means it was not the leader
+    /// (nothing was appended, so a retry is safe); any failure after the request may have
+    /// been appended is `Ambiguous`.
+    async fn forward(
+        &self,
+        request: &Request,
+        node: &NodeInfo,
+        deadline: Instant,
+    ) -> Result<Option<Result<CommandOutput, StoreError>>, RaftNodeError> {
+        let inner = &self.inner;
+        let mut client = inner
+            .net
+            .client(&node.peer_addr)
+            .map_err(|e| RaftNodeError::Ambiguous(e.to_string()))?;
+        // Register before sending: the entry may be applied here before the reply arrives.
+        let waiter = inner.waiters.register(request.request_id);
+        let ttl = deadline.saturating_duration_since(Instant::now());
+        let reply: Result<ForwardReply, CallError> =
+            network::call(&mut client, Method::Forward, request, ttl).await;
+        match reply {
+            Ok(ForwardReply::Committed { .. }) => {}
+            Ok(ForwardReply::NotLeader { .. }) => {
+                inner.waiters.cancel(request.request_id);
+                return Ok(None);
+            }
+            Err(e) => {
+                inner.waiters.cancel(request.request_id);
+                return Err(RaftNodeError::Ambiguous(format!(
+                    "forwarding to {}: {e:?}",
+                    node.peer_addr
+                )));
+            }
+        }
+        // Committed on the leader; this node applies it within about a heartbeat.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, waiter).await {
+            Ok(Ok(resp)) => outcome(resp).map(Some),
+            Ok(Err(_)) | Err(_) => {
+                inner.waiters.cancel(request.request_id);
+                Err(RaftNodeError::Ambiguous(
+                    "committed, but not applied locally in time".into(),
+                ))
+            }
+        }
+    }
+
+    /// Wait until this node's state machine reflects every write acknowledged anywhere in
+    /// the cluster before the call (ReadIndex), so a local read that follows is linearizable.
+    /// Returns the read index. On a follower the index comes from the leader over the peer
+    /// service; the wait itself is local.
+    pub async fn linearizable_barrier(&self) -> Result<u64, RaftNodeError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let lin = tokio::time::timeout(left, inner.raft.get_read_linearizer(ReadPolicy::ReadIndex)).await;
+            let Ok(lin) = lin else {
+                return Err(RaftNodeError::Timeout {
+                    what: "confirming leadership for a read index",
+                    after: inner.request_timeout,
+                });
+            };
+            match lin {
+                Ok(lin) => {
+                    let index = lin.read_log_id().index();
+                    return match lin
+                        .try_await_ready(&inner.raft, Some(left))
+                        .await
+                        .map_err(stopped)?
+                    {
+                        Ok(_) => Ok(index),
+                        Err(_) => Err(RaftNodeError::Timeout {
+                            what: "local apply up to the read index",
+                            after: inner.request_timeout,
+                        }),
+                    };
+                }
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                    if let (Some(id), Some(node)) = (f.leader_id, f.leader_node)
+                        && id != inner.id
+                        && !inner.net.blocks(id)
+                        && let Ok(mut client) = inner.net.client(&node.peer_addr)
+                    {
+                        let reply: Result<ReadIndexReply, CallError> =
+                            network::call(&mut client, Method::ReadIndex, &(), left).await;
+                        if let Ok(ReadIndexReply::Index { index }) = reply {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            inner
+                                .raft
+                                .wait(Some(left))
+                                .applied_index_at_least(Some(index), "read index")
+                                .await
+                                .map_err(|_| RaftNodeError::Timeout {
+                                    what: "local apply up to the read index",
+                                    after: inner.request_timeout,
+                                })?;
+                            return Ok(index);
+                        }
+                    }
+                }
+                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {}
+                Err(e) => return Err(stopped(e)),
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(RaftNodeError::NoLeader(inner.request_timeout));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// After a restart the state machine may be behind what it served before (it is not
+    /// fsync'd per apply). Wait until it has caught up with a cluster commit covering this
+    /// node's log before serving reads or watches.
+    pub async fn wait_for_recovery(&self, timeout: Duration) -> Result<(), RaftNodeError> {
+        self.inner
+            .raft
+            .wait_for_recovery(Some(timeout))
+            .await
+            .map(|_| ())
+            .map_err(|_| RaftNodeError::Timeout {
+                what: "recovery",
+                after: timeout,
+            })
+    }
+
+    /// Add a node as a non-voting learner and wait until it has caught up (leader only).
+    pub async fn add_learner(&self, id: u64, info: NodeInfo) -> Result<(), RaftNodeError> {
+        self.inner
+            .raft
+            .add_learner(id, info, true)
+            .await
+            .map(|_| ())
+            .map_err(membership_err)
+    }
+
+    /// Replace the voter set (leader only). Every id must already be a member (learner or
+    /// voter). openraft goes through a joint configuration; one change at a time.
+    pub async fn change_membership(&self, voters: BTreeSet<u64>) -> Result<(), RaftNodeError> {
+        self.inner
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(membership_err)
+    }
+
+    /// Ask the leader (this node) to hand leadership to `to`, e.g. on graceful shutdown.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), RaftNodeError> {
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(stopped)
+    }
+
+    /// Leader, term, log and apply positions, membership.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let cfg = m.membership_config.membership();
+        RaftStatus {
+            id: m.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            state: m.state,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters: cfg.voter_ids().collect(),
+            learners: cfg.learner_ids().collect(),
+        }
+    }
+
+    /// Stop openraft and the peer service. The node's files stay; `start` resumes it.
+    pub async fn shutdown(&self) -> Result<(), RaftNodeError> {
+        let server = self.inner.server.lock().await.take();
+        let result = self.inner.raft.shutdown().await.map_err(stopped);
+        if let Some((stop, mut task)) = server {
+            let _ = stop.send(());
+            // Graceful stop waits for open streams; a peer that never lets go must not keep
+            // a shutdown (or a restart on the same port) waiting.
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        result
+    }
+}
+
+/// Marks a request id in flight for as long as the guard lives.
+struct Inflight {
+    set: Arc<std::sync::Mutex<BTreeSet<u64>>>,
+    id: u64,
+}
+
+impl Inflight {
+    fn new(set: &Arc<std::sync::Mutex<BTreeSet<u64>>>, id: u64) -> Self {
+        set.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        Inflight { set: set.clone(), id }
+    }
+
+    /// The smallest id still in flight (never above our own).
+    fn low_water(&self) -> u64 {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .copied()
+            .unwrap_or(self.id)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+fn membership_err(e: impl std::fmt::Display) -> RaftNodeError {
+    RaftNodeError::Membership(e.to_string())
+}
+
+/// A normal entry always produces `Applied` or `Rejected`; `Empty` would be a bug upstream.
+fn outcome(resp: Response) -> Result<Result<CommandOutput, StoreError>, RaftNodeError> {
+    match resp.into_result() {
+        Ok(Some(out)) => Ok(Ok(out)),
+        Ok(None) => Err(RaftNodeError::Stopped(
+            "a command entry produced no output".into(),
+        )),
+        Err(e) => Ok(Err(e)),
+    }
+}

@@ -1,0 +1,467 @@
+//! The Raft state machine: openraft's `RaftStateMachine` over `datastore::Store`.
+//!
+//! ```text
+//!  committed entries ──▶ apply(): one Store::apply_raft_batch = one SQLite txn holding
+//!                          the data, `applied_log_id` and `membership` (raft_meta rows)
+//!                        ──▶ responders (leader-local writes) / waiters (forwarded writes)
+//!                        ──▶ ApplyHook (watch hub, lessor) after the commit
+//! ```
+//!
+//! Invariants:
+//! - Data, last-applied log id and membership change in one transaction, so after a crash the
+//!   store is exactly "everything up to `applied_log_id`" and replay from there is exact. The
+//!   store runs `synchronous=NORMAL`; the durable record is the Raft log, so a lost tail is
+//!   simply re-applied (the node waits for recovery before serving, see `RaftNode`).
+//! - Every entry handed to `apply` gets exactly one answer: through its openraft responder if
+//!   it has one (the proposal was made on this node while it led), otherwise through a local
+//!   waiter if this node originated it (a forwarded write), otherwise none is wanted.
+//! - A client error (failed compare, unknown lease) is a `Response::Rejected`, never an `Err`:
+//!   an `Err` from here stops Raft on this node for good.
+//! - A snapshot is a `VACUUM INTO` copy taken from its own read transaction: it is consistent
+//!   by construction, and its Raft metadata is read back from the copy itself, never from
+//!   memory, so the metadata and the data can never disagree.
+//! - Snapshot files are immutable once renamed into place; `current.json` names the current
+//!   one and is replaced atomically (write, fsync, rename).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::outcome;
+use super::types::{LogId, Response, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::datastore::{
+    Command, CommandOutput, DedupPrune, Durability, Event, LogPosition, RaftApplied, RaftCommand, Store,
+    StoreError, export_snapshot, read_raft_meta,
+};
+
+const APPLIED_KEY: &str = "applied_log_id";
+const MEMBERSHIP_KEY: &str = "membership";
+const CURRENT: &str = "current.json";
+/// Dedup rows older than this many log entries are dropped even without a low-water mark
+/// (proposers that went away). A retry older than this is no longer recognised.
+const DEDUP_WINDOW: u64 = 100_000;
+
+/// One committed apply batch, as seen by the rest of the node (watch hub, lessor).
+#[derive(Debug)]
+pub struct AppliedBatch {
+    /// The last log id this batch covers.
+    pub applied: Option<LogId>,
+    /// Store revision after the batch.
+    pub revision: i64,
+    /// Events in revision order; empty after a snapshot install.
+    pub events: Vec<Event>,
+    /// The whole database was replaced by a snapshot: rebuild anything derived from it
+    /// (watch hub, lessor), since the events in between are not available.
+    pub snapshot_installed: bool,
+    /// Leases granted in this batch, `(id, ttl)`, for the lessor's deadlines.
+    pub granted: Vec<(i64, i64)>,
+    /// Leases whose revoke command was applied (whether or not the lease still existed).
+    pub revoked: Vec<i64>,
+}
+
+/// Called after every committed batch, on the apply task. Must not block.
+pub type ApplyHook = Arc<dyn Fn(&AppliedBatch) + Send + Sync>;
+
+/// Waiters for outcomes of this node's forwarded proposals, keyed by request id.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+}
+
+impl Waiters {
+    pub fn register(&self, request_id: u64) -> oneshot::Receiver<Response> {
+        let (tx, rx) = oneshot::channel();
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request_id, tx);
+        rx
+    }
+
+    pub fn cancel(&self, request_id: u64) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
+    }
+
+    fn take(&self, request_id: u64) -> Option<oneshot::Sender<Response>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id)
+    }
+}
+
+/// `current.json`: which snapshot file is current and what it contains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    file: String,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn json<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(io_err)
+}
+
+/// The state machine handed to openraft. The `Store` sits behind a mutex only so that SQLite
+/// work can run on a blocking thread; openraft calls `apply` and `install_snapshot` serially.
+pub struct StateMachine {
+    /// This process's proposer id (`Request::origin`): outcomes of our own forwarded
+    /// proposals go to `waiters`.
+    origin: u64,
+    store: Arc<Mutex<Store>>,
+    db_path: PathBuf,
+    snap_dir: PathBuf,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    current: Arc<Mutex<Option<CurrentSnapshot>>>,
+    waiters: Arc<Waiters>,
+    hook: Option<ApplyHook>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("db_path", &self.db_path)
+            .field("applied", &self.applied)
+            .finish()
+    }
+}
+
+impl StateMachine {
+    /// Open the store at `db_path` and the snapshot directory `snap_dir`.
+    pub fn open(
+        origin: u64,
+        db_path: &Path,
+        snap_dir: &Path,
+        waiters: Arc<Waiters>,
+        hook: Option<ApplyHook>,
+    ) -> Result<StateMachine, StoreError> {
+        let io = |source| StoreError::Io {
+            path: snap_dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(snap_dir).map_err(io)?;
+        let mut store = Store::open(db_path, Durability::Normal)?;
+        store.enable_raft_meta()?;
+        let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt {
+            path: db_path.to_path_buf(),
+            reason: format!("undecodable raft {what}: {e}"),
+        };
+        let applied = match store.raft_meta(APPLIED_KEY)? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("applied log id", e))?,
+            None => None,
+        };
+        let membership = match store.raft_meta(MEMBERSHIP_KEY)? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("membership", e))?,
+            None => StoredMembership::default(),
+        };
+        let current = match std::fs::read(snap_dir.join(CURRENT)) {
+            Ok(b) => {
+                Some(
+                    serde_json::from_slice::<CurrentSnapshot>(&b).map_err(|e| StoreError::Corrupt {
+                        path: snap_dir.join(CURRENT),
+                        reason: format!("undecodable snapshot pointer: {e}"),
+                    })?,
+                )
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
+        };
+        Ok(StateMachine {
+            origin,
+            store: Arc::new(Mutex::new(store)),
+            db_path: db_path.to_path_buf(),
+            snap_dir: snap_dir.to_path_buf(),
+            applied,
+            membership,
+            current: Arc::new(Mutex::new(current)),
+            waiters,
+            hook,
+        })
+    }
+
+    fn builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db_path: self.db_path.clone(),
+            snap_dir: self.snap_dir.clone(),
+            current: self.current.clone(),
+        }
+    }
+}
+
+fn position(log_id: &LogId) -> LogPosition {
+    LogPosition {
+        index: log_id.index,
+        term: log_id.leader_id.term,
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        // The stream ends with the batch openraft decided to apply; take it whole so that it
+        // becomes one transaction.
+        let mut items = Vec::new();
+        while let Some(item) = entries.next().await {
+            items.push(item?);
+        }
+        let Some(last) = items.last().map(|(e, _)| e.log_id) else {
+            return Ok(());
+        };
+        let mut membership = self.membership.clone();
+        // Dedup pruning, decided from the entries alone so every replica prunes alike: each
+        // proposer's low-water mark, and anything older than DEDUP_WINDOW entries.
+        let mut low_water: BTreeMap<u64, u64> = BTreeMap::new();
+        for (entry, _) in &items {
+            match &entry.payload {
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone())
+                }
+                EntryPayload::Normal(req) if req.low_water > 0 => {
+                    let w = low_water.entry(req.origin).or_default();
+                    *w = (*w).max(req.low_water);
+                }
+                _ => {}
+            }
+        }
+        let prune = DedupPrune {
+            low_water: low_water.into_iter().collect(),
+            below_index: last.index.saturating_sub(DEDUP_WINDOW),
+        };
+        let rows = [
+            (APPLIED_KEY, json(&Some(last))?),
+            (MEMBERSHIP_KEY, json(&membership)?),
+        ];
+        let store = self.store.clone();
+        let (items, applied) = tokio::task::spawn_blocking(move || {
+            let cmds: Vec<RaftCommand<'_>> = items
+                .iter()
+                .filter_map(|(e, _)| match &e.payload {
+                    EntryPayload::Normal(req) => Some(RaftCommand {
+                        pos: position(&e.log_id),
+                        cmd: &req.cmd,
+                        dedup: Some((req.origin, req.request_id)),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let meta: Vec<(&str, &[u8])> = rows.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+            let applied = store
+                .apply_raft_batch(&cmds, position(&last), &meta, &outcome::encode, &prune)
+                .map(|(outputs, events)| (outputs, events, store.meta().current_rev));
+            drop(cmds);
+            (items, applied)
+        })
+        .await
+        .map_err(io_err)?;
+        // A fatal store error: openraft stops this node; it must be rebuilt (contract 8.2).
+        let (outputs, events, revision) = applied.map_err(io_err)?;
+        let mut outputs = outputs.into_iter();
+        let (mut granted, mut revoked) = (Vec::new(), Vec::new());
+        for (entry, responder) in items {
+            let (response, origin) = match &entry.payload {
+                EntryPayload::Normal(req) => {
+                    let result = match outputs.next() {
+                        Some(RaftApplied::Fresh(r)) => {
+                            // Only a fresh application changes leases; a duplicate changed nothing.
+                            match (&req.cmd, &r) {
+                                (_, Ok(CommandOutput::LeaseGrant { id, ttl, .. })) => {
+                                    granted.push((*id, *ttl))
+                                }
+                                (Command::LeaseRevoke { id }, _) => revoked.push(*id),
+                                _ => {}
+                            }
+                            r
+                        }
+                        Some(RaftApplied::Duplicate(bytes)) => {
+                            outcome::decode(&bytes).map_err(io::Error::other)?
+                        }
+                        None => {
+                            return Err(io::Error::other("datastore returned fewer outputs than commands"));
+                        }
+                    };
+                    let r = match result {
+                        Ok(out) => Response::Applied(out),
+                        Err(e) => Response::Rejected(e),
+                    };
+                    (r, Some((req.origin, req.request_id)))
+                }
+                _ => (Response::Empty, None),
+            };
+            if let Some(responder) = responder {
+                responder.send(response);
+            } else if let Some((origin, request_id)) = origin
+                && origin == self.origin
+                && let Some(waiter) = self.waiters.take(request_id)
+            {
+                let _ = waiter.send(response);
+            }
+        }
+        self.applied = Some(last);
+        self.membership = membership;
+        if let Some(hook) = &self.hook {
+            hook(&AppliedBatch {
+                applied: Some(last),
+                revision,
+                events,
+                snapshot_installed: false,
+                granted,
+                revoked,
+            });
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.builder()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let store = self.store.clone();
+        let builder = self.builder();
+        let meta2 = meta.clone();
+        let revision = tokio::task::spawn_blocking(move || -> io::Result<i64> {
+            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+            store.import_snapshot(&snapshot.path).map_err(io_err)?;
+            // Keep a copy as our own current snapshot (the source may belong to someone else,
+            // e.g. the network inbox, which deletes it after this returns).
+            builder.adopt(&snapshot.path, meta2, false)?;
+            Ok(store.meta().current_rev)
+        })
+        .await
+        .map_err(io_err)??;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        if let Some(hook) = &self.hook {
+            hook(&AppliedBatch {
+                applied: meta.last_log_id,
+                revision,
+                events: Vec::new(),
+                snapshot_installed: true,
+                granted: Vec::new(),
+                revoked: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(cur.map(|c| Snapshot {
+            meta: c.meta,
+            snapshot: SnapshotFile {
+                path: self.snap_dir.join(c.file),
+            },
+        }))
+    }
+}
+
+/// Builds snapshots concurrently with `apply`, from its own read transaction.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    db_path: PathBuf,
+    snap_dir: PathBuf,
+    current: Arc<Mutex<Option<CurrentSnapshot>>>,
+}
+
+impl SnapshotBuilder {
+    fn build_blocking(&self) -> io::Result<Snapshot> {
+        let tmp = self
+            .snap_dir
+            .join(format!("tmp-{:016x}.db", rand::random::<u64>()));
+        export_snapshot(&self.db_path, &tmp).map_err(io_err)?;
+        let decode = |key: &str| -> io::Result<Option<Vec<u8>>> { read_raft_meta(&tmp, key).map_err(io_err) };
+        let last_log_id: Option<LogId> = match decode(APPLIED_KEY)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => None,
+        };
+        let last_membership: StoredMembership = match decode(MEMBERSHIP_KEY)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => StoredMembership::default(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        let path = self.adopt(&tmp, meta.clone(), true)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        })
+    }
+
+    /// Make `src` the current snapshot: place it under a unique name (renaming when `owned`,
+    /// copying otherwise), fsync, switch `current.json`, then delete older snapshot files.
+    fn adopt(&self, src: &Path, meta: SnapshotMeta, owned: bool) -> io::Result<PathBuf> {
+        let (term, index) = meta.last_log_id.map_or((0, 0), |l| (l.leader_id.term, l.index));
+        let file = format!("snap-{term}-{index}-{:08x}.db", rand::random::<u32>());
+        let dst = self.snap_dir.join(&file);
+        if owned {
+            std::fs::rename(src, &dst)?;
+        } else {
+            std::fs::copy(src, &dst)?;
+        }
+        std::fs::File::open(&dst)?.sync_all()?;
+        let cur = CurrentSnapshot {
+            meta,
+            file: file.clone(),
+        };
+        let tmp = self.snap_dir.join("current.json.tmp");
+        std::fs::write(&tmp, json(&cur)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.snap_dir.join(CURRENT))?;
+        std::fs::File::open(&self.snap_dir)?.sync_all()?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(cur);
+        // Older snapshots are garbage now. A sender still streaming one keeps its open file.
+        for e in std::fs::read_dir(&self.snap_dir)?.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("snap-") && name != file.as_str() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(dst)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let this = SnapshotBuilder {
+            db_path: self.db_path.clone(),
+            snap_dir: self.snap_dir.clone(),
+            current: self.current.clone(),
+        };
+        tokio::task::spawn_blocking(move || this.build_blocking())
+            .await
+            .map_err(io_err)?
+    }
+}
