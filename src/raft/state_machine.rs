@@ -55,6 +55,8 @@ pub struct AppliedBatch {
     pub applied: Option<LogId>,
     /// Store revision after the batch.
     pub revision: i64,
+    /// Compaction revision after the batch.
+    pub compact_rev: i64,
     /// Events in revision order; empty after a snapshot install.
     pub events: Vec<Event>,
     /// The whole database was replaced by a snapshot: rebuild anything derived from it
@@ -272,13 +274,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let applied = store
                 .apply_raft_batch(&cmds, position(&last), &meta, &outcome::encode, &prune)
                 .map(|(outputs, events)| (outputs, events, store.meta().current_rev));
+            // Physical compaction rides along with apply batches, a few milliseconds at a
+            // time, so it never holds the writer for long (contract S5).
+            let started = std::time::Instant::now();
+            while applied.is_ok() && started.elapsed() < std::time::Duration::from_millis(5) {
+                match store.compact_step(1000) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "compaction step failed; retried with the next batch");
+                        break;
+                    }
+                }
+            }
+            let compact_rev = store.meta().compact_rev;
+            let applied = applied.map(|(o, e, r)| (o, e, r, compact_rev));
             drop(cmds);
             (items, applied)
         })
         .await
         .map_err(io_err)?;
         // A fatal store error: openraft stops this node; it must be rebuilt (contract 8.2).
-        let (outputs, events, revision) = applied.map_err(io_err)?;
+        let (outputs, events, revision, compact_rev) = applied.map_err(io_err)?;
         let mut outputs = outputs.into_iter();
         let (mut granted, mut revoked) = (Vec::new(), Vec::new());
         for (entry, responder) in items {
@@ -326,6 +343,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             hook(&AppliedBatch {
                 applied: Some(last),
                 revision,
+                compact_rev,
                 events,
                 snapshot_installed: false,
                 granted,
@@ -347,13 +365,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let builder = self.builder();
         let meta2 = meta.clone();
-        let revision = tokio::task::spawn_blocking(move || -> io::Result<i64> {
+        let (revision, compact_rev) = tokio::task::spawn_blocking(move || -> io::Result<(i64, i64)> {
             let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
             store.import_snapshot(&snapshot.path).map_err(io_err)?;
             // Keep a copy as our own current snapshot (the source may belong to someone else,
             // e.g. the network inbox, which deletes it after this returns).
             builder.adopt(&snapshot.path, meta2, false)?;
-            Ok(store.meta().current_rev)
+            Ok((store.meta().current_rev, store.meta().compact_rev))
         })
         .await
         .map_err(io_err)??;
@@ -363,6 +381,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             hook(&AppliedBatch {
                 applied: meta.last_log_id,
                 revision,
+                compact_rev,
                 events: Vec::new(),
                 snapshot_installed: true,
                 granted: Vec::new(),
