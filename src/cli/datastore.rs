@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 
 use crate::datastore::Durability;
 use crate::etcd::{self, TlsFiles};
-use crate::node::{Node, NodeConfig};
+use crate::node::{Node, NodeConfig, RaftSettings};
 
 #[derive(Debug, clap::Args)]
 pub struct DatastoreArgs {
@@ -43,6 +43,10 @@ pub struct DatastoreArgs {
     /// --experimental-watch-progress-notify-interval), e.g. 5s or 100ms.
     #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "5s", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
+    /// Run as a Raft member with its peer service on this URL (http only on loopback). Without
+    /// it the store runs standalone with no Raft log. A fresh data dir forms a cluster of one.
+    #[arg(long, value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
     /// Log level: error, warn, info or debug.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -112,13 +116,25 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
         }
         let advertise =
             if args.advertise_client_urls.is_empty() { args.listen_client_urls.clone() } else { args.advertise_client_urls.clone() };
-        let node = Node::start(NodeConfig {
+        let config = NodeConfig {
             name: args.name.clone(),
             data_dir: args.data_dir.clone(),
             durability: Durability::Full,
-            client_urls: advertise,
+            client_urls: advertise.clone(),
             progress_notify_interval: args.watch_progress_notify_interval,
-        })
+        };
+        let node = match args.listen_peer_urls.first() {
+            None => Node::start(config),
+            Some(url) => {
+                let peer = parse_listen(url, false)?;
+                let listener = tokio::net::TcpListener::bind(peer.addr)
+                    .await
+                    .with_context(|| format!("cannot listen on peer address {}", peer.addr))?;
+                let peer_addr = listener.local_addr()?.to_string();
+                let rc = crate::raft::RaftConfig::new(&args.data_dir, &args.name, &peer_addr, &advertise.join(","));
+                Node::start_raft(config, RaftSettings { config: rc, listener, bootstrap: true }).await
+            }
+        }
         .with_context(|| format!("cannot open the datastore in {}", args.data_dir.display()))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut servers = tokio::task::JoinSet::new();
@@ -145,7 +161,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
         while let Some(res) = servers.join_next().await {
             res.context("server task panicked")??;
         }
-        node.shutdown();
+        node.shutdown().await;
         Ok(())
     })
 }

@@ -435,7 +435,7 @@ impl Daemon {
         if let Some(n) = running {
             n.supervisor.stop().await;
             let _ = n.etcd_stop.send(true);
-            n.datastore.shutdown();
+            n.datastore.shutdown().await;
         }
     }
 

@@ -689,6 +689,12 @@ impl Reader {
         Ok(out)
     }
 
+    /// The cluster id recorded when the store was created.
+    pub fn cluster_id(&mut self) -> Result<u64> {
+        let p = self.path.clone();
+        meta_get(&self.conn, "cluster_id").map_err(sq(&p)).map(|v| to_u64(v.unwrap_or(1)))
+    }
+
     pub fn view(&mut self) -> Result<ReadView> {
         self.read(|_, _, v| Ok(v))
     }

@@ -38,8 +38,11 @@ impl pb::kv_server::Kv for EtcdService {
         if req.key.is_empty() {
             return Err(store_status(&ds::StoreError::EmptyKey));
         }
-        // A standalone node applies every acknowledged write before replying, so a local read
-        // is linearizable; serializable reads take the same path.
+        // Linearizable: wait until the local replica has applied everything committed before
+        // this call (read index), then read locally. Serializable reads skip the round trip.
+        if !req.serializable {
+            self.node.barrier().await.map_err(node_status)?;
+        }
         let r = range_from_pb(req);
         let (res, view) = self.node.read(move |rd| rd.range(&r)).await.map_err(node_status)?;
         Ok(Response::new(range_result_to_pb(res, self.header(view.current_rev))))

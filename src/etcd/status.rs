@@ -40,6 +40,22 @@ pub fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::Store(s) => store_status(&s),
         NodeError::Stopped | NodeError::DataDir { .. } => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+        NodeError::Raft(r) => raft_status(&r),
+    }
+}
+
+fn raft_status(e: &crate::raft::RaftNodeError) -> Status {
+    use crate::raft::RaftNodeError as R;
+    match e {
+        R::Store(s) => store_status(s),
+        R::NoLeader(_) => no_leader(),
+        R::Timeout { .. } => Status::new(Code::Unavailable, "etcdserver: request timed out"),
+        R::Ambiguous(_) => Status::new(Code::Unavailable, "etcdserver: request timed out, possibly due to connection lost"),
+        R::Membership(_) => Status::new(Code::Unavailable, "etcdserver: leader changed"),
+        other => {
+            tracing::error!(error = %other, "raft failure");
+            Status::new(Code::Unavailable, "etcdserver: server stopped")
+        }
     }
 }
 

@@ -115,6 +115,7 @@ impl StreamTask {
                     _ => Err(Closed),
                 },
                 batch = self.hub_rx.recv() => match batch {
+                    Ok(b) if b.resync => self.resync().await,
                     Ok(b) => self.on_batch(&b).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
                     Err(broadcast::error::RecvError::Closed) => Err(Closed),

@@ -20,6 +20,9 @@ use crate::datastore::Event;
 pub struct EventBatch {
     pub revision: i64,
     pub events: Vec<Event>,
+    /// The store jumped to `revision` without events (a Raft snapshot was installed): every
+    /// stream must catch its watchers up from SQLite.
+    pub resync: bool,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,12 @@ impl WatchHub {
     pub fn subscribe(&self) -> (broadcast::Receiver<Arc<EventBatch>>, i64) {
         let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
         (self.tx.subscribe(), *published)
+    }
+
+    /// Start after `revision` (a node that recovered its store before anyone subscribed).
+    pub fn advance_to(&self, revision: i64) {
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        *published = (*published).max(revision);
     }
 
     pub fn published(&self) -> i64 {

@@ -44,10 +44,22 @@ pub struct NodeConfig {
     pub progress_notify_interval: Duration,
 }
 
+/// Run the datastore as a Raft member instead of a standalone apply thread.
+#[derive(Debug)]
+pub struct RaftSettings {
+    pub config: crate::raft::RaftConfig,
+    /// The bound peer listener (separate from any client listener).
+    pub listener: tokio::net::TcpListener,
+    /// Form a new cluster of one if this node has never been part of one.
+    pub bootstrap: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Raft(#[from] crate::raft::RaftNodeError),
     #[error("server stopped")]
     Stopped,
     #[error("cannot create the data directory {path}: {source}")]
@@ -69,11 +81,18 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// Where writes go: a local apply thread, or Raft.
+#[derive(Debug)]
+enum Backend {
+    Local { proposals: Mutex<Option<std_mpsc::Sender<Proposal>>> },
+    Raft(crate::raft::RaftNode),
+}
+
 #[derive(Debug)]
 struct Inner {
     config: NodeConfig,
     db_path: PathBuf,
-    proposals: Mutex<Option<std_mpsc::Sender<Proposal>>>,
+    backend: Backend,
     readers: Mutex<Vec<Reader>>,
     hub: Arc<WatchHub>,
     lessor: Arc<Lessor>,
@@ -112,8 +131,93 @@ impl Node {
             inner: Arc::new(Inner {
                 config,
                 db_path,
-                proposals: Mutex::new(Some(tx)),
+                backend: Backend::Local { proposals: Mutex::new(Some(tx)) },
                 readers: Mutex::new(Vec::new()),
+                hub,
+                lessor,
+                meta: shared_meta,
+            }),
+        };
+        node.spawn_expiry();
+        spawn_checkpointer(checkpointer, Arc::downgrade(&node.inner));
+        Ok(node)
+    }
+
+    /// Open (or create) a Raft member under `config.data_dir` and start serving once it has
+    /// recovered everything it applied before (contract W13).
+    pub async fn start_raft(config: NodeConfig, raft: RaftSettings) -> Result<Node, NodeError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        restrict_dir(dir);
+        let db_path = dir.join("state.db");
+        let hub = Arc::new(WatchHub::new(1));
+        let lessor = Arc::new(Lessor::default());
+        let shared_meta = Arc::new(Mutex::new(Meta {
+            current_rev: 1,
+            compact_rev: 0,
+            physical_compact_rev: 0,
+            next_lease_id: 0,
+            applied_index: 0,
+            applied_term: 0,
+            member_id: 0,
+            cluster_id: 0,
+        }));
+        let hook: crate::raft::state_machine::ApplyHook = {
+            let (hub, lessor, meta, db) = (hub.clone(), lessor.clone(), shared_meta.clone(), db_path.clone());
+            Arc::new(move |b: &crate::raft::state_machine::AppliedBatch| {
+                {
+                    let mut m = meta.lock().unwrap_or_else(|p| p.into_inner());
+                    m.current_rev = b.revision;
+                    m.compact_rev = b.compact_rev;
+                    m.physical_compact_rev = b.compact_rev;
+                    if let Some(l) = b.applied {
+                        m.applied_index = l.index;
+                        m.applied_term = l.leader_id.term;
+                    }
+                }
+                let now = Instant::now();
+                for &(id, ttl) in &b.granted {
+                    lessor.granted(id, ttl, now);
+                }
+                for id in &b.revoked {
+                    lessor.revoked(*id);
+                }
+                if b.snapshot_installed {
+                    // History arrived without events: every watch stream catches up from SQLite.
+                    hub.publish(EventBatch { revision: b.revision, events: Vec::new(), resync: true });
+                    if let Ok(leases) = Reader::open(&db).and_then(|mut r| r.leases()) {
+                        lessor.reset(&leases, now);
+                    }
+                } else if !b.events.is_empty() {
+                    hub.publish(EventBatch { revision: b.revision, events: b.events.clone(), resync: false });
+                }
+            })
+        };
+        let mut rc = raft.config;
+        rc.apply_hook = Some(hook);
+        let node_raft = crate::raft::RaftNode::start(rc, raft.listener).await?;
+        if raft.bootstrap {
+            node_raft.bootstrap().await?;
+        }
+        node_raft.wait_for_recovery(Duration::from_secs(60)).await?;
+        let mut reader = Reader::open(&db_path)?;
+        let view = reader.view()?;
+        lessor.reset(&reader.leases()?, Instant::now());
+        {
+            let mut m = shared_meta.lock().unwrap_or_else(|p| p.into_inner());
+            m.member_id = node_raft.id();
+            m.cluster_id = reader.cluster_id()?;
+            m.current_rev = m.current_rev.max(view.current_rev);
+            m.compact_rev = m.compact_rev.max(view.compact_rev);
+        }
+        hub.advance_to(view.current_rev);
+        let checkpointer = crate::datastore::Checkpointer::open(&db_path)?;
+        let node = Node {
+            inner: Arc::new(Inner {
+                config,
+                db_path,
+                backend: Backend::Raft(node_raft),
+                readers: Mutex::new(vec![reader]),
                 hub,
                 lessor,
                 meta: shared_meta,
@@ -143,18 +247,56 @@ impl Node {
 
     /// Whether this node knows a leader. A standalone node is its own leader.
     pub fn has_leader(&self) -> bool {
-        true
+        match &self.inner.backend {
+            Backend::Raft(raft) => raft.status().leader.is_some(),
+            Backend::Local { .. } => true,
+        }
     }
 
     /// Submit a command and wait until it is applied.
     pub async fn propose(&self, cmd: Command) -> Result<CommandOutput, NodeError> {
+        let proposals = match &self.inner.backend {
+            Backend::Raft(raft) => return Ok(raft.propose(cmd).await??),
+            Backend::Local { proposals } => proposals,
+        };
         let (reply, rx) = oneshot::channel();
         {
-            let guard = self.inner.proposals.lock().unwrap_or_else(|p| p.into_inner());
+            let guard = proposals.lock().unwrap_or_else(|p| p.into_inner());
             let tx = guard.as_ref().ok_or(NodeError::Stopped)?;
             tx.send(Proposal { cmd, reply }).map_err(|_| NodeError::Stopped)?;
         }
         rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Wait until this node's replica reflects every write committed before the call (a
+    /// read-index round through the leader), so a local read after it is linearizable. A
+    /// standalone node answers only after applying, so it has nothing to wait for.
+    pub async fn barrier(&self) -> Result<(), NodeError> {
+        match &self.inner.backend {
+            Backend::Raft(raft) => {
+                raft.linearizable_barrier().await?;
+                Ok(())
+            }
+            Backend::Local { .. } => Ok(()),
+        }
+    }
+
+    /// Raft state, when the node is a Raft member.
+    pub fn raft_status(&self) -> Option<crate::raft::RaftStatus> {
+        match &self.inner.backend {
+            Backend::Raft(raft) => Some(raft.status()),
+            Backend::Local { .. } => None,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Raft(raft) => {
+                let st = raft.status();
+                st.leader == Some(st.id)
+            }
+            Backend::Local { .. } => true,
+        }
     }
 
     /// Run `f` on a pooled reader on a blocking thread.
@@ -178,19 +320,42 @@ impl Node {
         .map_err(|_| NodeError::Stopped)?
     }
 
-    /// Stop accepting proposals; the apply loop drains what it has and exits.
-    pub fn shutdown(&self) {
-        self.inner.proposals.lock().unwrap_or_else(|p| p.into_inner()).take();
+    /// Stop accepting proposals; the apply loop drains what it has and exits. A Raft member
+    /// stops openraft and its peer service.
+    pub async fn shutdown(&self) {
+        match &self.inner.backend {
+            Backend::Local { proposals } => {
+                proposals.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+            Backend::Raft(raft) => {
+                if let Err(e) = raft.shutdown().await {
+                    tracing::warn!(error = %e, "raft shutdown");
+                }
+            }
+        }
     }
 
     fn spawn_expiry(&self) {
         let node = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut was_leader = true;
             loop {
                 tick.tick().await;
                 if Arc::strong_count(&node.inner) == 1 {
                     return; // every other handle is gone
+                }
+                // Only the leader expires leases. A node that just became leader gives every
+                // lease a full TTL, so a failover never expires a lease early.
+                let leader = node.is_leader();
+                if leader && !was_leader
+                    && let Ok(leases) = node.read(|r| r.leases()).await
+                {
+                    node.inner.lessor.reset(&leases, Instant::now());
+                }
+                was_leader = leader;
+                if !leader {
+                    continue;
                 }
                 for id in node.inner.lessor.take_expired(Instant::now()) {
                     match node.propose(Command::LeaseRevoke { id }).await {
@@ -293,7 +458,7 @@ fn apply_proposals(store: &mut Store, batch: &mut Vec<Proposal>, hub: &WatchHub,
                 }
             }
             if !events.is_empty() {
-                hub.publish(EventBatch { revision: store.meta().current_rev, events });
+                hub.publish(EventBatch { revision: store.meta().current_rev, events, resync: false });
             }
             for (p, out) in batch.drain(..).zip(outputs) {
                 let _ = p.reply.send(out.map_err(NodeError::from));

@@ -65,6 +65,10 @@ impl Server {
             Kind::K8sd => {
                 let mut c = Command::new(k8sd_bin());
                 c.arg("datastore");
+                // K8SD_TEST_RAFT=1 runs every k8sd test server as a Raft member (cluster of one).
+                if std::env::var_os("K8SD_TEST_RAFT").is_some_and(|v| v == "1") {
+                    c.arg(format!("--listen-peer-urls=http://127.0.0.1:{}", free_port()));
+                }
                 c
             }
             Kind::Etcd => {
