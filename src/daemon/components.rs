@@ -10,6 +10,8 @@ use crate::paths::Layout;
 
 pub const APISERVER_PORT: u16 = 6443;
 pub const DATASTORE_PORT: u16 = 2379;
+/// The datastore's Raft peer service, on the advertise address.
+pub const PEER_PORT: u16 = 2380;
 
 pub fn apiserver_addr() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), APISERVER_PORT)

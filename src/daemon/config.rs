@@ -40,6 +40,7 @@ pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const PORTS: &[(u16, &str)] = &[
     (6443, "kube-apiserver"),
     (2379, "datastore"),
+    (2380, "datastore peers"),
     (10250, "kubelet"),
     (10248, "kubelet healthz"),
     (10257, "kube-controller-manager"),

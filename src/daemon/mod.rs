@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use crate::datastore::Durability;
 use crate::etcd::{self, TlsFiles};
 use crate::httpc::TlsClient;
-use crate::node::{Node, NodeConfig as DatastoreConfig};
+use crate::node::{Node, NodeConfig as DatastoreConfig, RaftSettings};
 use crate::paths::Layout;
 use crate::pki::{self, NodeIdentity, NodeRole};
 use crate::supervisor::{ComponentSpec, Probe, Supervisor, SupervisorConfig};
@@ -261,15 +261,8 @@ impl Daemon {
         let server = format!("https://{}", components::apiserver_addr());
         pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)?;
 
-        step("starting the datastore");
-        let datastore = Node::start(DatastoreConfig {
-            name: cfg.node_name.clone(),
-            data_dir: l.datastore_dir(),
-            durability: Durability::Full,
-            client_urls: vec![format!("https://{}", components::datastore_addr())],
-            progress_notify_interval: Duration::from_secs(5),
-        })
-        .map_err(|e| DaemonError::Other(format!("datastore: {e}")))?;
+        step("starting the datastore (a Raft group of one)");
+        let datastore = self.start_datastore(&cfg).await?;
         let listener = tokio::net::TcpListener::bind(components::datastore_addr())
             .await
             .map_err(|e| DaemonError::Other(format!("datastore listener {}: {e}", components::datastore_addr())))?;
@@ -370,6 +363,40 @@ impl Daemon {
                 }
             }
         });
+    }
+
+    /// The datastore as a Raft member: peer service on the advertise address (mTLS with the
+    /// datastore CA, so only control-plane peers can join the Raft group), bootstrapped as a
+    /// group of one the first time. Joining nodes later add themselves to this group.
+    async fn start_datastore(&self, cfg: &NodeConfig) -> Result<Node, DaemonError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+        let l = &self.opts.layout;
+        let read = |f: &str| {
+            let p = l.pki_dir().join(f);
+            std::fs::read(&p).map_err(|e| DaemonError::Other(format!("cannot read {}: {e}", p.display())))
+        };
+        let (ca, cert, key) = (read("datastore-ca.crt")?, read("datastore-peer.crt")?, read("datastore-peer.key")?);
+        let identity = Identity::from_pem(&cert, &key);
+        let peer_addr = std::net::SocketAddr::new(cfg.advertise_address, components::PEER_PORT);
+        let listener = tokio::net::TcpListener::bind(peer_addr)
+            .await
+            .map_err(|e| DaemonError::Other(format!("datastore peer listener {peer_addr}: {e}")))?;
+        let client_url = format!("https://{}", components::datastore_addr());
+        let mut rc = crate::raft::RaftConfig::new(l.datastore_dir(), &cfg.node_name, &peer_addr.to_string(), &client_url);
+        rc.server_tls = Some(ServerTlsConfig::new().identity(identity.clone()).client_ca_root(Certificate::from_pem(&ca)));
+        rc.client_tls = Some(ClientTlsConfig::new().identity(identity).ca_certificate(Certificate::from_pem(&ca)));
+        Node::start_raft(
+            DatastoreConfig {
+                name: cfg.node_name.clone(),
+                data_dir: l.datastore_dir(),
+                durability: Durability::Normal,
+                client_urls: vec![client_url],
+                progress_notify_interval: Duration::from_secs(5),
+            },
+            RaftSettings { config: rc, listener, bootstrap: true },
+        )
+        .await
+        .map_err(|e| DaemonError::Other(format!("datastore: {e}")))
     }
 
     pub(crate) fn admin_client(&self) -> Result<TlsClient, DaemonError> {

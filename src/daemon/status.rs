@@ -30,18 +30,42 @@ pub async fn build(d: &Daemon) -> StatusReport {
     let Some(r) = running else { return report };
     let meta = r.datastore.meta();
     let db = r.datastore.read(|rd| rd.db_size()).await.map(|(s, _)| s).unwrap_or(0);
+    let (leader, members) = match r.datastore.raft_status() {
+        Some(st) => {
+            let name = |id: u64| if id == st.id { r.cfg.node_name.clone() } else { String::new() };
+            let members = st
+                .voters
+                .iter()
+                .map(|id| (id, "voter"))
+                .chain(st.learners.iter().map(|id| (id, "learner")))
+                .map(|(id, role)| MemberReport {
+                    id: format!("{id:016x}"),
+                    name: name(*id),
+                    role: role.into(),
+                    leader: st.leader == Some(*id),
+                    // Only this node's own apply position is known locally.
+                    applied_index: if *id == st.id { st.last_applied.unwrap_or(0) } else { 0 },
+                })
+                .collect();
+            (st.leader.map(|l| if l == st.id { r.cfg.node_name.clone() } else { format!("{l:016x}") }).unwrap_or_else(|| "none".into()), members)
+        }
+        None => (
+            r.cfg.node_name.clone(),
+            vec![MemberReport {
+                id: format!("{:016x}", meta.member_id),
+                name: r.cfg.node_name.clone(),
+                role: "voter".into(),
+                leader: true,
+                applied_index: meta.applied_index,
+            }],
+        ),
+    };
     report.datastore = Some(DatastoreStatus {
         endpoint: format!("https://{}", components::datastore_addr()),
         revision: meta.current_rev,
         applied_index: meta.applied_index,
-        leader: r.cfg.node_name.clone(),
-        members: vec![MemberReport {
-            id: format!("{:016x}", meta.member_id),
-            name: r.cfg.node_name.clone(),
-            role: "voter".into(),
-            leader: true,
-            applied_index: meta.applied_index,
-        }],
+        leader,
+        members,
         db_size_bytes: db,
     });
     report.components = r
