@@ -260,10 +260,16 @@ impl RaftNode {
             config.apply_hook.clone(),
         )?;
         let net = NetworkFactory::new(id, config.client_tls.clone()).with_faults(config.faults.clone());
+        // openraft recovers here: it reads the vote and log state, restores the state machine
+        // from the current snapshot if that is newer than `applied_log_id`, and re-applies
+        // the log up to the saved committed id.
         let raft = Raft::new(id, Arc::new(config.openraft_config()?), net.clone(), log, sm)
             .await
             .map_err(stopped)?;
 
+        // The peer service starts only after Raft is up, so no RPC can reach a half-built node.
+        // Half-received snapshots from before a crash are useless: the sender starts over.
+        let _ = std::fs::remove_dir_all(raft_dir.join("inbox"));
         let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"));
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls.clone() {
@@ -358,6 +364,8 @@ impl RaftNode {
     pub async fn propose(&self, cmd: Command) -> Result<Result<CommandOutput, StoreError>, RaftNodeError> {
         let inner = &self.inner;
         let request_id = inner.next_request.fetch_add(1, Ordering::Relaxed);
+        // While this guard lives, `request_id` holds the low-water mark down, so the dedup row
+        // of this very request can never be pruned before the last retry has been answered.
         let inflight = Inflight::new(&inner.inflight, request_id);
         let low_water = inflight.low_water();
         let request = Request {
@@ -367,6 +375,8 @@ impl RaftNode {
             cmd,
         };
         let deadline = Instant::now() + inner.request_timeout;
+        // Set once an attempt may have been appended somewhere. From then on a retry is only
+        // safe because of dedup, and a give-up must say "unknown", never "not applied".
         let mut unknown: Option<String> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -474,6 +484,8 @@ impl RaftNode {
                 });
             };
             match lin {
+                // We are the leader and a quorum just confirmed it: every write acknowledged
+                // before this call is at or below `index`; wait until we have applied it.
                 Ok(lin) => {
                     let index = lin.read_log_id().index();
                     return match lin
@@ -488,6 +500,8 @@ impl RaftNode {
                         }),
                     };
                 }
+                // A follower: the leader does the quorum round trip, we only wait for our own
+                // apply. A failed or refused call falls through to the retry below.
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                     if let (Some(id), Some(node)) = (f.leader_id, f.leader_node)
                         && id != inner.id
