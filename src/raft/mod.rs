@@ -194,6 +194,8 @@ struct Inner {
     /// This process's proposer id (`Request::origin`), new at every start.
     origin: u64,
     next_request: AtomicU64,
+    /// Followers' read-index callers waiting for a shared `ReadIndex` RPC.
+    reads: Arc<std::sync::Mutex<ReadBatch>>,
     /// Request ids of proposals not yet answered; the smallest is the dedup low-water mark.
     inflight: Arc<std::sync::Mutex<BTreeSet<u64>>>,
     db_path: PathBuf,
@@ -313,6 +315,7 @@ impl RaftNode {
                 origin,
                 next_request: AtomicU64::new(1),
                 inflight: Arc::default(),
+                reads: Arc::default(),
                 db_path,
                 request_timeout: config.request_timeout,
                 server: Mutex::new(Some((stop_tx, task))),
@@ -506,23 +509,19 @@ impl RaftNode {
                     if let (Some(id), Some(node)) = (f.leader_id, f.leader_node)
                         && id != inner.id
                         && !inner.net.blocks(id)
-                        && let Ok(mut client) = inner.net.client(&node.peer_addr)
+                        && let Some(index) = self.remote_read_index(&node.peer_addr, left).await
                     {
-                        let reply: Result<ReadIndexReply, CallError> =
-                            network::call(&mut client, Method::ReadIndex, &(), left).await;
-                        if let Ok(ReadIndexReply::Index { index }) = reply {
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            inner
-                                .raft
-                                .wait(Some(left))
-                                .applied_index_at_least(Some(index), "read index")
-                                .await
-                                .map_err(|_| RaftNodeError::Timeout {
-                                    what: "local apply up to the read index",
-                                    after: inner.request_timeout,
-                                })?;
-                            return Ok(index);
-                        }
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        inner
+                            .raft
+                            .wait(Some(left))
+                            .applied_index_at_least(Some(index), "read index")
+                            .await
+                            .map_err(|_| RaftNodeError::Timeout {
+                                what: "local apply up to the read index",
+                                after: inner.request_timeout,
+                            })?;
+                        return Ok(index);
                     }
                 }
                 Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {}
@@ -533,6 +532,52 @@ impl RaftNode {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// A read index from the leader at `addr`, sharing one RPC among concurrent callers.
+    ///
+    /// Single flight: the first caller starts a driver task; callers that arrive while an RPC
+    /// is in flight wait for the *next* one. An index is only valid for callers that arrived
+    /// before its RPC started (the leader confirms leadership after the request reaches it),
+    /// which is exactly who each group contains. `None` means no index this time: retry.
+    async fn remote_read_index(&self, addr: &str, ttl: Duration) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut b = self.inner.reads.lock().unwrap_or_else(|p| p.into_inner());
+            b.waiting.push(tx);
+            b.addr = addr.to_string();
+            !std::mem::replace(&mut b.running, true)
+        };
+        if start {
+            let (reads, net) = (self.inner.reads.clone(), self.inner.net.clone());
+            tokio::spawn(async move {
+                loop {
+                    let (group, addr) = {
+                        let mut b = reads.lock().unwrap_or_else(|p| p.into_inner());
+                        if b.waiting.is_empty() {
+                            b.running = false;
+                            return;
+                        }
+                        (std::mem::take(&mut b.waiting), b.addr.clone())
+                    };
+                    let index = match net.client(&addr) {
+                        Ok(mut client) => {
+                            let reply: Result<ReadIndexReply, CallError> =
+                                network::call(&mut client, Method::ReadIndex, &(), ttl).await;
+                            match reply {
+                                Ok(ReadIndexReply::Index { index }) => Some(index),
+                                _ => None,
+                            }
+                        }
+                        Err(_) => None,
+                    };
+                    for w in group {
+                        let _ = w.send(index);
+                    }
+                }
+            });
+        }
+        rx.await.ok().flatten()
     }
 
     /// After a restart the state machine may be behind what it served before (it is not
@@ -616,6 +661,16 @@ impl RaftNode {
         }
         result
     }
+}
+
+/// The group of read-index callers for the next `ReadIndex` RPC.
+#[derive(Debug, Default)]
+struct ReadBatch {
+    waiting: Vec<oneshot::Sender<Option<u64>>>,
+    /// The leader address the latest caller saw; the next RPC goes there.
+    addr: String,
+    /// Whether a driver task is running (it exits when no one is waiting).
+    running: bool,
 }
 
 /// Marks a request id in flight for as long as the guard lives.
