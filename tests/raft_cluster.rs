@@ -248,6 +248,20 @@ async fn t10_writes_from_any_node_replicate_to_all_stores() {
             );
         }
     }
+    // Many concurrent barriers on a follower share ReadIndex round trips and all succeed.
+    let f = c.node(follower);
+    let barriers: Vec<_> = (0..50)
+        .map(|_| {
+            tokio::spawn({
+                let f = f.clone();
+                async move { f.linearizable_barrier().await }
+            })
+        })
+        .collect();
+    for b in barriers {
+        b.await.unwrap().unwrap();
+    }
+
     // Every node's apply stream (what will feed its watch hub) saw each write exactly once,
     // in revision order, and all nodes saw the same stream.
     let streams: Vec<Vec<Seen>> = c
@@ -397,9 +411,15 @@ async fn t50_isolated_leader_refuses_linearizable_reads_and_rejoins() {
     // linearizable read, and it cannot commit a write.
     assert_eq!(read(c.node(old).db_path(), "k").as_deref(), Some(&b"old"[..]));
     let err = c.node(old).linearizable_barrier().await.unwrap_err();
-    assert!(matches!(err, RaftNodeError::Timeout { .. } | RaftNodeError::NoLeader(_)), "{err}");
+    assert!(
+        matches!(err, RaftNodeError::Timeout { .. } | RaftNodeError::NoLeader(_)),
+        "{err}"
+    );
     let err = c.node(old).propose(put("k", "lost")).await.unwrap_err();
-    assert!(matches!(err, RaftNodeError::Ambiguous(_) | RaftNodeError::NoLeader(_)), "{err}");
+    assert!(
+        matches!(err, RaftNodeError::Ambiguous(_) | RaftNodeError::NoLeader(_)),
+        "{err}"
+    );
 
     // Healed, it follows the new leader: the barrier succeeds and the read is current. Its
     // uncommitted "lost" entry was truncated, never applied.

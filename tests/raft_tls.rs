@@ -136,10 +136,18 @@ async fn t10_cluster_replicates_over_mutual_tls_and_refuses_callers_without_a_ce
         tonic::Code::InvalidArgument,
         "reached the service without a client cert"
     );
+    // The server aborts the handshake ("CertificateRequired"); with TLS 1.3 the client may see
+    // that alert, a broken pipe or a closed connection, depending on timing. Either way it is
+    // a transport error, which the peer network maps to Unreachable.
+    let code = status.code();
     assert!(
-        format!("{status:?}").contains("CertificateRequired"),
+        matches!(
+            code,
+            tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+        ),
         "{status:?}"
     );
+    assert!(format!("{status:?}").contains("Transport"), "{status:?}");
 
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();

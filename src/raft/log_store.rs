@@ -97,12 +97,18 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// State shared by the store, its readers and the writer thread.
 #[derive(Debug, Default)]
 struct State {
-    /// Appended but not yet durable: index -> (sequence, entry).
+    /// Appended but not yet durable: index -> (sequence, entry). Readers prefer these over
+    /// rows on disk, because a pending entry is always at least as new as a row with the same
+    /// index (a truncate removes pending entries before its rows are deleted).
     pending: BTreeMap<u64, (u64, Entry)>,
+    /// Sequence numbers tell a re-appended entry from the one a finished write covered.
     next_seq: u64,
+    /// The durable vote: set only after its commit, so nobody acts on a vote a crash undoes.
     vote: Option<Vote>,
     committed: Option<LogId>,
     last_purged: Option<LogId>,
+    /// The last entry openraft has appended (pending or durable), or `last_purged` when the
+    /// log is empty. This is what openraft sees, so it moves at `append` time, not at fsync.
     last_log_id: Option<LogId>,
 }
 
@@ -120,6 +126,8 @@ impl Shared {
 
 type Done = oneshot::Sender<io::Result<()>>;
 
+/// One queued write. The writer applies ops strictly in queue order; several may share a
+/// transaction, but none is reported done before the transaction holding it has committed.
 enum Op {
     Append {
         rows: Vec<(u64, u32, Vec<u8>)>,
@@ -274,6 +282,8 @@ fn recover(conn: &Connection, path: &Path, dir: &Path) -> Result<State, LogStore
         .prepare("SELECT idx, crc, entry FROM log ORDER BY idx")
         .map_err(sq)?;
     let mut rows = stmt.query([]).map_err(sq)?;
+    // The first row must follow the purge point, and every later row its predecessor: a gap
+    // means entries were lost, which no torn write can cause (SQLite commits are atomic).
     let mut expect = state.last_purged.as_ref().map(|l| l.index + 1);
     let mut last: Option<(u64, Vec<u8>)> = None;
     while let Some(row) = rows.next().map_err(sq)? {
@@ -292,6 +302,8 @@ fn recover(conn: &Connection, path: &Path, dir: &Path) -> Result<State, LogStore
         expect = Some(idx + 1);
         last = Some((idx, blob));
     }
+    // Only the last entry is decoded: its log id is all openraft needs at startup, and every
+    // row has been checksummed above; reads decode (and re-check) entries as they are needed.
     state.last_log_id = match last {
         Some((idx, blob)) => {
             let entry: Entry =
@@ -307,7 +319,10 @@ fn recover(conn: &Connection, path: &Path, dir: &Path) -> Result<State, LogStore
 /// report. Once a write fails, every later one fails without touching the file.
 fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Shared>) {
     let mut failed: Option<String> = None;
+    // The loop ends when the `LogStore` (the only sender) is dropped; the connection closes
+    // with it, and SQLite checkpoints the WAL on that last close.
     while let Ok(first) = rx.recv() {
+        // Group commit: whatever queued up during the previous fsync goes into this one.
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -315,6 +330,8 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
                 Err(_) => break,
             }
         }
+        // Fail-stop: after one failed write we no longer know what is on disk, so nothing
+        // else is written and every later op reports the first error.
         let result = match &failed {
             Some(msg) => Err(msg.clone()),
             None => write_group(&mut conn, &group).map_err(|e| {
@@ -344,6 +361,8 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
     }
 }
 
+/// Apply a group of ops in one transaction, in order. With `synchronous=FULL` the commit
+/// returns only once the WAL is fsync'd: this is the one fsync of the group.
 fn write_group(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for op in group {
@@ -373,6 +392,10 @@ fn write_group(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
 }
 
 /// A reader for replication tasks: pending entries from memory, the rest from SQLite.
+///
+/// Each reader has its own read-only SQLite connection, opened on first use, so replication
+/// tasks read concurrently with each other and with the writer (WAL snapshot isolation). The
+/// mutex only satisfies openraft's `Sync` bound; one reader is used by one task at a time.
 #[derive(Debug)]
 pub struct LogReader {
     shared: Arc<Shared>,
@@ -451,6 +474,8 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        // Served from memory: it is the durable vote (see `State::vote`), and openraft's
+        // leader-bounded streams compare it before and after a read, so it must be cheap.
         Ok(self.shared.lock().vote)
     }
 }
@@ -508,6 +533,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Publish to `pending` first, then queue. All writes take `&mut self`, so no other
+        // write can slip between the two and the queue order matches the order in which
+        // entries became visible.
         let mut rows = Vec::new();
         let mut seqs = Vec::new();
         {
@@ -532,6 +560,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let after = last_log_id.as_ref().map_or(-1, |l| to_i64(l.index));
+        // Readers must stop seeing the removed suffix now. Rows still on disk are deleted by
+        // the queued op, after any earlier queued append of them has landed; until then no
+        // reader asks for them, since openraft only reads up to `last_log_id`.
         {
             let mut st = self.shared.lock();
             st.pending.retain(|i, _| to_i64(*i) <= after);
@@ -546,6 +577,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let value = serde_json::to_vec(&Some(log_id)).map_err(io_err)?;
         let upto = log_id.index;
+        // Purged entries are covered by a durable snapshot, so the in-memory pointers may
+        // move after the delete is durable; openraft never reads below them again.
         self.send_and_wait(|done| Op::Purge { upto, value, done }).await?;
         let mut st = self.shared.lock();
         st.pending.retain(|i, _| *i > upto);

@@ -194,6 +194,8 @@ struct Inner {
     /// This process's proposer id (`Request::origin`), new at every start.
     origin: u64,
     next_request: AtomicU64,
+    /// Followers' read-index callers waiting for a shared `ReadIndex` RPC.
+    reads: Arc<std::sync::Mutex<ReadBatch>>,
     /// Request ids of proposals not yet answered; the smallest is the dedup low-water mark.
     inflight: Arc<std::sync::Mutex<BTreeSet<u64>>>,
     db_path: PathBuf,
@@ -260,10 +262,16 @@ impl RaftNode {
             config.apply_hook.clone(),
         )?;
         let net = NetworkFactory::new(id, config.client_tls.clone()).with_faults(config.faults.clone());
+        // openraft recovers here: it reads the vote and log state, restores the state machine
+        // from the current snapshot if that is newer than `applied_log_id`, and re-applies
+        // the log up to the saved committed id.
         let raft = Raft::new(id, Arc::new(config.openraft_config()?), net.clone(), log, sm)
             .await
             .map_err(stopped)?;
 
+        // The peer service starts only after Raft is up, so no RPC can reach a half-built node.
+        // Half-received snapshots from before a crash are useless: the sender starts over.
+        let _ = std::fs::remove_dir_all(raft_dir.join("inbox"));
         let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"));
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls.clone() {
@@ -307,6 +315,7 @@ impl RaftNode {
                 origin,
                 next_request: AtomicU64::new(1),
                 inflight: Arc::default(),
+                reads: Arc::default(),
                 db_path,
                 request_timeout: config.request_timeout,
                 server: Mutex::new(Some((stop_tx, task))),
@@ -358,6 +367,8 @@ impl RaftNode {
     pub async fn propose(&self, cmd: Command) -> Result<Result<CommandOutput, StoreError>, RaftNodeError> {
         let inner = &self.inner;
         let request_id = inner.next_request.fetch_add(1, Ordering::Relaxed);
+        // While this guard lives, `request_id` holds the low-water mark down, so the dedup row
+        // of this very request can never be pruned before the last retry has been answered.
         let inflight = Inflight::new(&inner.inflight, request_id);
         let low_water = inflight.low_water();
         let request = Request {
@@ -367,6 +378,8 @@ impl RaftNode {
             cmd,
         };
         let deadline = Instant::now() + inner.request_timeout;
+        // Set once an attempt may have been appended somewhere. From then on a retry is only
+        // safe because of dedup, and a give-up must say "unknown", never "not applied".
         let mut unknown: Option<String> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -474,6 +487,8 @@ impl RaftNode {
                 });
             };
             match lin {
+                // We are the leader and a quorum just confirmed it: every write acknowledged
+                // before this call is at or below `index`; wait until we have applied it.
                 Ok(lin) => {
                     let index = lin.read_log_id().index();
                     return match lin
@@ -488,27 +503,25 @@ impl RaftNode {
                         }),
                     };
                 }
+                // A follower: the leader does the quorum round trip, we only wait for our own
+                // apply. A failed or refused call falls through to the retry below.
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                     if let (Some(id), Some(node)) = (f.leader_id, f.leader_node)
                         && id != inner.id
                         && !inner.net.blocks(id)
-                        && let Ok(mut client) = inner.net.client(&node.peer_addr)
+                        && let Some(index) = self.remote_read_index(&node.peer_addr, left).await
                     {
-                        let reply: Result<ReadIndexReply, CallError> =
-                            network::call(&mut client, Method::ReadIndex, &(), left).await;
-                        if let Ok(ReadIndexReply::Index { index }) = reply {
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            inner
-                                .raft
-                                .wait(Some(left))
-                                .applied_index_at_least(Some(index), "read index")
-                                .await
-                                .map_err(|_| RaftNodeError::Timeout {
-                                    what: "local apply up to the read index",
-                                    after: inner.request_timeout,
-                                })?;
-                            return Ok(index);
-                        }
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        inner
+                            .raft
+                            .wait(Some(left))
+                            .applied_index_at_least(Some(index), "read index")
+                            .await
+                            .map_err(|_| RaftNodeError::Timeout {
+                                what: "local apply up to the read index",
+                                after: inner.request_timeout,
+                            })?;
+                        return Ok(index);
                     }
                 }
                 Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {}
@@ -519,6 +532,52 @@ impl RaftNode {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// A read index from the leader at `addr`, sharing one RPC among concurrent callers.
+    ///
+    /// Single flight: the first caller starts a driver task; callers that arrive while an RPC
+    /// is in flight wait for the *next* one. An index is only valid for callers that arrived
+    /// before its RPC started (the leader confirms leadership after the request reaches it),
+    /// which is exactly who each group contains. `None` means no index this time: retry.
+    async fn remote_read_index(&self, addr: &str, ttl: Duration) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut b = self.inner.reads.lock().unwrap_or_else(|p| p.into_inner());
+            b.waiting.push(tx);
+            b.addr = addr.to_string();
+            !std::mem::replace(&mut b.running, true)
+        };
+        if start {
+            let (reads, net) = (self.inner.reads.clone(), self.inner.net.clone());
+            tokio::spawn(async move {
+                loop {
+                    let (group, addr) = {
+                        let mut b = reads.lock().unwrap_or_else(|p| p.into_inner());
+                        if b.waiting.is_empty() {
+                            b.running = false;
+                            return;
+                        }
+                        (std::mem::take(&mut b.waiting), b.addr.clone())
+                    };
+                    let index = match net.client(&addr) {
+                        Ok(mut client) => {
+                            let reply: Result<ReadIndexReply, CallError> =
+                                network::call(&mut client, Method::ReadIndex, &(), ttl).await;
+                            match reply {
+                                Ok(ReadIndexReply::Index { index }) => Some(index),
+                                _ => None,
+                            }
+                        }
+                        Err(_) => None,
+                    };
+                    for w in group {
+                        let _ = w.send(index);
+                    }
+                }
+            });
+        }
+        rx.await.ok().flatten()
     }
 
     /// After a restart the state machine may be behind what it served before (it is not
@@ -602,6 +661,16 @@ impl RaftNode {
         }
         result
     }
+}
+
+/// The group of read-index callers for the next `ReadIndex` RPC.
+#[derive(Debug, Default)]
+struct ReadBatch {
+    waiting: Vec<oneshot::Sender<Option<u64>>>,
+    /// The leader address the latest caller saw; the next RPC goes there.
+    addr: String,
+    /// Whether a driver task is running (it exits when no one is waiting).
+    running: bool,
 }
 
 /// Marks a request id in flight for as long as the guard lives.

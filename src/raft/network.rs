@@ -158,7 +158,8 @@ impl NetworkFactory {
                 if let Some(tls) = &self.tls {
                     ep = ep.tls_config(tls.clone())?;
                 }
-                // Lazy: a peer that is down now costs nothing until it is called.
+                // Lazy: a peer that is down now costs nothing until it is called, and tonic
+                // reconnects by itself when it comes back.
                 let c = ep.connect_lazy();
                 map.insert(addr.to_string(), c.clone());
                 c
@@ -204,6 +205,9 @@ pub(crate) enum CallError {
 
 impl CallError {
     fn from_status(s: Status) -> Self {
+        // tonic reports a refused connection or a failed TLS handshake as UNAVAILABLE or
+        // UNKNOWN ("transport error"); a stopped remote Raft answers UNAVAILABLE on purpose.
+        // All of those mean "try again later", not "this request is bad".
         match s.code() {
             Code::Unavailable | Code::Unknown | Code::Cancelled => CallError::Unreachable(s.to_string()),
             _ => CallError::Other(s.to_string()),
@@ -293,6 +297,8 @@ impl PeerNetwork {
             .client
             .as_mut()
             .map_err(|e| CallError::Unreachable(e.clone()).into_rpc(my_id, target, action))?;
+        // `hard_ttl` is openraft's deadline for this RPC (heartbeats get a short one, big
+        // appends a longer one); past it the caller treats the peer as timed out.
         call(client, method, req, option.hard_ttl())
             .await
             .map_err(|e| e.into_rpc(my_id, target, action))
@@ -399,6 +405,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let file = tokio::fs::File::open(&snapshot.snapshot.path)
             .await
             .map_err(|e| CallError::Other(format!("open snapshot: {e}")).into_streaming(my_id, target))?;
+        // The file was opened before streaming starts, so a newer snapshot replacing (and
+        // deleting) this one mid-transfer does not cut it short: the open file stays readable.
+        // `cancel` fires when openraft no longer wants this snapshot (e.g. leadership lost).
         let ttl = option.hard_ttl();
         let send = tokio::time::timeout(ttl, client.install_snapshot(snapshot_chunks(header, file)));
         tokio::select! {
@@ -465,6 +474,8 @@ impl RaftPeer for PeerService {
         &self,
         req: tonic::Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<tonic::Response<Msg>, Status> {
+        // The whole file is received and fsync'd before openraft sees it: an install is all
+        // or nothing, and a stream cut short (sender crash, timeout) installs nothing.
         let mut stream = req.into_inner();
         let first = stream
             .message()
@@ -503,6 +514,9 @@ impl RaftPeer for PeerService {
 
     async fn forward(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let request: Request = decode(req.get_ref())?;
+        // The outcome in the leader's response is dropped on purpose: the origin node learns
+        // it from its own apply of the same entry (`Response` never crosses the wire). The
+        // reply only says "committed at this log id" or "not the leader, nothing appended".
         let reply = match self.raft.client_write(request).await {
             Ok(resp) => ForwardReply::Committed { log_id: resp.log_id },
             Err(openraft::errors::RaftError::APIError(
@@ -514,6 +528,8 @@ impl RaftPeer for PeerService {
     }
 
     async fn read_index(&self, _req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
+        // ReadIndex on the leader: confirms leadership with a quorum, then reports the index
+        // the caller must apply up to. The caller waits locally; the leader does not.
         let reply = match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
             Ok(lin) => ReadIndexReply::Index {
                 index: lin.read_log_id().index(),

@@ -156,6 +156,15 @@ impl StateMachine {
             source,
         };
         std::fs::create_dir_all(snap_dir).map_err(io)?;
+        // A crash during a build or an install can leave a `tmp-*` copy or a `current.json.tmp`
+        // behind; nothing refers to them (the pointer is switched last), so they go.
+        for e in std::fs::read_dir(snap_dir).map_err(io)?.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("tmp-") || name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let mut store = Store::open(db_path, Durability::Normal)?;
         store.enable_raft_meta()?;
         let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt {
@@ -256,6 +265,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             (APPLIED_KEY, json(&Some(last))?),
             (MEMBERSHIP_KEY, json(&membership)?),
         ];
+        // SQLite work runs on a blocking thread; the entries (with their responders) travel
+        // there and back so that answers are sent only after the commit.
         let store = self.store.clone();
         let (items, applied) = tokio::task::spawn_blocking(move || {
             let cmds: Vec<RaftCommand<'_>> = items
@@ -328,6 +339,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 _ => (Response::Empty, None),
             };
+            // Exactly one destination per entry (module invariant): the local client via its
+            // responder, else this process's forwarded proposal via its waiter, else nobody.
             if let Some(responder) = responder {
                 responder.send(response);
             } else if let Some((origin, request_id)) = origin
@@ -362,6 +375,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
+        // The import is one SQLite write transaction, so a crash mid-install leaves the old
+        // database intact; openraft retries the install from its own state afterwards.
         let store = self.store.clone();
         let builder = self.builder();
         let meta2 = meta.clone();
@@ -411,6 +426,8 @@ pub struct SnapshotBuilder {
 }
 
 impl SnapshotBuilder {
+    /// Copy, read the copy's own metadata, then adopt it. A crash at any point leaves at
+    /// worst a `tmp-*` file, and `current.json` still names a complete snapshot.
     fn build_blocking(&self) -> io::Result<Snapshot> {
         let tmp = self
             .snap_dir
