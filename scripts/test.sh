@@ -31,6 +31,12 @@ rm -f /tmp/k8sd-e2e-*.log
 cargo test --release --no-fail-fast 2>&1 | tee /tmp/k8sd-cargo-test.log
 rc=${PIPESTATUS[0]}
 
+step "etcd API and differential tests again, with the datastore as a Raft member"
+K8SD_TEST_RAFT=1 cargo test --release --no-fail-fast --test etcd_api --test etcd_differential 2>&1 \
+  | tee /tmp/k8sd-cargo-test-raft.log
+rc_raft=${PIPESTATUS[0]}
+((rc == 0)) && rc=$rc_raft
+
 failed=0
 for t in tests/e2e/*.sh; do
   [[ -x "$t" ]] || continue   # lib.sh is sourced, not run
@@ -49,7 +55,7 @@ if ! tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite.log; then
 fi
 
 # One closing line over every runner: cargo's "test result" lines and the e2e tallies.
-totals=$(cat /tmp/k8sd-cargo-test.log /tmp/k8sd-e2e-*.log 2>/dev/null | awk '
+totals=$(cat /tmp/k8sd-cargo-test.log /tmp/k8sd-cargo-test-raft.log /tmp/k8sd-e2e-*.log 2>/dev/null | awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
   /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
   END { printf "%d %d", p, f }')

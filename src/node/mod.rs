@@ -328,6 +328,22 @@ impl Node {
                 proposals.lock().unwrap_or_else(|p| p.into_inner()).take();
             }
             Backend::Raft(raft) => {
+                // Hand leadership to another voter first, so the cluster does not wait out an
+                // election timeout for a node that is leaving on purpose.
+                let st = raft.status();
+                if st.leader == Some(st.id)
+                    && let Some(&to) = st.voters.iter().find(|v| **v != st.id)
+                {
+                    if let Err(e) = raft.transfer_leader(to).await {
+                        tracing::warn!(error = %e, "leadership transfer before shutdown failed");
+                    }
+                    for _ in 0..40 {
+                        if raft.status().leader != Some(st.id) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 if let Err(e) = raft.shutdown().await {
                     tracing::warn!(error = %e, "raft shutdown");
                 }
