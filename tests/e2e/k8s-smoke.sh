@@ -19,6 +19,11 @@
 # Environment: K8SD_CACHE_DIR (default /var/cache/k8sd), K8SD_IMAGES_DIR (default
 # $K8SD_CACHE_DIR/images), K8SD_BIN (default $CARGO_TARGET_DIR or target/, then debug/k8sd),
 # KEEP=1 keeps the work directory even on success.
+# K8SD_SMOKE_BENCH_OUT=FILE (used by benches/node-startup.sh; unset, nothing changes): polls every
+# 0.2 s instead of 1 s and appends "mark NAME EPOCH" lines from starting etcd to the node turning
+# Ready; once kube-proxy is healthy it appends "pid NAME PID" per component and "idle", then holds
+# the cluster until FILE.done exists (at most K8SD_SMOKE_BENCH_HOLD seconds, default 180), so the
+# benchmark can sample the idle processes before the test goes on.
 # Output: one line per check; the last line is exactly "N passed, N failed".
 set -uo pipefail
 
@@ -45,10 +50,14 @@ check() { local d=$1; shift; if "$@"; then ok "$d"; else nok "$d"; fi; }
 # must DESC CMD...: a check the rest depends on; on failure dump logs and stop.
 must() { local d=$1; shift; if "$@"; then ok "$d"; else nok "$d"; dump_logs; exit 1; fi; }
 # wait_for SECONDS CMD...: poll every second until CMD succeeds or time runs out.
+bench_out=${K8SD_SMOKE_BENCH_OUT:-}
+poll=1; [[ -z "$bench_out" ]] || poll=0.2
 wait_for() {
   local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do ((SECONDS < deadline)) || return 1; sleep 1; done
+  until "$@" >/dev/null 2>&1; do ((SECONDS < deadline)) || return 1; sleep "$poll"; done
 }
+# bench_mark NAME: with K8SD_SMOKE_BENCH_OUT, record when a bring-up step finished.
+bench_mark() { [[ -z "$bench_out" ]] || echo "mark $1 $(date +%s.%N)" >> "$bench_out"; }
 inns() { nsenter --net="/run/netns/$ns" -- "$@"; }
 kubectl() { inns "$kubebin" kubectl --kubeconfig "$work/pki/admin.conf" "$@"; }
 ctr_() { ctr --address "$work/containerd/containerd.sock" --namespace k8s.io "$@"; }
@@ -260,12 +269,14 @@ make_pki() {
 must "test PKI generated" make_pki
 
 # --- control plane -------------------------------------------------------------------------
+bench_mark start
 start etcd etcd --name smoke --data-dir "$work/etcd" \
   --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster smoke=http://127.0.0.1:2380
 must "etcd healthy on the netns loopback" \
   wait_for 30 inns env ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:2379 endpoint health
+bench_mark etcd-healthy
 
 start kube-apiserver "$kubebin" kube-apiserver \
   --advertise-address="$node_ip" --bind-address=0.0.0.0 --secure-port=6443 \
@@ -282,6 +293,7 @@ start kube-apiserver "$kubebin" kube-apiserver \
   --allow-privileged=true --profiling=false --anonymous-auth=false
 readyz() { test "$(kubectl get --raw /readyz 2>/dev/null)" = ok; }
 must "kube-apiserver /readyz within 120 s" wait_for 120 readyz
+bench_mark apiserver-ready
 api_version() { kubectl get --raw /version | grep -q "\"gitVersion\": \"$version\""; }
 check "apiserver reports gitVersion $version" api_version
 
@@ -296,6 +308,7 @@ start kube-scheduler "$kubebin" kube-scheduler \
   --authorization-kubeconfig="$pki/scheduler.conf" --bind-address=127.0.0.1 --leader-elect=false
 must "controller-manager created the default ServiceAccount within 90 s" \
   wait_for 90 kubectl get serviceaccount default -n default
+bench_mark default-serviceaccount
 
 # --- node: containerd + kubelet ------------------------------------------------------------
 render() {  # render TEMPLATE OUT: replace every {{marker}}; a leftover marker is an error
@@ -333,18 +346,28 @@ import_images() {  # through k8sd's own import (src/images), twice: it must be i
   grep -qx 'registry.k8s.io/pause:3.10' <<<"$have" && grep -qx 'docker.io/library/busybox:1.36-local' <<<"$have"
 }
 must "local images imported under normalized names" import_images
+bench_mark containerd-ready-images-imported
 
 start kubelet "$kubebin" kubelet --config="$work/kubelet-config.yaml" --kubeconfig="$pki/kubelet.conf" \
   --hostname-override="$node" --node-ip="$node_ip" --root-dir="$work/kubelet"
 must "node $node registers within 120 s" wait_for 120 kubectl get node "$node"
+bench_mark node-registered
 node_ready() {
   test "$(kubectl get node "$node" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True
 }
 must "node $node Ready within 180 s" wait_for 180 node_ready
+bench_mark node-ready
 # kube-proxy is optional for pods but cheap, and this exercises its config template.
 start kube-proxy "$kubebin" kube-proxy --config="$work/kube-proxy-config.yaml"
 proxy_healthy() { inns curl -sf http://127.0.0.1:10256/healthz >/dev/null; }
 check "kube-proxy healthy within 60 s" wait_for 60 proxy_healthy
+bench_hold() {  # hand the running components to the benchmark, and wait until it is done
+  local name hold=$((SECONDS + ${K8SD_SMOKE_BENCH_HOLD:-180}))
+  for name in "${!pids[@]}"; do echo "pid $name ${pids[$name]}" >> "$bench_out"; done
+  echo idle >> "$bench_out"
+  while [[ ! -e "$bench_out.done" ]] && ((SECONDS < hold)); do sleep 1; done
+}
+[[ -z "$bench_out" ]] || bench_hold
 check "node reports kubeletVersion $version" \
   test "$(kubectl get node "$node" -o jsonpath='{.status.nodeInfo.kubeletVersion}')" = "$version"
 check "node InternalIP is $node_ip" \
