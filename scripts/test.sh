@@ -53,6 +53,11 @@ if ! tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite.log; then
   echo "storage suite FAILED"
   failed=$((failed + 1))
 fi
+step "Kubernetes' storage tests again, with the datastore as a Raft member"
+if ! K8SD_TEST_RAFT=1 tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite-raft.log; then
+  echo "storage suite (raft) FAILED"
+  failed=$((failed + 1))
+fi
 
 # One closing line over every runner: cargo's "test result" lines and the e2e tallies.
 totals=$(cat /tmp/k8sd-cargo-test.log /tmp/k8sd-cargo-test-raft.log /tmp/k8sd-e2e-*.log 2>/dev/null | awk '

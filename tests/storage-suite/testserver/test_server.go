@@ -213,6 +213,16 @@ func startK8sd(t testing.TB, cfg *embed.Config) error {
 		"--watch-progress-notify-interval", progressInterval(cfg),
 		"--log-level", "warn",
 	}
+	// K8SD_TEST_RAFT=1: the server is a Raft member (a cluster of one) rather than standalone.
+	if os.Getenv("K8SD_TEST_RAFT") == "1" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fmt.Errorf("cannot pick a peer port: %v", err)
+		}
+		peer := l.Addr().String()
+		l.Close()
+		args = append(args, "--listen-peer-urls", "http://"+peer)
+	}
 	if tls := cfg.ClientTLSInfo; !tls.Empty() {
 		args = append(args, "--cert-file", tls.CertFile, "--key-file", tls.KeyFile)
 		if tls.TrustedCAFile != "" {
