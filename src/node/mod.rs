@@ -30,6 +30,8 @@ use lessor::Lessor;
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How long a new Raft member keeps asking its peers to add it before giving up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Revisions physically compacted per step between apply batches.
 const COMPACT_BUDGET: i64 = 1000;
 
@@ -195,9 +197,16 @@ impl Node {
         };
         let mut rc = raft.config;
         rc.apply_hook = Some(hook);
+        let seeds = rc.join.clone();
         let node_raft = crate::raft::RaftNode::start(rc, raft.listener).await?;
-        if raft.bootstrap {
-            node_raft.bootstrap().await?;
+        // A node whose log already holds a membership restarts as itself: it neither
+        // bootstraps nor joins, it just talks Raft to the members it knows.
+        if !node_raft.is_initialized().await? {
+            if raft.bootstrap {
+                node_raft.bootstrap().await?;
+            } else if !seeds.is_empty() {
+                node_raft.join(&seeds, JOIN_TIMEOUT).await?;
+            }
         }
         node_raft.wait_for_recovery(Duration::from_secs(60)).await?;
         let mut reader = Reader::open(&db_path)?;
@@ -250,6 +259,23 @@ impl Node {
         match &self.inner.backend {
             Backend::Raft(raft) => raft.status().leader.is_some(),
             Backend::Local { .. } => true,
+        }
+    }
+
+    /// How long without a leader before `hasleader` watch streams are cancelled: about three
+    /// election timeouts (issue 3 item 8). `None` for a standalone node, which always leads.
+    pub fn no_leader_grace(&self) -> Option<Duration> {
+        match &self.inner.backend {
+            Backend::Raft(raft) => Some(raft.election_timeout() * 3),
+            Backend::Local { .. } => None,
+        }
+    }
+
+    /// The Raft term for response headers; 1 for a standalone node.
+    pub fn raft_term(&self) -> u64 {
+        match &self.inner.backend {
+            Backend::Raft(raft) => raft.term(),
+            Backend::Local { .. } => 1,
         }
     }
 

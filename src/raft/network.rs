@@ -38,6 +38,7 @@ use tonic::{Code, Status};
 use super::pb::raft_peer_client::RaftPeerClient;
 use super::pb::raft_peer_server::RaftPeer;
 use super::pb::{Msg, SnapshotChunk};
+use super::membership::{self, JoinRequest, MembershipLock};
 use super::state_machine::StateMachine;
 use super::types::{LogId, NodeInfo, Request, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
 
@@ -246,6 +247,7 @@ pub(crate) enum Method {
     TransferLeader,
     Forward,
     ReadIndex,
+    Join,
 }
 
 /// One unary call with a deadline. The body is JSON of `req`; the reply is decoded as `T`.
@@ -264,6 +266,7 @@ pub(crate) async fn call<Req: Serialize, T: DeserializeOwned>(
             Method::TransferLeader => client.transfer_leader(msg).await,
             Method::Forward => client.forward(msg).await,
             Method::ReadIndex => client.read_index(msg).await,
+            Method::Join => client.join(msg).await,
         }
     };
     let reply = tokio::time::timeout(ttl, fut)
@@ -431,11 +434,13 @@ pub struct PeerService {
     raft: Raft,
     /// Incoming snapshots are written here before installation, then deleted.
     inbox: PathBuf,
+    /// Held by every membership change this node makes (joins, promotions).
+    membership: MembershipLock,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, inbox: PathBuf) -> Self {
-        PeerService { raft, inbox }
+    pub fn new(raft: Raft, inbox: PathBuf, membership: MembershipLock) -> Self {
+        PeerService { raft, inbox, membership }
     }
 }
 
@@ -539,6 +544,12 @@ impl RaftPeer for PeerService {
             )) => ReadIndexReply::NotLeader { leader: f.leader_id },
             Err(e) => return Err(Status::unavailable(format!("read index failed: {e}"))),
         };
+        encode(&reply).map(tonic::Response::new)
+    }
+
+    async fn join(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
+        let join: JoinRequest = decode(req.get_ref())?;
+        let reply = membership::handle_join(&self.raft, &self.membership, join).await;
         encode(&reply).map(tonic::Response::new)
     }
 }
