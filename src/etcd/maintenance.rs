@@ -71,7 +71,8 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         // last log index and applied index; a standalone node leads itself.
         let (leader, term, index, is_learner) = match self.node.raft_status() {
             Some(st) => (
-                st.leader.unwrap_or(0),
+                // A leader this node has not heard from within an election timeout is none.
+                st.leader.filter(|_| self.node.has_leader()).unwrap_or(0),
                 st.term,
                 st.last_log_index.unwrap_or(0),
                 st.learners.contains(&st.id),

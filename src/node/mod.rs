@@ -257,7 +257,7 @@ impl Node {
     /// Whether this node knows a leader. A standalone node is its own leader.
     pub fn has_leader(&self) -> bool {
         match &self.inner.backend {
-            Backend::Raft(raft) => raft.status().leader.is_some(),
+            Backend::Raft(raft) => raft.has_leader(),
             Backend::Local { .. } => true,
         }
     }

@@ -48,7 +48,7 @@ use crate::datastore::{Command, CommandOutput, StoreError};
 use log_store::{LogStore, LogStoreError};
 pub use network::Faults;
 use membership::{JoinReply, JoinRequest, MembershipLock};
-use network::{CallError, ForwardReply, Method, NetworkFactory, PeerService, Raft, ReadIndexReply};
+use network::{CallError, ForwardReply, LeaderContact, Method, NetworkFactory, PeerService, Raft, ReadIndexReply};
 use state_machine::{ApplyHook, StateMachine, Waiters};
 pub use types::{NodeInfo, Request, Response, TypeConfig};
 
@@ -219,6 +219,8 @@ struct Inner {
     /// Held by every membership change this node makes.
     membership: MembershipLock,
     election_timeout: Duration,
+    /// Last AppendEntries accepted from a leader (see `has_leader`).
+    contact: LeaderContact,
 }
 
 /// Load this node's id, or create one: a random non-zero u64, written atomically and fsync'd
@@ -291,7 +293,8 @@ impl RaftNode {
         // Half-received snapshots from before a crash are useless: the sender starts over.
         let _ = std::fs::remove_dir_all(raft_dir.join("inbox"));
         let membership_lock = MembershipLock::default();
-        let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"), membership_lock.clone());
+        let contact = LeaderContact::default();
+        let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"), membership_lock.clone(), contact.clone());
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls.clone() {
             builder = builder.tls_config(tls).map_err(|e| RaftNodeError::Serve {
@@ -340,6 +343,7 @@ impl RaftNode {
                 server: Mutex::new(Some((stop_tx, task))),
                 membership: membership_lock,
                 election_timeout: config.election_timeout.1,
+                contact,
             }),
         };
         if config.auto_promote {
@@ -423,6 +427,28 @@ impl RaftNode {
     /// The upper end of the randomised election timeout.
     pub fn election_timeout(&self) -> Duration {
         self.inner.election_timeout
+    }
+
+    /// Whether this node is in touch with a leader now: as leader, a quorum acknowledged it
+    /// within an election timeout (or it is the only voter); otherwise the leader's
+    /// AppendEntries arrived within one. `status().leader` alone is not enough: openraft keeps
+    /// naming the last leader on a follower that is cut off from the cluster.
+    pub fn has_leader(&self) -> bool {
+        let window = self.inner.election_timeout;
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        match m.current_leader {
+            None => false,
+            Some(l) if l == m.id => {
+                let sole_voter = m.membership_config.membership().voter_ids().all(|v| v == m.id);
+                sole_voter || m.last_quorum_acked.is_some_and(|t| openraft::Instant::elapsed(&*t) < window)
+            }
+            Some(_) => self
+                .inner
+                .contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t.elapsed() < window),
+        }
     }
 
     /// The current term, cheaply (for response headers).

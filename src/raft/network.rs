@@ -436,11 +436,17 @@ pub struct PeerService {
     inbox: PathBuf,
     /// Held by every membership change this node makes (joins, promotions).
     membership: MembershipLock,
+    contact: LeaderContact,
 }
 
+/// When this node last accepted an AppendEntries from a leader of its current term or later.
+/// A follower's only liveness signal for its leader: openraft keeps `current_leader` set on a
+/// follower cut off from the cluster (its pre-votes fail, so its vote never changes).
+pub type LeaderContact = Arc<Mutex<Option<std::time::Instant>>>;
+
 impl PeerService {
-    pub fn new(raft: Raft, inbox: PathBuf, membership: MembershipLock) -> Self {
-        PeerService { raft, inbox, membership }
+    pub fn new(raft: Raft, inbox: PathBuf, membership: MembershipLock, contact: LeaderContact) -> Self {
+        PeerService { raft, inbox, membership, contact }
     }
 }
 
@@ -454,6 +460,11 @@ impl RaftPeer for PeerService {
     async fn append_entries(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         let resp = self.raft.append_entries(rpc).await.map_err(fatal)?;
+        // Anything but HigherVote means the sender is the leader this node follows (a conflict
+        // is still a live leader repairing our log).
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        }
         encode(&resp).map(tonic::Response::new)
     }
 
