@@ -5,6 +5,8 @@
 //!
 //! Every loop here is bounded in count and time.
 
+#![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -152,6 +154,54 @@ async fn t10_three_processes_form_a_cluster_and_every_node_serves_reads_and_watc
     assert_eq!(revs.len(), 1, "{revs:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t15_hasleader_watch_is_cancelled_after_the_node_loses_its_leader() {
+    // Election timeout 500 ms: the survivor stops counting the old leader after about 1 s
+    // (the upper end of the randomised timeout) and cancels after 3 more.
+    let mut c = K8sdCluster::start(3, &["--heartbeat-interval=50", "--election-timeout=500"]);
+    wait_formed(&c).await;
+    leader_index(&c, Duration::from_secs(20)).await;
+    let url = c.members[2].url();
+    let opts = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut cl = Client::connect([url.as_str()], Some(opts.clone())).await.unwrap();
+    let mut stream = cl.watch("/h/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let created = tokio::time::timeout(T, stream.message()).await.unwrap().unwrap().unwrap();
+    assert!(created.created());
+
+    c.kill9(0);
+    c.kill9(1);
+    let lost = Instant::now();
+    // The stream ends with etcd's error, and not before the grace period.
+    let end = loop {
+        assert!(lost.elapsed() < Duration::from_secs(15), "hasleader watch still open");
+        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await.expect("stream ends") {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let took = lost.elapsed();
+    let err = format!("{end:?}");
+    assert!(err.contains("etcdserver: no leader"), "{err}");
+    assert!(took >= Duration::from_millis(2500), "cancelled after only {took:?}");
+    eprintln!("hasleader watch cancelled {took:?} after the leader was lost");
+    // Status says there is no leader; a new hasleader watch is refused at once.
+    let s = client_for(&url, T).await.status().await.unwrap();
+    assert_eq!(s.leader(), 0);
+    assert!(s.errors().iter().any(|e| e.contains("no leader")), "{:?}", s.errors());
+    let mut cl = Client::connect([url.as_str()], Some(opts)).await.unwrap();
+    let refused = match cl.watch("/h/", None).await {
+        Err(e) => format!("{e:?}"),
+        Ok(mut s) => format!("{:?}", tokio::time::timeout(T, s.message()).await.expect("answer")),
+    };
+    assert!(refused.contains("no leader"), "{refused}");
+
+    // With a quorum back, the node has a leader again.
+    c.spawn(0);
+    tokio::task::block_in_place(|| c.wait_ready(0, Duration::from_secs(60)));
+    c.spawn(1);
+    leader_index(&c, Duration::from_secs(20)).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // kill -9 under load
 // ---------------------------------------------------------------------------------------------
@@ -293,7 +343,8 @@ async fn writer(w: usize, endpoints: Vec<String>, sh: Arc<Shared>) {
     let mut seq = 0u64;
     while !sh.stop.load(Ordering::Relaxed) && seq < MAX_WRITES {
         seq += 1;
-        let ep = (w + seq as usize) % endpoints.len();
+        let ep = (w as u64 + seq) % endpoints.len() as u64;
+        let ep = usize::try_from(ep).unwrap();
         if clients[ep].is_none() {
             clients[ep] = Some(client_for(&endpoints[ep], Duration::from_secs(3)).await);
         }
@@ -327,7 +378,7 @@ async fn register_client(c: usize, t0: Instant, endpoints: Vec<String>, sh: Arc<
         if sh.stop.load(Ordering::Relaxed) {
             return;
         }
-        let ep = (c + n as usize) % endpoints.len();
+        let ep = usize::try_from((c as u64 + n) % endpoints.len() as u64).unwrap();
         if clients[ep].is_none() {
             clients[ep] = Some(client_for(&endpoints[ep], Duration::from_secs(3)).await);
         }
@@ -390,8 +441,11 @@ enum Victim {
 async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linearizable() {
     let test_start = Instant::now();
     // etcd's default timeouts (100 ms heartbeat, 1 s election), so the failover figures
-    // printed below are what a default cluster does.
-    let mut c = K8sdCluster::start(3, &[]);
+    // printed below are what a default cluster does. K8SD_TEST_RAFT_FLAGS (whitespace
+    // separated, e.g. "--heartbeat-interval=50 --election-timeout=300") measures others.
+    let flags = std::env::var("K8SD_TEST_RAFT_FLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let mut c = K8sdCluster::start(3, &flags);
     wait_formed(&c).await;
     leader_index(&c, Duration::from_secs(20)).await;
     let endpoints = c.endpoints();

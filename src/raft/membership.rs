@@ -69,7 +69,7 @@ pub enum JoinReply {
 /// `min(members, MAX_VOTERS)`.
 pub fn target_voters(members: usize) -> usize {
     let n = members.min(MAX_VOTERS);
-    if n % 2 == 0 { n.saturating_sub(1) } else { n }
+    if n.is_multiple_of(2) { n.saturating_sub(1) } else { n }
 }
 
 /// Leader side of `Join`.

@@ -1,6 +1,6 @@
 //! Shared helpers for integration tests: start a real `k8sd datastore` or Debian's etcd on a
 //! free loopback port in a temporary directory, and stop it on drop.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
