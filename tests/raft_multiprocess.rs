@@ -64,16 +64,22 @@ async fn leader_index(c: &K8sdCluster, timeout: Duration) -> usize {
     .await
 }
 
-/// Wait until every node lists all three members as voters.
-async fn wait_formed(c: &K8sdCluster) {
+/// Wait until every node lists the same three members, all voters; returns their ids.
+async fn wait_formed(c: &K8sdCluster) -> Vec<u64> {
+    let mut all = Vec::new();
     for m in &c.members {
-        eventually("three voters in MemberList", Duration::from_secs(30), async || {
+        let ids = eventually("three voters in MemberList", Duration::from_secs(30), async || {
             let mut cl = client_for(&m.url(), Duration::from_secs(1)).await;
             let ml = cl.member_list().await.ok()?;
-            (ml.members().len() == 3 && ml.members().iter().all(|m| !m.is_learner())).then_some(())
+            let mut ids: Vec<u64> = ml.members().iter().map(|m| m.id()).collect();
+            ids.sort_unstable();
+            (ids.len() == 3 && ml.members().iter().all(|m| !m.is_learner())).then_some(ids)
         })
         .await;
+        all.push(ids);
     }
+    assert!(all.windows(2).all(|w| w[0] == w[1]), "members differ between nodes: {all:?}");
+    all.swap_remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -446,7 +452,7 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
     let flags = std::env::var("K8SD_TEST_RAFT_FLAGS").unwrap_or_default();
     let flags: Vec<&str> = flags.split_whitespace().collect();
     let mut c = K8sdCluster::start(3, &flags);
-    wait_formed(&c).await;
+    let members = wait_formed(&c).await;
     leader_index(&c, Duration::from_secs(20)).await;
     let endpoints = c.endpoints();
     let sh = Arc::new(Shared::default());
@@ -512,6 +518,8 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
         r.unwrap();
     }
     assert!(kills >= 6, "only {kills} kills within the time bound");
+    // Every restarted node came back as itself: the same three voters, nobody joined twice.
+    assert_eq!(wait_formed(&c).await, members, "membership after the restarts");
 
     // All three nodes converge: same revision, identical keys, values and mod revisions.
     let dumps = eventually("all nodes converge", Duration::from_secs(30), async || {
