@@ -208,6 +208,37 @@ async fn t15_hasleader_watch_is_cancelled_after_the_node_loses_its_leader() {
     leader_index(&c, Duration::from_secs(20)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t17_a_wiped_first_member_does_not_found_a_second_cluster() {
+    let mut c = K8sdCluster::start(3, &["--heartbeat-interval=50", "--election-timeout=500"]);
+    let members = wait_formed(&c).await;
+    // A restart on the same data dir comes back as the same member (checked at length in t20);
+    // a restart on a wiped one must neither bootstrap nor sneak in under a new id.
+    c.kill9(0);
+    std::fs::remove_dir_all(&c.members[0].data_dir).unwrap();
+    c.spawn(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = c.members[0].child.as_mut().unwrap().try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "a wiped first member kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(&c.members[0].log).unwrap();
+    assert!(!status.success());
+    assert!(log.contains("already belongs to member"), "{log}");
+    assert!(!log.contains("ready to serve client requests"), "{log}");
+    c.members[0].child = None;
+    // The other two still serve, with the original membership.
+    leader_index(&c, Duration::from_secs(20)).await;
+    let mut cl = client_for(&c.members[1].url(), T).await;
+    cl.put("/after-wipe", "ok", None).await.unwrap();
+    let mut ids: Vec<u64> = cl.member_list().await.unwrap().members().iter().map(|m| m.id()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, members);
+}
+
 // ---------------------------------------------------------------------------------------------
 // kill -9 under load
 // ---------------------------------------------------------------------------------------------

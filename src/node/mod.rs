@@ -202,10 +202,13 @@ impl Node {
         // A node whose log already holds a membership restarts as itself: it neither
         // bootstraps nor joins, it just talks Raft to the members it knows.
         if !node_raft.is_initialized().await? {
-            if raft.bootstrap {
-                node_raft.bootstrap().await?;
-            } else if !seeds.is_empty() {
+            // A bootstrapper whose peers already form a cluster joins it instead: bootstrapping
+            // would found a second cluster under the same names (a wiped first member).
+            let join = !seeds.is_empty() && (!raft.bootstrap || node_raft.cluster_exists(&seeds).await);
+            if join {
                 node_raft.join(&seeds, JOIN_TIMEOUT).await?;
+            } else if raft.bootstrap {
+                node_raft.bootstrap().await?;
             }
         }
         node_raft.wait_for_recovery(Duration::from_secs(60)).await?;

@@ -50,6 +50,10 @@ pub type MembershipLock = Arc<Mutex<()>>;
 pub struct JoinRequest {
     pub id: u64,
     pub info: NodeInfo,
+    /// Only ask whether the receiver belongs to a cluster (`InCluster` / `NotInCluster`);
+    /// change nothing. A first member asks this before it bootstraps.
+    #[serde(default)]
+    pub probe: bool,
 }
 
 /// `Join` reply.
@@ -63,6 +67,10 @@ pub enum JoinReply {
     Retry { reason: String },
     /// Never going to work as asked; the joiner must stop.
     Refused { reason: String },
+    /// The receiver has never belonged to a cluster (it is waiting to bootstrap or join).
+    NotInCluster,
+    /// Answer to a probe: the receiver belongs to a cluster.
+    InCluster,
 }
 
 /// The number of voters wanted for `members` nodes: the largest odd number not above
@@ -77,6 +85,13 @@ pub async fn handle_join(raft: &Raft, lock: &MembershipLock, req: JoinRequest) -
     let _guard = lock.lock().await;
     let m = raft.metrics().borrow_watched().clone();
     let cfg = m.membership_config.membership();
+    // No voters: this node has neither bootstrapped nor been added anywhere yet.
+    if cfg.voter_ids().next().is_none() {
+        return JoinReply::NotInCluster;
+    }
+    if req.probe {
+        return JoinReply::InCluster;
+    }
     if m.current_leader != Some(m.id) {
         let leader = m.current_leader.and_then(|l| cfg.get_node(&l).cloned());
         return JoinReply::NotLeader { leader };

@@ -384,7 +384,7 @@ impl RaftNode {
         if seeds.is_empty() {
             return Err(RaftNodeError::Join("no peers to ask".into()));
         }
-        let req = JoinRequest { id: inner.id, info: inner.info.clone() };
+        let req = JoinRequest { id: inner.id, info: inner.info.clone(), probe: false };
         let deadline = Instant::now() + timeout;
         let mut hint: Option<String> = None;
         let mut next = 0usize;
@@ -414,6 +414,7 @@ impl RaftNode {
                     format!("{addr} is not the leader")
                 }
                 Ok(JoinReply::Retry { reason }) => format!("{addr}: {reason}"),
+                Ok(JoinReply::NotInCluster | JoinReply::InCluster) => format!("{addr} is not in a cluster yet"),
                 Err(e) => format!("{addr}: {e}"),
             };
             if Instant::now() >= deadline {
@@ -422,6 +423,25 @@ impl RaftNode {
             tracing::debug!(reason = %last, "join not done yet; retrying");
             tokio::time::sleep(Duration::from_millis(if hint.is_some() { 50 } else { 500 })).await;
         }
+    }
+
+    /// Whether any of the peers at `seeds` already belongs to a cluster (one quick probe each;
+    /// unreachable peers count as no). A first member asks before it bootstraps, so that one
+    /// restarted with a wiped data dir joins the running cluster (where a duplicate peer
+    /// address is refused) instead of founding a second one next to it.
+    pub async fn cluster_exists(&self, seeds: &[String]) -> bool {
+        let inner = &self.inner;
+        let req = JoinRequest { id: inner.id, info: inner.info.clone(), probe: true };
+        for addr in seeds {
+            let Ok(mut c) = inner.net.client(addr) else { continue };
+            let reply: Result<JoinReply, CallError> =
+                network::call(&mut c, Method::Join, &req, Duration::from_secs(2)).await;
+            if let Ok(JoinReply::InCluster | JoinReply::NotLeader { .. } | JoinReply::Member { .. }) = reply {
+                tracing::info!(peer = %addr, "a cluster already exists; joining it instead of bootstrapping");
+                return true;
+            }
+        }
+        false
     }
 
     /// The upper end of the randomised election timeout.
