@@ -109,14 +109,17 @@ async fn t10_three_processes_form_a_cluster_and_every_node_serves_reads_and_watc
     assert_eq!(got, want);
     let ids: HashSet<u64> = ml.members().iter().map(|m| m.id()).collect();
     let mut terms = HashSet::new();
+    let mut cluster_ids = HashSet::new();
     for cl in clients.iter_mut() {
         let s = cl.status().await.unwrap();
+        cluster_ids.insert(s.header().unwrap().cluster_id());
         assert!(ids.contains(&s.header().unwrap().member_id()));
         assert!(ids.contains(&s.leader()));
         assert!(s.raft_term() >= 1);
         terms.insert(s.raft_term());
     }
     assert_eq!(terms.len(), 1, "one term everywhere: {terms:?}");
+    assert_eq!(cluster_ids.len(), 1, "one cluster id everywhere: {cluster_ids:?}");
 
     // A watch on a follower, opened before the writes.
     let start = clients[fi].get("/a/", None).await.unwrap().header().unwrap().revision();

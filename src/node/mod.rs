@@ -218,7 +218,12 @@ impl Node {
         {
             let mut m = shared_meta.lock().unwrap_or_else(|p| p.into_inner());
             m.member_id = node_raft.id();
-            m.cluster_id = reader.cluster_id()?;
+            // Every member reports the id its cluster was founded with; a database from before
+            // that was replicated keeps its own.
+            m.cluster_id = match crate::raft::state_machine::replicated_cluster_id(&db_path)? {
+                Some(id) => id,
+                None => reader.cluster_id()?,
+            };
             m.current_rev = m.current_rev.max(view.current_rev);
             m.compact_rev = m.compact_rev.max(view.compact_rev);
         }
