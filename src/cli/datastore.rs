@@ -47,6 +47,29 @@ pub struct DatastoreArgs {
     /// it the store runs standalone with no Raft log. A fresh data dir forms a cluster of one.
     #[arg(long, value_delimiter = ',')]
     pub listen_peer_urls: Vec<String>,
+    /// Every member of a new cluster as NAME=PEER_URL, comma-separated (etcd's flag), e.g.
+    /// n1=http://127.0.0.1:2380,n2=http://127.0.0.1:2480. The first member bootstraps a cluster
+    /// of one; the others ask the listed peers to add them, as learners first, promoted to
+    /// voters once caught up (3 voters at most, always an odd number). Only read on a fresh
+    /// data dir: a member that has joined once restarts as itself.
+    #[arg(long, value_delimiter = ',')]
+    pub initial_cluster: Vec<String>,
+    /// `new`: the first member of --initial-cluster bootstraps. `existing`: every member
+    /// joins through the others (use it to add a node to, or to re-create a wiped member of, a
+    /// running cluster, so a wiped first member cannot bootstrap a second cluster).
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Peer URL advertised to the other members (defaults to this member's --initial-cluster
+    /// entry, else the peer listen address).
+    #[arg(long, value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Raft heartbeat interval in milliseconds (etcd's flag).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds (etcd's flag); elections are randomised between
+    /// it and twice it.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
     /// Log level: error, warn, info or debug.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -92,6 +115,56 @@ fn parse_listen(url: &str, have_tls: bool) -> anyhow::Result<Listen> {
     }
 }
 
+/// How this member enters its cluster, from --initial-cluster and friends.
+#[derive(Debug, PartialEq, Eq)]
+struct Formation {
+    /// `host:port` other members reach this one on.
+    advertise: String,
+    /// Form a cluster of one (if the data dir has never belonged to one).
+    bootstrap: bool,
+    /// Peers to ask for membership otherwise.
+    join: Vec<String>,
+}
+
+/// `host:port` of a peer URL (http only on loopback, as for listeners).
+fn peer_hostport(url: &str) -> anyhow::Result<String> {
+    Ok(parse_listen(url, false)?.addr.to_string())
+}
+
+fn formation(args: &DatastoreArgs, listen_addr: &str) -> anyhow::Result<Formation> {
+    let mut members: Vec<(&str, String)> = Vec::new();
+    for entry in &args.initial_cluster {
+        let (name, url) = entry
+            .split_once('=')
+            .with_context(|| format!("invalid --initial-cluster entry {entry:?}: expected NAME=URL"))?;
+        if members.iter().any(|(n, _)| *n == name) {
+            bail!("--initial-cluster names {name:?} twice; give each member one peer URL");
+        }
+        members.push((name, peer_hostport(url)?));
+    }
+    let mine = members.iter().position(|(n, _)| *n == args.name);
+    let advertise = match (args.initial_advertise_peer_urls.first(), mine) {
+        (Some(url), _) => peer_hostport(url)?,
+        (None, Some(i)) => members[i].1.clone(),
+        (None, None) => listen_addr.to_string(),
+    };
+    if members.is_empty() {
+        // No cluster given: a cluster of one, as before.
+        return Ok(Formation { advertise, bootstrap: true, join: Vec::new() });
+    }
+    let Some(mine) = mine else {
+        bail!("--name {:?} is not in --initial-cluster", args.name);
+    };
+    let join: Vec<String> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != mine)
+        .map(|(_, (_, addr))| addr.clone())
+        .collect();
+    let bootstrap = args.initial_cluster_state == "new" && mine == 0;
+    Ok(Formation { advertise, bootstrap, join })
+}
+
 pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
     super::init_logging(&args.log_level);
     let tls = TlsFiles {
@@ -130,9 +203,15 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(peer.addr)
                     .await
                     .with_context(|| format!("cannot listen on peer address {}", peer.addr))?;
-                let peer_addr = listener.local_addr()?.to_string();
-                let rc = crate::raft::RaftConfig::new(&args.data_dir, &args.name, &peer_addr, &advertise.join(","));
-                Node::start_raft(config, RaftSettings { config: rc, listener, bootstrap: true }).await
+                let formation = formation(&args, &listener.local_addr()?.to_string())?;
+                let mut rc =
+                    crate::raft::RaftConfig::new(&args.data_dir, &args.name, &formation.advertise, &advertise.join(","));
+                rc.heartbeat = Duration::from_millis(args.heartbeat_interval);
+                rc.election_timeout =
+                    (Duration::from_millis(args.election_timeout), Duration::from_millis(args.election_timeout * 2));
+                rc.auto_promote = true;
+                rc.join = formation.join;
+                Node::start_raft(config, RaftSettings { config: rc, listener, bootstrap: formation.bootstrap }).await
             }
         }
         .with_context(|| format!("cannot open the datastore in {}", args.data_dir.display()))?;
@@ -179,6 +258,33 @@ mod tests {
         assert!(parse_listen("https://0.0.0.0:2379", false).is_err());
         assert!(parse_listen("https://0.0.0.0:2379", true).is_ok());
         assert!(parse_listen("ftp://127.0.0.1:1", true).is_err());
+    }
+
+    fn args(extra: &[&str]) -> DatastoreArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: DatastoreArgs,
+        }
+        let mut v = vec!["k8sd"];
+        v.extend_from_slice(extra);
+        <Cli as clap::Parser>::parse_from(v).a
+    }
+
+    #[test]
+    fn initial_cluster_first_member_bootstraps_and_others_join() {
+        let cluster = "--initial-cluster=n1=http://127.0.0.1:7001,n2=http://127.0.0.1:7002,n3=http://127.0.0.1:7003";
+        let f = formation(&args(&["--name=n1", cluster]), "127.0.0.1:9").unwrap();
+        assert_eq!(f, Formation { advertise: "127.0.0.1:7001".into(), bootstrap: true, join: vec!["127.0.0.1:7002".into(), "127.0.0.1:7003".into()] });
+        let f = formation(&args(&["--name=n2", cluster]), "127.0.0.1:9").unwrap();
+        assert!(!f.bootstrap);
+        assert_eq!(f.join, vec!["127.0.0.1:7001".to_string(), "127.0.0.1:7003".into()]);
+        let f = formation(&args(&["--name=n1", cluster, "--initial-cluster-state=existing"]), "x").unwrap();
+        assert!(!f.bootstrap, "an existing cluster is joined, never bootstrapped");
+        assert!(formation(&args(&["--name=n4", cluster]), "x").is_err());
+        let f = formation(&args(&["--name=solo"]), "127.0.0.1:9").unwrap();
+        assert!(f.bootstrap && f.join.is_empty() && f.advertise == "127.0.0.1:9");
+        assert!(formation(&args(&["--name=n1", "--initial-cluster=n1=http://10.0.0.1:1"]), "x").is_err());
     }
 
     #[test]

@@ -15,16 +15,44 @@ use crate::pb::etcdserverpb as pb;
 const DB_SIZE_QUOTA: i64 = 2 * 1024 * 1024 * 1024;
 
 impl EtcdService {
+    /// The real membership of a Raft member (every voter and learner, as the replicated
+    /// membership config names them); a standalone node is a cluster of one.
     fn members(&self) -> Vec<pb::Member> {
-        let meta = self.node.meta();
-        vec![pb::Member {
-            id: meta.member_id,
-            name: self.node.config().name.clone(),
-            peer_ur_ls: Vec::new(),
-            client_ur_ls: self.node.config().client_urls.clone(),
-            is_learner: false,
-        }]
+        let Some(st) = self.node.raft_status() else {
+            let meta = self.node.meta();
+            return vec![pb::Member {
+                id: meta.member_id,
+                name: self.node.config().name.clone(),
+                peer_ur_ls: Vec::new(),
+                client_ur_ls: self.node.config().client_urls.clone(),
+                is_learner: false,
+            }];
+        };
+        st.members
+            .iter()
+            .map(|(id, info)| pb::Member {
+                id: *id,
+                name: info.name.clone(),
+                peer_ur_ls: vec![peer_url(&info.peer_addr)],
+                client_ur_ls: info
+                    .client_addr
+                    .split(',')
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                is_learner: st.learners.contains(id),
+            })
+            .collect()
     }
+}
+
+/// `host:port` of a peer service as a URL for MemberList. Peers are plain http only on
+/// loopback (the CLI refuses anything else); everywhere else they run mutual TLS.
+fn peer_url(addr: &str) -> String {
+    let loopback = addr
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if loopback { format!("http://{addr}") } else { format!("https://{addr}") }
 }
 
 #[tonic::async_trait]
@@ -39,17 +67,29 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let (size, in_use) = self.node.read(|r| r.db_size()).await.map_err(node_status)?;
         let meta = self.node.meta();
+        // A Raft member reports its real leader (0 while there is none, as etcd does), term,
+        // last log index and applied index; a standalone node leads itself.
+        let (leader, term, index, is_learner) = match self.node.raft_status() {
+            Some(st) => (
+                // A leader this node has not heard from within an election timeout is none.
+                st.leader.filter(|_| self.node.has_leader()).unwrap_or(0),
+                st.term,
+                st.last_log_index.unwrap_or(0),
+                st.learners.contains(&st.id),
+            ),
+            None => (meta.member_id, 1, meta.applied_index, false),
+        };
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.header(meta.current_rev)),
             version: EMULATED_ETCD_VERSION.to_string(),
             db_size: size,
-            leader: meta.member_id,
-            raft_index: meta.applied_index,
-            raft_term: 1,
+            leader,
+            raft_index: index,
+            raft_term: term,
             raft_applied_index: meta.applied_index,
-            errors: Vec::new(),
+            errors: if leader == 0 { vec!["etcdserver: no leader".to_string()] } else { Vec::new() },
             db_size_in_use: in_use,
-            is_learner: false,
+            is_learner,
             storage_version: "3.6.0".to_string(),
             db_size_quota: DB_SIZE_QUOTA,
             downgrade_info: Some(pb::DowngradeInfo { enabled: false, target_version: String::new() }),

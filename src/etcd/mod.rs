@@ -40,7 +40,7 @@ impl EtcdService {
 
     fn header(&self, revision: i64) -> pb::ResponseHeader {
         let meta = self.node.meta();
-        pb::ResponseHeader { cluster_id: meta.cluster_id, member_id: meta.member_id, revision, raft_term: 1 }
+        pb::ResponseHeader { cluster_id: meta.cluster_id, member_id: meta.member_id, revision, raft_term: self.node.raft_term() }
     }
 }
 

@@ -39,6 +39,8 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 
 /// Revisions read from SQLite per catch-up step, so a long history never sits in memory whole.
 const CATCHUP_REVS: i64 = 1000;
+/// How often a hasleader stream looks for a leader.
+const LEADER_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 const COMPACTED_REASON: &str = "etcdserver: mvcc: required revision has been compacted";
 
 #[tonic::async_trait]
@@ -63,6 +65,7 @@ impl pb::watch_server::Watch for EtcdService {
             next_id: 0,
             progress_pending: false,
             require_leader,
+            leaderless_since: None,
         };
         tokio::spawn(stream.run(incoming));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
@@ -102,12 +105,19 @@ struct StreamTask {
     next_id: i64,
     progress_pending: bool,
     require_leader: bool,
+    /// When this node was first seen without a leader (hasleader streams only); cleared
+    /// whenever a leader is seen again.
+    leaderless_since: Option<tokio::time::Instant>,
 }
 
 impl StreamTask {
     async fn run(mut self, mut incoming: Streaming<pb::WatchRequest>) {
         let interval = self.svc.node.config().progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        // hasleader streams check for a leader every LEADER_CHECK, independently of the
+        // progress interval (which may be long); other streams never fire this arm.
+        let mut leader_check = tokio::time::interval(LEADER_CHECK);
+        leader_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 msg = incoming.message() => match msg {
@@ -121,6 +131,7 @@ impl StreamTask {
                     Err(broadcast::error::RecvError::Closed) => Err(Closed),
                 },
                 _ = ticker.tick() => self.on_tick().await,
+                _ = leader_check.tick(), if self.require_leader => self.check_leader().await,
             };
             if step.is_err() {
                 return;
@@ -303,11 +314,25 @@ impl StreamTask {
         Ok(())
     }
 
-    async fn on_tick(&mut self) -> Result<(), Closed> {
-        if self.require_leader && !self.svc.node.has_leader() {
+    /// Cancel a hasleader stream once the node has been without a leader for about three
+    /// election timeouts (etcd's monitorLeader does the same): long enough to ride out an
+    /// election, short enough that a client on a partitioned node moves elsewhere.
+    async fn check_leader(&mut self) -> Result<(), Closed> {
+        let Some(grace) = self.svc.node.no_leader_grace() else { return Ok(()) };
+        if self.svc.node.has_leader() {
+            self.leaderless_since = None;
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        let since = *self.leaderless_since.get_or_insert(now);
+        if now.duration_since(since) >= grace {
             let _ = self.tx.send(Err(Status::unavailable(NO_LEADER))).await;
             return Err(Closed);
         }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Closed> {
         let due: Vec<i64> = self
             .watchers
             .iter()

@@ -30,6 +30,8 @@ use lessor::Lessor;
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How long a new Raft member keeps asking its peers to add it before giving up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Revisions physically compacted per step between apply batches.
 const COMPACT_BUDGET: i64 = 1000;
 
@@ -195,9 +197,19 @@ impl Node {
         };
         let mut rc = raft.config;
         rc.apply_hook = Some(hook);
+        let seeds = rc.join.clone();
         let node_raft = crate::raft::RaftNode::start(rc, raft.listener).await?;
-        if raft.bootstrap {
-            node_raft.bootstrap().await?;
+        // A node whose log already holds a membership restarts as itself: it neither
+        // bootstraps nor joins, it just talks Raft to the members it knows.
+        if !node_raft.is_initialized().await? {
+            // A bootstrapper whose peers already form a cluster joins it instead: bootstrapping
+            // would found a second cluster under the same names (a wiped first member).
+            let join = !seeds.is_empty() && (!raft.bootstrap || node_raft.cluster_exists(&seeds).await);
+            if join {
+                node_raft.join(&seeds, JOIN_TIMEOUT).await?;
+            } else if raft.bootstrap {
+                node_raft.bootstrap().await?;
+            }
         }
         node_raft.wait_for_recovery(Duration::from_secs(60)).await?;
         let mut reader = Reader::open(&db_path)?;
@@ -206,7 +218,12 @@ impl Node {
         {
             let mut m = shared_meta.lock().unwrap_or_else(|p| p.into_inner());
             m.member_id = node_raft.id();
-            m.cluster_id = reader.cluster_id()?;
+            // Every member reports the id its cluster was founded with; a database from before
+            // that was replicated keeps its own.
+            m.cluster_id = match crate::raft::state_machine::replicated_cluster_id(&db_path)? {
+                Some(id) => id,
+                None => reader.cluster_id()?,
+            };
             m.current_rev = m.current_rev.max(view.current_rev);
             m.compact_rev = m.compact_rev.max(view.compact_rev);
         }
@@ -248,8 +265,25 @@ impl Node {
     /// Whether this node knows a leader. A standalone node is its own leader.
     pub fn has_leader(&self) -> bool {
         match &self.inner.backend {
-            Backend::Raft(raft) => raft.status().leader.is_some(),
+            Backend::Raft(raft) => raft.has_leader(),
             Backend::Local { .. } => true,
+        }
+    }
+
+    /// How long without a leader before `hasleader` watch streams are cancelled: about three
+    /// election timeouts (issue 3 item 8). `None` for a standalone node, which always leads.
+    pub fn no_leader_grace(&self) -> Option<Duration> {
+        match &self.inner.backend {
+            Backend::Raft(raft) => Some(raft.election_timeout() * 3),
+            Backend::Local { .. } => None,
+        }
+    }
+
+    /// The Raft term for response headers; 1 for a standalone node.
+    pub fn raft_term(&self) -> u64 {
+        match &self.inner.backend {
+            Backend::Raft(raft) => raft.term(),
+            Backend::Local { .. } => 1,
         }
     }
 

@@ -18,6 +18,7 @@
 //! its hostname or address. See docs/design/raft.md for the reasoning.
 
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod outcome;
 pub mod state_machine;
@@ -46,7 +47,8 @@ use tonic::transport::{ClientTlsConfig, Server, ServerTlsConfig};
 use crate::datastore::{Command, CommandOutput, StoreError};
 use log_store::{LogStore, LogStoreError};
 pub use network::Faults;
-use network::{CallError, ForwardReply, Method, NetworkFactory, PeerService, Raft, ReadIndexReply};
+use membership::{JoinReply, JoinRequest, MembershipLock};
+use network::{CallError, ForwardReply, LeaderContact, Method, NetworkFactory, PeerService, Raft, ReadIndexReply};
 use state_machine::{ApplyHook, StateMachine, Waiters};
 pub use types::{NodeInfo, Request, Response, TypeConfig};
 
@@ -78,6 +80,13 @@ pub struct RaftConfig {
     pub apply_hook: Option<ApplyHook>,
     /// Fault injection shared by an in-process test cluster; `None` in production.
     pub faults: Option<Arc<Faults>>,
+    /// While leader, promote caught-up learners to keep an odd number of voters (at most
+    /// `membership::MAX_VOTERS`). Off by default so callers that manage membership by hand
+    /// (the in-process cluster tests) are not raced; `k8sd datastore --initial-cluster` sets it.
+    pub auto_promote: bool,
+    /// Peer addresses (`host:port`) to ask for membership through `RaftNode::join` when this
+    /// node has never belonged to a cluster and does not bootstrap one. Empty: wait to be added.
+    pub join: Vec<String>,
 }
 
 impl std::fmt::Debug for RaftConfig {
@@ -109,6 +118,8 @@ impl RaftConfig {
             client_tls: None,
             apply_hook: None,
             faults: None,
+            auto_promote: false,
+            join: Vec::new(),
         }
     }
 
@@ -159,6 +170,8 @@ pub enum RaftNodeError {
     Ambiguous(String),
     #[error("membership change refused: {0}")]
     Membership(String),
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
     #[error("peer service on {addr} failed: {message}")]
     Serve { addr: String, message: String },
 }
@@ -176,6 +189,8 @@ pub struct RaftStatus {
     pub purged_index: Option<u64>,
     pub voters: BTreeSet<u64>,
     pub learners: BTreeSet<u64>,
+    /// Every member (voter or learner) and where it says it can be reached.
+    pub members: BTreeMap<u64, NodeInfo>,
 }
 
 /// A running Raft node: openraft, its storage, and its peer service. Cheap to clone.
@@ -201,6 +216,11 @@ struct Inner {
     db_path: PathBuf,
     request_timeout: Duration,
     server: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+    /// Held by every membership change this node makes.
+    membership: MembershipLock,
+    election_timeout: Duration,
+    /// Last AppendEntries accepted from a leader (see `has_leader`).
+    contact: LeaderContact,
 }
 
 /// Load this node's id, or create one: a random non-zero u64, written atomically and fsync'd
@@ -272,7 +292,9 @@ impl RaftNode {
         // The peer service starts only after Raft is up, so no RPC can reach a half-built node.
         // Half-received snapshots from before a crash are useless: the sender starts over.
         let _ = std::fs::remove_dir_all(raft_dir.join("inbox"));
-        let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"));
+        let membership_lock = MembershipLock::default();
+        let contact = LeaderContact::default();
+        let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"), membership_lock.clone(), contact.clone());
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls.clone() {
             builder = builder.tls_config(tls).map_err(|e| RaftNodeError::Serve {
@@ -305,7 +327,7 @@ impl RaftNode {
             peer_addr: config.peer_addr.clone(),
             client_addr: config.client_addr.clone(),
         };
-        Ok(RaftNode {
+        let node = RaftNode {
             inner: Arc::new(Inner {
                 id,
                 info,
@@ -319,8 +341,139 @@ impl RaftNode {
                 db_path,
                 request_timeout: config.request_timeout,
                 server: Mutex::new(Some((stop_tx, task))),
+                membership: membership_lock,
+                election_timeout: config.election_timeout.1,
+                contact,
             }),
-        })
+        };
+        if config.auto_promote {
+            node.spawn_promoter();
+        }
+        Ok(node)
+    }
+
+    /// While leader, check every second whether learners are due for promotion (a learner
+    /// added before a leader change, or one that was down when it was added, is promoted by
+    /// whichever node leads later). Ends when the last handle is dropped or Raft stops.
+    fn spawn_promoter(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.server.lock().await.is_none() {
+                    return; // shut down
+                }
+                membership::promote_if_due(&inner.raft, &inner.membership).await;
+            }
+        });
+    }
+
+    /// Whether this node already belongs to a cluster (its log holds a membership), so it must
+    /// neither bootstrap nor join again: it rejoins as itself by talking Raft to its peers.
+    pub async fn is_initialized(&self) -> Result<bool, RaftNodeError> {
+        self.inner.raft.is_initialized().await.map_err(stopped)
+    }
+
+    /// Ask the peers at `seeds` (`host:port` of their peer services) to add this node under
+    /// its own id, following leader hints, until it is a member or `timeout` passes. Safe to
+    /// repeat: a member is told so at once.
+    pub async fn join(&self, seeds: &[String], timeout: Duration) -> Result<(), RaftNodeError> {
+        let inner = &self.inner;
+        if seeds.is_empty() {
+            return Err(RaftNodeError::Join("no peers to ask".into()));
+        }
+        let req = JoinRequest { id: inner.id, info: inner.info.clone(), probe: false };
+        let deadline = Instant::now() + timeout;
+        let mut hint: Option<String> = None;
+        let mut next = 0usize;
+        loop {
+            let addr = hint.take().unwrap_or_else(|| {
+                next += 1;
+                seeds[(next - 1) % seeds.len()].clone()
+            });
+            // The leader may wait for this node to catch up before answering.
+            let ttl = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(40));
+            let reply: Result<JoinReply, String> = match inner.net.client(&addr) {
+                Ok(mut c) => network::call(&mut c, Method::Join, &req, ttl)
+                    .await
+                    .map_err(|e| format!("{e:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let last = match reply {
+                Ok(JoinReply::Member { voter }) => {
+                    tracing::info!(via = %addr, voter, "joined the cluster");
+                    return Ok(());
+                }
+                Ok(JoinReply::Refused { reason }) => return Err(RaftNodeError::Join(reason)),
+                Ok(JoinReply::NotLeader { leader }) => {
+                    hint = leader.map(|n| n.peer_addr).filter(|a| *a != addr && *a != inner.info.peer_addr);
+                    format!("{addr} is not the leader")
+                }
+                Ok(JoinReply::Retry { reason }) => format!("{addr}: {reason}"),
+                Ok(JoinReply::NotInCluster | JoinReply::InCluster) => format!("{addr} is not in a cluster yet"),
+                Err(e) => format!("{addr}: {e}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(RaftNodeError::Join(last));
+            }
+            tracing::debug!(reason = %last, "join not done yet; retrying");
+            tokio::time::sleep(Duration::from_millis(if hint.is_some() { 50 } else { 500 })).await;
+        }
+    }
+
+    /// Whether any of the peers at `seeds` already belongs to a cluster (one quick probe each;
+    /// unreachable peers count as no). A first member asks before it bootstraps, so that one
+    /// restarted with a wiped data dir joins the running cluster (where a duplicate peer
+    /// address is refused) instead of founding a second one next to it.
+    pub async fn cluster_exists(&self, seeds: &[String]) -> bool {
+        let inner = &self.inner;
+        let req = JoinRequest { id: inner.id, info: inner.info.clone(), probe: true };
+        for addr in seeds {
+            let Ok(mut c) = inner.net.client(addr) else { continue };
+            let reply: Result<JoinReply, CallError> =
+                network::call(&mut c, Method::Join, &req, Duration::from_secs(2)).await;
+            if let Ok(JoinReply::InCluster | JoinReply::NotLeader { .. } | JoinReply::Member { .. }) = reply {
+                tracing::info!(peer = %addr, "a cluster already exists; joining it instead of bootstrapping");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The upper end of the randomised election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        self.inner.election_timeout
+    }
+
+    /// Whether this node is in touch with a leader now: as leader, a quorum acknowledged it
+    /// within an election timeout (or it is the only voter); otherwise the leader's
+    /// AppendEntries arrived within one. `status().leader` alone is not enough: openraft keeps
+    /// naming the last leader on a follower that is cut off from the cluster.
+    pub fn has_leader(&self) -> bool {
+        let window = self.inner.election_timeout;
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        match m.current_leader {
+            None => false,
+            Some(l) if l == m.id => {
+                let sole_voter = m.membership_config.membership().voter_ids().all(|v| v == m.id);
+                sole_voter || m.last_quorum_acked.is_some_and(|t| openraft::Instant::elapsed(&*t) < window)
+            }
+            Some(_) => self
+                .inner
+                .contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t.elapsed() < window),
+        }
+    }
+
+    /// The current term, cheaply (for response headers).
+    pub fn term(&self) -> u64 {
+        self.inner.raft.metrics().borrow_watched().current_term
     }
 
     pub fn id(&self) -> u64 {
@@ -641,6 +794,7 @@ impl RaftNode {
             purged_index: m.purged.map(|l| l.index),
             voters: cfg.voter_ids().collect(),
             learners: cfg.learner_ids().collect(),
+            members: cfg.nodes().map(|(id, n)| (*id, n.clone())).collect(),
         }
     }
 

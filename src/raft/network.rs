@@ -38,6 +38,7 @@ use tonic::{Code, Status};
 use super::pb::raft_peer_client::RaftPeerClient;
 use super::pb::raft_peer_server::RaftPeer;
 use super::pb::{Msg, SnapshotChunk};
+use super::membership::{self, JoinRequest, MembershipLock};
 use super::state_machine::StateMachine;
 use super::types::{LogId, NodeInfo, Request, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
 
@@ -246,6 +247,7 @@ pub(crate) enum Method {
     TransferLeader,
     Forward,
     ReadIndex,
+    Join,
 }
 
 /// One unary call with a deadline. The body is JSON of `req`; the reply is decoded as `T`.
@@ -264,6 +266,7 @@ pub(crate) async fn call<Req: Serialize, T: DeserializeOwned>(
             Method::TransferLeader => client.transfer_leader(msg).await,
             Method::Forward => client.forward(msg).await,
             Method::ReadIndex => client.read_index(msg).await,
+            Method::Join => client.join(msg).await,
         }
     };
     let reply = tokio::time::timeout(ttl, fut)
@@ -431,11 +434,19 @@ pub struct PeerService {
     raft: Raft,
     /// Incoming snapshots are written here before installation, then deleted.
     inbox: PathBuf,
+    /// Held by every membership change this node makes (joins, promotions).
+    membership: MembershipLock,
+    contact: LeaderContact,
 }
 
+/// When this node last accepted an AppendEntries from a leader of its current term or later.
+/// A follower's only liveness signal for its leader: openraft keeps `current_leader` set on a
+/// follower cut off from the cluster (its pre-votes fail, so its vote never changes).
+pub type LeaderContact = Arc<Mutex<Option<std::time::Instant>>>;
+
 impl PeerService {
-    pub fn new(raft: Raft, inbox: PathBuf) -> Self {
-        PeerService { raft, inbox }
+    pub fn new(raft: Raft, inbox: PathBuf, membership: MembershipLock, contact: LeaderContact) -> Self {
+        PeerService { raft, inbox, membership, contact }
     }
 }
 
@@ -449,6 +460,11 @@ impl RaftPeer for PeerService {
     async fn append_entries(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         let resp = self.raft.append_entries(rpc).await.map_err(fatal)?;
+        // Anything but HigherVote means the sender is the leader this node follows (a conflict
+        // is still a live leader repairing our log).
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        }
         encode(&resp).map(tonic::Response::new)
     }
 
@@ -539,6 +555,12 @@ impl RaftPeer for PeerService {
             )) => ReadIndexReply::NotLeader { leader: f.leader_id },
             Err(e) => return Err(Status::unavailable(format!("read index failed: {e}"))),
         };
+        encode(&reply).map(tonic::Response::new)
+    }
+
+    async fn join(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
+        let join: JoinRequest = decode(req.get_ref())?;
+        let reply = membership::handle_join(&self.raft, &self.membership, join).await;
         encode(&reply).map(tonic::Response::new)
     }
 }

@@ -43,6 +43,8 @@ use crate::datastore::{
 
 const APPLIED_KEY: &str = "applied_log_id";
 const MEMBERSHIP_KEY: &str = "membership";
+/// The cluster id every member reports in response headers (see `cluster_id_of`).
+const CLUSTER_ID_KEY: &str = "cluster_id";
 const CURRENT: &str = "current.json";
 /// Dedup rows older than this many log entries are dropped even without a low-water mark
 /// (proposers that went away). A retry older than this is no longer recognised.
@@ -111,6 +113,23 @@ struct CurrentSnapshot {
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
+}
+
+/// A cluster id from the log id of the bootstrap entry (term 0, the founding node's id, index
+/// 0): the same on every member, different for every cluster founded, never 0. Mixed with
+/// splitmix64 so it is not mistaken for the founder's member id.
+fn cluster_id_of(first: &LogId) -> u64 {
+    let mut z = first.leader_id.node_id ^ first.leader_id.term.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) >> 1 | 1
+}
+
+/// The replicated cluster id of the Raft member whose state database is `db`, once it has
+/// applied (or received in a snapshot) its cluster's bootstrap entry. `None` for a database
+/// from before this row existed; callers fall back to the store's own id.
+pub fn replicated_cluster_id(db: &Path) -> Result<Option<u64>, StoreError> {
+    Ok(read_raft_meta(db, CLUSTER_ID_KEY)?.and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
 fn json<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
@@ -261,10 +280,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             low_water: low_water.into_iter().collect(),
             below_index: last.index.saturating_sub(DEDUP_WINDOW),
         };
-        let rows = [
+        let mut rows = vec![
             (APPLIED_KEY, json(&Some(last))?),
             (MEMBERSHIP_KEY, json(&membership)?),
         ];
+        // The bootstrap membership entry (index 0) names the cluster. Every member applies it,
+        // or receives the row inside a snapshot, so all of them report the same id.
+        if let Some((first, _)) = items
+            .iter()
+            .find(|(e, _)| e.log_id.index == 0 && matches!(e.payload, EntryPayload::Membership(_)))
+        {
+            rows.push((CLUSTER_ID_KEY, json(&cluster_id_of(&first.log_id))?));
+        }
         // SQLite work runs on a blocking thread; the entries (with their responders) travel
         // there and back so that answers are sent only after the commit.
         let store = self.store.clone();

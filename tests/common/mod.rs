@@ -1,6 +1,6 @@
 //! Shared helpers for integration tests: start a real `k8sd datastore` or Debian's etcd on a
 //! free loopback port in a temporary directory, and stop it on drop.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -147,4 +147,129 @@ impl Drop for Server {
 /// Connect the Rust etcd client.
 pub async fn client(s: &Server) -> etcd_client::Client {
     etcd_client::Client::connect([s.url()], None).await.unwrap()
+}
+
+/// A standalone multi-process k8sd cluster on loopback, formed with `--initial-cluster`.
+/// Each member keeps its ports and data directory across kill -9 and restart.
+pub struct K8sdCluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<ClusterMember>,
+    initial_cluster: String,
+    extra: Vec<String>,
+}
+
+pub struct ClusterMember {
+    pub name: String,
+    pub peer_port: u16,
+    pub client_port: u16,
+    pub data_dir: PathBuf,
+    pub child: Option<Child>,
+    /// Log of the latest start (one file per start, so readiness is never read from an old one).
+    pub log: PathBuf,
+    starts: u32,
+}
+
+impl ClusterMember {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+}
+
+impl K8sdCluster {
+    /// Start `n` members at once (the joiners retry until the first one is up) and wait until
+    /// every one of them serves clients. `extra` goes to every member (e.g. Raft timeouts).
+    pub fn start(n: usize, extra: &[&str]) -> K8sdCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let members: Vec<ClusterMember> = (0..n)
+            .map(|i| ClusterMember {
+                name: format!("n{}", i + 1),
+                peer_port: free_port(),
+                client_port: free_port(),
+                data_dir: dir.path().join(format!("n{}", i + 1)),
+                child: None,
+                log: PathBuf::new(),
+                starts: 0,
+            })
+            .collect();
+        let initial_cluster =
+            members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect::<Vec<_>>().join(",");
+        let mut c = K8sdCluster { dir, members, initial_cluster, extra: extra.iter().map(|s| s.to_string()).collect() };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_ready(i, Duration::from_secs(60));
+        }
+        c
+    }
+
+    /// Start member `i` on its data directory and ports (fresh or after a kill).
+    pub fn spawn(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        assert!(m.child.is_none(), "{} is already running", m.name);
+        m.starts += 1;
+        m.log = self.dir.path().join(format!("{}-{}.log", m.name, m.starts));
+        let out = std::fs::File::create(&m.log).unwrap();
+        let child = Command::new(k8sd_bin())
+            .arg("datastore")
+            .arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", m.data_dir.display()))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer_port))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg(format!("--listen-client-urls={}", m.url()))
+            .args(&self.extra)
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+    }
+
+    pub fn wait_ready(&self, i: usize, timeout: Duration) {
+        let m = &self.members[i];
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&m.log).unwrap_or_default().contains("ready to serve client requests") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not become ready; log:\n{}", m.name, std::fs::read_to_string(&m.log).unwrap_or_default());
+    }
+
+    /// kill -9 member `i`, keeping its data directory.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.url()).collect()
+    }
+}
+
+impl Drop for K8sdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+/// An etcd client for one endpoint whose requests give up after `timeout`.
+pub async fn client_for(url: &str, timeout: Duration) -> etcd_client::Client {
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(timeout);
+    etcd_client::Client::connect([url], Some(opts)).await.unwrap()
 }
