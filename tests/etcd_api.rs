@@ -1,3 +1,6 @@
+// Integration tests are their own crate; the unit-test lint does not apply here.
+#![allow(clippy::tests_outside_test_module)]
+
 //! The etcd v3 API of `k8sd datastore`, driven by real clients: the Rust `etcd-client` crate
 //! and Debian's `etcdctl`. Each test starts its own server on a free loopback port.
 
