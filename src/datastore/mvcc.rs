@@ -27,6 +27,9 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// Smallest TTL granted; shorter requests are raised to it, as etcd does with its default
 /// election timeout (ceil(1.5 * election timeout)).
 pub const MIN_LEASE_TTL: i64 = 2;
+/// Server-chosen lease ids: `AUTO_LEASE_BASE | log index` (see `apply_one`).
+const AUTO_LEASE_BASE: i64 = 0x0700_0000_0000_0000;
+const AUTO_LEASE_MASK: i64 = 0x0000_ffff_ffff_ffff;
 /// Most operations in one Txn (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS: usize = 128;
 
@@ -193,7 +196,7 @@ impl Store {
             let mut sp = tx.savepoint().map_err(sq(&path))?;
             let mut next = meta;
             let mut cmd_events = Vec::new();
-            match apply_one(&sp, &path, &mut next, cmd, &mut cmd_events) {
+            match apply_one(&sp, &path, &mut next, pos.index, cmd, &mut cmd_events) {
                 Ok(out) => {
                     sp.commit().map_err(sq(&path))?;
                     meta = next;
@@ -341,7 +344,16 @@ struct WriteCtx<'a> {
     events: &'a mut Vec<Event>,
 }
 
-fn apply_one(conn: &Connection, path: &Path, meta: &mut Meta, cmd: &Command, events: &mut Vec<Event>) -> Result<CommandOutput> {
+/// Apply one command at log position `index`. Everything here must depend only on the store's
+/// contents, the command and `index`, so that every replica computes the same result.
+fn apply_one(
+    conn: &Connection,
+    path: &Path,
+    meta: &mut Meta,
+    index: u64,
+    cmd: &Command,
+    events: &mut Vec<Event>,
+) -> Result<CommandOutput> {
     let mut ctx = WriteCtx { conn, path, rev: meta.current_rev + 1, sub: 0, events };
     match cmd {
         Command::Txn(txn) => {
@@ -367,11 +379,15 @@ fn apply_one(conn: &Connection, path: &Path, meta: &mut Meta, cmd: &Command, eve
             }
             let ttl = (*ttl).max(MIN_LEASE_TTL);
             let id = if *id == 0 {
-                let mut candidate = meta.next_lease_id;
+                // The id comes from the entry's log index, which every replica agrees on (a
+                // per-store counter would give each replica its own id for the same grant).
+                // Indexes are never reused, so neither are ids; the high bits keep them clear
+                // of small ids that clients choose themselves, and a collision with one steps
+                // to the next block, deterministically.
+                let mut candidate = AUTO_LEASE_BASE | (to_i64(index) & AUTO_LEASE_MASK);
                 while lease_exists(conn, path, candidate)? {
-                    candidate += 1;
+                    candidate = (candidate + AUTO_LEASE_MASK + 1) & i64::MAX;
                 }
-                meta.next_lease_id = candidate + 1;
                 candidate
             } else if lease_exists(conn, path, *id)? {
                 return Err(StoreError::LeaseExists(*id));

@@ -153,6 +153,29 @@ fn leases_attach_and_revoke_deletes_keys_at_one_revision() {
     assert!(matches!(apply(&mut s, Command::LeaseRevoke { id }), Err(StoreError::LeaseNotFound(_))));
 }
 
+/// Regression (found by Kubernetes' storage tests on a 3-node cluster): server-chosen lease ids
+/// came from a random per-store counter, so each replica gave the same grant a different id and
+/// a Put with that lease succeeded on one replica and failed on the others. The id must depend
+/// only on the replicated input.
+#[test]
+fn server_chosen_lease_ids_are_the_same_on_every_replica() {
+    let (_d1, mut a) = store();
+    let (_d2, mut b) = store();
+    let grant = Command::LeaseGrant { id: 0, ttl: 60 };
+    let pos = LogPosition { index: 7, term: 2 };
+    let (ra, _) = a.apply_batch(&[(pos, &grant)]).unwrap();
+    let (rb, _) = b.apply_batch(&[(pos, &grant)]).unwrap();
+    assert_eq!(ra[0].as_ref().unwrap(), rb[0].as_ref().unwrap());
+    let CommandOutput::LeaseGrant { id, .. } = ra[0].as_ref().unwrap() else { panic!() };
+    assert!(*id > 0);
+    // A client-chosen id that collides is skipped deterministically, never reused.
+    let (rc, _) = a.apply_batch(&[(LogPosition { index: 8, term: 2 }, &Command::LeaseGrant { id: 0x0700_0000_0000_0009, ttl: 5 })]).unwrap();
+    assert!(rc[0].is_ok());
+    let (rd, _) = a.apply_batch(&[(LogPosition { index: 9, term: 2 }, &grant)]).unwrap();
+    let CommandOutput::LeaseGrant { id: next, .. } = rd[0].as_ref().unwrap() else { panic!() };
+    assert_ne!(*next, 0x0700_0000_0000_0009);
+}
+
 #[test]
 fn duplicate_keys_and_oversized_txns_are_refused() {
     let p = |k: &str| Op::Put(PutRequest { key: k.into(), ..Default::default() });

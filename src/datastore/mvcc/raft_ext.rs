@@ -99,7 +99,7 @@ impl Store {
             let mut sp = tx.savepoint().map_err(sq(&path))?;
             let mut next = meta;
             let mut cmd_events = Vec::new();
-            let result = match apply_one(&sp, &path, &mut next, rc.cmd, &mut cmd_events) {
+            let result = match apply_one(&sp, &path, &mut next, rc.pos.index, rc.cmd, &mut cmd_events) {
                 Ok(out) => {
                     sp.commit().map_err(sq(&path))?;
                     meta = next;
