@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Kubernetes' own storage tests (k8s.io/apiserver pkg/storage/etcd3 and pkg/storage/cacher)
-# against a single-node `k8sd datastore` (issue 6).
+# against a single-node `k8sd datastore`, or a 3-node cluster per test (issue 6).
 #
 # How: the k8s.io/apiserver module pinned in go.mod (matching assets/kube/VERSION) is fetched
 # through the Go module proxy and checked against go.sum, copied into a scratch dir outside git,
@@ -9,8 +9,10 @@
 # file is patched. kine does the same (scripts/test-helpers build-apiserver-tests).
 #
 # Usage: tests/storage-suite/run.sh [--report] [--report-only] [-run REGEX] [PACKAGE...]
-#   --report       also write docs/compatibility.md from this run
-#   --report-only  rewrite docs/compatibility.md from the last run's results; run nothing
+#   --report       also write docs/compatibility.md from this run (with K8SD_TEST_CLUSTER=3: only
+#                  its "3-node cluster" section; a single-node report keeps that section)
+#   --report-only  rewrite docs/compatibility.md from the last run's results (of the same mode);
+#                  run nothing
 #   -run REGEX     only run matching tests (as go test -run); implies no --report
 #   PACKAGE        package patterns relative to k8s.io/apiserver
 #                  (default: ./pkg/storage/etcd3/... ./pkg/storage/cacher/...)
@@ -18,7 +20,11 @@
 # Environment:
 #   K8SD_BIN        k8sd binary (default: $CARGO_TARGET_DIR/release/k8sd, else target/release/k8sd)
 #   K8SD_SUITE_DIR  scratch dir (default /var/tmp/k8sd-storage-suite); holds the upstream copy,
-#                   results.json and one log per k8sd server under logs/
+#                   results.json (results-cluster3.json) and one log per k8sd server under logs/
+#   K8SD_TEST_CLUSTER  1 (default): one server per test; 3: a 3-node Raft cluster per test, the
+#                   client spread over all three nodes (see testserver/test_server.go)
+#   K8SD_TEST_RAFT  1: the single server is a Raft member (a cluster of one)
+#   K8SD_SUITE_TIMEOUT  go test -timeout per package (default 30m, 60m with K8SD_TEST_CLUSTER=3)
 #   GO              go binary (default: go on PATH, else /usr/local/go/bin/go)
 #   GOMODCACHE, GOCACHE, GOFLAGS, GOTOOLCHAIN  as usual; defaults match scripts/build-kube.sh
 #
@@ -59,8 +65,15 @@ export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 export GOFLAGS=${GOFLAGS:--mod=mod}
 
 scratch=${K8SD_SUITE_DIR:-/var/tmp/k8sd-storage-suite}
-results="$scratch/results.json"
-meta="$scratch/results.meta"
+cluster=${K8SD_TEST_CLUSTER:-1}
+case "$cluster" in
+  1) results="$scratch/results.json" meta="$scratch/results.meta"
+     report_cmd="tests/storage-suite/run.sh --report" default_timeout=30m ;;
+  3) results="$scratch/results-cluster3.json" meta="$scratch/results-cluster3.meta"
+     report_cmd="K8SD_TEST_CLUSTER=3 tests/storage-suite/run.sh --report" default_timeout=60m ;;
+  *) die "K8SD_TEST_CLUSTER=$cluster: use 1 or 3" ;;
+esac
+export K8SD_TEST_CLUSTER=$cluster
 patches="$here/PATCHES.md"
 
 kube_version=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
@@ -80,11 +93,11 @@ summarize() {
   "$scratch/report" summary -json "$results" "${md_args[@]}" \
     -apiserver "$apiserver_version" -kube "$kube_version" -commit "$k8sd_commit" \
     -go "$go_version" -compile-time "$compile_time" -run-time "$run_time" \
-    -patches "$patches" -src "$scratch/apiserver" -command "tests/storage-suite/run.sh --report"
+    -patches "$patches" -src "$scratch/apiserver" -command "$report_cmd" -cluster "$cluster"
 }
 
 if ((report_only)); then
-  [[ -s "$results" && -s "$meta" ]] || die "no previous results in $scratch: run tests/storage-suite/run.sh --report"
+  [[ -s "$results" && -s "$meta" ]] || die "no previous results in $scratch: run $report_cmd"
   report=1
   summarize
   exit
@@ -129,12 +142,12 @@ t0=$SECONDS
 compile_time="$((SECONDS - t0))s"
 log "compiled in $compile_time"
 
-log "running against $K8SD_BIN (server logs in $K8SD_SUITE_LOG_DIR)"
-run_args=(-count=1 -json -timeout "${K8SD_SUITE_TIMEOUT:-30m}")
+log "running against $K8SD_BIN, $cluster node(s) per test (server logs in $K8SD_SUITE_LOG_DIR)"
+run_args=(-count=1 -json -timeout "${K8SD_SUITE_TIMEOUT:-$default_timeout}")
 if [[ -n "$run_re" ]]; then
   run_args+=(-run "$run_re")
   # A partial run must not be mistaken for the suite by --report-only.
-  results="$scratch/results-partial.json" meta="$scratch/results-partial.meta"
+  results="${results%.json}-partial.json" meta="${meta%.meta}-partial.meta"
 fi
 mkdir -p "$scratch"
 (cd "$here" && "$GO" build -o "$scratch/report" ./report) || die "cannot build the report tool"
