@@ -53,6 +53,11 @@ if ! tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite.log; then
   echo "storage suite FAILED"
   failed=$((failed + 1))
 fi
+step "Kubernetes' storage tests against a 3-node cluster, requests spread over all nodes"
+if ! K8SD_TEST_CLUSTER=3 tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite-3.log; then
+  echo "storage suite (3 nodes) FAILED"
+  failed=$((failed + 1))
+fi
 step "Kubernetes' storage tests again, with the datastore as a Raft member"
 if ! K8SD_TEST_RAFT=1 tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite-raft.log; then
   echo "storage suite (raft) FAILED"
