@@ -129,20 +129,24 @@ impl Node {
                 .spawn(move || apply_loop(store, rx, hub, lessor, shared_meta))
                 .map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
         }
-        let node = Node {
-            inner: Arc::new(Inner {
-                config,
-                db_path,
-                backend: Backend::Local { proposals: Mutex::new(Some(tx)) },
-                readers: Mutex::new(Vec::new()),
-                hub,
-                lessor,
-                meta: shared_meta,
-            }),
+        let inner = Inner {
+            config,
+            db_path,
+            backend: Backend::Local { proposals: Mutex::new(Some(tx)) },
+            readers: Mutex::new(Vec::new()),
+            hub,
+            lessor,
+            meta: shared_meta,
         };
+        Ok(Node::launch(inner, checkpointer))
+    }
+
+    /// Wrap a fully opened node and start its background work: lease expiry and checkpoints.
+    fn launch(inner: Inner, checkpointer: crate::datastore::Checkpointer) -> Node {
+        let node = Node { inner: Arc::new(inner) };
         node.spawn_expiry();
         spawn_checkpointer(checkpointer, Arc::downgrade(&node.inner));
-        Ok(node)
+        node
     }
 
     /// Open (or create) a Raft member under `config.data_dir` and start serving once it has
@@ -229,20 +233,16 @@ impl Node {
         }
         hub.advance_to(view.current_rev);
         let checkpointer = crate::datastore::Checkpointer::open(&db_path)?;
-        let node = Node {
-            inner: Arc::new(Inner {
-                config,
-                db_path,
-                backend: Backend::Raft(node_raft),
-                readers: Mutex::new(vec![reader]),
-                hub,
-                lessor,
-                meta: shared_meta,
-            }),
+        let inner = Inner {
+            config,
+            db_path,
+            backend: Backend::Raft(node_raft),
+            readers: Mutex::new(vec![reader]),
+            hub,
+            lessor,
+            meta: shared_meta,
         };
-        node.spawn_expiry();
-        spawn_checkpointer(checkpointer, Arc::downgrade(&node.inner));
-        Ok(node)
+        Ok(Node::launch(inner, checkpointer))
     }
 
     pub fn config(&self) -> &NodeConfig {
