@@ -289,9 +289,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         assert!(Probe::tcp(addr).check().await);
         drop(listener);
-        assert!(!Probe::tcp(addr).check().await);
-        // Nothing listens on the closed port any more, so the HTTP probe fails too.
-        assert!(!Probe::http_get(&format!("http://{addr}/")).unwrap().check().await);
+        // A port that is bound but not listening: connections are refused, and unlike a port
+        // that was merely closed, no concurrently running test can take it over meanwhile
+        // (that race made this test flaky).
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed = reserved.local_addr().unwrap();
+        assert!(!Probe::tcp(closed).check().await);
+        // Nothing listens there, so the HTTP probe fails too.
+        assert!(!Probe::http_get(&format!("http://{closed}/")).unwrap().check().await);
 
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");
