@@ -49,7 +49,6 @@ pub struct Meta {
     pub current_rev: i64,
     pub compact_rev: i64,
     pub physical_compact_rev: i64,
-    pub next_lease_id: i64,
     pub applied_index: u64,
     pub applied_term: u64,
     pub member_id: u64,
@@ -129,15 +128,11 @@ impl Store {
     fn initialise(conn: &Connection, path: &Path) -> Result<()> {
         let member_id: u64 = rand::random::<u64>() >> 1 | 1;
         let cluster_id: u64 = rand::random::<u64>() >> 1 | 1;
-        // Lease ids start at a random base so ids from different clusters rarely collide in
-        // logs; after that they only grow, so an id is never reused.
-        let lease_base: i64 = i64::from(rand::random::<u32>() >> 1) << 24 | 1;
         let init = [
             ("schema_version", SCHEMA_VERSION),
             ("current_rev", 1),
             ("compact_rev", 0),
             ("physical_compact_rev", 0),
-            ("next_lease_id", lease_base),
             ("applied_index", 0),
             ("applied_term", 0),
             ("member_id", to_i64(member_id)),
@@ -160,7 +155,6 @@ impl Store {
             current_rev: get("current_rev")?,
             compact_rev: get("compact_rev")?,
             physical_compact_rev: get("physical_compact_rev")?,
-            next_lease_id: get("next_lease_id")?,
             applied_index: to_u64(get("applied_index")?),
             applied_term: to_u64(get("applied_term")?),
             member_id: to_u64(get("member_id")?),
@@ -255,7 +249,6 @@ fn write_meta(conn: &Connection, path: &Path, m: &Meta) -> Result<()> {
     let rows = [
         ("current_rev", m.current_rev),
         ("compact_rev", m.compact_rev),
-        ("next_lease_id", m.next_lease_id),
         ("applied_index", to_i64(m.applied_index)),
         ("applied_term", to_i64(m.applied_term)),
     ];

@@ -13,7 +13,7 @@
 //!         current revision and exact counts without touching history.
 //! leases  id -> ttl;  lease_keys (lease, key) is the lease -> keys index.
 //! meta    name -> integer: schema_version, current_rev, compact_rev, physical_compact_rev,
-//!         next_lease_id, applied_index, applied_term, member_id, cluster_id.
+//!         applied_index, applied_term, member_id, cluster_id.
 //! ```
 
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};

@@ -162,7 +162,6 @@ impl Node {
             current_rev: 1,
             compact_rev: 0,
             physical_compact_rev: 0,
-            next_lease_id: 0,
             applied_index: 0,
             applied_term: 0,
             member_id: 0,
