@@ -284,20 +284,13 @@ fn random_serial() -> SerialNumber {
 mod tests {
     use super::*;
     use crate::pki::inspect::is_signed_by;
-    use crate::pki::spec::{Leaf, NodeIdentity};
+    use crate::pki::spec::Leaf;
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
 
-    fn id() -> NodeIdentity {
-        NodeIdentity {
-            node_name: "node-1".into(),
-            node_ips: vec!["192.0.2.10".parse().unwrap()],
-            extra_sans: vec![],
-            service_cidr: "10.96.0.0/12".parse().unwrap(),
-        }
-    }
+    use crate::pki::test_identity as id;
 
     #[test]
     fn every_leaf_verifies_against_its_own_ca_only() {

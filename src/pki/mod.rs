@@ -24,6 +24,17 @@ mod kubeconfig;
 mod plan;
 mod spec;
 
+/// The node identity most PKI unit tests share.
+#[cfg(test)]
+pub(crate) fn test_identity() -> NodeIdentity {
+    NodeIdentity {
+        node_name: "node-1".into(),
+        node_ips: vec!["192.0.2.10".parse().expect("valid address")],
+        extra_sans: vec![],
+        service_cidr: "10.96.0.0/12".parse().expect("valid CIDR"),
+    }
+}
+
 pub use ca::{
     CertificateAuthority, IssuedCert, generate_private_key_pem, issue_leaf, public_key_pem,
     sign_leaf_for_public_key,

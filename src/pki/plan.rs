@@ -364,14 +364,7 @@ pub(crate) fn known_files() -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn id() -> NodeIdentity {
-        NodeIdentity {
-            node_name: "node-1".into(),
-            node_ips: vec!["192.0.2.10".parse().unwrap()],
-            extra_sans: vec![],
-            service_cidr: "10.96.0.0/12".parse().unwrap(),
-        }
-    }
+    use crate::pki::test_identity as id;
 
     fn policy() -> RenewalPolicy {
         RenewalPolicy::current()
