@@ -5,6 +5,7 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and the invariants between them.
 
 pub mod cli;
+pub mod cluster;
 pub mod daemon;
 pub mod datastore;
 pub mod etcd;

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod datastore;
 mod node;
 mod images;
@@ -21,6 +22,21 @@ pub struct Cli {
 pub enum Command {
     /// Bootstrap this machine as the first control-plane node and wait until it is ready.
     Init(node::InitArgs),
+    /// Mint a single-use join token for a new control-plane node (or `--worker`).
+    AddNode(cluster::AddNodeArgs),
+    /// Join this machine to a cluster with a token from `k8sd add-node`.
+    Join(cluster::JoinCliArgs),
+    /// List or revoke join tokens.
+    #[command(subcommand)]
+    Tokens(cluster::TokensCommand),
+    /// Remove a node from the cluster: its datastore member, its Node object and its record.
+    RemoveNode(cluster::RemoveNodeArgs),
+    /// Remove this node from its cluster and stop its services.
+    Leave(cluster::LeaveArgs),
+    /// Stop one component and keep it down (e.g. `k8sd stop kube-apiserver`).
+    Stop { component: String },
+    /// Start a component stopped with `k8sd stop`.
+    Start { component: String },
     /// The long-running daemon (what systemd or the snap runs); idle until `init`.
     Run(node::RunArgs),
     /// Show the node, datastore, components, certificates and readiness.
@@ -47,6 +63,13 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Datastore(args) => datastore::run(args),
         Command::Init(args) => node::init(cli.layout.layout(), args),
+        Command::AddNode(args) => cluster::add_node(cli.layout.layout(), args),
+        Command::Join(args) => cluster::join(cli.layout.layout(), args),
+        Command::Tokens(cmd) => cluster::tokens(cli.layout.layout(), cmd),
+        Command::RemoveNode(args) => cluster::remove_node(cli.layout.layout(), args),
+        Command::Leave(args) => cluster::leave(cli.layout.layout(), args),
+        Command::Stop { component } => cluster::component(cli.layout.layout(), component, false),
+        Command::Start { component } => cluster::component(cli.layout.layout(), component, true),
         Command::Run(args) => node::run(cli.layout.layout(), args),
         Command::Status(args) => node::status(cli.layout.layout(), args),
         Command::Kubectl { args } => node::kubectl(cli.layout.layout(), args),

@@ -106,12 +106,25 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
     // Check everything we can before anything is written or started.
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
     check_writable(&layout.data_dir)?;
+    let req = Request::Init { version: API_VERSION, init: req };
+    drive(&layout, &args.run, req, config::PORTS, args.timeout)
+}
+
+/// Start the daemon if none runs (after checking `ports` are free), send `req`, print its
+/// progress, and wait up to `timeout` seconds for the outcome.
+pub(super) fn drive(
+    layout: &Layout,
+    run: &RunArgs,
+    req: Request,
+    ports: &[(u16, &'static str)],
+    timeout: u64,
+) -> anyhow::Result<()> {
     let client = ControlClient::new(layout.control_socket());
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         if !client.is_running() {
-            config::check_ports()?;
-            start_detached_daemon(&layout, &args.run)?;
+            config::check_ports(ports)?;
+            start_detached_daemon(layout, run)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             while !client.is_running() {
                 if tokio::time::Instant::now() > deadline {
@@ -121,14 +134,13 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
             }
             println!("started the k8sd daemon (log: {})", layout.daemon_log().display());
         }
-        let req = Request::Init { version: API_VERSION, init: req };
         let call = client.call(&req, |m| {
             if let Message::Progress { step } = m {
                 println!("  {step}");
             }
         });
-        match tokio::time::timeout(Duration::from_secs(args.timeout), call).await {
-            Err(_) => bail!("the node is not ready after {} s; see `k8sd status`", args.timeout),
+        match tokio::time::timeout(Duration::from_secs(timeout), call).await {
+            Err(_) => bail!("the node is not ready after {timeout} s; see `k8sd status`"),
             Ok(r) => match r? {
                 Message::Done => {
                     println!("node is ready. Try: k8sd kubectl get nodes");
@@ -141,7 +153,7 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
     })
 }
 
-fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(super) fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("data dir {} cannot be created; pick another with --data-dir", dir.display()))?;
     let probe = dir.join(".k8sd-write-test");
     std::fs::write(&probe, b"").with_context(|| format!("data dir {} is not writable; pick another with --data-dir or run as root", dir.display()))?;

@@ -13,6 +13,54 @@ pub const API_VERSION: u32 = 1;
 pub enum Request {
     Init { version: u32, init: InitRequest },
     Status { version: u32 },
+    /// Mint a join token (`k8sd add-node`).
+    AddNode { version: u32, worker: bool, name: Option<String>, ttl_secs: u64 },
+    /// Join a cluster with a token (`k8sd join`).
+    Join { version: u32, join: JoinArgs },
+    Tokens { version: u32 },
+    RevokeToken { version: u32, id: String },
+    /// `k8sd remove-node NAME [--force]`.
+    RemoveNode { version: u32, name: String, force: bool },
+    /// `k8sd leave`: remove this node from its cluster and stop it.
+    Leave { version: u32, force: bool },
+    /// `k8sd stop|start COMPONENT`: hold one supervised component down, or start it again.
+    Component { version: u32, name: String, start: bool },
+}
+
+impl Request {
+    pub fn version(&self) -> u32 {
+        match self {
+            Request::Init { version, .. }
+            | Request::Status { version }
+            | Request::AddNode { version, .. }
+            | Request::Join { version, .. }
+            | Request::Tokens { version }
+            | Request::RevokeToken { version, .. }
+            | Request::RemoveNode { version, .. }
+            | Request::Leave { version, .. }
+            | Request::Component { version, .. } => *version,
+        }
+    }
+}
+
+/// What `k8sd join` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct JoinArgs {
+    pub token: String,
+    pub worker: bool,
+    pub node_name: Option<String>,
+    pub advertise_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct TokenReport {
+    pub id: String,
+    pub role: String,
+    pub name: Option<String>,
+    pub state: String,
+    pub expires: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,6 +70,9 @@ pub enum Message {
     Done,
     Error { error: String },
     Status { status: Box<StatusReport> },
+    /// A minted join token.
+    Token { token: String, expires: String },
+    Tokens { tokens: Vec<TokenReport> },
 }
 
 /// `k8sd status` as data: the contract between daemon and CLI, also printed as JSON or YAML.
@@ -38,6 +89,25 @@ pub struct StatusReport {
     pub components: Vec<ComponentReport>,
     pub certificates: Vec<CertReport>,
     pub kubernetes_node: Option<KubeNodeReport>,
+    /// Every node of the cluster (control-plane nodes only know this).
+    #[serde(default)]
+    pub nodes: Vec<ClusterNodeReport>,
+    /// Whether the datastore tolerates losing one control-plane node (3+ healthy voters).
+    #[serde(default)]
+    pub ha: Option<bool>,
+    /// The local API load balancer's backends.
+    #[serde(default)]
+    pub api_backends: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterNodeReport {
+    pub name: String,
+    pub address: String,
+    /// voter, standby or worker.
+    pub role: String,
+    pub datastore_leader: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

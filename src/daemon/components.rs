@@ -12,6 +12,12 @@ pub const APISERVER_PORT: u16 = 6443;
 pub const DATASTORE_PORT: u16 = 2379;
 /// The datastore's Raft peer service, on the advertise address.
 pub const PEER_PORT: u16 = 2380;
+/// The local API load balancer every node's components use (fronts every kube-apiserver).
+pub const LB_PORT: u16 = 6444;
+
+pub fn lb_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), LB_PORT)
+}
 
 pub fn apiserver_addr() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), APISERVER_PORT)
@@ -100,9 +106,18 @@ pub fn controller_manager_args(c: &Ctx<'_>) -> Vec<String> {
         ("cluster-signing-key-file", c.pki("ca.key")),
         ("service-cluster-ip-range", c.cfg.service_cidr.clone()),
         ("cluster-cidr", c.cfg.pod_cidr.clone()),
+        // Every node gets its own pod range; k8sd writes the node's CNI config from it.
+        ("allocate-node-cidrs", "true".into()),
+        ("node-cidr-mask-size", node_cidr_mask(&c.cfg.pod_cidr).to_string()),
         ("leader-elect", "true".into()),
         ("profiling", "false".into()),
     ])
+}
+
+/// /24 per node, or the whole range when it is already that small.
+fn node_cidr_mask(pod_cidr: &str) -> u8 {
+    let prefix: u8 = pod_cidr.split_once('/').and_then(|(_, p)| p.parse().ok()).unwrap_or(16);
+    prefix.max(24)
 }
 
 pub fn scheduler_args(c: &Ctx<'_>) -> Vec<String> {
@@ -153,7 +168,17 @@ pub fn render(template: &str, values: &[(&str, String)]) -> Result<String, Strin
     }
 }
 
-/// The rendered configuration files: (path, contents).
+/// The CNI configuration for this node's pod range (written once the Node has one).
+pub fn cni_conflist(c: &Ctx<'_>, node_pod_cidr: &str) -> Result<String, String> {
+    let values = [
+        ("cni_ipam_dir", c.layout.cni_ipam_dir().display().to_string()),
+        ("pod_cidr", node_pod_cidr.to_string()),
+    ];
+    render(CNI_TEMPLATE, &values)
+}
+
+/// The rendered configuration files: (path, contents). The CNI configuration is not among
+/// them: it needs the node's pod range (`cni_conflist`).
 pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
     let l = c.layout;
     let p = |x: &Path| x.display().to_string();
@@ -172,7 +197,6 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
     ];
     Ok(vec![
         (l.config_dir().join("containerd.toml"), render(CONTAINERD_TEMPLATE, &values)?),
-        (l.cni_conf_dir().join("10-k8sd.conflist"), render(CNI_TEMPLATE, &values)?),
         (l.config_dir().join("kubelet.yaml"), render(KUBELET_TEMPLATE, &values)?),
         (l.config_dir().join("kube-proxy.yaml"), render(KUBE_PROXY_TEMPLATE, &values)?),
     ])
@@ -192,6 +216,7 @@ mod tests {
             pod_cidr: "10.88.0.0/16".into(),
             service_cidr: "10.96.0.0/12".into(),
             extra_sans: vec![],
+            control_plane: vec![],
         }
     }
 
@@ -232,7 +257,11 @@ mod tests {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
         let files = config_files(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" }).unwrap();
-        assert_eq!(files.len(), 4);
+        assert_eq!(files.len(), 3);
+        let cni = cni_conflist(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" }, "10.88.3.0/24").unwrap();
+        assert!(cni.contains("10.88.3.0/24") && !cni.contains("{{"));
+        assert_eq!(node_cidr_mask("10.88.0.0/16"), 24);
+        assert_eq!(node_cidr_mask("10.88.0.0/26"), 26);
         for (path, text) in &files {
             assert!(!text.contains("{{"), "{} has an unrendered marker", path.display());
         }

@@ -46,6 +46,15 @@ pub const PORTS: &[(u16, &str)] = &[
     (10257, "kube-controller-manager"),
     (10259, "kube-scheduler"),
     (10256, "kube-proxy healthz"),
+    (6400, "k8sd cluster API"),
+    (6444, "local API load balancer"),
+];
+/// Ports a worker needs free before join.
+pub const WORKER_PORTS: &[(u16, &str)] = &[
+    (10250, "kubelet"),
+    (10248, "kubelet healthz"),
+    (10256, "kube-proxy healthz"),
+    (6444, "local API load balancer"),
 ];
 
 /// The persisted node configuration (`node.yaml`). Versioned: a newer k8sd must read it.
@@ -59,6 +68,19 @@ pub struct NodeConfig {
     pub pod_cidr: String,
     pub service_cidr: String,
     pub extra_sans: Vec<String>,
+    /// Workers: the control-plane nodes' addresses at join time (the API load balancer's first
+    /// backends; it keeps its own, fresher list after that).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_plane: Vec<IpAddr>,
+}
+
+impl NodeConfig {
+    pub fn role_name(&self) -> String {
+        match self.role {
+            Role::ControlPlane => "control-plane".into(),
+            Role::Worker => "worker".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -131,11 +153,12 @@ pub fn validate(req: &InitRequest, host_name: &str, local_addrs: &[IpAddr]) -> R
         pod_cidr: pod.to_string(),
         service_cidr: svc.to_string(),
         extra_sans: req.extra_sans.clone(),
+        control_plane: Vec::new(),
     })
 }
 
 /// RFC 1123 subdomain, as Kubernetes requires for Node names.
-fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+pub fn validate_node_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|l| {
@@ -166,9 +189,9 @@ fn cidrs_overlap(a: &str, b: &str) -> bool {
     }
 }
 
-/// Every port in `PORTS` must be free on this host.
-pub fn check_ports() -> Result<(), ConfigError> {
-    for &(port, what) in PORTS {
+/// Every port in `ports` must be free on this host.
+pub fn check_ports(ports: &[(u16, &'static str)]) -> Result<(), ConfigError> {
+    for &(port, what) in ports {
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
         if TcpListener::bind(addr).is_err() {
             return Err(ConfigError::PortInUse { port, what });

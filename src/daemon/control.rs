@@ -54,17 +54,42 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
         Err(e) => return send(&mut w, &Message::Error { error: format!("malformed request: {e}") }).await,
     };
     match req {
-        Request::Init { version, .. } | Request::Status { version } if version != API_VERSION => {
+        r if r.version() != API_VERSION => {
+            let version = r.version();
             send(&mut w, &Message::Error { error: format!("CLI speaks API {version}, daemon {API_VERSION}; use matching k8sd binaries") }).await
         }
         Request::Status { .. } => {
             let status = daemon.status().await;
             send(&mut w, &Message::Status { status: Box::new(status) }).await
         }
-        Request::Init { init, .. } => {
+        Request::AddNode { worker, name, ttl_secs, .. } => {
+            let msg = match daemon.add_node(worker, name, ttl_secs).await {
+                Ok((token, expires)) => Message::Token { token, expires },
+                Err(e) => Message::Error { error: e.to_string() },
+            };
+            send(&mut w, &msg).await
+        }
+        Request::Tokens { .. } => {
+            let msg = match daemon.tokens().await {
+                Ok(tokens) => Message::Tokens { tokens },
+                Err(e) => Message::Error { error: e.to_string() },
+            };
+            send(&mut w, &msg).await
+        }
+        Request::RevokeToken { id, .. } => send(&mut w, &done(daemon.revoke_token(&id).await)).await,
+        Request::RemoveNode { name, force, .. } => send(&mut w, &done(daemon.remove_node(&name, force).await)).await,
+        Request::Leave { force, .. } => send(&mut w, &done(daemon.leave(force).await)).await,
+        Request::Component { name, start, .. } => send(&mut w, &done(daemon.component(&name, start).await)).await,
+        req @ (Request::Init { .. } | Request::Join { .. }) => {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let d = daemon.clone();
-            let task = tokio::spawn(async move { d.init(init, tx).await });
+            let task = tokio::spawn(async move {
+                match req {
+                    Request::Join { join, .. } => d.join(join, tx).await,
+                    Request::Init { init, .. } => d.init(init, tx).await,
+                    _ => Ok(()),
+                }
+            });
             while let Some(step) = rx.recv().await {
                 // The client may go away; init carries on regardless.
                 let _ = send(&mut w, &Message::Progress { step }).await;
@@ -76,6 +101,13 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
             };
             send(&mut w, &msg).await
         }
+    }
+}
+
+fn done(r: Result<(), DaemonError>) -> Message {
+    match r {
+        Ok(()) => Message::Done,
+        Err(e) => Message::Error { error: e.to_string() },
     }
 }
 

@@ -15,6 +15,8 @@ pub mod api;
 pub mod components;
 pub mod config;
 mod control;
+mod join;
+mod podnet;
 pub mod status;
 
 use std::os::unix::fs::PermissionsExt;
@@ -32,7 +34,7 @@ use crate::paths::Layout;
 use crate::pki::{self, NodeIdentity, NodeRole};
 use crate::supervisor::{ComponentSpec, Probe, Supervisor, SupervisorConfig};
 use components::Ctx;
-use config::NodeConfig;
+use config::{NodeConfig, Role};
 
 pub use control::{ControlClient, ControlError};
 
@@ -127,8 +129,10 @@ pub struct Daemon {
 #[derive(Debug, Clone)]
 struct RunningNode {
     cfg: NodeConfig,
-    datastore: Node,
+    /// The local datastore replica (control-plane nodes only).
+    datastore: Option<Node>,
     supervisor: Arc<Supervisor>,
+    /// Stops the etcd and cluster API listeners.
     etcd_stop: watch::Sender<bool>,
 }
 
@@ -172,7 +176,7 @@ impl Daemon {
             let me = self.clone();
             tokio::spawn(async move {
                 let _guard = me.lifecycle.lock().await;
-                if let Err(e) = me.bring_up(cfg, None).await {
+                if let Err(e) = me.bring_up(cfg, None, None).await {
                     tracing::error!(error = %e, "resuming the node failed");
                     me.set_phase(Phase::Failed(e.to_string()));
                 }
@@ -210,11 +214,11 @@ impl Daemon {
         }
         report(&Some(progress.clone()), "checking configuration");
         let cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
-        config::check_ports()?;
+        config::check_ports(config::PORTS)?;
         self.preflight()?;
         let text = serde_yaml::to_string(&cfg).map_err(|e| DaemonError::Other(e.to_string()))?;
         write_file(&node_file, text.as_bytes(), 0o600)?;
-        let res = self.bring_up(cfg, Some(progress)).await;
+        let res = self.bring_up(cfg, Some(progress), None).await;
         if let Err(e) = &res {
             self.set_phase(Phase::Failed(e.to_string()));
         }
@@ -239,15 +243,18 @@ impl Daemon {
         Ok(())
     }
 
-    async fn bring_up(self: &Arc<Self>, cfg: NodeConfig, progress: Option<Progress>) -> Result<(), DaemonError> {
+    async fn bring_up(
+        self: &Arc<Self>,
+        cfg: NodeConfig,
+        progress: Option<Progress>,
+        pending: Option<join::PendingJoin>,
+    ) -> Result<(), DaemonError> {
         let l = self.opts.layout.clone();
         let step = |s: &str| {
             self.set_phase(Phase::Starting(s.to_string()));
             report(&progress, s);
         };
         let kubebin = self.kubebin()?;
-
-        step("generating certificates and kubeconfigs");
         for (dir, mode) in [(l.pki_dir(), 0o700), (l.kubeconfig_dir(), 0o700), (l.config_dir(), 0o700), (l.datastore_dir(), 0o700)] {
             mkdir(&dir, mode)?;
         }
@@ -257,34 +264,45 @@ impl Daemon {
             extra_sans: cfg.extra_sans.clone(),
             service_cidr: cfg.service_cidr.parse()?,
         };
-        pki::ensure_control_plane_pki(&l.pki_dir(), &identity)?;
-        let server = format!("https://{}", components::apiserver_addr());
-        pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)?;
-
-        step("starting the datastore (a Raft group of one)");
-        let datastore = self.start_datastore(&cfg).await?;
-        let listener = tokio::net::TcpListener::bind(components::datastore_addr())
-            .await
-            .map_err(|e| DaemonError::Other(format!("datastore listener {}: {e}", components::datastore_addr())))?;
-        let tls = TlsFiles {
-            cert_file: Some(l.pki_dir().join("datastore-server.crt")),
-            key_file: Some(l.pki_dir().join("datastore-server.key")),
-            trusted_ca_file: Some(l.pki_dir().join("datastore-ca.crt")),
-            client_cert_auth: true,
-        };
-        let (etcd_stop, mut stop_rx) = watch::channel(false);
-        {
-            let node = datastore.clone();
-            tokio::spawn(async move {
-                let res = etcd::serve(node, listener, &tls, async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .await;
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "datastore server stopped");
+        let (etcd_stop, stop_rx) = watch::channel(false);
+        let datastore = if cfg.role == Role::ControlPlane {
+            step("generating certificates and kubeconfigs");
+            pki::ensure_control_plane_pki(&l.pki_dir(), &identity)?;
+            let server = format!("https://{}", components::apiserver_addr());
+            pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)?;
+            if pending.is_some() {
+                step("joining the datastore (as a learner, promoted to voter once caught up)");
+            } else {
+                step("starting the datastore");
+            }
+            let peers = pending.as_ref().map(|p| p.datastore_peers.clone()).unwrap_or_default();
+            let datastore = match self.start_datastore(&cfg, peers).await {
+                Ok(d) => d,
+                Err(e) => {
+                    if pending.is_some() {
+                        self.wipe_failed_join();
+                    }
+                    return Err(e);
                 }
-            });
-        }
+            };
+            if let Some(p) = &pending {
+                step("recording this node in the cluster (the token is consumed now)");
+                if let Err(e) = self.complete_join(p, &cfg).await {
+                    tracing::error!(error = %e, "completing the join failed; leaving the datastore group");
+                    self.abandon_datastore(&datastore).await;
+                    self.wipe_failed_join();
+                    return Err(e);
+                }
+            } else {
+                self.register_founder(&datastore, &cfg).await?;
+            }
+            self.serve_datastore_and_api(&datastore, &cfg, stop_rx).await?;
+            Some(datastore)
+        } else {
+            let server = format!("https://{}", components::lb_addr());
+            pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::Worker, &server)?;
+            None
+        };
 
         step("rendering component configuration");
         let ctx = Ctx { layout: &l, cfg: &cfg, cgroup_root: &self.opts.cgroup_root };
@@ -301,15 +319,26 @@ impl Daemon {
         *self.node.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(RunningNode { cfg: cfg.clone(), datastore, supervisor: supervisor.clone(), etcd_stop });
 
-        step("starting kube-apiserver, controller-manager, scheduler, containerd, kubelet and kube-proxy");
-        let groups = self.component_groups(&ctx, &kubebin)?;
+        let groups = match cfg.role {
+            Role::ControlPlane => {
+                step("starting kube-apiserver, controller-manager, scheduler, containerd, kubelet and kube-proxy");
+                let mut g = self.control_plane_groups(&ctx, &kubebin)?;
+                g.extend(self.node_groups(&ctx, &kubebin)?);
+                g
+            }
+            Role::Worker => {
+                step("starting the API load balancer, containerd, kubelet and kube-proxy");
+                self.node_groups(&ctx, &kubebin)?
+            }
+        };
         supervisor.start(groups).await.map_err(|e| DaemonError::Start { component: "node".into(), reason: e.to_string() })?;
+        podnet::spawn(self.clone(), cfg.clone());
 
         step("waiting for the node to become Ready");
-        let admin = self.admin_client()?;
+        let client = self.node_client(&cfg)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         loop {
-            if let Some(n) = status::kube_node(&admin, &cfg.node_name).await
+            if let Some(n) = status::kube_node(&client, self.api_addr(&cfg), &cfg.node_name).await
                 && n.ready
             {
                 break;
@@ -324,8 +353,73 @@ impl Daemon {
         }
         self.set_phase(Phase::Running);
         report(&progress, "node is Ready");
-        self.spawn_cert_renewal(identity, supervisor);
+        if cfg.role == Role::ControlPlane {
+            self.spawn_cert_renewal(identity, supervisor);
+        }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        Ok(())
+    }
+
+    /// Where this node reaches kube-apiserver: its own on a control-plane node, the local
+    /// load balancer on a worker.
+    fn api_addr(&self, cfg: &NodeConfig) -> std::net::SocketAddr {
+        match cfg.role {
+            Role::ControlPlane => components::apiserver_addr(),
+            Role::Worker => components::lb_addr(),
+        }
+    }
+
+    /// A client for this node's own checks: admin on a control-plane node, the kubelet's
+    /// identity on a worker (the Node authorizer lets it read its own Node).
+    fn node_client(&self, cfg: &NodeConfig) -> Result<TlsClient, DaemonError> {
+        let p = self.opts.layout.pki_dir();
+        let (cert, key) = match cfg.role {
+            Role::ControlPlane => ("admin.crt", "admin.key"),
+            Role::Worker => ("kubelet-client.crt", "kubelet-client.key"),
+        };
+        TlsClient::from_files(&p.join("ca.crt"), &p.join(cert), &p.join(key))
+            .map_err(|e| DaemonError::Other(format!("node credentials: {e}")))
+    }
+
+    /// Serve the etcd API on 127.0.0.1:2379 (mTLS, datastore CA) and the cluster API on the
+    /// advertise address (TLS, tokens) until `stop` flips.
+    async fn serve_datastore_and_api(&self, datastore: &Node, cfg: &NodeConfig, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
+        let l = &self.opts.layout;
+        let listener = tokio::net::TcpListener::bind(components::datastore_addr())
+            .await
+            .map_err(|e| DaemonError::Other(format!("datastore listener {}: {e}", components::datastore_addr())))?;
+        let tls = TlsFiles {
+            cert_file: Some(l.pki_dir().join("datastore-server.crt")),
+            key_file: Some(l.pki_dir().join("datastore-server.key")),
+            trusted_ca_file: Some(l.pki_dir().join("datastore-ca.crt")),
+            client_cert_auth: true,
+        };
+        let node = datastore.clone();
+        let mut rx = stop.clone();
+        tokio::spawn(async move {
+            let res = etcd::serve(node, listener, &tls, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "datastore server stopped");
+            }
+        });
+        let api_addr = std::net::SocketAddr::new(cfg.advertise_address, crate::cluster::API_PORT);
+        let api_listener = tokio::net::TcpListener::bind(api_addr)
+            .await
+            .map_err(|e| DaemonError::Other(format!("cluster API listener {api_addr}: {e}")))?;
+        let svc = crate::cluster::server::ClusterService { node: datastore.clone(), pki_dir: l.pki_dir() };
+        let mut rx = stop;
+        tokio::spawn(async move {
+            let res = crate::cluster::serve(svc, api_listener, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "cluster API stopped");
+            }
+        });
         Ok(())
     }
 
@@ -368,7 +462,7 @@ impl Daemon {
     /// The datastore as a Raft member: peer service on the advertise address (mTLS with the
     /// datastore CA, so only control-plane peers can join the Raft group), bootstrapped as a
     /// group of one the first time. Joining nodes later add themselves to this group.
-    async fn start_datastore(&self, cfg: &NodeConfig) -> Result<Node, DaemonError> {
+    async fn start_datastore(&self, cfg: &NodeConfig, join: Vec<String>) -> Result<Node, DaemonError> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
         let l = &self.opts.layout;
         let read = |f: &str| {
@@ -385,6 +479,10 @@ impl Daemon {
         let mut rc = crate::raft::RaftConfig::new(l.datastore_dir(), &cfg.node_name, &peer_addr.to_string(), &client_url);
         rc.server_tls = Some(ServerTlsConfig::new().identity(identity.clone()).client_ca_root(Certificate::from_pem(&ca)));
         rc.client_tls = Some(ClientTlsConfig::new().identity(identity).ca_certificate(Certificate::from_pem(&ca)));
+        // Every control-plane node keeps voters odd and promotes standbys while it leads.
+        rc.auto_promote = true;
+        let bootstrap = join.is_empty();
+        rc.join = join;
         Node::start_raft(
             DatastoreConfig {
                 name: cfg.node_name.clone(),
@@ -393,7 +491,7 @@ impl Daemon {
                 client_urls: vec![client_url],
                 progress_notify_interval: Duration::from_secs(5),
             },
-            RaftSettings { config: rc, listener, bootstrap: true },
+            RaftSettings { config: rc, listener, bootstrap },
         )
         .await
         .map_err(|e| DaemonError::Other(format!("datastore: {e}")))
@@ -405,11 +503,13 @@ impl Daemon {
             .map_err(|e| DaemonError::Other(format!("admin credentials: {e}")))
     }
 
-    fn component_groups(&self, ctx: &Ctx<'_>, kubebin: &Path) -> Result<Vec<Vec<ComponentSpec>>, DaemonError> {
-        let logs = self.opts.layout.logs_dir();
-        let kube = |name: &str, args: Vec<String>| {
-            ComponentSpec::new(name, kubebin, &logs).with_args(std::iter::once(name.to_string()).chain(args))
-        };
+    fn kube_spec(&self, kubebin: &Path, name: &str, args: Vec<String>) -> ComponentSpec {
+        ComponentSpec::new(name, kubebin, &self.opts.layout.logs_dir()).with_args(std::iter::once(name.to_string()).chain(args))
+    }
+
+    /// kube-apiserver, then controller-manager and scheduler.
+    fn control_plane_groups(&self, ctx: &Ctx<'_>, kubebin: &Path) -> Result<Vec<Vec<ComponentSpec>>, DaemonError> {
+        let kube = |name: &str, args: Vec<String>| self.kube_spec(kubebin, name, args);
         let admin = self.admin_client()?;
         let apiserver_ready = Probe::custom("kube-apiserver /readyz", move || {
             let admin = admin.clone();
@@ -417,6 +517,21 @@ impl Daemon {
                 matches!(admin.get(components::apiserver_addr(), "/readyz", Duration::from_secs(3)).await, Ok((200, _)))
             }
         });
+        let tcp = |port: u16| Probe::tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        let minute = Duration::from_secs(120);
+        Ok(vec![
+            vec![kube("kube-apiserver", components::apiserver_args(ctx)).with_readiness(apiserver_ready, minute)],
+            vec![
+                kube("kube-controller-manager", components::controller_manager_args(ctx)).with_readiness(tcp(10257), minute),
+                kube("kube-scheduler", components::scheduler_args(ctx)).with_readiness(tcp(10259), minute),
+            ],
+        ])
+    }
+
+    /// What every node runs: containerd, kubelet, kube-proxy.
+    fn node_groups(&self, ctx: &Ctx<'_>, kubebin: &Path) -> Result<Vec<Vec<ComponentSpec>>, DaemonError> {
+        let kube = |name: &str, args: Vec<String>| self.kube_spec(kubebin, name, args);
+        let logs = self.opts.layout.logs_dir();
         let path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
         let containerd_sock = self.opts.layout.containerd_socket();
         let images = self.opts.images_dir.clone();
@@ -434,15 +549,9 @@ impl Daemon {
                 *done
             }
         });
-        let tcp = |port: u16| Probe::tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         let http = |url: &str| Probe::http_get(url).map_err(|e| DaemonError::Other(e.to_string()));
         let minute = Duration::from_secs(120);
         Ok(vec![
-            vec![kube("kube-apiserver", components::apiserver_args(ctx)).with_readiness(apiserver_ready, minute)],
-            vec![
-                kube("kube-controller-manager", components::controller_manager_args(ctx)).with_readiness(tcp(10257), minute),
-                kube("kube-scheduler", components::scheduler_args(ctx)).with_readiness(tcp(10259), minute),
-            ],
             vec![ComponentSpec::new("containerd", "/usr/bin/containerd", &logs)
                 .with_args(components::containerd_args(ctx))
                 .with_env("PATH", path_env)
@@ -462,7 +571,9 @@ impl Daemon {
         if let Some(n) = running {
             n.supervisor.stop().await;
             let _ = n.etcd_stop.send(true);
-            n.datastore.shutdown().await;
+            if let Some(d) = n.datastore {
+                d.shutdown().await;
+            }
         }
     }
 

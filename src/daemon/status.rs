@@ -26,8 +26,21 @@ pub async fn build(d: &Daemon) -> StatusReport {
         components: Vec::new(),
         certificates: Vec::new(),
         kubernetes_node: None,
+        nodes: Vec::new(),
+        ha: None,
+        api_backends: Vec::new(),
     };
     let Some(r) = running else { return report };
+    report.role = Some(r.cfg.role_name());
+    if let Some(ds) = &r.datastore {
+        datastore_report(&mut report, &r.cfg, ds).await;
+    }
+    components_report(&mut report, d, &r).await;
+    report
+}
+
+async fn datastore_report(report: &mut StatusReport, cfg: &super::config::NodeConfig, ds: &crate::node::Node) {
+    let r = RunningRef { cfg, datastore: ds };
     let meta = r.datastore.meta();
     let db = r.datastore.read(|rd| rd.db_size()).await.map(|(s, _)| s).unwrap_or(0);
     let (leader, members) = match r.datastore.raft_status() {
@@ -68,6 +81,14 @@ pub async fn build(d: &Daemon) -> StatusReport {
         members,
         db_size_bytes: db,
     });
+}
+
+struct RunningRef<'a> {
+    cfg: &'a super::config::NodeConfig,
+    datastore: &'a crate::node::Node,
+}
+
+async fn components_report(report: &mut StatusReport, d: &Daemon, r: &super::RunningNode) {
     report.components = r
         .supervisor
         .status()
@@ -94,16 +115,15 @@ pub async fn build(d: &Daemon) -> StatusReport {
             })
             .collect();
     }
-    if let Ok(admin) = d.admin_client() {
-        report.kubernetes_node = kube_node(&admin, &r.cfg.node_name).await;
+    if let Ok(client) = d.node_client(&r.cfg) {
+        report.kubernetes_node = kube_node(&client, d.api_addr(&r.cfg), &r.cfg.node_name).await;
     }
-    report
 }
 
 /// The Node's Ready condition, or None if the API cannot be asked.
-pub async fn kube_node(admin: &TlsClient, name: &str) -> Option<KubeNodeReport> {
-    let (code, body) = admin
-        .get(components::apiserver_addr(), &format!("/api/v1/nodes/{name}"), Duration::from_secs(3))
+pub async fn kube_node(client: &TlsClient, addr: std::net::SocketAddr, name: &str) -> Option<KubeNodeReport> {
+    let (code, body) = client
+        .get(addr, &format!("/api/v1/nodes/{name}"), Duration::from_secs(3))
         .await
         .ok()?;
     if code == 404 {

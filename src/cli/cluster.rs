@@ -1,0 +1,152 @@
+//! Cluster verbs: `add-node`, `join`, `tokens`, `remove-node`, `leave`, `stop`, `start`.
+
+use anyhow::{Context, bail};
+
+use super::node::{RunArgs, check_writable, drive};
+use crate::cluster::token::{self, JoinToken};
+use crate::daemon::ControlClient;
+use crate::daemon::api::{API_VERSION, JoinArgs, Message, Request};
+use crate::daemon::config;
+use crate::paths::Layout;
+
+#[derive(Debug, clap::Args)]
+pub struct AddNodeArgs {
+    /// Mint a token for a worker (kubelet and kube-proxy only; never receives CA keys).
+    #[arg(long)]
+    pub worker: bool,
+    /// Reserve the token for this node name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long the token stays valid (e.g. 24h, 90m, 600s).
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JoinCliArgs {
+    /// The token printed by `k8sd add-node` on a control-plane node.
+    pub token: String,
+    /// Join as a worker (needs a token minted with `add-node --worker`).
+    #[arg(long)]
+    pub worker: bool,
+    /// Kubernetes node name (default: the name reserved in the token, else the host name).
+    #[arg(long, alias = "node-name")]
+    pub name: Option<String>,
+    /// This node's address for the cluster (default: first non-loopback IPv4).
+    #[arg(long)]
+    pub advertise_address: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokensCommand {
+    /// Every token with its role, state and expiry (secrets are never shown again).
+    List,
+    /// Revoke a token by id (see `tokens list`).
+    Revoke { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveNodeArgs {
+    pub name: String,
+    /// Remove even if the datastore would lose its quorum of healthy voters.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LeaveArgs {
+    /// Leave even if the datastore would lose its quorum of healthy voters.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn call(layout: &Layout, req: Request) -> anyhow::Result<Message> {
+    let client = ControlClient::new(layout.control_socket());
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let msg = rt.block_on(client.call(&req, |_| {}))?;
+    match msg {
+        Message::Error { error } => bail!("{error}"),
+        m => Ok(m),
+    }
+}
+
+pub fn add_node(layout: Layout, args: AddNodeArgs) -> anyhow::Result<()> {
+    let ttl_secs = token::parse_ttl(&args.ttl).map_err(anyhow::Error::msg)?;
+    if let Some(n) = &args.name {
+        config::validate_node_name(n)?;
+    }
+    let req = Request::AddNode { version: API_VERSION, worker: args.worker, name: args.name, ttl_secs };
+    match call(&layout, req)? {
+        Message::Token { token, expires } => {
+            let verb = if args.worker { "k8sd join --worker" } else { "k8sd join" };
+            eprintln!("single-use token, valid until {expires}. On the new node run:\n  {verb} <token>");
+            println!("{token}");
+            Ok(())
+        }
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
+    // Everything that can be checked here is, before a daemon starts or a file is written.
+    let t = JoinToken::decode(&args.token)?;
+    if layout.node_file().exists() {
+        bail!(
+            "this node is already initialised ({} exists); nothing was changed. `k8sd join` is for a fresh node",
+            layout.node_file().display()
+        );
+    }
+    let req = config::InitRequest {
+        node_name: args.name.clone().or(t.name.clone()),
+        advertise_address: args.advertise_address.clone(),
+        ..Default::default()
+    };
+    config::validate(&req, &config::host_name(), &config::local_addresses())?;
+    check_writable(&layout.data_dir)?;
+    let join = JoinArgs { token: args.token, worker: args.worker, node_name: req.node_name, advertise_address: args.advertise_address };
+    let ports = if args.worker { config::WORKER_PORTS } else { config::PORTS };
+    drive(&layout, &args.run, Request::Join { version: API_VERSION, join }, ports, args.timeout)
+}
+
+pub fn tokens(layout: Layout, cmd: TokensCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokensCommand::List => match call(&layout, Request::Tokens { version: API_VERSION })? {
+            Message::Tokens { tokens } => {
+                println!("{:<14} {:<14} {:<12} {:<22} EXPIRES", "ID", "ROLE", "NAME", "STATE");
+                for t in tokens {
+                    println!("{:<14} {:<14} {:<12} {:<22} {}", t.id, t.role, t.name.unwrap_or_else(|| "-".into()), t.state, t.expires);
+                }
+                Ok(())
+            }
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        },
+        TokensCommand::Revoke { id } => {
+            call(&layout, Request::RevokeToken { version: API_VERSION, id: id.clone() })?;
+            println!("token {id} revoked");
+            Ok(())
+        }
+    }
+}
+
+pub fn remove_node(layout: Layout, args: RemoveNodeArgs) -> anyhow::Result<()> {
+    call(&layout, Request::RemoveNode { version: API_VERSION, name: args.name.clone(), force: args.force })?;
+    println!("node {} removed", args.name);
+    Ok(())
+}
+
+pub fn leave(layout: Layout, args: LeaveArgs) -> anyhow::Result<()> {
+    call(&layout, Request::Leave { version: API_VERSION, force: args.force })?;
+    println!("this node left the cluster and its services are stopped");
+    Ok(())
+}
+
+pub fn component(layout: Layout, name: String, start: bool) -> anyhow::Result<()> {
+    call(&layout, Request::Component { version: API_VERSION, name: name.clone(), start })?;
+    println!("{name} {}", if start { "started" } else { "stopped (it stays down until `k8sd start` or a k8sd restart)" });
+    Ok(())
+}

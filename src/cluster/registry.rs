@@ -1,0 +1,165 @@
+//! k8sd's own records in the replicated datastore, beside Kubernetes' `/registry` keys:
+//!
+//! ```text
+//!  /k8sd/cluster          ClusterInfo: the settings every node must share (CIDRs)
+//!  /k8sd/members/<name>   MemberRecord: every node that joined, with its role and address
+//!  /k8sd/tokens/<id>      TokenRecord: hashed join tokens and their state
+//! ```
+//!
+//! Reads are linearizable (read index, then the local replica), so a node never hands out a
+//! token state or member list older than a write another node acknowledged. Every change that
+//! must be atomic (consume a token and record the member) is one etcd-style Txn, one Raft entry.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+use super::token::{TokenRecord, TokenState};
+use crate::datastore::{Command, CommandOutput, Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, KeyValue, Op, PutRequest, RangeRequest, TxnRequest};
+use crate::node::Node;
+
+pub const CLUSTER_KEY: &str = "/k8sd/cluster";
+pub const MEMBERS_PREFIX: &str = "/k8sd/members/";
+pub const TOKENS_PREFIX: &str = "/k8sd/tokens/";
+
+/// Settings fixed when the cluster was founded; a joining node adopts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterInfo {
+    pub pod_cidr: String,
+    pub service_cidr: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemberRole {
+    ControlPlane,
+    Worker,
+}
+
+impl std::fmt::Display for MemberRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MemberRole::ControlPlane => "control-plane",
+            MemberRole::Worker => "worker",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MemberRecord {
+    pub name: String,
+    pub role: MemberRole,
+    pub address: IpAddr,
+    pub joined_unix: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("datastore: {0}")]
+    Node(#[from] crate::node::NodeError),
+    #[error("record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+pub fn member_key(name: &str) -> String {
+    format!("{MEMBERS_PREFIX}{name}")
+}
+
+pub fn token_key(id: &str) -> String {
+    format!("{TOKENS_PREFIX}{id}")
+}
+
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+async fn range(node: &Node, range: KeyRange) -> Result<Vec<KeyValue>, RegistryError> {
+    node.barrier().await?;
+    let req = RangeRequest { range, ..Default::default() };
+    let (res, _) = node.read(move |r| r.range(&req)).await?;
+    Ok(res.kvs)
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, RegistryError> {
+    serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A record and its mod revision (for compare-and-swap), if present.
+pub async fn get<T: DeserializeOwned>(node: &Node, key: &str) -> Result<Option<(T, i64)>, RegistryError> {
+    match range(node, KeyRange::single(key)).await?.first() {
+        Some(kv) => Ok(Some((decode(kv)?, kv.mod_revision))),
+        None => Ok(None),
+    }
+}
+
+pub async fn list<T: DeserializeOwned>(node: &Node, prefix: &str) -> Result<Vec<T>, RegistryError> {
+    range(node, KeyRange::new(prefix.as_bytes().to_vec(), prefix_end(prefix)))
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+pub fn put_op<T: Serialize>(key: &str, value: &T) -> Op {
+    Op::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: serde_json::to_vec(value).unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+pub fn delete_op(key: &str) -> Op {
+    Op::Delete(DeleteRequest { range: KeyRange::single(key), prev_kv: false })
+}
+
+/// `key` was last modified at `rev` (0: the key does not exist).
+pub fn unchanged(key: &str, rev: i64) -> Compare {
+    Compare { range: KeyRange::single(key), result: CompareResult::Equal, target: CompareTarget::Mod(rev) }
+}
+
+/// Run `success` if every compare holds. Returns whether it did.
+pub async fn txn(node: &Node, compare: Vec<Compare>, success: Vec<Op>) -> Result<bool, RegistryError> {
+    match node.propose(Command::Txn(TxnRequest { compare, success, failure: vec![] })).await? {
+        CommandOutput::Txn { result, .. } => Ok(result.succeeded),
+        _ => Ok(false),
+    }
+}
+
+pub async fn members(node: &Node) -> Result<Vec<MemberRecord>, RegistryError> {
+    list(node, MEMBERS_PREFIX).await
+}
+
+pub async fn tokens(node: &Node) -> Result<Vec<TokenRecord>, RegistryError> {
+    list(node, TOKENS_PREFIX).await
+}
+
+/// Record `m` unless a member of that name exists. Returns false when the name is taken.
+pub async fn add_member_if_absent(node: &Node, m: &MemberRecord) -> Result<bool, RegistryError> {
+    let key = member_key(&m.name);
+    txn(node, vec![unchanged(&key, 0)], vec![put_op(&key, m)]).await
+}
+
+/// Revoke an active token. `Ok(false)`: no such token.
+pub async fn revoke_token(node: &Node, id: &str, now_unix: u64) -> Result<bool, RegistryError> {
+    let key = token_key(id);
+    loop {
+        let Some((mut rec, rev)) = get::<TokenRecord>(node, &key).await? else { return Ok(false) };
+        if rec.state != TokenState::Active {
+            return Ok(true);
+        }
+        rec.state = TokenState::Revoked { at_unix: now_unix };
+        if txn(node, vec![unchanged(&key, rev)], vec![put_op(&key, &rec)]).await? {
+            return Ok(true);
+        }
+    }
+}

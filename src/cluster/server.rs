@@ -1,0 +1,215 @@
+//! The server half of the cluster API, on every control-plane node.
+//!
+//! Invariants:
+//! - Nothing is handed out before the token checks out against a linearizable read of its
+//!   record, the CA fingerprint in it is this cluster's, and the node name is free.
+//! - A worker's token is consumed in the same Txn that records the worker; a control-plane
+//!   joiner's in the Txn of `JoinComplete`, after its datastore member exists. Both Txns compare
+//!   the token record's mod revision, so two joiners racing with one token cannot both win.
+//! - A worker never receives a CA key: its certificates are signed here, for the name and
+//!   address the control plane records, over public keys it sent.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use tonic::{Request, Response, Status};
+
+use super::pb::cluster_api_server::ClusterApi;
+use super::pb::Msg;
+use super::registry::{self, ClusterInfo, MemberRecord, MemberRole};
+use super::token::{JoinToken, TokenError, TokenRecord, TokenRole, TokenState, now_unix};
+use super::wire::*;
+use crate::node::Node;
+use crate::pki::{self, CaKind, Leaf, NodeIdentity};
+
+/// The cluster API service of one control-plane node.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    pub node: Node,
+    pub pki_dir: PathBuf,
+}
+
+fn body<T: serde::de::DeserializeOwned>(m: Request<Msg>) -> Result<T, Status> {
+    serde_json::from_slice(&m.into_inner().body).map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
+}
+
+fn reply<T: serde::Serialize>(t: &T) -> Result<Response<Msg>, Status> {
+    Ok(Response::new(Msg { body: serde_json::to_vec(t).map_err(|e| Status::internal(e.to_string()))? }))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("the cluster cannot answer now ({e}); retry shortly"))
+}
+
+fn denied(e: TokenError) -> Status {
+    Status::permission_denied(e.to_string())
+}
+
+fn check_version(v: u32) -> Result<(), Status> {
+    if v == WIRE_VERSION {
+        Ok(())
+    } else {
+        Err(Status::failed_precondition(format!("joiner speaks cluster API {v}, this node {WIRE_VERSION}; use matching k8sd versions")))
+    }
+}
+
+impl ClusterService {
+    fn read_pki(&self, name: &str) -> Result<String, Status> {
+        std::fs::read_to_string(self.pki_dir.join(name)).map_err(|e| Status::internal(format!("cannot read {name}: {e}")))
+    }
+
+    /// Decode the token and check it against its record for `role` and `name`; the record's
+    /// mod revision comes back for the consuming Txn.
+    async fn check_token(&self, token: &str, role: TokenRole, name: &str) -> Result<(JoinToken, TokenRecord, i64), Status> {
+        let t = JoinToken::decode(token).map_err(denied)?;
+        let ours = pki::ca_fingerprint_sha256(&self.read_pki("ca.crt")?).map_err(|e| Status::internal(e.to_string()))?;
+        if !t.ca.eq_ignore_ascii_case(&ours) {
+            return Err(denied(TokenError::Unknown));
+        }
+        let (rec, rev) = registry::get::<TokenRecord>(&self.node, &registry::token_key(&t.id))
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| denied(TokenError::Unknown))?;
+        rec.check(&t, role, name, now_unix()).map_err(denied)?;
+        Ok((t, rec, rev))
+    }
+
+    async fn check_name_free(&self, name: &str) -> Result<(), Status> {
+        if let Some((m, _)) = registry::get::<MemberRecord>(&self.node, &registry::member_key(name)).await.map_err(unavailable)? {
+            return Err(Status::already_exists(format!(
+                "node name {name} is already taken by a {} node at {}; pick another with --name, or `k8sd remove-node {name}` first",
+                m.role, m.address
+            )));
+        }
+        Ok(())
+    }
+
+    async fn cluster_info(&self) -> Result<ClusterInfo, Status> {
+        registry::get::<ClusterInfo>(&self.node, registry::CLUSTER_KEY)
+            .await
+            .map_err(unavailable)?
+            .map(|(c, _)| c)
+            .ok_or_else(|| unavailable("the cluster record is not written yet"))
+    }
+
+    async fn control_plane(&self) -> Result<Vec<IpAddr>, Status> {
+        Ok(registry::members(&self.node)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter(|m| m.role == MemberRole::ControlPlane)
+            .map(|m| m.address)
+            .collect())
+    }
+
+    /// Consume the token and record the member in one write. Loses cleanly to a racing use.
+    async fn consume(&self, t: &JoinToken, mut rec: TokenRecord, rev: i64, member: &MemberRecord) -> Result<(), Status> {
+        let tkey = registry::token_key(&t.id);
+        let mkey = registry::member_key(&member.name);
+        rec.state = TokenState::Used { by: member.name.clone(), at_unix: now_unix() };
+        let ok = registry::txn(
+            &self.node,
+            vec![registry::unchanged(&tkey, rev), registry::unchanged(&mkey, 0)],
+            vec![registry::put_op(&tkey, &rec), registry::put_op(&mkey, member)],
+        )
+        .await
+        .map_err(unavailable)?;
+        if ok {
+            return Ok(());
+        }
+        // Say which compare failed.
+        self.check_name_free(&member.name).await?;
+        let role = if member.role == MemberRole::Worker { TokenRole::Worker } else { TokenRole::ControlPlane };
+        self.check_token(&t.encode(), role, &member.name).await?;
+        Err(Status::aborted("the token changed while joining; retry"))
+    }
+
+    async fn join_worker(&self, req: JoinRequest) -> Result<JoinReply, Status> {
+        let keys = req.worker_keys.clone().ok_or_else(|| Status::invalid_argument("a worker join must carry its public keys"))?;
+        let (t, rec, rev) = self.check_token(&req.token, TokenRole::Worker, &req.name).await?;
+        self.check_name_free(&req.name).await?;
+        let cluster = self.cluster_info().await?;
+        let ca = pki::load_ca(&self.pki_dir, CaKind::Cluster).map_err(|e| Status::internal(e.to_string()))?;
+        let id = NodeIdentity {
+            node_name: req.name.clone(),
+            node_ips: vec![req.address],
+            extra_sans: vec![],
+            service_cidr: cluster.service_cidr.parse().map_err(|e: pki::PkiError| Status::internal(e.to_string()))?,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let sign = |leaf: Leaf, key: &str| {
+            pki::sign_leaf_for_public_key(&ca, &leaf.spec(&id), key, now).map_err(|e| Status::invalid_argument(e.to_string()))
+        };
+        let certs = WorkerCerts {
+            kubelet_client: sign(Leaf::KubeletClient, &keys.kubelet_client)?,
+            kubelet_serving: sign(Leaf::KubeletServing, &keys.kubelet_serving)?,
+            kube_proxy: sign(Leaf::KubeProxy, &keys.kube_proxy)?,
+        };
+        let member = MemberRecord { name: req.name.clone(), role: MemberRole::Worker, address: req.address, joined_unix: now_unix() };
+        self.consume(&t, rec, rev, &member).await?;
+        tracing::info!(node = %req.name, address = %req.address, "a worker joined");
+        Ok(JoinReply {
+            version: WIRE_VERSION,
+            cluster,
+            ca_cert: ca.cert_pem().to_string(),
+            control_plane: self.control_plane().await?,
+            secrets: vec![],
+            datastore_peers: vec![],
+            worker_certs: Some(certs),
+        })
+    }
+
+    async fn join_control_plane(&self, req: JoinRequest) -> Result<JoinReply, Status> {
+        self.check_token(&req.token, TokenRole::ControlPlane, &req.name).await?;
+        self.check_name_free(&req.name).await?;
+        let cluster = self.cluster_info().await?;
+        let mut secrets = Vec::new();
+        for kind in CaKind::ALL {
+            for f in [kind.cert_file(), kind.key_file()] {
+                secrets.push(SecretFile { pem: self.read_pki(&f)?, name: f });
+            }
+        }
+        for f in [pki::SA_KEY_FILE, pki::SA_PUB_FILE] {
+            secrets.push(SecretFile { name: f.to_string(), pem: self.read_pki(f)? });
+        }
+        let peers = self
+            .node
+            .raft_status()
+            .map(|s| s.members.values().map(|i| i.peer_addr.clone()).collect())
+            .unwrap_or_default();
+        tracing::info!(node = %req.name, address = %req.address, "handing cluster secrets to a joining control-plane node");
+        Ok(JoinReply {
+            version: WIRE_VERSION,
+            cluster,
+            ca_cert: self.read_pki("ca.crt")?,
+            control_plane: self.control_plane().await?,
+            secrets,
+            datastore_peers: peers,
+            worker_certs: None,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterApi for ClusterService {
+    async fn join(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        let req: JoinRequest = body(req)?;
+        check_version(req.version)?;
+        crate::daemon::config::validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let out = match req.role {
+            TokenRole::Worker => self.join_worker(req).await?,
+            TokenRole::ControlPlane => self.join_control_plane(req).await?,
+        };
+        reply(&out)
+    }
+
+    async fn join_complete(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        let req: JoinCompleteRequest = body(req)?;
+        check_version(req.version)?;
+        let (t, rec, rev) = self.check_token(&req.token, TokenRole::ControlPlane, &req.name).await?;
+        let member = MemberRecord { name: req.name.clone(), role: MemberRole::ControlPlane, address: req.address, joined_unix: now_unix() };
+        self.consume(&t, rec, rev, &member).await?;
+        tracing::info!(node = %req.name, address = %req.address, "a control-plane node joined");
+        reply(&JoinCompleteReply { version: WIRE_VERSION })
+    }
+}

@@ -1,0 +1,281 @@
+//! Join tokens: what `k8sd add-node` prints and `k8sd join` consumes.
+//!
+//! ```text
+//!  token string = base64url( JSON { v: 1, ca, addrs, id, secret, role, name? } )
+//!  datastore    = /k8sd/tokens/<id> → JSON TokenRecord { sha256(secret), role, name?, expiry, state }
+//! ```
+//!
+//! Invariants:
+//! - The secret never reaches the datastore; only its SHA-256 does (the secret is 32 random
+//!   bytes, so a fast hash is enough: there is nothing to brute-force).
+//! - A record is never deleted on use or revocation: its `state` changes, so a second use is
+//!   refused with "already used by node X", not "unknown token".
+//! - The token pins the cluster CA by the SHA-256 of its DER certificate: a joiner talks to no
+//!   server whose chain lacks that exact CA.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The token format version this binary writes and reads.
+pub const TOKEN_VERSION: u32 = 1;
+/// Default lifetime of a token (`--ttl`).
+pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
+
+/// What the token lets its holder become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenRole {
+    ControlPlane,
+    Worker,
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRole::ControlPlane => "control-plane",
+            TokenRole::Worker => "worker",
+        })
+    }
+}
+
+/// The decoded token string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinToken {
+    pub v: u32,
+    /// Hex SHA-256 of the cluster CA certificate (DER).
+    pub ca: String,
+    /// `host:port` of the join service on control-plane nodes, tried in order.
+    pub addrs: Vec<String>,
+    /// Public id of the token (names its record; shown by `k8sd tokens list`).
+    pub id: String,
+    /// Hex of 32 random bytes; proves possession.
+    pub secret: String,
+    pub role: TokenRole,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("the join token is garbled ({0}); copy the whole line `k8sd add-node` printed")]
+    Garbled(String),
+    #[error("the join token has format version {0}, this k8sd reads version {TOKEN_VERSION}; use matching k8sd versions")]
+    Version(u32),
+    #[error("unknown join token; it was never issued by this cluster (or it is for another cluster)")]
+    Unknown,
+    #[error("the join token expired at {0}; mint a new one with `k8sd add-node`")]
+    Expired(String),
+    #[error("the join token was already used by node {by} at {at}; tokens are single-use, mint a new one with `k8sd add-node`")]
+    Used { by: String, at: String },
+    #[error("the join token was revoked at {0}; mint a new one with `k8sd add-node`")]
+    Revoked(String),
+    #[error("the join token is for a {token} node, but this join asks for a {asked} node; use `k8sd join{flag}`")]
+    WrongRole { token: TokenRole, asked: TokenRole, flag: &'static str },
+    #[error("the join token is reserved for node name {token:?}, not {asked:?}")]
+    WrongName { token: String, asked: String },
+}
+
+impl JoinToken {
+    /// A new token with a fresh id and secret.
+    pub fn mint(ca_fingerprint: &str, addrs: Vec<String>, role: TokenRole, name: Option<String>) -> JoinToken {
+        JoinToken {
+            v: TOKEN_VERSION,
+            ca: ca_fingerprint.to_string(),
+            addrs,
+            id: hex::encode(rand::random::<[u8; 6]>()),
+            secret: hex::encode(rand::random::<[u8; 32]>()),
+            role,
+            name,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn decode(text: &str) -> Result<JoinToken, TokenError> {
+        let text = text.trim();
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(|e| TokenError::Garbled(format!("not base64url: {e}")))?;
+        // Read the version first, so a newer format gets a version error, not a parse error.
+        let probe: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| TokenError::Garbled(format!("not JSON: {e}")))?;
+        let v = probe.get("v").and_then(|v| v.as_u64()).ok_or_else(|| TokenError::Garbled("no version".into()))?;
+        if v != u64::from(TOKEN_VERSION) {
+            return Err(TokenError::Version(u32::try_from(v).unwrap_or(u32::MAX)));
+        }
+        let t: JoinToken = serde_json::from_value(probe).map_err(|e| TokenError::Garbled(e.to_string()))?;
+        if t.addrs.is_empty() || t.ca.len() != 64 || t.secret.len() != 64 || t.id.is_empty() {
+            return Err(TokenError::Garbled("missing addresses, CA fingerprint, id or secret".into()));
+        }
+        Ok(t)
+    }
+
+    pub fn secret_hash(&self) -> String {
+        hash_secret(&self.secret)
+    }
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Where a token is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum TokenState {
+    Active,
+    Used { by: String, at_unix: u64 },
+    Revoked { at_unix: u64 },
+}
+
+/// The stored half of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_sha256: String,
+    pub role: TokenRole,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub created_unix: u64,
+    pub expires_unix: u64,
+    #[serde(flatten)]
+    pub state: TokenState,
+}
+
+impl TokenRecord {
+    pub fn new(t: &JoinToken, now_unix: u64, ttl_secs: u64) -> TokenRecord {
+        TokenRecord {
+            id: t.id.clone(),
+            secret_sha256: t.secret_hash(),
+            role: t.role,
+            name: t.name.clone(),
+            created_unix: now_unix,
+            expires_unix: now_unix.saturating_add(ttl_secs),
+            state: TokenState::Active,
+        }
+    }
+
+    /// Whether `t` may join now as `role` under `name`. A wrong secret is reported as unknown:
+    /// it tells a guesser nothing.
+    pub fn check(&self, t: &JoinToken, role: TokenRole, name: &str, now_unix: u64) -> Result<(), TokenError> {
+        if !constant_time_eq(self.secret_sha256.as_bytes(), t.secret_hash().as_bytes()) {
+            return Err(TokenError::Unknown);
+        }
+        match &self.state {
+            TokenState::Active => {}
+            TokenState::Used { by, at_unix } => return Err(TokenError::Used { by: by.clone(), at: rfc3339(*at_unix) }),
+            TokenState::Revoked { at_unix } => return Err(TokenError::Revoked(rfc3339(*at_unix))),
+        }
+        if now_unix >= self.expires_unix {
+            return Err(TokenError::Expired(rfc3339(self.expires_unix)));
+        }
+        if self.role != role {
+            let flag = if self.role == TokenRole::Worker { " --worker" } else { "" };
+            return Err(TokenError::WrongRole { token: self.role, asked: role, flag });
+        }
+        if let Some(n) = &self.name
+            && n != name
+        {
+            return Err(TokenError::WrongName { token: n.clone(), asked: name.to_string() });
+        }
+        Ok(())
+    }
+
+    /// "active", "used by n4", "revoked" or "expired", for `k8sd tokens list`.
+    pub fn describe(&self, now_unix: u64) -> String {
+        match &self.state {
+            TokenState::Active if now_unix >= self.expires_unix => "expired".into(),
+            TokenState::Active => "active".into(),
+            TokenState::Used { by, .. } => format!("used by {by}"),
+            TokenState::Revoked { .. } => "revoked".into(),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn rfc3339(unix: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap_or(i64::MAX))
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Parse a TTL such as `24h`, `90m`, `3600s` or `3600`.
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('s') => (&s[..s.len() - 1], 1),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid TTL {s:?}: use e.g. 24h, 90m or 600s"))?;
+    if n == 0 {
+        return Err(format!("invalid TTL {s:?}: must be positive"));
+    }
+    Ok(n.saturating_mul(mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(role: TokenRole) -> JoinToken {
+        JoinToken::mint(&"ab".repeat(32), vec!["10.0.0.1:6400".into()], role, None)
+    }
+
+    #[test]
+    fn tokens_round_trip_and_garbage_is_refused_clearly() {
+        let t = token(TokenRole::Worker);
+        let s = t.encode();
+        assert!(!s.contains('+') && !s.contains('/'), "base64url");
+        assert_eq!(JoinToken::decode(&format!("  {s}\n")).unwrap(), t);
+        assert!(matches!(JoinToken::decode("not a token!"), Err(TokenError::Garbled(_))));
+        assert!(matches!(JoinToken::decode(&s[..s.len() / 2]), Err(TokenError::Garbled(_))));
+        let v2 = URL_SAFE_NO_PAD.encode(br#"{"v":2,"whatever":1}"#);
+        assert_eq!(JoinToken::decode(&v2), Err(TokenError::Version(2)));
+    }
+
+    #[test]
+    fn records_hold_only_a_hash_and_enforce_single_use_expiry_role_and_name() {
+        let t = token(TokenRole::Worker);
+        let mut r = TokenRecord::new(&t, 1000, 60);
+        let stored = serde_json::to_string(&r).unwrap();
+        assert!(!stored.contains(&t.secret), "the secret is never stored");
+        assert_eq!(r.check(&t, TokenRole::Worker, "n4", 1010), Ok(()));
+        assert!(matches!(r.check(&t, TokenRole::Worker, "n4", 1060), Err(TokenError::Expired(_))));
+        assert!(matches!(r.check(&t, TokenRole::ControlPlane, "n4", 1010), Err(TokenError::WrongRole { .. })));
+        let mut forged = t.clone();
+        forged.secret = "cd".repeat(32);
+        assert_eq!(r.check(&forged, TokenRole::Worker, "n4", 1010), Err(TokenError::Unknown));
+        r.name = Some("n5".into());
+        assert!(matches!(r.check(&t, TokenRole::Worker, "n4", 1010), Err(TokenError::WrongName { .. })));
+        r.name = None;
+        r.state = TokenState::Used { by: "n4".into(), at_unix: 1020 };
+        assert!(r.check(&t, TokenRole::Worker, "n4", 1030).unwrap_err().to_string().contains("already used by node n4"));
+        r.state = TokenState::Revoked { at_unix: 1020 };
+        assert!(matches!(r.check(&t, TokenRole::Worker, "n4", 1030), Err(TokenError::Revoked(_))));
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("24h"), Ok(86400));
+        assert_eq!(parse_ttl("90m"), Ok(5400));
+        assert_eq!(parse_ttl("15"), Ok(15));
+        assert!(parse_ttl("0h").is_err());
+        assert!(parse_ttl("soon").is_err());
+    }
+}

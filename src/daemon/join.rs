@@ -1,0 +1,284 @@
+//! Growing and shrinking the cluster from this node: `add-node` (tokens), `join`,
+//! `remove-node`, `leave`. The token and member records live in the datastore (see
+//! `cluster::registry`); this file decides what the node does with them.
+
+use std::sync::Arc;
+
+use super::api::{JoinArgs, TokenReport};
+use super::config::{self, InitRequest, NodeConfig, Role};
+use super::{Daemon, DaemonError, Progress, report, write_file};
+use crate::cluster::registry::{self, ClusterInfo, MemberRecord, MemberRole};
+use crate::cluster::token::{self, JoinToken, TokenRecord, TokenRole};
+use crate::cluster::wire::*;
+use crate::cluster::{API_PORT, client};
+use crate::pki::{self, CaKind, IssuedCert, Leaf};
+
+/// A control-plane join between `Join` (secrets received) and `JoinComplete` (token consumed),
+/// carried through bring-up, which completes it once the datastore member exists.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingJoin {
+    pub token: JoinToken,
+    pub datastore_peers: Vec<String>,
+}
+
+fn other(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Other(e.to_string())
+}
+
+/// The only file names a joiner accepts from the cluster API: nothing can be written elsewhere.
+fn allowed_secret(name: &str) -> bool {
+    CaKind::ALL.iter().any(|k| k.cert_file() == name || k.key_file() == name) || name == pki::SA_KEY_FILE || name == pki::SA_PUB_FILE
+}
+
+impl Daemon {
+    fn control_plane_node(&self) -> Result<(super::RunningNode, crate::node::Node), DaemonError> {
+        match self.running() {
+            Some(r) if r.cfg.role == Role::ControlPlane => {
+                let ds = r.datastore.clone().ok_or_else(|| other("the datastore is not running"))?;
+                Ok((r, ds))
+            }
+            Some(_) => Err(other("this is a worker node; run this on a control-plane node")),
+            None => Err(other("this node is not running a control plane; see `k8sd status`")),
+        }
+    }
+
+    /// Record the cluster's settings and this founding node (idempotent).
+    pub(crate) async fn register_founder(&self, node: &crate::node::Node, cfg: &NodeConfig) -> Result<(), DaemonError> {
+        let info = ClusterInfo { pod_cidr: cfg.pod_cidr.clone(), service_cidr: cfg.service_cidr.clone() };
+        registry::txn(node, vec![registry::unchanged(registry::CLUSTER_KEY, 0)], vec![registry::put_op(registry::CLUSTER_KEY, &info)])
+            .await
+            .map_err(other)?;
+        let me = MemberRecord {
+            name: cfg.node_name.clone(),
+            role: MemberRole::ControlPlane,
+            address: cfg.advertise_address,
+            joined_unix: token::now_unix(),
+        };
+        registry::add_member_if_absent(node, &me).await.map_err(other)?;
+        Ok(())
+    }
+
+    /// `k8sd add-node`: store a hashed token and return it with its expiry.
+    pub async fn add_node(&self, worker: bool, name: Option<String>, ttl_secs: u64) -> Result<(String, String), DaemonError> {
+        let (r, ds) = self.control_plane_node()?;
+        if let Some(n) = &name {
+            config::validate_node_name(n)?;
+            if registry::get::<MemberRecord>(&ds, &registry::member_key(n)).await.map_err(other)?.is_some() {
+                return Err(other(format!("node name {n} is already taken; pick another or `k8sd remove-node {n}` first")));
+            }
+        }
+        if ttl_secs == 0 {
+            return Err(other("--ttl must be positive"));
+        }
+        let ca = std::fs::read_to_string(self.opts.layout.pki_dir().join("ca.crt")).map_err(other)?;
+        let fp = pki::ca_fingerprint_sha256(&ca)?;
+        let mut addrs: Vec<String> = registry::members(&ds)
+            .await
+            .map_err(other)?
+            .into_iter()
+            .filter(|m| m.role == MemberRole::ControlPlane)
+            .map(|m| std::net::SocketAddr::new(m.address, API_PORT).to_string())
+            .collect();
+        // This node first: it is known to be up.
+        let me = std::net::SocketAddr::new(r.cfg.advertise_address, API_PORT).to_string();
+        addrs.retain(|a| *a != me);
+        addrs.insert(0, me);
+        let role = if worker { TokenRole::Worker } else { TokenRole::ControlPlane };
+        let t = JoinToken::mint(&fp, addrs, role, name);
+        let rec = TokenRecord::new(&t, token::now_unix(), ttl_secs);
+        let key = registry::token_key(&t.id);
+        registry::txn(&ds, vec![registry::unchanged(&key, 0)], vec![registry::put_op(&key, &rec)])
+            .await
+            .map_err(other)?;
+        tracing::info!(id = %t.id, role = %role, "minted a join token");
+        Ok((t.encode(), token::rfc3339(rec.expires_unix)))
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenReport>, DaemonError> {
+        let (_, ds) = self.control_plane_node()?;
+        let now = token::now_unix();
+        Ok(registry::tokens(&ds)
+            .await
+            .map_err(other)?
+            .into_iter()
+            .map(|t| TokenReport {
+                state: t.describe(now),
+                id: t.id,
+                role: t.role.to_string(),
+                name: t.name,
+                expires: token::rfc3339(t.expires_unix),
+            })
+            .collect())
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), DaemonError> {
+        let (_, ds) = self.control_plane_node()?;
+        if registry::revoke_token(&ds, id, token::now_unix()).await.map_err(other)? {
+            Ok(())
+        } else {
+            Err(other(format!("no token with id {id}; see `k8sd tokens list`")))
+        }
+    }
+
+    /// `k8sd join`: refuse on an initialised node, check everything locally, ask the cluster,
+    /// write what it returns, and bring the node up.
+    pub async fn join(self: &Arc<Self>, args: JoinArgs, progress: Progress) -> Result<(), DaemonError> {
+        let _guard = self.lifecycle.lock().await;
+        let l = self.opts.layout.clone();
+        if l.node_file().exists() {
+            return Err(DaemonError::AlreadyInitialised(l.node_file()));
+        }
+        let p = Some(progress.clone());
+        report(&p, "checking the token and this machine");
+        let t = JoinToken::decode(&args.token).map_err(other)?;
+        let role = if args.worker { TokenRole::Worker } else { TokenRole::ControlPlane };
+        if t.role != role {
+            let flag = if t.role == TokenRole::Worker { " --worker" } else { "" };
+            return Err(other(token::TokenError::WrongRole { token: t.role, asked: role, flag }));
+        }
+        let req = InitRequest {
+            node_name: args.node_name.clone().or(t.name.clone()),
+            advertise_address: args.advertise_address.clone(),
+            ..Default::default()
+        };
+        let mut cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
+        config::check_ports(if args.worker { config::WORKER_PORTS } else { config::PORTS })?;
+        self.preflight()?;
+        for dir in [l.pki_dir(), l.kubeconfig_dir(), l.config_dir(), l.datastore_dir()] {
+            super::mkdir(&dir, 0o700)?;
+        }
+        report(&p, &format!("asking the cluster to admit {} as a {role} node", cfg.node_name));
+        let res = if args.worker { self.join_worker(&t, &mut cfg).await } else { self.join_control_plane(&t, &mut cfg).await };
+        let pending = match res {
+            Ok(p) => p,
+            Err(e) => {
+                // Nothing of the cluster's stays behind on a refused join.
+                let _ = std::fs::remove_dir_all(l.pki_dir());
+                let _ = std::fs::remove_dir_all(l.kubeconfig_dir());
+                return Err(e);
+            }
+        };
+        let res = self.bring_up(cfg.clone(), Some(progress), pending).await;
+        match &res {
+            Ok(()) => {}
+            Err(e) => self.set_phase(super::Phase::Failed(e.to_string())),
+        }
+        res
+    }
+
+    async fn join_worker(&self, t: &JoinToken, cfg: &mut NodeConfig) -> Result<Option<PendingJoin>, DaemonError> {
+        let l = &self.opts.layout;
+        let key = |what: &str| pki::generate_private_key_pem(what);
+        let (kc, ks, kp) = (key("kubelet-client.key")?, key("kubelet.key")?, key("kube-proxy.key")?);
+        let keys = WorkerKeys {
+            kubelet_client: pki::public_key_pem("kubelet-client.key", &kc)?,
+            kubelet_serving: pki::public_key_pem("kubelet.key", &ks)?,
+            kube_proxy: pki::public_key_pem("kube-proxy.key", &kp)?,
+        };
+        let req = JoinRequest {
+            version: WIRE_VERSION,
+            token: t.encode(),
+            name: cfg.node_name.clone(),
+            role: TokenRole::Worker,
+            address: cfg.advertise_address,
+            worker_keys: Some(keys),
+        };
+        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, false, &req).await.map_err(other)?;
+        let certs = rep.worker_certs.ok_or_else(|| other(format!("{via} answered without certificates")))?;
+        let issued = [
+            (Leaf::KubeletClient, IssuedCert { cert_pem: certs.kubelet_client, key_pem: kc }),
+            (Leaf::KubeletServing, IssuedCert { cert_pem: certs.kubelet_serving, key_pem: ks }),
+            (Leaf::KubeProxy, IssuedCert { cert_pem: certs.kube_proxy, key_pem: kp }),
+        ];
+        pki::install_worker_pki(&l.pki_dir(), &rep.ca_cert, &issued)?;
+        cfg.role = Role::Worker;
+        cfg.pod_cidr = rep.cluster.pod_cidr;
+        cfg.service_cidr = rep.cluster.service_cidr;
+        cfg.control_plane = rep.control_plane;
+        if cfg.control_plane.is_empty() {
+            cfg.control_plane = t.addrs.iter().filter_map(|a| a.parse::<std::net::SocketAddr>().ok()).map(|s| s.ip()).collect();
+        }
+        self.persist(cfg)?;
+        Ok(None)
+    }
+
+    async fn join_control_plane(&self, t: &JoinToken, cfg: &mut NodeConfig) -> Result<Option<PendingJoin>, DaemonError> {
+        let l = &self.opts.layout;
+        let req = JoinRequest {
+            version: WIRE_VERSION,
+            token: t.encode(),
+            name: cfg.node_name.clone(),
+            role: TokenRole::ControlPlane,
+            address: cfg.advertise_address,
+            worker_keys: None,
+        };
+        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, false, &req).await.map_err(other)?;
+        if rep.secrets.is_empty() || rep.datastore_peers.is_empty() {
+            return Err(other(format!("{via} answered without the cluster secrets or datastore peers")));
+        }
+        for s in &rep.secrets {
+            if !allowed_secret(&s.name) {
+                return Err(other(format!("{via} sent an unexpected file {:?}; refusing to write it", s.name)));
+            }
+            let mode = if s.name.ends_with(".key") { pki::KEY_MODE } else { pki::CERT_MODE };
+            write_file(&l.pki_dir().join(&s.name), s.pem.as_bytes(), mode)?;
+        }
+        cfg.role = Role::ControlPlane;
+        cfg.pod_cidr = rep.cluster.pod_cidr;
+        cfg.service_cidr = rep.cluster.service_cidr;
+        Ok(Some(PendingJoin { token: t.clone(), datastore_peers: rep.datastore_peers }))
+    }
+
+    pub(crate) fn persist(&self, cfg: &NodeConfig) -> Result<(), DaemonError> {
+        let text = serde_yaml::to_string(cfg).map_err(other)?;
+        write_file(&self.opts.layout.node_file(), text.as_bytes(), 0o600)
+    }
+
+    /// The second half of a control-plane join, once this node's datastore is a Raft member:
+    /// consume the token and record the member in one write, then persist `node.yaml`.
+    pub(crate) async fn complete_join(&self, pending: &PendingJoin, cfg: &NodeConfig) -> Result<(), DaemonError> {
+        let req = JoinCompleteRequest {
+            version: WIRE_VERSION,
+            token: pending.token.encode(),
+            name: cfg.node_name.clone(),
+            address: cfg.advertise_address,
+        };
+        let _: (JoinCompleteReply, String) =
+            client::call_any(&pending.token.addrs, &pending.token.ca, true, &req).await.map_err(other)?;
+        self.persist(cfg)
+    }
+
+    /// Wipe what a failed control-plane join left on this node (the caller has stopped the
+    /// datastore and removed its member).
+    pub(crate) fn wipe_failed_join(&self) {
+        let l = &self.opts.layout;
+        for d in [l.pki_dir(), l.kubeconfig_dir(), l.datastore_dir()] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let _ = std::fs::remove_file(l.node_file());
+    }
+
+    /// Leave the datastore group after a failed join: this node's member must not linger.
+    pub(crate) async fn abandon_datastore(&self, datastore: &crate::node::Node) {
+        datastore.shutdown().await;
+    }
+
+    /// `k8sd remove-node NAME [--force]`.
+    pub async fn remove_node(&self, name: &str, force: bool) -> Result<(), DaemonError> {
+        let _ = (name, force);
+        Err(other("remove-node is not available yet"))
+    }
+
+    /// `k8sd leave`.
+    pub async fn leave(&self, force: bool) -> Result<(), DaemonError> {
+        let _ = force;
+        Err(other("leave is not available yet"))
+    }
+
+    /// `k8sd stop|start COMPONENT`.
+    pub async fn component(&self, name: &str, start: bool) -> Result<(), DaemonError> {
+        let r = self.running().ok_or_else(|| other("the node is not running; see `k8sd status`"))?;
+        let res = if start { r.supervisor.start_one(name).await } else { r.supervisor.stop_one(name).await };
+        res.map_err(|e| other(format!("{e}; components: {}", r.supervisor.status().iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(", "))))
+    }
+}
