@@ -60,3 +60,25 @@ wait_for() {
 
 # json_get FILE EXPR: evaluate a Python expression on the parsed JSON document `d`.
 json_get() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
+
+# make_bridge NAME CIDR: a test-owned bridge in the root namespace (e.g. k8sd-br0 10.210.100.1/24).
+make_bridge() {
+  ip link del "$1" 2>/dev/null || true
+  ip link add "$1" type bridge
+  ip addr add "$2" dev "$1"
+  ip link set "$1" up
+}
+
+# make_bridged_host NS INDEX BRIDGE PREFIX: a host on BRIDGE addressed PREFIX.INDEX/24, so that
+# hosts reach each other directly (one L2 segment, as machines on one switch).
+make_bridged_host() {
+  local ns=$1 i=$2 br=$3 prefix=$4
+  ip netns del "$ns" 2>/dev/null || true
+  ip link del "k8sd-b$i" 2>/dev/null || true
+  ip netns add "$ns"
+  ip link add "k8sd-b$i" type veth peer name eth0 netns "$ns"
+  ip link set "k8sd-b$i" master "$br" up
+  ip -n "$ns" addr add "$prefix.$i/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+}
