@@ -1,8 +1,8 @@
 //! The Lease service. Grant and revoke are replicated commands; keep-alive and time-to-live
-//! read the local lessor's deadlines.
+//! use the leader's lessor deadlines (a follower asks the leader, as etcd forwards them),
+//! because only the leader expires leases.
 
 use std::pin::Pin;
-use std::time::Instant;
 
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -52,7 +52,14 @@ impl pb::lease_server::Lease for EtcdService {
         let out = async_stream(move |tx| async move {
             while let Ok(Some(r)) = incoming.message().await {
                 // Like etcd: an unknown or expired lease answers TTL 0 rather than an error.
-                let ttl = svc.node.lessor().renew(r.id, Instant::now()).unwrap_or(0);
+                // Without a leader the stream ends with the error; clients open a new one.
+                let ttl = match svc.node.lease_renew(r.id).await {
+                    Ok(ttl) => ttl.unwrap_or(0),
+                    Err(e) => {
+                        let _ = tx.send(Err(node_status(e))).await;
+                        break;
+                    }
+                };
                 let resp = pb::LeaseKeepAliveResponse {
                     header: Some(svc.header(svc.node.meta().current_rev)),
                     id: r.id,
@@ -83,7 +90,8 @@ impl pb::lease_server::Lease for EtcdService {
                 keys: Vec::new(),
             }));
         };
-        let (ttl, granted) = self.node.lessor().remaining(id, Instant::now()).unwrap_or((info.ttl, info.ttl));
+        let left = self.node.lease_remaining(id).await.map_err(node_status)?;
+        let (ttl, granted) = left.unwrap_or((info.ttl, info.ttl));
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header: Some(self.header(self.node.meta().current_rev)),
             id,

@@ -1,5 +1,6 @@
 //! Maintenance and Cluster: real Status and MemberList (etcdctl's endpoint health and status
-//! read them), an empty alarm list, a no-op defragment, and Unimplemented for the rest.
+//! read them), MemberRemove through the quorum-safe `Node::remove_member`, an empty alarm
+//! list, a no-op defragment, and Unimplemented for the rest.
 
 use std::pin::Pin;
 
@@ -138,9 +139,16 @@ impl pb::cluster_server::Cluster for EtcdService {
 
     async fn member_remove(
         &self,
-        _req: Request<pb::MemberRemoveRequest>,
+        req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(unimplemented("Cluster.MemberRemove; use k8sd remove-node"))
+        // Never forced here: etcd's API has no force flag, and its strict reconfiguration
+        // check refuses the same unhealthy cases (`etcdserver: unhealthy cluster`).
+        let id = req.into_inner().id;
+        self.node.remove_member(id, false).await.map_err(node_status)?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.header(self.node.meta().current_rev)),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(

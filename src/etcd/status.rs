@@ -52,10 +52,24 @@ fn raft_status(e: &crate::raft::RaftNodeError) -> Status {
         R::Timeout { .. } => Status::new(Code::Unavailable, "etcdserver: request timed out"),
         R::Ambiguous(_) => Status::new(Code::Unavailable, "etcdserver: request timed out, possibly due to connection lost"),
         R::Membership(_) => Status::new(Code::Unavailable, "etcdserver: leader changed"),
+        R::Remove(r) => remove_status(r),
         other => {
             tracing::error!(error = %other, "raft failure");
             Status::new(Code::Unavailable, "etcdserver: server stopped")
         }
+    }
+}
+
+/// Refused removals, with etcd's codes and strings (`api/v3rpc/rpctypes/error.go`).
+fn remove_status(e: &crate::raft::RemoveError) -> Status {
+    use crate::raft::RemoveError as E;
+    match e {
+        E::UnknownMember(_) => Status::new(Code::NotFound, "etcdserver: member not found"),
+        E::Unhealthy { .. } | E::NoSuccessor(_) => Status::new(Code::Unavailable, "etcdserver: unhealthy cluster"),
+        E::LastVoter(_) => Status::new(
+            Code::FailedPrecondition,
+            "etcdserver: re-configuration failed due to not enough started members",
+        ),
     }
 }
 

@@ -87,6 +87,17 @@ impl Lessor {
     }
 }
 
+/// The leader answers followers' keep-alives from its lessor (`raft::network::LeaseClock`).
+impl crate::raft::LeaseClock for Lessor {
+    fn renew_now(&self, id: i64) -> Option<i64> {
+        self.renew(id, Instant::now())
+    }
+
+    fn remaining_now(&self, id: i64) -> Option<(i64, i64)> {
+        self.remaining(id, Instant::now())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

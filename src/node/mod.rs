@@ -8,6 +8,10 @@
 //!        └──read(Reader)──▶ reader pool (WAL snapshots, blocking threads)
 //! ```
 //!
+//! A Raft member has no apply thread: `raft::RaftNode` applies, and its apply hook feeds the
+//! hub and the lessor. Lease keep-alives go to the leader's lessor (`lease_renew`), because
+//! only the leader expires leases.
+//!
 //! Group commit: the apply thread takes every proposal waiting in the channel (up to a bound)
 //! and applies them in one SQLite transaction with one fsync. In a standalone node the store
 //! commits with `synchronous=FULL`, so a reply means the write is on disk.
@@ -200,6 +204,7 @@ impl Node {
         };
         let mut rc = raft.config;
         rc.apply_hook = Some(hook);
+        rc.leases = Some(lessor.clone());
         let seeds = rc.join.clone();
         let node_raft = crate::raft::RaftNode::start(rc, raft.listener).await?;
         // A node whose log already holds a membership restarts as itself: it neither
@@ -319,6 +324,59 @@ impl Node {
         match &self.inner.backend {
             Backend::Raft(raft) => Some(raft.status()),
             Backend::Local { .. } => None,
+        }
+    }
+
+    /// Every member of the cluster (a standalone node lists itself as the only voter). Use it
+    /// to map a member's name to the id `remove_member` takes.
+    pub fn members(&self) -> Vec<crate::raft::Member> {
+        match &self.inner.backend {
+            Backend::Raft(raft) => raft.status().member_list(),
+            Backend::Local { .. } => vec![crate::raft::Member {
+                id: self.meta().member_id,
+                info: crate::raft::NodeInfo {
+                    name: self.inner.config.name.clone(),
+                    peer_addr: String::new(),
+                    client_addr: self.inner.config.client_urls.join(","),
+                },
+                voter: true,
+            }],
+        }
+    }
+
+    /// Remove member `id` from the cluster; callable on any member (forwarded to the leader).
+    /// Refuses to break a healthy quorum unless `force`, and never removes the last voter.
+    /// See `raft::RaftNode::remove_member` for the rules. The removed node keeps running
+    /// until it is shut down.
+    pub async fn remove_member(&self, id: u64, force: bool) -> Result<crate::raft::RemoveOutcome, NodeError> {
+        use crate::raft::{RaftNodeError, RemoveError};
+        match &self.inner.backend {
+            Backend::Raft(raft) => Ok(raft.remove_member(id, force).await?),
+            // A standalone node is a cluster of one voter: itself.
+            Backend::Local { .. } => Err(NodeError::Raft(RaftNodeError::Remove(if id == self.meta().member_id {
+                RemoveError::LastVoter(id)
+            } else {
+                RemoveError::UnknownMember(id)
+            }))),
+        }
+    }
+
+    /// Renew lease `id` (a keep-alive): its TTL, or `None` if the lease is unknown or expired.
+    /// A Raft follower asks the leader, whose lessor is the one that expires leases; renewing
+    /// the local lessor alone would let the lease expire on the leader (etcd forwards
+    /// keep-alives to its leader the same way).
+    pub async fn lease_renew(&self, id: i64) -> Result<Option<i64>, NodeError> {
+        match &self.inner.backend {
+            Backend::Raft(raft) => Ok(raft.renew_lease(id).await?),
+            Backend::Local { .. } => Ok(self.inner.lessor.renew(id, Instant::now())),
+        }
+    }
+
+    /// Remaining whole seconds and granted TTL of lease `id`, by the leader's lessor.
+    pub async fn lease_remaining(&self, id: i64) -> Result<Option<(i64, i64)>, NodeError> {
+        match &self.inner.backend {
+            Backend::Raft(raft) => Ok(raft.lease_remaining(id).await?),
+            Backend::Local { .. } => Ok(self.inner.lessor.remaining(id, Instant::now())),
         }
     }
 

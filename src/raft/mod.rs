@@ -47,7 +47,9 @@ use tonic::transport::{ClientTlsConfig, Server, ServerTlsConfig};
 use crate::datastore::{Command, CommandOutput, StoreError};
 use log_store::{LogStore, LogStoreError};
 pub use network::Faults;
-use membership::{JoinReply, JoinRequest, MembershipLock};
+use membership::{JoinReply, JoinRequest, MembershipLock, RemoveReply, RemoveRequest};
+pub use membership::{RemoveError, RemoveOutcome};
+pub use network::{LeaseClock, LeaseReply, LeaseRequest};
 use network::{CallError, ForwardReply, LeaderContact, Method, NetworkFactory, PeerService, Raft, ReadIndexReply};
 use state_machine::{ApplyHook, StateMachine, Waiters};
 pub use types::{NodeInfo, Request, Response, TypeConfig};
@@ -87,6 +89,16 @@ pub struct RaftConfig {
     /// Peer addresses (`host:port`) to ask for membership through `RaftNode::join` when this
     /// node has never belonged to a cluster and does not bootstrap one. Empty: wait to be added.
     pub join: Vec<String>,
+    /// With `auto_promote`, how long a voter must be unreachable from the leader before a
+    /// caught-up standby takes its place (the lost voter is demoted to learner, never removed).
+    /// Default 5 minutes: a reboot, a kernel upgrade or a k8sd restart takes well under that,
+    /// and swapping voters for a node that is about to come back only churns membership.
+    /// etcd has no automatic replacement; dqlite's comparable role reshuffle waits on a
+    /// similar order of minutes.
+    pub voter_loss_delay: Duration,
+    /// This node's lease deadlines (`node::Lessor`). While it leads, followers' lease
+    /// keep-alives and time-to-live questions are answered from it over the `Lease` RPC.
+    pub leases: Option<Arc<dyn LeaseClock>>,
 }
 
 impl std::fmt::Debug for RaftConfig {
@@ -120,6 +132,16 @@ impl RaftConfig {
             faults: None,
             auto_promote: false,
             join: Vec::new(),
+            voter_loss_delay: Duration::from_secs(300),
+            leases: None,
+        }
+    }
+
+    fn membership_policy(&self) -> membership::Policy {
+        membership::Policy {
+            health_window: self.election_timeout.1,
+            voter_loss_delay: self.voter_loss_delay,
+            change_timeout: self.request_timeout,
         }
     }
 
@@ -170,6 +192,9 @@ pub enum RaftNodeError {
     Ambiguous(String),
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// `remove_member` refused: unknown id, last voter, or no healthy quorum afterwards.
+    #[error("cannot remove the member: {0}")]
+    Remove(#[from] RemoveError),
     #[error("cannot join the cluster: {0}")]
     Join(String),
     #[error("peer service on {addr} failed: {message}")]
@@ -191,6 +216,30 @@ pub struct RaftStatus {
     pub learners: BTreeSet<u64>,
     /// Every member (voter or learner) and where it says it can be reached.
     pub members: BTreeMap<u64, NodeInfo>,
+}
+
+/// One member of the cluster, as an operator lists them (e.g. to map a name to the id that
+/// `remove_member` takes). Names are labels and need not be unique; ids are identities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub info: NodeInfo,
+    /// A voter; otherwise a learner (a standby, or one still catching up).
+    pub voter: bool,
+}
+
+impl RaftStatus {
+    /// Every member, in id order.
+    pub fn member_list(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|(id, info)| Member {
+                id: *id,
+                info: info.clone(),
+                voter: self.voters.contains(id),
+            })
+            .collect()
+    }
 }
 
 /// A running Raft node: openraft, its storage, and its peer service. Cheap to clone.
@@ -218,6 +267,8 @@ struct Inner {
     server: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
     /// Held by every membership change this node makes.
     membership: MembershipLock,
+    policy: membership::Policy,
+    leases: Option<Arc<dyn LeaseClock>>,
     election_timeout: Duration,
     /// Last AppendEntries accepted from a leader (see `has_leader`).
     contact: LeaderContact,
@@ -294,7 +345,9 @@ impl RaftNode {
         let _ = std::fs::remove_dir_all(raft_dir.join("inbox"));
         let membership_lock = MembershipLock::default();
         let contact = LeaderContact::default();
-        let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"), membership_lock.clone(), contact.clone());
+        let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"), membership_lock.clone(), contact.clone())
+            .with_policy(config.membership_policy())
+            .with_leases(config.leases.clone());
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls.clone() {
             builder = builder.tls_config(tls).map_err(|e| RaftNodeError::Serve {
@@ -342,6 +395,8 @@ impl RaftNode {
                 request_timeout: config.request_timeout,
                 server: Mutex::new(Some((stop_tx, task))),
                 membership: membership_lock,
+                policy: config.membership_policy(),
+                leases: config.leases.clone(),
                 election_timeout: config.election_timeout.1,
                 contact,
             }),
@@ -354,11 +409,14 @@ impl RaftNode {
 
     /// While leader, check every second whether learners are due for promotion (a learner
     /// added before a leader change, or one that was down when it was added, is promoted by
-    /// whichever node leads later). Ends when the last handle is dropped or Raft stops.
+    /// whichever node leads later), and whether a voter has been unreachable for
+    /// `voter_loss_delay` and a standby should take its place. Ends when the last handle is
+    /// dropped or Raft stops.
     fn spawn_promoter(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut lost = membership::LossTracker::default();
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -366,8 +424,134 @@ impl RaftNode {
                     return; // shut down
                 }
                 membership::promote_if_due(&inner.raft, &inner.membership).await;
+                membership::replace_lost_voters(&inner.raft, &inner.membership, &inner.policy, &mut lost).await;
             }
         });
+    }
+
+    /// Remove member `id` from the cluster. Callable on any member: a follower forwards the
+    /// request to the leader over the peer service (mTLS), following leader hints.
+    ///
+    /// A learner is removed at once. A voter is replaced by a caught-up standby learner when
+    /// one exists (the voter count stays the same, in one joint change); otherwise the voter
+    /// set shrinks. Refused with `RemoveError::Unhealthy` when the new voter set would not
+    /// have a quorum of members the leader heard from within an election timeout (`force`
+    /// skips this check), and with `LastVoter` when no voter would remain (even with `force`).
+    /// Removing the leader first hands leadership to another voter, which then removes it.
+    ///
+    /// The removed node is not stopped; the caller shuts it down. A forced change whose new
+    /// quorum is unreachable stays in flight after the `Timeout` error and completes when
+    /// enough members are back.
+    pub async fn remove_member(&self, id: u64, force: bool) -> Result<RemoveOutcome, RaftNodeError> {
+        let inner = &self.inner;
+        let req = RemoveRequest { id, force };
+        // A leader transfer plus a joint change can take two request timeouts.
+        let deadline = Instant::now() + inner.request_timeout * 3;
+        let mut hint: Option<(u64, NodeInfo)> = None;
+        let mut last = String::from("no leader");
+        loop {
+            let st = self.status();
+            let target = hint
+                .take()
+                .or_else(|| st.leader.and_then(|l| st.members.get(&l).map(|n| (l, n.clone()))));
+            let reply = match target {
+                Some((l, _)) if l == inner.id => Some(
+                    membership::handle_remove(&inner.raft, &inner.membership, &inner.policy, req.clone()).await,
+                ),
+                Some((l, node)) if !inner.net.blocks(l) => {
+                    let ttl = deadline.saturating_duration_since(Instant::now());
+                    match inner.net.client(&node.peer_addr) {
+                        Ok(mut c) => match network::call(&mut c, Method::Remove, &req, ttl).await {
+                            Ok(reply) => Some(reply),
+                            Err(e) => {
+                                last = format!("{}: {e:?}", node.peer_addr);
+                                None
+                            }
+                        },
+                        Err(e) => {
+                            last = format!("{}: {e}", node.peer_addr);
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            match reply {
+                Some(RemoveReply::Removed(outcome)) => return Ok(outcome),
+                Some(RemoveReply::Refused(e)) => return Err(e.into()),
+                Some(RemoveReply::InFlight { reason }) => {
+                    return Err(RaftNodeError::Membership(reason));
+                }
+                Some(RemoveReply::NotLeader { leader }) => {
+                    last = "asked a node that is not the leader".into();
+                    hint = leader;
+                }
+                Some(RemoveReply::Retry { reason }) => last = reason,
+                None => {}
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                tracing::warn!(member = %format!("{id:016x}"), reason = %last, "member removal gave up");
+                return Err(RaftNodeError::Timeout {
+                    what: "member removal",
+                    after: inner.request_timeout * 3,
+                });
+            }
+            tokio::time::sleep(if hint.is_some() { RETRY_PAUSE / 2 } else { RETRY_PAUSE }).await;
+        }
+    }
+
+    /// Renew lease `id` on the leader's lease clock (forwarded when this node is not the
+    /// leader): its TTL, or `None` if the leader does not know the lease. Only the leader
+    /// expires leases, so renewing anywhere else would not keep a lease alive.
+    pub async fn renew_lease(&self, id: i64) -> Result<Option<i64>, RaftNodeError> {
+        match self.lease_call(LeaseRequest::Renew { id }).await? {
+            LeaseReply::Renewed { ttl } => Ok(ttl),
+            other => Err(RaftNodeError::Stopped(format!("unexpected lease reply {other:?}"))),
+        }
+    }
+
+    /// Remaining seconds and granted TTL of lease `id` by the leader's clock.
+    pub async fn lease_remaining(&self, id: i64) -> Result<Option<(i64, i64)>, RaftNodeError> {
+        match self.lease_call(LeaseRequest::Remaining { id }).await? {
+            LeaseReply::Remaining { left } => Ok(left),
+            other => Err(RaftNodeError::Stopped(format!("unexpected lease reply {other:?}"))),
+        }
+    }
+
+    /// Ask the leader's lease clock (this node's own when it leads), retrying through leader
+    /// changes until `request_timeout`.
+    async fn lease_call(&self, req: LeaseRequest) -> Result<LeaseReply, RaftNodeError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.request_timeout;
+        loop {
+            let st = self.status();
+            match st.leader {
+                Some(l) if l == inner.id => {
+                    let clock = inner
+                        .leases
+                        .as_ref()
+                        .ok_or_else(|| RaftNodeError::Config("this node keeps no lease clock".into()))?;
+                    return Ok(req.answer(clock.as_ref()));
+                }
+                Some(l) if !inner.net.blocks(l) => {
+                    if let Some(node) = st.members.get(&l)
+                        && let Ok(mut c) = inner.net.client(&node.peer_addr)
+                    {
+                        let ttl = deadline.saturating_duration_since(Instant::now());
+                        let reply: Result<LeaseReply, CallError> = network::call(&mut c, Method::Lease, &req, ttl).await;
+                        match reply {
+                            Ok(LeaseReply::NotLeader { .. }) | Err(_) => {}
+                            Ok(answer) => return Ok(answer),
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(RaftNodeError::NoLeader(inner.request_timeout));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 
     /// Whether this node already belongs to a cluster (its log holds a membership), so it must

@@ -6,6 +6,7 @@
 //!                     AppendEntries/Vote/PreVote/TransferLeader: one JSON body each way
 //!                     InstallSnapshot: client stream, header chunk then the SQLite file
 //!  follower RaftNode ──Forward / ReadIndex──────▶ PeerService on the leader
+//!  any RaftNode ──Join / Remove / Lease──────────▶ PeerService on the leader
 //! ```
 //!
 //! Bodies are JSON (serde_json) of openraft's serde types: it is self-describing, so an added
@@ -28,6 +29,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::async_runtime::WatchReceiver;
 use openraft::{RaftNetworkV2, ReadPolicy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -38,7 +40,7 @@ use tonic::{Code, Status};
 use super::pb::raft_peer_client::RaftPeerClient;
 use super::pb::raft_peer_server::RaftPeer;
 use super::pb::{Msg, SnapshotChunk};
-use super::membership::{self, JoinRequest, MembershipLock};
+use super::membership::{self, JoinRequest, MembershipLock, RemoveRequest};
 use super::state_machine::StateMachine;
 use super::types::{LogId, NodeInfo, Request, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
 
@@ -62,6 +64,41 @@ pub enum ForwardReply {
 pub enum ReadIndexReply {
     Index { index: u64 },
     NotLeader { leader: Option<u64> },
+}
+
+/// `Lease` request: a lease keep-alive or time-to-live asked of the leader's lease clock.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaseRequest {
+    Renew { id: i64 },
+    Remaining { id: i64 },
+}
+
+/// Reply to `Lease`. `None` means the leader does not know the lease (never granted,
+/// revoked, or already expiring).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaseReply {
+    Renewed { ttl: Option<i64> },
+    Remaining { left: Option<(i64, i64)> },
+    NotLeader { leader: Option<u64> },
+}
+
+/// The leader's lease deadlines, as `node::Lessor` keeps them. The peer service answers
+/// followers' keep-alives from it; this module knows nothing else of leases.
+pub trait LeaseClock: Send + Sync + std::fmt::Debug {
+    /// Push the lease's deadline one TTL ahead; its TTL, or `None` if it is unknown.
+    fn renew_now(&self, id: i64) -> Option<i64>;
+    /// Remaining whole seconds and granted TTL, or `None` if it is unknown.
+    fn remaining_now(&self, id: i64) -> Option<(i64, i64)>;
+}
+
+impl LeaseRequest {
+    /// Answer from a lease clock (on the leader).
+    pub fn answer(&self, clock: &dyn LeaseClock) -> LeaseReply {
+        match *self {
+            LeaseRequest::Renew { id } => LeaseReply::Renewed { ttl: clock.renew_now(id) },
+            LeaseRequest::Remaining { id } => LeaseReply::Remaining { left: clock.remaining_now(id) },
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -248,6 +285,8 @@ pub(crate) enum Method {
     Forward,
     ReadIndex,
     Join,
+    Remove,
+    Lease,
 }
 
 /// One unary call with a deadline. The body is JSON of `req`; the reply is decoded as `T`.
@@ -267,6 +306,8 @@ pub(crate) async fn call<Req: Serialize, T: DeserializeOwned>(
             Method::Forward => client.forward(msg).await,
             Method::ReadIndex => client.read_index(msg).await,
             Method::Join => client.join(msg).await,
+            Method::Remove => client.remove(msg).await,
+            Method::Lease => client.lease(msg).await,
         }
     };
     let reply = tokio::time::timeout(ttl, fut)
@@ -434,9 +475,12 @@ pub struct PeerService {
     raft: Raft,
     /// Incoming snapshots are written here before installation, then deleted.
     inbox: PathBuf,
-    /// Held by every membership change this node makes (joins, promotions).
+    /// Held by every membership change this node makes (joins, promotions, removals).
     membership: MembershipLock,
+    policy: membership::Policy,
     contact: LeaderContact,
+    /// The node's lease clock, consulted for followers' keep-alives while this node leads.
+    leases: Option<Arc<dyn LeaseClock>>,
 }
 
 /// When this node last accepted an AppendEntries from a leader of its current term or later.
@@ -446,7 +490,30 @@ pub type LeaderContact = Arc<Mutex<Option<std::time::Instant>>>;
 
 impl PeerService {
     pub fn new(raft: Raft, inbox: PathBuf, membership: MembershipLock, contact: LeaderContact) -> Self {
-        PeerService { raft, inbox, membership, contact }
+        PeerService {
+            raft,
+            inbox,
+            membership,
+            policy: membership::Policy {
+                health_window: Duration::from_secs(2),
+                voter_loss_delay: Duration::from_secs(300),
+                change_timeout: Duration::from_secs(10),
+            },
+            contact,
+            leases: None,
+        }
+    }
+
+    /// Membership timing (`RaftConfig`'s values; the defaults above otherwise).
+    pub fn with_policy(mut self, policy: membership::Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Answer followers' lease keep-alives from `leases` while this node leads.
+    pub fn with_leases(mut self, leases: Option<Arc<dyn LeaseClock>>) -> Self {
+        self.leases = leases;
+        self
     }
 }
 
@@ -561,6 +628,25 @@ impl RaftPeer for PeerService {
     async fn join(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let join: JoinRequest = decode(req.get_ref())?;
         let reply = membership::handle_join(&self.raft, &self.membership, join).await;
+        encode(&reply).map(tonic::Response::new)
+    }
+
+    async fn remove(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
+        let remove: RemoveRequest = decode(req.get_ref())?;
+        let reply = membership::handle_remove(&self.raft, &self.membership, &self.policy, remove).await;
+        encode(&reply).map(tonic::Response::new)
+    }
+
+    async fn lease(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
+        let lease: LeaseRequest = decode(req.get_ref())?;
+        let m = self.raft.metrics().borrow_watched().clone();
+        // Only the leader expires leases, so only its deadlines mean anything; a follower that
+        // answered from its own clock would let the lease expire on the leader regardless.
+        let reply = match &self.leases {
+            Some(clock) if m.current_leader == Some(m.id) => lease.answer(clock.as_ref()),
+            Some(_) => LeaseReply::NotLeader { leader: m.current_leader },
+            None => return Err(Status::unimplemented("this peer keeps no lease clock")),
+        };
         encode(&reply).map(tonic::Response::new)
     }
 }
