@@ -122,9 +122,12 @@ pub async fn pin_ca(addr: &str, fingerprint: &str) -> Result<String, JoinError> 
 }
 
 /// A gRPC client to `addr`, verifying the server against `ca_pem`.
-pub async fn connect(addr: &str, ca_pem: &str) -> Result<ClusterApiClient<Channel>, JoinError> {
+pub async fn connect(addr: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ClusterApiClient<Channel>, JoinError> {
     let unreachable = |reason: String| JoinError::Unreachable { addr: addr.to_string(), reason };
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
     let ep = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|e| unreachable(e.to_string()))?
         .tls_config(tls)
@@ -140,11 +143,15 @@ pub async fn connect(addr: &str, ca_pem: &str) -> Result<ClusterApiClient<Channe
 pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
     client: &mut ClusterApiClient<Channel>,
     addr: &str,
-    complete: bool,
+    rpc: Rpc,
     req: &Req,
 ) -> Result<Rep, JoinError> {
     let msg = Msg { body: serde_json::to_vec(req).map_err(|e| JoinError::Refused(e.to_string()))? };
-    let res = if complete { client.join_complete(msg).await } else { client.join(msg).await };
+    let res = match rpc {
+        Rpc::Join => client.join(msg).await,
+        Rpc::JoinComplete => client.join_complete(msg).await,
+        Rpc::Membership => client.membership(msg).await,
+    };
     match res {
         Ok(r) => serde_json::from_slice(&r.into_inner().body)
             .map_err(|e| JoinError::Refused(format!("{addr} sent a malformed answer: {e}"))),
@@ -155,19 +162,27 @@ pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
     }
 }
 
+/// The cluster API's calls.
+#[derive(Debug, Clone, Copy)]
+pub enum Rpc {
+    Join,
+    JoinComplete,
+    Membership,
+}
+
 /// Try each address in turn: pin, connect, call. Stops at the first answer or refusal.
 pub async fn call_any<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
     addrs: &[String],
     fingerprint: &str,
-    complete: bool,
+    rpc: Rpc,
     req: &Req,
 ) -> Result<(Rep, String), JoinError> {
     let mut failures = Vec::new();
     for addr in addrs {
         let attempt = async {
             let ca = pin_ca(addr, fingerprint).await?;
-            let mut c = connect(addr, &ca).await?;
-            call::<Req, Rep>(&mut c, addr, complete, req).await
+            let mut c = connect(addr, &ca, None).await?;
+            call::<Req, Rep>(&mut c, addr, rpc, req).await
         };
         match attempt.await {
             Ok(rep) => return Ok((rep, addr.clone())),
@@ -175,6 +190,30 @@ pub async fn call_any<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
                 tracing::warn!(error = %e, "trying the next control-plane address");
                 failures.push(e.to_string());
             }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(JoinError::NoneReachable(failures.join("\n  ")))
+}
+
+/// A joined node's call with its own client certificate, to each address in turn (the CA is
+/// the node's own copy, no pinning needed).
+pub async fn call_as_node<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+    addrs: &[String],
+    ca_pem: &str,
+    identity: (&str, &str),
+    rpc: Rpc,
+    req: &Req,
+) -> Result<Rep, JoinError> {
+    let mut failures = Vec::new();
+    for addr in addrs {
+        let attempt = async {
+            let mut c = connect(addr, ca_pem, Some(identity)).await?;
+            call::<Req, Rep>(&mut c, addr, rpc, req).await
+        };
+        match attempt.await {
+            Ok(rep) => return Ok(rep),
+            Err(e @ JoinError::Unreachable { .. }) => failures.push(e.to_string()),
             Err(e) => return Err(e),
         }
     }

@@ -50,3 +50,28 @@ pub async fn serve(
         .await
         .map_err(|e| e.to_string())
 }
+
+/// kubectl with the admin kubeconfig, for the few Kubernetes writes k8sd makes itself.
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    pub kubebin: std::path::PathBuf,
+    pub kubeconfig: std::path::PathBuf,
+}
+
+impl Kubectl {
+    /// Delete a Node object; absent is fine.
+    pub async fn delete_node(&self, name: &str) -> Result<(), String> {
+        let out = tokio::process::Command::new(&self.kubebin)
+            .arg("kubectl")
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(["delete", "node", name, "--ignore-not-found", "--wait=false", "--request-timeout=20s"])
+            .output()
+            .await
+            .map_err(|e| format!("cannot run kubectl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("deleting Node {name}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+}

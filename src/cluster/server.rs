@@ -27,6 +27,16 @@ use crate::pki::{self, CaKind, Leaf, NodeIdentity};
 pub struct ClusterService {
     pub node: Node,
     pub pki_dir: PathBuf,
+    pub kubectl: super::Kubectl,
+}
+
+/// The node name in a verified client certificate (CN `system:node:NAME`), if any.
+fn node_of<T>(req: &Request<T>) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let certs = req.peer_certs()?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(certs.first()?.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    cn.strip_prefix("system:node:").map(str::to_string)
 }
 
 fn body<T: serde::de::DeserializeOwned>(m: Request<Msg>) -> Result<T, Status> {
@@ -201,6 +211,26 @@ impl ClusterApi for ClusterService {
             TokenRole::ControlPlane => self.join_control_plane(req).await?,
         };
         reply(&out)
+    }
+
+    async fn membership(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        let name = node_of(&req).ok_or_else(|| Status::unauthenticated("present this node's kubelet client certificate"))?;
+        let req: MembershipRequest = body(req)?;
+        check_version(req.version)?;
+        let key = registry::member_key(&name);
+        let member = registry::get::<MemberRecord>(&self.node, &key).await.map_err(unavailable)?;
+        if req.leave {
+            if let Some((m, _)) = &member {
+                if m.role != MemberRole::Worker {
+                    return Err(Status::failed_precondition("a control-plane node leaves through its own datastore"));
+                }
+                self.kubectl.delete_node(&name).await.map_err(unavailable)?;
+                registry::txn(&self.node, vec![], vec![registry::delete_op(&key)]).await.map_err(unavailable)?;
+                tracing::info!(node = %name, "a worker left the cluster");
+            }
+            return reply(&MembershipReply { version: WIRE_VERSION, member: false });
+        }
+        reply(&MembershipReply { version: WIRE_VERSION, member: member.is_some() })
     }
 
     async fn join_complete(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {

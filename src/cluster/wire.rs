@@ -72,3 +72,16 @@ pub struct JoinCompleteRequest {
 pub struct JoinCompleteReply {
     pub version: u32,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipRequest {
+    pub version: u32,
+    /// Leave the cluster (delete this node's record and Node object).
+    pub leave: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipReply {
+    pub version: u32,
+    pub member: bool,
+}

@@ -10,7 +10,8 @@ use super::{Daemon, DaemonError, Progress, report, write_file};
 use crate::cluster::registry::{self, ClusterInfo, MemberRecord, MemberRole};
 use crate::cluster::token::{self, JoinToken, TokenRecord, TokenRole};
 use crate::cluster::wire::*;
-use crate::cluster::{API_PORT, client};
+use crate::cluster::{API_PORT, Kubectl, client};
+use crate::node::Node;
 use crate::pki::{self, CaKind, IssuedCert, Leaf};
 
 /// A control-plane join between `Join` (secrets received) and `JoinComplete` (token consumed),
@@ -183,7 +184,7 @@ impl Daemon {
             address: cfg.advertise_address,
             worker_keys: Some(keys),
         };
-        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, false, &req).await.map_err(other)?;
+        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await.map_err(other)?;
         let certs = rep.worker_certs.ok_or_else(|| other(format!("{via} answered without certificates")))?;
         let issued = [
             (Leaf::KubeletClient, IssuedCert { cert_pem: certs.kubelet_client, key_pem: kc }),
@@ -212,7 +213,7 @@ impl Daemon {
             address: cfg.advertise_address,
             worker_keys: None,
         };
-        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, false, &req).await.map_err(other)?;
+        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await.map_err(other)?;
         if rep.secrets.is_empty() || rep.datastore_peers.is_empty() {
             return Err(other(format!("{via} answered without the cluster secrets or datastore peers")));
         }
@@ -244,7 +245,7 @@ impl Daemon {
             address: cfg.advertise_address,
         };
         let _: (JoinCompleteReply, String) =
-            client::call_any(&pending.token.addrs, &pending.token.ca, true, &req).await.map_err(other)?;
+            client::call_any(&pending.token.addrs, &pending.token.ca, client::Rpc::JoinComplete, &req).await.map_err(other)?;
         self.persist(cfg)
     }
 
@@ -259,20 +260,126 @@ impl Daemon {
     }
 
     /// Leave the datastore group after a failed join: this node's member must not linger.
-    pub(crate) async fn abandon_datastore(&self, datastore: &crate::node::Node) {
+    pub(crate) async fn abandon_datastore(&self, datastore: &Node) {
+        let me = datastore.meta().member_id;
+        if let Err(e) = datastore.remove_member(me, true).await {
+            tracing::error!(error = %e, "could not remove this node's datastore member; remove it with `k8sd remove-node` on a control-plane node");
+        }
         datastore.shutdown().await;
     }
 
-    /// `k8sd remove-node NAME [--force]`.
-    pub async fn remove_node(&self, name: &str, force: bool) -> Result<(), DaemonError> {
-        let _ = (name, force);
-        Err(other("remove-node is not available yet"))
+    pub(crate) fn kubectl(&self) -> Result<Kubectl, DaemonError> {
+        Ok(Kubectl { kubebin: self.kubebin()?, kubeconfig: self.opts.layout.admin_kubeconfig() })
     }
 
-    /// `k8sd leave`.
+    /// `k8sd remove-node NAME [--force]`: its datastore member (refusing to break quorum unless
+    /// forced), its Node object, and its record. A removed control-plane node notices it is no
+    /// longer a member and stops; a removed worker learns it from the cluster API and stops.
+    pub async fn remove_node(&self, name: &str, force: bool) -> Result<(), DaemonError> {
+        let (r, ds) = self.control_plane_node()?;
+        if name == r.cfg.node_name {
+            return Err(other("this is the node you are on; use `k8sd leave` here, or run remove-node on another control-plane node"));
+        }
+        let rec = registry::get::<MemberRecord>(&ds, &registry::member_key(name)).await.map_err(other)?;
+        let raft_member = ds.members().into_iter().find(|m| m.info.name == name);
+        if rec.is_none() && raft_member.is_none() {
+            return Err(other(format!("no node named {name} in this cluster; see `k8sd status`")));
+        }
+        if let Some(m) = raft_member {
+            let outcome = ds.remove_member(m.id, force).await.map_err(other)?;
+            tracing::info!(node = %name, ?outcome, "removed a datastore member");
+        }
+        self.kubectl()?.delete_node(name).await.map_err(other)?;
+        registry::txn(&ds, vec![], vec![registry::delete_op(&registry::member_key(name))]).await.map_err(other)?;
+        Ok(())
+    }
+
+    /// `k8sd leave`: take this node out of its cluster, stop its services, and forget the
+    /// cluster's state here, so the machine can `k8sd join` again.
     pub async fn leave(&self, force: bool) -> Result<(), DaemonError> {
-        let _ = force;
-        Err(other("leave is not available yet"))
+        let r = self.running().ok_or_else(|| other("this node is not running; nothing to leave"))?;
+        let name = r.cfg.node_name.clone();
+        match &r.datastore {
+            Some(ds) => {
+                let me = ds.meta().member_id;
+                let others = ds.members().iter().filter(|m| m.id != me).count();
+                if others == 0 && !force {
+                    return Err(other("this is the last control-plane node: leaving would destroy the cluster. Use --force to do it anyway"));
+                }
+                if others > 0 {
+                    // Kubernetes records first, while this node still has a say in the datastore.
+                    self.kubectl()?.delete_node(&name).await.map_err(other)?;
+                    registry::txn(ds, vec![], vec![registry::delete_op(&registry::member_key(&name))]).await.map_err(other)?;
+                    ds.remove_member(me, force).await.map_err(other)?;
+                }
+            }
+            None => {
+                let req = MembershipRequest { version: WIRE_VERSION, leave: true };
+                let _: MembershipReply = self.worker_call(&r.cfg, &req).await.map_err(other)?;
+            }
+        }
+        self.stop().await;
+        self.set_phase(super::Phase::Uninitialised);
+        self.forget_cluster();
+        tracing::info!(node = %name, "left the cluster");
+        Ok(())
+    }
+
+    /// A worker's call to the cluster API with its kubelet identity.
+    pub(crate) async fn worker_call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+        &self,
+        cfg: &NodeConfig,
+        req: &Req,
+    ) -> Result<Rep, client::JoinError> {
+        let p = self.opts.layout.pki_dir();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let (ca, cert, key) = (read("ca.crt"), read("kubelet-client.crt"), read("kubelet-client.key"));
+        let addrs: Vec<String> = cfg.control_plane.iter().map(|a| std::net::SocketAddr::new(*a, API_PORT).to_string()).collect();
+        client::call_as_node(&addrs, &ca, (&cert, &key), client::Rpc::Membership, req).await
+    }
+
+    /// Forget this node's cluster state (after leaving or being removed); logs stay.
+    pub(crate) fn forget_cluster(&self) {
+        let l = &self.opts.layout;
+        let _ = std::fs::remove_file(l.node_file());
+        for d in [l.pki_dir(), l.kubeconfig_dir(), l.datastore_dir()] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    /// Stop this node when the cluster has removed it: a control-plane node that is no longer a
+    /// datastore member, a worker whose record is gone. Checked every 10 s.
+    pub(crate) fn spawn_removal_watch(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut misses = 0;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let Some(d) = me.upgrade() else { return };
+                let Some(r) = d.running() else { return };
+                let removed = match &r.datastore {
+                    Some(ds) => {
+                        let id = ds.meta().member_id;
+                        let members = ds.members();
+                        !members.is_empty() && !members.iter().any(|m| m.id == id)
+                    }
+                    None => {
+                        let req = MembershipRequest { version: WIRE_VERSION, leave: false };
+                        matches!(d.worker_call::<_, MembershipReply>(&r.cfg, &req).await, Ok(MembershipReply { member: false, .. }))
+                    }
+                };
+                // Two checks in a row, so a passing glitch never stops a node.
+                misses = if removed { misses + 1 } else { 0 };
+                if misses >= 2 {
+                    tracing::warn!("this node was removed from the cluster; stopping its services");
+                    d.stop().await;
+                    d.set_phase(super::Phase::Failed(
+                        "removed from the cluster; its services are stopped. Wipe the data dir and `k8sd join` again to return".into(),
+                    ));
+                    return;
+                }
+            }
+        });
     }
 
     /// `k8sd stop|start COMPONENT`.

@@ -356,6 +356,7 @@ impl Daemon {
         if cfg.role == Role::ControlPlane {
             self.spawn_cert_renewal(identity, supervisor);
         }
+        self.spawn_removal_watch();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         Ok(())
     }
@@ -409,7 +410,7 @@ impl Daemon {
         let api_listener = tokio::net::TcpListener::bind(api_addr)
             .await
             .map_err(|e| DaemonError::Other(format!("cluster API listener {api_addr}: {e}")))?;
-        let svc = crate::cluster::server::ClusterService { node: datastore.clone(), pki_dir: l.pki_dir() };
+        let svc = crate::cluster::server::ClusterService { node: datastore.clone(), pki_dir: l.pki_dir(), kubectl: self.kubectl()? };
         let mut rx = stop;
         tokio::spawn(async move {
             let res = crate::cluster::serve(svc, api_listener, async move {
