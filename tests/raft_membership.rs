@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8sd::datastore::{Command, CommandOutput, Durability, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest};
+use k8sd::datastore::{
+    Command, CommandOutput, Durability, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest,
+};
 use k8sd::node::{Node, NodeConfig, RaftSettings};
 use k8sd::raft::{Faults, RaftConfig, RaftNode, RaftNodeError, RemoveError, RemoveOutcome};
 use tempfile::TempDir;
@@ -22,7 +24,13 @@ use tokio::net::TcpListener;
 const HEARTBEAT: Duration = Duration::from_millis(50);
 const ELECTION: (Duration, Duration) = (Duration::from_millis(400), Duration::from_millis(800));
 
-fn config(dir: &Path, name: &str, addr: &str, faults: &Arc<Faults>, voter_loss_delay: Duration) -> RaftConfig {
+fn config(
+    dir: &Path,
+    name: &str,
+    addr: &str,
+    faults: &Arc<Faults>,
+    voter_loss_delay: Duration,
+) -> RaftConfig {
     let mut c = RaftConfig::new(dir, name, addr, "http://127.0.0.1:2379");
     c.heartbeat = HEARTBEAT;
     c.election_timeout = ELECTION;
@@ -87,26 +95,40 @@ impl Cluster {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap().to_string();
             let dir: PathBuf = tmp.path().join(format!("n{i}"));
-            let node = RaftNode::start(config(&dir, &format!("n{i}"), &addr, &faults, voter_loss_delay), l)
-                .await
-                .unwrap();
+            let node = RaftNode::start(
+                config(&dir, &format!("n{i}"), &addr, &faults, voter_loss_delay),
+                l,
+            )
+            .await
+            .unwrap();
             if i == 0 {
                 node.bootstrap().await.unwrap();
                 first_addr = addr;
             } else {
-                node.join(std::slice::from_ref(&first_addr), Duration::from_secs(30)).await.unwrap();
+                node.join(std::slice::from_ref(&first_addr), Duration::from_secs(30))
+                    .await
+                    .unwrap();
             }
             nodes.push(Some(node));
         }
-        let c = Cluster { _tmp: tmp, nodes, faults };
+        let c = Cluster {
+            _tmp: tmp,
+            nodes,
+            faults,
+        };
         let want = n.min(3);
         let all: BTreeSet<u64> = c.running().iter().map(|i| c.node(*i).id()).collect();
         for i in c.running() {
             let node = c.node(i);
-            must("three voters and every member everywhere", Duration::from_secs(20), async || {
-                let st = node.status();
-                (st.voters.len() == want && st.members.keys().copied().collect::<BTreeSet<_>>() == all).then_some(())
-            })
+            must(
+                "three voters and every member everywhere",
+                Duration::from_secs(20),
+                async || {
+                    let st = node.status();
+                    (st.voters.len() == want && st.members.keys().copied().collect::<BTreeSet<_>>() == all)
+                        .then_some(())
+                },
+            )
             .await;
         }
         c
@@ -117,17 +139,26 @@ impl Cluster {
     }
 
     fn running(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
     }
 
     fn index_of(&self, id: u64) -> usize {
-        self.running().into_iter().find(|i| self.node(*i).id() == id).unwrap()
+        self.running()
+            .into_iter()
+            .find(|i| self.node(*i).id() == id)
+            .unwrap()
     }
 
     /// The node every running node agrees is leader.
     async fn leader(&self) -> usize {
         must("an agreed leader", Duration::from_secs(15), async || {
-            let leaders: BTreeSet<Option<u64>> = self.running().iter().map(|i| self.node(*i).status().leader).collect();
+            let leaders: BTreeSet<Option<u64>> = self
+                .running()
+                .iter()
+                .map(|i| self.node(*i).status().leader)
+                .collect();
             match leaders.into_iter().collect::<Vec<_>>()[..] {
                 [Some(l)] => Some(self.index_of(l)),
                 _ => None,
@@ -140,7 +171,13 @@ impl Cluster {
     async fn roles(&self) -> (usize, usize, Option<usize>) {
         let l = self.leader().await;
         let st = self.node(l).status();
-        let follower = st.voters.iter().copied().find(|v| *v != st.id).map(|v| self.index_of(v)).unwrap();
+        let follower = st
+            .voters
+            .iter()
+            .copied()
+            .find(|v| *v != st.id)
+            .map(|v| self.index_of(v))
+            .unwrap();
         let standby = st.learners.iter().next().map(|v| self.index_of(*v));
         (l, follower, standby)
     }
@@ -187,7 +224,10 @@ async fn t10_a_learner_is_removed_directly() {
     txn_ok(c.node(f).propose(put("after", "1")).await);
     // Asking again names the id as unknown.
     let err = c.node(l).remove_member(c.node(s).id(), false).await.unwrap_err();
-    assert!(matches!(err, RaftNodeError::Remove(RemoveError::UnknownMember(_))), "{err}");
+    assert!(
+        matches!(err, RaftNodeError::Remove(RemoveError::UnknownMember(_))),
+        "{err}"
+    );
     c.shutdown().await;
 }
 
@@ -233,14 +273,28 @@ async fn t30_removal_that_breaks_a_healthy_quorum_is_refused_unless_forced() {
     for via in [l, a] {
         let err = c.node(via).remove_member(a_id, false).await.unwrap_err();
         assert!(
-            matches!(err, RaftNodeError::Remove(RemoveError::Unhealthy { healthy: 1, voters: 2, quorum: 2, .. })),
+            matches!(
+                err,
+                RaftNodeError::Remove(RemoveError::Unhealthy {
+                    healthy: 1,
+                    voters: 2,
+                    quorum: 2,
+                    ..
+                })
+            ),
             "{err}"
         );
-        assert!(err.to_string().contains("--force"), "the refusal names the override: {err}");
+        assert!(
+            err.to_string().contains("--force"),
+            "the refusal names the override: {err}"
+        );
     }
     assert_eq!(c.node(l).status().voters, voters, "nothing changed");
     let err = c.node(l).remove_member(0x1234, true).await.unwrap_err();
-    assert!(matches!(err, RaftNodeError::Remove(RemoveError::UnknownMember(0x1234))), "{err}");
+    assert!(
+        matches!(err, RaftNodeError::Remove(RemoveError::UnknownMember(0x1234))),
+        "{err}"
+    );
     // The cluster still writes with a and l.
     txn_ok(c.node(l).propose(put("during", "2")).await);
 
@@ -275,10 +329,14 @@ async fn t40_the_leader_hands_over_before_it_is_removed() {
     let out = c.node(l).remove_member(l_id, false).await.unwrap();
     assert_eq!(out, RemoveOutcome::VoterReplaced { replacement: s_id });
     let mut voters = c.node(s).status().voters;
-    must("the removal to reach the standby", Duration::from_secs(10), async || {
-        voters = c.node(s).status().voters;
-        (!voters.contains(&l_id)).then_some(())
-    })
+    must(
+        "the removal to reach the standby",
+        Duration::from_secs(10),
+        async || {
+            voters = c.node(s).status().voters;
+            (!voters.contains(&l_id)).then_some(())
+        },
+    )
     .await;
     assert!(voters.contains(&s_id) && voters.len() == 3, "{voters:?}");
     c.kill(l).await;
@@ -311,7 +369,11 @@ async fn t50_a_lost_voter_is_replaced_by_the_standby_and_returns_as_one() {
     voters.remove(&f_id);
     voters.insert(s_id);
     must_membership(&c.node(l), &voters, &BTreeSet::from([f_id])).await;
-    assert!(lost_at.elapsed() >= delay, "replaced after {:?}", lost_at.elapsed());
+    assert!(
+        lost_at.elapsed() >= delay,
+        "replaced after {:?}",
+        lost_at.elapsed()
+    );
     // Still a member: demoted, never deleted.
     assert!(c.node(l).status().members.contains_key(&f_id));
     txn_ok(c.node(s).propose(put("during", "2")).await);
@@ -356,7 +418,11 @@ async fn node_cluster(tmp: &Path) -> Vec<Node> {
             client_urls: vec![],
             progress_notify_interval: Duration::from_secs(600),
         };
-        let settings = RaftSettings { config: rc, listener: l, bootstrap: i == 0 };
+        let settings = RaftSettings {
+            config: rc,
+            listener: l,
+            bootstrap: i == 0,
+        };
         nodes.push(Node::start_raft(cfg, settings).await.unwrap());
     }
     for n in &nodes {
@@ -380,8 +446,10 @@ async fn t60_a_lease_kept_alive_only_through_a_follower_survives_and_then_expire
     })
     .await
     .clone();
-    let CommandOutput::LeaseGrant { id, ttl, .. } =
-        follower.propose(Command::LeaseGrant { id: 0, ttl: 2 }).await.unwrap()
+    let CommandOutput::LeaseGrant { id, ttl, .. } = follower
+        .propose(Command::LeaseGrant { id: 0, ttl: 2 })
+        .await
+        .unwrap()
     else {
         panic!("not a grant")
     };
@@ -398,7 +466,14 @@ async fn t60_a_lease_kept_alive_only_through_a_follower_survives_and_then_expire
     assert!((1..=2).contains(&left) && granted == 2, "{left}/{granted}");
     for n in &nodes {
         n.barrier().await.unwrap();
-        let v = n.read(|r| r.range(&RangeRequest { range: KeyRange::single(b"leased".to_vec()), ..Default::default() })).await;
+        let v = n
+            .read(|r| {
+                r.range(&RangeRequest {
+                    range: KeyRange::single(b"leased".to_vec()),
+                    ..Default::default()
+                })
+            })
+            .await;
         assert_eq!(v.unwrap().0.kvs.len(), 1, "the key survives while kept alive");
     }
 
@@ -406,13 +481,22 @@ async fn t60_a_lease_kept_alive_only_through_a_follower_survives_and_then_expire
     must("the lease to expire", Duration::from_secs(10), async || {
         follower.barrier().await.ok()?;
         let v = follower
-            .read(|r| r.range(&RangeRequest { range: KeyRange::single(b"leased".to_vec()), ..Default::default() }))
+            .read(|r| {
+                r.range(&RangeRequest {
+                    range: KeyRange::single(b"leased".to_vec()),
+                    ..Default::default()
+                })
+            })
             .await
             .ok()?;
         v.0.kvs.is_empty().then_some(())
     })
     .await;
-    assert_eq!(follower.lease_renew(id).await.unwrap(), None, "an expired lease answers TTL 0");
+    assert_eq!(
+        follower.lease_renew(id).await.unwrap(),
+        None,
+        "an expired lease answers TTL 0"
+    );
     for n in &nodes {
         n.shutdown().await;
     }

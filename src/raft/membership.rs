@@ -91,7 +91,11 @@ pub enum JoinReply {
 /// `min(members, MAX_VOTERS)`.
 pub fn target_voters(members: usize) -> usize {
     let n = members.min(MAX_VOTERS);
-    if n.is_multiple_of(2) { n.saturating_sub(1) } else { n }
+    if n.is_multiple_of(2) {
+        n.saturating_sub(1)
+    } else {
+        n
+    }
 }
 
 /// Leader side of `Join`.
@@ -122,13 +126,20 @@ pub async fn handle_join(raft: &Raft, lock: &MembershipLock, req: JoinRequest) -
         };
     }
     if cfg.get_node(&req.id).is_none() {
-        let added = tokio::time::timeout(CATCH_UP_WAIT, raft.add_learner(req.id, req.info.clone(), true)).await;
+        let added =
+            tokio::time::timeout(CATCH_UP_WAIT, raft.add_learner(req.id, req.info.clone(), true)).await;
         match added {
             Ok(Ok(_)) => {}
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                return JoinReply::NotLeader { leader: f.leader_node };
+                return JoinReply::NotLeader {
+                    leader: f.leader_node,
+                };
             }
-            Ok(Err(e)) => return JoinReply::Retry { reason: e.to_string() },
+            Ok(Err(e)) => {
+                return JoinReply::Retry {
+                    reason: e.to_string(),
+                };
+            }
             Err(_) => {
                 return JoinReply::Retry {
                     reason: "added as a learner; still catching up".into(),
@@ -420,29 +431,45 @@ pub enum RemoveReply {
     Refused(RemoveError),
     /// Ask the leader instead (also the answer after this leader handed leadership away in
     /// order to remove itself).
-    NotLeader { leader: Option<(u64, NodeInfo)> },
+    NotLeader {
+        leader: Option<(u64, NodeInfo)>,
+    },
     /// Transient (a change in flight, no quorum contact yet): ask again.
-    Retry { reason: String },
+    Retry {
+        reason: String,
+    },
     /// The change was proposed but not committed in time. It stays in flight and completes
     /// once a quorum of the old and the new voter sets is reachable; asking again would not
     /// help.
-    InFlight { reason: String },
+    InFlight {
+        reason: String,
+    },
 }
 
 fn leader_hint(raft: &Raft) -> Option<(u64, NodeInfo)> {
     let m = raft.metrics().borrow_watched().clone();
     let l = m.current_leader?;
-    m.membership_config.membership().get_node(&l).map(|n| (l, n.clone()))
+    m.membership_config
+        .membership()
+        .get_node(&l)
+        .map(|n| (l, n.clone()))
 }
 
 /// Run one membership change with a deadline and translate the result into a reply.
-async fn change(raft: &Raft, change: ChangeMembers<u64, NodeInfo>, retain: bool, policy: &Policy) -> Result<(), RemoveReply> {
+async fn change(
+    raft: &Raft,
+    change: ChangeMembers<u64, NodeInfo>,
+    retain: bool,
+    policy: &Policy,
+) -> Result<(), RemoveReply> {
     match tokio::time::timeout(policy.change_timeout, raft.change_membership(change, retain)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(RemoveReply::NotLeader {
             leader: f.leader_id.zip(f.leader_node),
         }),
-        Ok(Err(e)) => Err(RemoveReply::Retry { reason: e.to_string() }),
+        Ok(Err(e)) => Err(RemoveReply::Retry {
+            reason: e.to_string(),
+        }),
         Err(_) => Err(RemoveReply::InFlight {
             reason: format!(
                 "the membership change was proposed but not committed within {:?}; it completes once \
@@ -454,11 +481,18 @@ async fn change(raft: &Raft, change: ChangeMembers<u64, NodeInfo>, retain: bool,
 }
 
 /// Leader side of `Remove` (also called directly when the caller is the leader).
-pub async fn handle_remove(raft: &Raft, lock: &MembershipLock, policy: &Policy, req: RemoveRequest) -> RemoveReply {
+pub async fn handle_remove(
+    raft: &Raft,
+    lock: &MembershipLock,
+    policy: &Policy,
+    req: RemoveRequest,
+) -> RemoveReply {
     let _guard = lock.lock().await;
     let m = raft.metrics().borrow_watched().clone();
     if m.current_leader != Some(m.id) {
-        return RemoveReply::NotLeader { leader: leader_hint(raft) };
+        return RemoveReply::NotLeader {
+            leader: leader_hint(raft),
+        };
     }
     if m.membership_config.membership().get_joint_config().len() > 1 {
         return RemoveReply::Retry {
@@ -473,12 +507,16 @@ pub async fn handle_remove(raft: &Raft, lock: &MembershipLock, policy: &Policy, 
     let plan = loop {
         let m = raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(m.id) {
-            return RemoveReply::NotLeader { leader: leader_hint(raft) };
+            return RemoveReply::NotLeader {
+                leader: leader_hint(raft),
+            };
         }
         let view = ClusterView::from_metrics(&m, policy.health_window);
         match plan_removal(&view, req.id, req.force) {
             Ok(p) => break p,
-            Err(RemoveError::Unhealthy { .. } | RemoveError::NoSuccessor(_)) if Instant::now() < evidence_by => {
+            Err(RemoveError::Unhealthy { .. } | RemoveError::NoSuccessor(_))
+                if Instant::now() < evidence_by =>
+            {
                 tokio::time::sleep(HEALTH_RECHECK).await;
             }
             Err(e) => {
@@ -490,21 +528,33 @@ pub async fn handle_remove(raft: &Raft, lock: &MembershipLock, policy: &Policy, 
     let done = match plan {
         RemovalPlan::RemoveLearner => {
             tracing::info!(member = %id, "removing a learner");
-            change(raft, ChangeMembers::RemoveNodes(BTreeSet::from([req.id])), false, policy)
-                .await
-                .map(|_| RemoveOutcome::LearnerRemoved)
+            change(
+                raft,
+                ChangeMembers::RemoveNodes(BTreeSet::from([req.id])),
+                false,
+                policy,
+            )
+            .await
+            .map(|_| RemoveOutcome::LearnerRemoved)
         }
         RemovalPlan::TransferLeadership { to } => {
             tracing::info!(member = %id, to = %format!("{to:016x}"), "transferring leadership before removing this leader");
             if let Err(e) = raft.trigger().transfer_leader(to).await {
-                return RemoveReply::Retry { reason: e.to_string() };
+                return RemoveReply::Retry {
+                    reason: e.to_string(),
+                };
             }
             let moved = raft
                 .wait(Some(policy.change_timeout))
-                .metrics(|m| m.current_leader.is_some_and(|l| l != m.id), "leadership moved away")
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != m.id),
+                    "leadership moved away",
+                )
                 .await;
             return match moved {
-                Ok(_) => RemoveReply::NotLeader { leader: leader_hint(raft) },
+                Ok(_) => RemoveReply::NotLeader {
+                    leader: leader_hint(raft),
+                },
                 Err(e) => RemoveReply::Retry {
                     reason: format!("leadership transfer to {to:016x} did not finish: {e}"),
                 },
@@ -518,9 +568,14 @@ pub async fn handle_remove(raft: &Raft, lock: &MembershipLock, policy: &Policy, 
         }
         RemovalPlan::Shrink { voters } => {
             tracing::info!(member = %id, voters = ?voters, force = req.force, "removing a voter; no standby is ready, the voter set shrinks");
-            change(raft, ChangeMembers::ReplaceAllVoters(voters.clone()), false, policy)
-                .await
-                .map(|_| RemoveOutcome::VoterRemoved { voters })
+            change(
+                raft,
+                ChangeMembers::ReplaceAllVoters(voters.clone()),
+                false,
+                policy,
+            )
+            .await
+            .map(|_| RemoveOutcome::VoterRemoved { voters })
         }
     };
     match done {
@@ -572,7 +627,12 @@ impl LossTracker {
 /// standby (issue 3 item 10). The lost voter is demoted to learner, not removed: when it comes
 /// back it catches up and is the next standby. Leader only; skipped while another change of
 /// this node runs or a joint configuration is in flight.
-pub async fn replace_lost_voters(raft: &Raft, lock: &MembershipLock, policy: &Policy, tracker: &mut LossTracker) {
+pub async fn replace_lost_voters(
+    raft: &Raft,
+    lock: &MembershipLock,
+    policy: &Policy,
+    tracker: &mut LossTracker,
+) {
     let Ok(_guard) = lock.try_lock() else { return };
     let m = raft.metrics().borrow_watched().clone();
     if m.current_leader != Some(m.id) {
@@ -603,12 +663,21 @@ pub async fn replace_lost_voters(raft: &Raft, lock: &MembershipLock, policy: &Po
         after = ?policy.voter_loss_delay,
         "voter unreachable for longer than voter_loss_delay; promoting a standby and demoting the lost voter to learner"
     );
-    match change(raft, ChangeMembers::ReplaceAllVoters(voters.clone()), true, policy).await {
+    match change(
+        raft,
+        ChangeMembers::ReplaceAllVoters(voters.clone()),
+        true,
+        policy,
+    )
+    .await
+    {
         Ok(()) => {
             tracing::info!(voters = ?voters, demoted = %lost_id, "lost voter replaced by a standby");
             tracker.clear();
         }
-        Err(reply) => tracing::warn!(voter = %lost_id, result = ?reply, "replacing a lost voter did not finish; will retry"),
+        Err(reply) => {
+            tracing::warn!(voter = %lost_id, result = ?reply, "replacing a lost voter did not finish; will retry")
+        }
     }
 }
 
@@ -652,13 +721,22 @@ mod tests {
         let v = view(&[1, 2, 3], &[4, 5], &[], &[5]);
         assert_eq!(
             plan_removal(&v, 2, false),
-            Ok(RemovalPlan::Replace { standby: 4, voters: set(&[1, 3, 4]) })
+            Ok(RemovalPlan::Replace {
+                standby: 4,
+                voters: set(&[1, 3, 4])
+            })
         );
         // A standby that is behind or unreachable does not count: the voter set shrinks.
         let v = view(&[1, 2, 3], &[4], &[], &[4]);
-        assert_eq!(plan_removal(&v, 2, false), Ok(RemovalPlan::Shrink { voters: set(&[1, 3]) }));
+        assert_eq!(
+            plan_removal(&v, 2, false),
+            Ok(RemovalPlan::Shrink { voters: set(&[1, 3]) })
+        );
         let v = view(&[1, 2, 3], &[4], &[4], &[]);
-        assert_eq!(plan_removal(&v, 2, false), Ok(RemovalPlan::Shrink { voters: set(&[1, 3]) }));
+        assert_eq!(
+            plan_removal(&v, 2, false),
+            Ok(RemovalPlan::Shrink { voters: set(&[1, 3]) })
+        );
     }
 
     #[test]
@@ -666,11 +744,25 @@ mod tests {
         // 3 is unreachable: {1, 3} would have 1 healthy of 2, short of a quorum of 2.
         let v = view(&[1, 2, 3], &[], &[3], &[]);
         let err = plan_removal(&v, 2, false).unwrap_err();
-        assert_eq!(err, RemoveError::Unhealthy { id: 2, healthy: 1, voters: 2, quorum: 2 });
+        assert_eq!(
+            err,
+            RemoveError::Unhealthy {
+                id: 2,
+                healthy: 1,
+                voters: 2,
+                quorum: 2
+            }
+        );
         assert!(err.to_string().contains("--force"), "{err}");
-        assert_eq!(plan_removal(&v, 2, true), Ok(RemovalPlan::Shrink { voters: set(&[1, 3]) }));
+        assert_eq!(
+            plan_removal(&v, 2, true),
+            Ok(RemovalPlan::Shrink { voters: set(&[1, 3]) })
+        );
         // Removing the unreachable one is fine: {1, 2} are both healthy.
-        assert_eq!(plan_removal(&v, 3, false), Ok(RemovalPlan::Shrink { voters: set(&[1, 2]) }));
+        assert_eq!(
+            plan_removal(&v, 3, false),
+            Ok(RemovalPlan::Shrink { voters: set(&[1, 2]) })
+        );
     }
 
     #[test]
@@ -682,7 +774,10 @@ mod tests {
     #[test]
     fn the_leader_hands_over_to_a_healthy_voter_before_it_is_removed() {
         let v = view(&[1, 2, 3], &[4], &[2], &[]);
-        assert_eq!(plan_removal(&v, 1, false), Ok(RemovalPlan::TransferLeadership { to: 3 }));
+        assert_eq!(
+            plan_removal(&v, 1, false),
+            Ok(RemovalPlan::TransferLeadership { to: 3 })
+        );
         // The only other voter is down: with force there is still nobody to hand over to.
         let v = view(&[1, 2], &[], &[2], &[]);
         assert_eq!(plan_removal(&v, 1, true), Err(RemoveError::NoSuccessor(1)));
@@ -694,7 +789,10 @@ mod tests {
         assert_eq!(plan_voter_replacement(&v, 3), Some((4, set(&[1, 2, 4]))));
         // No standby, or one that is behind: nothing to do.
         assert_eq!(plan_voter_replacement(&view(&[1, 2, 3], &[], &[3], &[]), 3), None);
-        assert_eq!(plan_voter_replacement(&view(&[1, 2, 3], &[4], &[3], &[4]), 3), None);
+        assert_eq!(
+            plan_voter_replacement(&view(&[1, 2, 3], &[4], &[3], &[4]), 3),
+            None
+        );
         // Two of three voters lost: {1, 3, 4} would have 2 healthy of 3, but the joint change
         // also needs a quorum of {1, 2, 3}, which has only the leader: nothing is attempted.
         let v = view(&[1, 2, 3], &[4], &[2, 3], &[]);
