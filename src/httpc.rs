@@ -15,6 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub enum HttpError {
     #[error("cannot read {path}: {reason}")]
     Pem { path: PathBuf, reason: String },
+    #[error("cannot parse the {what} PEM: {reason}")]
+    PemData { what: &'static str, reason: String },
     #[error("tls setup: {0}")]
     Tls(#[from] rustls::Error),
     #[error("{addr}: {source}")]
@@ -48,6 +50,33 @@ impl TlsClient {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(cert).map_err(pem_err(cert))?.collect::<Result<_, _>>().map_err(pem_err(cert))?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(pem_err(key))?;
+        Self::build(roots, chain, key)
+    }
+
+    /// The same as [`TlsClient::from_files`], from PEM text already in memory: the CA bundle that
+    /// signs the servers, the client certificate chain and its private key.
+    pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, HttpError> {
+        let pem_err = |what: &'static str| {
+            move |e: rustls::pki_types::pem::Error| HttpError::PemData { what, reason: e.to_string() }
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca) {
+            roots.add(c.map_err(pem_err("CA"))?)?;
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(pem_err("client certificate"))?;
+        if chain.is_empty() {
+            return Err(HttpError::PemData { what: "client certificate", reason: "no certificate found".into() });
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(pem_err("client key"))?;
+        Self::build(roots, chain, key)
+    }
+
+    fn build(
+        roots: rustls::RootCertStore,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, HttpError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod datastore;
 pub mod etcd;
 pub mod images;
+pub mod lb;
 pub mod node;
 pub mod httpc;
 pub mod paths;
