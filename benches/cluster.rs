@@ -9,13 +9,17 @@
 //! - `failover`: kill -9 of the leader, then the time to the first acknowledged write through a
 //!   client connected to the two survivors; the killed node is restarted between rounds.
 //!
-//! No argument runs all three. The machine is assumed to be shared, so the servers alternate:
+//! - `stall`: a write load next to a disk hog that makes fsyncs slow; counts leader changes.
+//!   It is what the default Raft timeouts were chosen against (docs/design/raft.md).
+//!
+//! No argument runs all but `stall`. The machine is assumed to be shared, so the servers alternate:
 //! `writes` and `reads` run `K8SD_BENCH_ROUNDS` rounds (default 3), each starting fresh
 //! clusters, etcd first in odd rounds and k8sd first in even ones, one cluster at a time;
 //! `failover` keeps both clusters up and alternates kills between them,
 //! `K8SD_BENCH_FAILOVERS` per server (default 7). Medians over rounds are printed.
 //! `K8SD_BENCH_RAFT_FLAGS` (space-separated) is passed to every k8sd member, e.g.
-//! `--election-timeout=250`; `K8SD_BENCH_ONLY=k8sd` skips etcd.
+//! `--election-timeout=250`; `K8SD_BENCH_ETCD_FLAGS` likewise to every etcd member;
+//! `K8SD_BENCH_ONLY=k8sd` (or `etcd`) runs one server only.
 //!
 //! Nothing is asserted; the numbers go into docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -101,6 +105,7 @@ impl EtcdCluster {
             .arg("--initial-cluster-token=bench")
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
+            .args(std::env::var("K8SD_BENCH_ETCD_FLAGS").unwrap_or_default().split_whitespace())
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
@@ -332,6 +337,99 @@ async fn failover_once(c: &mut Cluster, n: usize) -> Duration {
     took
 }
 
+/// Write load (Put of 1 KiB from 16 callers to the leader, errors counted, not fatal) for
+/// `STALL_TIME` while two `dd` streams write 1 GiB each with direct IO, twice, on the same
+/// disk, so the servers' fsyncs queue behind them (`K8SD_BENCH_HOG=0`: no `dd`). Reports how
+/// often the leader changed (Raft term) and the write latencies. With `benches/slow-fsync.c`
+/// preloaded, k8sd's every fsync takes `K8SD_FSYNC_DELAY_MS` longer.
+const STALL_TIME: Duration = Duration::from_secs(24);
+
+async fn stall(server: &str) -> String {
+    let c = Cluster::start(server);
+    let li = leader_index(&c).await;
+    let urls = c.urls();
+    let leader = connect(&urls[li]).await;
+    let term = async |cl: &Client| cl.clone().status().await.map(|s| s.raft_term()).unwrap_or(0);
+    let term_before = term(&leader).await;
+    let hog_dir = tempfile::tempdir().unwrap();
+    let hog = hog_dir.path().join("hog");
+    let hog_on = std::env::var("K8SD_BENCH_HOG").map(|v| v != "0").unwrap_or(true);
+    let hog_thread = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        for _ in 0..(if hog_on { 2 } else { 0 }) {
+            // Two direct-IO streams of 1 GiB keep the disk queue full, so every fsync of the
+            // servers waits behind them.
+            let hogs: Vec<Child> = (0..2)
+                .map(|j| {
+                    Command::new("dd")
+                        .args([
+                            "if=/dev/zero",
+                            &format!("of={}{j}", hog.display()),
+                            "bs=4M",
+                            "count=256",
+                            "oflag=direct",
+                        ])
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            for mut h in hogs {
+                let _ = h.wait();
+            }
+            for j in 0..2 {
+                let _ = std::fs::remove_file(format!("{}{j}", hog.display()));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    // Followers' Status every 100 ms during the load: how often one reports no leader.
+    let mut followers = Vec::new();
+    for i in (0..3).filter(|i| *i != li) {
+        followers.push(client_for(&urls[i], Duration::from_secs(1)).await);
+    }
+    let poller = tokio::spawn(async move {
+        let (mut polls, mut leaderless) = (0u32, 0u32);
+        let end = Instant::now() + STALL_TIME;
+        while Instant::now() < end {
+            for f in &mut followers {
+                polls += 1;
+                if f.status().await.map(|s| s.leader()).unwrap_or(0) == 0 {
+                    leaderless += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (polls, leaderless)
+    });
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (cl, errs) = (leader.clone(), errors.clone());
+    let v = Arc::new(vec![b'v'; load::VALUE_SIZE]);
+    let (mut lat, secs) = load::drive(16, usize::MAX, STALL_TIME, move |w, i| {
+        let (mut cl, errs, v) = (cl.clone(), errs.clone(), v.clone());
+        async move {
+            if cl.put(format!("/bench/stall/{w}/{i}"), v.as_slice(), None).await.is_err() {
+                errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })
+    .await;
+    hog_thread.join().unwrap();
+    let (polls, leaderless) = poller.await.unwrap();
+    let term_after = term(&connect(&urls[leader_index(&c).await]).await).await;
+    lat.sort();
+    let max = lat.last().copied().unwrap_or_default();
+    format!(
+        "| {server} | {} | {leaderless} of {polls} | {} | {:.0} | {:.2} | {:.2} | {:.0} |",
+        term_after.saturating_sub(term_before),
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        lat.len() as f64 / secs,
+        load::percentile(&lat, 0.5).as_secs_f64() * 1000.0,
+        load::percentile(&lat, 0.99).as_secs_f64() * 1000.0,
+        max.as_secs_f64() * 1000.0,
+    )
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -395,9 +493,13 @@ fn uptime() -> String {
 }
 
 async fn run(sections: &[String]) {
-    let want = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
+    let want = |s: &str| (sections.is_empty() && s != "stall") || sections.iter().any(|x| x == s);
     let rounds = env_usize("K8SD_BENCH_ROUNDS", 3);
-    println!("k8sd raft flags: {:?}", std::env::var("K8SD_BENCH_RAFT_FLAGS").unwrap_or_default());
+    println!(
+        "k8sd flags: {:?}; etcd flags: {:?}",
+        std::env::var("K8SD_BENCH_RAFT_FLAGS").unwrap_or_default(),
+        std::env::var("K8SD_BENCH_ETCD_FLAGS").unwrap_or_default()
+    );
     if want("writes") {
         let mut all = Vec::new();
         for r in 0..rounds {
@@ -421,6 +523,24 @@ async fn run(sections: &[String]) {
             all.push(rows);
         }
         print_rounds("linearizable reads, leader alone vs spread over 3 nodes", &all);
+    }
+    if want("stall") {
+        let mut lines = Vec::new();
+        for r in 0..rounds {
+            for s in servers(r) {
+                eprintln!("stall round {} {s}: load average {}", r + 1, uptime());
+                lines.push(stall(s).await);
+                eprintln!("{}", lines.last().unwrap());
+            }
+        }
+        println!("\n## fsync stalls: put c16 to the leader for {STALL_TIME:?} next to 2 x 2 dd streams of 1 GiB, oflag=direct\n");
+        println!(
+            "| server | leader changes (term delta) | follower Status without leader | failed puts | puts/s | p50 ms | p99 ms | max ms |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for l in lines {
+            println!("{l}");
+        }
     }
     if want("failover") {
         let n = env_usize("K8SD_BENCH_FAILOVERS", 7);
