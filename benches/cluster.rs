@@ -78,7 +78,11 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = EtcdCluster { dir, members, initial_cluster };
+        let mut c = EtcdCluster {
+            dir,
+            members,
+            initial_cluster,
+        };
         for i in 0..3 {
             c.spawn(i);
         }
@@ -105,7 +109,11 @@ impl EtcdCluster {
             .arg("--initial-cluster-token=bench")
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
-            .args(std::env::var("K8SD_BENCH_ETCD_FLAGS").unwrap_or_default().split_whitespace())
+            .args(
+                std::env::var("K8SD_BENCH_ETCD_FLAGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
@@ -117,12 +125,19 @@ impl EtcdCluster {
         let m = &self.members[i];
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if std::fs::read_to_string(&m.log).unwrap_or_default().contains("ready to serve client requests") {
+            if std::fs::read_to_string(&m.log)
+                .unwrap_or_default()
+                .contains("ready to serve client requests")
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("{} did not become ready; log:\n{}", m.name, std::fs::read_to_string(&m.log).unwrap_or_default());
+        panic!(
+            "{} did not become ready; log:\n{}",
+            m.name,
+            std::fs::read_to_string(&m.log).unwrap_or_default()
+        );
     }
 
     fn kill9(&mut self, i: usize) {
@@ -159,7 +174,11 @@ impl Cluster {
 
     fn urls(&self) -> Vec<String> {
         match self {
-            Cluster::Etcd(c) => c.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect(),
+            Cluster::Etcd(c) => c
+                .members
+                .iter()
+                .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+                .collect(),
             Cluster::K8sd(c) => c.endpoints(),
         }
     }
@@ -174,8 +193,16 @@ impl Cluster {
     /// Sum of the members' RSS.
     fn rss_kib(&self) -> u64 {
         let pids: Vec<u32> = match self {
-            Cluster::Etcd(c) => c.members.iter().filter_map(|m| m.child.as_ref().map(Child::id)).collect(),
-            Cluster::K8sd(c) => c.members.iter().filter_map(|m| m.child.as_ref().map(Child::id)).collect(),
+            Cluster::Etcd(c) => c
+                .members
+                .iter()
+                .filter_map(|m| m.child.as_ref().map(Child::id))
+                .collect(),
+            Cluster::K8sd(c) => c
+                .members
+                .iter()
+                .filter_map(|m| m.child.as_ref().map(Child::id))
+                .collect(),
         };
         pids.into_iter().map(rss_kib).sum()
     }
@@ -225,7 +252,10 @@ async fn leader_index(c: &Cluster) -> usize {
         {
             return s.0;
         }
-        assert!(Instant::now() < deadline, "no agreed leader within 60 s: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader within 60 s: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -240,7 +270,10 @@ async fn get(clients: &[Client], conc: usize) -> (Vec<Duration>, f64) {
     load::drive(conc, READ_OPS, READ_TIME, move |w, i| {
         let mut c = clients[w % clients.len()].clone();
         async move {
-            let r = c.get(format!("/registry/bench/read/{}", i % 100), None).await.unwrap();
+            let r = c
+                .get(format!("/registry/bench/read/{}", i % 100), None)
+                .await
+                .unwrap();
             assert_eq!(r.kvs().len(), 1);
         }
     })
@@ -255,20 +288,48 @@ async fn writes(server: &str, rows: &mut Vec<Row>) {
     let follower = connect(&urls[(li + 1) % 3]).await;
     for conc in [1, 16, 256] {
         let (lat, secs) = load::create(&leader, conc, "").await;
-        rows.push(Row::new(&format!("create c{conc}"), server, lat, secs, c.rss_kib()));
+        rows.push(Row::new(
+            &format!("create c{conc}"),
+            server,
+            lat,
+            secs,
+            c.rss_kib(),
+        ));
     }
     let (lat, secs) = load::create(&follower, 16, "via-follower-").await;
-    rows.push(Row::new("create c16 via a follower", server, lat, secs, c.rss_kib()));
+    rows.push(Row::new(
+        "create c16 via a follower",
+        server,
+        lat,
+        secs,
+        c.rss_kib(),
+    ));
     for conc in [1, 16, 256] {
         let (lat, secs) = load::update(&leader, conc, "").await;
-        rows.push(Row::new(&format!("update c{conc}"), server, lat, secs, c.rss_kib()));
+        rows.push(Row::new(
+            &format!("update c{conc}"),
+            server,
+            lat,
+            secs,
+            c.rss_kib(),
+        ));
     }
     let list_rev = load::fill_list_prefix(&leader).await;
     for conc in [1, 16] {
         let (lat, secs) = load::list(std::slice::from_ref(&leader), conc, list_rev, MAX_OPS, MAX_TIME).await;
-        rows.push(Row::new(&format!("list limit {PAGE} c{conc}"), server, lat, secs, c.rss_kib()));
+        rows.push(Row::new(
+            &format!("list limit {PAGE} c{conc}"),
+            server,
+            lat,
+            secs,
+            c.rss_kib(),
+        ));
     }
-    assert_eq!(leader_index(&c).await, li, "{server}: the leader changed during the write phases");
+    assert_eq!(
+        leader_index(&c).await,
+        li,
+        "{server}: the leader changed during the write phases"
+    );
 }
 
 async fn reads(server: &str, rows: &mut Vec<Row>) {
@@ -277,7 +338,15 @@ async fn reads(server: &str, rows: &mut Vec<Row>) {
     let urls = c.urls();
     let leader = connect(&urls[li]).await;
     for k in 0..100 {
-        leader.clone().put(format!("/registry/bench/read/{k}"), vec![b'v'; load::VALUE_SIZE], None).await.unwrap();
+        leader
+            .clone()
+            .put(
+                format!("/registry/bench/read/{k}"),
+                vec![b'v'; load::VALUE_SIZE],
+                None,
+            )
+            .await
+            .unwrap();
     }
     let list_rev = load::fill_list_prefix(&leader).await;
     // Three connections either way, so the only difference is where they go.
@@ -289,9 +358,21 @@ async fn reads(server: &str, rows: &mut Vec<Row>) {
     }
     for (how, clients) in [("leader", &to_leader), ("spread", &spread)] {
         let (lat, secs) = get(clients, 48).await;
-        rows.push(Row::new(&format!("get c48, {how}"), server, lat, secs, c.rss_kib()));
+        rows.push(Row::new(
+            &format!("get c48, {how}"),
+            server,
+            lat,
+            secs,
+            c.rss_kib(),
+        ));
         let (lat, secs) = load::list(clients, 15, list_rev, READ_OPS, READ_TIME).await;
-        rows.push(Row::new(&format!("list limit {PAGE} c15, {how}"), server, lat, secs, c.rss_kib()));
+        rows.push(Row::new(
+            &format!("list limit {PAGE} c15, {how}"),
+            server,
+            lat,
+            secs,
+            c.rss_kib(),
+        ));
     }
 }
 
@@ -327,7 +408,10 @@ async fn failover_once(c: &mut Cluster, n: usize) -> Duration {
             Some(at) = rx.recv() => break at - killed_at,
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(60), "no write acknowledged within 60 s");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "no write acknowledged within 60 s"
+        );
     };
     probes.abort_all();
     c.restart(li);
@@ -408,7 +492,11 @@ async fn stall(server: &str) -> String {
     let (mut lat, secs) = load::drive(16, usize::MAX, STALL_TIME, move |w, i| {
         let (mut cl, errs, v) = (cl.clone(), errs.clone(), v.clone());
         async move {
-            if cl.put(format!("/bench/stall/{w}/{i}"), v.as_slice(), None).await.is_err() {
+            if cl
+                .put(format!("/bench/stall/{w}/{i}"), v.as_slice(), None)
+                .await
+                .is_err()
+            {
                 errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
@@ -438,7 +526,9 @@ fn median(v: &[f64]) -> f64 {
 
 fn print_rounds(title: &str, rounds: &[Vec<Row>]) {
     println!("\n## {title}: median of {} rounds\n", rounds.len());
-    println!("| phase | server | ops/s (median) | p50 ms (median) | p99 ms (median) | RSS of 3 (MiB) | ops/s per round |");
+    println!(
+        "| phase | server | ops/s (median) | p50 ms (median) | p99 ms (median) | RSS of 3 (MiB) | ops/s per round |"
+    );
     println!("|---|---|---:|---:|---:|---:|---|");
     // Phases in first-seen order, each followed by its servers.
     let mut keys: Vec<(String, String)> = Vec::new();
@@ -454,11 +544,16 @@ fn print_rounds(title: &str, rounds: &[Vec<Row>]) {
         }
         v
     });
-    let keys: Vec<(String, String)> =
-        phases.iter().flat_map(|p| keys.iter().filter(move |(q, _)| q == p).cloned()).collect();
+    let keys: Vec<(String, String)> = phases
+        .iter()
+        .flat_map(|p| keys.iter().filter(move |(q, _)| q == p).cloned())
+        .collect();
     for (phase, server) in keys {
-        let cells: Vec<&Row> =
-            rounds.iter().flatten().filter(|r| r.phase == phase && r.server == server).collect();
+        let cells: Vec<&Row> = rounds
+            .iter()
+            .flatten()
+            .filter(|r| r.phase == phase && r.server == server)
+            .collect();
         let t: Vec<f64> = cells.iter().map(|r| r.throughput()).collect();
         let p50: Vec<f64> = cells.iter().map(|r| r.p50.as_secs_f64() * 1000.0).collect();
         let p99: Vec<f64> = cells.iter().map(|r| r.p99.as_secs_f64() * 1000.0).collect();
@@ -477,7 +572,11 @@ fn print_rounds(title: &str, rounds: &[Vec<Row>]) {
 
 fn servers(round: usize) -> Vec<&'static str> {
     let only = std::env::var("K8SD_BENCH_ONLY").unwrap_or_default();
-    let mut s = if round % 2 == 0 { vec![ETCD, K8SD] } else { vec![K8SD, ETCD] };
+    let mut s = if round % 2 == 0 {
+        vec![ETCD, K8SD]
+    } else {
+        vec![K8SD, ETCD]
+    };
     if !only.is_empty() {
         s.retain(|x| x.starts_with(only.as_str()));
     }
@@ -485,11 +584,19 @@ fn servers(round: usize) -> Vec<&'static str> {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn uptime() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn run(sections: &[String]) {
@@ -510,7 +617,10 @@ async fn run(sections: &[String]) {
             }
             all.push(rows);
         }
-        print_rounds("writes (3-node clusters, load sent to the leader unless noted)", &all);
+        print_rounds(
+            "writes (3-node clusters, load sent to the leader unless noted)",
+            &all,
+        );
     }
     if want("reads") {
         let mut all = Vec::new();
@@ -533,7 +643,9 @@ async fn run(sections: &[String]) {
                 eprintln!("{}", lines.last().unwrap());
             }
         }
-        println!("\n## fsync stalls: put c16 to the leader for {STALL_TIME:?} next to 2 x 2 dd streams of 1 GiB, oflag=direct\n");
+        println!(
+            "\n## fsync stalls: put c16 to the leader for {STALL_TIME:?} next to 2 x 2 dd streams of 1 GiB, oflag=direct\n"
+        );
         println!(
             "| server | leader changes (term delta) | follower Status without leader | failed puts | puts/s | p50 ms | p99 ms | max ms |"
         );
@@ -544,7 +656,8 @@ async fn run(sections: &[String]) {
     }
     if want("failover") {
         let n = env_usize("K8SD_BENCH_FAILOVERS", 7);
-        let mut clusters: Vec<(&str, Cluster)> = servers(0).into_iter().map(|s| (s, Cluster::start(s))).collect();
+        let mut clusters: Vec<(&str, Cluster)> =
+            servers(0).into_iter().map(|s| (s, Cluster::start(s))).collect();
         let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
         for k in 0..n {
             // Alternate which server goes first.
@@ -553,7 +666,12 @@ async fn run(sections: &[String]) {
             }
             for (s, c) in clusters.iter_mut() {
                 let took = failover_once(c, k).await;
-                eprintln!("failover {s} #{}: {} ms (load average {})", k + 1, took.as_millis(), uptime());
+                eprintln!(
+                    "failover {s} #{}: {} ms (load average {})",
+                    k + 1,
+                    took.as_millis(),
+                    uptime()
+                );
                 times.entry(s).or_default().push(took);
             }
             if k % 2 == 1 {
@@ -567,14 +685,25 @@ async fn run(sections: &[String]) {
             let ms_: Vec<f64> = t.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
             let all: Vec<String> = ms_.iter().map(|x| format!("{x:.0}")).collect();
             let max = ms_.iter().copied().fold(0.0, f64::max);
-            println!("| {s} | {} | {:.0} | {max:.0} | {} |", t.len(), median(&ms_), all.join(", "));
+            println!(
+                "| {s} | {} | {:.0} | {max:.0} | {} |",
+                t.len(),
+                median(&ms_),
+                all.join(", ")
+            );
         }
     }
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; other arguments choose sections.
-    let sections: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(run(&sections));
 }

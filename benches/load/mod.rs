@@ -43,7 +43,11 @@ impl Row {
     }
 
     pub fn throughput(&self) -> f64 {
-        if self.ops == 0 { 0.0 } else { self.ops as f64 / self.secs }
+        if self.ops == 0 {
+            0.0
+        } else {
+            self.ops as f64 / self.secs
+        }
     }
 }
 
@@ -127,9 +131,17 @@ pub async fn create(client: &Client, conc: usize, tag: &str) -> (Vec<Duration>, 
 /// own key with the revision it last wrote.
 pub async fn update(client: &Client, conc: usize, tag: &str) -> (Vec<Duration>, f64) {
     let value = value();
-    let revs: Arc<Vec<std::sync::Mutex<i64>>> = Arc::new((0..conc).map(|_| std::sync::Mutex::new(0)).collect());
+    let revs: Arc<Vec<std::sync::Mutex<i64>>> =
+        Arc::new((0..conc).map(|_| std::sync::Mutex::new(0)).collect());
     for (w, rev) in revs.iter().enumerate() {
-        let r = client.clone().put(format!("/registry/bench/update-{tag}c{conc}/{w}"), value.as_slice(), None).await;
+        let r = client
+            .clone()
+            .put(
+                format!("/registry/bench/update-{tag}c{conc}/{w}"),
+                value.as_slice(),
+                None,
+            )
+            .await;
         *rev.lock().unwrap() = r.unwrap().header().unwrap().revision();
     }
     let (c, v, tag) = (client.clone(), value.clone(), tag.to_string());
@@ -156,11 +168,23 @@ pub async fn fill_list_prefix(client: &Client) -> i64 {
     let value = value();
     for batch in 0..LIST_KEYS / 100 {
         let ops: Vec<TxnOp> = (0..100)
-            .map(|j| TxnOp::put(format!("/registry/pods/ns/pod-{:05}", batch * 100 + j), value.as_slice(), None))
+            .map(|j| {
+                TxnOp::put(
+                    format!("/registry/pods/ns/pod-{:05}", batch * 100 + j),
+                    value.as_slice(),
+                    None,
+                )
+            })
             .collect();
         client.clone().txn(Txn::new().and_then(ops)).await.unwrap();
     }
-    let first = client.clone().get("/registry/pods/", Some(GetOptions::new().with_prefix().with_limit(1))).await;
+    let first = client
+        .clone()
+        .get(
+            "/registry/pods/",
+            Some(GetOptions::new().with_prefix().with_limit(1)),
+        )
+        .await;
     first.unwrap().header().unwrap().revision()
 }
 
@@ -175,14 +199,19 @@ pub async fn list(
     max_time: Duration,
 ) -> (Vec<Duration>, f64) {
     let pages: Arc<Vec<String>> = Arc::new(
-        (0..LIST_KEYS / PAGE as usize).map(|p| format!("/registry/pods/ns/pod-{:05}", p * PAGE as usize)).collect(),
+        (0..LIST_KEYS / PAGE as usize)
+            .map(|p| format!("/registry/pods/ns/pod-{:05}", p * PAGE as usize))
+            .collect(),
     );
     let clients: Arc<Vec<Client>> = Arc::new(clients.to_vec());
     drive(conc, max_ops, max_time, move |w, i| {
         let (mut c, pages) = (clients[w % clients.len()].clone(), pages.clone());
         async move {
             let start = pages[i % pages.len()].clone();
-            let opts = GetOptions::new().with_range("/registry/pods0").with_limit(PAGE).with_revision(list_rev);
+            let opts = GetOptions::new()
+                .with_range("/registry/pods0")
+                .with_limit(PAGE)
+                .with_revision(list_rev);
             let r = c.get(start, Some(opts)).await.unwrap();
             assert_eq!(r.kvs().len(), PAGE as usize);
         }
