@@ -8,11 +8,12 @@
 //!   of callers, all sent to the leader or spread over the three nodes.
 //! - `failover`: kill -9 of the leader, then the time to the first acknowledged write through a
 //!   client connected to the two survivors; the killed node is restarted between rounds.
+//! - `stall`: a write load while fsyncs are slow (a `dd` disk hog, or `benches/slow-fsync.c`
+//!   preloaded into k8sd); counts leader changes. It is what the default Raft timeouts were
+//!   checked against (docs/design/raft.md, "Failover timing").
 //!
-//! - `stall`: a write load next to a disk hog that makes fsyncs slow; counts leader changes.
-//!   It is what the default Raft timeouts were chosen against (docs/design/raft.md).
-//!
-//! No argument runs all but `stall`. The machine is assumed to be shared, so the servers alternate:
+//! No argument runs all but `stall`. The machine is assumed to be shared, so the servers
+//! alternate:
 //! `writes` and `reads` run `K8SD_BENCH_ROUNDS` rounds (default 3), each starting fresh
 //! clusters, etcd first in odd rounds and k8sd first in even ones, one cluster at a time;
 //! `failover` keeps both clusters up and alternates kills between them,
@@ -572,7 +573,7 @@ fn print_rounds(title: &str, rounds: &[Vec<Row>]) {
 
 fn servers(round: usize) -> Vec<&'static str> {
     let only = std::env::var("K8SD_BENCH_ONLY").unwrap_or_default();
-    let mut s = if round % 2 == 0 {
+    let mut s = if round.is_multiple_of(2) {
         vec![ETCD, K8SD]
     } else {
         vec![K8SD, ETCD]
