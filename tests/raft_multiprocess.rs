@@ -480,7 +480,7 @@ enum Victim {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linearizable() {
     let test_start = Instant::now();
-    // etcd's default timeouts (100 ms heartbeat, 1 s election), so the failover figures
+    // The default timeouts (100 ms heartbeat, 250 ms election), so the failover figures
     // printed below are what a default cluster does. K8SD_TEST_RAFT_FLAGS (whitespace
     // separated, e.g. "--heartbeat-interval=50 --election-timeout=300") measures others.
     let flags = std::env::var("K8SD_TEST_RAFT_FLAGS").unwrap_or_default();
