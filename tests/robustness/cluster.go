@@ -309,8 +309,8 @@ func (c *cluster) client(endpoints ...string) (*clientv3.Client, error) {
 }
 
 type memberStatus struct {
-	id, leader, term, raftIndex uint64
-	revision                    int64
+	id, leader, term, raftIndex, applied uint64
+	revision                             int64
 }
 
 // statuses asks every member for its status; a member that does not answer gets ok=false.
@@ -328,7 +328,7 @@ func (c *cluster) statuses(ctx context.Context, cls []*clientv3.Client) ([]membe
 			if err != nil {
 				return
 			}
-			st[i] = memberStatus{id: r.Header.MemberId, leader: r.Leader, term: r.RaftTerm, raftIndex: r.RaftIndex, revision: r.Header.Revision}
+			st[i] = memberStatus{id: r.Header.MemberId, leader: r.Leader, term: r.RaftTerm, raftIndex: r.RaftIndex, applied: r.RaftAppliedIndex, revision: r.Header.Revision}
 			ok[i] = true
 		}()
 	}

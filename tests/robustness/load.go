@@ -42,6 +42,7 @@ func (k opKind) String() string {
 // kvOp is one single-key operation as a client saw it.
 type kvOp struct {
 	client   int
+	member   int // the member the request went to
 	kind     opKind
 	key      string
 	value    string // put
@@ -132,7 +133,14 @@ type loader struct {
 
 func (l *loader) now() int64 { return time.Since(l.t0).Nanoseconds() }
 
-func (l *loader) pick(r *rand.Rand) kubernetes.Interface { return l.kube[r.Intn(len(l.kube))] }
+// pick chooses the member for the next request: any of them, at random.
+func (l *loader) pick(r *rand.Rand, op *kvOp) kubernetes.Interface {
+	i := r.Intn(len(l.kube))
+	if op != nil {
+		op.member = i
+	}
+	return l.kube[i]
+}
 
 func podKey(i int) string { return fmt.Sprintf("%sns%d/pod-%02d", podPrefix, i%2, i) }
 
@@ -183,7 +191,7 @@ func (l *loader) get(ctx context.Context, id int, r *rand.Rand, key string) *kvO
 	cctx, cancel := context.WithTimeout(ctx, l.cfg.timeout)
 	defer cancel()
 	op := kvOp{client: id, kind: opGet, key: key, call: l.now()}
-	resp, err := l.pick(r).Get(cctx, key, kubernetes.GetOptions{})
+	resp, err := l.pick(r, &op).Get(cctx, key, kubernetes.GetOptions{})
 	op.ret = l.now()
 	if err != nil {
 		if ctx.Err() == nil {
@@ -203,7 +211,7 @@ func (l *loader) put(ctx context.Context, id int, r *rand.Rand, key, value strin
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.timeout)
 	defer cancel()
 	op := kvOp{client: id, kind: opPut, key: key, value: value, expected: expected, call: l.now()}
-	resp, err := l.pick(r).OptimisticPut(cctx, key, []byte(value), expected, kubernetes.PutOptions{GetOnFailure: true})
+	resp, err := l.pick(r, &op).OptimisticPut(cctx, key, []byte(value), expected, kubernetes.PutOptions{GetOnFailure: true})
 	l.finish(&op, err, resp.Succeeded, resp.Revision, resp.KV)
 }
 
@@ -211,7 +219,7 @@ func (l *loader) del(ctx context.Context, id int, r *rand.Rand, key string, expe
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.timeout)
 	defer cancel()
 	op := kvOp{client: id, kind: opDelete, key: key, expected: expected, call: l.now()}
-	resp, err := l.pick(r).OptimisticDelete(cctx, key, expected, kubernetes.DeleteOptions{GetOnFailure: true})
+	resp, err := l.pick(r, &op).OptimisticDelete(cctx, key, expected, kubernetes.DeleteOptions{GetOnFailure: true})
 	l.finish(&op, err, resp.Succeeded, resp.Revision, resp.KV)
 }
 
@@ -249,7 +257,7 @@ func (l *loader) lister(ctx context.Context, seed int64) {
 func (l *loader) listOnce(ctx context.Context, r *rand.Rand) {
 	cctx, cancel := context.WithTimeout(ctx, 2*l.cfg.timeout)
 	defer cancel()
-	k := l.pick(r)
+	k := l.pick(r, nil)
 	op := listOp{call: l.now()}
 	opts := kubernetes.ListOptions{Limit: 1 + int64(r.Intn(6))}
 	for {

@@ -45,11 +45,12 @@ const (
 	killLeader
 	partitionMember
 	partitionLeader
+	restartLeader // kill -9 the leader and start it again at once
 	nFaultKinds
 )
 
 func (k faultKind) String() string {
-	return [...]string{"kill -9 a member", "kill -9 the leader", "partition a member", "partition the leader"}[k]
+	return [...]string{"kill -9 a member", "kill -9 the leader", "partition a member", "partition the leader", "kill -9 the leader and restart it at once"}[k]
 }
 
 type options struct {
@@ -66,7 +67,13 @@ type options struct {
 	clients      int
 	keys         int
 	rangeSamples int
+	hold         time.Duration
+	kinds        []faultKind
+	downtime     time.Duration
+	gap          time.Duration
 }
+
+var kindNames = map[string]faultKind{"kill": killMember, "kill-leader": killLeader, "partition": partitionMember, "partition-leader": partitionLeader, "restart-leader": restartLeader}
 
 func main() {
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, io.Discard))
@@ -85,7 +92,19 @@ func main() {
 	flag.IntVar(&o.clients, "clients", 6, "concurrent kv clients (plus one lister, one txn writer, five watchers)")
 	flag.IntVar(&o.keys, "keys", 16, "keys the kv clients contend on")
 	flag.IntVar(&o.rangeSamples, "range-samples", 60, "past revisions at which Range is compared with the history")
+	flag.DurationVar(&o.hold, "hold", 0, "on a stuck cluster, keep the members running this long for inspection")
+	kinds := flag.String("kinds", "kill,kill-leader,partition,partition-leader,restart-leader", "fault kinds to draw from")
+	flag.DurationVar(&o.gap, "gap", time.Second, "after the cluster is healthy again, the next fault comes after a random pause up to this")
+	flag.DurationVar(&o.downtime, "downtime", 800*time.Millisecond, "a killed member is restarted after a random delay up to this")
 	flag.Parse()
+	for _, k := range strings.Split(*kinds, ",") {
+		fk, ok := kindNames[k]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "robustness: error: unknown fault kind %q (kill, kill-leader, partition, partition-leader, restart-leader)\n", k)
+			os.Exit(2)
+		}
+		o.kinds = append(o.kinds, fk)
+	}
 	o.netns, o.ips = strings.Split(netns, ","), strings.Split(ips, ",")
 	if o.seed == 0 {
 		o.seed = time.Now().UnixNano() % 1_000_000_007
@@ -260,14 +279,10 @@ func run(o *options) (bool, error) {
 			runErr = err
 			break
 		}
-		t := time.Now()
 		li, err := c.healthy(ctx, statusCl, 30*time.Second)
 		if err != nil {
-			runErr = fmt.Errorf("after fault %d: %w", total, err)
+			runErr = fmt.Errorf("before fault %d: %w", total+1, err)
 			break
-		}
-		if total > 0 {
-			recoveries = append(recoveries, time.Since(t))
 		}
 		if total == o.faults/2 {
 			// A watcher that starts in the past while the load and faults go on.
@@ -276,15 +291,17 @@ func run(o *options) (bool, error) {
 				startWatcher(prefix, 2+r.Int63n(cur.Header.Revision/2+1))
 			}
 		}
-		kind := faultKind(r.Intn(int(nFaultKinds)))
+		kind := o.kinds[r.Intn(len(o.kinds))]
 		victim := r.Intn(len(c.nodes))
-		if kind == killLeader || kind == partitionLeader {
+		if kind == killLeader || kind == partitionLeader || kind == restartLeader {
 			victim = li
 		}
 		switch kind {
-		case killMember, killLeader:
+		case killMember, killLeader, restartLeader:
 			c.kill9(victim)
-			time.Sleep(time.Duration(r.Intn(800)) * time.Millisecond)
+			if o.downtime > 0 && kind != restartLeader {
+				time.Sleep(time.Duration(r.Int63n(int64(o.downtime))))
+			}
 			if err := c.spawn(victim); err != nil {
 				runErr = err
 			} else if err := c.waitReady(victim, 30*time.Second); err != nil {
@@ -305,6 +322,16 @@ func run(o *options) (bool, error) {
 		}
 		counts[kind]++
 		total++
+		// Recovery: every member answers and agrees on one leader.
+		t := time.Now()
+		if _, err := c.healthy(ctx, statusCl, 30*time.Second); err != nil {
+			runErr = fmt.Errorf("after fault %d (%s of %s): %w", total, kind, c.nodes[victim].name, err)
+			break
+		}
+		recoveries = append(recoveries, time.Since(t))
+		if o.gap > 0 {
+			time.Sleep(time.Duration(r.Int63n(int64(o.gap))))
+		}
 		if total%10 == 0 {
 			logf("%d faults injected; %d writes acknowledged so far", total, h.acked.Load())
 		}
@@ -337,6 +364,28 @@ func run(o *options) (bool, error) {
 	// --- the store's history ---------------------------------------------------------------
 	final, err := converge(ctx, c, statusCl, 30*time.Second)
 	if err != nil {
+		// Tell a member that is stuck from one that diverged: each member's own history must
+		// be a prefix of the longest.
+		st, _ := c.statuses(ctx, statusCl)
+		for i, n := range c.nodes {
+			evs, herr := readHistory(ctx, c, n.clientURL(), st[i].revision)
+			if herr != nil {
+				fmt.Printf("%s: history to its revision %d: %v\n", n.name, st[i].revision, herr)
+				continue
+			}
+			if i > 0 {
+				ref, _ := readHistory(ctx, c, c.nodes[0].clientURL(), st[0].revision)
+				m := min(len(ref), len(evs))
+				if d := diffEvents(ref[:m], evs[:m]); d != "" {
+					fmt.Printf("DIVERGED: %s and %s: %s\n", c.nodes[0].name, n.name, d)
+				}
+			}
+			fmt.Printf("%s: revision %d, %d events, status %+v\n", n.name, st[i].revision, len(evs), st[i])
+		}
+		if o.hold > 0 {
+			logf("holding the cluster for %v for inspection", o.hold)
+			time.Sleep(o.hold)
+		}
 		return false, err
 	}
 	for _, w := range watchers {
@@ -429,10 +478,12 @@ func run(o *options) (bool, error) {
 			unknown++
 		}
 	}
+	dumpHistory(o.dir, h, kv)
 	fmt.Println()
 	fmt.Printf("summary: seed %d; %d faults (%s) in %v\n", o.seed, total, strings.Join(kinds, ", "), faultTime.Round(time.Second))
 	fmt.Printf("summary: load for %v over 3 members: %d gets, %d puts, %d deletes (%d of unknown outcome), %d lists, %d past gets, %d txns; %d acknowledged writes; failed requests: %s\n",
 		loadTime.Round(time.Second), ops["get"], ops["put"], ops["delete"], unknown, len(h.lists), len(h.stale), len(h.batches), acked, mapString(h.failed))
+	fmt.Printf("summary: latency of answered kv requests: %s\n", latencies(h.ops))
 	fmt.Printf("summary: porcupine %s; history revision %d, %d events; %s\n", verdict, final, len(events), wdetail)
 	fmt.Printf("summary: total time %v\n", time.Since(started).Round(time.Second))
 	fmt.Printf("%d passed, %d failed\n", rep.passed, rep.failed)
@@ -531,4 +582,36 @@ func converge(ctx context.Context, c *cluster, cls []*clientv3.Client, timeout t
 		time.Sleep(200 * time.Millisecond)
 	}
 	return 0, fmt.Errorf("members did not converge on one revision within %v: %s", timeout, last)
+}
+
+// latencies summarises answered kv requests' latency.
+func latencies(ops []kvOp) string {
+	var ds []time.Duration
+	for _, o := range ops {
+		if o.ret != pending {
+			ds = append(ds, time.Duration(o.ret-o.call))
+		}
+	}
+	if len(ds) == 0 {
+		return "-"
+	}
+	sort.Slice(ds, func(a, b int) bool { return ds[a] < ds[b] })
+	q := func(p float64) time.Duration { return ds[int(p*float64(len(ds)-1))].Round(time.Millisecond) }
+	return fmt.Sprintf("p50 %v, p90 %v, p99 %v, max %v", q(0.5), q(0.9), q(0.99), q(1))
+}
+
+// dumpHistory writes every kv operation (after resolution), one a line in call order, to
+// history.txt in the scratch dir: what to read when a check fails.
+func dumpHistory(dir string, h *history, kv []kvOp) {
+	ops := append([]kvOp(nil), kv...)
+	sort.Slice(ops, func(a, b int) bool { return ops[a].call < ops[b].call })
+	var lines []string
+	for _, o := range ops {
+		ret := "pending"
+		if o.ret != pending {
+			ret = fmt.Sprintf("%.3f", float64(o.ret)/1e9)
+		}
+		lines = append(lines, fmt.Sprintf("%.3f %s client %d via n%d: %s", float64(o.call)/1e9, ret, o.client, o.member+1, describe(&o)))
+	}
+	writeFile(dir+"/history.txt", lines)
 }
