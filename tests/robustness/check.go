@@ -22,9 +22,16 @@ import (
 // report collects pass/fail lines; the run ends with "N passed, N failed".
 type report struct {
 	passed, failed int
+	results        []result
+}
+
+type result struct {
+	name, detail string
+	violations   int
 }
 
 func (r *report) check(name string, violations []string, detail string) {
+	r.results = append(r.results, result{name, detail, len(violations)})
 	if len(violations) == 0 {
 		r.passed++
 		fmt.Printf("PASS: %s (%s)\n", name, detail)

@@ -28,6 +28,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -71,6 +72,8 @@ type options struct {
 	kinds        []faultKind
 	downtime     time.Duration
 	gap          time.Duration
+	report       string
+	commit       string
 }
 
 var kindNames = map[string]faultKind{"kill": killMember, "kill-leader": killLeader, "partition": partitionMember, "partition-leader": partitionLeader, "restart-leader": restartLeader}
@@ -94,6 +97,8 @@ func main() {
 	flag.IntVar(&o.rangeSamples, "range-samples", 60, "past revisions at which Range is compared with the history")
 	flag.DurationVar(&o.hold, "hold", 0, "on a stuck cluster, keep the members running this long for inspection")
 	kinds := flag.String("kinds", "kill,kill-leader,partition,partition-leader,restart-leader", "fault kinds to draw from")
+	flag.StringVar(&o.report, "report", "", "write the robustness section of this markdown file (docs/compatibility.md) from the run")
+	flag.StringVar(&o.commit, "commit", "unknown", "k8sd commit, for the report")
 	flag.DurationVar(&o.gap, "gap", time.Second, "after the cluster is healthy again, the next fault comes after a random pause up to this")
 	flag.DurationVar(&o.downtime, "downtime", 800*time.Millisecond, "a killed member is restarted after a random delay up to this")
 	flag.Parse()
@@ -465,8 +470,9 @@ func run(o *options) (bool, error) {
 	}
 	wdetail := fmt.Sprintf("%d watchers, %d events in %d responses, %d progress notifications; resumed after: %s",
 		len(watchers), wst.events, wst.responses, wst.progress, mapString(reasons))
+	fmt.Printf("watches: %s\n", wdetail)
 	for _, g := range guarantees {
-		rep.check("watch: "+g, byG[g], wdetail)
+		rep.check("watch: "+g, byG[g], fmt.Sprintf("%d watchers, %d events", len(watchers), wst.events))
 	}
 
 	// --- summary ---------------------------------------------------------------------------
@@ -480,12 +486,31 @@ func run(o *options) (bool, error) {
 	}
 	dumpHistory(o.dir, h, kv)
 	fmt.Println()
-	fmt.Printf("summary: seed %d; %d faults (%s) in %v\n", o.seed, total, strings.Join(kinds, ", "), faultTime.Round(time.Second))
-	fmt.Printf("summary: load for %v over 3 members: %d gets, %d puts, %d deletes (%d of unknown outcome), %d lists, %d past gets, %d txns; %d acknowledged writes; failed requests: %s\n",
-		loadTime.Round(time.Second), ops["get"], ops["put"], ops["delete"], unknown, len(h.lists), len(h.stale), len(h.batches), acked, mapString(h.failed))
-	fmt.Printf("summary: latency of answered kv requests: %s\n", latencies(h.ops))
-	fmt.Printf("summary: porcupine %s; history revision %d, %d events; %s\n", verdict, final, len(events), wdetail)
-	fmt.Printf("summary: total time %v\n", time.Since(started).Round(time.Second))
+	facts := runFacts{
+		commit: o.commit, goVersion: runtime.Version(), seed: o.seed, o: o,
+		faults:    fmt.Sprintf("%d (%s)", total, strings.Join(kinds, ", ")),
+		faultTime: faultTime.Round(time.Second).String(),
+		load: fmt.Sprintf("%v: %d gets, %d puts, %d deletes (%d of unknown outcome), %d lists, %d past gets, %d txns; %d acknowledged writes; failed requests: %s",
+			loadTime.Round(time.Second), ops["get"], ops["put"], ops["delete"], unknown, len(h.lists), len(h.stale), len(h.batches), acked, mapString(h.failed)),
+		latency: latencies(h.ops),
+		history: fmt.Sprintf("revision %d, %d events; porcupine %s on %d operations", final, len(events), verdict, len(kv)),
+		watch:   wdetail,
+	}
+	fmt.Printf("summary: seed %d; %s faults in %s\n", o.seed, facts.faults, facts.faultTime)
+	fmt.Printf("summary: load for %s\n", facts.load)
+	fmt.Printf("summary: latency of answered kv requests: %s\n", facts.latency)
+	fmt.Printf("summary: history %s\n", facts.history)
+	fmt.Printf("summary: watches: %s\n", facts.watch)
+	facts.total = time.Since(started).Round(time.Second).String()
+	fmt.Printf("summary: total time %s\n", facts.total)
+	if o.report != "" {
+		if err := writeMarkdown(o.report, facts, &rep); err != nil {
+			fmt.Printf("cannot write %s: %v\n", o.report, err)
+			rep.failed++
+		} else {
+			fmt.Printf("wrote %s\n", o.report)
+		}
+	}
 	fmt.Printf("%d passed, %d failed\n", rep.passed, rep.failed)
 	return rep.failed == 0, nil
 }

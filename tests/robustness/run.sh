@@ -8,8 +8,10 @@
 # on that bridge. No default route anywhere: nothing leaves the machine. Partitions are
 # iptables DROP rules inside a member's namespace; kill -9 hits the member's process.
 #
-# Usage: tests/robustness/run.sh [checker flags, e.g. -seed 42 -faults 100]
-#   (tests/robustness/run.sh -h lists them)
+# Usage: tests/robustness/run.sh [--report] [checker flags, e.g. -seed 42]
+#   --report   also write the "Robustness" section of docs/compatibility.md from this run
+#   checker flags: tests/robustness/run.sh -h lists them (-seed replays a fault schedule,
+#   -kinds and -faults narrow a run down, -hold keeps a stuck cluster up for inspection)
 #
 # Environment:
 #   K8SD_BIN   k8sd binary (default: $CARGO_TARGET_DIR/release/k8sd, else target/release/k8sd)
@@ -26,6 +28,14 @@ log() { echo "robustness: $*" >&2; }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+
+args=()
+for a in "$@"; do
+  case "$a" in
+    --report) args+=(-report "$repo/docs/compatibility.md") ;;
+    *) args+=("$a") ;;
+  esac
+done
 
 # --- prerequisites: fail loudly ---------------------------------------------------------------
 [[ $(id -u) -eq 0 ]] || die "run as root (network namespaces and iptables need it)"
@@ -87,10 +97,14 @@ for i in 1 2 3; do
   ip -n "$ns" link set eth0 up
 done
 
+commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$repo" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+  commit="$commit+dirty"
+fi
 log "running: $K8SD_BIN, members in ${members[*]}, scratch $scratch"
 set +e
 nsenter --net="/run/netns/$cns" "$checker" -k8sd "$K8SD_BIN" -dir "$scratch/run" \
-  -netns "$(IFS=,; echo "${members[*]}")" -ips 10.211.0.11,10.211.0.12,10.211.0.13 "$@"
+  -netns "$(IFS=,; echo "${members[*]}")" -ips 10.211.0.11,10.211.0.12,10.211.0.13 -commit "$commit" "${args[@]}"
 rc=$?
 set -e
 exit $rc
