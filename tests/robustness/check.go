@@ -480,7 +480,9 @@ type watchStats struct {
 // Returns violations by guarantee.
 func checkWatcher(w *watcher, events []wEvent, final int64) (map[string][]string, watchStats) {
 	v := map[string][]string{}
-	add := func(k, s string) { v[k] = append(v[k], fmt.Sprintf("watcher %d (%s from %d): %s", w.id, w.prefix, w.start, s)) }
+	add := func(k, s string) {
+		v[k] = append(v[k], fmt.Sprintf("watcher %d (%s from %d): %s", w.id, w.prefix, w.start, s))
+	}
 	var want []wEvent
 	perRev := map[int64]int{}
 	for _, e := range events {

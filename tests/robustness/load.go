@@ -30,9 +30,9 @@ const (
 type opKind int
 
 const (
-	opGet opKind = iota
-	opPut        // OptimisticPut: If(mod_revision == expected) Then(put) Else(get)
-	opDelete     // OptimisticDelete: If(mod_revision == expected) Then(delete) Else(get)
+	opGet    opKind = iota
+	opPut           // OptimisticPut: If(mod_revision == expected) Then(put) Else(get)
+	opDelete        // OptimisticDelete: If(mod_revision == expected) Then(delete) Else(get)
 )
 
 func (k opKind) String() string {
@@ -89,8 +89,8 @@ type batchOp struct {
 }
 
 type kvSnap struct {
-	key, value            string
-	mod, create, version  int64
+	key, value           string
+	mod, create, version int64
 }
 
 func snapOf(kv *mvccpb.KeyValue) kvSnap {
