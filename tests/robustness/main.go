@@ -496,7 +496,7 @@ func run(o *options) (bool, error) {
 		history: fmt.Sprintf("revision %d, %d events; porcupine %s on %d operations", final, len(events), verdict, len(kv)),
 		watch:   wdetail,
 	}
-	fmt.Printf("summary: seed %d; %s faults in %s\n", o.seed, facts.faults, facts.faultTime)
+	fmt.Printf("summary: seed %d; faults: %s in %s\n", o.seed, facts.faults, facts.faultTime)
 	fmt.Printf("summary: load for %s\n", facts.load)
 	fmt.Printf("summary: latency of answered kv requests: %s\n", facts.latency)
 	fmt.Printf("summary: history %s\n", facts.history)
