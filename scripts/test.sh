@@ -63,6 +63,11 @@ if ! K8SD_TEST_RAFT=1 tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storag
   echo "storage suite (raft) FAILED"
   failed=$((failed + 1))
 fi
+step "Linearizability and watch guarantees of a 3-node cluster under 100 faults (kill -9, partitions)"
+if ! tests/robustness/run.sh 2>&1 | tee /tmp/k8sd-e2e-robustness.log; then
+  echo "robustness check FAILED"
+  failed=$((failed + 1))
+fi
 
 # One closing line over every runner: cargo's "test result" lines and the e2e tallies.
 totals=$(cat /tmp/k8sd-cargo-test.log /tmp/k8sd-cargo-test-raft.log /tmp/k8sd-e2e-*.log 2>/dev/null | awk '

@@ -43,8 +43,9 @@ pub struct DatastoreArgs {
     /// --experimental-watch-progress-notify-interval), e.g. 5s or 100ms.
     #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "5s", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
-    /// Run as a Raft member with its peer service on this URL (http only on loopback). Without
-    /// it the store runs standalone with no Raft log. A fresh data dir forms a cluster of one.
+    /// Run as a Raft member with its peer service on this URL (http only on loopback, https with
+    /// the --peer-* files anywhere). Without it the store runs standalone with no Raft log. A
+    /// fresh data dir forms a cluster of one.
     #[arg(long, value_delimiter = ',')]
     pub listen_peer_urls: Vec<String>,
     /// Every member of a new cluster as NAME=PEER_URL, comma-separated (etcd's flag), e.g.
@@ -63,6 +64,17 @@ pub struct DatastoreArgs {
     /// entry, else the peer listen address).
     #[arg(long, value_delimiter = ',')]
     pub initial_advertise_peer_urls: Vec<String>,
+    /// Peer certificate (PEM): served on https peer URLs and presented to the other members
+    /// (mutual TLS, as etcd with --peer-client-cert-auth). Needs --peer-key-file and
+    /// --peer-trusted-ca-file; then every peer URL is https.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle that the other members' peer certificates must chain to.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
     /// Raft heartbeat interval in milliseconds (etcd's flag).
     #[arg(long, default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -127,12 +139,38 @@ struct Formation {
     join: Vec<String>,
 }
 
-/// `host:port` of a peer URL (http only on loopback, as for listeners).
-fn peer_hostport(url: &str) -> anyhow::Result<String> {
-    Ok(parse_listen(url, false)?.addr.to_string())
+/// `host:port` of a peer URL: http only on loopback, as for listeners, and https exactly when
+/// peer TLS is configured (the peer transport uses one scheme for every member).
+fn peer_hostport(url: &str, peer_tls: bool) -> anyhow::Result<String> {
+    let l = parse_listen(url, peer_tls)?;
+    if peer_tls && !l.tls {
+        bail!("peer URL {url} is http but --peer-cert-file is set: use https:// for every peer URL");
+    }
+    Ok(l.addr.to_string())
+}
+
+/// Mutual TLS for the peer service from --peer-cert-file, --peer-key-file and
+/// --peer-trusted-ca-file (all or none).
+fn peer_tls(
+    args: &DatastoreArgs,
+) -> anyhow::Result<Option<(tonic::transport::ServerTlsConfig, tonic::transport::ClientTlsConfig)>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+    let (cert, key, ca) = match (&args.peer_cert_file, &args.peer_key_file, &args.peer_trusted_ca_file) {
+        (None, None, None) => return Ok(None),
+        (Some(c), Some(k), Some(ca)) => (c, k, ca),
+        _ => bail!("--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together (mutual TLS)"),
+    };
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let identity = Identity::from_pem(read(cert)?, read(key)?);
+    let ca = read(ca)?;
+    Ok(Some((
+        ServerTlsConfig::new().identity(identity.clone()).client_ca_root(Certificate::from_pem(&ca)),
+        ClientTlsConfig::new().identity(identity).ca_certificate(Certificate::from_pem(&ca)),
+    )))
 }
 
 fn formation(args: &DatastoreArgs, listen_addr: &str) -> anyhow::Result<Formation> {
+    let tls = args.peer_cert_file.is_some();
     let mut members: Vec<(&str, String)> = Vec::new();
     for entry in &args.initial_cluster {
         let (name, url) = entry
@@ -141,11 +179,11 @@ fn formation(args: &DatastoreArgs, listen_addr: &str) -> anyhow::Result<Formatio
         if members.iter().any(|(n, _)| *n == name) {
             bail!("--initial-cluster names {name:?} twice; give each member one peer URL");
         }
-        members.push((name, peer_hostport(url)?));
+        members.push((name, peer_hostport(url, tls)?));
     }
     let mine = members.iter().position(|(n, _)| *n == args.name);
     let advertise = match (args.initial_advertise_peer_urls.first(), mine) {
-        (Some(url), _) => peer_hostport(url)?,
+        (Some(url), _) => peer_hostport(url, tls)?,
         (None, Some(i)) => members[i].1.clone(),
         (None, None) => listen_addr.to_string(),
     };
@@ -200,7 +238,11 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
         let node = match args.listen_peer_urls.first() {
             None => Node::start(config),
             Some(url) => {
-                let peer = parse_listen(url, false)?;
+                let tls = peer_tls(&args)?;
+                let peer = parse_listen(url, tls.is_some())?;
+                if tls.is_some() != peer.tls {
+                    bail!("--listen-peer-urls {url}: use https:// exactly when --peer-cert-file is set");
+                }
                 let listener = tokio::net::TcpListener::bind(peer.addr)
                     .await
                     .with_context(|| format!("cannot listen on peer address {}", peer.addr))?;
@@ -211,6 +253,10 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
                 rc.election_timeout =
                     (Duration::from_millis(args.election_timeout), Duration::from_millis(args.election_timeout * 2));
                 rc.auto_promote = true;
+                if let Some((server, client)) = tls {
+                    rc.server_tls = Some(server);
+                    rc.client_tls = Some(client);
+                }
                 rc.join = formation.join;
                 Node::start_raft(config, RaftSettings { config: rc, listener, bootstrap: formation.bootstrap }).await
             }
@@ -286,6 +332,20 @@ mod tests {
         let f = formation(&args(&["--name=solo"]), "127.0.0.1:9").unwrap();
         assert!(f.bootstrap && f.join.is_empty() && f.advertise == "127.0.0.1:9");
         assert!(formation(&args(&["--name=n1", "--initial-cluster=n1=http://10.0.0.1:1"]), "x").is_err());
+    }
+
+    #[test]
+    fn peer_tls_means_https_peer_urls_anywhere() {
+        let cluster = "--initial-cluster=n1=https://10.0.0.1:2380,n2=https://10.0.0.2:2380";
+        assert!(formation(&args(&["--name=n1", cluster]), "x").is_err(), "https peers need --peer-cert-file");
+        let tls = ["--peer-cert-file=c", "--peer-key-file=k", "--peer-trusted-ca-file=ca"];
+        let f = formation(&args(&[&["--name=n2", cluster][..], &tls[..]].concat()), "x").unwrap();
+        assert_eq!(f, Formation { advertise: "10.0.0.2:2380".into(), bootstrap: false, join: vec!["10.0.0.1:2380".into()] });
+        let mixed = "--initial-cluster=n1=https://10.0.0.1:2380,n2=http://127.0.0.1:2380";
+        let err = formation(&args(&[&["--name=n1", mixed][..], &tls[..]].concat()), "x").unwrap_err().to_string();
+        assert!(err.contains("use https://"), "{err}");
+        let err = peer_tls(&args(&["--peer-cert-file=c"])).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
     }
 
     #[test]

@@ -161,6 +161,12 @@ impl RaftConfig {
             // A learner is promoted only once this close to the leader (issue 3, membership).
             replication_lag_threshold: 1000,
             enable_pre_vote: Some(true),
+            // Standard Raft: a restarted leader stands for election like anyone else. openraft's
+            // default lets it resume in its old term, but with asynchronous log flush a quorum
+            // of followers can commit entries the leader never wrote; after kill -9 it would then
+            // reuse their indexes in the same term and the replicas diverge (found by
+            // tests/robustness: `run.sh -kinds kill-leader -downtime 1ms`).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         c.validate().map_err(|e| RaftNodeError::Config(e.to_string()))

@@ -334,6 +334,11 @@ func summary(args []string) error {
 			return err
 		}
 		single, clusterPart := string(old), ""
+		// The robustness section (tests/robustness/run.sh --report) ends the file; keep it.
+		robustness := ""
+		if i := strings.Index(single, robustnessMarker); i >= 0 {
+			single, robustness = single[:i], single[i:]
+		}
 		if i := strings.Index(single, clusterMarker); i >= 0 {
 			single, clusterPart = single[:i], single[i:]
 		}
@@ -351,6 +356,9 @@ func summary(args []string) error {
 				single = "# Compatibility: Kubernetes storage tests against k8sd\n\n(No single-node report yet: run `tests/storage-suite/run.sh --report`.)\n"
 			}
 			out = strings.TrimRight(single, "\n") + "\n\n" + b.String()
+		}
+		if robustness != "" {
+			out = strings.TrimRight(out, "\n") + "\n\n" + robustness
 		}
 		if err := os.WriteFile(*md, []byte(out), 0o644); err != nil {
 			return err
@@ -383,6 +391,10 @@ type reportInfo struct {
 	apiserver, kube, commit, goVersion, compile, run, patches, command, src string
 	cluster                                                                 int
 }
+
+// robustnessMarker starts the section tests/robustness/run.sh --report owns, at the end of
+// docs/compatibility.md.
+const robustnessMarker = "<!-- robustness section -->"
 
 // clusterMarker starts the 3-node section of docs/compatibility.md.
 const clusterMarker = "<!-- 3-node section -->"
