@@ -87,6 +87,10 @@ impl Layout {
     pub fn cni_ipam_dir(&self) -> PathBuf {
         self.d("cni/networks")
     }
+    /// 0600: the local API load balancer's last known kube-apiserver endpoints.
+    pub fn lb_state_file(&self) -> PathBuf {
+        self.d("lb/endpoints.json")
+    }
     /// 0700: volatile state.
     pub fn containerd_state(&self) -> PathBuf {
         self.r("containerd")

@@ -89,6 +89,9 @@ pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
         ("requestheader-extra-headers-prefix", "X-Remote-Extra-".into()),
         ("proxy-client-cert-file", c.pki("front-proxy-client.crt")),
         ("proxy-client-key-file", c.pki("front-proxy-client.key")),
+        // On SIGTERM keep serving for 3 s while /readyz fails, so the load balancers (every
+        // node's, and an external one) drain this apiserver before it closes its listener.
+        ("shutdown-delay-duration", "3s".into()),
     ])
 }
 
@@ -240,7 +243,7 @@ mod tests {
         }
         // Default feature gates stay on: no gate is switched off (contract §2.5).
         assert!(!args.iter().any(|a| a.starts_with("--feature-gates")), "{args:?}");
-        assert_eq!(args.len(), 34, "the full flag set is pinned; update this test deliberately");
+        assert_eq!(args.len(), 35, "the full flag set is pinned; update this test deliberately");
     }
 
     #[test]

@@ -134,6 +134,8 @@ struct RunningNode {
     supervisor: Arc<Supervisor>,
     /// Stops the etcd and cluster API listeners.
     etcd_stop: watch::Sender<bool>,
+    /// The local API load balancer.
+    lb: Option<Arc<crate::lb::LbHandle>>,
 }
 
 impl Daemon {
@@ -268,7 +270,9 @@ impl Daemon {
         let datastore = if cfg.role == Role::ControlPlane {
             step("generating certificates and kubeconfigs");
             pki::ensure_control_plane_pki(&l.pki_dir(), &identity)?;
-            let server = format!("https://{}", components::apiserver_addr());
+            // Components reach kube-apiserver through the local load balancer, so they keep
+            // working (and keep their leader leases) when this node's apiserver is down.
+            let server = format!("https://{}", components::lb_addr());
             pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)?;
             if pending.is_some() {
                 step("joining the datastore (as a learner, promoted to voter once caught up)");
@@ -304,6 +308,9 @@ impl Daemon {
             None
         };
 
+        step("starting the local API load balancer");
+        let lb = Arc::new(self.start_lb(&cfg, datastore.as_ref()).await?);
+
         step("rendering component configuration");
         let ctx = Ctx { layout: &l, cfg: &cfg, cgroup_root: &self.opts.cgroup_root };
         for (path, text) in components::config_files(&ctx).map_err(DaemonError::Other)? {
@@ -317,7 +324,7 @@ impl Daemon {
             instance: l.data_dir.clone().into_os_string(),
         }));
         *self.node.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(RunningNode { cfg: cfg.clone(), datastore, supervisor: supervisor.clone(), etcd_stop });
+            Some(RunningNode { cfg: cfg.clone(), datastore, supervisor: supervisor.clone(), etcd_stop, lb: Some(lb) });
 
         let groups = match cfg.role {
             Role::ControlPlane => {
@@ -361,8 +368,39 @@ impl Daemon {
         Ok(())
     }
 
-    /// Where this node reaches kube-apiserver: its own on a control-plane node, the local
-    /// load balancer on a worker.
+    /// The local API load balancer on 127.0.0.1:6444, in front of every control-plane
+    /// kube-apiserver: the registry's list on a control-plane node (this node first), the join
+    /// answer's on a worker; the balancer then follows the `kubernetes` EndpointSlice itself.
+    async fn start_lb(&self, cfg: &NodeConfig, datastore: Option<&Node>) -> Result<crate::lb::LbHandle, DaemonError> {
+        let p = self.opts.layout.pki_dir();
+        let tls = TlsClient::from_files(&p.join("ca.crt"), &p.join("kube-proxy.crt"), &p.join("kube-proxy.key"))
+            .map_err(|e| DaemonError::Other(format!("load balancer credentials: {e}")))?;
+        let mut addrs = vec![];
+        if let Some(ds) = datastore {
+            addrs.push(cfg.advertise_address);
+            if let Ok(members) = crate::cluster::registry::members(ds).await {
+                addrs.extend(members.into_iter().filter(|m| m.role == crate::cluster::registry::MemberRole::ControlPlane).map(|m| m.address));
+            }
+        }
+        addrs.extend(cfg.control_plane.iter().copied());
+        let mut backends: Vec<std::net::SocketAddr> = Vec::new();
+        for a in addrs {
+            let s = std::net::SocketAddr::new(a, components::APISERVER_PORT);
+            if !backends.contains(&s) {
+                backends.push(s);
+            }
+        }
+        let state = self.opts.layout.lb_state_file();
+        if let Some(dir) = state.parent() {
+            mkdir(dir, 0o700)?;
+        }
+        crate::lb::LoadBalancer::start(crate::lb::LbConfig::new(components::lb_addr(), backends, tls, state))
+            .await
+            .map_err(|e| DaemonError::Other(format!("local API load balancer: {e}")))
+    }
+
+    /// Where this node reaches kube-apiserver for its own checks: its own on a control-plane
+    /// node, the local load balancer on a worker.
     fn api_addr(&self, cfg: &NodeConfig) -> std::net::SocketAddr {
         match cfg.role {
             Role::ControlPlane => components::apiserver_addr(),
@@ -521,7 +559,9 @@ impl Daemon {
         let tcp = |port: u16| Probe::tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         let minute = Duration::from_secs(120);
         Ok(vec![
-            vec![kube("kube-apiserver", components::apiserver_args(ctx)).with_readiness(apiserver_ready, minute)],
+            vec![kube("kube-apiserver", components::apiserver_args(ctx))
+                .with_readiness(apiserver_ready, minute)
+                .with_stop_timeout(Duration::from_secs(30))],
             vec![
                 kube("kube-controller-manager", components::controller_manager_args(ctx)).with_readiness(tcp(10257), minute),
                 kube("kube-scheduler", components::scheduler_args(ctx)).with_readiness(tcp(10259), minute),
@@ -572,6 +612,9 @@ impl Daemon {
         if let Some(n) = running {
             n.supervisor.stop().await;
             let _ = n.etcd_stop.send(true);
+            if let Some(lb) = n.lb {
+                lb.shutdown().await;
+            }
             if let Some(d) = n.datastore {
                 d.shutdown().await;
             }

@@ -34,6 +34,10 @@ pub async fn build(d: &Daemon) -> StatusReport {
     report.role = Some(r.cfg.role_name());
     if let Some(ds) = &r.datastore {
         datastore_report(&mut report, &r.cfg, ds).await;
+        cluster_report(&mut report, ds).await;
+    }
+    if let Some(lb) = &r.lb {
+        report.api_backends = lb.status().into_iter().filter_map(|b| serde_json::to_value(b).ok()).collect();
     }
     components_report(&mut report, d, &r).await;
     report
@@ -45,7 +49,7 @@ async fn datastore_report(report: &mut StatusReport, cfg: &super::config::NodeCo
     let db = r.datastore.read(|rd| rd.db_size()).await.map(|(s, _)| s).unwrap_or(0);
     let (leader, members) = match r.datastore.raft_status() {
         Some(st) => {
-            let name = |id: u64| if id == st.id { r.cfg.node_name.clone() } else { String::new() };
+            let name = |id: u64| st.members.get(&id).map(|i| i.name.clone()).unwrap_or_default();
             let members = st
                 .voters
                 .iter()
@@ -60,7 +64,7 @@ async fn datastore_report(report: &mut StatusReport, cfg: &super::config::NodeCo
                     applied_index: if *id == st.id { st.last_applied.unwrap_or(0) } else { 0 },
                 })
                 .collect();
-            (st.leader.map(|l| if l == st.id { r.cfg.node_name.clone() } else { format!("{l:016x}") }).unwrap_or_else(|| "none".into()), members)
+            (st.leader.map(|l| { let n = name(l); if n.is_empty() { format!("{l:016x}") } else { n } }).unwrap_or_else(|| "none".into()), members)
         }
         None => (
             r.cfg.node_name.clone(),
@@ -81,6 +85,36 @@ async fn datastore_report(report: &mut StatusReport, cfg: &super::config::NodeCo
         members,
         db_size_bytes: db,
     });
+}
+
+/// Every node of the cluster with its role, and whether HA holds: at least 3 datastore voters,
+/// a leader, and every voter known to the registry.
+async fn cluster_report(report: &mut StatusReport, ds: &crate::node::Node) {
+    use crate::cluster::registry::{self, MemberRole};
+    let st = ds.raft_status();
+    let members = ds.members();
+    let leader_name = st.as_ref().and_then(|s| s.leader).and_then(|l| members.iter().find(|m| m.id == l)).map(|m| m.info.name.clone());
+    let Ok(records) = registry::members(ds).await else { return };
+    report.nodes = records
+        .iter()
+        .map(|rec| {
+            let raft = members.iter().find(|m| m.info.name == rec.name);
+            let role = match (rec.role, raft) {
+                (MemberRole::Worker, _) => "worker",
+                (MemberRole::ControlPlane, Some(m)) if m.voter => "voter",
+                (MemberRole::ControlPlane, Some(_)) => "standby",
+                (MemberRole::ControlPlane, None) => "control-plane (not a datastore member)",
+            };
+            ClusterNodeReport {
+                name: rec.name.clone(),
+                address: rec.address.to_string(),
+                role: role.into(),
+                datastore_leader: leader_name.as_deref() == Some(rec.name.as_str()),
+            }
+        })
+        .collect();
+    let voters = members.iter().filter(|m| m.voter).count();
+    report.ha = Some(voters >= 3 && leader_name.is_some());
 }
 
 struct RunningRef<'a> {
@@ -155,6 +189,30 @@ pub fn render_text(s: &StatusReport) -> String {
         let _ = writeln!(o, "datastore:   {} revision {} applied index {} leader {} size {} KiB", ds.endpoint, ds.revision, ds.applied_index, ds.leader, ds.db_size_bytes / 1024);
         for m in &ds.members {
             let _ = writeln!(o, "  member {} {} {}{} applied {}", m.id, m.name, m.role, if m.leader { " leader" } else { "" }, m.applied_index);
+        }
+    }
+    if !s.nodes.is_empty() {
+        let ha = match s.ha {
+            Some(true) => "yes (survives the loss of one control-plane node)",
+            Some(false) => "no (fewer than 3 datastore voters, or no leader)",
+            None => "unknown",
+        };
+        let _ = writeln!(o, "cluster:     {} nodes; high availability: {ha}", s.nodes.len());
+        for n in &s.nodes {
+            let _ = writeln!(o, "  {:<20} {:<16} {}{}", n.name, n.address, n.role, if n.datastore_leader { " (datastore leader)" } else { "" });
+        }
+    }
+    if !s.api_backends.is_empty() {
+        let _ = writeln!(o, "api load balancer (127.0.0.1:6444):");
+        for b in &s.api_backends {
+            let _ = writeln!(
+                o,
+                "  {:<22} {:<10} connections {}{}",
+                b["address"].as_str().unwrap_or("?"),
+                b["state"].as_str().unwrap_or("?"),
+                b["active-connections"],
+                b["last-error"].as_str().map(|e| format!(" last error: {e}")).unwrap_or_default()
+            );
         }
     }
     if !s.components.is_empty() {

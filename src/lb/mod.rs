@@ -1,9 +1,10 @@
-//! The worker's local API load balancer: a TCP pass-through proxy on 127.0.0.1:6443 in front of
-//! every control-plane kube-apiserver. kubelet and kube-proxy on a worker talk to it; TLS runs end
+//! The local API load balancer of every node: a TCP pass-through proxy on 127.0.0.1:6444 in front of
+//! every control-plane kube-apiserver. kubelet, kube-proxy, and on control-plane nodes the
+//! controller-manager and scheduler, talk to it; TLS runs end
 //! to end between them and kube-apiserver, the balancer never terminates it.
 //!
 //! ```text
-//!   kubelet ──TCP──▶ 127.0.0.1:6443 ──▶ accept loop ──▶ one task per connection
+//!   kubelet ──TCP──▶ 127.0.0.1:6444 ──▶ accept loop ──▶ one task per connection
 //!                                          │  plan(): healthy first, fewest connections,
 //!                                          │  round-robin ties; dial; next on failure
 //!                                          ▼
@@ -45,13 +46,13 @@ use crate::httpc::TlsClient;
 use health::{Probe, State, Thresholds};
 use pool::Pool;
 
-/// Where a worker's balancer listens: kube-apiserver's usual port on loopback, free on a worker.
-pub const WORKER_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6443));
+/// Where every node's balancer listens (a control-plane node's own kube-apiserver has 6443).
+pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6444));
 
 /// The balancer's settings. [`LbConfig::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct LbConfig {
-    /// The address to listen on, normally [`WORKER_LISTEN`].
+    /// The address to listen on, normally [`LISTEN`].
     pub listen: SocketAddr,
     /// The kube-apiservers known from the configuration (the join token). The persisted list is
     /// added to them at start.
