@@ -331,10 +331,19 @@ impl Daemon {
         cfg: &NodeConfig,
         req: &Req,
     ) -> Result<Rep, client::JoinError> {
+        self.node_call(&cfg.control_plane, req).await
+    }
+
+    /// A call to the cluster API on `cp` (tried in turn) with this node's kubelet identity.
+    pub(crate) async fn node_call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+        &self,
+        cp: &[std::net::IpAddr],
+        req: &Req,
+    ) -> Result<Rep, client::JoinError> {
         let p = self.opts.layout.pki_dir();
         let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
         let (ca, cert, key) = (read("ca.crt"), read("kubelet-client.crt"), read("kubelet-client.key"));
-        let addrs: Vec<String> = cfg.control_plane.iter().map(|a| std::net::SocketAddr::new(*a, API_PORT).to_string()).collect();
+        let addrs: Vec<String> = cp.iter().map(|a| std::net::SocketAddr::new(*a, API_PORT).to_string()).collect();
         client::call_as_node(&addrs, &ca, (&cert, &key), client::Rpc::Membership, req).await
     }
 
@@ -357,17 +366,25 @@ impl Daemon {
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
                 let Some(d) = me.upgrade() else { return };
                 let Some(r) = d.running() else { return };
-                let removed = match &r.datastore {
+                // A removed replica may never hear of its own removal, so ask the other
+                // control-plane nodes too: their registry is the authority.
+                let (in_raft, addrs) = match &r.datastore {
                     Some(ds) => {
                         let id = ds.meta().member_id;
                         let members = ds.members();
-                        !members.is_empty() && !members.iter().any(|m| m.id == id)
+                        let addrs = members
+                            .iter()
+                            .filter(|m| m.id != id)
+                            .filter_map(|m| m.info.peer_addr.parse::<std::net::SocketAddr>().ok())
+                            .map(|a| a.ip())
+                            .collect();
+                        (members.is_empty() || members.iter().any(|m| m.id == id), addrs)
                     }
-                    None => {
-                        let req = MembershipRequest { version: WIRE_VERSION, leave: false };
-                        matches!(d.worker_call::<_, MembershipReply>(&r.cfg, &req).await, Ok(MembershipReply { member: false, .. }))
-                    }
+                    None => (true, r.cfg.control_plane.clone()),
                 };
+                let req = MembershipRequest { version: WIRE_VERSION, leave: false };
+                let asked = d.node_call::<_, MembershipReply>(&addrs, &req).await;
+                let removed = !in_raft || matches!(asked, Ok(MembershipReply { member: false, .. }));
                 // Two checks in a row, so a passing glitch never stops a node.
                 misses = if removed { misses + 1 } else { 0 };
                 if misses >= 2 {

@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# The HA demo (shared/reference/origin-dqlite-ha-demo.md) as an automated test, on four hosts
+# that are network namespaces on one test bridge:
+#   n1 `k8sd init`; n2, n3 `k8sd join`; n4 `k8sd join --worker`.
+# A client in the root namespace drives kubectl through HAProxy (as the demo did) and, inside
+# the worker, through the worker's own load balancer. Steps:
+#   1. a busybox Deployment is scheduled on the worker
+#   2. stop kube-apiserver on the node holding the scheduler lease: zero failed kubectl
+#      requests, and the scheduler and controller-manager there keep their leases
+#   3. stop scheduler and controller-manager there: leadership moves (timed)
+#   4. kill -9 every k8sd process on the datastore leader: the datastore fails over, kubectl
+#      keeps working (errors and time recorded), scaling the Deployment still works
+#   5. delete the workload: its pods disappear
+#   6. bring the killed node back: it catches up and is a voter again
+#   7. remove-node a control-plane node; a used, a garbled and a revoked token are refused;
+#      a fresh node joins with a new token and HA holds again
+# Lines starting with "TIMING" are the figures recorded in docs/benchmarks.md.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" /usr/bin/containerd /usr/sbin/haproxy
+
+work=$(mktemp -d /var/tmp/k8sd-e2e-ha.XXXXXX)
+tag=$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)
+br=k8sd-br0 prefix=10.210.100 lbport=16443
+nodes="1 2 3 4 5"
+ns_of() { echo "k8sd-ha$1"; }
+data_of() { echo "$work/n$1"; }
+run_of() { echo "/run/k8sd-ha$1-$tag"; }
+addr_of() { echo "$prefix.$((10 + $1))"; }
+
+# k I ARGS: k8sd on host I. The first start of the daemon happens through this, inside its own
+# UTS namespace with hostname nI, so leader-election identities name the node.
+k() {
+  local i=$1; shift
+  K8SD_CGROUP_ROOT=/k8sd-ha$i-$tag nsenter --net="/run/netns/$(ns_of "$i")" unshare --uts \
+    sh -c 'hostname "$0"; exec "$@"' "n$i" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" "$@"
+}
+daemon_pid() { cat "$(run_of "$1")/k8sd.pid" 2>/dev/null; }
+
+# kubectl through HAProxy, as an operator outside the cluster would.
+kc() { "$K8SD_KUBEBIN" kubectl --kubeconfig "$work/admin.conf" --request-timeout=10s "$@"; }
+# kubectl inside the worker, through its local load balancer.
+kw() { nsenter --net="/run/netns/$(ns_of 4)" "$K8SD_KUBEBIN" kubectl --kubeconfig "$work/admin-worker.conf" --request-timeout=10s "$@"; }
+
+cleanup() {
+  [[ -f $work/haproxy.pid ]] && kill "$(cat "$work/haproxy.pid")" 2>/dev/null
+  for i in $nodes; do
+    local pid; pid=$(daemon_pid "$i") && kill -TERM "$pid" 2>/dev/null
+  done
+  for i in $nodes; do
+    local pid; pid=$(daemon_pid "$i") || continue
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  for i in $nodes; do
+    local d; d=$(data_of "$i")
+    [[ -d $d ]] || { ip netns del "$(ns_of "$i")" 2>/dev/null; ip link del "k8sd-b$((10 + i))" 2>/dev/null; continue; }
+    "$repo/scripts/teardown-host.sh" --netns "$(ns_of "$i")" --kubelet-root "$d/kubelet" \
+      --containerd-address "$(run_of "$i")/containerd/containerd.sock" --containerd-root "$d/containerd" \
+      --containerd-state "$(run_of "$i")/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
+      --cgroup-root "/k8sd-ha$i-$tag" >/dev/null 2>&1
+    ip link del "k8sd-b$((10 + i))" 2>/dev/null
+  done
+  ip link del "$br" 2>/dev/null
+  if ((failed > 0)); then
+    for i in $nodes; do
+      for f in "$(data_of "$i")"/logs/{k8sd,kube-apiserver,kubelet}.log; do
+        [[ -f $f ]] && { echo "----- $f (last 25 lines)"; tail -n 25 "$f"; }
+      done
+    done
+  fi
+  rm -rf "$work" /run/k8sd-ha?-"$tag"
+}
+trap cleanup EXIT
+
+status_json() { k "$1" status -o json > "$work/status$1.json"; }
+# status_says I EXPR WANT: a field of `k8sd status -o json` on host I.
+status_says() {
+  status_json "$1" || return 1
+  local got; got=$(json_get "$work/status$1.json" "$2" 2>&1)
+  [[ $got == "$3" ]] && return 0
+  log "status check on n$1: wanted '$3' from $2, got '$got'"
+  return 1
+}
+lease_holder() { kc -n kube-system get lease "$1" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null | cut -d_ -f1; }
+leader_node() { status_json 1 >/dev/null 2>&1 || status_json 2; json_get "$work/status1.json" "[n['name'] for n in d['nodes'] if n['datastore-leader']][0]" 2>/dev/null; }
+
+# loop_kubectl FILE CMD...: run CMD repeatedly until $work/stop-loop exists; one line per try.
+loop_kubectl() {
+  local out=$1; shift
+  : > "$out"
+  while [[ ! -e $work/stop-loop ]]; do
+    if "$@" >/dev/null 2>>"$work/loop-errors.log"; then echo "ok $(date +%s.%N)" >> "$out"; else echo "fail $(date +%s.%N)" >> "$out"; fi
+  done
+}
+count() { grep -c "^$1 " "$2"; }
+
+log "setup: bridge $br, hosts n1-n4"
+make_bridge "$br" "$prefix.1/24"
+for i in 1 2 3 4; do make_bridged_host "$(ns_of "$i")" $((10 + i)) "$br" "$prefix"; done
+
+if k 1 init --node-name n1 >/dev/null; then pass "n1: k8sd init"; else fail "n1: k8sd init"; exit 1; fi
+for i in 2 3; do
+  tok=$(k 1 add-node 2>/dev/null) || { fail "add-node for n$i"; exit 1; }
+  echo "$tok" > "$work/token-n$i"
+  if k "$i" join --name "n$i" "$tok" >/dev/null; then pass "n$i: k8sd join (control plane)"; else fail "n$i: k8sd join"; exit 1; fi
+done
+tok=$(k 1 add-node --worker --name n4 2>/dev/null) || { fail "add-node --worker"; exit 1; }
+if k 4 join --worker "$tok" >/dev/null; then pass "n4: k8sd join --worker (name from the token)"; else fail "n4: k8sd join --worker"; exit 1; fi
+
+three_voters() { status_says 1 "$@"; }
+check "status: 3 voters and a worker, HA holds" wait_for 60 "3 voters" three_voters "sorted((n['name'], n['role']) for n in d['nodes']) == [('n1','voter'),('n2','voter'),('n3','voter'),('n4','worker')] and d['ha']" True
+check "status on the worker: role worker, 3 healthy API backends" status_says 4 "d['role'] + ' ' + str(sum(b['healthy'] for b in d['api-backends']))" "worker 3"
+check "worker holds no CA key" test ! -e "$(data_of 4)/pki/ca.key"
+check "keys are 0600" bash -c "[[ \$(stat -c %a '$(data_of 2)/pki/ca.key') == 600 && \$(stat -c %a '$(data_of 4)/pki/kubelet-client.key') == 600 ]]"
+
+# The client's kubeconfig: admin credentials, server = HAProxy; the worker's: its balancer.
+sed -e "s#server: .*#server: https://$prefix.1:$lbport#" "$(data_of 1)/kubeconfig/admin.conf" > "$work/admin.conf"
+sed -e "s#server: .*#server: https://127.0.0.1:6444#" "$(data_of 1)/kubeconfig/admin.conf" > "$work/admin-worker.conf"
+# The apiserver certificates name "kubernetes" on every node; the balancer address is not in them.
+sed -i "s#^\(    server: .*\)#\1\n    tls-server-name: kubernetes#" "$work/admin.conf"
+cat "$(data_of 1)/pki/admin.crt" "$(data_of 1)/pki/admin.key" > "$work/admin.pem"
+cat > "$work/haproxy.cfg" <<EOF
+global
+  pidfile $work/haproxy.pid
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  retries 3
+  option redispatch
+frontend api
+  bind $prefix.1:$lbport
+  default_backend apiservers
+backend apiservers
+  option httpchk GET /readyz
+  http-check expect status 200
+  default-server inter 500ms fall 2 rise 2 check check-ssl verify none crt $work/admin.pem
+  server n1 $(addr_of 1):6443
+  server n2 $(addr_of 2):6443
+  server n3 $(addr_of 3):6443
+EOF
+haproxy -D -f "$work/haproxy.cfg" || { fail "haproxy starts"; exit 1; }
+check "kubectl through HAProxy sees 4 Ready nodes" wait_for 60 "4 nodes Ready" bash -c "[[ \$('$K8SD_KUBEBIN' kubectl --kubeconfig '$work/admin.conf' get nodes --no-headers | grep -c ' Ready ') == 4 ]]"
+check "kubectl through the worker's balancer works" wait_for 30 "worker kubectl" kw get nodes
+
+log "1. a workload on the worker"
+kc apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: demo, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: demo}}
+  template:
+    metadata: {labels: {app: demo}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: n4}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: c, image: docker.io/library/busybox:1.36-local, imagePullPolicy: Never, command: [sleep, "3600"]}
+EOF
+pods_running() { [[ $(kc get pods -l app=demo --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -c '^n4$') == "$1" ]]; }
+check "the demo pod runs on the worker n4" wait_for 120 "pod on n4" pods_running 1
+
+log "2. stop kube-apiserver on the scheduler's leader node"
+h=$(lease_holder kube-scheduler); h=${h#n}
+[[ $h =~ ^[123]$ ]] || { fail "scheduler lease holder is a control-plane node (got '$h')"; h=1; }
+kcm_before=$(lease_holder kube-controller-manager)
+rm -f "$work/stop-loop"
+loop_kubectl "$work/loop-lb.txt" kc get nodes & lp1=$!
+loop_kubectl "$work/loop-worker.txt" kw get pods & lp2=$!
+sleep 3
+k "$h" stop kube-apiserver >/dev/null
+sleep 15
+sched_after=$(lease_holder kube-scheduler); kcm_after=$(lease_holder kube-controller-manager)
+touch "$work/stop-loop"; wait $lp1 $lp2
+log "TIMING apiserver-loss: through HAProxy $(count ok "$work/loop-lb.txt") ok / $(count fail "$work/loop-lb.txt") failed; through the worker's balancer $(count ok "$work/loop-worker.txt") ok / $(count fail "$work/loop-worker.txt") failed"
+check "zero failed kubectl requests through HAProxy while n$h's apiserver is down" test "$(count fail "$work/loop-lb.txt")" -eq 0
+check "zero failed kubectl requests through the worker's balancer" test "$(count fail "$work/loop-worker.txt")" -eq 0
+check "kubectl kept answering (at least 5 requests each)" test "$(count ok "$work/loop-lb.txt")" -ge 5 -a "$(count ok "$work/loop-worker.txt")" -ge 5
+check "the scheduler on n$h keeps its lease" test "$sched_after" == "n$h"
+check "the controller-manager keeps its lease holder ($kcm_before)" test "$kcm_after" == "$kcm_before"
+
+log "3. stop the scheduler and controller-manager on n$h"
+# Both stop at once; each lease is timed from that moment until another node holds it. With
+# the default 15 s lease, 10 s renew deadline and 2 s retry period, a holder that stops without
+# releasing is replaced at most lease duration + one retry period later.
+t0=$(date +%s.%N)
+k "$h" stop kube-scheduler >/dev/null & k "$h" stop kube-controller-manager >/dev/null & wait
+declare -A moved_at=()
+deadline=$((SECONDS + 40))
+while ((SECONDS < deadline)) && ((${#moved_at[@]} < 2)); do
+  for lease in kube-scheduler kube-controller-manager; do
+    [[ -n ${moved_at[$lease]:-} ]] && continue
+    holder=$(lease_holder "$lease")
+    [[ -n $holder && $holder != "n$h" ]] && moved_at[$lease]="$(echo "$(date +%s.%N) - $t0" | bc) $holder"
+  done
+  sleep 0.5
+done
+for lease in kube-scheduler kube-controller-manager; do
+  if [[ -n ${moved_at[$lease]:-} ]]; then
+    read -r t holder <<< "${moved_at[$lease]}"
+    log "TIMING leader-election handover $lease: ${t}s (n$h -> $holder)"
+    check "$lease leadership moved to $holder within lease duration + retry period (17 s)" test "$(echo "$t < 17" | bc)" -eq 1
+  else
+    fail "$lease leadership moved off n$h within 40 s"
+  fi
+done
+for c in kube-apiserver kube-scheduler kube-controller-manager; do k "$h" start "$c" >/dev/null || fail "start $c on n$h"; done
+
+log "4. kill -9 every k8sd process on the datastore leader"
+l=$(leader_node); l=${l#n}
+[[ $l =~ ^[123]$ ]] || { fail "a datastore leader among n1-n3 (got '$l')"; l=1; }
+survivor=$(( l % 3 + 1 ))
+rm -f "$work/stop-loop"
+write_probe() { kc create configmap "probe-$RANDOM$RANDOM" -o name; }
+loop_kubectl "$work/loop-kill.txt" write_probe & lp=$!
+sleep 2
+pid=$(daemon_pid "$l")
+kids=$(pgrep -P "$pid" | tr '\n' ' ')
+t0=$(date +%s.%N)
+kill -9 "$pid" $kids
+# The first write acknowledged after the kill, through HAProxy.
+first_ok() { awk -v t="$t0" '$1=="ok" && $2>t {print $2; exit}' "$work/loop-kill.txt" | grep -q .; }
+wait_for 60 "a write after the kill" first_ok
+sleep 5
+touch "$work/stop-loop"; wait $lp
+first=$(awk -v t="$t0" '$1=="ok" && $2>t {print $2; exit}' "$work/loop-kill.txt")
+errs=$(awk -v t="$t0" '$1=="fail" && $2>t' "$work/loop-kill.txt" | wc -l)
+if [[ -n $first ]]; then
+  log "TIMING datastore failover (kill -9 of n$l's k8sd and children -> first acknowledged write via HAProxy): $(echo "$first - $t0" | bc)s, $errs failed requests"
+  pass "writes continue after kill -9 of the datastore leader n$l"
+else
+  fail "writes continue after kill -9 of the datastore leader n$l"
+fi
+new_leader() { status_json "$survivor" && [[ $(json_get "$work/status$survivor.json" "[n['name'] for n in d['nodes'] if n['datastore-leader']]") != "[]" && $(json_get "$work/status$survivor.json" "[n['name'] for n in d['nodes'] if n['datastore-leader']][0]") != "n$l" ]]; }
+check "the datastore elected a new leader" wait_for 30 "new leader" new_leader
+kc scale deployment demo --replicas=3 >/dev/null
+check "scaled to 3: the new pods run (controllers still reconcile)" wait_for 120 "3 pods" pods_running 3
+
+log "5. delete the workload"
+kc delete deployment demo --wait=false >/dev/null
+no_pods() { [[ -z $(kc get pods -l app=demo -o name) ]]; }
+check "its pods terminate and disappear" wait_for 120 "pods gone" no_pods
+
+log "6. bring n$l back"
+K8SD_CGROUP_ROOT=/k8sd-ha$l-$tag nsenter --net="/run/netns/$(ns_of "$l")" unshare --uts sh -c 'hostname "$0"; setsid "$@" </dev/null >>"$0.log" 2>&1 &' \
+  "n$l" "$K8SD_BIN" --data-dir "$(data_of "$l")" --run-dir "$(run_of "$l")" run
+mv "n$l.log" "$work/n$l-restart.log" 2>/dev/null
+check "n$l is ready again" wait_for 180 "n$l ready" k "$l" status --wait-ready --timeout 5
+voter_again() { status_says "$l" "[n['role'] for n in d['nodes'] if n['name']=='n$l'][0] + ' ' + str(d['ha'])" "voter True"; }
+check "n$l is a datastore voter again and HA holds" wait_for 60 "voter" voter_again
+status_json "$survivor"; rev=$(json_get "$work/status$survivor.json" "d['datastore']['revision']")
+caught_up() { status_json "$l" && [[ $(json_get "$work/status$l.json" "d['datastore']['revision']") -ge $rev ]]; }
+check "n$l caught up (its replica reaches the survivor's revision)" wait_for 60 "caught up" caught_up
+
+log "7. remove a node, refuse old tokens, join a fresh node"
+r=$(( l % 3 + 1 )); keep=$(( r % 3 + 1 ))
+if k "$keep" remove-node "n$r" >/dev/null; then pass "k8sd remove-node n$r"; else fail "k8sd remove-node n$r"; fi
+gone() { ! kc get node "n$r" >/dev/null 2>&1 && status_says "$keep" "'n$r' not in [n['name'] for n in d['nodes']] and len([n for n in d['nodes'] if n['role']=='voter'])" 2; }
+check "n$r is gone from the Node list and the datastore voters" wait_for 60 "n$r removed" gone
+stopped() { status_json "$r"; json_get "$work/status$r.json" "d['phase']" | grep -q removed; }
+check "the removed node noticed and stopped its services" wait_for 60 "n$r stopped" stopped
+make_bridged_host "$(ns_of 5)" 15 "$br" "$prefix"
+refused() { local want=$1; shift; local out; out=$(k 5 join --name n5 "$@" 2>&1) && return 1; grep -q "$want" <<< "$out" || { log "wanted '$want', got: $out"; return 1; }; }
+check "a used token is refused" refused "already used" "$(cat "$work/token-n2")"
+check "a garbled token is refused" refused "garbled" "not-a-token"
+rt=$(k "$keep" add-node 2>/dev/null); rid=$(python3 -c "import base64,json,sys; t=sys.argv[1]; print(json.loads(base64.urlsafe_b64decode(t+'='*(-len(t)%4)))['id'])" "$rt")
+k "$keep" tokens revoke "$rid" >/dev/null
+check "a revoked token is refused" refused "revoked" "$rt"
+check "a refused join left no state and consumed nothing" test ! -e "$(data_of 5)/node.yaml" -a ! -e "$(data_of 5)/pki/ca.key"
+tok=$(k "$keep" add-node 2>/dev/null)
+if k 5 join --name n5 "$tok" >/dev/null; then pass "n5 joins with a new token"; else fail "n5 joins with a new token"; fi
+ha_again() { status_says "$keep" "sorted(n['name'] for n in d['nodes'] if n['role']=='voter') == sorted(['n5'] + [n for n in ['n1','n2','n3'] if n != 'n$r']) and d['ha']" True; }
+check "HA holds again with n5 as the third voter" wait_for 90 "n5 voter" ha_again
+k "$keep" tokens list > "$work/tokens.txt"
+check "tokens list: the n5 token is used, the revoked one revoked" bash -c "grep -q 'used by n5' '$work/tokens.txt' && grep -q revoked '$work/tokens.txt'"
+
+finish
