@@ -543,7 +543,7 @@ impl Daemon {
     }
 
     fn kube_spec(&self, kubebin: &Path, name: &str, args: Vec<String>) -> ComponentSpec {
-        ComponentSpec::new(name, kubebin, &self.opts.layout.logs_dir()).with_args(std::iter::once(name.to_string()).chain(args))
+        ComponentSpec::new(name, kubebin, self.opts.layout.logs_dir()).with_args(std::iter::once(name.to_string()).chain(args))
     }
 
     /// kube-apiserver, then controller-manager and scheduler.

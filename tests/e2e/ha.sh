@@ -272,12 +272,23 @@ check "a garbled token is refused" refused "garbled" "not-a-token"
 rt=$(k "$keep" add-node 2>/dev/null); rid=$(python3 -c "import base64,json,sys; t=sys.argv[1]; print(json.loads(base64.urlsafe_b64decode(t+'='*(-len(t)%4)))['id'])" "$rt")
 k "$keep" tokens revoke "$rid" >/dev/null
 check "a revoked token is refused" refused "revoked" "$rt"
+# retoken TOKEN FIELD VALUE: the same token with one field changed (a forgery or a stale copy).
+retoken() { python3 -c "
+import base64,json,sys
+t=sys.argv[1]; d=json.loads(base64.urlsafe_b64decode(t+'='*(-len(t)%4)))
+d[sys.argv[2]]=json.loads(sys.argv[3])
+print(base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip('='))" "$@"; }
+ft=$(k "$keep" add-node 2>/dev/null)
+check "a token pinning another CA is refused (fingerprint mismatch)" refused "does not match" "$(retoken "$ft" ca "\"$(printf 'ab%.0s' $(seq 32))\"")"
+check "a token whose addresses are all unreachable is refused" refused "unreachable" "$(retoken "$ft" addrs '["10.210.100.99:6400"]')"
 check "a refused join left no state and consumed nothing" test ! -e "$(data_of 5)/node.yaml" -a ! -e "$(data_of 5)/pki/ca.key"
 tok=$(k "$keep" add-node 2>/dev/null)
 if k 5 join --name n5 "$tok" >/dev/null; then pass "n5 joins with a new token"; else fail "n5 joins with a new token"; fi
 ha_again() { status_says "$keep" "sorted(n['name'] for n in d['nodes'] if n['role']=='voter') == sorted(['n5'] + [n for n in ['n1','n2','n3'] if n != 'n$r']) and d['ha']" True; }
 check "HA holds again with n5 as the third voter" wait_for 90 "n5 voter" ha_again
 k "$keep" tokens list > "$work/tokens.txt"
+fid=$(python3 -c "import base64,json,sys; t=sys.argv[1]; print(json.loads(base64.urlsafe_b64decode(t+'='*(-len(t)%4)))['id'])" "$ft")
 check "tokens list: the n5 token is used, the revoked one revoked" bash -c "grep -q 'used by n5' '$work/tokens.txt' && grep -q revoked '$work/tokens.txt'"
+check "tokens list: the token of the refused joins is still active (nothing consumed it)" bash -c "grep '^$fid ' '$work/tokens.txt' | grep -q active"
 
 finish
