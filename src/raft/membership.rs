@@ -45,8 +45,9 @@ use tokio::sync::Mutex;
 use super::network::Raft;
 use super::types::{NodeInfo, TypeConfig};
 
-/// Most voters automatic promotion creates (issue 3: 3, later 5 when there are enough nodes).
-pub const MAX_VOTERS: usize = 3;
+/// Most voters automatic promotion creates: 3 for 3–4 members, 5 once there are 5. Five
+/// voters survive two lost nodes; more would only slow every commit.
+pub const MAX_VOTERS: usize = 5;
 /// A learner within this many entries of the leader's log counts as caught up.
 const CAUGHT_UP_LAG: u64 = 100;
 /// How long the leader waits for a new learner to catch up inside one `Join` call. The learner
@@ -817,8 +818,8 @@ mod tests {
     }
 
     #[test]
-    fn voters_stay_odd_and_at_most_three() {
-        let got: Vec<usize> = (1..=6).map(target_voters).collect();
-        assert_eq!(got, vec![1, 1, 3, 3, 3, 3]);
+    fn voters_stay_odd_and_at_most_five() {
+        let got: Vec<usize> = (1..=7).map(target_voters).collect();
+        assert_eq!(got, vec![1, 1, 3, 3, 5, 5, 5]);
     }
 }

@@ -281,6 +281,10 @@ print(base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip('='))" "$
 ft=$(k "$keep" add-node 2>/dev/null)
 check "a token pinning another CA is refused (fingerprint mismatch)" refused "does not match" "$(retoken "$ft" ca "\"$(printf 'ab%.0s' $(seq 32))\"")"
 check "a token whose addresses are all unreachable is refused" refused "unreachable" "$(retoken "$ft" addrs '["10.210.100.99:6400"]')"
+refused_as() { local name=$1 want=$2 tok=$3 out; out=$(k 5 join --name "$name" "$tok" 2>&1) && return 1; grep -q "$want" <<< "$out" || { log "wanted '$want', got: $out"; return 1; }; }
+check "a node name already in the cluster is refused" refused_as n1 "already taken" "$ft"
+et=$(k "$keep" add-node --ttl 1s 2>/dev/null); sleep 2
+check "an expired token is refused" refused "expired" "$et"
 check "a refused join left no state and consumed nothing" test ! -e "$(data_of 5)/node.yaml" -a ! -e "$(data_of 5)/pki/ca.key"
 tok=$(k "$keep" add-node 2>/dev/null)
 if k 5 join --name n5 "$tok" >/dev/null; then pass "n5 joins with a new token"; else fail "n5 joins with a new token"; fi
@@ -290,5 +294,12 @@ k "$keep" tokens list > "$work/tokens.txt"
 fid=$(python3 -c "import base64,json,sys; t=sys.argv[1]; print(json.loads(base64.urlsafe_b64decode(t+'='*(-len(t)%4)))['id'])" "$ft")
 check "tokens list: the n5 token is used, the revoked one revoked" bash -c "grep -q 'used by n5' '$work/tokens.txt' && grep -q revoked '$work/tokens.txt'"
 check "tokens list: the token of the refused joins is still active (nothing consumed it)" bash -c "grep '^$fid ' '$work/tokens.txt' | grep -q active"
+init_refused() { local out; out=$(k 4 join --worker "$ft" 2>&1) && return 1; grep -q "already initialised" <<< "$out" || { log "got: $out"; return 1; }; }
+check "join on an initialised node is refused" init_refused
+
+log "8. the worker leaves"
+if k 4 leave >/dev/null; then pass "k8sd leave on the worker"; else fail "k8sd leave on the worker"; fi
+left() { ! kc get node n4 >/dev/null 2>&1 && status_says "$keep" "'n4' in [n['name'] for n in d['nodes']]" False && status_says 4 "d['initialised']" False; }
+check "n4 is gone from the Node list and the members, and forgot the cluster" wait_for 60 "n4 left" left
 
 finish
