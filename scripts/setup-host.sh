@@ -17,8 +17,10 @@ packages=(
   busybox-static gcc libc6-dev
   # Test oracles and tools: Debian's etcd for the smoke test, haproxy for HA tests.
   etcd-server etcd-client haproxy openssl curl ca-certificates util-linux procps
-  # Rust build: tonic-prost-build needs protoc.
-  protobuf-compiler
+  # Rust build: tonic-prost-build needs protoc; the etcd-client crate (tests) also imports the
+  # well-known types (google/protobuf/descriptor.proto), which only libprotobuf-dev ships. It is
+  # protoc's "recommends", so --no-install-recommends leaves it out unless named here.
+  protobuf-compiler libprotobuf-dev
 )
 
 [[ $(id -u) -eq 0 ]] || die "run as root (apt-get install needs it)"
