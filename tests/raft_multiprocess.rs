@@ -211,6 +211,148 @@ async fn t15_hasleader_watch_is_cancelled_after_the_node_loses_its_leader() {
     leader_index(&c, Duration::from_secs(20)).await;
 }
 
+/// Compile `benches/slow-fsync.c`, the `LD_PRELOAD` shim that delays every fsync of a member.
+fn build_slow_fsync_shim(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/slow-fsync.c");
+    let so = dir.join("slow-fsync.so");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("cc (gcc, installed by scripts/setup-host.sh) is needed to build the slow-fsync shim");
+    assert!(
+        out.status.success(),
+        "building {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    so
+}
+
+// Regression: a follower stamped "in touch with the leader" only when it *answered* an
+// AppendEntries, and the answer waits for its own log fsync. With a slow disk (600 ms per sync
+// here) it reported `leader: 0` in Status most of the time and cancelled kube-apiserver's
+// `hasleader` watches, although Raft kept its leader throughout (docs/design/raft.md, "Failover
+// timing"). Default timing (100 ms heartbeat, 250 ms election timeout), as in `k8sd init`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t16_a_slow_disk_does_not_make_a_follower_lose_its_leader_or_hasleader_watches() {
+    let shim_dir = tempfile::tempdir().unwrap();
+    let so = build_slow_fsync_shim(shim_dir.path());
+    let delay_file = shim_dir.path().join("delay-ms");
+    std::fs::write(&delay_file, "0").unwrap();
+    let env = [
+        ("LD_PRELOAD", so.to_str().unwrap()),
+        ("K8SD_FSYNC_DELAY_FILE", delay_file.to_str().unwrap()),
+    ];
+    let c = K8sdCluster::start_with_env(3, &[], &env);
+    wait_formed(&c).await;
+    let li = leader_index(&c, Duration::from_secs(20)).await;
+    let fi = (li + 1) % 3;
+    let leader_url = c.members[li].url();
+    let term0 = client_for(&leader_url, T)
+        .await
+        .status()
+        .await
+        .unwrap()
+        .raft_term();
+
+    let opts = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut wcl = Client::connect([c.members[fi].url().as_str()], Some(opts))
+        .await
+        .unwrap();
+    let mut stream = wcl
+        .watch("/slow/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(T, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .created()
+    );
+
+    std::fs::write(&delay_file, "600").unwrap();
+    let load_for = Duration::from_secs(6);
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (url, acked) = (leader_url.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let mut cl = client_for(&url, Duration::from_secs(10)).await;
+            let t0 = Instant::now();
+            let mut i = 0;
+            while t0.elapsed() < load_for {
+                let key = format!("/slow/w{w}-{i}");
+                if cl.put(key.as_str(), "v", None).await.is_ok() {
+                    acked.lock().unwrap().insert(key);
+                }
+                i += 1;
+            }
+        }));
+    }
+    // Meanwhile the follower's Status, every 100 ms: who is the leader?
+    let mut fcl = client_for(&c.members[fi].url(), Duration::from_secs(2)).await;
+    let (mut polls, mut without) = (0, 0);
+    let t0 = Instant::now();
+    while t0.elapsed() < load_for {
+        polls += 1;
+        match fcl.status().await {
+            Ok(s) if s.leader() != 0 => {}
+            _ => without += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    std::fs::write(&delay_file, "0").unwrap();
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "slow disk: {} puts acknowledged; follower Status without a leader in {without} of {polls} polls",
+        acked.len()
+    );
+    assert!(
+        acked.len() >= 4,
+        "the load made no progress: {} puts acknowledged",
+        acked.len()
+    );
+    let term1 = client_for(&leader_url, T)
+        .await
+        .status()
+        .await
+        .unwrap()
+        .raft_term();
+    assert_eq!(term1, term0, "the leader changed under the slow disk");
+    // Before the fix: no leader in more than half of the polls. A poll may still miss on a
+    // starved machine, never for long.
+    assert!(
+        without * 20 <= polls,
+        "follower Status named no leader in {without} of {polls} polls"
+    );
+
+    // The hasleader watch on the follower was never cancelled and saw every acknowledged put.
+    let mut seen = HashSet::new();
+    while !acked.iter().all(|k| seen.contains(k)) {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the follower's watch delivers the acknowledged puts")
+            .unwrap_or_else(|e| panic!("the hasleader watch on the follower ended: {e:?}"))
+            .expect("the hasleader watch on the follower is still open");
+        assert!(
+            !msg.canceled(),
+            "the hasleader watch was cancelled: {}",
+            msg.cancel_reason()
+        );
+        for ev in msg.events() {
+            seen.insert(ev.kv().unwrap().key_str().unwrap().to_string());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t17_a_wiped_first_member_does_not_found_a_second_cluster() {
     let mut c = K8sdCluster::start(3, &["--heartbeat-interval=50", "--election-timeout=500"]);

@@ -517,6 +517,13 @@ impl PeerService {
     }
 }
 
+impl PeerService {
+    /// Record that the leader this node follows was heard from now (see `RaftNode::has_leader`).
+    fn touch_contact(&self) {
+        *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+}
+
 /// A stopped Raft node is UNAVAILABLE, so the caller treats it as unreachable and backs off.
 fn fatal(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft node stopped: {e}"))
@@ -526,11 +533,20 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        // Leader contact is stamped when the request arrives, not when it is answered: the
+        // answer waits for this node's log flush, and with a slow disk every answer would come
+        // an fsync late, so `has_leader` would report no leader (and `hasleader` watches be
+        // cancelled) while Raft itself is healthy. Arrival counts only from the leader this
+        // node already follows: the request carries the very committed vote this node holds.
+        // A new leader's first request is stamped below, once openraft has accepted it.
+        if rpc.vote.is_committed() && self.raft.metrics().borrow_watched().vote == rpc.vote {
+            self.touch_contact();
+        }
         let resp = self.raft.append_entries(rpc).await.map_err(fatal)?;
         // Anything but HigherVote means the sender is the leader this node follows (a conflict
         // is still a live leader repairing our log).
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
-            *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+            self.touch_contact();
         }
         encode(&resp).map(tonic::Response::new)
     }

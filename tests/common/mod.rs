@@ -156,6 +156,7 @@ pub struct K8sdCluster {
     pub members: Vec<ClusterMember>,
     initial_cluster: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 pub struct ClusterMember {
@@ -183,6 +184,11 @@ impl K8sdCluster {
     /// Start `n` members at once (the joiners retry until the first one is up) and wait until
     /// every one of them serves clients. `extra` goes to every member (e.g. Raft timeouts).
     pub fn start(n: usize, extra: &[&str]) -> K8sdCluster {
+        K8sdCluster::start_with_env(n, extra, &[])
+    }
+
+    /// `start`, with environment variables set for every member process (e.g. `LD_PRELOAD`).
+    pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> K8sdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<ClusterMember> = (0..n)
             .map(|i| ClusterMember {
@@ -197,7 +203,13 @@ impl K8sdCluster {
             .collect();
         let initial_cluster =
             members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect::<Vec<_>>().join(",");
-        let mut c = K8sdCluster { dir, members, initial_cluster, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut c = K8sdCluster {
+            dir,
+            members,
+            initial_cluster,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         for i in 0..n {
             c.spawn(i);
         }
@@ -222,6 +234,7 @@ impl K8sdCluster {
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg(format!("--listen-client-urls={}", m.url()))
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
