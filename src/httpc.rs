@@ -41,14 +41,19 @@ impl TlsClient {
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, HttpError> {
         let pem_err = |path: &Path| {
             let path = path.to_path_buf();
-            move |e: rustls::pki_types::pem::Error| HttpError::Pem { path, reason: e.to_string() }
+            move |e: rustls::pki_types::pem::Error| HttpError::Pem {
+                path,
+                reason: e.to_string(),
+            }
         };
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(ca).map_err(pem_err(ca))? {
             roots.add(c.map_err(pem_err(ca))?)?;
         }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(cert).map_err(pem_err(cert))?.collect::<Result<_, _>>().map_err(pem_err(cert))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(pem_err(cert))?
+            .collect::<Result<_, _>>()
+            .map_err(pem_err(cert))?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(pem_err(key))?;
         Self::build(roots, chain, key)
     }
@@ -57,16 +62,23 @@ impl TlsClient {
     /// signs the servers, the client certificate chain and its private key.
     pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, HttpError> {
         let pem_err = |what: &'static str| {
-            move |e: rustls::pki_types::pem::Error| HttpError::PemData { what, reason: e.to_string() }
+            move |e: rustls::pki_types::pem::Error| HttpError::PemData {
+                what,
+                reason: e.to_string(),
+            }
         };
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca) {
             roots.add(c.map_err(pem_err("CA"))?)?;
         }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(pem_err("client certificate"))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<_, _>>()
+            .map_err(pem_err("client certificate"))?;
         if chain.is_empty() {
-            return Err(HttpError::PemData { what: "client certificate", reason: "no certificate found".into() });
+            return Err(HttpError::PemData {
+                what: "client certificate",
+                reason: "no certificate found".into(),
+            });
         }
         let key = PrivateKeyDer::from_pem_slice(key).map_err(pem_err("client key"))?;
         Self::build(roots, chain, key)
@@ -82,13 +94,22 @@ impl TlsClient {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)?;
-        Ok(TlsClient { config: Arc::new(config) })
+        Ok(TlsClient {
+            config: Arc::new(config),
+        })
     }
 
     /// GET `path` from `addr`, verifying the server certificate for `addr`'s IP.
     /// Returns the status code and body.
-    pub async fn get(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), HttpError> {
-        tokio::time::timeout(timeout, self.get_inner(addr, path)).await.map_err(|_| HttpError::Timeout(addr))?
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), HttpError> {
+        tokio::time::timeout(timeout, self.get_inner(addr, path))
+            .await
+            .map_err(|_| HttpError::Timeout(addr))?
     }
 
     async fn get_inner(&self, addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), HttpError> {
@@ -97,7 +118,9 @@ impl TlsClient {
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let name = ServerName::IpAddress(addr.ip().into());
         let mut tls = connector.connect(name, tcp).await.map_err(io)?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        );
         tls.write_all(req.as_bytes()).await.map_err(io)?;
         let mut buf = Vec::new();
         // Servers may close without TLS close_notify; keep what arrived.
@@ -115,7 +138,9 @@ fn parse_response(buf: &[u8]) -> Option<(u16, Vec<u8>)> {
     let head = std::str::from_utf8(&buf[..split]).ok()?;
     let status: u16 = head.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
     let body = &buf[split + 4..];
-    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+    });
     Some((status, if chunked { dechunk(body)? } else { body.to_vec() }))
 }
 
@@ -123,7 +148,11 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_str = std::str::from_utf8(&body[..line_end]).ok()?.split(';').next()?.trim();
+        let size_str = std::str::from_utf8(&body[..line_end])
+            .ok()?
+            .split(';')
+            .next()?
+            .trim();
         let size = usize::from_str_radix(size_str, 16).ok()?;
         body = &body[line_end + 2..];
         if size == 0 {
@@ -142,7 +171,8 @@ mod tests {
     fn parses_plain_and_chunked_responses() {
         let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         assert_eq!(parse_response(plain), Some((200, b"ok".to_vec())));
-        let chunked = b"HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let chunked =
+            b"HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(parse_response(chunked), Some((500, b"abcde".to_vec())));
         assert_eq!(parse_response(b"garbage"), None);
     }

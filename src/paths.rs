@@ -32,7 +32,10 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(data_dir: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
-        Layout { data_dir: data_dir.into(), run_dir: run_dir.into() }
+        Layout {
+            data_dir: data_dir.into(),
+            run_dir: run_dir.into(),
+        }
     }
 
     fn d(&self, p: &str) -> PathBuf {
@@ -117,8 +120,13 @@ pub fn find_kubebin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(ENV_KUBEBIN) {
         return Some(PathBuf::from(p));
     }
-    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("kubebin")));
-    let cached = Path::new(DEFAULT_CACHE_DIR).join("kube").join(kube_version()).join("kubebin");
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("kubebin")));
+    let cached = Path::new(DEFAULT_CACHE_DIR)
+        .join("kube")
+        .join(kube_version())
+        .join("kubebin");
     [beside, Some(cached)].into_iter().flatten().find(|p| p.is_file())
 }
 

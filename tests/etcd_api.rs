@@ -29,21 +29,42 @@ fn etcdctl_put_get_del_txn_lease_compaction() {
     assert_eq!(s.etcdctl(&["del", "foo"]).trim(), "1");
     assert_eq!(s.etcdctl(&["get", "foo"]).trim(), "");
     let lease = s.etcdctl(&["lease", "grant", "30"]);
-    let id = lease.split_whitespace().nth(1).expect("lease id in etcdctl output").to_string();
+    let id = lease
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id in etcdctl output")
+        .to_string();
     s.etcdctl(&["put", "leased", "v", &format!("--lease={id}")]);
-    assert!(s.etcdctl(&["lease", "timetolive", &id, "--keys"]).contains("leased"));
+    assert!(
+        s.etcdctl(&["lease", "timetolive", &id, "--keys"])
+            .contains("leased")
+    );
     s.etcdctl(&["lease", "revoke", &id]);
-    assert_eq!(s.etcdctl(&["get", "leased"]).trim(), "", "revoking a lease deletes its keys");
+    assert_eq!(
+        s.etcdctl(&["get", "leased"]).trim(),
+        "",
+        "revoking a lease deletes its keys"
+    );
     // Compaction: reads below the compacted revision fail with etcd's message.
     assert!(s.etcdctl(&["compaction", "3"]).contains("compacted revision 3"));
     let out = s.etcdctl_raw(&["get", "foo", "--rev=2"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("required revision has been compacted"));
     let status = s.etcdctl(&["endpoint", "status", "-w", "json"]);
-    assert!(status.contains("\"version\":\"3.6"), "status reports an etcd version >= 3.5.13: {status}");
+    assert!(
+        status.contains("\"version\":\"3.6"),
+        "status reports an etcd version >= 3.5.13: {status}"
+    );
     let health = s.etcdctl_raw(&["endpoint", "health"]);
-    let text = format!("{}{}", String::from_utf8_lossy(&health.stdout), String::from_utf8_lossy(&health.stderr));
-    assert!(health.status.success() && text.contains("is healthy"), "endpoint health: {text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&health.stdout),
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert!(
+        health.status.success() && text.contains("is healthy"),
+        "endpoint health: {text}"
+    );
 }
 
 #[tokio::test]
@@ -73,25 +94,48 @@ async fn kube_apiserver_shaped_create_update_delete() {
     assert!(c.txn(update(rev, "v2")).await.unwrap().succeeded());
     let r = c.txn(update(rev, "v3")).await.unwrap();
     assert!(!r.succeeded());
-    let etcd_client::TxnOpResponse::Get(g) = &r.op_responses()[0] else { panic!("range response expected") };
+    let etcd_client::TxnOpResponse::Get(g) = &r.op_responses()[0] else {
+        panic!("range response expected")
+    };
     assert_eq!(g.kvs()[0].value(), b"v2");
     assert_eq!((g.kvs()[0].mod_revision(), g.kvs()[0].version()), (3, 2));
     // Paginated list with exact count.
     for i in 0..10 {
         c.put(format!("/registry/cm/ns/{i:02}"), "x", None).await.unwrap();
     }
-    let page = c.get("/registry/cm/", Some(GetOptions::new().with_prefix().with_limit(4))).await.unwrap();
+    let page = c
+        .get(
+            "/registry/cm/",
+            Some(GetOptions::new().with_prefix().with_limit(4)),
+        )
+        .await
+        .unwrap();
     assert_eq!((page.kvs().len(), page.count(), page.more()), (4, 10, true));
     let pinned = page.header().unwrap().revision();
     c.put("/registry/cm/ns/99", "late", None).await.unwrap();
     let mut next = page.kvs()[3].key().to_vec();
     next.push(0);
     let rest = c
-        .get(next, Some(GetOptions::new().with_range("/registry/cm0").with_revision(pinned)))
+        .get(
+            next,
+            Some(
+                GetOptions::new()
+                    .with_range("/registry/cm0")
+                    .with_revision(pinned),
+            ),
+        )
         .await
         .unwrap();
-    assert_eq!(rest.kvs().len(), 6, "page 2 at the pinned revision does not see the late write");
-    assert_eq!(rest.header().unwrap().revision(), pinned + 1, "header carries the current revision");
+    assert_eq!(
+        rest.kvs().len(),
+        6,
+        "page 2 at the pinned revision does not see the late write"
+    );
+    assert_eq!(
+        rest.header().unwrap().revision(),
+        pinned + 1,
+        "header carries the current revision"
+    );
 }
 
 #[tokio::test]
@@ -100,17 +144,37 @@ async fn watch_replays_history_keeps_txn_atomic_and_cancels_compacted_starts() {
     let mut c = client(&s).await;
     c.put("/w/a", "1", None).await.unwrap(); // 2
     c.put("/w/a", "2", None).await.unwrap(); // 3
-    c.txn(Txn::new().and_then([TxnOp::put("/w/b", "1", None), TxnOp::delete("/w/a", None)])).await.unwrap(); // 4
-    let mut stream =
-        c.watch("/w/", Some(WatchOptions::new().with_prefix().with_start_revision(2).with_prev_key())).await.unwrap();
+    c.txn(Txn::new().and_then([TxnOp::put("/w/b", "1", None), TxnOp::delete("/w/a", None)]))
+        .await
+        .unwrap(); // 4
+    let mut stream = c
+        .watch(
+            "/w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(2)
+                    .with_prev_key(),
+            ),
+        )
+        .await
+        .unwrap();
     let created = next_events(&mut stream).await;
     assert!(created.created());
     let mut seen: Vec<(i64, EventType)> = Vec::new();
     while seen.len() < 4 {
         let r = next_events(&mut stream).await;
-        let revs: Vec<i64> = r.events().iter().map(|e| e.kv().unwrap().mod_revision()).collect();
+        let revs: Vec<i64> = r
+            .events()
+            .iter()
+            .map(|e| e.kv().unwrap().mod_revision())
+            .collect();
         if revs.contains(&4) {
-            assert_eq!(revs.iter().filter(|&&r| r == 4).count(), 2, "both events of revision 4 in one response");
+            assert_eq!(
+                revs.iter().filter(|&&r| r == 4).count(),
+                2,
+                "both events of revision 4 in one response"
+            );
         }
         for e in r.events() {
             if e.event_type() == EventType::Delete || e.kv().unwrap().version() > 1 {
@@ -119,14 +183,28 @@ async fn watch_replays_history_keeps_txn_atomic_and_cancels_compacted_starts() {
             seen.push((e.kv().unwrap().mod_revision(), e.event_type()));
         }
     }
-    assert_eq!(seen, vec![(2, EventType::Put), (3, EventType::Put), (4, EventType::Put), (4, EventType::Delete)]);
+    assert_eq!(
+        seen,
+        vec![
+            (2, EventType::Put),
+            (3, EventType::Put),
+            (4, EventType::Put),
+            (4, EventType::Delete)
+        ]
+    );
     // Live events follow with no gap or duplicate.
     c.put("/w/c", "1", None).await.unwrap();
     let r = next_events(&mut stream).await;
     assert_eq!(r.events()[0].kv().unwrap().mod_revision(), 5);
 
     c.compact(4, None).await.unwrap();
-    let mut old = c.watch("/w/", Some(WatchOptions::new().with_prefix().with_start_revision(3))).await.unwrap();
+    let mut old = c
+        .watch(
+            "/w/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(3)),
+        )
+        .await
+        .unwrap();
     let mut cancelled = None;
     for _ in 0..2 {
         let r = next_events(&mut old).await;
@@ -134,7 +212,11 @@ async fn watch_replays_history_keeps_txn_atomic_and_cancels_compacted_starts() {
             cancelled = Some(r.compact_revision());
         }
     }
-    assert_eq!(cancelled, Some(4), "a compacted start is cancelled with compact_revision");
+    assert_eq!(
+        cancelled,
+        Some(4),
+        "a compacted start is cancelled with compact_revision"
+    );
 }
 
 #[tokio::test]
@@ -144,15 +226,25 @@ async fn progress_request_reports_current_revision_and_future_starts_wait() {
     for i in 0..3 {
         c.put(format!("k{i}"), "v", None).await.unwrap();
     }
-    let mut stream = c.watch("k", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let mut stream = c
+        .watch("k", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert!(next_events(&mut stream).await.created());
     stream.request_progress().await.unwrap();
     let p = next_events(&mut stream).await;
     assert!(p.events().is_empty() && !p.created() && !p.canceled());
-    assert_eq!(p.header().unwrap().revision(), 4, "progress carries the current revision");
+    assert_eq!(
+        p.header().unwrap().revision(),
+        4,
+        "progress carries the current revision"
+    );
 
     // A watch from a future revision waits until the store reaches it.
-    let mut future = c.watch("z", Some(WatchOptions::new().with_start_revision(7))).await.unwrap();
+    let mut future = c
+        .watch("z", Some(WatchOptions::new().with_start_revision(7)))
+        .await
+        .unwrap();
     assert!(next_events(&mut future).await.created());
     c.put("z", "5", None).await.unwrap(); // 5: before the start
     c.put("y", "6", None).await.unwrap(); // 6
@@ -168,7 +260,11 @@ async fn concurrent_writers_are_seen_once_in_order_by_every_watcher() {
     let c = client(&s).await;
     let mut streams = Vec::new();
     for _ in 0..8 {
-        let st = c.watch_client().watch("/c/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+        let st = c
+            .watch_client()
+            .watch("/c/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .unwrap();
         streams.push(st);
     }
     for st in streams.iter_mut() {
@@ -205,18 +301,33 @@ async fn concurrent_writers_are_seen_once_in_order_by_every_watcher() {
 async fn unknown_leases_and_oversized_requests_get_etcd_errors() {
     let s = Server::start(Kind::K8sd);
     let mut c = client(&s).await;
-    let err = c.put("k", "v", Some(PutOptions::new().with_lease(12345))).await.unwrap_err().to_string();
+    let err = c
+        .put("k", "v", Some(PutOptions::new().with_lease(12345)))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("etcdserver: requested lease not found"), "{err}");
-    let err = c.put("big", vec![0u8; 1024 * 1024 + 600 * 1024], None).await.unwrap_err().to_string();
+    let err = c
+        .put("big", vec![0u8; 1024 * 1024 + 600 * 1024], None)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("etcdserver: request is too large"), "{err}");
     let ok = c.put("fits", vec![0u8; 1024 * 1024], None).await;
     assert!(ok.is_ok(), "a 1 MiB value is accepted: {ok:?}");
-    assert_eq!(c.get("k", None).await.unwrap().count(), 0, "refused writes change nothing");
+    assert_eq!(
+        c.get("k", None).await.unwrap().count(),
+        0,
+        "refused writes change nothing"
+    );
     let g = c.lease_grant(1, None).await.unwrap();
     assert_eq!(g.ttl(), 2, "TTL raised to the minimum like etcd");
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let err = c.lease_time_to_live(g.id(), None).await;
-    assert!(err.is_err() || err.unwrap().ttl() <= 0, "an unrenewed lease expires");
+    assert!(
+        err.is_err() || err.unwrap().ttl() <= 0,
+        "an unrenewed lease expires"
+    );
 }
 
 /// kill -9 during a write load: every acknowledged write must be there after restart.
@@ -247,19 +358,39 @@ async fn crash_during_writes_loses_no_acknowledged_write() {
         let _ = h.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "the load made progress before the crash ({} keys)", acked.len());
+    assert!(
+        acked.len() > 50,
+        "the load made progress before the crash ({} keys)",
+        acked.len()
+    );
     let s = Server::start_in(Kind::K8sd, dir, data, &[]);
     let mut c = client(&s).await;
-    let all = c.get("/crash/", Some(GetOptions::new().with_prefix())).await.unwrap();
-    let stored: HashMap<String, String> =
-        all.kvs().iter().map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string())).collect();
+    let all = c
+        .get("/crash/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let stored: HashMap<String, String> = all
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     for (k, v) in &acked {
-        let got = stored.get(k).unwrap_or_else(|| panic!("acknowledged key {k} lost"));
+        let got = stored
+            .get(k)
+            .unwrap_or_else(|| panic!("acknowledged key {k} lost"));
         // A later write to the same key may have landed without its ack reaching us.
         let (gw, gi) = got.split_once('-').unwrap();
         let (vw, vi) = v.split_once('-').unwrap();
         assert_eq!(gw, vw);
-        assert!(gi.parse::<u64>().unwrap() >= vi.parse::<u64>().unwrap(), "key {k} went back from {v} to {got}");
+        assert!(
+            gi.parse::<u64>().unwrap() >= vi.parse::<u64>().unwrap(),
+            "key {k} went back from {v} to {got}"
+        );
     }
     // The store keeps working after recovery.
     c.put("/after", "ok", None).await.unwrap();

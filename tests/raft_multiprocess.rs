@@ -53,8 +53,10 @@ async fn statuses(c: &K8sdCluster) -> Vec<Option<(u64, u64)>> {
 async fn leader_index(c: &K8sdCluster, timeout: Duration) -> usize {
     eventually("an agreed leader", timeout, async || {
         let st = statuses(c).await;
-        let running: Vec<(u64, u64)> =
-            (0..st.len()).filter(|i| c.running(*i)).map(|i| st[i]).collect::<Option<Vec<_>>>()?;
+        let running: Vec<(u64, u64)> = (0..st.len())
+            .filter(|i| c.running(*i))
+            .map(|i| st[i])
+            .collect::<Option<Vec<_>>>()?;
         let leader = running.first()?.1;
         if leader == 0 || running.iter().any(|(_, l)| *l != leader) {
             return None;
@@ -68,17 +70,24 @@ async fn leader_index(c: &K8sdCluster, timeout: Duration) -> usize {
 async fn wait_formed(c: &K8sdCluster) -> Vec<u64> {
     let mut all = Vec::new();
     for m in &c.members {
-        let ids = eventually("three voters in MemberList", Duration::from_secs(30), async || {
-            let mut cl = client_for(&m.url(), Duration::from_secs(1)).await;
-            let ml = cl.member_list().await.ok()?;
-            let mut ids: Vec<u64> = ml.members().iter().map(|m| m.id()).collect();
-            ids.sort_unstable();
-            (ids.len() == 3 && ml.members().iter().all(|m| !m.is_learner())).then_some(ids)
-        })
+        let ids = eventually(
+            "three voters in MemberList",
+            Duration::from_secs(30),
+            async || {
+                let mut cl = client_for(&m.url(), Duration::from_secs(1)).await;
+                let ml = cl.member_list().await.ok()?;
+                let mut ids: Vec<u64> = ml.members().iter().map(|m| m.id()).collect();
+                ids.sort_unstable();
+                (ids.len() == 3 && ml.members().iter().all(|m| !m.is_learner())).then_some(ids)
+            },
+        )
         .await;
         all.push(ids);
     }
-    assert!(all.windows(2).all(|w| w[0] == w[1]), "members differ between nodes: {all:?}");
+    assert!(
+        all.windows(2).all(|w| w[0] == w[1]),
+        "members differ between nodes: {all:?}"
+    );
     all.swap_remove(0)
 }
 
@@ -98,13 +107,27 @@ async fn t10_three_processes_form_a_cluster_and_every_node_serves_reads_and_watc
     let mut got: Vec<(String, Vec<String>, Vec<String>, bool)> = ml
         .members()
         .iter()
-        .map(|m| (m.name().to_string(), m.peer_urls().to_vec(), m.client_urls().to_vec(), m.is_learner()))
+        .map(|m| {
+            (
+                m.name().to_string(),
+                m.peer_urls().to_vec(),
+                m.client_urls().to_vec(),
+                m.is_learner(),
+            )
+        })
         .collect();
     got.sort();
     let want: Vec<(String, Vec<String>, Vec<String>, bool)> = c
         .members
         .iter()
-        .map(|m| (m.name.clone(), vec![format!("http://127.0.0.1:{}", m.peer_port)], vec![m.url()], false))
+        .map(|m| {
+            (
+                m.name.clone(),
+                vec![format!("http://127.0.0.1:{}", m.peer_port)],
+                vec![m.url()],
+                false,
+            )
+        })
         .collect();
     assert_eq!(got, want);
     let ids: HashSet<u64> = ml.members().iter().map(|m| m.id()).collect();
@@ -122,18 +145,36 @@ async fn t10_three_processes_form_a_cluster_and_every_node_serves_reads_and_watc
     assert_eq!(cluster_ids.len(), 1, "one cluster id everywhere: {cluster_ids:?}");
 
     // A watch on a follower, opened before the writes.
-    let start = clients[fi].get("/a/", None).await.unwrap().header().unwrap().revision();
-    let mut stream =
-        clients[fi].watch("/a/", Some(WatchOptions::new().with_prefix().with_start_revision(start + 1))).await.unwrap();
+    let start = clients[fi]
+        .get("/a/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut stream = clients[fi]
+        .watch(
+            "/a/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(start + 1)),
+        )
+        .await
+        .unwrap();
 
     // Writes through every node; each is readable (linearizable Range) on every node at once.
     const N: usize = 60;
     for i in 0..N {
         let (key, val) = (format!("/a/{i:03}"), format!("v{i}"));
-        clients[i % 3].put(key.as_str(), val.as_str(), None).await.unwrap();
+        clients[i % 3]
+            .put(key.as_str(), val.as_str(), None)
+            .await
+            .unwrap();
         for (j, cl) in clients.iter_mut().enumerate() {
             let r = cl.get(key.as_str(), None).await.unwrap();
-            assert_eq!(r.kvs().first().map(|kv| kv.value()), Some(val.as_bytes()), "{key} on node {j}");
+            assert_eq!(
+                r.kvs().first().map(|kv| kv.value()),
+                Some(val.as_bytes()),
+                "{key} on node {j}"
+            );
         }
     }
 
@@ -141,7 +182,11 @@ async fn t10_three_processes_form_a_cluster_and_every_node_serves_reads_and_watc
     let mut seen: Vec<(String, i64)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while seen.len() < N && Instant::now() < deadline {
-        let r = tokio::time::timeout(T, stream.message()).await.expect("watch event").unwrap().unwrap();
+        let r = tokio::time::timeout(T, stream.message())
+            .await
+            .expect("watch event")
+            .unwrap()
+            .unwrap();
         for ev in r.events() {
             assert_eq!(ev.event_type(), EventType::Put);
             let kv = ev.kv().unwrap();
@@ -151,7 +196,10 @@ async fn t10_three_processes_form_a_cluster_and_every_node_serves_reads_and_watc
     let keys: Vec<String> = seen.iter().map(|(k, _)| k.clone()).collect();
     let want: Vec<String> = (0..N).map(|i| format!("/a/{i:03}")).collect();
     assert_eq!(keys, want, "every event once, in order");
-    assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "revisions strictly increase");
+    assert!(
+        seen.windows(2).all(|w| w[0].1 < w[1].1),
+        "revisions strictly increase"
+    );
     let extra = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
     assert!(extra.is_err(), "no duplicate events: {extra:?}");
 
@@ -173,8 +221,15 @@ async fn t15_hasleader_watch_is_cancelled_after_the_node_loses_its_leader() {
     let url = c.members[2].url();
     let opts = etcd_client::ConnectOptions::new().with_require_leader(true);
     let mut cl = Client::connect([url.as_str()], Some(opts.clone())).await.unwrap();
-    let mut stream = cl.watch("/h/", Some(WatchOptions::new().with_prefix())).await.unwrap();
-    let created = tokio::time::timeout(T, stream.message()).await.unwrap().unwrap().unwrap();
+    let mut stream = cl
+        .watch("/h/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let created = tokio::time::timeout(T, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(created.created());
 
     c.kill9(0);
@@ -182,8 +237,14 @@ async fn t15_hasleader_watch_is_cancelled_after_the_node_loses_its_leader() {
     let lost = Instant::now();
     // The stream ends with etcd's error, and not before the grace period.
     let end = loop {
-        assert!(lost.elapsed() < Duration::from_secs(15), "hasleader watch still open");
-        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await.expect("stream ends") {
+        assert!(
+            lost.elapsed() < Duration::from_secs(15),
+            "hasleader watch still open"
+        );
+        match tokio::time::timeout(Duration::from_secs(15), stream.message())
+            .await
+            .expect("stream ends")
+        {
             Ok(Some(_)) => continue,
             other => break other,
         }
@@ -191,16 +252,26 @@ async fn t15_hasleader_watch_is_cancelled_after_the_node_loses_its_leader() {
     let took = lost.elapsed();
     let err = format!("{end:?}");
     assert!(err.contains("etcdserver: no leader"), "{err}");
-    assert!(took >= Duration::from_millis(2500), "cancelled after only {took:?}");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "cancelled after only {took:?}"
+    );
     eprintln!("hasleader watch cancelled {took:?} after the leader was lost");
     // Status says there is no leader; a new hasleader watch is refused at once.
     let s = client_for(&url, T).await.status().await.unwrap();
     assert_eq!(s.leader(), 0);
-    assert!(s.errors().iter().any(|e| e.contains("no leader")), "{:?}", s.errors());
+    assert!(
+        s.errors().iter().any(|e| e.contains("no leader")),
+        "{:?}",
+        s.errors()
+    );
     let mut cl = Client::connect([url.as_str()], Some(opts)).await.unwrap();
     let refused = match cl.watch("/h/", None).await {
         Err(e) => format!("{e:?}"),
-        Ok(mut s) => format!("{:?}", tokio::time::timeout(T, s.message()).await.expect("answer")),
+        Ok(mut s) => format!(
+            "{:?}",
+            tokio::time::timeout(T, s.message()).await.expect("answer")
+        ),
     };
     assert!(refused.contains("no leader"), "{refused}");
 
@@ -379,7 +450,14 @@ async fn t17_a_wiped_first_member_does_not_found_a_second_cluster() {
     leader_index(&c, Duration::from_secs(20)).await;
     let mut cl = client_for(&c.members[1].url(), T).await;
     cl.put("/after-wipe", "ok", None).await.unwrap();
-    let mut ids: Vec<u64> = cl.member_list().await.unwrap().members().iter().map(|m| m.id()).collect();
+    let mut ids: Vec<u64> = cl
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .map(|m| m.id())
+        .collect();
     ids.sort_unstable();
     assert_eq!(ids, members);
 }
@@ -420,10 +498,26 @@ enum Verdict {
 /// is dropped; if some read did return it, it took effect, and it is kept with an open
 /// completion (it may be linearized at any point after its invocation).
 fn check_register(history: &[RegOp], budget: usize) -> Verdict {
-    let observed: HashSet<u64> =
-        history.iter().filter_map(|o| if let RegKind::Read(Some(v)) = o.kind { Some(v) } else { None }).collect();
-    let written: HashSet<u64> =
-        history.iter().filter_map(|o| if let RegKind::Write(v) = o.kind { Some(v) } else { None }).collect();
+    let observed: HashSet<u64> = history
+        .iter()
+        .filter_map(|o| {
+            if let RegKind::Read(Some(v)) = o.kind {
+                Some(v)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let written: HashSet<u64> = history
+        .iter()
+        .filter_map(|o| {
+            if let RegKind::Write(v) = o.kind {
+                Some(v)
+            } else {
+                None
+            }
+        })
+        .collect();
     if !observed.is_subset(&written) {
         return Verdict::NotLinearizable; // a read returned a value nobody wrote
     }
@@ -447,7 +541,11 @@ fn check_register(history: &[RegOp], budget: usize) -> Verdict {
         }
         let is_done = |i: usize| done[i / 64] >> (i % 64) & 1 == 1;
         // An op can go next only if it was invoked before every pending op has returned.
-        let min_ret = (0..n).filter(|i| !is_done(*i)).map(|i| ops[i].1).min().unwrap_or(u128::MAX);
+        let min_ret = (0..n)
+            .filter(|i| !is_done(*i))
+            .map(|i| ops[i].1)
+            .min()
+            .unwrap_or(u128::MAX);
         for i in 0..n {
             if ops[i].0 >= min_ret {
                 break; // sorted by invocation
@@ -475,14 +573,27 @@ fn check_register(history: &[RegOp], budget: usize) -> Verdict {
 
 #[test]
 fn t00_register_checker_accepts_and_rejects_known_histories() {
-    let op = |invoke, complete, kind| RegOp { invoke, complete, kind };
+    let op = |invoke, complete, kind| RegOp {
+        invoke,
+        complete,
+        kind,
+    };
     use RegKind::*;
     // Sequential: write 1, then read 1.
-    assert_eq!(check_register(&[op(0, Some(1), Write(1)), op(2, Some(3), Read(Some(1)))], 1000), Verdict::Linearizable);
+    assert_eq!(
+        check_register(&[op(0, Some(1), Write(1)), op(2, Some(3), Read(Some(1)))], 1000),
+        Verdict::Linearizable
+    );
     // A stale read after a completed write.
-    assert_eq!(check_register(&[op(0, Some(1), Write(1)), op(2, Some(3), Read(None))], 1000), Verdict::NotLinearizable);
+    assert_eq!(
+        check_register(&[op(0, Some(1), Write(1)), op(2, Some(3), Read(None))], 1000),
+        Verdict::NotLinearizable
+    );
     // Concurrent read may see either.
-    assert_eq!(check_register(&[op(0, Some(5), Write(1)), op(1, Some(2), Read(None))], 1000), Verdict::Linearizable);
+    assert_eq!(
+        check_register(&[op(0, Some(5), Write(1)), op(1, Some(2), Read(None))], 1000),
+        Verdict::Linearizable
+    );
     // Values going backwards: 1 then 2 written sequentially, reads 2 then 1.
     let h = [
         op(0, Some(1), Write(1)),
@@ -492,12 +603,23 @@ fn t00_register_checker_accepts_and_rejects_known_histories() {
     ];
     assert_eq!(check_register(&h, 1000), Verdict::NotLinearizable);
     // An unknown write that someone observed took effect; one nobody observed may not have.
-    let h = [op(0, None, Write(7)), op(5, Some(6), Read(Some(7))), op(7, Some(8), Read(Some(7)))];
+    let h = [
+        op(0, None, Write(7)),
+        op(5, Some(6), Read(Some(7))),
+        op(7, Some(8), Read(Some(7))),
+    ];
     assert_eq!(check_register(&h, 1000), Verdict::Linearizable);
-    let h = [op(0, Some(1), Write(1)), op(2, None, Write(9)), op(5, Some(6), Read(Some(1)))];
+    let h = [
+        op(0, Some(1), Write(1)),
+        op(2, None, Write(9)),
+        op(5, Some(6), Read(Some(1))),
+    ];
     assert_eq!(check_register(&h, 1000), Verdict::Linearizable);
     // A read of a value never written.
-    assert_eq!(check_register(&[op(0, Some(1), Read(Some(3)))], 1000), Verdict::NotLinearizable);
+    assert_eq!(
+        check_register(&[op(0, Some(1), Read(Some(3)))], 1000),
+        Verdict::NotLinearizable
+    );
 }
 
 /// Load, register and probe clients share this.
@@ -576,16 +698,29 @@ async fn register_client(c: usize, t0: Instant, endpoints: Vec<String>, sh: Arc<
         let r = tokio::time::timeout(Duration::from_secs(4), cl.txn(txn)).await;
         let complete = t0.elapsed().as_nanos();
         let op = match (write, r) {
-            (true, Ok(Ok(_))) => Some(RegOp { invoke, complete: Some(complete), kind: RegKind::Write(value) }),
-            (true, _) => Some(RegOp { invoke, complete: None, kind: RegKind::Write(value) }),
+            (true, Ok(Ok(_))) => Some(RegOp {
+                invoke,
+                complete: Some(complete),
+                kind: RegKind::Write(value),
+            }),
+            (true, _) => Some(RegOp {
+                invoke,
+                complete: None,
+                kind: RegKind::Write(value),
+            }),
             (false, Ok(Ok(resp))) => {
                 let got = match resp.op_responses().first() {
-                    Some(TxnOpResponse::Get(g)) => {
-                        g.kvs().first().map(|kv| kv.value_str().unwrap().parse::<u64>().unwrap())
-                    }
+                    Some(TxnOpResponse::Get(g)) => g
+                        .kvs()
+                        .first()
+                        .map(|kv| kv.value_str().unwrap().parse::<u64>().unwrap()),
                     other => panic!("get response expected, got {other:?}"),
                 };
-                Some(RegOp { invoke, complete: Some(complete), kind: RegKind::Read(got) })
+                Some(RegOp {
+                    invoke,
+                    complete: Some(complete),
+                    kind: RegKind::Read(got),
+                })
             }
             (false, _) => None,
         };
@@ -608,7 +743,13 @@ async fn dump(url: &str) -> Option<(i64, Vec<(String, String, i64)>)> {
     let kvs = r
         .kvs()
         .iter()
-        .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string(), kv.mod_revision()))
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+                kv.mod_revision(),
+            )
+        })
         .collect();
     Some((r.header()?.revision(), kvs))
 }
@@ -641,10 +782,20 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
         tasks.spawn(register_client(r, t0, endpoints.clone(), sh.clone()));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(sh.acks.load(Ordering::Relaxed) > 0, "load is running before the first kill");
+    assert!(
+        sh.acks.load(Ordering::Relaxed) > 0,
+        "load is running before the first kill"
+    );
 
-    let schedule =
-        [Victim::Leader, Victim::Node(0), Victim::Node(1), Victim::Node(2), Victim::Leader, Victim::Node(0), Victim::Node(1)];
+    let schedule = [
+        Victim::Leader,
+        Victim::Node(0),
+        Victim::Node(1),
+        Victim::Node(2),
+        Victim::Leader,
+        Victim::Node(0),
+        Victim::Node(1),
+    ];
     let mut kills = 0;
     let mut failovers: Vec<Duration> = Vec::new();
     for v in schedule {
@@ -668,7 +819,10 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
         let mut n = 0u32;
         let acked_at = loop {
             n += 1;
-            assert!(killed_at.elapsed() < Duration::from_secs(30), "no write acknowledged within 30 s of the kill");
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(30),
+                "no write acknowledged within 30 s of the kill"
+            );
             if probe.put("/probe", format!("{kills}-{n}"), None).await.is_ok() {
                 break Instant::now();
             }
@@ -676,14 +830,19 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
         };
         let took = acked_at - killed_at;
         let what = if victim == li { "leader" } else { "follower" };
-        eprintln!("kill #{kills}: {} ({what}); first acknowledged write via {} after {took:?}", c.members[victim].name, c.members[survivor].name);
+        eprintln!(
+            "kill #{kills}: {} ({what}); first acknowledged write via {} after {took:?}",
+            c.members[victim].name, c.members[survivor].name
+        );
         if victim == li {
             failovers.push(took);
         }
         // The load resumes too (its clients rotate over all endpoints, the dead one included).
-        eventually("load writes resume after the kill", Duration::from_secs(20), async || {
-            (sh.acks.load(Ordering::Relaxed) >= acks_at_kill + 20).then_some(())
-        })
+        eventually(
+            "load writes resume after the kill",
+            Duration::from_secs(20),
+            async || (sh.acks.load(Ordering::Relaxed) >= acks_at_kill + 20).then_some(()),
+        )
         .await;
         c.spawn(victim);
         tokio::task::block_in_place(|| c.wait_ready(victim, Duration::from_secs(60)));
@@ -712,11 +871,18 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
     // Zero acknowledged writes lost, and no value went backwards.
     let acked = sh.acked.lock().unwrap().clone();
     for (key, seq) in &acked {
-        assert_eq!(values.get(key.as_str()).copied(), Some(seq.to_string().as_str()), "acknowledged write {key} lost");
+        assert_eq!(
+            values.get(key.as_str()).copied(),
+            Some(seq.to_string().as_str()),
+            "acknowledged write {key} lost"
+        );
     }
     for (w, max) in sh.max_acked.lock().unwrap().iter() {
         let last: u64 = values[format!("/load/w{w}/last").as_str()].parse().unwrap();
-        assert!(last >= *max, "writer {w}: last = {last} went back below acknowledged {max}");
+        assert!(
+            last >= *max,
+            "writer {w}: last = {last} went back below acknowledged {max}"
+        );
     }
 
     // The register history is linearizable.

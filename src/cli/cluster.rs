@@ -80,10 +80,19 @@ pub fn add_node(layout: Layout, args: AddNodeArgs) -> anyhow::Result<()> {
     if let Some(n) = &args.name {
         config::validate_node_name(n)?;
     }
-    let req = Request::AddNode { version: API_VERSION, worker: args.worker, name: args.name, ttl_secs };
+    let req = Request::AddNode {
+        version: API_VERSION,
+        worker: args.worker,
+        name: args.name,
+        ttl_secs,
+    };
     match call(&layout, req)? {
         Message::Token { token, expires } => {
-            let verb = if args.worker { "k8sd join --worker" } else { "k8sd join" };
+            let verb = if args.worker {
+                "k8sd join --worker"
+            } else {
+                "k8sd join"
+            };
             eprintln!("single-use token, valid until {expires}. On the new node run:\n  {verb} <token>");
             println!("{token}");
             Ok(())
@@ -108,25 +117,59 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
     };
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
     check_writable(&layout.data_dir)?;
-    let join = JoinArgs { token: args.token, worker: args.worker, node_name: req.node_name, advertise_address: args.advertise_address };
-    let ports = if args.worker { config::WORKER_PORTS } else { config::PORTS };
-    drive(&layout, &args.run, Request::Join { version: API_VERSION, join }, ports, args.timeout)
+    let join = JoinArgs {
+        token: args.token,
+        worker: args.worker,
+        node_name: req.node_name,
+        advertise_address: args.advertise_address,
+    };
+    let ports = if args.worker {
+        config::WORKER_PORTS
+    } else {
+        config::PORTS
+    };
+    drive(
+        &layout,
+        &args.run,
+        Request::Join {
+            version: API_VERSION,
+            join,
+        },
+        ports,
+        args.timeout,
+    )
 }
 
 pub fn tokens(layout: Layout, cmd: TokensCommand) -> anyhow::Result<()> {
     match cmd {
         TokensCommand::List => match call(&layout, Request::Tokens { version: API_VERSION })? {
             Message::Tokens { tokens } => {
-                println!("{:<14} {:<14} {:<12} {:<22} EXPIRES", "ID", "ROLE", "NAME", "STATE");
+                println!(
+                    "{:<14} {:<14} {:<12} {:<22} EXPIRES",
+                    "ID", "ROLE", "NAME", "STATE"
+                );
                 for t in tokens {
-                    println!("{:<14} {:<14} {:<12} {:<22} {}", t.id, t.role, t.name.unwrap_or_else(|| "-".into()), t.state, t.expires);
+                    println!(
+                        "{:<14} {:<14} {:<12} {:<22} {}",
+                        t.id,
+                        t.role,
+                        t.name.unwrap_or_else(|| "-".into()),
+                        t.state,
+                        t.expires
+                    );
                 }
                 Ok(())
             }
             other => bail!("unexpected answer from the daemon: {other:?}"),
         },
         TokensCommand::Revoke { id } => {
-            call(&layout, Request::RevokeToken { version: API_VERSION, id: id.clone() })?;
+            call(
+                &layout,
+                Request::RevokeToken {
+                    version: API_VERSION,
+                    id: id.clone(),
+                },
+            )?;
             println!("token {id} revoked");
             Ok(())
         }
@@ -134,19 +177,46 @@ pub fn tokens(layout: Layout, cmd: TokensCommand) -> anyhow::Result<()> {
 }
 
 pub fn remove_node(layout: Layout, args: RemoveNodeArgs) -> anyhow::Result<()> {
-    call(&layout, Request::RemoveNode { version: API_VERSION, name: args.name.clone(), force: args.force })?;
+    call(
+        &layout,
+        Request::RemoveNode {
+            version: API_VERSION,
+            name: args.name.clone(),
+            force: args.force,
+        },
+    )?;
     println!("node {} removed", args.name);
     Ok(())
 }
 
 pub fn leave(layout: Layout, args: LeaveArgs) -> anyhow::Result<()> {
-    call(&layout, Request::Leave { version: API_VERSION, force: args.force })?;
+    call(
+        &layout,
+        Request::Leave {
+            version: API_VERSION,
+            force: args.force,
+        },
+    )?;
     println!("this node left the cluster and its services are stopped");
     Ok(())
 }
 
 pub fn component(layout: Layout, name: String, start: bool) -> anyhow::Result<()> {
-    call(&layout, Request::Component { version: API_VERSION, name: name.clone(), start })?;
-    println!("{name} {}", if start { "started" } else { "stopped (it stays down until `k8sd start` or a k8sd restart)" });
+    call(
+        &layout,
+        Request::Component {
+            version: API_VERSION,
+            name: name.clone(),
+            start,
+        },
+    )?;
+    println!(
+        "{name} {}",
+        if start {
+            "started"
+        } else {
+            "stopped (it stays down until `k8sd start` or a k8sd restart)"
+        }
+    );
     Ok(())
 }

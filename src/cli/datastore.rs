@@ -92,7 +92,9 @@ pub struct DatastoreArgs {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 2m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 2m"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
@@ -108,18 +110,24 @@ struct Listen {
 }
 
 fn parse_listen(url: &str, have_tls: bool) -> anyhow::Result<Listen> {
-    let (scheme, rest) = url.split_once("://").with_context(|| format!("invalid URL {url:?}: expected http://HOST:PORT"))?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .with_context(|| format!("invalid URL {url:?}: expected http://HOST:PORT"))?;
     let hostport = rest.trim_end_matches('/');
     let addr: SocketAddr = match hostport.parse() {
         Ok(a) => a,
         Err(_) if hostport.starts_with("localhost:") => {
-            format!("127.0.0.1:{}", &hostport["localhost:".len()..]).parse().with_context(|| format!("invalid port in {url:?}"))?
+            format!("127.0.0.1:{}", &hostport["localhost:".len()..])
+                .parse()
+                .with_context(|| format!("invalid port in {url:?}"))?
         }
         Err(_) => bail!("invalid listen URL {url:?}: use an IP address and port, e.g. https://10.0.0.1:2379"),
     };
     match scheme {
         "http" if !addr.ip().is_loopback() => {
-            bail!("refusing plain http on non-loopback address {url}; use https:// with --cert-file and --key-file")
+            bail!(
+                "refusing plain http on non-loopback address {url}; use https:// with --cert-file and --key-file"
+            )
         }
         "http" => Ok(Listen { addr, tls: false }),
         "https" if !have_tls => bail!("{url} needs --cert-file and --key-file"),
@@ -153,9 +161,18 @@ fn peer_hostport(url: &str, peer_tls: bool) -> anyhow::Result<String> {
 /// --peer-trusted-ca-file (all or none).
 fn peer_tls(
     args: &DatastoreArgs,
-) -> anyhow::Result<Option<(tonic::transport::ServerTlsConfig, tonic::transport::ClientTlsConfig)>> {
+) -> anyhow::Result<
+    Option<(
+        tonic::transport::ServerTlsConfig,
+        tonic::transport::ClientTlsConfig,
+    )>,
+> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-    let (cert, key, ca) = match (&args.peer_cert_file, &args.peer_key_file, &args.peer_trusted_ca_file) {
+    let (cert, key, ca) = match (
+        &args.peer_cert_file,
+        &args.peer_key_file,
+        &args.peer_trusted_ca_file,
+    ) {
         (None, None, None) => return Ok(None),
         (Some(c), Some(k), Some(ca)) => (c, k, ca),
         _ => bail!("--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together (mutual TLS)"),
@@ -164,8 +181,12 @@ fn peer_tls(
     let identity = Identity::from_pem(read(cert)?, read(key)?);
     let ca = read(ca)?;
     Ok(Some((
-        ServerTlsConfig::new().identity(identity.clone()).client_ca_root(Certificate::from_pem(&ca)),
-        ClientTlsConfig::new().identity(identity).ca_certificate(Certificate::from_pem(&ca)),
+        ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(Certificate::from_pem(&ca)),
+        ClientTlsConfig::new()
+            .identity(identity)
+            .ca_certificate(Certificate::from_pem(&ca)),
     )))
 }
 
@@ -189,7 +210,11 @@ fn formation(args: &DatastoreArgs, listen_addr: &str) -> anyhow::Result<Formatio
     };
     if members.is_empty() {
         // No cluster given: a cluster of one, as before.
-        return Ok(Formation { advertise, bootstrap: true, join: Vec::new() });
+        return Ok(Formation {
+            advertise,
+            bootstrap: true,
+            join: Vec::new(),
+        });
     }
     let Some(mine) = mine else {
         bail!("--name {:?} is not in --initial-cluster", args.name);
@@ -201,7 +226,11 @@ fn formation(args: &DatastoreArgs, listen_addr: &str) -> anyhow::Result<Formatio
         .map(|(_, (_, addr))| addr.clone())
         .collect();
     let bootstrap = args.initial_cluster_state == "new" && mine == 0;
-    Ok(Formation { advertise, bootstrap, join })
+    Ok(Formation {
+        advertise,
+        bootstrap,
+        join,
+    })
 }
 
 pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
@@ -300,7 +329,10 @@ mod tests {
     fn plain_http_is_loopback_only() {
         assert!(parse_listen("http://127.0.0.1:2379", false).is_ok());
         assert!(parse_listen("http://localhost:2379", false).is_ok());
-        let err = parse_listen("http://0.0.0.0:2379", false).err().unwrap().to_string();
+        let err = parse_listen("http://0.0.0.0:2379", false)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("refusing plain http"), "{err}");
         assert!(parse_listen("https://0.0.0.0:2379", false).is_err());
         assert!(parse_listen("https://0.0.0.0:2379", true).is_ok());
@@ -320,29 +352,66 @@ mod tests {
 
     #[test]
     fn initial_cluster_first_member_bootstraps_and_others_join() {
-        let cluster = "--initial-cluster=n1=http://127.0.0.1:7001,n2=http://127.0.0.1:7002,n3=http://127.0.0.1:7003";
+        let cluster =
+            "--initial-cluster=n1=http://127.0.0.1:7001,n2=http://127.0.0.1:7002,n3=http://127.0.0.1:7003";
         let f = formation(&args(&["--name=n1", cluster]), "127.0.0.1:9").unwrap();
-        assert_eq!(f, Formation { advertise: "127.0.0.1:7001".into(), bootstrap: true, join: vec!["127.0.0.1:7002".into(), "127.0.0.1:7003".into()] });
+        assert_eq!(
+            f,
+            Formation {
+                advertise: "127.0.0.1:7001".into(),
+                bootstrap: true,
+                join: vec!["127.0.0.1:7002".into(), "127.0.0.1:7003".into()]
+            }
+        );
         let f = formation(&args(&["--name=n2", cluster]), "127.0.0.1:9").unwrap();
         assert!(!f.bootstrap);
-        assert_eq!(f.join, vec!["127.0.0.1:7001".to_string(), "127.0.0.1:7003".into()]);
-        let f = formation(&args(&["--name=n1", cluster, "--initial-cluster-state=existing"]), "x").unwrap();
+        assert_eq!(
+            f.join,
+            vec!["127.0.0.1:7001".to_string(), "127.0.0.1:7003".into()]
+        );
+        let f = formation(
+            &args(&["--name=n1", cluster, "--initial-cluster-state=existing"]),
+            "x",
+        )
+        .unwrap();
         assert!(!f.bootstrap, "an existing cluster is joined, never bootstrapped");
         assert!(formation(&args(&["--name=n4", cluster]), "x").is_err());
         let f = formation(&args(&["--name=solo"]), "127.0.0.1:9").unwrap();
         assert!(f.bootstrap && f.join.is_empty() && f.advertise == "127.0.0.1:9");
-        assert!(formation(&args(&["--name=n1", "--initial-cluster=n1=http://10.0.0.1:1"]), "x").is_err());
+        assert!(
+            formation(
+                &args(&["--name=n1", "--initial-cluster=n1=http://10.0.0.1:1"]),
+                "x"
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn peer_tls_means_https_peer_urls_anywhere() {
         let cluster = "--initial-cluster=n1=https://10.0.0.1:2380,n2=https://10.0.0.2:2380";
-        assert!(formation(&args(&["--name=n1", cluster]), "x").is_err(), "https peers need --peer-cert-file");
-        let tls = ["--peer-cert-file=c", "--peer-key-file=k", "--peer-trusted-ca-file=ca"];
+        assert!(
+            formation(&args(&["--name=n1", cluster]), "x").is_err(),
+            "https peers need --peer-cert-file"
+        );
+        let tls = [
+            "--peer-cert-file=c",
+            "--peer-key-file=k",
+            "--peer-trusted-ca-file=ca",
+        ];
         let f = formation(&args(&[&["--name=n2", cluster][..], &tls[..]].concat()), "x").unwrap();
-        assert_eq!(f, Formation { advertise: "10.0.0.2:2380".into(), bootstrap: false, join: vec!["10.0.0.1:2380".into()] });
+        assert_eq!(
+            f,
+            Formation {
+                advertise: "10.0.0.2:2380".into(),
+                bootstrap: false,
+                join: vec!["10.0.0.1:2380".into()]
+            }
+        );
         let mixed = "--initial-cluster=n1=https://10.0.0.1:2380,n2=http://127.0.0.1:2380";
-        let err = formation(&args(&[&["--name=n1", mixed][..], &tls[..]].concat()), "x").unwrap_err().to_string();
+        let err = formation(&args(&[&["--name=n1", mixed][..], &tls[..]].concat()), "x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("use https://"), "{err}");
         let err = peer_tls(&args(&["--peer-cert-file=c"])).unwrap_err().to_string();
         assert!(err.contains("go together"), "{err}");

@@ -106,7 +106,10 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
     // Check everything we can before anything is written or started.
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
     check_writable(&layout.data_dir)?;
-    let req = Request::Init { version: API_VERSION, init: req };
+    let req = Request::Init {
+        version: API_VERSION,
+        init: req,
+    };
     drive(&layout, &args.run, req, config::PORTS, args.timeout)
 }
 
@@ -128,7 +131,10 @@ pub(super) fn drive(
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             while !client.is_running() {
                 if tokio::time::Instant::now() > deadline {
-                    bail!("the k8sd daemon did not start; see {}", layout.daemon_log().display());
+                    bail!(
+                        "the k8sd daemon did not start; see {}",
+                        layout.daemon_log().display()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -154,9 +160,19 @@ pub(super) fn drive(
 }
 
 pub(super) fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("data dir {} cannot be created; pick another with --data-dir", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "data dir {} cannot be created; pick another with --data-dir",
+            dir.display()
+        )
+    })?;
     let probe = dir.join(".k8sd-write-test");
-    std::fs::write(&probe, b"").with_context(|| format!("data dir {} is not writable; pick another with --data-dir or run as root", dir.display()))?;
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "data dir {} is not writable; pick another with --data-dir or run as root",
+            dir.display()
+        )
+    })?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
@@ -165,7 +181,10 @@ pub(super) fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
 fn start_detached_daemon(layout: &Layout, args: &RunArgs) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(layout.logs_dir())?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(layout.daemon_log())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout.daemon_log())?;
     let exe = std::env::current_exe().context("cannot find the k8sd executable")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("run")
@@ -183,7 +202,11 @@ fn start_detached_daemon(layout: &Layout, args: &RunArgs) -> anyhow::Result<()> 
     if let Some(i) = &args.images_dir {
         cmd.arg("--images-dir").arg(i);
     }
-    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0).env_remove("NOTIFY_SOCKET");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .env_remove("NOTIFY_SOCKET");
     cmd.spawn().context("cannot start the k8sd daemon")?;
     Ok(())
 }
@@ -212,7 +235,10 @@ pub fn status(layout: Layout, args: StatusArgs) -> anyhow::Result<()> {
     let report: StatusReport = rt.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
         loop {
-            let got = match client.call(&Request::Status { version: API_VERSION }, |_| {}).await {
+            let got = match client
+                .call(&Request::Status { version: API_VERSION }, |_| {})
+                .await
+            {
                 Ok(Message::Status { status }) => Ok(*status),
                 Ok(Message::Error { error }) => Err(anyhow::anyhow!(error)),
                 Ok(other) => Err(anyhow::anyhow!("unexpected answer: {other:?}")),
@@ -222,7 +248,10 @@ pub fn status(layout: Layout, args: StatusArgs) -> anyhow::Result<()> {
                 Ok(s) if !args.wait_ready || s.ready => return Ok(s),
                 Err(e) if !args.wait_ready => return Err(e),
                 _ if tokio::time::Instant::now() > deadline => {
-                    bail!("not ready after {} s; run `k8sd status` for details", args.timeout)
+                    bail!(
+                        "not ready after {} s; run `k8sd status` for details",
+                        args.timeout
+                    )
                 }
                 _ => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -239,19 +268,31 @@ pub fn status(layout: Layout, args: StatusArgs) -> anyhow::Result<()> {
 /// `k8sd kubectl ARGS…`: kubectl from kubebin with the admin kubeconfig.
 pub fn kubectl(layout: Layout, args: Vec<String>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    let kubebin = paths::find_kubebin().context("kubebin not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN")?;
+    let kubebin = paths::find_kubebin()
+        .context("kubebin not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN")?;
     let kc = layout.admin_kubeconfig();
     if !kc.exists() {
-        bail!("{} does not exist; initialise the node with `k8sd init` first", kc.display());
+        bail!(
+            "{} does not exist; initialise the node with `k8sd init` first",
+            kc.display()
+        );
     }
-    let err = std::process::Command::new(kubebin).arg("kubectl").arg(format!("--kubeconfig={}", kc.display())).args(args).exec();
+    let err = std::process::Command::new(kubebin)
+        .arg("kubectl")
+        .arg(format!("--kubeconfig={}", kc.display()))
+        .args(args)
+        .exec();
     Err(err).context("cannot run kubectl")
 }
 
 pub fn config(layout: Layout) -> anyhow::Result<()> {
     let kc = layout.admin_kubeconfig();
-    let text = std::fs::read_to_string(&kc)
-        .with_context(|| format!("cannot read {}; initialise the node with `k8sd init` first", kc.display()))?;
+    let text = std::fs::read_to_string(&kc).with_context(|| {
+        format!(
+            "cannot read {}; initialise the node with `k8sd init` first",
+            kc.display()
+        )
+    })?;
     print!("{text}");
     Ok(())
 }
@@ -265,17 +306,32 @@ pub struct LogsArgs {
     pub lines: usize,
 }
 
-pub const COMPONENTS: &[&str] =
-    &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet", "kube-proxy", "k8sd"];
+pub const COMPONENTS: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+    "k8sd",
+];
 
 pub fn logs(layout: Layout, args: LogsArgs) -> anyhow::Result<()> {
     if !COMPONENTS.contains(&args.component.as_str()) {
-        bail!("unknown component {:?}; choose one of: {}", args.component, COMPONENTS.join(", "));
+        bail!(
+            "unknown component {:?}; choose one of: {}",
+            args.component,
+            COMPONENTS.join(", ")
+        );
     }
     let path = layout.logs_dir().join(format!("{}.log", args.component));
     let text = std::fs::read_to_string(&path).with_context(|| format!("no log at {}", path.display()))?;
     let lines: Vec<&str> = text.lines().collect();
-    let from = if args.lines == 0 { 0 } else { lines.len().saturating_sub(args.lines) };
+    let from = if args.lines == 0 {
+        0
+    } else {
+        lines.len().saturating_sub(args.lines)
+    };
     for l in &lines[from..] {
         println!("{l}");
     }

@@ -27,7 +27,11 @@ pub enum JoinError {
     #[error(
         "{addr} presents a CA that does not match the token (token pins sha256 {expected}, server sent {got}); the token is for another cluster, or something intercepts the connection. Nothing was sent"
     )]
-    Fingerprint { addr: String, expected: String, got: String },
+    Fingerprint {
+        addr: String,
+        expected: String,
+        got: String,
+    },
     #[error("{addr} is unreachable: {reason}")]
     Unreachable { addr: String, reason: String },
     #[error("no control-plane node in the token answered:\n  {0}")]
@@ -67,38 +71,66 @@ impl ServerCertVerifier for Pinner {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 fn pem_of(der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
-    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
 }
 
 /// Learn the cluster CA certificate from `addr`, checked against `fingerprint`.
 pub async fn pin_ca(addr: &str, fingerprint: &str) -> Result<String, JoinError> {
-    let unreachable = |reason: String| JoinError::Unreachable { addr: addr.to_string(), reason };
+    let unreachable = |reason: String| JoinError::Unreachable {
+        addr: addr.to_string(),
+        reason,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pinner = Arc::new(Pinner { expected: fingerprint.to_string(), found: Mutex::new(None), provider: provider.clone() });
+    let pinner = Arc::new(Pinner {
+        expected: fingerprint.to_string(),
+        found: Mutex::new(None),
+        provider: provider.clone(),
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| unreachable(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(pinner.clone())
         .with_no_client_auth();
-    let sock: std::net::SocketAddr = addr.parse().map_err(|e| unreachable(format!("not an ip:port address ({e})")))?;
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| unreachable(format!("not an ip:port address ({e})")))?;
     let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(sock))
         .await
         .map_err(|_| unreachable("connect timed out".into()))?
@@ -122,8 +154,15 @@ pub async fn pin_ca(addr: &str, fingerprint: &str) -> Result<String, JoinError> 
 }
 
 /// A gRPC client to `addr`, verifying the server against `ca_pem`.
-pub async fn connect(addr: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ClusterApiClient<Channel>, JoinError> {
-    let unreachable = |reason: String| JoinError::Unreachable { addr: addr.to_string(), reason };
+pub async fn connect(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<ClusterApiClient<Channel>, JoinError> {
+    let unreachable = |reason: String| JoinError::Unreachable {
+        addr: addr.to_string(),
+        reason,
+    };
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
     if let Some((cert, key)) = identity {
         tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
@@ -146,7 +185,9 @@ pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
     rpc: Rpc,
     req: &Req,
 ) -> Result<Rep, JoinError> {
-    let msg = Msg { body: serde_json::to_vec(req).map_err(|e| JoinError::Refused(e.to_string()))? };
+    let msg = Msg {
+        body: serde_json::to_vec(req).map_err(|e| JoinError::Refused(e.to_string()))?,
+    };
     let res = match rpc {
         Rpc::Join => client.join(msg).await,
         Rpc::JoinComplete => client.join_complete(msg).await,
@@ -155,10 +196,21 @@ pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
     match res {
         Ok(r) => serde_json::from_slice(&r.into_inner().body)
             .map_err(|e| JoinError::Refused(format!("{addr} sent a malformed answer: {e}"))),
-        Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown) => {
-            Err(JoinError::Unreachable { addr: addr.to_string(), reason: s.message().to_string() })
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ) =>
+        {
+            Err(JoinError::Unreachable {
+                addr: addr.to_string(),
+                reason: s.message().to_string(),
+            })
         }
-        Err(s) => Err(JoinError::Refused(format!("{addr} refused the join: {}", s.message()))),
+        Err(s) => Err(JoinError::Refused(format!(
+            "{addr} refused the join: {}",
+            s.message()
+        ))),
     }
 }
 

@@ -34,7 +34,9 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-    let read = |f: &str| std::fs::read_to_string(service.pki_dir.join(f)).map_err(|e| format!("cannot read {f}: {e}"));
+    let read = |f: &str| {
+        std::fs::read_to_string(service.pki_dir.join(f)).map_err(|e| format!("cannot read {f}: {e}"))
+    };
     let (cert, key, ca) = (read("apiserver.crt")?, read("apiserver.key")?, read("ca.crt")?);
     let chain = format!("{}\n{}", cert.trim_end(), ca);
     let tls = ServerTlsConfig::new()
@@ -45,7 +47,9 @@ pub async fn serve(
     Server::builder()
         .tls_config(tls)
         .map_err(|e| e.to_string())?
-        .add_service(pb::cluster_api_server::ClusterApiServer::new(service).max_decoding_message_size(1 << 20))
+        .add_service(
+            pb::cluster_api_server::ClusterApiServer::new(service).max_decoding_message_size(1 << 20),
+        )
         .serve_with_incoming_shutdown(incoming, stop)
         .await
         .map_err(|e| e.to_string())
@@ -64,14 +68,24 @@ impl Kubectl {
         let out = tokio::process::Command::new(&self.kubebin)
             .arg("kubectl")
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .args(["delete", "node", name, "--ignore-not-found", "--wait=false", "--request-timeout=20s"])
+            .args([
+                "delete",
+                "node",
+                name,
+                "--ignore-not-found",
+                "--wait=false",
+                "--request-timeout=20s",
+            ])
             .output()
             .await
             .map_err(|e| format!("cannot run kubectl: {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("deleting Node {name}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "deleting Node {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 }

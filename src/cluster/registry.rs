@@ -12,11 +12,14 @@
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::token::{TokenRecord, TokenState};
-use crate::datastore::{Command, CommandOutput, Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, KeyValue, Op, PutRequest, RangeRequest, TxnRequest};
+use crate::datastore::{
+    Command, CommandOutput, Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, KeyValue, Op,
+    PutRequest, RangeRequest, TxnRequest,
+};
 use crate::node::Node;
 
 pub const CLUSTER_KEY: &str = "/k8sd/cluster";
@@ -82,7 +85,10 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 
 async fn range(node: &Node, range: KeyRange) -> Result<Vec<KeyValue>, RegistryError> {
     node.barrier().await?;
-    let req = RangeRequest { range, ..Default::default() };
+    let req = RangeRequest {
+        range,
+        ..Default::default()
+    };
     let (res, _) = node.read(move |r| r.range(&req)).await?;
     Ok(res.kvs)
 }
@@ -103,11 +109,14 @@ pub async fn get<T: DeserializeOwned>(node: &Node, key: &str) -> Result<Option<(
 }
 
 pub async fn list<T: DeserializeOwned>(node: &Node, prefix: &str) -> Result<Vec<T>, RegistryError> {
-    range(node, KeyRange::new(prefix.as_bytes().to_vec(), prefix_end(prefix)))
-        .await?
-        .iter()
-        .map(decode)
-        .collect()
+    range(
+        node,
+        KeyRange::new(prefix.as_bytes().to_vec(), prefix_end(prefix)),
+    )
+    .await?
+    .iter()
+    .map(decode)
+    .collect()
 }
 
 pub fn put_op<T: Serialize>(key: &str, value: &T) -> Op {
@@ -119,17 +128,31 @@ pub fn put_op<T: Serialize>(key: &str, value: &T) -> Op {
 }
 
 pub fn delete_op(key: &str) -> Op {
-    Op::Delete(DeleteRequest { range: KeyRange::single(key), prev_kv: false })
+    Op::Delete(DeleteRequest {
+        range: KeyRange::single(key),
+        prev_kv: false,
+    })
 }
 
 /// `key` was last modified at `rev` (0: the key does not exist).
 pub fn unchanged(key: &str, rev: i64) -> Compare {
-    Compare { range: KeyRange::single(key), result: CompareResult::Equal, target: CompareTarget::Mod(rev) }
+    Compare {
+        range: KeyRange::single(key),
+        result: CompareResult::Equal,
+        target: CompareTarget::Mod(rev),
+    }
 }
 
 /// Run `success` if every compare holds. Returns whether it did.
 pub async fn txn(node: &Node, compare: Vec<Compare>, success: Vec<Op>) -> Result<bool, RegistryError> {
-    match node.propose(Command::Txn(TxnRequest { compare, success, failure: vec![] })).await? {
+    match node
+        .propose(Command::Txn(TxnRequest {
+            compare,
+            success,
+            failure: vec![],
+        }))
+        .await?
+    {
         CommandOutput::Txn { result, .. } => Ok(result.succeeded),
         _ => Ok(false),
     }
@@ -153,7 +176,9 @@ pub async fn add_member_if_absent(node: &Node, m: &MemberRecord) -> Result<bool,
 pub async fn revoke_token(node: &Node, id: &str, now_unix: u64) -> Result<bool, RegistryError> {
     let key = token_key(id);
     loop {
-        let Some((mut rec, rev)) = get::<TokenRecord>(node, &key).await? else { return Ok(false) };
+        let Some((mut rec, rev)) = get::<TokenRecord>(node, &key).await? else {
+            return Ok(false);
+        };
         if rec.state != TokenState::Active {
             return Ok(true);
         }

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use tonic::{Request, Response, Status};
 
-use super::pb::cluster_api_server::ClusterApi;
 use super::pb::Msg;
+use super::pb::cluster_api_server::ClusterApi;
 use super::registry::{self, ClusterInfo, MemberRecord, MemberRole};
 use super::token::{JoinToken, TokenError, TokenRecord, TokenRole, TokenState, now_unix};
 use super::wire::*;
@@ -35,16 +35,25 @@ fn node_of<T>(req: &Request<T>) -> Option<String> {
     use x509_parser::prelude::FromDer;
     let certs = req.peer_certs()?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(certs.first()?.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     cn.strip_prefix("system:node:").map(str::to_string)
 }
 
 fn body<T: serde::de::DeserializeOwned>(m: Request<Msg>) -> Result<T, Status> {
-    serde_json::from_slice(&m.into_inner().body).map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
+    serde_json::from_slice(&m.into_inner().body)
+        .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
 }
 
 fn reply<T: serde::Serialize>(t: &T) -> Result<Response<Msg>, Status> {
-    Ok(Response::new(Msg { body: serde_json::to_vec(t).map_err(|e| Status::internal(e.to_string()))? }))
+    Ok(Response::new(Msg {
+        body: serde_json::to_vec(t).map_err(|e| Status::internal(e.to_string()))?,
+    }))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -59,20 +68,29 @@ fn check_version(v: u32) -> Result<(), Status> {
     if v == WIRE_VERSION {
         Ok(())
     } else {
-        Err(Status::failed_precondition(format!("joiner speaks cluster API {v}, this node {WIRE_VERSION}; use matching k8sd versions")))
+        Err(Status::failed_precondition(format!(
+            "joiner speaks cluster API {v}, this node {WIRE_VERSION}; use matching k8sd versions"
+        )))
     }
 }
 
 impl ClusterService {
     fn read_pki(&self, name: &str) -> Result<String, Status> {
-        std::fs::read_to_string(self.pki_dir.join(name)).map_err(|e| Status::internal(format!("cannot read {name}: {e}")))
+        std::fs::read_to_string(self.pki_dir.join(name))
+            .map_err(|e| Status::internal(format!("cannot read {name}: {e}")))
     }
 
     /// Decode the token and check it against its record for `role` and `name`; the record's
     /// mod revision comes back for the consuming Txn.
-    async fn check_token(&self, token: &str, role: TokenRole, name: &str) -> Result<(JoinToken, TokenRecord, i64), Status> {
+    async fn check_token(
+        &self,
+        token: &str,
+        role: TokenRole,
+        name: &str,
+    ) -> Result<(JoinToken, TokenRecord, i64), Status> {
         let t = JoinToken::decode(token).map_err(denied)?;
-        let ours = pki::ca_fingerprint_sha256(&self.read_pki("ca.crt")?).map_err(|e| Status::internal(e.to_string()))?;
+        let ours = pki::ca_fingerprint_sha256(&self.read_pki("ca.crt")?)
+            .map_err(|e| Status::internal(e.to_string()))?;
         if !t.ca.eq_ignore_ascii_case(&ours) {
             return Err(denied(TokenError::Unknown));
         }
@@ -85,7 +103,10 @@ impl ClusterService {
     }
 
     async fn check_name_free(&self, name: &str) -> Result<(), Status> {
-        if let Some((m, _)) = registry::get::<MemberRecord>(&self.node, &registry::member_key(name)).await.map_err(unavailable)? {
+        if let Some((m, _)) = registry::get::<MemberRecord>(&self.node, &registry::member_key(name))
+            .await
+            .map_err(unavailable)?
+        {
             return Err(Status::already_exists(format!(
                 "node name {name} is already taken by a {} node at {}; pick another with --name, or `k8sd remove-node {name}` first",
                 m.role, m.address
@@ -113,10 +134,19 @@ impl ClusterService {
     }
 
     /// Consume the token and record the member in one write. Loses cleanly to a racing use.
-    async fn consume(&self, t: &JoinToken, mut rec: TokenRecord, rev: i64, member: &MemberRecord) -> Result<(), Status> {
+    async fn consume(
+        &self,
+        t: &JoinToken,
+        mut rec: TokenRecord,
+        rev: i64,
+        member: &MemberRecord,
+    ) -> Result<(), Status> {
         let tkey = registry::token_key(&t.id);
         let mkey = registry::member_key(&member.name);
-        rec.state = TokenState::Used { by: member.name.clone(), at_unix: now_unix() };
+        rec.state = TokenState::Used {
+            by: member.name.clone(),
+            at_unix: now_unix(),
+        };
         let ok = registry::txn(
             &self.node,
             vec![registry::unchanged(&tkey, rev), registry::unchanged(&mkey, 0)],
@@ -129,13 +159,20 @@ impl ClusterService {
         }
         // Say which compare failed.
         self.check_name_free(&member.name).await?;
-        let role = if member.role == MemberRole::Worker { TokenRole::Worker } else { TokenRole::ControlPlane };
+        let role = if member.role == MemberRole::Worker {
+            TokenRole::Worker
+        } else {
+            TokenRole::ControlPlane
+        };
         self.check_token(&t.encode(), role, &member.name).await?;
         Err(Status::aborted("the token changed while joining; retry"))
     }
 
     async fn join_worker(&self, req: JoinRequest) -> Result<JoinReply, Status> {
-        let keys = req.worker_keys.clone().ok_or_else(|| Status::invalid_argument("a worker join must carry its public keys"))?;
+        let keys = req
+            .worker_keys
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("a worker join must carry its public keys"))?;
         let (t, rec, rev) = self.check_token(&req.token, TokenRole::Worker, &req.name).await?;
         self.check_name_free(&req.name).await?;
         let cluster = self.cluster_info().await?;
@@ -144,18 +181,27 @@ impl ClusterService {
             node_name: req.name.clone(),
             node_ips: vec![req.address],
             extra_sans: vec![],
-            service_cidr: cluster.service_cidr.parse().map_err(|e: pki::PkiError| Status::internal(e.to_string()))?,
+            service_cidr: cluster
+                .service_cidr
+                .parse()
+                .map_err(|e: pki::PkiError| Status::internal(e.to_string()))?,
         };
         let now = time::OffsetDateTime::now_utc();
         let sign = |leaf: Leaf, key: &str| {
-            pki::sign_leaf_for_public_key(&ca, &leaf.spec(&id), key, now).map_err(|e| Status::invalid_argument(e.to_string()))
+            pki::sign_leaf_for_public_key(&ca, &leaf.spec(&id), key, now)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
         };
         let certs = WorkerCerts {
             kubelet_client: sign(Leaf::KubeletClient, &keys.kubelet_client)?,
             kubelet_serving: sign(Leaf::KubeletServing, &keys.kubelet_serving)?,
             kube_proxy: sign(Leaf::KubeProxy, &keys.kube_proxy)?,
         };
-        let member = MemberRecord { name: req.name.clone(), role: MemberRole::Worker, address: req.address, joined_unix: now_unix() };
+        let member = MemberRecord {
+            name: req.name.clone(),
+            role: MemberRole::Worker,
+            address: req.address,
+            joined_unix: now_unix(),
+        };
         self.consume(&t, rec, rev, &member).await?;
         tracing::info!(node = %req.name, address = %req.address, "a worker joined");
         Ok(JoinReply {
@@ -170,17 +216,24 @@ impl ClusterService {
     }
 
     async fn join_control_plane(&self, req: JoinRequest) -> Result<JoinReply, Status> {
-        self.check_token(&req.token, TokenRole::ControlPlane, &req.name).await?;
+        self.check_token(&req.token, TokenRole::ControlPlane, &req.name)
+            .await?;
         self.check_name_free(&req.name).await?;
         let cluster = self.cluster_info().await?;
         let mut secrets = Vec::new();
         for kind in CaKind::ALL {
             for f in [kind.cert_file(), kind.key_file()] {
-                secrets.push(SecretFile { pem: self.read_pki(&f)?, name: f });
+                secrets.push(SecretFile {
+                    pem: self.read_pki(&f)?,
+                    name: f,
+                });
             }
         }
         for f in [pki::SA_KEY_FILE, pki::SA_PUB_FILE] {
-            secrets.push(SecretFile { name: f.to_string(), pem: self.read_pki(f)? });
+            secrets.push(SecretFile {
+                name: f.to_string(),
+                pem: self.read_pki(f)?,
+            });
         }
         let peers = self
             .node
@@ -205,7 +258,8 @@ impl ClusterApi for ClusterService {
     async fn join(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
         let req: JoinRequest = body(req)?;
         check_version(req.version)?;
-        crate::daemon::config::validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::daemon::config::validate_node_name(&req.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let out = match req.role {
             TokenRole::Worker => self.join_worker(req).await?,
             TokenRole::ControlPlane => self.join_control_plane(req).await?,
@@ -214,32 +268,54 @@ impl ClusterApi for ClusterService {
     }
 
     async fn membership(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
-        let name = node_of(&req).ok_or_else(|| Status::unauthenticated("present this node's kubelet client certificate"))?;
+        let name = node_of(&req)
+            .ok_or_else(|| Status::unauthenticated("present this node's kubelet client certificate"))?;
         let req: MembershipRequest = body(req)?;
         check_version(req.version)?;
         let key = registry::member_key(&name);
-        let member = registry::get::<MemberRecord>(&self.node, &key).await.map_err(unavailable)?;
+        let member = registry::get::<MemberRecord>(&self.node, &key)
+            .await
+            .map_err(unavailable)?;
         if req.leave {
             if let Some((m, _)) = &member {
                 if m.role != MemberRole::Worker {
-                    return Err(Status::failed_precondition("a control-plane node leaves through its own datastore"));
+                    return Err(Status::failed_precondition(
+                        "a control-plane node leaves through its own datastore",
+                    ));
                 }
                 self.kubectl.delete_node(&name).await.map_err(unavailable)?;
-                registry::txn(&self.node, vec![], vec![registry::delete_op(&key)]).await.map_err(unavailable)?;
+                registry::txn(&self.node, vec![], vec![registry::delete_op(&key)])
+                    .await
+                    .map_err(unavailable)?;
                 tracing::info!(node = %name, "a worker left the cluster");
             }
-            return reply(&MembershipReply { version: WIRE_VERSION, member: false });
+            return reply(&MembershipReply {
+                version: WIRE_VERSION,
+                member: false,
+            });
         }
-        reply(&MembershipReply { version: WIRE_VERSION, member: member.is_some() })
+        reply(&MembershipReply {
+            version: WIRE_VERSION,
+            member: member.is_some(),
+        })
     }
 
     async fn join_complete(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
         let req: JoinCompleteRequest = body(req)?;
         check_version(req.version)?;
-        let (t, rec, rev) = self.check_token(&req.token, TokenRole::ControlPlane, &req.name).await?;
-        let member = MemberRecord { name: req.name.clone(), role: MemberRole::ControlPlane, address: req.address, joined_unix: now_unix() };
+        let (t, rec, rev) = self
+            .check_token(&req.token, TokenRole::ControlPlane, &req.name)
+            .await?;
+        let member = MemberRecord {
+            name: req.name.clone(),
+            role: MemberRole::ControlPlane,
+            address: req.address,
+            joined_unix: now_unix(),
+        };
         self.consume(&t, rec, rev, &member).await?;
         tracing::info!(node = %req.name, address = %req.address, "a control-plane node joined");
-        reply(&JoinCompleteReply { version: WIRE_VERSION })
+        reply(&JoinCompleteReply {
+            version: WIRE_VERSION,
+        })
     }
 }

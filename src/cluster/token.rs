@@ -62,25 +62,40 @@ pub struct JoinToken {
 pub enum TokenError {
     #[error("the join token is garbled ({0}); copy the whole line `k8sd add-node` printed")]
     Garbled(String),
-    #[error("the join token has format version {0}, this k8sd reads version {TOKEN_VERSION}; use matching k8sd versions")]
+    #[error(
+        "the join token has format version {0}, this k8sd reads version {TOKEN_VERSION}; use matching k8sd versions"
+    )]
     Version(u32),
     #[error("unknown join token; it was never issued by this cluster (or it is for another cluster)")]
     Unknown,
     #[error("the join token expired at {0}; mint a new one with `k8sd add-node`")]
     Expired(String),
-    #[error("the join token was already used by node {by} at {at}; tokens are single-use, mint a new one with `k8sd add-node`")]
+    #[error(
+        "the join token was already used by node {by} at {at}; tokens are single-use, mint a new one with `k8sd add-node`"
+    )]
     Used { by: String, at: String },
     #[error("the join token was revoked at {0}; mint a new one with `k8sd add-node`")]
     Revoked(String),
-    #[error("the join token is for a {token} node, but this join asks for a {asked} node; use `k8sd join{flag}`")]
-    WrongRole { token: TokenRole, asked: TokenRole, flag: &'static str },
+    #[error(
+        "the join token is for a {token} node, but this join asks for a {asked} node; use `k8sd join{flag}`"
+    )]
+    WrongRole {
+        token: TokenRole,
+        asked: TokenRole,
+        flag: &'static str,
+    },
     #[error("the join token is reserved for node name {token:?}, not {asked:?}")]
     WrongName { token: String, asked: String },
 }
 
 impl JoinToken {
     /// A new token with a fresh id and secret.
-    pub fn mint(ca_fingerprint: &str, addrs: Vec<String>, role: TokenRole, name: Option<String>) -> JoinToken {
+    pub fn mint(
+        ca_fingerprint: &str,
+        addrs: Vec<String>,
+        role: TokenRole,
+        name: Option<String>,
+    ) -> JoinToken {
         JoinToken {
             v: TOKEN_VERSION,
             ca: ca_fingerprint.to_string(),
@@ -104,13 +119,18 @@ impl JoinToken {
         // Read the version first, so a newer format gets a version error, not a parse error.
         let probe: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| TokenError::Garbled(format!("not JSON: {e}")))?;
-        let v = probe.get("v").and_then(|v| v.as_u64()).ok_or_else(|| TokenError::Garbled("no version".into()))?;
+        let v = probe
+            .get("v")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| TokenError::Garbled("no version".into()))?;
         if v != u64::from(TOKEN_VERSION) {
             return Err(TokenError::Version(u32::try_from(v).unwrap_or(u32::MAX)));
         }
         let t: JoinToken = serde_json::from_value(probe).map_err(|e| TokenError::Garbled(e.to_string()))?;
         if t.addrs.is_empty() || t.ca.len() != 64 || t.secret.len() != 64 || t.id.is_empty() {
-            return Err(TokenError::Garbled("missing addresses, CA fingerprint, id or secret".into()));
+            return Err(TokenError::Garbled(
+                "missing addresses, CA fingerprint, id or secret".into(),
+            ));
         }
         Ok(t)
     }
@@ -169,20 +189,36 @@ impl TokenRecord {
         }
         match &self.state {
             TokenState::Active => {}
-            TokenState::Used { by, at_unix } => return Err(TokenError::Used { by: by.clone(), at: rfc3339(*at_unix) }),
+            TokenState::Used { by, at_unix } => {
+                return Err(TokenError::Used {
+                    by: by.clone(),
+                    at: rfc3339(*at_unix),
+                });
+            }
             TokenState::Revoked { at_unix } => return Err(TokenError::Revoked(rfc3339(*at_unix))),
         }
         if now_unix >= self.expires_unix {
             return Err(TokenError::Expired(rfc3339(self.expires_unix)));
         }
         if self.role != role {
-            let flag = if self.role == TokenRole::Worker { " --worker" } else { "" };
-            return Err(TokenError::WrongRole { token: self.role, asked: role, flag });
+            let flag = if self.role == TokenRole::Worker {
+                " --worker"
+            } else {
+                ""
+            };
+            return Err(TokenError::WrongRole {
+                token: self.role,
+                asked: role,
+                flag,
+            });
         }
         if let Some(n) = &self.name
             && n != name
         {
-            return Err(TokenError::WrongName { token: n.clone(), asked: name.to_string() });
+            return Err(TokenError::WrongName {
+                token: n.clone(),
+                asked: name.to_string(),
+            });
         }
         Ok(())
     }
@@ -203,7 +239,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn rfc3339(unix: u64) -> String {
@@ -222,7 +261,9 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
         Some('s') => (&s[..s.len() - 1], 1),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("invalid TTL {s:?}: use e.g. 24h, 90m or 600s"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid TTL {s:?}: use e.g. 24h, 90m or 600s"))?;
     if n == 0 {
         return Err(format!("invalid TTL {s:?}: must be positive"));
     }
@@ -243,8 +284,14 @@ mod tests {
         let s = t.encode();
         assert!(!s.contains('+') && !s.contains('/'), "base64url");
         assert_eq!(JoinToken::decode(&format!("  {s}\n")).unwrap(), t);
-        assert!(matches!(JoinToken::decode("not a token!"), Err(TokenError::Garbled(_))));
-        assert!(matches!(JoinToken::decode(&s[..s.len() / 2]), Err(TokenError::Garbled(_))));
+        assert!(matches!(
+            JoinToken::decode("not a token!"),
+            Err(TokenError::Garbled(_))
+        ));
+        assert!(matches!(
+            JoinToken::decode(&s[..s.len() / 2]),
+            Err(TokenError::Garbled(_))
+        ));
         let v2 = URL_SAFE_NO_PAD.encode(br#"{"v":2,"whatever":1}"#);
         assert_eq!(JoinToken::decode(&v2), Err(TokenError::Version(2)));
     }
@@ -256,18 +303,41 @@ mod tests {
         let stored = serde_json::to_string(&r).unwrap();
         assert!(!stored.contains(&t.secret), "the secret is never stored");
         assert_eq!(r.check(&t, TokenRole::Worker, "n4", 1010), Ok(()));
-        assert!(matches!(r.check(&t, TokenRole::Worker, "n4", 1060), Err(TokenError::Expired(_))));
-        assert!(matches!(r.check(&t, TokenRole::ControlPlane, "n4", 1010), Err(TokenError::WrongRole { .. })));
+        assert!(matches!(
+            r.check(&t, TokenRole::Worker, "n4", 1060),
+            Err(TokenError::Expired(_))
+        ));
+        assert!(matches!(
+            r.check(&t, TokenRole::ControlPlane, "n4", 1010),
+            Err(TokenError::WrongRole { .. })
+        ));
         let mut forged = t.clone();
         forged.secret = "cd".repeat(32);
-        assert_eq!(r.check(&forged, TokenRole::Worker, "n4", 1010), Err(TokenError::Unknown));
+        assert_eq!(
+            r.check(&forged, TokenRole::Worker, "n4", 1010),
+            Err(TokenError::Unknown)
+        );
         r.name = Some("n5".into());
-        assert!(matches!(r.check(&t, TokenRole::Worker, "n4", 1010), Err(TokenError::WrongName { .. })));
+        assert!(matches!(
+            r.check(&t, TokenRole::Worker, "n4", 1010),
+            Err(TokenError::WrongName { .. })
+        ));
         r.name = None;
-        r.state = TokenState::Used { by: "n4".into(), at_unix: 1020 };
-        assert!(r.check(&t, TokenRole::Worker, "n4", 1030).unwrap_err().to_string().contains("already used by node n4"));
+        r.state = TokenState::Used {
+            by: "n4".into(),
+            at_unix: 1020,
+        };
+        assert!(
+            r.check(&t, TokenRole::Worker, "n4", 1030)
+                .unwrap_err()
+                .to_string()
+                .contains("already used by node n4")
+        );
         r.state = TokenState::Revoked { at_unix: 1020 };
-        assert!(matches!(r.check(&t, TokenRole::Worker, "n4", 1030), Err(TokenError::Revoked(_))));
+        assert!(matches!(
+            r.check(&t, TokenRole::Worker, "n4", 1030),
+            Err(TokenError::Revoked(_))
+        ));
     }
 
     #[test]

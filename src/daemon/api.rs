@@ -11,20 +11,49 @@ pub const API_VERSION: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
-    Init { version: u32, init: InitRequest },
-    Status { version: u32 },
+    Init {
+        version: u32,
+        init: InitRequest,
+    },
+    Status {
+        version: u32,
+    },
     /// Mint a join token (`k8sd add-node`).
-    AddNode { version: u32, worker: bool, name: Option<String>, ttl_secs: u64 },
+    AddNode {
+        version: u32,
+        worker: bool,
+        name: Option<String>,
+        ttl_secs: u64,
+    },
     /// Join a cluster with a token (`k8sd join`).
-    Join { version: u32, join: JoinArgs },
-    Tokens { version: u32 },
-    RevokeToken { version: u32, id: String },
+    Join {
+        version: u32,
+        join: JoinArgs,
+    },
+    Tokens {
+        version: u32,
+    },
+    RevokeToken {
+        version: u32,
+        id: String,
+    },
     /// `k8sd remove-node NAME [--force]`.
-    RemoveNode { version: u32, name: String, force: bool },
+    RemoveNode {
+        version: u32,
+        name: String,
+        force: bool,
+    },
     /// `k8sd leave`: remove this node from its cluster and stop it.
-    Leave { version: u32, force: bool },
+    Leave {
+        version: u32,
+        force: bool,
+    },
     /// `k8sd stop|start COMPONENT`: hold one supervised component down, or start it again.
-    Component { version: u32, name: String, start: bool },
+    Component {
+        version: u32,
+        name: String,
+        start: bool,
+    },
 }
 
 impl Request {
@@ -66,13 +95,24 @@ pub struct TokenReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "message", rename_all = "kebab-case")]
 pub enum Message {
-    Progress { step: String },
+    Progress {
+        step: String,
+    },
     Done,
-    Error { error: String },
-    Status { status: Box<StatusReport> },
+    Error {
+        error: String,
+    },
+    Status {
+        status: Box<StatusReport>,
+    },
     /// A minted join token.
-    Token { token: String, expires: String },
-    Tokens { tokens: Vec<TokenReport> },
+    Token {
+        token: String,
+        expires: String,
+    },
+    Tokens {
+        tokens: Vec<TokenReport>,
+    },
 }
 
 /// `k8sd status` as data: the contract between daemon and CLI, also printed as JSON or YAML.

@@ -74,7 +74,10 @@ pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
         ("client-ca-file", c.pki("ca.crt")),
         ("tls-cert-file", c.pki("apiserver.crt")),
         ("tls-private-key-file", c.pki("apiserver.key")),
-        ("kubelet-client-certificate", c.pki("apiserver-kubelet-client.crt")),
+        (
+            "kubelet-client-certificate",
+            c.pki("apiserver-kubelet-client.crt"),
+        ),
         ("kubelet-client-key", c.pki("apiserver-kubelet-client.key")),
         ("kubelet-preferred-address-types", "InternalIP,Hostname".into()),
         ("authorization-mode", "Node,RBAC".into()),
@@ -119,7 +122,10 @@ pub fn controller_manager_args(c: &Ctx<'_>) -> Vec<String> {
 
 /// /24 per node, or the whole range when it is already that small.
 fn node_cidr_mask(pod_cidr: &str) -> u8 {
-    let prefix: u8 = pod_cidr.split_once('/').and_then(|(_, p)| p.parse().ok()).unwrap_or(16);
+    let prefix: u8 = pod_cidr
+        .split_once('/')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(16);
     prefix.max(24)
 }
 
@@ -146,7 +152,10 @@ pub fn kubelet_args(c: &Ctx<'_>) -> Vec<String> {
         ("hostname-override", c.cfg.node_name.clone()),
         ("node-ip", c.cfg.advertise_address.to_string()),
         ("root-dir", c.layout.kubelet_root().display().to_string()),
-        ("cert-dir", c.layout.kubelet_root().join("pki").display().to_string()),
+        (
+            "cert-dir",
+            c.layout.kubelet_root().join("pki").display().to_string(),
+        ),
     ])
 }
 
@@ -166,7 +175,10 @@ pub fn render(template: &str, values: &[(&str, String)]) -> Result<String, Strin
         out = out.replace(&format!("{{{{{k}}}}}"), v);
     }
     match out.find("{{") {
-        Some(i) => Err(format!("template marker left unrendered near: {}", &out[i..(i + 40).min(out.len())])),
+        Some(i) => Err(format!(
+            "template marker left unrendered near: {}",
+            &out[i..(i + 40).min(out.len())]
+        )),
         None => Ok(out),
     }
 }
@@ -199,9 +211,18 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
         ("node_name", c.cfg.node_name.clone()),
     ];
     Ok(vec![
-        (l.config_dir().join("containerd.toml"), render(CONTAINERD_TEMPLATE, &values)?),
-        (l.config_dir().join("kubelet.yaml"), render(KUBELET_TEMPLATE, &values)?),
-        (l.config_dir().join("kube-proxy.yaml"), render(KUBE_PROXY_TEMPLATE, &values)?),
+        (
+            l.config_dir().join("containerd.toml"),
+            render(CONTAINERD_TEMPLATE, &values)?,
+        ),
+        (
+            l.config_dir().join("kubelet.yaml"),
+            render(KUBELET_TEMPLATE, &values)?,
+        ),
+        (
+            l.config_dir().join("kube-proxy.yaml"),
+            render(KUBE_PROXY_TEMPLATE, &values)?,
+        ),
     ])
 }
 
@@ -227,7 +248,11 @@ mod tests {
     fn apiserver_flags_are_pinned() {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
-        let args = apiserver_args(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" });
+        let args = apiserver_args(&Ctx {
+            layout: &layout,
+            cfg: &cfg,
+            cgroup_root: "/",
+        });
         let must = [
             "--anonymous-auth=false",
             "--authorization-mode=Node,RBAC",
@@ -243,14 +268,22 @@ mod tests {
         }
         // Default feature gates stay on: no gate is switched off (contract §2.5).
         assert!(!args.iter().any(|a| a.starts_with("--feature-gates")), "{args:?}");
-        assert_eq!(args.len(), 35, "the full flag set is pinned; update this test deliberately");
+        assert_eq!(
+            args.len(),
+            35,
+            "the full flag set is pinned; update this test deliberately"
+        );
     }
 
     #[test]
     fn kubelet_never_gets_a_loopback_node_ip() {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
-        let args = kubelet_args(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" });
+        let args = kubelet_args(&Ctx {
+            layout: &layout,
+            cfg: &cfg,
+            cgroup_root: "/",
+        });
         assert!(args.contains(&"--node-ip=10.0.0.5".to_string()));
         assert!(args.contains(&"--root-dir=/d/kubelet".to_string()));
     }
@@ -259,14 +292,31 @@ mod tests {
     fn every_template_marker_is_rendered() {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
-        let files = config_files(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" }).unwrap();
+        let files = config_files(&Ctx {
+            layout: &layout,
+            cfg: &cfg,
+            cgroup_root: "/",
+        })
+        .unwrap();
         assert_eq!(files.len(), 3);
-        let cni = cni_conflist(&Ctx { layout: &layout, cfg: &cfg, cgroup_root: "/" }, "10.88.3.0/24").unwrap();
+        let cni = cni_conflist(
+            &Ctx {
+                layout: &layout,
+                cfg: &cfg,
+                cgroup_root: "/",
+            },
+            "10.88.3.0/24",
+        )
+        .unwrap();
         assert!(cni.contains("10.88.3.0/24") && !cni.contains("{{"));
         assert_eq!(node_cidr_mask("10.88.0.0/16"), 24);
         assert_eq!(node_cidr_mask("10.88.0.0/26"), 26);
         for (path, text) in &files {
-            assert!(!text.contains("{{"), "{} has an unrendered marker", path.display());
+            assert!(
+                !text.contains("{{"),
+                "{} has an unrendered marker",
+                path.display()
+            );
         }
         let containerd = &files[0].1;
         assert!(containerd.contains("restrict_oom_score_adj = true"));

@@ -95,16 +95,24 @@ pub const NODE_CONFIG_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid {what} {value:?}: {reason}")]
-    Invalid { what: &'static str, value: String, reason: String },
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error(
         "advertise address {0} is a loopback address; the kubelet and other nodes cannot use it. Pass --advertise-address with this machine's address"
     )]
     Loopback(IpAddr),
-    #[error("advertise address {0} is not assigned to any interface of this machine; pass one of its addresses")]
+    #[error(
+        "advertise address {0} is not assigned to any interface of this machine; pass one of its addresses"
+    )]
     NotLocal(IpAddr),
     #[error("no usable advertise address found (no non-loopback IPv4 address); pass --advertise-address")]
     NoAddress,
-    #[error("port {port} ({what}) is already in use; stop whatever listens there (ss -ltnp 'sport = :{port}') and retry")]
+    #[error(
+        "port {port} ({what}) is already in use; stop whatever listens there (ss -ltnp 'sport = :{port}') and retry"
+    )]
     PortInUse { port: u16, what: &'static str },
     #[error("pod CIDR {pod} and service CIDR {service} overlap; choose disjoint ranges")]
     Overlap { pod: String, service: String },
@@ -113,11 +121,19 @@ pub enum ConfigError {
 }
 
 fn invalid(what: &'static str, value: &str, reason: impl ToString) -> ConfigError {
-    ConfigError::Invalid { what, value: value.to_string(), reason: reason.to_string() }
+    ConfigError::Invalid {
+        what,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Validate a request into a node configuration. Checks only; writes nothing.
-pub fn validate(req: &InitRequest, host_name: &str, local_addrs: &[IpAddr]) -> Result<NodeConfig, ConfigError> {
+pub fn validate(
+    req: &InitRequest,
+    host_name: &str,
+    local_addrs: &[IpAddr],
+) -> Result<NodeConfig, ConfigError> {
     let node_name = req.node_name.clone().unwrap_or_else(|| host_name.to_lowercase());
     validate_node_name(&node_name)?;
     let advertise_address = match &req.advertise_address {
@@ -131,14 +147,25 @@ pub fn validate(req: &InitRequest, host_name: &str, local_addrs: &[IpAddr]) -> R
             }
             ip
         }
-        None => *local_addrs.iter().find(|a| a.is_ipv4() && !a.is_loopback()).ok_or(ConfigError::NoAddress)?,
+        None => *local_addrs
+            .iter()
+            .find(|a| a.is_ipv4() && !a.is_loopback())
+            .ok_or(ConfigError::NoAddress)?,
     };
     let pod_cidr = req.pod_cidr.clone().unwrap_or_else(|| DEFAULT_POD_CIDR.into());
-    let service_cidr = req.service_cidr.clone().unwrap_or_else(|| DEFAULT_SERVICE_CIDR.into());
+    let service_cidr = req
+        .service_cidr
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.into());
     let pod: IpCidr = pod_cidr.parse().map_err(|e| invalid("pod CIDR", &pod_cidr, e))?;
-    let svc: IpCidr = service_cidr.parse().map_err(|e| invalid("service CIDR", &service_cidr, e))?;
+    let svc: IpCidr = service_cidr
+        .parse()
+        .map_err(|e| invalid("service CIDR", &service_cidr, e))?;
     if cidrs_overlap(&pod.to_string(), &svc.to_string()) {
-        return Err(ConfigError::Overlap { pod: pod_cidr, service: service_cidr });
+        return Err(ConfigError::Overlap {
+            pod: pod_cidr,
+            service: service_cidr,
+        });
     }
     for san in &req.extra_sans {
         if san.is_empty() || san.contains(char::is_whitespace) {
@@ -163,11 +190,20 @@ pub fn validate_node_name(name: &str) -> Result<(), ConfigError> {
         && name.len() <= 253
         && name.split('.').all(|l| {
             !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         });
-    if ok { Ok(()) } else { Err(invalid("node name", name, "use lowercase letters, digits, '-' and '.' (RFC 1123)")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "node name",
+            name,
+            "use lowercase letters, digits, '-' and '.' (RFC 1123)",
+        ))
+    }
 }
 
 fn cidr_range(c: &str) -> Option<(u128, u128)> {
@@ -178,7 +214,11 @@ fn cidr_range(c: &str) -> Option<(u128, u128)> {
         IpAddr::V6(a) => (u128::from(a), 128),
     };
     let host = bits - len.min(bits);
-    let size = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
+    let size = if host >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host) - 1
+    };
     Some((v, v.saturating_add(size)))
 }
 
@@ -218,13 +258,21 @@ pub fn local_addresses() -> Vec<IpAddr> {
 }
 
 pub fn host_name() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "k8sd-node".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "k8sd-node".into())
 }
 
 pub fn read_init_file(path: &Path) -> Result<InitRequest, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })?;
-    serde_yaml::from_str(&text).map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    serde_yaml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -240,7 +288,10 @@ mod tests {
         let c = validate(&InitRequest::default(), "Host-A", &addrs()).unwrap();
         assert_eq!(c.node_name, "host-a");
         assert_eq!(c.advertise_address.to_string(), "10.0.0.5");
-        assert_eq!((c.pod_cidr.as_str(), c.service_cidr.as_str()), (DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR));
+        assert_eq!(
+            (c.pod_cidr.as_str(), c.service_cidr.as_str()),
+            (DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR)
+        );
     }
 
     #[test]
@@ -262,7 +313,11 @@ mod tests {
     #[test]
     fn config_file_rejects_unknown_fields_and_flags_win() {
         let file: InitRequest = serde_yaml::from_str("node-name: a\npod-cidr: 10.1.0.0/16\n").unwrap();
-        let merged = InitRequest { node_name: Some("b".into()), ..Default::default() }.merge_file(file);
+        let merged = InitRequest {
+            node_name: Some("b".into()),
+            ..Default::default()
+        }
+        .merge_file(file);
         assert_eq!(merged.node_name.as_deref(), Some("b"));
         assert_eq!(merged.pod_cidr.as_deref(), Some("10.1.0.0/16"));
         assert!(serde_yaml::from_str::<InitRequest>("podcidr: x\n").is_err());

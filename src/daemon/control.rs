@@ -21,15 +21,22 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
         }
         let _ = std::fs::remove_file(path);
     }
-    let l = UnixListener::bind(path).map_err(|e| DaemonError::Other(format!("cannot bind {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| DaemonError::Write { path: path.to_path_buf(), source })?;
+    let l = UnixListener::bind(path)
+        .map_err(|e| DaemonError::Other(format!("cannot bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        DaemonError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(l)
 }
 
 pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let d = daemon.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, d).await {
@@ -48,21 +55,50 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), m: &Message) -> std::io::Res
 async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
-    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let Some(line) = lines.next_line().await? else {
+        return Ok(());
+    };
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
-        Err(e) => return send(&mut w, &Message::Error { error: format!("malformed request: {e}") }).await,
+        Err(e) => {
+            return send(
+                &mut w,
+                &Message::Error {
+                    error: format!("malformed request: {e}"),
+                },
+            )
+            .await;
+        }
     };
     match req {
         r if r.version() != API_VERSION => {
             let version = r.version();
-            send(&mut w, &Message::Error { error: format!("CLI speaks API {version}, daemon {API_VERSION}; use matching k8sd binaries") }).await
+            send(
+                &mut w,
+                &Message::Error {
+                    error: format!(
+                        "CLI speaks API {version}, daemon {API_VERSION}; use matching k8sd binaries"
+                    ),
+                },
+            )
+            .await
         }
         Request::Status { .. } => {
             let status = daemon.status().await;
-            send(&mut w, &Message::Status { status: Box::new(status) }).await
+            send(
+                &mut w,
+                &Message::Status {
+                    status: Box::new(status),
+                },
+            )
+            .await
         }
-        Request::AddNode { worker, name, ttl_secs, .. } => {
+        Request::AddNode {
+            worker,
+            name,
+            ttl_secs,
+            ..
+        } => {
             let msg = match daemon.add_node(worker, name, ttl_secs).await {
                 Ok((token, expires)) => Message::Token { token, expires },
                 Err(e) => Message::Error { error: e.to_string() },
@@ -77,9 +113,13 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
             send(&mut w, &msg).await
         }
         Request::RevokeToken { id, .. } => send(&mut w, &done(daemon.revoke_token(&id).await)).await,
-        Request::RemoveNode { name, force, .. } => send(&mut w, &done(daemon.remove_node(&name, force).await)).await,
+        Request::RemoveNode { name, force, .. } => {
+            send(&mut w, &done(daemon.remove_node(&name, force).await)).await
+        }
         Request::Leave { force, .. } => send(&mut w, &done(daemon.leave(force).await)).await,
-        Request::Component { name, start, .. } => send(&mut w, &done(daemon.component(&name, start).await)).await,
+        Request::Component { name, start, .. } => {
+            send(&mut w, &done(daemon.component(&name, start).await)).await
+        }
         req @ (Request::Init { .. } | Request::Join { .. }) => {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let d = daemon.clone();
@@ -113,7 +153,9 @@ fn done(r: Result<(), DaemonError>) -> Message {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("k8sd is not running (no socket at {0}); start it with `k8sd run` or bring a node up with `k8sd init`")]
+    #[error(
+        "k8sd is not running (no socket at {0}); start it with `k8sd run` or bring a node up with `k8sd init`"
+    )]
     NotRunning(PathBuf),
     #[error("control socket {path}: {source}")]
     Io {
@@ -143,11 +185,23 @@ impl ControlClient {
     }
 
     /// Send `req` and call `on_message` for every message until a final one, which is returned.
-    pub async fn call(&self, req: &Request, mut on_message: impl FnMut(&Message)) -> Result<Message, ControlError> {
-        let io = |source| ControlError::Io { path: self.path.clone(), source };
+    pub async fn call(
+        &self,
+        req: &Request,
+        mut on_message: impl FnMut(&Message),
+    ) -> Result<Message, ControlError> {
+        let io = |source| ControlError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let stream = match UnixStream::connect(&self.path).await {
             Ok(s) => s,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 return Err(ControlError::NotRunning(self.path.clone()));
             }
             Err(e) => return Err(io(e)),
@@ -158,7 +212,8 @@ impl ControlClient {
         w.write_all(&line).await.map_err(io)?;
         let mut lines = BufReader::new(r).lines();
         while let Some(l) = lines.next_line().await.map_err(io)? {
-            let msg: Message = serde_json::from_str(&l).map_err(|e| ControlError::Malformed(e.to_string()))?;
+            let msg: Message =
+                serde_json::from_str(&l).map_err(|e| ControlError::Malformed(e.to_string()))?;
             match msg {
                 Message::Progress { .. } => on_message(&msg),
                 _ => return Ok(msg),

@@ -28,27 +28,47 @@ fn other(e: impl std::fmt::Display) -> DaemonError {
 
 /// The only file names a joiner accepts from the cluster API: nothing can be written elsewhere.
 fn allowed_secret(name: &str) -> bool {
-    CaKind::ALL.iter().any(|k| k.cert_file() == name || k.key_file() == name) || name == pki::SA_KEY_FILE || name == pki::SA_PUB_FILE
+    CaKind::ALL
+        .iter()
+        .any(|k| k.cert_file() == name || k.key_file() == name)
+        || name == pki::SA_KEY_FILE
+        || name == pki::SA_PUB_FILE
 }
 
 impl Daemon {
     fn control_plane_node(&self) -> Result<(super::RunningNode, crate::node::Node), DaemonError> {
         match self.running() {
             Some(r) if r.cfg.role == Role::ControlPlane => {
-                let ds = r.datastore.clone().ok_or_else(|| other("the datastore is not running"))?;
+                let ds = r
+                    .datastore
+                    .clone()
+                    .ok_or_else(|| other("the datastore is not running"))?;
                 Ok((r, ds))
             }
             Some(_) => Err(other("this is a worker node; run this on a control-plane node")),
-            None => Err(other("this node is not running a control plane; see `k8sd status`")),
+            None => Err(other(
+                "this node is not running a control plane; see `k8sd status`",
+            )),
         }
     }
 
     /// Record the cluster's settings and this founding node (idempotent).
-    pub(crate) async fn register_founder(&self, node: &crate::node::Node, cfg: &NodeConfig) -> Result<(), DaemonError> {
-        let info = ClusterInfo { pod_cidr: cfg.pod_cidr.clone(), service_cidr: cfg.service_cidr.clone() };
-        registry::txn(node, vec![registry::unchanged(registry::CLUSTER_KEY, 0)], vec![registry::put_op(registry::CLUSTER_KEY, &info)])
-            .await
-            .map_err(other)?;
+    pub(crate) async fn register_founder(
+        &self,
+        node: &crate::node::Node,
+        cfg: &NodeConfig,
+    ) -> Result<(), DaemonError> {
+        let info = ClusterInfo {
+            pod_cidr: cfg.pod_cidr.clone(),
+            service_cidr: cfg.service_cidr.clone(),
+        };
+        registry::txn(
+            node,
+            vec![registry::unchanged(registry::CLUSTER_KEY, 0)],
+            vec![registry::put_op(registry::CLUSTER_KEY, &info)],
+        )
+        .await
+        .map_err(other)?;
         let me = MemberRecord {
             name: cfg.node_name.clone(),
             role: MemberRole::ControlPlane,
@@ -60,12 +80,23 @@ impl Daemon {
     }
 
     /// `k8sd add-node`: store a hashed token and return it with its expiry.
-    pub async fn add_node(&self, worker: bool, name: Option<String>, ttl_secs: u64) -> Result<(String, String), DaemonError> {
+    pub async fn add_node(
+        &self,
+        worker: bool,
+        name: Option<String>,
+        ttl_secs: u64,
+    ) -> Result<(String, String), DaemonError> {
         let (r, ds) = self.control_plane_node()?;
         if let Some(n) = &name {
             config::validate_node_name(n)?;
-            if registry::get::<MemberRecord>(&ds, &registry::member_key(n)).await.map_err(other)?.is_some() {
-                return Err(other(format!("node name {n} is already taken; pick another or `k8sd remove-node {n}` first")));
+            if registry::get::<MemberRecord>(&ds, &registry::member_key(n))
+                .await
+                .map_err(other)?
+                .is_some()
+            {
+                return Err(other(format!(
+                    "node name {n} is already taken; pick another or `k8sd remove-node {n}` first"
+                )));
             }
         }
         if ttl_secs == 0 {
@@ -84,13 +115,21 @@ impl Daemon {
         let me = std::net::SocketAddr::new(r.cfg.advertise_address, API_PORT).to_string();
         addrs.retain(|a| *a != me);
         addrs.insert(0, me);
-        let role = if worker { TokenRole::Worker } else { TokenRole::ControlPlane };
+        let role = if worker {
+            TokenRole::Worker
+        } else {
+            TokenRole::ControlPlane
+        };
         let t = JoinToken::mint(&fp, addrs, role, name);
         let rec = TokenRecord::new(&t, token::now_unix(), ttl_secs);
         let key = registry::token_key(&t.id);
-        registry::txn(&ds, vec![registry::unchanged(&key, 0)], vec![registry::put_op(&key, &rec)])
-            .await
-            .map_err(other)?;
+        registry::txn(
+            &ds,
+            vec![registry::unchanged(&key, 0)],
+            vec![registry::put_op(&key, &rec)],
+        )
+        .await
+        .map_err(other)?;
         tracing::info!(id = %t.id, role = %role, "minted a join token");
         Ok((t.encode(), token::rfc3339(rec.expires_unix)))
     }
@@ -114,7 +153,10 @@ impl Daemon {
 
     pub async fn revoke_token(&self, id: &str) -> Result<(), DaemonError> {
         let (_, ds) = self.control_plane_node()?;
-        if registry::revoke_token(&ds, id, token::now_unix()).await.map_err(other)? {
+        if registry::revoke_token(&ds, id, token::now_unix())
+            .await
+            .map_err(other)?
+        {
             Ok(())
         } else {
             Err(other(format!("no token with id {id}; see `k8sd tokens list`")))
@@ -132,10 +174,22 @@ impl Daemon {
         let p = Some(progress.clone());
         report(&p, "checking the token and this machine");
         let t = JoinToken::decode(&args.token).map_err(other)?;
-        let role = if args.worker { TokenRole::Worker } else { TokenRole::ControlPlane };
+        let role = if args.worker {
+            TokenRole::Worker
+        } else {
+            TokenRole::ControlPlane
+        };
         if t.role != role {
-            let flag = if t.role == TokenRole::Worker { " --worker" } else { "" };
-            return Err(other(token::TokenError::WrongRole { token: t.role, asked: role, flag }));
+            let flag = if t.role == TokenRole::Worker {
+                " --worker"
+            } else {
+                ""
+            };
+            return Err(other(token::TokenError::WrongRole {
+                token: t.role,
+                asked: role,
+                flag,
+            }));
         }
         let req = InitRequest {
             node_name: args.node_name.clone().or(t.name.clone()),
@@ -143,13 +197,24 @@ impl Daemon {
             ..Default::default()
         };
         let mut cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
-        config::check_ports(if args.worker { config::WORKER_PORTS } else { config::PORTS })?;
+        config::check_ports(if args.worker {
+            config::WORKER_PORTS
+        } else {
+            config::PORTS
+        })?;
         self.preflight()?;
         for dir in [l.pki_dir(), l.kubeconfig_dir(), l.config_dir(), l.datastore_dir()] {
             super::mkdir(&dir, 0o700)?;
         }
-        report(&p, &format!("asking the cluster to admit {} as a {role} node", cfg.node_name));
-        let res = if args.worker { self.join_worker(&t, &mut cfg).await } else { self.join_control_plane(&t, &mut cfg).await };
+        report(
+            &p,
+            &format!("asking the cluster to admit {} as a {role} node", cfg.node_name),
+        );
+        let res = if args.worker {
+            self.join_worker(&t, &mut cfg).await
+        } else {
+            self.join_control_plane(&t, &mut cfg).await
+        };
         let pending = match res {
             Ok(p) => p,
             Err(e) => {
@@ -167,10 +232,18 @@ impl Daemon {
         res
     }
 
-    async fn join_worker(&self, t: &JoinToken, cfg: &mut NodeConfig) -> Result<Option<PendingJoin>, DaemonError> {
+    async fn join_worker(
+        &self,
+        t: &JoinToken,
+        cfg: &mut NodeConfig,
+    ) -> Result<Option<PendingJoin>, DaemonError> {
         let l = &self.opts.layout;
         let key = |what: &str| pki::generate_private_key_pem(what);
-        let (kc, ks, kp) = (key("kubelet-client.key")?, key("kubelet.key")?, key("kube-proxy.key")?);
+        let (kc, ks, kp) = (
+            key("kubelet-client.key")?,
+            key("kubelet.key")?,
+            key("kube-proxy.key")?,
+        );
         let keys = WorkerKeys {
             kubelet_client: pki::public_key_pem("kubelet-client.key", &kc)?,
             kubelet_serving: pki::public_key_pem("kubelet.key", &ks)?,
@@ -184,12 +257,34 @@ impl Daemon {
             address: cfg.advertise_address,
             worker_keys: Some(keys),
         };
-        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await.map_err(other)?;
-        let certs = rep.worker_certs.ok_or_else(|| other(format!("{via} answered without certificates")))?;
+        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req)
+            .await
+            .map_err(other)?;
+        let certs = rep
+            .worker_certs
+            .ok_or_else(|| other(format!("{via} answered without certificates")))?;
         let issued = [
-            (Leaf::KubeletClient, IssuedCert { cert_pem: certs.kubelet_client, key_pem: kc }),
-            (Leaf::KubeletServing, IssuedCert { cert_pem: certs.kubelet_serving, key_pem: ks }),
-            (Leaf::KubeProxy, IssuedCert { cert_pem: certs.kube_proxy, key_pem: kp }),
+            (
+                Leaf::KubeletClient,
+                IssuedCert {
+                    cert_pem: certs.kubelet_client,
+                    key_pem: kc,
+                },
+            ),
+            (
+                Leaf::KubeletServing,
+                IssuedCert {
+                    cert_pem: certs.kubelet_serving,
+                    key_pem: ks,
+                },
+            ),
+            (
+                Leaf::KubeProxy,
+                IssuedCert {
+                    cert_pem: certs.kube_proxy,
+                    key_pem: kp,
+                },
+            ),
         ];
         pki::install_worker_pki(&l.pki_dir(), &rep.ca_cert, &issued)?;
         cfg.role = Role::Worker;
@@ -197,13 +292,22 @@ impl Daemon {
         cfg.service_cidr = rep.cluster.service_cidr;
         cfg.control_plane = rep.control_plane;
         if cfg.control_plane.is_empty() {
-            cfg.control_plane = t.addrs.iter().filter_map(|a| a.parse::<std::net::SocketAddr>().ok()).map(|s| s.ip()).collect();
+            cfg.control_plane = t
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|s| s.ip())
+                .collect();
         }
         self.persist(cfg)?;
         Ok(None)
     }
 
-    async fn join_control_plane(&self, t: &JoinToken, cfg: &mut NodeConfig) -> Result<Option<PendingJoin>, DaemonError> {
+    async fn join_control_plane(
+        &self,
+        t: &JoinToken,
+        cfg: &mut NodeConfig,
+    ) -> Result<Option<PendingJoin>, DaemonError> {
         let l = &self.opts.layout;
         let req = JoinRequest {
             version: WIRE_VERSION,
@@ -213,21 +317,35 @@ impl Daemon {
             address: cfg.advertise_address,
             worker_keys: None,
         };
-        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await.map_err(other)?;
+        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req)
+            .await
+            .map_err(other)?;
         if rep.secrets.is_empty() || rep.datastore_peers.is_empty() {
-            return Err(other(format!("{via} answered without the cluster secrets or datastore peers")));
+            return Err(other(format!(
+                "{via} answered without the cluster secrets or datastore peers"
+            )));
         }
         for s in &rep.secrets {
             if !allowed_secret(&s.name) {
-                return Err(other(format!("{via} sent an unexpected file {:?}; refusing to write it", s.name)));
+                return Err(other(format!(
+                    "{via} sent an unexpected file {:?}; refusing to write it",
+                    s.name
+                )));
             }
-            let mode = if s.name.ends_with(".key") { pki::KEY_MODE } else { pki::CERT_MODE };
+            let mode = if s.name.ends_with(".key") {
+                pki::KEY_MODE
+            } else {
+                pki::CERT_MODE
+            };
             write_file(&l.pki_dir().join(&s.name), s.pem.as_bytes(), mode)?;
         }
         cfg.role = Role::ControlPlane;
         cfg.pod_cidr = rep.cluster.pod_cidr;
         cfg.service_cidr = rep.cluster.service_cidr;
-        Ok(Some(PendingJoin { token: t.clone(), datastore_peers: rep.datastore_peers }))
+        Ok(Some(PendingJoin {
+            token: t.clone(),
+            datastore_peers: rep.datastore_peers,
+        }))
     }
 
     pub(crate) fn persist(&self, cfg: &NodeConfig) -> Result<(), DaemonError> {
@@ -237,15 +355,25 @@ impl Daemon {
 
     /// The second half of a control-plane join, once this node's datastore is a Raft member:
     /// consume the token and record the member in one write, then persist `node.yaml`.
-    pub(crate) async fn complete_join(&self, pending: &PendingJoin, cfg: &NodeConfig) -> Result<(), DaemonError> {
+    pub(crate) async fn complete_join(
+        &self,
+        pending: &PendingJoin,
+        cfg: &NodeConfig,
+    ) -> Result<(), DaemonError> {
         let req = JoinCompleteRequest {
             version: WIRE_VERSION,
             token: pending.token.encode(),
             name: cfg.node_name.clone(),
             address: cfg.advertise_address,
         };
-        let _: (JoinCompleteReply, String) =
-            client::call_any(&pending.token.addrs, &pending.token.ca, client::Rpc::JoinComplete, &req).await.map_err(other)?;
+        let _: (JoinCompleteReply, String) = client::call_any(
+            &pending.token.addrs,
+            &pending.token.ca,
+            client::Rpc::JoinComplete,
+            &req,
+        )
+        .await
+        .map_err(other)?;
         self.persist(cfg)
     }
 
@@ -269,7 +397,10 @@ impl Daemon {
     }
 
     pub(crate) fn kubectl(&self) -> Result<Kubectl, DaemonError> {
-        Ok(Kubectl { kubebin: self.kubebin()?, kubeconfig: self.opts.layout.admin_kubeconfig() })
+        Ok(Kubectl {
+            kubebin: self.kubebin()?,
+            kubeconfig: self.opts.layout.admin_kubeconfig(),
+        })
     }
 
     /// `k8sd remove-node NAME [--force]`: its datastore member (refusing to break quorum unless
@@ -278,43 +409,68 @@ impl Daemon {
     pub async fn remove_node(&self, name: &str, force: bool) -> Result<(), DaemonError> {
         let (r, ds) = self.control_plane_node()?;
         if name == r.cfg.node_name {
-            return Err(other("this is the node you are on; use `k8sd leave` here, or run remove-node on another control-plane node"));
+            return Err(other(
+                "this is the node you are on; use `k8sd leave` here, or run remove-node on another control-plane node",
+            ));
         }
-        let rec = registry::get::<MemberRecord>(&ds, &registry::member_key(name)).await.map_err(other)?;
+        let rec = registry::get::<MemberRecord>(&ds, &registry::member_key(name))
+            .await
+            .map_err(other)?;
         let raft_member = ds.members().into_iter().find(|m| m.info.name == name);
         if rec.is_none() && raft_member.is_none() {
-            return Err(other(format!("no node named {name} in this cluster; see `k8sd status`")));
+            return Err(other(format!(
+                "no node named {name} in this cluster; see `k8sd status`"
+            )));
         }
         if let Some(m) = raft_member {
             let outcome = ds.remove_member(m.id, force).await.map_err(other)?;
             tracing::info!(node = %name, ?outcome, "removed a datastore member");
         }
         self.kubectl()?.delete_node(name).await.map_err(other)?;
-        registry::txn(&ds, vec![], vec![registry::delete_op(&registry::member_key(name))]).await.map_err(other)?;
+        registry::txn(
+            &ds,
+            vec![],
+            vec![registry::delete_op(&registry::member_key(name))],
+        )
+        .await
+        .map_err(other)?;
         Ok(())
     }
 
     /// `k8sd leave`: take this node out of its cluster, stop its services, and forget the
     /// cluster's state here, so the machine can `k8sd join` again.
     pub async fn leave(&self, force: bool) -> Result<(), DaemonError> {
-        let r = self.running().ok_or_else(|| other("this node is not running; nothing to leave"))?;
+        let r = self
+            .running()
+            .ok_or_else(|| other("this node is not running; nothing to leave"))?;
         let name = r.cfg.node_name.clone();
         match &r.datastore {
             Some(ds) => {
                 let me = ds.meta().member_id;
                 let others = ds.members().iter().filter(|m| m.id != me).count();
                 if others == 0 && !force {
-                    return Err(other("this is the last control-plane node: leaving would destroy the cluster. Use --force to do it anyway"));
+                    return Err(other(
+                        "this is the last control-plane node: leaving would destroy the cluster. Use --force to do it anyway",
+                    ));
                 }
                 if others > 0 {
                     // Kubernetes records first, while this node still has a say in the datastore.
                     self.kubectl()?.delete_node(&name).await.map_err(other)?;
-                    registry::txn(ds, vec![], vec![registry::delete_op(&registry::member_key(&name))]).await.map_err(other)?;
+                    registry::txn(
+                        ds,
+                        vec![],
+                        vec![registry::delete_op(&registry::member_key(&name))],
+                    )
+                    .await
+                    .map_err(other)?;
                     ds.remove_member(me, force).await.map_err(other)?;
                 }
             }
             None => {
-                let req = MembershipRequest { version: WIRE_VERSION, leave: true };
+                let req = MembershipRequest {
+                    version: WIRE_VERSION,
+                    leave: true,
+                };
                 let _: MembershipReply = self.worker_call(&r.cfg, &req).await.map_err(other)?;
             }
         }
@@ -342,8 +498,15 @@ impl Daemon {
     ) -> Result<Rep, client::JoinError> {
         let p = self.opts.layout.pki_dir();
         let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
-        let (ca, cert, key) = (read("ca.crt"), read("kubelet-client.crt"), read("kubelet-client.key"));
-        let addrs: Vec<String> = cp.iter().map(|a| std::net::SocketAddr::new(*a, API_PORT).to_string()).collect();
+        let (ca, cert, key) = (
+            read("ca.crt"),
+            read("kubelet-client.crt"),
+            read("kubelet-client.key"),
+        );
+        let addrs: Vec<String> = cp
+            .iter()
+            .map(|a| std::net::SocketAddr::new(*a, API_PORT).to_string())
+            .collect();
         client::call_as_node(&addrs, &ca, (&cert, &key), client::Rpc::Membership, req).await
     }
 
@@ -382,7 +545,10 @@ impl Daemon {
                     }
                     None => (true, r.cfg.control_plane.clone()),
                 };
-                let req = MembershipRequest { version: WIRE_VERSION, leave: false };
+                let req = MembershipRequest {
+                    version: WIRE_VERSION,
+                    leave: false,
+                };
                 let asked = d.node_call::<_, MembershipReply>(&addrs, &req).await;
                 let removed = !in_raft || matches!(asked, Ok(MembershipReply { member: false, .. }));
                 // Two checks in a row, so a passing glitch never stops a node.
@@ -401,8 +567,24 @@ impl Daemon {
 
     /// `k8sd stop|start COMPONENT`.
     pub async fn component(&self, name: &str, start: bool) -> Result<(), DaemonError> {
-        let r = self.running().ok_or_else(|| other("the node is not running; see `k8sd status`"))?;
-        let res = if start { r.supervisor.start_one(name).await } else { r.supervisor.stop_one(name).await };
-        res.map_err(|e| other(format!("{e}; components: {}", r.supervisor.status().iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(", "))))
+        let r = self
+            .running()
+            .ok_or_else(|| other("the node is not running; see `k8sd status`"))?;
+        let res = if start {
+            r.supervisor.start_one(name).await
+        } else {
+            r.supervisor.stop_one(name).await
+        };
+        res.map_err(|e| {
+            other(format!(
+                "{e}; components: {}",
+                r.supervisor
+                    .status()
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
     }
 }

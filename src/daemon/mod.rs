@@ -52,18 +52,27 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Other(String),
-    #[error("kubebin (the Kubernetes components) was not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN")]
+    #[error(
+        "kubebin (the Kubernetes components) was not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN"
+    )]
     NoKubebin,
-    #[error("the pause image {0} is missing; build images with scripts/build-images.sh or set K8SD_IMAGES_DIR")]
+    #[error(
+        "the pause image {0} is missing; build images with scripts/build-images.sh or set K8SD_IMAGES_DIR"
+    )]
     NoPauseImage(PathBuf),
-    #[error("this node is already initialised ({0} exists); nothing was changed. Use `k8sd status` to inspect it")]
+    #[error(
+        "this node is already initialised ({0} exists); nothing was changed. Use `k8sd status` to inspect it"
+    )]
     AlreadyInitialised(PathBuf),
     #[error("starting {component} failed: {reason}")]
     Start { component: String, reason: String },
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
-    move |source| DaemonError::Write { path: path.to_path_buf(), source }
+    move |source| DaemonError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Create a directory (and parents) with `mode`.
@@ -79,9 +88,16 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), DaemonE
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(write_err(&tmp))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(write_err(&tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(write_err(&tmp))?;
-    f.write_all(contents).and_then(|_| f.sync_all()).map_err(write_err(&tmp))?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(write_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(write_err(path))
 }
 
@@ -165,13 +181,20 @@ impl Daemon {
     }
 
     /// Serve the control socket; resume the node if it was initialised; stop on SIGTERM.
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DaemonError> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
         let l = self.opts.layout.clone();
         mkdir(&l.run_dir, 0o700)?;
         mkdir(&l.data_dir, 0o700)?;
         mkdir(&l.logs_dir(), 0o700)?;
         let listener = control::bind(&l.control_socket())?;
-        write_file(&l.daemon_pid_file(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
+        write_file(
+            &l.daemon_pid_file(),
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o644,
+        )?;
         tokio::spawn(control::serve(listener, self.clone()));
         spawn_watchdog();
         if let Some(cfg) = self.load_config()? {
@@ -199,16 +222,23 @@ impl Daemon {
     fn load_config(&self) -> Result<Option<NodeConfig>, DaemonError> {
         let path = self.opts.layout.node_file();
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_yaml::from_str(&text)
-                .map(Some)
-                .map_err(|e| DaemonError::Other(format!("{} is unreadable: {e}; restore it or remove the data dir", path.display()))),
+            Ok(text) => serde_yaml::from_str(&text).map(Some).map_err(|e| {
+                DaemonError::Other(format!(
+                    "{} is unreadable: {e}; restore it or remove the data dir",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(DaemonError::Other(format!("cannot read {}: {e}", path.display()))),
         }
     }
 
     /// `k8sd init`: validate, persist, bring up. Refused on an initialised node.
-    pub async fn init(self: &Arc<Self>, req: config::InitRequest, progress: Progress) -> Result<(), DaemonError> {
+    pub async fn init(
+        self: &Arc<Self>,
+        req: config::InitRequest,
+        progress: Progress,
+    ) -> Result<(), DaemonError> {
         let _guard = self.lifecycle.lock().await;
         let node_file = self.opts.layout.node_file();
         if node_file.exists() {
@@ -228,7 +258,11 @@ impl Daemon {
     }
 
     fn kubebin(&self) -> Result<PathBuf, DaemonError> {
-        self.opts.kubebin.clone().filter(|p| p.is_file()).ok_or(DaemonError::NoKubebin)
+        self.opts
+            .kubebin
+            .clone()
+            .filter(|p| p.is_file())
+            .ok_or(DaemonError::NoKubebin)
     }
 
     fn preflight(&self) -> Result<(), DaemonError> {
@@ -239,7 +273,9 @@ impl Daemon {
         }
         for bin in ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/sbin/runc"] {
             if !Path::new(bin).exists() && which(bin.rsplit('/').next().unwrap_or(bin)).is_none() {
-                return Err(DaemonError::Other(format!("{bin} is missing; run scripts/setup-host.sh")));
+                return Err(DaemonError::Other(format!(
+                    "{bin} is missing; run scripts/setup-host.sh"
+                )));
             }
         }
         Ok(())
@@ -257,7 +293,12 @@ impl Daemon {
             report(&progress, s);
         };
         let kubebin = self.kubebin()?;
-        for (dir, mode) in [(l.pki_dir(), 0o700), (l.kubeconfig_dir(), 0o700), (l.config_dir(), 0o700), (l.datastore_dir(), 0o700)] {
+        for (dir, mode) in [
+            (l.pki_dir(), 0o700),
+            (l.kubeconfig_dir(), 0o700),
+            (l.config_dir(), 0o700),
+            (l.datastore_dir(), 0o700),
+        ] {
             mkdir(&dir, mode)?;
         }
         let identity = NodeIdentity {
@@ -279,7 +320,10 @@ impl Daemon {
             } else {
                 step("starting the datastore");
             }
-            let peers = pending.as_ref().map(|p| p.datastore_peers.clone()).unwrap_or_default();
+            let peers = pending
+                .as_ref()
+                .map(|p| p.datastore_peers.clone())
+                .unwrap_or_default();
             let datastore = match self.start_datastore(&cfg, peers).await {
                 Ok(d) => d,
                 Err(e) => {
@@ -312,7 +356,11 @@ impl Daemon {
         let lb = Arc::new(self.start_lb(&cfg, datastore.as_ref()).await?);
 
         step("rendering component configuration");
-        let ctx = Ctx { layout: &l, cfg: &cfg, cgroup_root: &self.opts.cgroup_root };
+        let ctx = Ctx {
+            layout: &l,
+            cfg: &cfg,
+            cgroup_root: &self.opts.cgroup_root,
+        };
         for (path, text) in components::config_files(&ctx).map_err(DaemonError::Other)? {
             write_file(&path, text.as_bytes(), 0o600)?;
         }
@@ -323,12 +371,19 @@ impl Daemon {
             run_dir: l.pid_dir(),
             instance: l.data_dir.clone().into_os_string(),
         }));
-        *self.node.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(RunningNode { cfg: cfg.clone(), datastore, supervisor: supervisor.clone(), etcd_stop, lb: Some(lb) });
+        *self.node.lock().unwrap_or_else(|e| e.into_inner()) = Some(RunningNode {
+            cfg: cfg.clone(),
+            datastore,
+            supervisor: supervisor.clone(),
+            etcd_stop,
+            lb: Some(lb),
+        });
 
         let groups = match cfg.role {
             Role::ControlPlane => {
-                step("starting kube-apiserver, controller-manager, scheduler, containerd, kubelet and kube-proxy");
+                step(
+                    "starting kube-apiserver, controller-manager, scheduler, containerd, kubelet and kube-proxy",
+                );
                 let mut g = self.control_plane_groups(&ctx, &kubebin)?;
                 g.extend(self.node_groups(&ctx, &kubebin)?);
                 g
@@ -338,7 +393,10 @@ impl Daemon {
                 self.node_groups(&ctx, &kubebin)?
             }
         };
-        supervisor.start(groups).await.map_err(|e| DaemonError::Start { component: "node".into(), reason: e.to_string() })?;
+        supervisor.start(groups).await.map_err(|e| DaemonError::Start {
+            component: "node".into(),
+            reason: e.to_string(),
+        })?;
         podnet::spawn(self.clone(), cfg.clone());
 
         step("waiting for the node to become Ready");
@@ -371,15 +429,28 @@ impl Daemon {
     /// The local API load balancer on 127.0.0.1:6444, in front of every control-plane
     /// kube-apiserver: the registry's list on a control-plane node (this node first), the join
     /// answer's on a worker; the balancer then follows the `kubernetes` EndpointSlice itself.
-    async fn start_lb(&self, cfg: &NodeConfig, datastore: Option<&Node>) -> Result<crate::lb::LbHandle, DaemonError> {
+    async fn start_lb(
+        &self,
+        cfg: &NodeConfig,
+        datastore: Option<&Node>,
+    ) -> Result<crate::lb::LbHandle, DaemonError> {
         let p = self.opts.layout.pki_dir();
-        let tls = TlsClient::from_files(&p.join("ca.crt"), &p.join("kube-proxy.crt"), &p.join("kube-proxy.key"))
-            .map_err(|e| DaemonError::Other(format!("load balancer credentials: {e}")))?;
+        let tls = TlsClient::from_files(
+            &p.join("ca.crt"),
+            &p.join("kube-proxy.crt"),
+            &p.join("kube-proxy.key"),
+        )
+        .map_err(|e| DaemonError::Other(format!("load balancer credentials: {e}")))?;
         let mut addrs = vec![];
         if let Some(ds) = datastore {
             addrs.push(cfg.advertise_address);
             if let Ok(members) = crate::cluster::registry::members(ds).await {
-                addrs.extend(members.into_iter().filter(|m| m.role == crate::cluster::registry::MemberRole::ControlPlane).map(|m| m.address));
+                addrs.extend(
+                    members
+                        .into_iter()
+                        .filter(|m| m.role == crate::cluster::registry::MemberRole::ControlPlane)
+                        .map(|m| m.address),
+                );
             }
         }
         addrs.extend(cfg.control_plane.iter().copied());
@@ -394,9 +465,14 @@ impl Daemon {
         if let Some(dir) = state.parent() {
             mkdir(dir, 0o700)?;
         }
-        crate::lb::LoadBalancer::start(crate::lb::LbConfig::new(components::lb_addr(), backends, tls, state))
-            .await
-            .map_err(|e| DaemonError::Other(format!("local API load balancer: {e}")))
+        crate::lb::LoadBalancer::start(crate::lb::LbConfig::new(
+            components::lb_addr(),
+            backends,
+            tls,
+            state,
+        ))
+        .await
+        .map_err(|e| DaemonError::Other(format!("local API load balancer: {e}")))
     }
 
     /// Where this node reaches kube-apiserver for its own checks: its own on a control-plane
@@ -422,11 +498,21 @@ impl Daemon {
 
     /// Serve the etcd API on 127.0.0.1:2379 (mTLS, datastore CA) and the cluster API on the
     /// advertise address (TLS, tokens) until `stop` flips.
-    async fn serve_datastore_and_api(&self, datastore: &Node, cfg: &NodeConfig, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    async fn serve_datastore_and_api(
+        &self,
+        datastore: &Node,
+        cfg: &NodeConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), DaemonError> {
         let l = &self.opts.layout;
         let listener = tokio::net::TcpListener::bind(components::datastore_addr())
             .await
-            .map_err(|e| DaemonError::Other(format!("datastore listener {}: {e}", components::datastore_addr())))?;
+            .map_err(|e| {
+                DaemonError::Other(format!(
+                    "datastore listener {}: {e}",
+                    components::datastore_addr()
+                ))
+            })?;
         let tls = TlsFiles {
             cert_file: Some(l.pki_dir().join("datastore-server.crt")),
             key_file: Some(l.pki_dir().join("datastore-server.key")),
@@ -448,7 +534,11 @@ impl Daemon {
         let api_listener = tokio::net::TcpListener::bind(api_addr)
             .await
             .map_err(|e| DaemonError::Other(format!("cluster API listener {api_addr}: {e}")))?;
-        let svc = crate::cluster::server::ClusterService { node: datastore.clone(), pki_dir: l.pki_dir(), kubectl: self.kubectl()? };
+        let svc = crate::cluster::server::ClusterService {
+            node: datastore.clone(),
+            pki_dir: l.pki_dir(),
+            kubectl: self.kubectl()?,
+        };
         let mut rx = stop;
         tokio::spawn(async move {
             let res = crate::cluster::serve(svc, api_listener, async move {
@@ -475,8 +565,13 @@ impl Daemon {
                 let l = d.opts.layout.clone();
                 let server = format!("https://{}", components::apiserver_addr());
                 let renewed = pki::ensure_control_plane_pki(&l.pki_dir(), &identity).and_then(|r| {
-                    pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)
-                        .map(|k| r.merge(k))
+                    pki::ensure_kubeconfigs(
+                        &l.pki_dir(),
+                        &l.kubeconfig_dir(),
+                        NodeRole::ControlPlane,
+                        &server,
+                    )
+                    .map(|k| r.merge(k))
                 });
                 match renewed {
                     Ok(r) if r.is_empty() => {}
@@ -492,7 +587,9 @@ impl Daemon {
                             }
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "certificate renewal check failed; retrying in 12 h"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "certificate renewal check failed; retrying in 12 h")
+                    }
                 }
             }
         });
@@ -508,16 +605,33 @@ impl Daemon {
             let p = l.pki_dir().join(f);
             std::fs::read(&p).map_err(|e| DaemonError::Other(format!("cannot read {}: {e}", p.display())))
         };
-        let (ca, cert, key) = (read("datastore-ca.crt")?, read("datastore-peer.crt")?, read("datastore-peer.key")?);
+        let (ca, cert, key) = (
+            read("datastore-ca.crt")?,
+            read("datastore-peer.crt")?,
+            read("datastore-peer.key")?,
+        );
         let identity = Identity::from_pem(&cert, &key);
         let peer_addr = std::net::SocketAddr::new(cfg.advertise_address, components::PEER_PORT);
         let listener = tokio::net::TcpListener::bind(peer_addr)
             .await
             .map_err(|e| DaemonError::Other(format!("datastore peer listener {peer_addr}: {e}")))?;
         let client_url = format!("https://{}", components::datastore_addr());
-        let mut rc = crate::raft::RaftConfig::new(l.datastore_dir(), &cfg.node_name, &peer_addr.to_string(), &client_url);
-        rc.server_tls = Some(ServerTlsConfig::new().identity(identity.clone()).client_ca_root(Certificate::from_pem(&ca)));
-        rc.client_tls = Some(ClientTlsConfig::new().identity(identity).ca_certificate(Certificate::from_pem(&ca)));
+        let mut rc = crate::raft::RaftConfig::new(
+            l.datastore_dir(),
+            &cfg.node_name,
+            &peer_addr.to_string(),
+            &client_url,
+        );
+        rc.server_tls = Some(
+            ServerTlsConfig::new()
+                .identity(identity.clone())
+                .client_ca_root(Certificate::from_pem(&ca)),
+        );
+        rc.client_tls = Some(
+            ClientTlsConfig::new()
+                .identity(identity)
+                .ca_certificate(Certificate::from_pem(&ca)),
+        );
         // Every control-plane node keeps voters odd and promotes standbys while it leads.
         rc.auto_promote = true;
         let bootstrap = join.is_empty();
@@ -530,7 +644,11 @@ impl Daemon {
                 client_urls: vec![client_url],
                 progress_notify_interval: Duration::from_secs(5),
             },
-            RaftSettings { config: rc, listener, bootstrap },
+            RaftSettings {
+                config: rc,
+                listener,
+                bootstrap,
+            },
         )
         .await
         .map_err(|e| DaemonError::Other(format!("datastore: {e}")))
@@ -543,27 +661,43 @@ impl Daemon {
     }
 
     fn kube_spec(&self, kubebin: &Path, name: &str, args: Vec<String>) -> ComponentSpec {
-        ComponentSpec::new(name, kubebin, self.opts.layout.logs_dir()).with_args(std::iter::once(name.to_string()).chain(args))
+        ComponentSpec::new(name, kubebin, self.opts.layout.logs_dir())
+            .with_args(std::iter::once(name.to_string()).chain(args))
     }
 
     /// kube-apiserver, then controller-manager and scheduler.
-    fn control_plane_groups(&self, ctx: &Ctx<'_>, kubebin: &Path) -> Result<Vec<Vec<ComponentSpec>>, DaemonError> {
+    fn control_plane_groups(
+        &self,
+        ctx: &Ctx<'_>,
+        kubebin: &Path,
+    ) -> Result<Vec<Vec<ComponentSpec>>, DaemonError> {
         let kube = |name: &str, args: Vec<String>| self.kube_spec(kubebin, name, args);
         let admin = self.admin_client()?;
         let apiserver_ready = Probe::custom("kube-apiserver /readyz", move || {
             let admin = admin.clone();
             async move {
-                matches!(admin.get(components::apiserver_addr(), "/readyz", Duration::from_secs(3)).await, Ok((200, _)))
+                matches!(
+                    admin
+                        .get(components::apiserver_addr(), "/readyz", Duration::from_secs(3))
+                        .await,
+                    Ok((200, _))
+                )
             }
         });
         let tcp = |port: u16| Probe::tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         let minute = Duration::from_secs(120);
         Ok(vec![
-            vec![kube("kube-apiserver", components::apiserver_args(ctx))
-                .with_readiness(apiserver_ready, minute)
-                .with_stop_timeout(Duration::from_secs(30))],
             vec![
-                kube("kube-controller-manager", components::controller_manager_args(ctx)).with_readiness(tcp(10257), minute),
+                kube("kube-apiserver", components::apiserver_args(ctx))
+                    .with_readiness(apiserver_ready, minute)
+                    .with_stop_timeout(Duration::from_secs(30)),
+            ],
+            vec![
+                kube(
+                    "kube-controller-manager",
+                    components::controller_manager_args(ctx),
+                )
+                .with_readiness(tcp(10257), minute),
                 kube("kube-scheduler", components::scheduler_args(ctx)).with_readiness(tcp(10259), minute),
             ],
         ])
@@ -585,7 +719,9 @@ impl Daemon {
                 }
                 let mut done = imported.lock().await;
                 if !*done {
-                    *done = tokio::task::spawn_blocking(move || import_images(&sock, &images)).await.unwrap_or(false);
+                    *done = tokio::task::spawn_blocking(move || import_images(&sock, &images))
+                        .await
+                        .unwrap_or(false);
                 }
                 *done
             }
@@ -593,16 +729,22 @@ impl Daemon {
         let http = |url: &str| Probe::http_get(url).map_err(|e| DaemonError::Other(e.to_string()));
         let minute = Duration::from_secs(120);
         Ok(vec![
-            vec![ComponentSpec::new("containerd", "/usr/bin/containerd", &logs)
-                .with_args(components::containerd_args(ctx))
-                .with_env("PATH", path_env)
-                .with_readiness(containerd_ready, minute)],
-            vec![kube("kubelet", components::kubelet_args(ctx))
-                .with_env("PATH", path_env)
-                .with_readiness(http("http://127.0.0.1:10248/healthz")?, minute)],
-            vec![kube("kube-proxy", components::kube_proxy_args(ctx))
-                .with_env("PATH", path_env)
-                .with_readiness(http("http://127.0.0.1:10256/healthz")?, minute)],
+            vec![
+                ComponentSpec::new("containerd", "/usr/bin/containerd", &logs)
+                    .with_args(components::containerd_args(ctx))
+                    .with_env("PATH", path_env)
+                    .with_readiness(containerd_ready, minute),
+            ],
+            vec![
+                kube("kubelet", components::kubelet_args(ctx))
+                    .with_env("PATH", path_env)
+                    .with_readiness(http("http://127.0.0.1:10248/healthz")?, minute),
+            ],
+            vec![
+                kube("kube-proxy", components::kube_proxy_args(ctx))
+                    .with_env("PATH", path_env)
+                    .with_readiness(http("http://127.0.0.1:10256/healthz")?, minute),
+            ],
         ])
     }
 
@@ -665,7 +807,9 @@ fn ensure_cgroup_root(root: &str) -> Result<(), DaemonError> {
     if rel.is_empty() {
         return Ok(());
     }
-    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Ok(());
+    };
     for h in entries.flatten().map(|e| e.path()) {
         if !h.join("cgroup.procs").exists() {
             continue;
@@ -674,7 +818,9 @@ fn ensure_cgroup_root(root: &str) -> Result<(), DaemonError> {
         std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
         for f in ["cpuset.cpus", "cpuset.mems"] {
             if let Ok(v) = std::fs::read_to_string(h.join(f))
-                && std::fs::read_to_string(dir.join(f)).map(|c| c.trim().is_empty()).unwrap_or(false)
+                && std::fs::read_to_string(dir.join(f))
+                    .map(|c| c.trim().is_empty())
+                    .unwrap_or(false)
             {
                 std::fs::write(dir.join(f), v.trim()).map_err(write_err(&dir.join(f)))?;
             }
@@ -684,8 +830,11 @@ fn ensure_cgroup_root(root: &str) -> Result<(), DaemonError> {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|c| c.is_file())
+    })
 }
 
 /// Ping systemd's watchdog at half its interval when WATCHDOG_USEC asks for it.

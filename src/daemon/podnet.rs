@@ -58,14 +58,22 @@ fn ip_route_replace(cidr: &str, via: IpAddr) -> Result<(), String> {
         .args(["route", "replace", cidr, "via", &via.to_string()])
         .output()
         .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }
 
 /// Keep the CNI configuration and routes in step with the Node objects, while the node runs.
 pub fn spawn(d: Arc<Daemon>, cfg: NodeConfig) {
     tokio::spawn(async move {
         let p = d.opts.layout.pki_dir();
-        let client = match TlsClient::from_files(&p.join("ca.crt"), &p.join("kube-proxy.crt"), &p.join("kube-proxy.key")) {
+        let client = match TlsClient::from_files(
+            &p.join("ca.crt"),
+            &p.join("kube-proxy.crt"),
+            &p.join("kube-proxy.key"),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "pod networking cannot read kube-proxy credentials");
@@ -92,14 +100,27 @@ pub fn spawn(d: Arc<Daemon>, cfg: NodeConfig) {
             };
             let mut pause = Duration::from_secs(5);
             if let Some(nodes) = nodes {
-                match nodes.iter().find(|n| n.name == cfg.node_name).and_then(|n| n.pod_cidr.clone()) {
+                match nodes
+                    .iter()
+                    .find(|n| n.name == cfg.node_name)
+                    .and_then(|n| n.pod_cidr.clone())
+                {
                     Some(cidr) => {
-                        let ctx = components::Ctx { layout: &d.opts.layout, cfg: &cfg, cgroup_root: &d.opts.cgroup_root };
+                        let ctx = components::Ctx {
+                            layout: &d.opts.layout,
+                            cfg: &cfg,
+                            cgroup_root: &d.opts.cgroup_root,
+                        };
                         match components::cni_conflist(&ctx, &cidr) {
-                            Ok(text) if std::fs::read_to_string(&conflist).ok().as_deref() != Some(text.as_str()) => {
+                            Ok(text)
+                                if std::fs::read_to_string(&conflist).ok().as_deref()
+                                    != Some(text.as_str()) =>
+                            {
                                 match write_file(&conflist, text.as_bytes(), 0o644) {
                                     Ok(()) => tracing::info!(pod_cidr = %cidr, "pod network configured"),
-                                    Err(e) => tracing::error!(error = %e, "cannot write the CNI configuration"),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "cannot write the CNI configuration")
+                                    }
                                 }
                             }
                             Ok(_) => {}
@@ -117,7 +138,9 @@ pub fn spawn(d: Arc<Daemon>, cfg: NodeConfig) {
                             tracing::info!(%cidr, %via, "route to a node's pods");
                             installed.insert(cidr, via);
                         }
-                        Err(e) => tracing::warn!(%cidr, %via, error = %e, "cannot add a route to a node's pods"),
+                        Err(e) => {
+                            tracing::warn!(%cidr, %via, error = %e, "cannot add a route to a node's pods")
+                        }
                     }
                 }
             } else {

@@ -14,7 +14,9 @@ pub async fn build(d: &Daemon) -> StatusReport {
         version: API_VERSION,
         initialised: d.layout().node_file().exists(),
         node_name: running.as_ref().map(|r| r.cfg.node_name.clone()),
-        role: running.as_ref().map(|_| "control-plane (datastore voter)".to_string()),
+        role: running
+            .as_ref()
+            .map(|_| "control-plane (datastore voter)".to_string()),
         ready: phase == Phase::Running,
         phase: match &phase {
             Phase::Uninitialised => "waiting for `k8sd init`".into(),
@@ -37,16 +39,29 @@ pub async fn build(d: &Daemon) -> StatusReport {
         cluster_report(&mut report, ds).await;
     }
     if let Some(lb) = &r.lb {
-        report.api_backends = lb.status().into_iter().filter_map(|b| serde_json::to_value(b).ok()).collect();
+        report.api_backends = lb
+            .status()
+            .into_iter()
+            .filter_map(|b| serde_json::to_value(b).ok())
+            .collect();
     }
     components_report(&mut report, d, &r).await;
     report
 }
 
-async fn datastore_report(report: &mut StatusReport, cfg: &super::config::NodeConfig, ds: &crate::node::Node) {
+async fn datastore_report(
+    report: &mut StatusReport,
+    cfg: &super::config::NodeConfig,
+    ds: &crate::node::Node,
+) {
     let r = RunningRef { cfg, datastore: ds };
     let meta = r.datastore.meta();
-    let db = r.datastore.read(|rd| rd.db_size()).await.map(|(s, _)| s).unwrap_or(0);
+    let db = r
+        .datastore
+        .read(|rd| rd.db_size())
+        .await
+        .map(|(s, _)| s)
+        .unwrap_or(0);
     let (leader, members) = match r.datastore.raft_status() {
         Some(st) => {
             let name = |id: u64| st.members.get(&id).map(|i| i.name.clone()).unwrap_or_default();
@@ -61,10 +76,22 @@ async fn datastore_report(report: &mut StatusReport, cfg: &super::config::NodeCo
                     role: role.into(),
                     leader: st.leader == Some(*id),
                     // Only this node's own apply position is known locally.
-                    applied_index: if *id == st.id { st.last_applied.unwrap_or(0) } else { 0 },
+                    applied_index: if *id == st.id {
+                        st.last_applied.unwrap_or(0)
+                    } else {
+                        0
+                    },
                 })
                 .collect();
-            (st.leader.map(|l| { let n = name(l); if n.is_empty() { format!("{l:016x}") } else { n } }).unwrap_or_else(|| "none".into()), members)
+            (
+                st.leader
+                    .map(|l| {
+                        let n = name(l);
+                        if n.is_empty() { format!("{l:016x}") } else { n }
+                    })
+                    .unwrap_or_else(|| "none".into()),
+                members,
+            )
         }
         None => (
             r.cfg.node_name.clone(),
@@ -93,8 +120,14 @@ async fn cluster_report(report: &mut StatusReport, ds: &crate::node::Node) {
     use crate::cluster::registry::{self, MemberRole};
     let st = ds.raft_status();
     let members = ds.members();
-    let leader_name = st.as_ref().and_then(|s| s.leader).and_then(|l| members.iter().find(|m| m.id == l)).map(|m| m.info.name.clone());
-    let Ok(records) = registry::members(ds).await else { return };
+    let leader_name = st
+        .as_ref()
+        .and_then(|s| s.leader)
+        .and_then(|l| members.iter().find(|m| m.id == l))
+        .map(|m| m.info.name.clone());
+    let Ok(records) = registry::members(ds).await else {
+        return;
+    };
     report.nodes = records
         .iter()
         .map(|rec| {
@@ -142,7 +175,11 @@ async fn components_report(report: &mut StatusReport, d: &Daemon, r: &super::Run
         report.certificates = certs
             .into_iter()
             .map(|c| CertReport {
-                file: c.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                file: c
+                    .path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 subject: c.common_name.unwrap_or_default(),
                 expires: c.not_after.date().to_string(),
                 days_left: (c.not_after - now).whole_days(),
@@ -161,13 +198,21 @@ pub async fn kube_node(client: &TlsClient, addr: std::net::SocketAddr, name: &st
         .await
         .ok()?;
     if code == 404 {
-        return Some(KubeNodeReport { name: name.into(), ready: false, reason: "not registered yet".into() });
+        return Some(KubeNodeReport {
+            name: name.into(),
+            ready: false,
+            reason: "not registered yet".into(),
+        });
     }
     if code != 200 {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    let cond = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+    let cond = v["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .clone();
     Some(KubeNodeReport {
         name: name.into(),
         ready: cond["status"] == "True",
@@ -179,16 +224,51 @@ pub async fn kube_node(client: &TlsClient, addr: std::net::SocketAddr, name: &st
 pub fn render_text(s: &StatusReport) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let _ = writeln!(o, "node:        {}", s.node_name.as_deref().unwrap_or("(not initialised)"));
+    let _ = writeln!(
+        o,
+        "node:        {}",
+        s.node_name.as_deref().unwrap_or("(not initialised)")
+    );
     let _ = writeln!(o, "role:        {}", s.role.as_deref().unwrap_or("-"));
-    let _ = writeln!(o, "status:      {}{}", s.phase, if s.ready { " (ready)" } else { "" });
+    let _ = writeln!(
+        o,
+        "status:      {}{}",
+        s.phase,
+        if s.ready { " (ready)" } else { "" }
+    );
     if let Some(n) = &s.kubernetes_node {
-        let _ = writeln!(o, "k8s node:    {} {}{}", n.name, if n.ready { "Ready" } else { "NotReady" }, if n.reason.is_empty() { String::new() } else { format!(" ({})", n.reason) });
+        let _ = writeln!(
+            o,
+            "k8s node:    {} {}{}",
+            n.name,
+            if n.ready { "Ready" } else { "NotReady" },
+            if n.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", n.reason)
+            }
+        );
     }
     if let Some(ds) = &s.datastore {
-        let _ = writeln!(o, "datastore:   {} revision {} applied index {} leader {} size {} KiB", ds.endpoint, ds.revision, ds.applied_index, ds.leader, ds.db_size_bytes / 1024);
+        let _ = writeln!(
+            o,
+            "datastore:   {} revision {} applied index {} leader {} size {} KiB",
+            ds.endpoint,
+            ds.revision,
+            ds.applied_index,
+            ds.leader,
+            ds.db_size_bytes / 1024
+        );
         for m in &ds.members {
-            let _ = writeln!(o, "  member {} {} {}{} applied {}", m.id, m.name, m.role, if m.leader { " leader" } else { "" }, m.applied_index);
+            let _ = writeln!(
+                o,
+                "  member {} {} {}{} applied {}",
+                m.id,
+                m.name,
+                m.role,
+                if m.leader { " leader" } else { "" },
+                m.applied_index
+            );
         }
     }
     if !s.nodes.is_empty() {
@@ -199,7 +279,18 @@ pub fn render_text(s: &StatusReport) -> String {
         };
         let _ = writeln!(o, "cluster:     {} nodes; high availability: {ha}", s.nodes.len());
         for n in &s.nodes {
-            let _ = writeln!(o, "  {:<20} {:<16} {}{}", n.name, n.address, n.role, if n.datastore_leader { " (datastore leader)" } else { "" });
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<16} {}{}",
+                n.name,
+                n.address,
+                n.role,
+                if n.datastore_leader {
+                    " (datastore leader)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     if !s.api_backends.is_empty() {
@@ -211,7 +302,10 @@ pub fn render_text(s: &StatusReport) -> String {
                 b["address"].as_str().unwrap_or("?"),
                 b["state"].as_str().unwrap_or("?"),
                 b["active-connections"],
-                b["last-error"].as_str().map(|e| format!(" last error: {e}")).unwrap_or_default()
+                b["last-error"]
+                    .as_str()
+                    .map(|e| format!(" last error: {e}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -219,7 +313,18 @@ pub fn render_text(s: &StatusReport) -> String {
         let _ = writeln!(o, "components:");
         for c in &s.components {
             let pid = c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-            let _ = writeln!(o, "  {:<24} {:<8} pid {:<8} restarts {:<3} {}", c.name, c.state, pid, c.restarts, c.last_exit.as_deref().map(|e| format!("last exit: {e}")).unwrap_or_default());
+            let _ = writeln!(
+                o,
+                "  {:<24} {:<8} pid {:<8} restarts {:<3} {}",
+                c.name,
+                c.state,
+                pid,
+                c.restarts,
+                c.last_exit
+                    .as_deref()
+                    .map(|e| format!("last exit: {e}"))
+                    .unwrap_or_default()
+            );
             if !c.running && !c.last_lines.is_empty() {
                 for l in &c.last_lines {
                     let _ = writeln!(o, "      | {l}");
@@ -230,7 +335,14 @@ pub fn render_text(s: &StatusReport) -> String {
     if !s.certificates.is_empty() {
         let soonest = s.certificates.iter().min_by_key(|c| c.days_left);
         if let Some(c) = soonest {
-            let _ = writeln!(o, "certificates: {} files; soonest expiry {} ({}, {} days)", s.certificates.len(), c.expires, c.file, c.days_left);
+            let _ = writeln!(
+                o,
+                "certificates: {} files; soonest expiry {} ({}, {} days)",
+                s.certificates.len(),
+                c.expires,
+                c.file,
+                c.days_left
+            );
         }
     }
     o

@@ -33,7 +33,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot open the datastore at {path}: {reason}; move the directory aside and rejoin, or restore a backup")]
+    #[error(
+        "cannot open the datastore at {path}: {reason}; move the directory aside and rejoin, or restore a backup"
+    )]
     Corrupt { path: PathBuf, reason: String },
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -46,7 +48,10 @@ pub enum StoreError {
 impl StoreError {
     /// Fatal errors mean the store can no longer be trusted; the node must stop applying.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, StoreError::Sqlite { .. } | StoreError::Corrupt { .. } | StoreError::Io { .. })
+        matches!(
+            self,
+            StoreError::Sqlite { .. } | StoreError::Corrupt { .. } | StoreError::Io { .. }
+        )
     }
 }
 

@@ -63,7 +63,10 @@ pub struct LogPosition {
 }
 
 fn sq(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
-    move |source| StoreError::Sqlite { path: path.to_path_buf(), source }
+    move |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Keep i64 <-> u64 conversions for ids and indexes in one place.
@@ -83,12 +86,16 @@ pub struct Store {
 }
 
 fn configure(conn: &Connection, path: &Path) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq(path))?;
-    conn.pragma_update(None, "foreign_keys", false).map_err(sq(path))?;
-    conn.pragma_update(None, "cache_size", -16_000).map_err(sq(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sq(path))?;
+    conn.pragma_update(None, "foreign_keys", false)
+        .map_err(sq(path))?;
+    conn.pragma_update(None, "cache_size", -16_000)
+        .map_err(sq(path))?;
     // Read through a memory map, as etcd does: values larger than a page live in overflow pages,
     // which SQLite otherwise fetches with one pread each, bypassing its cache (docs/benchmarks.md).
-    conn.pragma_update(None, "mmap_size", 1i64 << 30).map_err(sq(path))?;
+    conn.pragma_update(None, "mmap_size", 1i64 << 30)
+        .map_err(sq(path))?;
     Ok(())
 }
 
@@ -97,10 +104,14 @@ impl Store {
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
         let conn = Connection::open(path).map_err(sq(path))?;
         configure(&conn, path)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0)).map_err(sq(path))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
+            .map_err(sq(path))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Corrupt { path: path.into(), reason: format!("cannot enable WAL (got {mode})") });
+            return Err(StoreError::Corrupt {
+                path: path.into(),
+                reason: format!("cannot enable WAL (got {mode})"),
+            });
         }
         let sync = match durability {
             Durability::Full => "FULL",
@@ -108,7 +119,8 @@ impl Store {
         };
         conn.pragma_update(None, "synchronous", sync).map_err(sq(path))?;
         // Checkpoints run on their own thread (`Checkpointer`), not inside a client's commit.
-        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sq(path))?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sq(path))?;
         conn.execute_batch(SCHEMA).map_err(sq(path))?;
         let version = meta_get(&conn, "schema_version").map_err(sq(path))?;
         match version {
@@ -117,12 +129,18 @@ impl Store {
             Some(v) => {
                 return Err(StoreError::Corrupt {
                     path: path.into(),
-                    reason: format!("schema version {v} is newer than this k8sd understands ({SCHEMA_VERSION}); upgrade k8sd"),
+                    reason: format!(
+                        "schema version {v} is newer than this k8sd understands ({SCHEMA_VERSION}); upgrade k8sd"
+                    ),
                 });
             }
         }
         let meta = Self::load_meta(&conn, path)?;
-        Ok(Store { conn, path: path.to_path_buf(), meta })
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            meta,
+        })
     }
 
     fn initialise(conn: &Connection, path: &Path) -> Result<()> {
@@ -146,10 +164,12 @@ impl Store {
 
     fn load_meta(conn: &Connection, path: &Path) -> Result<Meta> {
         let get = |name: &str| -> Result<i64> {
-            meta_get(conn, name).map_err(sq(path))?.ok_or_else(|| StoreError::Corrupt {
-                path: path.into(),
-                reason: format!("metadata row {name} is missing"),
-            })
+            meta_get(conn, name)
+                .map_err(sq(path))?
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: path.into(),
+                    reason: format!("metadata row {name} is missing"),
+                })
         };
         Ok(Meta {
             current_rev: get("current_rev")?,
@@ -239,7 +259,9 @@ impl Store {
         self.meta.physical_compact_rev = hi;
         if hi >= target {
             // Let the WAL shrink now that a large delete is done; passive never blocks readers.
-            let _ = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
         Ok(hi < target)
     }
@@ -269,7 +291,10 @@ pub fn validate_txn(txn: &TxnRequest) -> Result<()> {
 fn check_txn_shape(txn: &TxnRequest) -> Result<()> {
     let ops = txn.compare.len().max(txn.success.len()).max(txn.failure.len());
     if ops > MAX_TXN_OPS {
-        return Err(StoreError::TooManyOps { ops, max: MAX_TXN_OPS });
+        return Err(StoreError::TooManyOps {
+            ops,
+            max: MAX_TXN_OPS,
+        });
     }
     if txn.compare.iter().any(|c| c.range.key.is_empty()) {
         return Err(StoreError::EmptyKey);
@@ -292,8 +317,16 @@ fn check_txn_shape(txn: &TxnRequest) -> Result<()> {
 /// a deleted range. A nested Txn's success and failure branches exclude each other, so the
 /// same key may appear in both.
 fn check_intervals(ops: &[Op]) -> Result<(Vec<Vec<u8>>, Vec<KeyRange>)> {
-    let mut dels: Vec<KeyRange> =
-        ops.iter().filter_map(|op| if let Op::Delete(d) = op { Some(d.range.clone()) } else { None }).collect();
+    let mut dels: Vec<KeyRange> = ops
+        .iter()
+        .filter_map(|op| {
+            if let Op::Delete(d) = op {
+                Some(d.range.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
     let mut puts: Vec<Vec<u8>> = Vec::new();
     let hits = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|d| d.contains(k));
     for op in ops {
@@ -347,24 +380,41 @@ fn apply_one(
     cmd: &Command,
     events: &mut Vec<Event>,
 ) -> Result<CommandOutput> {
-    let mut ctx = WriteCtx { conn, path, rev: meta.current_rev + 1, sub: 0, events };
+    let mut ctx = WriteCtx {
+        conn,
+        path,
+        rev: meta.current_rev + 1,
+        sub: 0,
+        events,
+    };
     match cmd {
         Command::Txn(txn) => {
             let result = apply_txn(&mut ctx, meta, txn)?;
             if ctx.sub > 0 {
                 meta.current_rev = ctx.rev;
             }
-            Ok(CommandOutput::Txn { revision: meta.current_rev, result })
+            Ok(CommandOutput::Txn {
+                revision: meta.current_rev,
+                result,
+            })
         }
         Command::Compact { revision } => {
             if *revision <= meta.compact_rev {
-                return Err(StoreError::Compacted { requested: *revision, compacted: meta.compact_rev });
+                return Err(StoreError::Compacted {
+                    requested: *revision,
+                    compacted: meta.compact_rev,
+                });
             }
             if *revision > meta.current_rev {
-                return Err(StoreError::FutureRevision { requested: *revision, current: meta.current_rev });
+                return Err(StoreError::FutureRevision {
+                    requested: *revision,
+                    current: meta.current_rev,
+                });
             }
             meta.compact_rev = *revision;
-            Ok(CommandOutput::Compact { revision: meta.current_rev })
+            Ok(CommandOutput::Compact {
+                revision: meta.current_rev,
+            })
         }
         Command::LeaseGrant { id, ttl } => {
             if *ttl > MAX_LEASE_TTL {
@@ -390,7 +440,11 @@ fn apply_one(
             conn.prepare_cached("INSERT INTO leases (id, ttl) VALUES (?, ?)")
                 .and_then(|mut s| s.execute(params![id, ttl]))
                 .map_err(sq(path))?;
-            Ok(CommandOutput::LeaseGrant { revision: meta.current_rev, id, ttl })
+            Ok(CommandOutput::LeaseGrant {
+                revision: meta.current_rev,
+                id,
+                ttl,
+            })
         }
         Command::LeaseRevoke { id } => {
             if !lease_exists(conn, path, *id)? {
@@ -403,12 +457,16 @@ fn apply_one(
             for key in keys {
                 delete_range(&mut ctx, &KeyRange::single(key), false)?;
             }
-            conn.execute("DELETE FROM leases WHERE id = ?", [id]).map_err(sq(path))?;
-            conn.execute("DELETE FROM lease_keys WHERE lease = ?", [id]).map_err(sq(path))?;
+            conn.execute("DELETE FROM leases WHERE id = ?", [id])
+                .map_err(sq(path))?;
+            conn.execute("DELETE FROM lease_keys WHERE lease = ?", [id])
+                .map_err(sq(path))?;
             if ctx.sub > 0 {
                 meta.current_rev = ctx.rev;
             }
-            Ok(CommandOutput::LeaseRevoke { revision: meta.current_rev })
+            Ok(CommandOutput::LeaseRevoke {
+                revision: meta.current_rev,
+            })
         }
     }
 }
@@ -447,9 +505,14 @@ fn apply_txn(ctx: &mut WriteCtx<'_>, meta: &Meta, txn: &TxnRequest) -> Result<Tx
 
 fn compare(conn: &Connection, path: &Path, c: &Compare) -> Result<bool> {
     let kvs = if c.range.is_single() {
-        latest_kv(conn, &c.range.key).map_err(sq(path))?.into_iter().collect::<Vec<_>>()
+        latest_kv(conn, &c.range.key)
+            .map_err(sq(path))?
+            .into_iter()
+            .collect::<Vec<_>>()
     } else {
-        sql::range_rows(conn, &c.range, 0, true, 0, false, false).map_err(sq(path))?.0
+        sql::range_rows(conn, &c.range, 0, true, 0, false, false)
+            .map_err(sq(path))?
+            .0
     };
     if kvs.is_empty() {
         // etcd compares a missing key as the zero KeyValue, except that a value compare fails.
@@ -518,8 +581,14 @@ fn put(ctx: &mut WriteCtx<'_>, req: &PutRequest) -> Result<OpResult> {
             .and_then(|mut s| s.execute(params![lease, kv.key]))
             .map_err(sq(path))?;
     }
-    ctx.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev.clone() });
-    Ok(OpResult::Put { prev_kv: if req.prev_kv { prev } else { None } })
+    ctx.events.push(Event {
+        kind: EventKind::Put,
+        kv,
+        prev_kv: prev.clone(),
+    });
+    Ok(OpResult::Put {
+        prev_kv: if req.prev_kv { prev } else { None },
+    })
 }
 
 fn delete_range(ctx: &mut WriteCtx<'_>, range: &KeyRange, want_prev: bool) -> Result<OpResult> {
@@ -529,7 +598,11 @@ fn delete_range(ctx: &mut WriteCtx<'_>, range: &KeyRange, want_prev: bool) -> Re
     for prev in &victims {
         let (rev, sub) = (ctx.rev, ctx.sub);
         ctx.sub += 1;
-        let tomb = KeyValue { key: prev.key.clone(), mod_revision: rev, ..KeyValue::default() };
+        let tomb = KeyValue {
+            key: prev.key.clone(),
+            mod_revision: rev,
+            ..KeyValue::default()
+        };
         insert_row(conn, path, rev, sub, &tomb, true, Some(prev))?;
         conn.prepare_cached("DELETE FROM latest WHERE key = ?")
             .and_then(|mut s| s.execute([&prev.key]))
@@ -537,9 +610,16 @@ fn delete_range(ctx: &mut WriteCtx<'_>, range: &KeyRange, want_prev: bool) -> Re
         if prev.lease != 0 {
             detach(conn, path, prev.lease, &prev.key)?;
         }
-        ctx.events.push(Event { kind: EventKind::Delete, kv: tomb, prev_kv: Some(prev.clone()) });
+        ctx.events.push(Event {
+            kind: EventKind::Delete,
+            kv: tomb,
+            prev_kv: Some(prev.clone()),
+        });
     }
-    Ok(OpResult::Delete { deleted, prev_kvs: if want_prev { victims } else { Vec::new() } })
+    Ok(OpResult::Delete {
+        deleted,
+        prev_kvs: if want_prev { victims } else { Vec::new() },
+    })
 }
 
 fn detach(conn: &Connection, path: &Path, lease: i64, key: &[u8]) -> Result<()> {
@@ -586,13 +666,25 @@ fn insert_row(
 
 /// Serve a Range at `req.revision` (0 = current) with etcd's rules for limit, count, more,
 /// sorting and revision filters.
-pub fn execute_range(conn: &Connection, path: &Path, req: &RangeRequest, current: i64, compacted: i64) -> Result<RangeResult> {
+pub fn execute_range(
+    conn: &Connection,
+    path: &Path,
+    req: &RangeRequest,
+    current: i64,
+    compacted: i64,
+) -> Result<RangeResult> {
     let rev = if req.revision <= 0 { current } else { req.revision };
     if rev > current {
-        return Err(StoreError::FutureRevision { requested: rev, current });
+        return Err(StoreError::FutureRevision {
+            requested: rev,
+            current,
+        });
     }
     if rev < compacted {
-        return Err(StoreError::Compacted { requested: rev, compacted });
+        return Err(StoreError::Compacted {
+            requested: rev,
+            compacted,
+        });
     }
     let filtered = req.min_mod_revision != 0
         || req.max_mod_revision != 0
@@ -610,11 +702,27 @@ pub fn execute_range(conn: &Connection, path: &Path, req: &RangeRequest, current
     // an explicit order or filters. (etcd decides this on the order as requested, so a non-key
     // target with no order sorts only the first `limit` keys; we match that.)
     let fetch_all = req.sort_order != SortOrder::None || filtered;
-    let fetch = if fetch_all || want == 0 { 0 } else { want.saturating_add(1) };
-    let (mut kvs, count) = sql::range_rows(conn, &req.range, rev, rev == current, fetch, req.keys_only, req.count_only)
-        .map_err(sq(path))?;
+    let fetch = if fetch_all || want == 0 {
+        0
+    } else {
+        want.saturating_add(1)
+    };
+    let (mut kvs, count) = sql::range_rows(
+        conn,
+        &req.range,
+        rev,
+        rev == current,
+        fetch,
+        req.keys_only,
+        req.count_only,
+    )
+    .map_err(sq(path))?;
     if req.count_only {
-        return Ok(RangeResult { kvs: Vec::new(), more: false, count });
+        return Ok(RangeResult {
+            kvs: Vec::new(),
+            more: false,
+            count,
+        });
     }
     if filtered {
         kvs.retain(|kv| {
@@ -657,14 +765,19 @@ impl Checkpointer {
     pub fn open(path: &Path) -> Result<Checkpointer> {
         let conn = Connection::open(path).map_err(sq(path))?;
         configure(&conn, path)?;
-        Ok(Checkpointer { conn, path: path.to_path_buf() })
+        Ok(Checkpointer {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// A passive checkpoint: never waits for readers or the writer. Returns the WAL size in
     /// pages and how many were copied.
     pub fn checkpoint(&self) -> Result<(i64, i64)> {
         self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
             .map_err(sq(&self.path))
     }
 }
@@ -685,17 +798,26 @@ pub struct ReadView {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(sq(path))?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sq(path))?;
         configure(&conn, path)?;
-        Ok(Reader { conn, path: path.to_path_buf() })
+        Ok(Reader {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     fn read<T>(&mut self, f: impl FnOnce(&Connection, &Path, ReadView) -> Result<T>) -> Result<T> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(sq(&path))?;
         let get = |n: &str| meta_get(&tx, n).map_err(sq(&path)).map(|v| v.unwrap_or(0));
-        let view = ReadView { current_rev: get("current_rev")?, compact_rev: get("compact_rev")? };
+        let view = ReadView {
+            current_rev: get("current_rev")?,
+            compact_rev: get("compact_rev")?,
+        };
         let out = f(&tx, &path, view)?;
         tx.finish().map_err(sq(&path))?;
         Ok(out)
@@ -704,7 +826,9 @@ impl Reader {
     /// The cluster id recorded when the store was created.
     pub fn cluster_id(&mut self) -> Result<u64> {
         let p = self.path.clone();
-        meta_get(&self.conn, "cluster_id").map_err(sq(&p)).map(|v| to_u64(v.unwrap_or(1)))
+        meta_get(&self.conn, "cluster_id")
+            .map_err(sq(&p))
+            .map(|v| to_u64(v.unwrap_or(1)))
     }
 
     pub fn view(&mut self) -> Result<ReadView> {
@@ -720,10 +844,17 @@ impl Reader {
     pub fn events(&mut self, range: &KeyRange, from: i64, to: i64) -> Result<(Vec<Event>, ReadView)> {
         self.read(|c, p, v| {
             if from < v.compact_rev {
-                return Err(StoreError::Compacted { requested: from, compacted: v.compact_rev });
+                return Err(StoreError::Compacted {
+                    requested: from,
+                    compacted: v.compact_rev,
+                });
             }
             let to = to.min(v.current_rev);
-            let evs = if from > to { Vec::new() } else { sql::events_between(c, range, from, to).map_err(sq(p))? };
+            let evs = if from > to {
+                Vec::new()
+            } else {
+                sql::events_between(c, range, from, to).map_err(sq(p))?
+            };
             Ok((evs, v))
         })
     }
@@ -761,7 +892,9 @@ impl Reader {
     pub fn db_size(&mut self) -> Result<(i64, i64)> {
         let p = self.path.clone();
         let q = |name: &str| -> Result<i64> {
-            self.conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(sq(&p))
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .map_err(sq(&p))
         };
         let (pages, free, size) = (q("page_count")?, q("freelist_count")?, q("page_size")?);
         Ok((pages * size, (pages - free) * size))

@@ -67,7 +67,10 @@ pub fn range_predicate(col: &str, range: &KeyRange) -> (String, Vec<Vec<u8>>) {
     }
     match range.bounds() {
         (lo, None) => (format!("{col} >= ?"), vec![lo.to_vec()]),
-        (lo, Some(hi)) => (format!("{col} >= ? AND {col} < ?"), vec![lo.to_vec(), hi.to_vec()]),
+        (lo, Some(hi)) => (
+            format!("{col} >= ? AND {col} < ?"),
+            vec![lo.to_vec(), hi.to_vec()],
+        ),
     }
 }
 
@@ -78,8 +81,10 @@ pub fn meta_get(conn: &Connection, name: &str) -> rusqlite::Result<Option<i64>> 
 }
 
 pub fn meta_set(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")?
-        .execute(params![name, value])?;
+    conn.prepare_cached(
+        "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![name, value])?;
     Ok(())
 }
 
@@ -113,12 +118,18 @@ pub fn range_rows(
         if count_only {
             return Ok((Vec::new(), count));
         }
-        let lim = if limit == 0 { -1 } else { i64::try_from(limit).unwrap_or(i64::MAX) };
+        let lim = if limit == 0 {
+            -1
+        } else {
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        };
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {KV_COLS} FROM latest JOIN kv ON kv.rev = latest.rev AND kv.sub = latest.sub \
              WHERE {pred} ORDER BY latest.key LIMIT {lim}"
         ))?;
-        let kvs = stmt.query_map(args.as_slice(), |r| row_kv(r, keys_only))?.collect::<Result<Vec<_>, _>>()?;
+        let kvs = stmt
+            .query_map(args.as_slice(), |r| row_kv(r, keys_only))?
+            .collect::<Result<Vec<_>, _>>()?;
         return Ok((kvs, count));
     }
     // Historical read: for each key, the newest row at or below `rev`; SQLite returns the bare
@@ -141,7 +152,11 @@ pub fn range_rows(
     if count_only {
         return Ok((Vec::new(), count));
     }
-    let take = if limit == 0 { live.len() } else { limit.min(live.len()) };
+    let take = if limit == 0 {
+        live.len()
+    } else {
+        limit.min(live.len())
+    };
     let mut fetch = conn.prepare_cached(&format!("SELECT {KV_COLS} FROM kv WHERE rev = ? AND sub = ?"))?;
     let mut kvs = Vec::with_capacity(take);
     for (r, s) in live.into_iter().take(take) {
@@ -151,7 +166,12 @@ pub fn range_rows(
 }
 
 /// Every change in `range` with `from <= rev <= to`, in (rev, sub) order.
-pub fn events_between(conn: &Connection, range: &KeyRange, from: i64, to: i64) -> rusqlite::Result<Vec<Event>> {
+pub fn events_between(
+    conn: &Connection,
+    range: &KeyRange,
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<Vec<Event>> {
     let (pred, args) = range_predicate("key", range);
     let mut params: Vec<&dyn ToSql> = vec![&from, &to];
     params.extend(args.iter().map(|a| a as &dyn ToSql));
@@ -182,7 +202,14 @@ fn row_event(row: &Row<'_>) -> rusqlite::Result<Event> {
     };
     let mod_revision: i64 = row.get(2)?;
     let (kind, kv) = if deleted != 0 {
-        (EventKind::Delete, KeyValue { key, mod_revision, ..KeyValue::default() })
+        (
+            EventKind::Delete,
+            KeyValue {
+                key,
+                mod_revision,
+                ..KeyValue::default()
+            },
+        )
     } else {
         (
             EventKind::Put,

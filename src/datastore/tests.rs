@@ -10,26 +10,40 @@ fn store() -> (tempfile::TempDir, Store) {
 
 fn put(k: &str, v: &str) -> Command {
     Command::Txn(TxnRequest {
-        success: vec![Op::Put(PutRequest { key: k.into(), value: v.into(), ..Default::default() })],
+        success: vec![Op::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })],
         ..Default::default()
     })
 }
 
 fn del(k: &str, end: &str) -> Command {
     Command::Txn(TxnRequest {
-        success: vec![Op::Delete(DeleteRequest { range: KeyRange::new(k.into(), end.into()), prev_kv: true })],
+        success: vec![Op::Delete(DeleteRequest {
+            range: KeyRange::new(k.into(), end.into()),
+            prev_kv: true,
+        })],
         ..Default::default()
     })
 }
 
 fn apply(s: &mut Store, cmd: Command) -> Result<CommandOutput, StoreError> {
     let idx = s.meta().applied_index + 1;
-    let (mut out, _) = s.apply_batch(&[(LogPosition { index: idx, term: 1 }, &cmd)]).unwrap();
+    let (mut out, _) = s
+        .apply_batch(&[(LogPosition { index: idx, term: 1 }, &cmd)])
+        .unwrap();
     out.remove(0)
 }
 
 fn get(r: &mut Reader, k: &str, rev: i64) -> Result<RangeResult, StoreError> {
-    r.range(&RangeRequest { range: KeyRange::single(k), revision: rev, ..Default::default() }).map(|x| x.0)
+    r.range(&RangeRequest {
+        range: KeyRange::single(k),
+        revision: rev,
+        ..Default::default()
+    })
+    .map(|x| x.0)
 }
 
 #[test]
@@ -57,7 +71,10 @@ fn put_assigns_dense_revisions_versions_and_create_revision() {
     apply(&mut s, put("a", "3")).unwrap();
     let kv = &get(&mut r, "a", 0).unwrap().kvs[0];
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (6, 6, 1));
-    assert!(get(&mut r, "a", 5).unwrap().kvs.is_empty(), "deleted at revision 5");
+    assert!(
+        get(&mut r, "a", 5).unwrap().kvs.is_empty(),
+        "deleted at revision 5"
+    );
 }
 
 #[test]
@@ -65,14 +82,29 @@ fn failed_compare_and_noop_delete_consume_no_revision() {
     let (_d, mut s) = store();
     apply(&mut s, put("k", "v")).unwrap();
     let txn = Command::Txn(TxnRequest {
-        compare: vec![Compare { range: KeyRange::single("k"), result: CompareResult::Equal, target: CompareTarget::Mod(0) }],
-        success: vec![Op::Put(PutRequest { key: "k".into(), value: "x".into(), ..Default::default() })],
-        failure: vec![Op::Range(RangeRequest { range: KeyRange::single("k"), ..Default::default() })],
+        compare: vec![Compare {
+            range: KeyRange::single("k"),
+            result: CompareResult::Equal,
+            target: CompareTarget::Mod(0),
+        }],
+        success: vec![Op::Put(PutRequest {
+            key: "k".into(),
+            value: "x".into(),
+            ..Default::default()
+        })],
+        failure: vec![Op::Range(RangeRequest {
+            range: KeyRange::single("k"),
+            ..Default::default()
+        })],
     });
-    let CommandOutput::Txn { revision, result } = apply(&mut s, txn).unwrap() else { panic!() };
+    let CommandOutput::Txn { revision, result } = apply(&mut s, txn).unwrap() else {
+        panic!()
+    };
     assert!(!result.succeeded);
     assert_eq!(revision, 2);
-    let OpResult::Range(rr) = &result.responses[0] else { panic!() };
+    let OpResult::Range(rr) = &result.responses[0] else {
+        panic!()
+    };
     assert_eq!(rr.kvs[0].mod_revision, 2);
     assert_eq!(apply(&mut s, del("absent", "")).unwrap().revision(), 2);
 }
@@ -85,7 +117,11 @@ fn limit_reports_exact_count_and_more() {
     }
     apply(&mut s, put("/q", "v")).unwrap();
     let mut r = s.reader().unwrap();
-    let req = RangeRequest { range: KeyRange::new("/p/".into(), "/p0".into()), limit: 2, ..Default::default() };
+    let req = RangeRequest {
+        range: KeyRange::new("/p/".into(), "/p0".into()),
+        limit: 2,
+        ..Default::default()
+    };
     let (res, view) = r.range(&req).unwrap();
     assert_eq!((res.kvs.len(), res.count, res.more), (2, 5, true));
     assert_eq!(view.current_rev, 7);
@@ -98,7 +134,11 @@ fn limit_reports_exact_count_and_more() {
     };
     let (res, _) = r.range(&next).unwrap();
     assert_eq!((res.kvs.len(), res.count, res.more), (3, 3, false));
-    let count = RangeRequest { range: KeyRange::new("/".into(), vec![0]), count_only: true, ..Default::default() };
+    let count = RangeRequest {
+        range: KeyRange::new("/".into(), vec![0]),
+        count_only: true,
+        ..Default::default()
+    };
     assert_eq!(r.range(&count).unwrap().0.count, 6);
 }
 
@@ -109,9 +149,15 @@ fn compaction_errors_and_keeps_reads_at_and_above_it() {
     apply(&mut s, put("a", "2")).unwrap(); // 3
     apply(&mut s, del("a", "")).unwrap(); // 4
     apply(&mut s, put("b", "1")).unwrap(); // 5
-    assert!(matches!(apply(&mut s, Command::Compact { revision: 9 }), Err(StoreError::FutureRevision { .. })));
+    assert!(matches!(
+        apply(&mut s, Command::Compact { revision: 9 }),
+        Err(StoreError::FutureRevision { .. })
+    ));
     apply(&mut s, Command::Compact { revision: 4 }).unwrap();
-    assert!(matches!(apply(&mut s, Command::Compact { revision: 4 }), Err(StoreError::Compacted { .. })));
+    assert!(matches!(
+        apply(&mut s, Command::Compact { revision: 4 }),
+        Err(StoreError::Compacted { .. })
+    ));
     while s.compact_step(1).unwrap() {}
     let mut r = s.reader().unwrap();
     assert!(matches!(get(&mut r, "a", 3), Err(StoreError::Compacted { .. })));
@@ -121,36 +167,60 @@ fn compaction_errors_and_keeps_reads_at_and_above_it() {
     assert_eq!(evs.len(), 2);
     assert_eq!(evs[0].kind, EventKind::Delete);
     assert_eq!(evs[0].prev_kv.as_ref().unwrap().value, b"2");
-    assert!(matches!(r.events(&KeyRange::single("a"), 3, 10), Err(StoreError::Compacted { .. })));
+    assert!(matches!(
+        r.events(&KeyRange::single("a"), 3, 10),
+        Err(StoreError::Compacted { .. })
+    ));
 }
 
 #[test]
 fn leases_attach_and_revoke_deletes_keys_at_one_revision() {
     let (_d, mut s) = store();
-    let CommandOutput::LeaseGrant { id, ttl, .. } = apply(&mut s, Command::LeaseGrant { id: 0, ttl: 1 }).unwrap() else {
+    let CommandOutput::LeaseGrant { id, ttl, .. } =
+        apply(&mut s, Command::LeaseGrant { id: 0, ttl: 1 }).unwrap()
+    else {
         panic!()
     };
     assert_eq!(ttl, 2, "raised to the minimum TTL");
     let with_lease = |k: &str, lease: i64| {
         Command::Txn(TxnRequest {
-            success: vec![Op::Put(PutRequest { key: k.into(), value: "v".into(), lease, ..Default::default() })],
+            success: vec![Op::Put(PutRequest {
+                key: k.into(),
+                value: "v".into(),
+                lease,
+                ..Default::default()
+            })],
             ..Default::default()
         })
     };
-    assert!(matches!(apply(&mut s, with_lease("x", id + 999)), Err(StoreError::LeaseNotFound(_))));
+    assert!(matches!(
+        apply(&mut s, with_lease("x", id + 999)),
+        Err(StoreError::LeaseNotFound(_))
+    ));
     assert_eq!(s.meta().current_rev, 1, "a refused put changes nothing");
     apply(&mut s, with_lease("x", id)).unwrap();
     apply(&mut s, with_lease("y", id)).unwrap();
     let mut r = s.reader().unwrap();
-    assert_eq!(r.lease(id, true).unwrap().unwrap().keys, vec![b"x".to_vec(), b"y".to_vec()]);
+    assert_eq!(
+        r.lease(id, true).unwrap().unwrap().keys,
+        vec![b"x".to_vec(), b"y".to_vec()]
+    );
     let idx = s.meta().applied_index + 1;
-    let (out, events) =
-        s.apply_batch(&[(LogPosition { index: idx, term: 1 }, &Command::LeaseRevoke { id })]).unwrap();
+    let (out, events) = s
+        .apply_batch(&[(LogPosition { index: idx, term: 1 }, &Command::LeaseRevoke { id })])
+        .unwrap();
     assert_eq!(out[0].as_ref().unwrap().revision(), 4);
     assert_eq!(events.len(), 2);
-    assert!(events.iter().all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == 4));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == 4)
+    );
     assert!(r.lease(id, false).unwrap().is_none());
-    assert!(matches!(apply(&mut s, Command::LeaseRevoke { id }), Err(StoreError::LeaseNotFound(_))));
+    assert!(matches!(
+        apply(&mut s, Command::LeaseRevoke { id }),
+        Err(StoreError::LeaseNotFound(_))
+    ));
 }
 
 /// Regression (found by Kubernetes' storage tests on a 3-node cluster): server-chosen lease ids
@@ -166,41 +236,102 @@ fn server_chosen_lease_ids_are_the_same_on_every_replica() {
     let (ra, _) = a.apply_batch(&[(pos, &grant)]).unwrap();
     let (rb, _) = b.apply_batch(&[(pos, &grant)]).unwrap();
     assert_eq!(ra[0].as_ref().unwrap(), rb[0].as_ref().unwrap());
-    let CommandOutput::LeaseGrant { id, .. } = ra[0].as_ref().unwrap() else { panic!() };
+    let CommandOutput::LeaseGrant { id, .. } = ra[0].as_ref().unwrap() else {
+        panic!()
+    };
     assert!(*id > 0);
     // A client-chosen id that collides is skipped deterministically, never reused.
-    let (rc, _) = a.apply_batch(&[(LogPosition { index: 8, term: 2 }, &Command::LeaseGrant { id: 0x0700_0000_0000_0009, ttl: 5 })]).unwrap();
+    let (rc, _) = a
+        .apply_batch(&[(
+            LogPosition { index: 8, term: 2 },
+            &Command::LeaseGrant {
+                id: 0x0700_0000_0000_0009,
+                ttl: 5,
+            },
+        )])
+        .unwrap();
     assert!(rc[0].is_ok());
-    let (rd, _) = a.apply_batch(&[(LogPosition { index: 9, term: 2 }, &grant)]).unwrap();
-    let CommandOutput::LeaseGrant { id: next, .. } = rd[0].as_ref().unwrap() else { panic!() };
+    let (rd, _) = a
+        .apply_batch(&[(LogPosition { index: 9, term: 2 }, &grant)])
+        .unwrap();
+    let CommandOutput::LeaseGrant { id: next, .. } = rd[0].as_ref().unwrap() else {
+        panic!()
+    };
     assert_ne!(*next, 0x0700_0000_0000_0009);
 }
 
 #[test]
 fn duplicate_keys_and_oversized_txns_are_refused() {
-    let p = |k: &str| Op::Put(PutRequest { key: k.into(), ..Default::default() });
-    let dup = TxnRequest { success: vec![p("a"), p("a")], ..Default::default() };
+    let p = |k: &str| {
+        Op::Put(PutRequest {
+            key: k.into(),
+            ..Default::default()
+        })
+    };
+    let dup = TxnRequest {
+        success: vec![p("a"), p("a")],
+        ..Default::default()
+    };
     assert!(matches!(validate_txn(&dup), Err(StoreError::DuplicateKey)));
     let in_del = TxnRequest {
-        success: vec![p("b"), Op::Delete(DeleteRequest { range: KeyRange::new("a".into(), "c".into()), prev_kv: false })],
+        success: vec![
+            p("b"),
+            Op::Delete(DeleteRequest {
+                range: KeyRange::new("a".into(), "c".into()),
+                prev_kv: false,
+            }),
+        ],
         ..Default::default()
     };
     assert!(matches!(validate_txn(&in_del), Err(StoreError::DuplicateKey)));
-    let many = TxnRequest { success: (0..129).map(|i| p(&i.to_string())).collect(), ..Default::default() };
+    let many = TxnRequest {
+        success: (0..129).map(|i| p(&i.to_string())).collect(),
+        ..Default::default()
+    };
     assert!(matches!(validate_txn(&many), Err(StoreError::TooManyOps { .. })));
-    assert!(validate_txn(&TxnRequest { success: vec![p("a")], failure: vec![p("a")], ..Default::default() }).is_ok());
+    assert!(
+        validate_txn(&TxnRequest {
+            success: vec![p("a")],
+            failure: vec![p("a")],
+            ..Default::default()
+        })
+        .is_ok()
+    );
     // A nested txn's branches exclude each other: the same key in both is fine, but not next
     // to a put of that key at the outer level.
-    let nested = TxnRequest { success: vec![p("n")], failure: vec![p("n")], ..Default::default() };
-    assert!(validate_txn(&TxnRequest { success: vec![p("o"), Op::Txn(nested.clone())], ..Default::default() }).is_ok());
+    let nested = TxnRequest {
+        success: vec![p("n")],
+        failure: vec![p("n")],
+        ..Default::default()
+    };
+    assert!(
+        validate_txn(&TxnRequest {
+            success: vec![p("o"), Op::Txn(nested.clone())],
+            ..Default::default()
+        })
+        .is_ok()
+    );
     assert!(matches!(
-        validate_txn(&TxnRequest { success: vec![p("n"), Op::Txn(nested)], ..Default::default() }),
+        validate_txn(&TxnRequest {
+            success: vec![p("n"), Op::Txn(nested)],
+            ..Default::default()
+        }),
         Err(StoreError::DuplicateKey)
     ));
     let compares = (0..129)
-        .map(|i| Compare { range: KeyRange::single(i.to_string()), result: CompareResult::Equal, target: CompareTarget::Version(0) })
+        .map(|i| Compare {
+            range: KeyRange::single(i.to_string()),
+            result: CompareResult::Equal,
+            target: CompareTarget::Version(0),
+        })
         .collect();
-    assert!(matches!(validate_txn(&TxnRequest { compare: compares, ..Default::default() }), Err(StoreError::TooManyOps { .. })));
+    assert!(matches!(
+        validate_txn(&TxnRequest {
+            compare: compares,
+            ..Default::default()
+        }),
+        Err(StoreError::TooManyOps { .. })
+    ));
 }
 
 #[test]

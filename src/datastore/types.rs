@@ -48,7 +48,10 @@ impl KeyRange {
     }
 
     pub fn single(key: impl Into<Vec<u8>>) -> Self {
-        KeyRange { key: key.into(), end: Vec::new() }
+        KeyRange {
+            key: key.into(),
+            end: Vec::new(),
+        }
     }
 
     pub fn is_single(&self) -> bool {
@@ -57,7 +60,11 @@ impl KeyRange {
 
     /// The lower bound and (exclusive) upper bound; `None` means unbounded above.
     pub fn bounds(&self) -> (&[u8], Option<&[u8]>) {
-        if self.end == [0] { (&self.key, None) } else { (&self.key, Some(&self.end)) }
+        if self.end == [0] {
+            (&self.key, None)
+        } else {
+            (&self.key, Some(&self.end))
+        }
     }
 
     pub fn contains(&self, k: &[u8]) -> bool {

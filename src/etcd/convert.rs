@@ -22,7 +22,11 @@ pub fn event_to_pb(ev: &ds::Event, with_prev: bool) -> mvccpb::Event {
             ds::EventKind::Delete => mvccpb::event::EventType::Delete as i32,
         },
         kv: Some(kv_to_pb(ev.kv.clone())),
-        prev_kv: if with_prev { ev.prev_kv.clone().map(kv_to_pb) } else { None },
+        prev_kv: if with_prev {
+            ev.prev_kv.clone().map(kv_to_pb)
+        } else {
+            None
+        },
     }
 }
 
@@ -65,7 +69,10 @@ pub fn put_from_pb(r: pb::PutRequest) -> ds::PutRequest {
 }
 
 pub fn delete_from_pb(r: pb::DeleteRangeRequest) -> ds::DeleteRequest {
-    ds::DeleteRequest { range: ds::KeyRange::new(r.key, r.range_end), prev_kv: r.prev_kv }
+    ds::DeleteRequest {
+        range: ds::KeyRange::new(r.key, r.range_end),
+        prev_kv: r.prev_kv,
+    }
 }
 
 pub fn txn_from_pb(t: pb::TxnRequest) -> ds::TxnRequest {
@@ -88,8 +95,16 @@ fn compare_from_pb(c: pb::Compare) -> ds::Compare {
     let u = c.target_union;
     let int = |want: fn(&U) -> Option<i64>| u.as_ref().and_then(want).unwrap_or(0);
     let target = match T::try_from(c.target).unwrap_or(T::Version) {
-        T::Version => ds::CompareTarget::Version(int(|u| if let U::Version(v) = u { Some(*v) } else { None })),
-        T::Create => ds::CompareTarget::Create(int(|u| if let U::CreateRevision(v) = u { Some(*v) } else { None })),
+        T::Version => {
+            ds::CompareTarget::Version(int(|u| if let U::Version(v) = u { Some(*v) } else { None }))
+        }
+        T::Create => ds::CompareTarget::Create(int(|u| {
+            if let U::CreateRevision(v) = u {
+                Some(*v)
+            } else {
+                None
+            }
+        })),
         T::Mod => ds::CompareTarget::Mod(int(|u| if let U::ModRevision(v) = u { Some(*v) } else { None })),
         T::Lease => ds::CompareTarget::Lease(int(|u| if let U::Lease(v) = u { Some(*v) } else { None })),
         T::Value => ds::CompareTarget::Value(match &u {
@@ -97,7 +112,11 @@ fn compare_from_pb(c: pb::Compare) -> ds::Compare {
             _ => Vec::new(),
         }),
     };
-    ds::Compare { range: ds::KeyRange::new(c.key, c.range_end), result, target }
+    ds::Compare {
+        range: ds::KeyRange::new(c.key, c.range_end),
+        result,
+        target,
+    }
 }
 
 fn op_from_pb(op: pb::RequestOp) -> Option<ds::Op> {
@@ -131,11 +150,13 @@ pub fn txn_result_to_pb(r: ds::TxnResult, header: pb::ResponseHeader) -> pb::Txn
                     header: Some(header),
                     prev_kv: prev_kv.map(kv_to_pb),
                 }),
-                ds::OpResult::Delete { deleted, prev_kvs } => Response::ResponseDeleteRange(pb::DeleteRangeResponse {
-                    header: Some(header),
-                    deleted,
-                    prev_kvs: prev_kvs.into_iter().map(kv_to_pb).collect(),
-                }),
+                ds::OpResult::Delete { deleted, prev_kvs } => {
+                    Response::ResponseDeleteRange(pb::DeleteRangeResponse {
+                        header: Some(header),
+                        deleted,
+                        prev_kvs: prev_kvs.into_iter().map(kv_to_pb).collect(),
+                    })
+                }
                 // etcd gives a nested Txn an empty header.
                 ds::OpResult::Txn(t) => {
                     let mut inner = txn_result_to_pb(t, header);
@@ -145,5 +166,9 @@ pub fn txn_result_to_pb(r: ds::TxnResult, header: pb::ResponseHeader) -> pb::Txn
             }),
         })
         .collect();
-    pb::TxnResponse { header: Some(header), succeeded: r.succeeded, responses }
+    pb::TxnResponse {
+        header: Some(header),
+        succeeded: r.succeeded,
+        responses,
+    }
 }

@@ -17,7 +17,11 @@ fn check_size<M: Message>(m: &M) -> Result<(), Status> {
             "grpc: received message larger than max ({len} vs. {MAX_RECV_BYTES})"
         )));
     }
-    if len > MAX_REQUEST_BYTES { Err(too_large()) } else { Ok(()) }
+    if len > MAX_REQUEST_BYTES {
+        Err(too_large())
+    } else {
+        Ok(())
+    }
 }
 
 impl EtcdService {
@@ -44,20 +48,33 @@ impl pb::kv_server::Kv for EtcdService {
             self.node.barrier().await.map_err(node_status)?;
         }
         let r = range_from_pb(req);
-        let (res, view) = self.node.read(move |rd| rd.range(&r)).await.map_err(node_status)?;
-        Ok(Response::new(range_result_to_pb(res, self.header(view.current_rev))))
+        let (res, view) = self
+            .node
+            .read(move |rd| rd.range(&r))
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(range_result_to_pb(
+            res,
+            self.header(view.current_rev),
+        )))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let req = req.into_inner();
         check_size(&req)?;
-        let txn = ds::TxnRequest { success: vec![ds::Op::Put(put_from_pb(req))], ..Default::default() };
+        let txn = ds::TxnRequest {
+            success: vec![ds::Op::Put(put_from_pb(req))],
+            ..Default::default()
+        };
         let (rev, mut result) = self.write_txn(txn).await?;
         let prev_kv = match result.responses.pop() {
             Some(OpResult::Put { prev_kv }) => prev_kv.map(kv_to_pb),
             _ => None,
         };
-        Ok(Response::new(pb::PutResponse { header: Some(self.header(rev)), prev_kv }))
+        Ok(Response::new(pb::PutResponse {
+            header: Some(self.header(rev)),
+            prev_kv,
+        }))
     }
 
     async fn delete_range(
@@ -66,7 +83,10 @@ impl pb::kv_server::Kv for EtcdService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let req = req.into_inner();
         check_size(&req)?;
-        let txn = ds::TxnRequest { success: vec![ds::Op::Delete(delete_from_pb(req))], ..Default::default() };
+        let txn = ds::TxnRequest {
+            success: vec![ds::Op::Delete(delete_from_pb(req))],
+            ..Default::default()
+        };
         let (rev, mut result) = self.write_txn(txn).await?;
         let (deleted, prev_kvs) = match result.responses.pop() {
             Some(OpResult::Delete { deleted, prev_kvs }) => (deleted, prev_kvs),
@@ -91,13 +111,21 @@ impl pb::kv_server::Kv for EtcdService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let req = req.into_inner();
-        let out = self.node.propose(Command::Compact { revision: req.revision }).await.map_err(node_status)?;
+        let out = self
+            .node
+            .propose(Command::Compact {
+                revision: req.revision,
+            })
+            .await
+            .map_err(node_status)?;
         if req.physical {
             // Physical compaction runs between apply batches; wait for it to reach the target.
             while self.node.meta().physical_compact_rev < req.revision {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         }
-        Ok(Response::new(pb::CompactionResponse { header: Some(self.header(out.revision())) }))
+        Ok(Response::new(pb::CompactionResponse {
+            header: Some(self.header(out.revision())),
+        }))
     }
 }

@@ -21,7 +21,15 @@ impl pb::lease_server::Lease for EtcdService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let req = req.into_inner();
-        match self.node.propose(Command::LeaseGrant { id: req.id, ttl: req.ttl }).await.map_err(node_status)? {
+        match self
+            .node
+            .propose(Command::LeaseGrant {
+                id: req.id,
+                ttl: req.ttl,
+            })
+            .await
+            .map_err(node_status)?
+        {
             CommandOutput::LeaseGrant { revision, id, ttl } => Ok(Response::new(pb::LeaseGrantResponse {
                 header: Some(self.header(revision)),
                 id,
@@ -37,8 +45,14 @@ impl pb::lease_server::Lease for EtcdService {
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let id = req.into_inner().id;
-        let out = self.node.propose(Command::LeaseRevoke { id }).await.map_err(node_status)?;
-        Ok(Response::new(pb::LeaseRevokeResponse { header: Some(self.header(out.revision())) }))
+        let out = self
+            .node
+            .propose(Command::LeaseRevoke { id })
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: Some(self.header(out.revision())),
+        }))
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;
@@ -79,7 +93,11 @@ impl pb::lease_server::Lease for EtcdService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let req = req.into_inner();
         let (id, keys) = (req.id, req.keys);
-        let info = self.node.read(move |r| r.lease(id, keys)).await.map_err(node_status)?;
+        let info = self
+            .node
+            .read(move |r| r.lease(id, keys))
+            .await
+            .map_err(node_status)?;
         let Some(info) = info else {
             // etcd answers an unknown or expired lease with TTL -1, not an error.
             return Ok(Response::new(pb::LeaseTimeToLiveResponse {

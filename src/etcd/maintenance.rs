@@ -53,7 +53,11 @@ fn peer_url(addr: &str) -> String {
     let loopback = addr
         .parse::<std::net::SocketAddr>()
         .is_ok_and(|a| a.ip().is_loopback());
-    if loopback { format!("http://{addr}") } else { format!("https://{addr}") }
+    if loopback {
+        format!("http://{addr}")
+    } else {
+        format!("https://{addr}")
+    }
 }
 
 #[tonic::async_trait]
@@ -88,12 +92,19 @@ impl pb::maintenance_server::Maintenance for EtcdService {
             raft_index: index,
             raft_term: term,
             raft_applied_index: meta.applied_index,
-            errors: if leader == 0 { vec!["etcdserver: no leader".to_string()] } else { Vec::new() },
+            errors: if leader == 0 {
+                vec!["etcdserver: no leader".to_string()]
+            } else {
+                Vec::new()
+            },
             db_size_in_use: in_use,
             is_learner,
             storage_version: "3.6.0".to_string(),
             db_size_quota: DB_SIZE_QUOTA,
-            downgrade_info: Some(pb::DowngradeInfo { enabled: false, target_version: String::new() }),
+            downgrade_info: Some(pb::DowngradeInfo {
+                enabled: false,
+                target_version: String::new(),
+            }),
         }))
     }
 
@@ -102,21 +113,31 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         _req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         // SQLite reuses free pages and compaction checkpoints the WAL; nothing to do here.
-        Ok(Response::new(pb::DefragmentResponse { header: Some(self.header(self.node.meta().current_rev)) }))
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.header(self.node.meta().current_rev)),
+        }))
     }
 
     async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
         Err(unimplemented("Maintenance.Hash"))
     }
 
-    async fn hash_kv(&self, _req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
         Err(unimplemented("Maintenance.HashKV"))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
-    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("Maintenance.Snapshot; back up with k8sd's own backup command instead"))
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented(
+            "Maintenance.Snapshot; back up with k8sd's own backup command instead",
+        ))
     }
 
     async fn move_leader(
@@ -126,15 +147,23 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         Err(unimplemented("Maintenance.MoveLeader"))
     }
 
-    async fn downgrade(&self, _req: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _req: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(unimplemented("Maintenance.Downgrade"))
     }
 }
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for EtcdService {
-    async fn member_add(&self, _req: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(unimplemented("Cluster.MemberAdd; members join with k8sd add-node and k8sd join"))
+    async fn member_add(
+        &self,
+        _req: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(unimplemented(
+            "Cluster.MemberAdd; members join with k8sd add-node and k8sd join",
+        ))
     }
 
     async fn member_remove(
@@ -172,6 +201,8 @@ impl pb::cluster_server::Cluster for EtcdService {
         &self,
         _req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(unimplemented("Cluster.MemberPromote; k8sd promotes learners itself"))
+        Err(unimplemented(
+            "Cluster.MemberPromote; k8sd promotes learners itself",
+        ))
     }
 }

@@ -40,7 +40,12 @@ impl EtcdService {
 
     fn header(&self, revision: i64) -> pb::ResponseHeader {
         let meta = self.node.meta();
-        pb::ResponseHeader { cluster_id: meta.cluster_id, member_id: meta.member_id, revision, raft_term: self.node.raft_term() }
+        pb::ResponseHeader {
+            cluster_id: meta.cluster_id,
+            member_id: meta.member_id,
+            revision,
+            raft_term: self.node.raft_term(),
+        }
     }
 }
 
@@ -79,14 +84,25 @@ impl TlsFiles {
     }
 
     fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|source| ServeError::Read { path: p.clone(), source });
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| ServeError::Read {
+                path: p.clone(),
+                source,
+            })
+        };
         let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else {
-            return Err(ServeError::Tls("--cert-file and --key-file must be given together".into()));
+            return Err(ServeError::Tls(
+                "--cert-file and --key-file must be given together".into(),
+            ));
         };
         let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
         match (&self.trusted_ca_file, self.client_cert_auth) {
             (Some(ca), _) => cfg = cfg.client_ca_root(Certificate::from_pem(read(ca)?)),
-            (None, true) => return Err(ServeError::Tls("--client-cert-auth needs --trusted-ca-file".into())),
+            (None, true) => {
+                return Err(ServeError::Tls(
+                    "--client-cert-auth needs --trusted-ca-file".into(),
+                ));
+            }
             (None, false) => {}
         }
         Ok(cfg.client_auth_optional(!self.client_cert_auth))
@@ -102,7 +118,9 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let svc = EtcdService::new(node);
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
@@ -111,7 +129,8 @@ pub async fn serve(
     }
     macro_rules! limits {
         ($s:expr) => {
-            $s.max_decoding_message_size(MAX_DECODE_BYTES).max_encoding_message_size(usize::MAX)
+            $s.max_decoding_message_size(MAX_DECODE_BYTES)
+                .max_encoding_message_size(usize::MAX)
         };
     }
     // TCP_NODELAY on every connection, as grpc-go does: without it, small responses wait for

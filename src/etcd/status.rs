@@ -12,23 +12,31 @@ pub const NO_LEADER: &str = "etcdserver: no leader";
 
 pub fn store_status(e: &StoreError) -> Status {
     match e {
-        StoreError::Compacted { .. } => {
-            Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
-        }
-        StoreError::FutureRevision { .. } => {
-            Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
-        }
+        StoreError::Compacted { .. } => Status::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        ),
+        StoreError::FutureRevision { .. } => Status::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
         StoreError::LeaseNotFound(_) => Status::new(Code::NotFound, "etcdserver: requested lease not found"),
-        StoreError::LeaseExists(_) => Status::new(Code::FailedPrecondition, "etcdserver: lease already exists"),
+        StoreError::LeaseExists(_) => {
+            Status::new(Code::FailedPrecondition, "etcdserver: lease already exists")
+        }
         StoreError::LeaseTtlTooLarge(_) => Status::new(Code::OutOfRange, "etcdserver: too large lease TTL"),
         StoreError::KeyNotFound => Status::new(Code::InvalidArgument, "etcdserver: key not found"),
         StoreError::ValueProvided => Status::new(Code::InvalidArgument, "etcdserver: value is provided"),
         StoreError::LeaseProvided => Status::new(Code::InvalidArgument, "etcdserver: lease is provided"),
         StoreError::EmptyKey => Status::new(Code::InvalidArgument, "etcdserver: key is not provided"),
-        StoreError::TooManyOps { .. } => {
-            Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request")
-        }
-        StoreError::DuplicateKey => Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+        StoreError::TooManyOps { .. } => Status::new(
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        ),
+        StoreError::DuplicateKey => Status::new(
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        ),
         StoreError::Sqlite { .. } | StoreError::Corrupt { .. } | StoreError::Io { .. } => {
             tracing::error!(error = %e, "datastore failure");
             Status::new(Code::Unavailable, "etcdserver: server stopped")
@@ -39,7 +47,9 @@ pub fn store_status(e: &StoreError) -> Status {
 pub fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::Store(s) => store_status(&s),
-        NodeError::Stopped | NodeError::DataDir { .. } => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+        NodeError::Stopped | NodeError::DataDir { .. } => {
+            Status::new(Code::Unavailable, "etcdserver: server stopped")
+        }
         NodeError::Raft(r) => raft_status(&r),
     }
 }
@@ -50,7 +60,10 @@ fn raft_status(e: &crate::raft::RaftNodeError) -> Status {
         R::Store(s) => store_status(s),
         R::NoLeader(_) => no_leader(),
         R::Timeout { .. } => Status::new(Code::Unavailable, "etcdserver: request timed out"),
-        R::Ambiguous(_) => Status::new(Code::Unavailable, "etcdserver: request timed out, possibly due to connection lost"),
+        R::Ambiguous(_) => Status::new(
+            Code::Unavailable,
+            "etcdserver: request timed out, possibly due to connection lost",
+        ),
         R::Membership(_) => Status::new(Code::Unavailable, "etcdserver: leader changed"),
         R::Remove(r) => remove_status(r),
         other => {
@@ -65,7 +78,9 @@ fn remove_status(e: &crate::raft::RemoveError) -> Status {
     use crate::raft::RemoveError as E;
     match e {
         E::UnknownMember(_) => Status::new(Code::NotFound, "etcdserver: member not found"),
-        E::Unhealthy { .. } | E::NoSuccessor(_) => Status::new(Code::Unavailable, "etcdserver: unhealthy cluster"),
+        E::Unhealthy { .. } | E::NoSuccessor(_) => {
+            Status::new(Code::Unavailable, "etcdserver: unhealthy cluster")
+        }
         E::LastVoter(_) => Status::new(
             Code::FailedPrecondition,
             "etcdserver: re-configuration failed due to not enough started members",

@@ -47,7 +47,10 @@ const COMPACTED_REASON: &str = "etcdserver: mvcc: required revision has been com
 impl pb::watch_server::Watch for EtcdService {
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<Streaming<pb::WatchRequest>>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
         let require_leader = req.metadata().get("hasleader").is_some_and(|v| v == "true");
         if require_leader && !self.node.has_leader() {
             return Err(no_leader());
@@ -68,7 +71,9 @@ impl pb::watch_server::Watch for EtcdService {
             leaderless_since: None,
         };
         tokio::spawn(stream.run(incoming));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -153,7 +158,11 @@ impl StreamTask {
     }
 
     fn response(&mut self, watch_id: i64, revision: i64) -> pb::WatchResponse {
-        pb::WatchResponse { header: Some(self.header(revision)), watch_id, ..Default::default() }
+        pb::WatchResponse {
+            header: Some(self.header(revision)),
+            watch_id,
+            ..Default::default()
+        }
     }
 
     async fn send(&mut self, r: pb::WatchResponse) -> Result<(), Closed> {
@@ -213,7 +222,11 @@ impl StreamTask {
         };
         let w = Watcher {
             range: KeyRange::new(c.key, c.range_end),
-            next_rev: if c.start_revision == 0 { self.seen + 1 } else { c.start_revision },
+            next_rev: if c.start_revision == 0 {
+                self.seen + 1
+            } else {
+                c.start_revision
+            },
             prev_kv: c.prev_kv,
             progress_notify: c.progress_notify,
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
@@ -234,7 +247,9 @@ impl StreamTask {
     /// store's current revision), in steps of whole revisions.
     async fn catch_up(&mut self, id: i64, upto: Option<i64>) -> Result<(), Closed> {
         loop {
-            let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+            let Some(w) = self.watchers.get(&id) else {
+                return Ok(());
+            };
             let (range, from) = (w.range.clone(), w.next_rev);
             let limit = upto.unwrap_or(i64::MAX);
             if from > limit {
@@ -253,7 +268,10 @@ impl StreamTask {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "watch catch-up failed");
-                    let _ = self.tx.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+                    let _ = self
+                        .tx
+                        .send(Err(Status::unavailable("etcdserver: server stopped")))
+                        .await;
                     return Err(Closed);
                 }
             };
@@ -276,7 +294,9 @@ impl StreamTask {
         // require a watch from the compaction point to fail, which it does on the missing
         // prev_kv, as on etcd.)
         let compacted = self.svc.node.meta().compact_rev;
-        let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return Ok(());
+        };
         let out: Vec<_> = events
             .iter()
             .filter(|e| w.wants(e))
@@ -293,7 +313,12 @@ impl StreamTask {
     }
 
     async fn on_batch(&mut self, b: &EventBatch) -> Result<(), Closed> {
-        let ids: Vec<i64> = self.watchers.iter().filter(|(_, w)| w.next_rev <= b.revision).map(|(id, _)| *id).collect();
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.next_rev <= b.revision)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             self.deliver(id, &b.events, b.revision).await?;
         }
@@ -318,7 +343,9 @@ impl StreamTask {
     /// election timeouts (etcd's monitorLeader does the same): long enough to ride out an
     /// election, short enough that a client on a partitioned node moves elsewhere.
     async fn check_leader(&mut self) -> Result<(), Closed> {
-        let Some(grace) = self.svc.node.no_leader_grace() else { return Ok(()) };
+        let Some(grace) = self.svc.node.no_leader_grace() else {
+            return Ok(());
+        };
         if self.svc.node.has_leader() {
             self.leaderless_since = None;
             return Ok(());

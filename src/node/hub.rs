@@ -37,7 +37,10 @@ const HUB_CAPACITY: usize = 4096;
 impl WatchHub {
     pub fn new(revision: i64) -> Self {
         let (tx, _) = broadcast::channel(HUB_CAPACITY);
-        WatchHub { published: Mutex::new(revision), tx }
+        WatchHub {
+            published: Mutex::new(revision),
+            tx,
+        }
     }
 
     pub fn publish(&self, batch: EventBatch) {

@@ -31,13 +31,27 @@ impl Lessor {
         let mut map = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         map.clear();
         for &(id, ttl) in leases {
-            map.insert(id, Entry { ttl, deadline: now + ttl_duration(ttl), expiring: false });
+            map.insert(
+                id,
+                Entry {
+                    ttl,
+                    deadline: now + ttl_duration(ttl),
+                    expiring: false,
+                },
+            );
         }
     }
 
     pub fn granted(&self, id: i64, ttl: i64, now: Instant) {
         let mut map = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(id, Entry { ttl, deadline: now + ttl_duration(ttl), expiring: false });
+        map.insert(
+            id,
+            Entry {
+                ttl,
+                deadline: now + ttl_duration(ttl),
+                expiring: false,
+            },
+        );
     }
 
     pub fn revoked(&self, id: i64) {
@@ -112,7 +126,10 @@ mod tests {
         assert_eq!(l.renew(7, t0 + Duration::from_secs(9)), Some(10));
         assert!(l.take_expired(t0 + Duration::from_secs(18)).is_empty());
         assert_eq!(l.take_expired(t0 + Duration::from_secs(20)), vec![7]);
-        assert!(l.take_expired(t0 + Duration::from_secs(30)).is_empty(), "proposed once");
+        assert!(
+            l.take_expired(t0 + Duration::from_secs(30)).is_empty(),
+            "proposed once"
+        );
         assert_eq!(l.renew(7, t0 + Duration::from_secs(30)), None);
         l.revoked(7);
         assert_eq!(l.remaining(7, t0), None);

@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::datastore::{
-    Command, CommandOutput, Durability, LogPosition, Meta, Reader, Store, StoreError,
-};
+use crate::datastore::{Command, CommandOutput, Durability, LogPosition, Meta, Reader, Store, StoreError};
 use hub::{EventBatch, WatchHub};
 use lessor::Lessor;
 
@@ -90,7 +88,9 @@ pub struct Node {
 /// Where writes go: a local apply thread, or Raft.
 #[derive(Debug)]
 enum Backend {
-    Local { proposals: Mutex<Option<std_mpsc::Sender<Proposal>>> },
+    Local {
+        proposals: Mutex<Option<std_mpsc::Sender<Proposal>>>,
+    },
     Raft(crate::raft::RaftNode),
 }
 
@@ -115,7 +115,10 @@ impl Node {
     /// Open the store under `config.data_dir` and start the apply loop and lease expiry.
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
         restrict_dir(dir);
         let db_path = dir.join("state.db");
         let store = Store::open(&db_path, config.durability)?;
@@ -131,12 +134,17 @@ impl Node {
             std::thread::Builder::new()
                 .name("k8sd-apply".into())
                 .spawn(move || apply_loop(store, rx, hub, lessor, shared_meta))
-                .map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+                .map_err(|source| NodeError::DataDir {
+                    path: dir.clone(),
+                    source,
+                })?;
         }
         let inner = Inner {
             config,
             db_path,
-            backend: Backend::Local { proposals: Mutex::new(Some(tx)) },
+            backend: Backend::Local {
+                proposals: Mutex::new(Some(tx)),
+            },
             readers: Mutex::new(Vec::new()),
             hub,
             lessor,
@@ -147,7 +155,9 @@ impl Node {
 
     /// Wrap a fully opened node and start its background work: lease expiry and checkpoints.
     fn launch(inner: Inner, checkpointer: crate::datastore::Checkpointer) -> Node {
-        let node = Node { inner: Arc::new(inner) };
+        let node = Node {
+            inner: Arc::new(inner),
+        };
         node.spawn_expiry();
         spawn_checkpointer(checkpointer, Arc::downgrade(&node.inner));
         node
@@ -157,7 +167,10 @@ impl Node {
     /// recovered everything it applied before (contract W13).
     pub async fn start_raft(config: NodeConfig, raft: RaftSettings) -> Result<Node, NodeError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
         restrict_dir(dir);
         let db_path = dir.join("state.db");
         let hub = Arc::new(WatchHub::new(1));
@@ -193,12 +206,20 @@ impl Node {
                 }
                 if b.snapshot_installed {
                     // History arrived without events: every watch stream catches up from SQLite.
-                    hub.publish(EventBatch { revision: b.revision, events: Vec::new(), resync: true });
+                    hub.publish(EventBatch {
+                        revision: b.revision,
+                        events: Vec::new(),
+                        resync: true,
+                    });
                     if let Ok(leases) = Reader::open(&db).and_then(|mut r| r.leases()) {
                         lessor.reset(&leases, now);
                     }
                 } else if !b.events.is_empty() {
-                    hub.publish(EventBatch { revision: b.revision, events: b.events.clone(), resync: false });
+                    hub.publish(EventBatch {
+                        revision: b.revision,
+                        events: b.events.clone(),
+                        resync: false,
+                    });
                 }
             })
         };
@@ -353,11 +374,13 @@ impl Node {
         match &self.inner.backend {
             Backend::Raft(raft) => Ok(raft.remove_member(id, force).await?),
             // A standalone node is a cluster of one voter: itself.
-            Backend::Local { .. } => Err(NodeError::Raft(RaftNodeError::Remove(if id == self.meta().member_id {
-                RemoveError::LastVoter(id)
-            } else {
-                RemoveError::UnknownMember(id)
-            }))),
+            Backend::Local { .. } => Err(NodeError::Raft(RaftNodeError::Remove(
+                if id == self.meta().member_id {
+                    RemoveError::LastVoter(id)
+                } else {
+                    RemoveError::UnknownMember(id)
+                },
+            ))),
         }
     }
 
@@ -404,7 +427,11 @@ impl Node {
                 None => Reader::open(&inner.db_path)?,
             };
             let out = f(&mut reader);
-            inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(reader);
             Ok(out?)
         })
         .await
@@ -455,7 +482,8 @@ impl Node {
                 // Only the leader expires leases. A node that just became leader gives every
                 // lease a full TTL, so a failover never expires a lease early.
                 let leader = node.is_leader();
-                if leader && !was_leader
+                if leader
+                    && !was_leader
                     && let Ok(leases) = node.read(|r| r.leases()).await
                 {
                     node.inner.lessor.reset(&leases, Instant::now());
@@ -481,14 +509,16 @@ impl Node {
 
 /// Checkpoint the WAL every 200 ms while the node lives.
 fn spawn_checkpointer(cp: crate::datastore::Checkpointer, node: std::sync::Weak<Inner>) {
-    let _ = std::thread::Builder::new().name("k8sd-checkpoint".into()).spawn(move || {
-        while node.strong_count() > 0 {
-            if let Err(e) = cp.checkpoint() {
-                tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+    let _ = std::thread::Builder::new()
+        .name("k8sd-checkpoint".into())
+        .spawn(move || {
+            while node.strong_count() > 0 {
+                if let Err(e) = cp.checkpoint() {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+        });
 }
 
 /// The data directory holds keys and the database: owner only.
@@ -547,7 +577,15 @@ fn apply_proposals(store: &mut Store, batch: &mut Vec<Proposal>, hub: &WatchHub,
     let cmds: Vec<(LogPosition, &Command)> = batch
         .iter()
         .zip(1u64..)
-        .map(|(p, i)| (LogPosition { index: start + i, term: 1 }, &p.cmd))
+        .map(|(p, i)| {
+            (
+                LogPosition {
+                    index: start + i,
+                    term: 1,
+                },
+                &p.cmd,
+            )
+        })
         .collect();
     match store.apply_batch(&cmds) {
         Ok((outputs, events)) => {
@@ -565,7 +603,11 @@ fn apply_proposals(store: &mut Store, batch: &mut Vec<Proposal>, hub: &WatchHub,
                 }
             }
             if !events.is_empty() {
-                hub.publish(EventBatch { revision: store.meta().current_rev, events, resync: false });
+                hub.publish(EventBatch {
+                    revision: store.meta().current_rev,
+                    events,
+                    resync: false,
+                });
             }
             for (p, out) in batch.drain(..).zip(outputs) {
                 let _ = p.reply.send(out.map_err(NodeError::from));

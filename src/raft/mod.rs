@@ -46,11 +46,13 @@ use tonic::transport::{ClientTlsConfig, Server, ServerTlsConfig};
 
 use crate::datastore::{Command, CommandOutput, StoreError};
 use log_store::{LogStore, LogStoreError};
-pub use network::Faults;
 use membership::{JoinReply, JoinRequest, MembershipLock, RemoveReply, RemoveRequest};
 pub use membership::{RemoveError, RemoveOutcome};
+pub use network::Faults;
+use network::{
+    CallError, ForwardReply, LeaderContact, Method, NetworkFactory, PeerService, Raft, ReadIndexReply,
+};
 pub use network::{LeaseClock, LeaseReply, LeaseRequest};
-use network::{CallError, ForwardReply, LeaderContact, Method, NetworkFactory, PeerService, Raft, ReadIndexReply};
 use state_machine::{ApplyHook, StateMachine, Waiters};
 pub use types::{NodeInfo, Request, Response, TypeConfig};
 
@@ -353,9 +355,14 @@ impl RaftNode {
         let _ = std::fs::remove_dir_all(raft_dir.join("inbox"));
         let membership_lock = MembershipLock::default();
         let contact = LeaderContact::default();
-        let svc = PeerService::new(raft.clone(), raft_dir.join("inbox"), membership_lock.clone(), contact.clone())
-            .with_policy(config.membership_policy())
-            .with_leases(config.leases.clone());
+        let svc = PeerService::new(
+            raft.clone(),
+            raft_dir.join("inbox"),
+            membership_lock.clone(),
+            contact.clone(),
+        )
+        .with_policy(config.membership_policy())
+        .with_leases(config.leases.clone());
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls.clone() {
             builder = builder.tls_config(tls).map_err(|e| RaftNodeError::Serve {
@@ -432,7 +439,8 @@ impl RaftNode {
                     return; // shut down
                 }
                 membership::promote_if_due(&inner.raft, &inner.membership).await;
-                membership::replace_lost_voters(&inner.raft, &inner.membership, &inner.policy, &mut lost).await;
+                membership::replace_lost_voters(&inner.raft, &inner.membership, &inner.policy, &mut lost)
+                    .await;
             }
         });
     }
@@ -464,7 +472,8 @@ impl RaftNode {
                 .or_else(|| st.leader.and_then(|l| st.members.get(&l).map(|n| (l, n.clone()))));
             let reply = match target {
                 Some((l, _)) if l == inner.id => Some(
-                    membership::handle_remove(&inner.raft, &inner.membership, &inner.policy, req.clone()).await,
+                    membership::handle_remove(&inner.raft, &inner.membership, &inner.policy, req.clone())
+                        .await,
                 ),
                 Some((l, node)) if !inner.net.blocks(l) => {
                     let ttl = deadline.saturating_duration_since(Instant::now());
@@ -504,7 +513,12 @@ impl RaftNode {
                     after: inner.request_timeout * 3,
                 });
             }
-            tokio::time::sleep(if hint.is_some() { RETRY_PAUSE / 2 } else { RETRY_PAUSE }).await;
+            tokio::time::sleep(if hint.is_some() {
+                RETRY_PAUSE / 2
+            } else {
+                RETRY_PAUSE
+            })
+            .await;
         }
     }
 
@@ -514,7 +528,9 @@ impl RaftNode {
     pub async fn renew_lease(&self, id: i64) -> Result<Option<i64>, RaftNodeError> {
         match self.lease_call(LeaseRequest::Renew { id }).await? {
             LeaseReply::Renewed { ttl } => Ok(ttl),
-            other => Err(RaftNodeError::Stopped(format!("unexpected lease reply {other:?}"))),
+            other => Err(RaftNodeError::Stopped(format!(
+                "unexpected lease reply {other:?}"
+            ))),
         }
     }
 
@@ -522,7 +538,9 @@ impl RaftNode {
     pub async fn lease_remaining(&self, id: i64) -> Result<Option<(i64, i64)>, RaftNodeError> {
         match self.lease_call(LeaseRequest::Remaining { id }).await? {
             LeaseReply::Remaining { left } => Ok(left),
-            other => Err(RaftNodeError::Stopped(format!("unexpected lease reply {other:?}"))),
+            other => Err(RaftNodeError::Stopped(format!(
+                "unexpected lease reply {other:?}"
+            ))),
         }
     }
 
@@ -546,7 +564,8 @@ impl RaftNode {
                         && let Ok(mut c) = inner.net.client(&node.peer_addr)
                     {
                         let ttl = deadline.saturating_duration_since(Instant::now());
-                        let reply: Result<LeaseReply, CallError> = network::call(&mut c, Method::Lease, &req, ttl).await;
+                        let reply: Result<LeaseReply, CallError> =
+                            network::call(&mut c, Method::Lease, &req, ttl).await;
                         match reply {
                             Ok(LeaseReply::NotLeader { .. }) | Err(_) => {}
                             Ok(answer) => return Ok(answer),
@@ -576,7 +595,11 @@ impl RaftNode {
         if seeds.is_empty() {
             return Err(RaftNodeError::Join("no peers to ask".into()));
         }
-        let req = JoinRequest { id: inner.id, info: inner.info.clone(), probe: false };
+        let req = JoinRequest {
+            id: inner.id,
+            info: inner.info.clone(),
+            probe: false,
+        };
         let deadline = Instant::now() + timeout;
         let mut hint: Option<String> = None;
         let mut next = 0usize;
@@ -602,11 +625,15 @@ impl RaftNode {
                 }
                 Ok(JoinReply::Refused { reason }) => return Err(RaftNodeError::Join(reason)),
                 Ok(JoinReply::NotLeader { leader }) => {
-                    hint = leader.map(|n| n.peer_addr).filter(|a| *a != addr && *a != inner.info.peer_addr);
+                    hint = leader
+                        .map(|n| n.peer_addr)
+                        .filter(|a| *a != addr && *a != inner.info.peer_addr);
                     format!("{addr} is not the leader")
                 }
                 Ok(JoinReply::Retry { reason }) => format!("{addr}: {reason}"),
-                Ok(JoinReply::NotInCluster | JoinReply::InCluster) => format!("{addr} is not in a cluster yet"),
+                Ok(JoinReply::NotInCluster | JoinReply::InCluster) => {
+                    format!("{addr} is not in a cluster yet")
+                }
                 Err(e) => format!("{addr}: {e}"),
             };
             if Instant::now() >= deadline {
@@ -623,9 +650,15 @@ impl RaftNode {
     /// address is refused) instead of founding a second one next to it.
     pub async fn cluster_exists(&self, seeds: &[String]) -> bool {
         let inner = &self.inner;
-        let req = JoinRequest { id: inner.id, info: inner.info.clone(), probe: true };
+        let req = JoinRequest {
+            id: inner.id,
+            info: inner.info.clone(),
+            probe: true,
+        };
         for addr in seeds {
-            let Ok(mut c) = inner.net.client(addr) else { continue };
+            let Ok(mut c) = inner.net.client(addr) else {
+                continue;
+            };
             let reply: Result<JoinReply, CallError> =
                 network::call(&mut c, Method::Join, &req, Duration::from_secs(2)).await;
             if let Ok(JoinReply::InCluster | JoinReply::NotLeader { .. } | JoinReply::Member { .. }) = reply {
@@ -652,7 +685,9 @@ impl RaftNode {
             None => false,
             Some(l) if l == m.id => {
                 let sole_voter = m.membership_config.membership().voter_ids().all(|v| v == m.id);
-                sole_voter || m.last_quorum_acked.is_some_and(|t| openraft::Instant::elapsed(&*t) < window)
+                sole_voter
+                    || m.last_quorum_acked
+                        .is_some_and(|t| openraft::Instant::elapsed(&*t) < window)
             }
             Some(_) => self
                 .inner

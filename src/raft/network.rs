@@ -23,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::async_runtime::WatchReceiver;
 use openraft::{RaftNetworkV2, ReadPolicy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,10 +37,10 @@ use tokio::io::AsyncWriteExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use super::membership::{self, JoinRequest, MembershipLock, RemoveRequest};
 use super::pb::raft_peer_client::RaftPeerClient;
 use super::pb::raft_peer_server::RaftPeer;
 use super::pb::{Msg, SnapshotChunk};
-use super::membership::{self, JoinRequest, MembershipLock, RemoveRequest};
 use super::state_machine::StateMachine;
 use super::types::{LogId, NodeInfo, Request, Snapshot, SnapshotFile, SnapshotMeta, TypeConfig, Vote};
 
@@ -95,8 +95,12 @@ impl LeaseRequest {
     /// Answer from a lease clock (on the leader).
     pub fn answer(&self, clock: &dyn LeaseClock) -> LeaseReply {
         match *self {
-            LeaseRequest::Renew { id } => LeaseReply::Renewed { ttl: clock.renew_now(id) },
-            LeaseRequest::Remaining { id } => LeaseReply::Remaining { left: clock.remaining_now(id) },
+            LeaseRequest::Renew { id } => LeaseReply::Renewed {
+                ttl: clock.renew_now(id),
+            },
+            LeaseRequest::Remaining { id } => LeaseReply::Remaining {
+                left: clock.remaining_now(id),
+            },
         }
     }
 }
@@ -660,7 +664,9 @@ impl RaftPeer for PeerService {
         // answered from its own clock would let the lease expire on the leader regardless.
         let reply = match &self.leases {
             Some(clock) if m.current_leader == Some(m.id) => lease.answer(clock.as_ref()),
-            Some(_) => LeaseReply::NotLeader { leader: m.current_leader },
+            Some(_) => LeaseReply::NotLeader {
+                leader: m.current_leader,
+            },
             None => return Err(Status::unimplemented("this peer keeps no lease clock")),
         };
         encode(&reply).map(tonic::Response::new)

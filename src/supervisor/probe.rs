@@ -297,7 +297,12 @@ mod tests {
         let closed = reserved.local_addr().unwrap();
         assert!(!Probe::tcp(closed).check().await);
         // Nothing listens there, so the HTTP probe fails too.
-        assert!(!Probe::http_get(&format!("http://{closed}/")).unwrap().check().await);
+        assert!(
+            !Probe::http_get(&format!("http://{closed}/"))
+                .unwrap()
+                .check()
+                .await
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");

@@ -24,7 +24,11 @@ pub enum Kind {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn k8sd_bin() -> PathBuf {
@@ -34,13 +38,19 @@ pub fn k8sd_bin() -> PathBuf {
 /// Debian's etcd (package etcd-server). A missing binary is a loud failure, never a skip.
 pub fn etcd_bin() -> PathBuf {
     let p = PathBuf::from("/usr/bin/etcd");
-    assert!(p.exists(), "/usr/bin/etcd is missing: run scripts/setup-host.sh (installs etcd-server)");
+    assert!(
+        p.exists(),
+        "/usr/bin/etcd is missing: run scripts/setup-host.sh (installs etcd-server)"
+    );
     p
 }
 
 pub fn etcdctl_bin() -> PathBuf {
     let p = PathBuf::from("/usr/bin/etcdctl");
-    assert!(p.exists(), "/usr/bin/etcdctl is missing: run scripts/setup-host.sh (installs etcd-client)");
+    assert!(
+        p.exists(),
+        "/usr/bin/etcdctl is missing: run scripts/setup-host.sh (installs etcd-client)"
+    );
     p
 }
 
@@ -86,8 +96,17 @@ impl Server {
             .args(extra)
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out));
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {kind:?}: {e}"));
-        let s = Server { child, endpoint: format!("127.0.0.1:{port}"), dir, data_dir, log, kind };
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {kind:?}: {e}"));
+        let s = Server {
+            child,
+            endpoint: format!("127.0.0.1:{port}"),
+            dir,
+            data_dir,
+            log,
+            kind,
+        };
         s.wait_ready();
         s
     }
@@ -101,7 +120,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("{:?} did not become ready; log:\n{}", self.kind, std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!(
+            "{:?} did not become ready; log:\n{}",
+            self.kind,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     pub fn url(&self) -> String {
@@ -111,7 +134,11 @@ impl Server {
     /// Run etcdctl (v3 API) against this server; returns stdout, panics with stderr on failure.
     pub fn etcdctl(&self, args: &[&str]) -> String {
         let out = self.etcdctl_raw(args);
-        assert!(out.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -201,8 +228,11 @@ impl K8sdCluster {
                 starts: 0,
             })
             .collect();
-        let initial_cluster =
-            members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect::<Vec<_>>().join(",");
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut c = K8sdCluster {
             dir,
             members,
@@ -246,12 +276,19 @@ impl K8sdCluster {
         let m = &self.members[i];
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if std::fs::read_to_string(&m.log).unwrap_or_default().contains("ready to serve client requests") {
+            if std::fs::read_to_string(&m.log)
+                .unwrap_or_default()
+                .contains("ready to serve client requests")
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("{} did not become ready; log:\n{}", m.name, std::fs::read_to_string(&m.log).unwrap_or_default());
+        panic!(
+            "{} did not become ready; log:\n{}",
+            m.name,
+            std::fs::read_to_string(&m.log).unwrap_or_default()
+        );
     }
 
     /// kill -9 member `i`, keeping its data directory.
