@@ -20,6 +20,7 @@
 //! This module knows nothing of the daemon: it reads input files, writes tarballs, and runs
 //! `ctr`. Rendering the containerd configuration that names the sandbox image is elsewhere.
 
+pub mod catalog;
 mod oci;
 
 use flate2::{Compression, GzBuilder};
