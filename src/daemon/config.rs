@@ -75,6 +75,13 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The cluster DNS Service's address (the 10th of the service CIDR): the kubelet's
+    /// `clusterDNS` and the `kube-dns` Service's ClusterIP. `validate` refuses ranges too small
+    /// for it, so `None` means a hand-edited node.yaml.
+    pub fn dns_service_ip(&self) -> Option<IpAddr> {
+        self.service_cidr.parse::<IpCidr>().ok()?.dns_service_ip()
+    }
+
     pub fn role_name(&self) -> String {
         match self.role {
             Role::ControlPlane => "control-plane".into(),
@@ -161,6 +168,13 @@ pub fn validate(
     let svc: IpCidr = service_cidr
         .parse()
         .map_err(|e| invalid("service CIDR", &service_cidr, e))?;
+    if svc.dns_service_ip().is_none() {
+        return Err(invalid(
+            "service CIDR",
+            &service_cidr,
+            "too small: the cluster DNS Service takes its 10th address; use /28 or larger",
+        ));
+    }
     if cidrs_overlap(&pod.to_string(), &svc.to_string()) {
         return Err(ConfigError::Overlap {
             pod: pod_cidr,
@@ -288,6 +302,7 @@ mod tests {
         let c = validate(&InitRequest::default(), "Host-A", &addrs()).unwrap();
         assert_eq!(c.node_name, "host-a");
         assert_eq!(c.advertise_address.to_string(), "10.0.0.5");
+        assert_eq!(c.dns_service_ip().unwrap().to_string(), "10.96.0.10");
         assert_eq!(
             (c.pod_cidr.as_str(), c.service_cidr.as_str()),
             (DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR)
@@ -306,6 +321,7 @@ mod tests {
         assert!(req(|r| r.pod_cidr = Some("10.88.0.0/33".into())).contains("pod CIDR"));
         assert!(req(|r| r.service_cidr = Some("nonsense".into())).contains("service CIDR"));
         assert!(req(|r| r.service_cidr = Some("10.88.128.0/24".into())).contains("overlap"));
+        assert!(req(|r| r.service_cidr = Some("10.96.0.0/29".into())).contains("too small"));
         assert!(req(|r| r.node_name = Some("Bad_Name".into())).contains("node name"));
         assert!(validate(&InitRequest::default(), "h", &["127.0.0.1".parse().unwrap()]).is_err());
     }

@@ -113,6 +113,25 @@ impl IpCidr {
     }
 }
 
+impl IpCidr {
+    /// The tenth address of the range: where the cluster DNS Service lives, as in kubeadm and
+    /// every distribution that follows it (`10.96.0.10` in the default `10.96.0.0/12`). `None`
+    /// when the range holds fewer than 11 addresses after the network address.
+    pub fn dns_service_ip(&self) -> Option<IpAddr> {
+        let host_bits = match self.network {
+            IpAddr::V4(_) => 32 - u32::from(self.prefix),
+            IpAddr::V6(_) => 128 - u32::from(self.prefix),
+        };
+        if host_bits < 4 {
+            return None;
+        }
+        Some(match self.network {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) + 10)),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + 10)),
+        })
+    }
+}
+
 impl FromStr for IpCidr {
     type Err = PkiError;
 
