@@ -66,5 +66,8 @@ go=$(command -v go || echo /usr/local/go/bin/go)
 gov=$("$go" env GOVERSION)
 [[ "$gov" =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 26)) || die "$go is $gov; kubebin needs Go >= 1.26"
 command -v cargo >/dev/null || die "cargo is not on PATH; install Rust (stable >= 1.88)"
+# The test command checks formatting and lints; both ship as rustup components.
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing; install it with: rustup component add rustfmt"
+cargo clippy --version >/dev/null 2>&1 || die "clippy is missing; install it with: rustup component add clippy"
 
 log "host ready: ${#packages[@]} Debian packages present, $gov, $(cargo --version)"

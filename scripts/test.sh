@@ -23,6 +23,17 @@ step "k8sd"
 cargo build --release --bins
 export K8SD_BIN="$CARGO_TARGET_DIR/release/k8sd"
 
+failed=0
+step "style: cargo fmt --check and cargo clippy -D warnings (every target)"
+if ! cargo fmt --check; then
+  echo "style FAILED: run 'cargo fmt' and commit the result"
+  failed=$((failed + 1))
+fi
+if ! cargo clippy --release --all-targets --quiet -- -D warnings; then
+  echo "style FAILED: cargo clippy reported the warnings above"
+  failed=$((failed + 1))
+fi
+
 step "images"
 scripts/build-images.sh >/dev/null
 
@@ -37,9 +48,13 @@ K8SD_TEST_RAFT=1 cargo test --release --no-fail-fast --test etcd_api --test etcd
 rc_raft=${PIPESTATUS[0]}
 ((rc == 0)) && rc=$rc_raft
 
-failed=0
 for t in tests/e2e/*.sh; do
-  [[ -x "$t" ]] || continue   # lib.sh is sourced, not run
+  [[ $(basename "$t") == lib.sh ]] && continue   # sourced by the suites, not run
+  if [[ ! -x "$t" ]]; then
+    echo "e2e FAILED: $t is not executable (chmod +x it; a suite that cannot run must not pass silently)"
+    failed=$((failed + 1))
+    continue
+  fi
   step "e2e: $t"
   log=/tmp/k8sd-e2e-$(basename "$t" .sh).log
   if ! "$t" 2>&1 | tee "$log"; then
