@@ -1,0 +1,248 @@
+//! The layering rules of docs/ARCHITECTURE.md, checked against the source text: which module
+//! may name which, where async runtimes, protobuf, `anyhow`, file IO and process exits may
+//! appear. A rule broken by new code fails here with the file and line, so the map stays true.
+//!
+//! Known exceptions that are still to be removed are listed by file, so they cannot spread:
+//! a new file breaking the same rule fails, and an exception that is gone must be struck off.
+
+#![allow(clippy::tests_outside_test_module)]
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `src/`, relative to `src/`, with comment lines removed (rules speak
+/// of code, and doc comments may name other modules to explain a boundary).
+fn sources() -> Vec<(String, Vec<(usize, String)>)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let rel = p
+                .strip_prefix(&root)
+                .expect("under src")
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+            let lines = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim_start().starts_with("//"))
+                .map(|(i, l)| (i + 1, l.to_owned()))
+                .collect();
+            (rel, lines)
+        })
+        .collect()
+}
+
+/// The top-level module a file belongs to (`datastore/mvcc.rs` -> `datastore`).
+fn module_of(rel: &str) -> &str {
+    let first = rel.split('/').next().unwrap_or(rel);
+    first.strip_suffix(".rs").unwrap_or(first)
+}
+
+/// Lines of files in `modules` that contain any of `needles`, outside the allowed files.
+fn offenders(modules: &[&str], needles: &[&str], allowed_files: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (rel, lines) in sources() {
+        if !modules.contains(&module_of(&rel)) || allowed_files.contains(&rel.as_str()) {
+            continue;
+        }
+        for (n, line) in &lines {
+            if let Some(needle) = needles.iter().find(|x| line.contains(*x)) {
+                out.push(format!("src/{rel}:{n}: {needle:?} in `{}`", line.trim()));
+            }
+        }
+    }
+    out
+}
+
+fn assert_none(rule: &str, found: Vec<String>) {
+    assert!(found.is_empty(), "{rule}; found:\n  {}", found.join("\n  "));
+}
+
+/// `crate::X` paths named by the code of `module`, except `module` itself.
+fn crate_deps(module: &str) -> BTreeSet<String> {
+    let mut deps = BTreeSet::new();
+    for (rel, lines) in sources() {
+        if module_of(&rel) != module {
+            continue;
+        }
+        for (_, line) in &lines {
+            let mut rest = line.as_str();
+            while let Some(i) = rest.find("crate::") {
+                rest = &rest[i + "crate::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if name.starts_with(|c: char| c.is_ascii_lowercase()) && name != module {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    deps
+}
+
+#[test]
+fn each_module_names_only_the_modules_the_map_allows() {
+    // (module, the crate modules it may name). From the code map's "does not know" column.
+    let table: &[(&str, &[&str])] = &[
+        ("datastore", &[]),
+        ("supervisor", &[]),
+        ("pki", &[]),
+        ("images", &[]),
+        ("lb", &["httpc"]),
+        ("node", &["datastore", "raft"]),
+        ("raft", &["datastore"]),
+        ("etcd", &["datastore", "node", "raft", "pb"]),
+        // Known exception, to be removed: cluster/server.rs validates node names through
+        // daemon::config (an arrow that runs back up the layers).
+        ("cluster", &["datastore", "node", "pki", "daemon"]),
+    ];
+    let mut bad = Vec::new();
+    for (module, allowed) in table {
+        for dep in crate_deps(module) {
+            if !allowed.contains(&dep.as_str()) {
+                bad.push(format!("{module} names crate::{dep}"));
+            }
+        }
+    }
+    assert_none(
+        "a module names another that docs/ARCHITECTURE.md keeps it from knowing",
+        bad,
+    );
+    assert!(
+        crate_deps("cluster").contains("daemon"),
+        "cluster no longer names daemon: strike the exception off this table and docs/ARCHITECTURE.md"
+    );
+}
+
+#[test]
+fn the_datastore_has_no_async_runtime_and_no_protobuf() {
+    assert_none(
+        "datastore must stay synchronous and protobuf-free",
+        offenders(
+            &["datastore"],
+            &["tokio", "tonic", "prost", "async fn", ".await"],
+            &[],
+        ),
+    );
+}
+
+#[test]
+fn anyhow_stays_in_the_cli() {
+    let all: Vec<&str> = [
+        "datastore",
+        "node",
+        "raft",
+        "etcd",
+        "pki",
+        "supervisor",
+        "cluster",
+        "lb",
+        "daemon",
+        "images",
+        "httpc",
+        "paths",
+        "lib",
+    ]
+    .to_vec();
+    assert_none(
+        "only main.rs and cli/ use anyhow",
+        offenders(&all, &["anyhow"], &[]),
+    );
+}
+
+#[test]
+fn only_main_exits_the_process() {
+    let found: Vec<String> = offenders(
+        &[
+            "datastore",
+            "node",
+            "raft",
+            "etcd",
+            "pki",
+            "supervisor",
+            "cluster",
+            "lb",
+            "daemon",
+            "images",
+            "httpc",
+            "cli",
+        ],
+        &["process::exit", "std::process::abort"],
+        &[],
+    );
+    assert_none("exit codes are decided in main.rs alone", found);
+}
+
+#[test]
+fn pki_does_file_io_only_in_files_rs() {
+    assert_none(
+        "pki is pure apart from pki/files.rs",
+        offenders(&["pki"], &["std::fs", "fs::", "File::"], &["pki/files.rs"]),
+    );
+}
+
+#[test]
+fn grpc_statuses_are_built_in_known_places_only() {
+    // The map says etcd/status.rs alone maps errors to tonic::Status for the etcd API. The
+    // other files listed build statuses for their own gRPC services and are to be folded into
+    // one mapping module per service; no further file may start doing it.
+    let allowed = [
+        "etcd/status.rs",
+        "etcd/kv.rs",
+        "etcd/lease.rs",
+        "etcd/watch.rs",
+        "etcd/mod.rs",
+        "cluster/server.rs",
+        "raft/network.rs",
+    ];
+    let found = offenders(
+        &[
+            "datastore",
+            "node",
+            "raft",
+            "etcd",
+            "pki",
+            "supervisor",
+            "cluster",
+            "lb",
+            "daemon",
+            "images",
+            "httpc",
+        ],
+        &[
+            "Status::new(",
+            "Status::internal(",
+            "Status::unavailable(",
+            "Status::invalid_argument(",
+        ],
+        &allowed,
+    );
+    assert_none("a new file builds tonic::Status values", found);
+    for file in allowed {
+        let still = sources()
+            .into_iter()
+            .any(|(rel, lines)| rel == file && lines.iter().any(|(_, l)| l.contains("Status::")));
+        assert!(
+            still,
+            "src/{file} builds no tonic::Status any more: strike it off the allowed list"
+        );
+    }
+}
