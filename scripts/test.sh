@@ -23,6 +23,9 @@ step "k8sd"
 cargo build --release --bins
 export K8SD_BIN="$CARGO_TARGET_DIR/release/k8sd"
 
+step "add-on binaries (CoreDNS, metrics-server, local-path-provisioner; assets/addons/versions.env)"
+scripts/build-addons.sh >/dev/null
+
 step "images"
 scripts/build-images.sh >/dev/null
 
