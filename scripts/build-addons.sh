@@ -121,7 +121,7 @@ for name in "${names[@]}"; do
     log "$name $version up to date ($out)"
     continue
   fi
-  [[ ! -f "$stamp" || "$(cat "$stamp")" == "$want" ]] || log "$name: stamp differs (have '$(cat "$stamp")', want '$want'): rebuilding"
+  [[ ! -f "$stamp" || "$(cat "$stamp")" == "$want" ]] || log "$name: stamp differs (have '$(cat "$stamp")', want '$want')"
   [[ $check -eq 0 ]] || die "$out is missing or stale for $want; build it with: $repo/scripts/build-addons.sh $name"
 
   mkdir -p "$outdir"
