@@ -10,9 +10,9 @@
 #
 # Busybox is Debian's `busybox` package, fetched with `apt-get download` and unpacked with
 # `dpkg-deb -x` into /var/cache/k8sd/busybox/<version>/ (never installed: it conflicts with
-# busybox-static). It is dynamically linked because a static glibc busybox crashes resolving a
-# name in a bare image (glibc loads its NSS modules at run time); `ldd` names the loader and
-# libraries to pack with it. BUSYBOX=PATH packs another dynamically linked busybox instead.
+# busybox-static). It is dynamically linked because glibc supports name resolution (NSS) in a
+# static program only with the same glibc's shared libraries present at run time; `ldd` names
+# the loader and libraries to pack with it. BUSYBOX=PATH packs another dynamically linked busybox instead.
 #
 # The add-on images are packed when scripts/build-addons.sh has built every add-on at its pin
 # (ADDONS_DIR overrides where to find them); otherwise they are skipped with a warning.

@@ -15,9 +15,9 @@
 //! `blobs/sha256/*`. Every tar header has uid/gid 0 and mtime 0, and the JSON documents carry
 //! no timestamps, so the same inputs always give the same digests.
 //!
-//! The pause and add-on binaries are static and run alone in their rootfs. Busybox is not: a
-//! static glibc busybox cannot load the NSS modules that `wget` and `nc` need to resolve a
-//! name, and crashes in a bare image. So the busybox image packs Debian's dynamically linked
+//! The pause and add-on binaries are static and run alone in their rootfs. Busybox is not:
+//! glibc supports name resolution (NSS) in a static program only with the shared libraries of
+//! the same glibc present at run time, so the busybox image packs Debian's dynamically linked
 //! busybox with exactly the files its loader opens: the program interpreter it names and the
 //! shared libraries the caller lists (glibc 2.36 carries nss_files and nss_dns inside
 //! libc.so.6), plus `/etc/nsswitch.conf`. [`read_dynamic_executable`] refuses a list that
@@ -455,9 +455,10 @@ pub fn read_dynamic_executable(path: &Path, libraries: &[PathBuf]) -> Result<Dyn
     };
     let interpreter = elf_interpreter(&data).map_err(not_dynamic)?.ok_or_else(|| {
         not_dynamic(
-            "it is statically linked; a static glibc program cannot load the NSS modules that resolve \
-             names in a bare image. Use Debian's dynamically linked busybox (package busybox, which \
-             scripts/build-images.sh fetches with apt-get download)"
+            "it is statically linked; this image packs a dynamically linked busybox with its loader \
+             and libraries, because glibc supports NSS in static programs only with its shared \
+             libraries present. Use Debian's package busybox (scripts/build-images.sh fetches it \
+             with apt-get download)"
                 .to_owned(),
         )
     })?;
