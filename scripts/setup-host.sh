@@ -13,8 +13,10 @@ log() { echo "setup-host: $*" >&2; }
 packages=(
   # Node runtime: k8sd runs containerd as a child and pods through runc and the CNI plugins.
   containerd runc containernetworking-plugins iptables nftables conntrack iproute2
-  # Images: busybox-static goes into the test image; gcc and libc6-dev build the static pause.
-  busybox-static gcc libc6-dev
+  # Images: gcc and libc6-dev build the static pause. The busybox image packs Debian's dynamic
+  # busybox, which scripts/build-images.sh fetches with apt-get download (not installed: it
+  # conflicts with busybox-static), with the loader and libraries of this host's libc6.
+  gcc libc6-dev
   # Test oracles and tools: Debian's etcd for the smoke test, haproxy for HA tests.
   etcd-server etcd-client haproxy openssl curl ca-certificates util-linux procps
   # Rust build: tonic-prost-build needs protoc; the etcd-client crate (tests) also imports the
@@ -54,7 +56,7 @@ still=()
 for p in "${packages[@]}"; do installed "$p" || still+=("$p"); done
 ((${#still[@]} == 0)) || die "packages still not installed: ${still[*]}"
 
-for bin in containerd ctr runc etcd iptables conntrack ip nsenter busybox gcc protoc openssl; do
+for bin in containerd ctr runc etcd iptables conntrack ip nsenter gcc protoc openssl ldd dpkg-deb; do
   command -v "$bin" >/dev/null || die "'$bin' is not on PATH although its package is installed"
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap && -x /usr/lib/cni/loopback ]] \

@@ -34,6 +34,9 @@ if ! cargo clippy --release --all-targets --quiet -- -D warnings; then
   failed=$((failed + 1))
 fi
 
+step "add-on binaries (CoreDNS, metrics-server, local-path-provisioner; assets/addons/versions.env)"
+scripts/build-addons.sh >/dev/null
+
 step "images"
 scripts/build-images.sh >/dev/null
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up this machine and brings up a single-node k8sd cluster: host packages, kubebin (the
-# upstream Kubernetes components), k8sd itself, the local images, then `k8sd init`.
+# upstream Kubernetes components), the add-on binaries, k8sd itself, the local images, then
+# `k8sd init`.
 # Idempotent: on an initialised node it only reports its status.
 #
 # Usage: scripts/up.sh [k8sd init flags...]
@@ -12,6 +13,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/k8sd/cargo-target}
 
 scripts/setup-host.sh
 K8SD_KUBEBIN=$(scripts/build-kube.sh | tail -n 1)
+scripts/build-addons.sh >/dev/null
 cargo build --release --bin k8sd
 install -m 0755 "$CARGO_TARGET_DIR/release/k8sd" /usr/local/bin/k8sd
 ln -sf "$K8SD_KUBEBIN" /usr/local/bin/kubebin

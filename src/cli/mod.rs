@@ -53,7 +53,7 @@ pub enum Command {
     Logs(node::LogsArgs),
     /// Run the etcd-compatible datastore on its own (accepts etcd's core flags).
     Datastore(datastore::DatastoreArgs),
-    /// Build the local container images (pause, busybox) and import them into containerd.
+    /// Build, list and import the local container images (pause, busybox, add-ons).
     Images(images::ImagesArgs),
 }
 

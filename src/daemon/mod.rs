@@ -783,11 +783,13 @@ fn component_of(c: pki::Consumer) -> Option<&'static str> {
 
 /// Import every image tarball into containerd's k8s.io namespace (idempotent).
 fn import_images(sock: &Path, dir: &Path) -> bool {
-    for name in [crate::images::PAUSE_TARBALL, crate::images::BUSYBOX_TARBALL] {
-        let tarball = dir.join(name);
+    // Every image of the catalog whose tarball was built; only the sandbox image is required,
+    // the add-ons are imported when scripts/build-images.sh packed them.
+    for entry in crate::images::catalog::all() {
+        let tarball = dir.join(&entry.tarball);
         if !tarball.is_file() {
-            if name == crate::images::PAUSE_TARBALL {
-                tracing::error!(path = %tarball.display(), "pause image missing");
+            if entry.required {
+                tracing::error!(path = %tarball.display(), image = %entry.reference, "required image missing");
                 return false;
             }
             continue;

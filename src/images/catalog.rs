@@ -10,6 +10,11 @@ const PINS: &str = include_str!("../../assets/addons/versions.env");
 /// pulled by mistake and `k8sd images list` shows at a glance what is built here.
 pub const LOCAL_REGISTRY: &str = "localhost/k8sd";
 
+/// Tarballs of the add-on images in the images directory.
+pub const COREDNS_TARBALL: &str = "coredns.tar";
+pub const METRICS_SERVER_TARBALL: &str = "metrics-server.tar";
+pub const LOCAL_PATH_PROVISIONER_TARBALL: &str = "local-path-provisioner.tar";
+
 /// One image: the reference pods use and the tarball in the images directory that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogEntry {
@@ -57,11 +62,11 @@ pub fn all() -> Vec<CatalogEntry> {
     vec![
         e(super::PAUSE_IMAGE.to_owned(), super::PAUSE_TARBALL, true),
         e(super::BUSYBOX_IMAGE.to_owned(), super::BUSYBOX_TARBALL, false),
-        e(coredns_image(), "coredns.tar", false),
-        e(metrics_server_image(), "metrics-server.tar", false),
+        e(coredns_image(), COREDNS_TARBALL, false),
+        e(metrics_server_image(), METRICS_SERVER_TARBALL, false),
         e(
             local_path_provisioner_image(),
-            "local-path-provisioner.tar",
+            LOCAL_PATH_PROVISIONER_TARBALL,
             false,
         ),
     ]

@@ -4,24 +4,38 @@
 //! files already on the host and imported into containerd before the kubelet asks for it:
 //!
 //! ```text
-//!   pause binary (assets/pause/pause.c)  ─┐                      ┌─ registry.k8s.io/pause:3.10
-//!                                         ├─ pack() ─> OCI tar ─ import() ─> containerd (k8s.io)
-//!   /bin/busybox (busybox-static)        ─┘                      └─ docker.io/library/busybox:1.36-local
+//!   pause binary (assets/pause/pause.c)        ─┐                      ┌─ registry.k8s.io/pause:3.10
+//!   busybox (Debian's dynamic build) + its     ─┤                      ├─ docker.io/library/busybox:1.36-local
+//!     loader and libraries from the host glibc  ├─ pack() ─> OCI tar ─ import() ─> containerd (k8s.io)
+//!   add-on binaries (scripts/build-addons.sh)  ─┘                      └─ localhost/k8sd/{coredns,
+//!                                                                          metrics-server,local-path-provisioner}
 //! ```
 //!
 //! Each image is a one-layer OCI image layout in a plain tar: `oci-layout`, `index.json` and
 //! `blobs/sha256/*`. Every tar header has uid/gid 0 and mtime 0, and the JSON documents carry
 //! no timestamps, so the same inputs always give the same digests.
 //!
+//! The pause and add-on binaries are static and run alone in their rootfs. Busybox is not:
+//! glibc supports name resolution (NSS) in a static program only with the shared libraries of
+//! the same glibc present at run time, so the busybox image packs Debian's dynamically linked
+//! busybox with exactly the files its loader opens: the program interpreter it names and the
+//! shared libraries the caller lists (glibc 2.36 carries nss_files and nss_dns inside
+//! libc.so.6), plus `/etc/nsswitch.conf`. [`read_dynamic_executable`] refuses a list that
+//! lacks the interpreter.
+//!
 //! Image names are stored fully normalized (`docker.io/library/…`), because that is what the
 //! CRI looks up for a pod's `busybox:1.36-local`. Tags are never `latest`: the kubelet would
-//! default such a pod to `imagePullPolicy: Always` and fail offline.
+//! default such a pod to `imagePullPolicy: Always` and fail offline. [`catalog`] lists every
+//! image a node needs.
 //!
 //! This module knows nothing of the daemon: it reads input files, writes tarballs, and runs
 //! `ctr`. Rendering the containerd configuration that names the sandbox image is elsewhere.
 
+mod addons;
 pub mod catalog;
 mod oci;
+
+pub use addons::{Addon, addon_binary, addon_spec, build_addon};
 
 use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
@@ -50,6 +64,10 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
     "whoami", "xargs", "yes",
 ];
 
+/// `hosts: files dns` makes glibc consult /etc/hosts, then the resolv.conf nameservers; both
+/// backends are built into glibc 2.36's libc.so.6, so no libnss_*.so is packed.
+pub const NSSWITCH_CONF: &str = "passwd: files\ngroup: files\nhosts: files dns\n";
+
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +78,27 @@ pub enum ImageError {
     Write { path: PathBuf, source: io::Error },
     #[error("{path} cannot go into an image: {reason}")]
     NotStatic { path: PathBuf, reason: String },
+    #[error("{path} cannot go into the busybox image: {reason}")]
+    NotDynamic { path: PathBuf, reason: String },
+    #[error(
+        "{executable} loads {interpreter}, which is not among the libraries given ({given:?}); pass it too (scripts/build-images.sh lists them with ldd)"
+    )]
+    MissingInterpreter {
+        executable: PathBuf,
+        interpreter: String,
+        given: Vec<PathBuf>,
+    },
+    #[error("shared library {path} must be an absolute path to an ELF file: {reason}")]
+    BadLibrary { path: PathBuf, reason: String },
+    #[error(
+        "add-on binary {path} ({addon} {version}) is missing: {source}; build it with scripts/build-addons.sh"
+    )]
+    MissingAddon {
+        addon: &'static str,
+        version: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("image reference {reference:?} is not usable offline: {reason}")]
     BadReference { reference: String, reason: String },
     #[error("image {reference}: invalid rootfs entry {path:?}: {reason}")]
@@ -130,9 +169,21 @@ pub fn pause_spec(pause: Vec<u8>) -> ImageSpec {
     }
 }
 
-/// The busybox test image: `/bin/busybox`, applet symlinks, and just enough of `/etc` for `id`
-/// and `whoami` to answer and for `runAsUser: 65534` to have a name.
-pub fn busybox_spec(busybox: Vec<u8>) -> ImageSpec {
+/// A dynamically linked executable with the files its loader opens, each under the absolute
+/// path (without the leading `/`) where the loader looks for it in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicExecutable {
+    pub data: Vec<u8>,
+    /// `PT_INTERP` of the executable, e.g. `/lib64/ld-linux-x86-64.so.2`.
+    pub interpreter: String,
+    /// (path in the image, content): the interpreter and the shared libraries.
+    pub libraries: Vec<(String, Vec<u8>)>,
+}
+
+/// The busybox test image: `/bin/busybox` with its loader and libraries, applet symlinks, and
+/// just enough of `/etc` for `id` and `whoami` to answer, for `runAsUser: 65534` to have a
+/// name, and for `wget`, `nc` and `ping` to resolve names through /etc/hosts and DNS.
+pub fn busybox_spec(busybox: DynamicExecutable) -> ImageSpec {
     let dir = |path: &str, mode| Entry::Dir {
         path: path.to_owned(),
         mode,
@@ -147,7 +198,7 @@ pub fn busybox_spec(busybox: Vec<u8>) -> ImageSpec {
         Entry::File {
             path: "bin/busybox".to_owned(),
             mode: 0o755,
-            data: busybox,
+            data: busybox.data,
         },
         dir("etc", 0o755),
         file(
@@ -155,6 +206,9 @@ pub fn busybox_spec(busybox: Vec<u8>) -> ImageSpec {
             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
         ),
         file("etc/group", "root:x:0:\nnobody:x:65534:\n"),
+        file("etc/nsswitch.conf", NSSWITCH_CONF),
+        // The kubelet mounts its own /etc/hosts over this one; `ctr run` does not.
+        file("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
         dir("home", 0o755),
         dir("root", 0o700),
         dir("tmp", 0o1777),
@@ -168,6 +222,14 @@ pub fn busybox_spec(busybox: Vec<u8>) -> ImageSpec {
         path: format!("bin/{a}"),
         target: "busybox".to_owned(),
     }));
+    for (path, data) in busybox.libraries {
+        entries.push(Entry::File {
+            path,
+            mode: 0o755,
+            data,
+        });
+    }
+    add_parent_dirs(&mut entries);
     ImageSpec {
         reference: BUSYBOX_IMAGE.to_owned(),
         entrypoint: vec![],
@@ -177,16 +239,42 @@ pub fn busybox_spec(busybox: Vec<u8>) -> ImageSpec {
     }
 }
 
+/// Adds a 0755 directory entry for every parent directory not listed yet (`lib64` for
+/// `lib64/ld-linux-x86-64.so.2`).
+fn add_parent_dirs(entries: &mut Vec<Entry>) {
+    let mut dirs: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Dir { .. }))
+        .map(|e| e.path().to_owned())
+        .collect();
+    let mut missing = Vec::new();
+    for entry in entries.iter() {
+        let mut path = entry.path();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if dirs.insert(parent.to_owned()) {
+                missing.push(parent.to_owned());
+            }
+            path = parent;
+        }
+    }
+    entries.extend(missing.into_iter().map(|path| Entry::Dir { path, mode: 0o755 }));
+}
+
 /// Packs `pause_bin` (a static executable) into `<out_dir>/pause.tar`.
 pub fn build_pause(out_dir: &Path, pause_bin: &Path) -> Result<BuiltImage, ImageError> {
     let data = read_static_executable(pause_bin)?;
     pack(&pause_spec(data), &out_dir.join(PAUSE_TARBALL))
 }
 
-/// Packs `busybox` (Debian's busybox-static, `/bin/busybox`) into `<out_dir>/busybox.tar`.
-pub fn build_busybox(out_dir: &Path, busybox: &Path) -> Result<BuiltImage, ImageError> {
-    let data = read_static_executable(busybox)?;
-    pack(&busybox_spec(data), &out_dir.join(BUSYBOX_TARBALL))
+/// Packs `busybox` (Debian's dynamically linked busybox) with `libraries` (its program
+/// interpreter and the shared libraries it needs, as host paths) into `<out_dir>/busybox.tar`.
+pub fn build_busybox(
+    out_dir: &Path,
+    busybox: &Path,
+    libraries: &[PathBuf],
+) -> Result<BuiltImage, ImageError> {
+    let exe = read_dynamic_executable(busybox, libraries)?;
+    pack(&busybox_spec(exe), &out_dir.join(BUSYBOX_TARBALL))
 }
 
 /// Writes `spec` as a one-layer OCI layout tarball at `tarball` (atomically, via a `.tmp` file).
@@ -339,7 +427,7 @@ fn tag_of(reference: &str) -> Result<&str, ImageError> {
 }
 
 /// Reads an executable that must run alone in an empty rootfs: a static ELF (no `PT_INTERP`).
-fn read_static_executable(path: &Path) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn read_static_executable(path: &Path) -> Result<Vec<u8>, ImageError> {
     let data = fs::read(path).map_err(|source| ImageError::Read {
         path: path.to_owned(),
         source,
@@ -351,8 +439,75 @@ fn read_static_executable(path: &Path) -> Result<Vec<u8>, ImageError> {
     Ok(data)
 }
 
+/// Reads a dynamically linked executable and the files its loader needs. Each library goes
+/// into the image at its host path as given (not resolved: `/lib64/ld-linux-x86-64.so.2` is a
+/// symlink on the host but must be a file at that path in the image), with the content it
+/// points to. The program interpreter must be one of them; which libraries it loads after that
+/// is up to the caller (`ldd`), and the end-to-end test proves the set complete.
+pub fn read_dynamic_executable(path: &Path, libraries: &[PathBuf]) -> Result<DynamicExecutable, ImageError> {
+    let data = fs::read(path).map_err(|source| ImageError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let not_dynamic = |reason: String| ImageError::NotDynamic {
+        path: path.to_owned(),
+        reason,
+    };
+    let interpreter = elf_interpreter(&data).map_err(not_dynamic)?.ok_or_else(|| {
+        not_dynamic(
+            "it is statically linked; this image packs a dynamically linked busybox with its loader \
+             and libraries, because glibc supports NSS in static programs only with its shared \
+             libraries present. Use Debian's package busybox (scripts/build-images.sh fetches it \
+             with apt-get download)"
+                .to_owned(),
+        )
+    })?;
+    let mut libs = Vec::new();
+    for lib in libraries {
+        let bad = |reason: String| ImageError::BadLibrary {
+            path: lib.clone(),
+            reason,
+        };
+        let in_image = lib
+            .to_str()
+            .and_then(|p| p.strip_prefix('/'))
+            .ok_or_else(|| bad("not an absolute UTF-8 path".to_owned()))?;
+        let content = fs::read(lib).map_err(|source| ImageError::Read {
+            path: lib.clone(),
+            source,
+        })?;
+        if !content.starts_with(b"\x7fELF") {
+            return Err(bad("not an ELF file".to_owned()));
+        }
+        libs.push((in_image.to_owned(), content));
+    }
+    if !libs
+        .iter()
+        .any(|(p, _)| interpreter.strip_prefix('/') == Some(p.as_str()))
+    {
+        return Err(ImageError::MissingInterpreter {
+            executable: path.to_owned(),
+            interpreter,
+            given: libraries.to_vec(),
+        });
+    }
+    Ok(DynamicExecutable {
+        data,
+        interpreter,
+        libraries: libs,
+    })
+}
+
 /// Checks that `data` is a little-endian ELF64 executable without a program interpreter.
 fn check_static_elf(data: &[u8]) -> Result<(), String> {
+    match elf_interpreter(data)? {
+        None => Ok(()),
+        Some(_) => Err("dynamically linked (it has a program interpreter); use a static build".to_owned()),
+    }
+}
+
+/// The program interpreter (`PT_INTERP`) of a little-endian ELF64 file, `None` when static.
+fn elf_interpreter(data: &[u8]) -> Result<Option<String>, String> {
     const PT_INTERP: u32 = 3;
     if data.len() < 64 || &data[..4] != b"\x7fELF" {
         return Err("not an ELF file".to_owned());
@@ -369,18 +524,33 @@ fn check_static_elf(data: &[u8]) -> Result<(), String> {
         data.get(off..off + 8)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
+            .and_then(|v| usize::try_from(v).ok())
     };
     let truncated = || "truncated ELF header".to_owned();
-    let phoff = usize::try_from(u64_at(0x20).ok_or_else(truncated)?).map_err(|_| truncated())?;
+    let phoff = u64_at(0x20).ok_or_else(truncated)?;
     let phentsize = usize::from(u16_at(0x36).ok_or_else(truncated)?);
     let phnum = usize::from(u16_at(0x38).ok_or_else(truncated)?);
     for i in 0..phnum {
-        let p_type = u32_at(phoff + i * phentsize).ok_or_else(truncated)?;
-        if p_type == PT_INTERP {
-            return Err("dynamically linked (it has a program interpreter); use a static build".to_owned());
+        let ph = phoff + i * phentsize;
+        if u32_at(ph).ok_or_else(truncated)? != PT_INTERP {
+            continue;
         }
+        // p_offset at +8, p_filesz at +32: a NUL-terminated path.
+        let (off, len) = (
+            u64_at(ph + 8).ok_or_else(truncated)?,
+            u64_at(ph + 32).ok_or_else(truncated)?,
+        );
+        let raw = data
+            .get(off..off.saturating_add(len))
+            .ok_or_else(|| "PT_INTERP points outside the file".to_owned())?;
+        let raw = raw.split(|b| *b == 0).next().unwrap_or_default();
+        let interp = std::str::from_utf8(raw).map_err(|_| "PT_INTERP is not UTF-8".to_owned())?;
+        if !interp.starts_with('/') {
+            return Err(format!("program interpreter {interp:?} is not an absolute path"));
+        }
+        return Ok(Some(interp.to_owned()));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Checks the rootfs entries: relative clean paths, no duplicates, every parent listed as a

@@ -3,8 +3,9 @@ use flate2::read::GzDecoder;
 use std::collections::BTreeMap;
 use std::io::Read;
 
-/// A minimal little-endian ELF64 image with one program header of type `p_type`.
-fn fake_elf(p_type: u32) -> Vec<u8> {
+/// A minimal little-endian ELF64 image with one program header of type `p_type`; a
+/// `PT_INTERP` header points at `interp`, NUL-terminated, after the header.
+fn elf_with(p_type: u32, interp: &str) -> Vec<u8> {
     let mut elf = vec![0u8; 64 + 56];
     elf[..4].copy_from_slice(b"\x7fELF");
     elf[4] = 2; // ELFCLASS64
@@ -13,8 +14,35 @@ fn fake_elf(p_type: u32) -> Vec<u8> {
     elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
     elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
     elf[64..68].copy_from_slice(&p_type.to_le_bytes());
+    let interp_off = elf.len() as u64;
+    let interp_len = interp.len() as u64 + 1;
+    elf[64 + 8..64 + 16].copy_from_slice(&interp_off.to_le_bytes()); // p_offset
+    elf[64 + 32..64 + 40].copy_from_slice(&interp_len.to_le_bytes()); // p_filesz
+    elf.extend_from_slice(interp.as_bytes());
+    elf.push(0);
     elf.extend_from_slice(b"payload");
     elf
+}
+
+fn fake_elf(p_type: u32) -> Vec<u8> {
+    elf_with(p_type, "/lib64/ld-linux-x86-64.so.2")
+}
+
+/// A dynamic "busybox" in `dir` whose interpreter is `dir/ld.so`, and its one library
+/// `dir/libc.so.6`; returns (busybox, [interpreter, libc]).
+fn fake_dynamic_busybox(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let ld = dir.join("ld.so");
+    let libc = dir.join("libc.so.6");
+    fs::write(&ld, fake_elf(PT_LOAD)).unwrap();
+    fs::write(&libc, elf_with(PT_LOAD, "libc")).unwrap();
+    let busybox = dir.join("busybox");
+    fs::write(&busybox, elf_with(PT_INTERP, ld.to_str().unwrap())).unwrap();
+    (busybox, vec![ld, libc])
+}
+
+/// The path of a host file inside an image: without the leading `/`.
+fn in_image(path: &Path) -> String {
+    path.to_str().unwrap().trim_start_matches('/').to_owned()
 }
 
 const PT_LOAD: u32 = 1;
@@ -119,7 +147,11 @@ fn pause_image_has_layout_names_and_consistent_digests() {
 #[test]
 fn packing_is_reproducible_and_owner_free() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = busybox_spec(fake_elf(PT_LOAD));
+    let spec = busybox_spec(DynamicExecutable {
+        data: fake_elf(PT_INTERP),
+        interpreter: "/lib64/ld-linux-x86-64.so.2".to_owned(),
+        libraries: vec![("lib64/ld-linux-x86-64.so.2".to_owned(), fake_elf(PT_LOAD))],
+    });
     let a = pack(&spec, &dir.path().join("a.tar")).unwrap();
     let b = pack(&spec, &dir.path().join("b.tar")).unwrap();
     assert_eq!(a.manifest_digest, b.manifest_digest);
@@ -135,11 +167,10 @@ fn packing_is_reproducible_and_owner_free() {
 }
 
 #[test]
-fn busybox_image_has_applets_and_etc() {
+fn busybox_image_has_applets_loader_libraries_and_etc() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("busybox");
-    fs::write(&bin, fake_elf(PT_LOAD)).unwrap();
-    let built = build_busybox(dir.path(), &bin).unwrap();
+    let (bin, libs) = fake_dynamic_busybox(dir.path());
+    let built = build_busybox(&dir.path().join("out"), &bin, &libs).unwrap();
     let img = unpack(&built.tarball);
     assert_eq!(
         img.index["manifests"][0]["annotations"]["io.containerd.image.name"],
@@ -150,7 +181,20 @@ fn busybox_image_has_applets_and_etc() {
     let (header, _) = &img.layer["bin/sh"];
     assert_eq!(header.entry_type(), tar::EntryType::Symlink);
     assert_eq!(header.link_name().unwrap().unwrap().to_str(), Some("busybox"));
-    assert_eq!(img.layer["bin/busybox"].1, fake_elf(PT_LOAD));
+    assert_eq!(img.layer["bin/busybox"].1, fs::read(&bin).unwrap());
+    // The loader and the library sit at their host paths, with their parents as directories.
+    for lib in &libs {
+        let (header, data) = &img.layer[&in_image(lib)];
+        assert_eq!(data, &fs::read(lib).unwrap());
+        assert_eq!(header.entry_type(), tar::EntryType::Regular);
+        let parent = in_image(lib.parent().unwrap());
+        assert_eq!(
+            img.layer[&format!("{parent}/")].0.entry_type(),
+            tar::EntryType::Directory
+        );
+    }
+    assert_eq!(img.layer["etc/nsswitch.conf"].1, NSSWITCH_CONF.as_bytes());
+    assert!(String::from_utf8_lossy(&img.layer["etc/nsswitch.conf"].1).contains("hosts: files dns"));
     assert!(String::from_utf8_lossy(&img.layer["etc/passwd"].1).starts_with("root:x:0:0:"));
     assert!(String::from_utf8_lossy(&img.layer["etc/group"].1).contains("nobody:x:65534:"));
     assert_eq!(img.layer["tmp/"].0.mode().unwrap(), 0o1777);
@@ -168,11 +212,47 @@ fn busybox_image_has_applets_and_etc() {
 }
 
 #[test]
+fn busybox_must_be_dynamic_and_come_with_its_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, libs) = fake_dynamic_busybox(dir.path());
+
+    // A static busybox is refused, saying why (NSS) and what to use instead.
+    let static_bb = dir.path().join("static");
+    fs::write(&static_bb, fake_elf(PT_LOAD)).unwrap();
+    let err = build_busybox(dir.path(), &static_bb, &libs).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::NotDynamic { path, .. } if *path == static_bb),
+        "{err}"
+    );
+    assert!(err.to_string().contains("NSS"), "{err}");
+
+    // Without its interpreter the image could not start anything.
+    let err = build_busybox(dir.path(), &bin, &libs[1..]).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::MissingInterpreter { interpreter, .. } if *interpreter == libs[0].to_str().unwrap()),
+        "{err}"
+    );
+
+    // Libraries must be absolute paths to ELF files.
+    let script = dir.path().join("script");
+    fs::write(&script, "#!/bin/sh\n").unwrap();
+    let with_script = [libs.clone(), vec![script.clone()]].concat();
+    let err = build_busybox(dir.path(), &bin, &with_script).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::BadLibrary { path, .. } if *path == script),
+        "{err}"
+    );
+    let err = build_busybox(dir.path(), &bin, &[PathBuf::from("relative.so")]).unwrap_err();
+    assert!(matches!(&err, ImageError::BadLibrary { .. }), "{err}");
+    assert!(!dir.path().join(BUSYBOX_TARBALL).exists());
+}
+
+#[test]
 fn dynamic_or_non_elf_inputs_are_refused_with_their_path() {
     let dir = tempfile::tempdir().unwrap();
     let dynamic = dir.path().join("dynamic");
     fs::write(&dynamic, fake_elf(PT_INTERP)).unwrap();
-    let err = build_busybox(dir.path(), &dynamic).unwrap_err();
+    let err = build_pause(dir.path(), &dynamic).unwrap_err();
     assert!(
         matches!(&err, ImageError::NotStatic { path, .. } if *path == dynamic),
         "{err}"
@@ -194,16 +274,135 @@ fn dynamic_or_non_elf_inputs_are_refused_with_their_path() {
 }
 
 #[test]
-fn real_host_binaries_are_static() {
-    // Debian's busybox-static, when installed, is what the smoke test packs.
-    let busybox = Path::new("/bin/busybox");
-    if let Ok(data) = fs::read(busybox) {
-        assert_eq!(check_static_elf(&data), Ok(()));
-    }
-    // /bin/sh (dash) is dynamically linked on Debian.
+fn real_host_busybox_is_dynamic_and_needs_the_host_loader() {
+    // /bin/dash is dynamically linked on Debian, with the x86-64 loader as interpreter.
     if let Ok(data) = fs::read("/bin/dash") {
         assert!(check_static_elf(&data).is_err());
+        assert_eq!(
+            elf_interpreter(&data).unwrap().as_deref(),
+            Some("/lib64/ld-linux-x86-64.so.2")
+        );
     }
+    // Debian's busybox-static, when installed, is exactly what the busybox image must refuse.
+    if let Ok(data) = fs::read("/bin/busybox") {
+        assert_eq!(elf_interpreter(&data), Ok(None));
+        let err = read_dynamic_executable(Path::new("/bin/busybox"), &[]).unwrap_err();
+        assert!(matches!(err, ImageError::NotDynamic { .. }), "{err}");
+    }
+}
+
+#[test]
+fn addon_images_have_their_binary_as_entrypoint_and_a_minimal_etc() {
+    for addon in Addon::ALL {
+        let spec = addon_spec(addon, fake_elf(PT_LOAD));
+        assert_eq!(spec.entrypoint, [format!("/{}", addon.name())]);
+        assert!(
+            spec.reference.starts_with("localhost/k8sd/"),
+            "{}",
+            spec.reference
+        );
+        assert!(
+            spec.reference
+                .ends_with(&format!("/{}:{}", addon.name(), addon.version()))
+        );
+        let paths: Vec<&str> = spec.entries.iter().map(Entry::path).collect();
+        assert_eq!(paths, [addon.name(), "etc", "etc/passwd", "etc/group", "tmp"]);
+        assert!(
+            spec.entries
+                .iter()
+                .any(|e| matches!(e, Entry::Dir { path, mode } if path == "tmp" && *mode == 0o1777))
+        );
+        assert!(spec.entries.iter().any(
+            |e| matches!(e, Entry::File { path, data, .. } if path == "etc/passwd" && String::from_utf8_lossy(data).contains("nobody:x:65534:65534:"))
+        ));
+    }
+    // The catalog and the specs agree on names and tarballs.
+    let catalog = catalog::all();
+    for addon in Addon::ALL {
+        assert!(
+            catalog
+                .iter()
+                .any(|e| e.reference == addon.reference() && e.tarball == addon.tarball() && !e.required)
+        );
+    }
+    assert_eq!(Addon::CoreDns.reference(), catalog::coredns_image());
+    assert_eq!(Addon::CoreDns.tarball(), "coredns.tar");
+    assert_eq!(Addon::MetricsServer.tarball(), "metrics-server.tar");
+    assert_eq!(
+        Addon::LocalPathProvisioner.tarball(),
+        "local-path-provisioner.tar"
+    );
+}
+
+#[test]
+fn addon_images_are_built_from_the_pinned_binary_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let addons = dir.path().join("addons");
+    for addon in Addon::ALL {
+        let bin = addon_binary(&addons, addon);
+        assert_eq!(
+            bin,
+            addons.join(addon.name()).join(addon.version()).join(addon.name())
+        );
+        fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        fs::write(&bin, elf_with(PT_LOAD, addon.name())).unwrap();
+    }
+    let a = build_addon(&dir.path().join("a"), &addons, Addon::CoreDns).unwrap();
+    let b = build_addon(&dir.path().join("b"), &addons, Addon::CoreDns).unwrap();
+    assert_eq!(a.manifest_digest, b.manifest_digest);
+    assert_eq!(fs::read(&a.tarball).unwrap(), fs::read(&b.tarball).unwrap());
+    assert_eq!(a.tarball, dir.path().join("a/coredns.tar"));
+    let img = unpack(&a.tarball);
+    assert_eq!(
+        img.config["config"]["Entrypoint"],
+        serde_json::json!(["/coredns"])
+    );
+    assert_eq!(
+        img.index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        catalog::coredns_image()
+    );
+    assert_eq!(img.layer["coredns"].1, elf_with(PT_LOAD, "coredns"));
+    assert_eq!(img.layer["coredns"].0.mode().unwrap(), 0o755);
+
+    // Another add-on's binary gives another digest.
+    let m = build_addon(&dir.path().join("a"), &addons, Addon::MetricsServer).unwrap();
+    assert_ne!(m.manifest_digest, a.manifest_digest);
+    assert_eq!(
+        unpack(&m.tarball).config["config"]["Entrypoint"],
+        serde_json::json!(["/metrics-server"])
+    );
+}
+
+#[test]
+fn a_missing_or_dynamic_addon_binary_is_refused_naming_the_build_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = build_addon(
+        dir.path(),
+        &dir.path().join("addons"),
+        Addon::LocalPathProvisioner,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ImageError::MissingAddon {
+                addon: "local-path-provisioner",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("scripts/build-addons.sh"), "{err}");
+    assert!(
+        err.to_string().contains(Addon::LocalPathProvisioner.version()),
+        "{err}"
+    );
+
+    let bin = addon_binary(&dir.path().join("addons"), Addon::MetricsServer);
+    fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    fs::write(&bin, fake_elf(PT_INTERP)).unwrap();
+    let err = build_addon(dir.path(), &dir.path().join("addons"), Addon::MetricsServer).unwrap_err();
+    assert!(matches!(err, ImageError::NotStatic { .. }), "{err}");
 }
 
 #[test]
