@@ -16,8 +16,10 @@ pub mod components;
 pub mod config;
 mod control;
 mod join;
+mod noderole;
 mod podnet;
 pub mod status;
+pub mod svcroute;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -378,6 +380,8 @@ impl Daemon {
             etcd_stop,
             lb: Some(lb),
         });
+        // Before the components start: kube-apiserver may call a webhook Service at once.
+        svcroute::spawn(self, identity.service_cidr, cfg.advertise_address);
 
         let groups = match cfg.role {
             Role::ControlPlane => {
@@ -398,6 +402,9 @@ impl Daemon {
             reason: e.to_string(),
         })?;
         podnet::spawn(self.clone(), cfg.clone());
+        if cfg.role == Role::ControlPlane {
+            noderole::spawn(self, cfg.node_name.clone());
+        }
 
         step("waiting for the node to become Ready");
         let client = self.node_client(&cfg)?;
