@@ -1,6 +1,6 @@
 //! The Kubernetes components of a node: their arguments (pure functions, pinned by tests) and
-//! the rendered configuration files. Arguments are our defaults only; every flag here has a
-//! reason in `shared/reference/kubernetes-on-this-machine.md` §7–10.
+//! the rendered configuration files. Arguments are our defaults only; a flag whose reason is
+//! not obvious from its name says why in a comment beside it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -286,7 +286,7 @@ mod tests {
         for m in must {
             assert!(args.iter().any(|a| a == m), "missing {m}");
         }
-        // Default feature gates stay on: no gate is switched off (contract §2.5).
+        // Default feature gates stay on: upstream's defaults are what Kubernetes tests.
         assert!(!args.iter().any(|a| a.starts_with("--feature-gates")), "{args:?}");
         assert_eq!(
             args.len(),
