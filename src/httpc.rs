@@ -1,6 +1,6 @@
-//! A minimal HTTPS GET client with client-certificate auth, for k8sd's own probes of
-//! kube-apiserver (`/readyz`, the Node object). One request per connection, HTTP/1.1,
-//! `Connection: close`; enough for small JSON answers and nothing more.
+//! A minimal HTTPS client with client-certificate auth, for k8sd's own calls to
+//! kube-apiserver (`/readyz`, reading a Node, a merge patch of its labels). One request per
+//! connection, HTTP/1.1, `Connection: close`; enough for small JSON bodies and nothing more.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -107,21 +107,56 @@ impl TlsClient {
         path: &str,
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>), HttpError> {
-        tokio::time::timeout(timeout, self.get_inner(addr, path))
+        tokio::time::timeout(timeout, self.request(addr, "GET", path, None))
             .await
             .map_err(|_| HttpError::Timeout(addr))?
     }
 
-    async fn get_inner(&self, addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), HttpError> {
+    /// PATCH `path` with a JSON merge patch (RFC 7386), as `kubectl patch --type=merge`.
+    /// Returns the status code and body.
+    pub async fn patch_merge(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        patch: &[u8],
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), HttpError> {
+        let body = Some(("application/merge-patch+json", patch));
+        tokio::time::timeout(timeout, self.request(addr, "PATCH", path, body))
+            .await
+            .map_err(|_| HttpError::Timeout(addr))?
+    }
+
+    async fn request(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Result<(u16, Vec<u8>), HttpError> {
         let io = |source| HttpError::Io { addr, source };
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let name = ServerName::IpAddress(addr.ip().into());
         let mut tls = connector.connect(name, tcp).await.map_err(io)?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-        );
-        tls.write_all(req.as_bytes()).await.map_err(io)?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n"
+        )
+        .into_bytes();
+        match body {
+            Some((content_type, bytes)) => {
+                req.extend_from_slice(
+                    format!(
+                        "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                        bytes.len()
+                    )
+                    .as_bytes(),
+                );
+                req.extend_from_slice(bytes);
+            }
+            None => req.extend_from_slice(b"\r\n"),
+        }
+        tls.write_all(&req).await.map_err(io)?;
         let mut buf = Vec::new();
         // Servers may close without TLS close_notify; keep what arrived.
         if let Err(e) = tls.read_to_end(&mut buf).await

@@ -11,6 +11,28 @@ pub const DEFAULT_RUN_DIR: &str = "/run/k8sd";
 /// Default place of the prebuilt image tarballs and kubebin (outside any checkout).
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/k8sd";
 
+/// systemd-resolved's list of the real upstream servers (present only while it runs).
+pub const SYSTEMD_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
+/// The host's resolver configuration; under systemd-resolved it names only the 127.0.0.53 stub.
+pub const ETC_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The resolv.conf the kubelet hands to pods with `dnsPolicy: Default` (and so to a cluster DNS
+/// server's upstream forwarding): systemd-resolved's upstream list when that file exists, since
+/// the stub address 127.0.0.53 in /etc/resolv.conf means "this network namespace" inside a pod
+/// and a DNS server forwarding there would query itself.
+pub fn kubelet_resolv_conf(systemd_resolved_present: bool) -> &'static str {
+    if systemd_resolved_present {
+        SYSTEMD_RESOLV_CONF
+    } else {
+        ETC_RESOLV_CONF
+    }
+}
+
+/// [`kubelet_resolv_conf`] for this machine.
+pub fn host_kubelet_resolv_conf() -> &'static str {
+    kubelet_resolv_conf(Path::new(SYSTEMD_RESOLV_CONF).is_file())
+}
+
 /// Environment variables k8sd reads.
 pub const ENV_KUBEBIN: &str = "K8SD_KUBEBIN";
 pub const ENV_IMAGES_DIR: &str = "K8SD_IMAGES_DIR";

@@ -192,6 +192,7 @@ pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
         Rpc::Join => client.join(msg).await,
         Rpc::JoinComplete => client.join_complete(msg).await,
         Rpc::Membership => client.membership(msg).await,
+        Rpc::Renew => client.renew(msg).await,
     };
     match res {
         Ok(r) => serde_json::from_slice(&r.into_inner().body)
@@ -220,6 +221,7 @@ pub enum Rpc {
     Join,
     JoinComplete,
     Membership,
+    Renew,
 }
 
 /// Try each address in turn: pin, connect, call. Stops at the first answer or refusal.

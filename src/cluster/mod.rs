@@ -6,6 +6,7 @@
 //!  k8sd join     ─▶ daemon ─▶ client: pin CA by fingerprint ─▶ server (any control-plane node)
 //!                                      Join: check token + name ─▶ certs / cluster secrets
 //!                                      JoinComplete (control plane): consume token + record member
+//!  worker renewal ─▶ daemon ─▶ client with its kubelet client cert ─▶ Renew: fresh certs for new keys
 //! ```
 //!
 //! Boundary: this module talks to the datastore only through `node::Node` and to the PKI only

@@ -7,7 +7,9 @@
 //!   joiner's in the Txn of `JoinComplete`, after its datastore member exists. Both Txns compare
 //!   the token record's mod revision, so two joiners racing with one token cannot both win.
 //! - A worker never receives a CA key: its certificates are signed here, for the name and
-//!   address the control plane records, over public keys it sent.
+//!   address the control plane records, over public keys it sent. The same holds when it
+//!   renews (`Renew`): the name comes from its verified client certificate, the address from
+//!   its member record.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use super::registry::{self, ClusterInfo, MemberRecord, MemberRole};
 use super::token::{JoinToken, TokenError, TokenRecord, TokenRole, TokenState, now_unix};
 use super::wire::*;
 use crate::node::Node;
-use crate::pki::{self, CaKind, Leaf, NodeIdentity};
+use crate::pki::{self, CaKind, Leaf, NodeIdentity, NodeRole};
 
 /// The cluster API service of one control-plane node.
 #[derive(Debug, Clone)]
@@ -297,6 +299,57 @@ impl ClusterApi for ClusterService {
         reply(&MembershipReply {
             version: WIRE_VERSION,
             member: member.is_some(),
+        })
+    }
+
+    async fn renew(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        let name = node_of(&req)
+            .ok_or_else(|| Status::unauthenticated("present this node's kubelet client certificate"))?;
+        let req: RenewRequest = body(req)?;
+        check_version(req.version)?;
+        // The identity comes from the verified certificate and the member record, so a worker
+        // can renew only its own certificates, for the address it joined with.
+        let member = registry::get::<MemberRecord>(&self.node, &registry::member_key(&name))
+            .await
+            .map_err(unavailable)?
+            .map(|(m, _)| m)
+            .ok_or_else(|| Status::permission_denied(format!("{name} is not a member of this cluster")))?;
+        if member.role != MemberRole::Worker {
+            return Err(Status::failed_precondition(
+                "a control-plane node renews its certificates from its own copy of the CA",
+            ));
+        }
+        let cluster = self.cluster_info().await?;
+        let ca = pki::load_ca(&self.pki_dir, CaKind::Cluster).map_err(|e| Status::internal(e.to_string()))?;
+        let id = NodeIdentity {
+            node_name: name.clone(),
+            node_ips: vec![member.address],
+            extra_sans: vec![],
+            service_cidr: cluster
+                .service_cidr
+                .parse()
+                .map_err(|e: pki::PkiError| Status::internal(e.to_string()))?,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let mut certs = Vec::new();
+        for k in &req.keys {
+            let leaf = Leaf::for_role(NodeRole::Worker)
+                .find(|l| l.file_stem() == k.leaf)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("{:?} is not a worker certificate", k.leaf))
+                })?;
+            let signed = pki::sign_leaf_for_public_key(&ca, &leaf.spec(&id), &k.public_key, now)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            certs.push(RenewedCert {
+                leaf: k.leaf.clone(),
+                cert: signed,
+            });
+        }
+        tracing::info!(node = %name, leaves = ?req.keys.iter().map(|k| &k.leaf).collect::<Vec<_>>(), "renewed a worker's certificates");
+        reply(&RenewReply {
+            version: WIRE_VERSION,
+            ca_cert: ca.cert_pem().to_string(),
+            certs,
         })
     }
 

@@ -85,3 +85,31 @@ pub struct MembershipReply {
     pub version: u32,
     pub member: bool,
 }
+
+/// A worker's public keys (PKIX PEM) for the certificates it wants re-signed, by file stem of
+/// the leaf (`kubelet`, `kubelet-client`, `kube-proxy`); it keeps the private halves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub version: u32,
+    pub keys: Vec<RenewKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewKey {
+    pub leaf: String,
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewReply {
+    pub version: u32,
+    /// The cluster CA certificate (PEM), to verify the new certificates against.
+    pub ca_cert: String,
+    pub certs: Vec<RenewedCert>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewedCert {
+    pub leaf: String,
+    pub cert: String,
+}

@@ -1,6 +1,6 @@
 //! The Kubernetes components of a node: their arguments (pure functions, pinned by tests) and
-//! the rendered configuration files. Arguments are our defaults only; every flag here has a
-//! reason in `shared/reference/kubernetes-on-this-machine.md` §7–10.
+//! the rendered configuration files. Arguments are our defaults only; a flag whose reason is
+//! not obvious from its name says why in a comment beside it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -79,6 +79,9 @@ pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
             c.pki("apiserver-kubelet-client.crt"),
         ),
         ("kubelet-client-key", c.pki("apiserver-kubelet-client.key")),
+        // Kubelets serve a certificate from the cluster CA (issued by k8sd, with the node's
+        // name and IP), so the apiserver verifies them for logs, exec and port-forward.
+        ("kubelet-certificate-authority", c.pki("ca.crt")),
         ("kubelet-preferred-address-types", "InternalIP,Hostname".into()),
         ("authorization-mode", "Node,RBAC".into()),
         ("enable-admission-plugins", "NodeRestriction".into()),
@@ -192,6 +195,16 @@ pub fn cni_conflist(c: &Ctx<'_>, node_pod_cidr: &str) -> Result<String, String> 
     render(CNI_TEMPLATE, &values)
 }
 
+/// The kubelet's `clusterDNS` as a YAML flow list. `validate` refuses service ranges too small
+/// for the DNS address, so an empty list only follows a hand-edited node.yaml; the kubelet then
+/// gives pods the host's resolvers (and reports MissingClusterDNS) rather than a bogus server.
+fn cluster_dns(cfg: &NodeConfig) -> String {
+    match cfg.dns_service_ip() {
+        Some(ip) => format!("[\"{ip}\"]"),
+        None => "[]".into(),
+    }
+}
+
 /// The rendered configuration files: (path, contents). The CNI configuration is not among
 /// them: it needs the node's pod range (`cni_conflist`).
 pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
@@ -209,6 +222,11 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
         ("pod_logs_dir", p(&l.pod_logs_dir())),
         ("kubeconfig", c.kubeconfig("proxy.conf")),
         ("node_name", c.cfg.node_name.clone()),
+        ("cluster_dns", cluster_dns(c.cfg)),
+        (
+            "resolv_conf",
+            crate::paths::host_kubelet_resolv_conf().to_string(),
+        ),
     ];
     Ok(vec![
         (
@@ -262,15 +280,17 @@ mod tests {
             "--etcd-certfile=/d/pki/datastore-client.crt",
             "--advertise-address=10.0.0.5",
             "--service-cluster-ip-range=10.96.0.0/12",
+            "--kubelet-certificate-authority=/d/pki/ca.crt",
+            "--kubelet-client-certificate=/d/pki/apiserver-kubelet-client.crt",
         ];
         for m in must {
             assert!(args.iter().any(|a| a == m), "missing {m}");
         }
-        // Default feature gates stay on: no gate is switched off (contract §2.5).
+        // Default feature gates stay on: upstream's defaults are what Kubernetes tests.
         assert!(!args.iter().any(|a| a.starts_with("--feature-gates")), "{args:?}");
         assert_eq!(
             args.len(),
-            35,
+            36,
             "the full flag set is pinned; update this test deliberately"
         );
     }
@@ -322,5 +342,63 @@ mod tests {
         assert!(containerd.contains("restrict_oom_score_adj = true"));
         assert!(containerd.contains("address = \"/r/containerd/containerd.sock\""));
         assert!(render("a {{x}}", &[]).is_err());
+    }
+
+    /// The kubelet config as YAML, parsed back: what the kubelet itself will read.
+    fn kubelet_yaml(cfg: &NodeConfig) -> serde_yaml::Value {
+        let layout = Layout::new("/d", "/r");
+        let files = config_files(&Ctx {
+            layout: &layout,
+            cfg,
+            cgroup_root: "/",
+        })
+        .unwrap();
+        let (_, text) = files.iter().find(|(p, _)| p.ends_with("kubelet.yaml")).unwrap();
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn kubelet_serves_the_cluster_ca_certificate_k8sd_issued() {
+        let y = kubelet_yaml(&cfg());
+        assert_eq!(y["tlsCertFile"].as_str(), Some("/d/pki/kubelet.crt"));
+        assert_eq!(y["tlsPrivateKeyFile"].as_str(), Some("/d/pki/kubelet.key"));
+        assert_eq!(
+            y["authentication"]["x509"]["clientCAFile"].as_str(),
+            Some("/d/pki/ca.crt")
+        );
+    }
+
+    #[test]
+    fn kubelet_dns_is_the_tenth_service_ip_and_never_the_resolved_stub() {
+        let y = kubelet_yaml(&cfg());
+        let dns: Vec<&str> = y["clusterDNS"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(dns, ["10.96.0.10"]);
+        assert_eq!(y["clusterDomain"].as_str(), Some("cluster.local"));
+        let mut other = cfg();
+        other.service_cidr = "10.43.0.0/16".into();
+        assert_eq!(kubelet_yaml(&other)["clusterDNS"][0].as_str(), Some("10.43.0.10"));
+        // A range without a 10th address (only from a hand-edited node.yaml): no clusterDNS.
+        other.service_cidr = "10.43.0.0/29".into();
+        assert!(
+            kubelet_yaml(&other)["clusterDNS"]
+                .as_sequence()
+                .unwrap()
+                .is_empty()
+        );
+        // resolvConf follows this machine; both choices are pinned in paths.rs.
+        assert_eq!(
+            y["resolvConf"].as_str(),
+            Some(crate::paths::host_kubelet_resolv_conf())
+        );
+        assert_eq!(
+            crate::paths::kubelet_resolv_conf(true),
+            "/run/systemd/resolve/resolv.conf"
+        );
+        assert_eq!(crate::paths::kubelet_resolv_conf(false), "/etc/resolv.conf");
     }
 }

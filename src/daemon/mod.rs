@@ -16,8 +16,10 @@ pub mod components;
 pub mod config;
 mod control;
 mod join;
+mod noderole;
 mod podnet;
 pub mod status;
+pub mod svcroute;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,10 @@ pub enum DaemonError {
     AlreadyInitialised(PathBuf),
     #[error("starting {component} failed: {reason}")]
     Start { component: String, reason: String },
+    #[error("renewing this worker's certificates through the cluster API: {0}")]
+    WorkerRenewal(#[source] crate::cluster::client::JoinError),
+    #[error("the control plane answered a renewal without a certificate for {cert}")]
+    RenewalIncomplete { cert: String },
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -347,6 +353,15 @@ impl Daemon {
             self.serve_datastore_and_api(&datastore, &cfg, stop_rx).await?;
             Some(datastore)
         } else {
+            // Renew before the kubelet starts, so a worker that was down for months comes back
+            // with valid certificates. Only a due certificate costs a call; an unreachable
+            // control plane is not fatal here (the renewal loop retries).
+            step("checking certificates");
+            match self.renew_worker_certs(&cfg, &identity).await {
+                Ok(r) if !r.is_empty() => tracing::info!(files = r.changes.len(), "renewed certificates"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying in 12 h"),
+            }
             let server = format!("https://{}", components::lb_addr());
             pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::Worker, &server)?;
             None
@@ -378,6 +393,8 @@ impl Daemon {
             etcd_stop,
             lb: Some(lb),
         });
+        // Before the components start: kube-apiserver may call a webhook Service at once.
+        svcroute::spawn(self, identity.service_cidr, cfg.advertise_address);
 
         let groups = match cfg.role {
             Role::ControlPlane => {
@@ -398,6 +415,9 @@ impl Daemon {
             reason: e.to_string(),
         })?;
         podnet::spawn(self.clone(), cfg.clone());
+        if cfg.role == Role::ControlPlane {
+            noderole::spawn(self, cfg.node_name.clone());
+        }
 
         step("waiting for the node to become Ready");
         let client = self.node_client(&cfg)?;
@@ -418,9 +438,7 @@ impl Daemon {
         }
         self.set_phase(Phase::Running);
         report(&progress, "node is Ready");
-        if cfg.role == Role::ControlPlane {
-            self.spawn_cert_renewal(identity, supervisor);
-        }
+        self.spawn_cert_renewal(cfg.clone(), identity, supervisor);
         self.spawn_removal_watch();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         Ok(())
@@ -552,9 +570,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// Twice a day, renew leaf certificates close to expiry (or whose SANs changed) from the same
-    /// CA, and restart only the components that read them.
-    fn spawn_cert_renewal(self: &Arc<Self>, identity: NodeIdentity, supervisor: Arc<Supervisor>) {
+    /// Twice a day, renew leaf certificates close to expiry (or whose SANs changed) and restart
+    /// only the components that read them. A control-plane node signs its own from the CA; a
+    /// worker asks the control plane over the cluster API (`Renew`).
+    fn spawn_cert_renewal(
+        self: &Arc<Self>,
+        cfg: NodeConfig,
+        identity: NodeIdentity,
+        supervisor: Arc<Supervisor>,
+    ) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(12 * 3600));
@@ -562,37 +586,30 @@ impl Daemon {
             loop {
                 tick.tick().await;
                 let Some(d) = me.upgrade() else { return };
-                let l = d.opts.layout.clone();
-                let server = format!("https://{}", components::apiserver_addr());
-                let renewed = pki::ensure_control_plane_pki(&l.pki_dir(), &identity).and_then(|r| {
-                    pki::ensure_kubeconfigs(
-                        &l.pki_dir(),
-                        &l.kubeconfig_dir(),
-                        NodeRole::ControlPlane,
-                        &server,
-                    )
-                    .map(|k| r.merge(k))
-                });
+                if d.running().is_none() {
+                    return;
+                }
+                let renewed = match cfg.role {
+                    Role::ControlPlane => d.renew_control_plane_certs(&identity),
+                    Role::Worker => d.renew_worker_certs(&cfg, &identity).await,
+                };
                 match renewed {
-                    Ok(r) if r.is_empty() => {}
-                    Ok(r) => {
-                        for c in r.affected() {
-                            let Some(name) = component_of(c) else {
-                                tracing::warn!(consumer = ?c, "renewed certificate takes effect at the next k8sd restart");
-                                continue;
-                            };
-                            tracing::info!(component = name, "restarting after certificate renewal");
-                            if let Err(e) = supervisor.restart(name).await {
-                                tracing::error!(component = name, error = %e, "restart after renewal failed");
-                            }
-                        }
-                    }
+                    Ok(r) => restart_consumers(&supervisor, &r).await,
                     Err(e) => {
                         tracing::error!(error = %e, "certificate renewal check failed; retrying in 12 h")
                     }
                 }
             }
         });
+    }
+
+    fn renew_control_plane_certs(&self, identity: &NodeIdentity) -> Result<pki::PkiReport, DaemonError> {
+        let l = &self.opts.layout;
+        let server = format!("https://{}", components::lb_addr());
+        let report = pki::ensure_control_plane_pki(&l.pki_dir(), identity)?;
+        let kubeconfigs =
+            pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)?;
+        Ok(report.merge(kubeconfigs))
     }
 
     /// The datastore as a Raft member: peer service on the advertise address (mTLS with the
@@ -765,6 +782,20 @@ impl Daemon {
 
     pub async fn status(&self) -> api::StatusReport {
         status::build(self).await
+    }
+}
+
+/// Restart every supervised component that reads a file the report changed.
+async fn restart_consumers(supervisor: &Supervisor, report: &pki::PkiReport) {
+    for c in report.affected() {
+        let Some(name) = component_of(c) else {
+            tracing::warn!(consumer = ?c, "renewed certificate takes effect at the next k8sd restart");
+            continue;
+        };
+        tracing::info!(component = name, "restarting after certificate renewal");
+        if let Err(e) = supervisor.restart(name).await {
+            tracing::error!(component = name, error = %e, "restart after renewal failed");
+        }
     }
 }
 

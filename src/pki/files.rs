@@ -490,6 +490,77 @@ mod tests {
         assert!(status[0].is_ca);
     }
 
+    /// What a worker does through the cluster API's `Renew`: its leaves are due near expiry,
+    /// it sends new public keys, the control plane signs them, and the worker installs them
+    /// (keys 0600) so that its kubelet serves a fresh cluster-CA certificate for its name and IP.
+    #[test]
+    fn a_worker_renews_expiring_certificates_for_new_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cp, worker) = (tmp.path().join("cp"), tmp.path().join("worker"));
+        ensure_control_plane_pki(&cp, &id()).unwrap();
+        let ca = load_ca(&cp, CaKind::Cluster).unwrap();
+        let mut worker_id = id();
+        worker_id.node_name = "worker-1".into();
+        worker_id.extra_sans = vec![];
+        let now = OffsetDateTime::now_utc();
+        let sign_all = |due: &[(LeafSpec, ChangeReason)], at: OffsetDateTime| -> Vec<(Leaf, IssuedCert)> {
+            due.iter()
+                .map(|(spec, _)| {
+                    let key = crate::pki::generate_private_key_pem("k").unwrap();
+                    let public = crate::pki::public_key_pem("k", &key).unwrap();
+                    let cert = crate::pki::sign_leaf_for_public_key(&ca, spec, &public, at).unwrap();
+                    (
+                        spec.leaf,
+                        IssuedCert {
+                            cert_pem: cert,
+                            key_pem: key,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let due = worker_renewals_due(&worker, &worker_id, &RenewalPolicy::current()).unwrap();
+        install_worker_pki(&worker, ca.cert_pem(), &sign_all(&due, now)).unwrap();
+        let before = read(&worker, "kubelet.crt");
+
+        // 300 days on, every 365-day leaf is inside the 120-day window.
+        let later = RenewalPolicy {
+            now: now + time::Duration::days(300),
+            renew_before: crate::pki::DEFAULT_RENEW_BEFORE,
+        };
+        let due = worker_renewals_due(&worker, &worker_id, &later).unwrap();
+        let leaves: Vec<Leaf> = due.iter().map(|(s, _)| s.leaf).collect();
+        assert_eq!(
+            leaves,
+            [Leaf::KubeletServing, Leaf::KubeletClient, Leaf::KubeProxy]
+        );
+        assert!(due.iter().all(|(_, r)| *r == ChangeReason::Expiring), "{due:?}");
+        let report = install_worker_pki(&worker, ca.cert_pem(), &sign_all(&due, later.now)).unwrap();
+        assert!(report.affected().contains(&Consumer::Kubelet));
+        assert!(report.affected().contains(&Consumer::KubeProxy));
+        assert!(
+            worker_renewals_due(&worker, &worker_id, &later)
+                .unwrap()
+                .is_empty()
+        );
+
+        let pem = read(&worker, "kubelet.crt");
+        assert_ne!(pem, before);
+        let info = inspect::parse_cert("kubelet.crt", &pem).unwrap();
+        assert!(inspect::is_signed_by(&pem, ca.cert_pem()).unwrap());
+        assert_eq!((info.server_auth, info.client_auth), (true, false));
+        let want: std::collections::BTreeSet<San> = [
+            San::Dns("worker-1".into()),
+            San::Ip("192.0.2.10".parse().unwrap()),
+        ]
+        .into();
+        assert_eq!(info.sans, want);
+        let files = listing(&worker);
+        for key in ["kubelet.key", "kubelet-client.key", "kube-proxy.key"] {
+            assert_eq!(files[key].2, 0o600, "{key}");
+        }
+    }
+
     #[test]
     fn status_lists_every_certificate_with_its_expiry() {
         let tmp = tempfile::tempdir().unwrap();

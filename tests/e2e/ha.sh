@@ -112,7 +112,27 @@ three_voters() { status_says 1 "$@"; }
 check "status: 3 voters and a worker, HA holds" wait_for 60 "3 voters" three_voters "sorted((n['name'], n['role']) for n in d['nodes']) == [('n1','voter'),('n2','voter'),('n3','voter'),('n4','worker')] and d['ha']" True
 check "status on the worker: role worker, 3 healthy API backends" status_says 4 "d['role'] + ' ' + str(sum(b['healthy'] for b in d['api-backends']))" "worker 3"
 check "worker holds no CA key" test ! -e "$(data_of 4)/pki/ca.key"
-check "keys are 0600" bash -c "[[ \$(stat -c %a '$(data_of 2)/pki/ca.key') == 600 && \$(stat -c %a '$(data_of 4)/pki/kubelet-client.key') == 600 ]]"
+# The control plane signed the worker's kubelet serving certificate at join, for its name and IP.
+worker_kubelet_tls() {
+  nsenter --net="/run/netns/$(ns_of 4)" openssl s_client -connect "$(addr_of 4):10250" \
+    -CAfile "$(data_of 1)/pki/ca.crt" -verify_return_error -verify_ip "$(addr_of 4)" </dev/null >/dev/null 2>&1
+}
+check "the worker's kubelet serving certificate verifies against the cluster CA" wait_for 30 "worker kubelet TLS" worker_kubelet_tls
+log "worker certificate renewal through the cluster API"
+# A worker whose kubelet serving certificate is gone (as if expired) gets a new one signed by
+# the control plane when k8sd starts, before its kubelet does.
+serial4() { openssl x509 -noout -serial -in "$(data_of 4)/pki/kubelet.crt" 2>/dev/null; }
+old_serial=$(serial4)
+pid=$(daemon_pid 4); kill -TERM "$pid"
+for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+rm -f "$(data_of 4)/pki/kubelet.crt"
+K8SD_CGROUP_ROOT=/k8sd-ha4-$tag nsenter --net="/run/netns/$(ns_of 4)" unshare --uts sh -c 'hostname "$0"; setsid "$@" </dev/null >>"$0.log" 2>&1 &' \
+  n4 "$K8SD_BIN" --data-dir "$(data_of 4)" --run-dir "$(run_of 4)" run
+mv n4.log "$work/n4-restart.log" 2>/dev/null
+check "n4 is ready again after the restart" wait_for 180 "n4 ready" k 4 status --wait-ready --timeout 5
+check "n4 received a new kubelet serving certificate" bash -c "s=\$(openssl x509 -noout -serial -in '$(data_of 4)/pki/kubelet.crt') && [[ -n \$s && \$s != '$old_serial' ]]"
+check "the renewed certificate verifies against the cluster CA" wait_for 30 "worker kubelet TLS" worker_kubelet_tls
+check "keys are 0600" bash -c "[[ \$(stat -c %a '$(data_of 2)/pki/ca.key') == 600 && \$(stat -c %a '$(data_of 4)/pki/kubelet-client.key') == 600 && \$(stat -c %a '$(data_of 4)/pki/kubelet.key') == 600 ]]"
 
 # The client's kubeconfig: admin credentials, server = HAProxy; the worker's: its balancer.
 sed -e "s#server: .*#server: https://$prefix.1:$lbport#" "$(data_of 1)/kubeconfig/admin.conf" > "$work/admin.conf"
@@ -163,6 +183,8 @@ spec:
 EOF
 pods_running() { [[ $(kc get pods -l app=demo --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -c '^n4$') == "$1" ]]; }
 check "the demo pod runs on the worker n4" wait_for 120 "pod on n4" pods_running 1
+# kube-apiserver verifies the worker kubelet's certificate (--kubelet-certificate-authority).
+check "kubectl exec into the pod on the worker works" wait_for 30 "exec on n4" kc exec deploy/demo -- true
 
 log "2. stop kube-apiserver on the scheduler's leader node"
 h=$(lease_holder kube-scheduler); h=${h#n}
