@@ -481,6 +481,26 @@ mod tests {
     }
 
     #[test]
+    fn the_wire_stays_compatible_within_api_version_1() {
+        use super::super::api::{Request, StatusReport};
+        let req = Request::Addon {
+            version: 1,
+            name: "dns".into(),
+            enable: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"request":"addon","version":1,"name":"dns","enable":false}"#
+        );
+        // A status from a daemon that predates add-ons still parses, with none listed.
+        let old = r#"{"version":1,"initialised":true,"node-name":"n","role":"control-plane",
+            "ready":true,"phase":"running","datastore":null,"components":[],"certificates":[],
+            "kubernetes-node":null}"#;
+        let s: StatusReport = serde_json::from_str(old).unwrap();
+        assert!(s.addons.is_empty());
+    }
+
+    #[test]
     fn the_digest_changes_with_enablement_and_manifest() {
         assert_eq!(digest(true, "a"), digest(true, "a"));
         assert_ne!(digest(true, "a"), digest(false, "a"));
