@@ -4,6 +4,7 @@
 //! binary (`src/main.rs`) only parses the command line and maps errors to exit codes.
 //! See `docs/ARCHITECTURE.md` for the map of modules and the invariants between them.
 
+pub mod addons;
 pub mod cli;
 pub mod cluster;
 pub mod daemon;

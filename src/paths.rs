@@ -112,6 +112,11 @@ impl Layout {
     pub fn cni_ipam_dir(&self) -> PathBuf {
         self.d("cni/networks")
     }
+    /// 0755: local-path volumes (the storage add-on), one `pvc-*` directory per volume, made
+    /// and removed by the provisioner's helper pods.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.d("storage")
+    }
     /// 0600: the local API load balancer's last known kube-apiserver endpoints.
     pub fn lb_state_file(&self) -> PathBuf {
         self.d("lb/endpoints.json")

@@ -220,3 +220,23 @@ pub fn component(layout: Layout, name: String, start: bool) -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// `k8sd enable|disable NAME`: the daemon records the choice for the whole cluster and applies
+/// or removes the add-on before answering.
+pub fn addon(layout: Layout, name: String, enable: bool) -> anyhow::Result<()> {
+    let addon = crate::addons::Addon::parse(&name)?;
+    call(
+        &layout,
+        Request::Addon {
+            version: API_VERSION,
+            name: addon.name().to_string(),
+            enable,
+        },
+    )?;
+    if enable {
+        println!("{addon} enabled; `k8sd status --wait-ready` waits for it to be ready");
+    } else {
+        println!("{addon} disabled; what k8sd created for it was removed");
+    }
+    Ok(())
+}

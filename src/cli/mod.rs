@@ -37,6 +37,10 @@ pub enum Command {
     Stop { component: String },
     /// Start a component stopped with `k8sd stop`.
     Start { component: String },
+    /// Deploy a cluster add-on (dns, metrics, storage) and keep it current; on a control-plane node.
+    Enable { addon: String },
+    /// Remove a cluster add-on (dns, metrics, storage) and what k8sd created for it.
+    Disable { addon: String },
     /// The long-running daemon (what systemd or the snap runs); idle until `init`.
     Run(node::RunArgs),
     /// Show the node, datastore, components, certificates and readiness.
@@ -70,6 +74,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Leave(args) => cluster::leave(cli.layout.layout(), args),
         Command::Stop { component } => cluster::component(cli.layout.layout(), component, false),
         Command::Start { component } => cluster::component(cli.layout.layout(), component, true),
+        Command::Enable { addon } => cluster::addon(cli.layout.layout(), addon, true),
+        Command::Disable { addon } => cluster::addon(cli.layout.layout(), addon, false),
         Command::Run(args) => node::run(cli.layout.layout(), args),
         Command::Status(args) => node::status(cli.layout.layout(), args),
         Command::Kubectl { args } => node::kubectl(cli.layout.layout(), args),

@@ -76,6 +76,10 @@ pub struct InitArgs {
     /// Extra subject alternative names for the API server certificate (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub extra_sans: Vec<String>,
+    /// Add-ons not to deploy, comma-separated: dns, metrics, storage (all are on otherwise;
+    /// change later with `k8sd enable|disable NAME`).
+    #[arg(long, value_delimiter = ',')]
+    pub disable: Vec<String>,
     /// YAML file with the same settings (kebab-case keys); flags win.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -93,6 +97,7 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
         pod_cidr: args.pod_cidr,
         service_cidr: args.service_cidr,
         extra_sans: args.extra_sans,
+        disable: args.disable,
     };
     if let Some(file) = &args.config {
         req = req.merge_file(config::read_init_file(file)?);
@@ -222,7 +227,7 @@ pub enum Output {
 pub struct StatusArgs {
     #[arg(long, short, value_enum, default_value = "text")]
     pub output: Output,
-    /// Wait until the node is ready (up to --timeout seconds).
+    /// Wait until the node and every enabled add-on are ready (up to --timeout seconds).
     #[arg(long)]
     pub wait_ready: bool,
     #[arg(long, default_value_t = 600)]
@@ -245,7 +250,7 @@ pub fn status(layout: Layout, args: StatusArgs) -> anyhow::Result<()> {
                 Err(e) => Err(e.into()),
             };
             match got {
-                Ok(s) if !args.wait_ready || s.ready => return Ok(s),
+                Ok(s) if !args.wait_ready || (s.ready && s.addons.iter().all(|a| a.ready)) => return Ok(s),
                 Err(e) if !args.wait_ready => return Err(e),
                 _ if tokio::time::Instant::now() > deadline => {
                     bail!(

@@ -4,6 +4,7 @@
 //!  /k8sd/cluster          ClusterInfo: the settings every node must share (CIDRs)
 //!  /k8sd/members/<name>   MemberRecord: every node that joined, with its role and address
 //!  /k8sd/tokens/<id>      TokenRecord: hashed join tokens and their state
+//!  /k8sd/addons/<name>    AddonRecord: whether an add-on is enabled; absent means enabled
 //! ```
 //!
 //! Reads are linearizable (read index, then the local replica), so a node never hands out a
@@ -25,6 +26,7 @@ use crate::node::Node;
 pub const CLUSTER_KEY: &str = "/k8sd/cluster";
 pub const MEMBERS_PREFIX: &str = "/k8sd/members/";
 pub const TOKENS_PREFIX: &str = "/k8sd/tokens/";
+pub const ADDONS_PREFIX: &str = "/k8sd/addons/";
 
 /// Settings fixed when the cluster was founded; a joining node adopts them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,14 @@ pub struct MemberRecord {
     pub joined_unix: u64,
 }
 
+/// A user's choice for one add-on. Absent means enabled: every add-on is on by default, and an
+/// add-on a newer k8sd introduces is on in clusters founded before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AddonRecord {
+    pub enabled: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("datastore: {0}")]
@@ -69,6 +79,10 @@ pub enum RegistryError {
 
 pub fn member_key(name: &str) -> String {
     format!("{MEMBERS_PREFIX}{name}")
+}
+
+pub fn addon_key(name: &str) -> String {
+    format!("{ADDONS_PREFIX}{name}")
 }
 
 pub fn token_key(id: &str) -> String {
@@ -187,4 +201,34 @@ pub async fn revoke_token(node: &Node, id: &str, now_unix: u64) -> Result<bool, 
             return Ok(true);
         }
     }
+}
+
+/// Whether the add-on `name` is enabled (absent: yes).
+pub async fn addon_enabled(node: &Node, name: &str) -> Result<bool, RegistryError> {
+    Ok(get::<AddonRecord>(node, &addon_key(name))
+        .await?
+        .is_none_or(|(r, _)| r.enabled))
+}
+
+/// Record the user's choice for the add-on `name`.
+pub async fn set_addon(node: &Node, name: &str, enabled: bool) -> Result<(), RegistryError> {
+    txn(
+        node,
+        vec![],
+        vec![put_op(&addon_key(name), &AddonRecord { enabled })],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Record `enabled` for `name` only if nobody chose before (the founder's `init --disable`,
+/// which must not override a choice made since).
+pub async fn set_addon_if_absent(node: &Node, name: &str, enabled: bool) -> Result<bool, RegistryError> {
+    let key = addon_key(name);
+    txn(
+        node,
+        vec![unchanged(&key, 0)],
+        vec![put_op(&key, &AddonRecord { enabled })],
+    )
+    .await
 }

@@ -54,6 +54,13 @@ pub enum Request {
         name: String,
         start: bool,
     },
+    /// `k8sd enable|disable NAME`: turn a cluster add-on on or off. Added within version 1:
+    /// an older daemon answers it with a malformed-request error.
+    Addon {
+        version: u32,
+        name: String,
+        enable: bool,
+    },
 }
 
 impl Request {
@@ -67,7 +74,8 @@ impl Request {
             | Request::RevokeToken { version, .. }
             | Request::RemoveNode { version, .. }
             | Request::Leave { version, .. }
-            | Request::Component { version, .. } => *version,
+            | Request::Component { version, .. }
+            | Request::Addon { version, .. } => *version,
         }
     }
 }
@@ -138,6 +146,21 @@ pub struct StatusReport {
     /// The local API load balancer's backends.
     #[serde(default)]
     pub api_backends: Vec<serde_json::Value>,
+    /// Every cluster add-on (control-plane nodes only know this; empty elsewhere).
+    #[serde(default)]
+    pub addons: Vec<AddonReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct AddonReport {
+    pub name: String,
+    pub enabled: bool,
+    /// Enabled and its Deployment has every desired replica ready; always true when disabled.
+    pub ready: bool,
+    pub ready_replicas: u32,
+    pub desired_replicas: u32,
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

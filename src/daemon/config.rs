@@ -18,6 +18,10 @@ pub struct InitRequest {
     pub service_cidr: Option<String>,
     #[serde(default)]
     pub extra_sans: Vec<String>,
+    /// Add-ons not to deploy (`dns`, `metrics`, `storage`); all are on otherwise. Skipped when
+    /// empty so that an older daemon, which refuses unknown fields, still accepts the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable: Vec<String>,
 }
 
 impl InitRequest {
@@ -29,6 +33,9 @@ impl InitRequest {
         self.service_cidr = self.service_cidr.or(file.service_cidr);
         if self.extra_sans.is_empty() {
             self.extra_sans = file.extra_sans;
+        }
+        if self.disable.is_empty() {
+            self.disable = file.disable;
         }
         self
     }
@@ -125,6 +132,15 @@ pub enum ConfigError {
     Overlap { pod: String, service: String },
     #[error("cannot read {path}: {reason}")]
     File { path: String, reason: String },
+    /// Not a `#[source]`: the message already holds it, and the CLI prints sources too.
+    #[error("{0}; fix --disable or the config file's `disable:` list")]
+    Addon(crate::addons::AddonError),
+}
+
+impl From<crate::addons::AddonError> for ConfigError {
+    fn from(e: crate::addons::AddonError) -> Self {
+        ConfigError::Addon(e)
+    }
 }
 
 fn invalid(what: &'static str, value: &str, reason: impl ToString) -> ConfigError {
@@ -181,6 +197,7 @@ pub fn validate(
             service: service_cidr,
         });
     }
+    crate::addons::parse_list(&req.disable)?;
     for san in &req.extra_sans {
         if san.is_empty() || san.contains(char::is_whitespace) {
             return Err(invalid("extra SAN", san, "must be a DNS name or an IP address"));
@@ -323,12 +340,17 @@ mod tests {
         assert!(req(|r| r.service_cidr = Some("10.88.128.0/24".into())).contains("overlap"));
         assert!(req(|r| r.service_cidr = Some("10.96.0.0/29".into())).contains("too small"));
         assert!(req(|r| r.node_name = Some("Bad_Name".into())).contains("node name"));
+        assert!(
+            req(|r| r.disable = vec!["dns,ingres".into()])
+                .contains("valid add-ons are: dns, metrics, storage")
+        );
         assert!(validate(&InitRequest::default(), "h", &["127.0.0.1".parse().unwrap()]).is_err());
     }
 
     #[test]
     fn config_file_rejects_unknown_fields_and_flags_win() {
-        let file: InitRequest = serde_yaml::from_str("node-name: a\npod-cidr: 10.1.0.0/16\n").unwrap();
+        let file: InitRequest =
+            serde_yaml::from_str("node-name: a\npod-cidr: 10.1.0.0/16\ndisable: [metrics]\n").unwrap();
         let merged = InitRequest {
             node_name: Some("b".into()),
             ..Default::default()
@@ -336,6 +358,13 @@ mod tests {
         .merge_file(file);
         assert_eq!(merged.node_name.as_deref(), Some("b"));
         assert_eq!(merged.pod_cidr.as_deref(), Some("10.1.0.0/16"));
+        assert_eq!(merged.disable, ["metrics"]);
+        // An empty list is not sent, so a daemon that predates add-ons accepts the request.
+        assert!(
+            !serde_json::to_string(&InitRequest::default())
+                .unwrap()
+                .contains("disable")
+        );
         assert!(serde_yaml::from_str::<InitRequest>("podcidr: x\n").is_err());
     }
 }

@@ -120,6 +120,10 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
         Request::Component { name, start, .. } => {
             send(&mut w, &done(daemon.component(&name, start).await)).await
         }
+        Request::Addon { name, enable, .. } => {
+            let r = daemon.set_addon(&name, enable).await.map_err(DaemonError::from);
+            send(&mut w, &done(r)).await
+        }
         req @ (Request::Init { .. } | Request::Join { .. }) => {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let d = daemon.clone();

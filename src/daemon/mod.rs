@@ -11,6 +11,7 @@
 //! Only this module wires `pki`, `node`/`etcd` and `supervisor` together; the supervisor knows
 //! nothing of the others. SIGTERM stops the children in reverse order, then the datastore.
 
+mod addons;
 pub mod api;
 pub mod components;
 pub mod config;
@@ -72,6 +73,8 @@ pub enum DaemonError {
     WorkerRenewal(#[source] crate::cluster::client::JoinError),
     #[error("the control plane answered a renewal without a certificate for {cert}")]
     RenewalIncomplete { cert: String },
+    #[error("{0}")]
+    Addons(#[from] addons::AddonsError),
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -146,6 +149,7 @@ pub struct Daemon {
     node: Mutex<Option<RunningNode>>,
     /// Serialises init and bring-up.
     lifecycle: tokio::sync::Mutex<()>,
+    addons: addons::AddonManager,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +171,7 @@ impl Daemon {
             phase: Mutex::new(Phase::Uninitialised),
             node: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
+            addons: addons::AddonManager::default(),
         })
     }
 
@@ -254,6 +259,8 @@ impl Daemon {
         let cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
         config::check_ports(config::PORTS)?;
         self.preflight()?;
+        let disabled = crate::addons::parse_list(&req.disable).map_err(config::ConfigError::from)?;
+        self.addons.set_init_disabled(disabled);
         let text = serde_yaml::to_string(&cfg).map_err(|e| DaemonError::Other(e.to_string()))?;
         write_file(&node_file, text.as_bytes(), 0o600)?;
         let res = self.bring_up(cfg, Some(progress), None).await;
@@ -439,6 +446,9 @@ impl Daemon {
         self.set_phase(Phase::Running);
         report(&progress, "node is Ready");
         self.spawn_cert_renewal(cfg.clone(), identity, supervisor);
+        if cfg.role == Role::ControlPlane {
+            self.spawn_addons(cfg.clone());
+        }
         self.spawn_removal_watch();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         Ok(())

@@ -31,12 +31,14 @@ pub async fn build(d: &Daemon) -> StatusReport {
         nodes: Vec::new(),
         ha: None,
         api_backends: Vec::new(),
+        addons: Vec::new(),
     };
     let Some(r) = running else { return report };
     report.role = Some(r.cfg.role_name());
     if let Some(ds) = &r.datastore {
         datastore_report(&mut report, &r.cfg, ds).await;
         cluster_report(&mut report, ds).await;
+        report.addons = d.addon_reports(ds).await;
     }
     if let Some(lb) = &r.lb {
         report.api_backends = lb
@@ -330,6 +332,20 @@ pub fn render_text(s: &StatusReport) -> String {
                     let _ = writeln!(o, "      | {l}");
                 }
             }
+        }
+    }
+    if !s.addons.is_empty() {
+        let _ = writeln!(o, "add-ons:");
+        for a in &s.addons {
+            let _ = writeln!(
+                o,
+                "  {:<10} {:<9} {}/{} ready  {}",
+                a.name,
+                if a.enabled { "enabled" } else { "disabled" },
+                a.ready_replicas,
+                a.desired_replicas,
+                a.state
+            );
         }
     }
     if !s.certificates.is_empty() {

@@ -1,0 +1,230 @@
+use super::*;
+
+fn values() -> RenderValues {
+    RenderValues {
+        dns_service_ip: "10.96.0.10".parse().unwrap(),
+        storage_dir: "/var/lib/k8sd/storage".into(),
+        dns_replicas: 2,
+    }
+}
+
+fn docs(addon: Addon) -> Vec<serde_yaml::Value> {
+    let text = render_manifest(addon, &values()).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+use serde::Deserialize;
+
+fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Every container of every pod template (and local-path's helper pod template).
+fn containers(docs: &[serde_yaml::Value]) -> Vec<serde_yaml::Value> {
+    let mut out = vec![];
+    for d in docs {
+        if let Some(cs) = d["spec"]["template"]["spec"]["containers"].as_sequence() {
+            out.extend(cs.iter().cloned());
+        }
+        if let Some(helper) = d["data"]["helperPod.yaml"].as_str() {
+            let pod: serde_yaml::Value = serde_yaml::from_str(helper).unwrap();
+            out.extend(pod["spec"]["containers"].as_sequence().unwrap().iter().cloned());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_manifest_renders_completely_and_parses() {
+    for a in Addon::ALL {
+        let text = render_manifest(a, &values()).unwrap();
+        assert!(!text.contains("{{"), "{a}: marker left");
+        let docs = docs(a);
+        assert!(docs.len() >= 4, "{a}: only {} documents", docs.len());
+        for d in &docs {
+            assert!(d["apiVersion"].is_string() && d["kind"].is_string(), "{a}: {d:?}");
+            assert!(d["metadata"]["name"].is_string(), "{a}: unnamed object");
+            assert_eq!(
+                d["metadata"]["labels"]["k8sd.io/addon"].as_str(),
+                Some(a.name()),
+                "{a}: {} {:?} lacks its add-on label",
+                d["kind"].as_str().unwrap_or("?"),
+                d["metadata"]["name"]
+            );
+        }
+        let w = a.workload();
+        let dep = find(&docs, "Deployment", w.deployment);
+        assert_eq!(dep["metadata"]["namespace"].as_str(), Some(w.namespace));
+    }
+}
+
+#[test]
+fn every_image_is_from_the_catalog_and_never_pulled() {
+    let catalog: Vec<String> = crate::images::catalog::all()
+        .into_iter()
+        .map(|e| e.reference)
+        .collect();
+    for a in Addon::ALL {
+        let cs = containers(&docs(a));
+        assert!(!cs.is_empty(), "{a}: no containers");
+        for c in cs {
+            let image = c["image"].as_str().unwrap();
+            assert!(
+                catalog.iter().any(|r| r == image),
+                "{a}: {image} not in the catalog"
+            );
+            assert_eq!(c["imagePullPolicy"].as_str(), Some("Never"), "{a}: {image}");
+        }
+    }
+    let storage = render_manifest(Addon::Storage, &values()).unwrap();
+    assert!(storage.contains(&format!("--helper-image={}", crate::images::BUSYBOX_IMAGE)));
+}
+
+#[test]
+fn dns_service_and_deployment_follow_the_cluster() {
+    let d = docs(Addon::Dns);
+    let svc = find(&d, "Service", "kube-dns");
+    assert_eq!(svc["metadata"]["namespace"].as_str(), Some("kube-system"));
+    assert_eq!(svc["spec"]["clusterIP"].as_str(), Some("10.96.0.10"));
+    assert_eq!(svc["metadata"]["labels"]["k8s-app"].as_str(), Some("kube-dns"));
+    let ports: Vec<(i64, &str)> = svc["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| (p["port"].as_i64().unwrap(), p["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ports, [(53, "UDP"), (53, "TCP"), (9153, "TCP")]);
+    let dep = find(&d, "Deployment", "coredns");
+    assert_eq!(dep["spec"]["replicas"].as_i64(), Some(2));
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["dnsPolicy"].as_str(), Some("Default"));
+    assert_eq!(pod["priorityClassName"].as_str(), Some("system-cluster-critical"));
+    assert_eq!(
+        pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+            ["topologyKey"]
+            .as_str(),
+        Some("kubernetes.io/hostname")
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"].as_i64(), Some(8181));
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"].as_i64(), Some(8080));
+    let corefile = find(&d, "ConfigMap", "coredns")["data"]["Corefile"]
+        .as_str()
+        .unwrap();
+    for plugin in [
+        "kubernetes cluster.local",
+        "forward . /etc/resolv.conf",
+        "read_timeout 1s",
+        "failfast_all_unhealthy_upstreams",
+        "loop",
+        "cache 30",
+    ] {
+        assert!(corefile.contains(plugin), "Corefile lacks {plugin}");
+    }
+    // The Service IP is whatever the cluster's service CIDR makes it.
+    let other = RenderValues {
+        dns_service_ip: "10.152.183.10".parse().unwrap(),
+        ..values()
+    };
+    assert!(
+        render_manifest(Addon::Dns, &other)
+            .unwrap()
+            .contains("clusterIP: 10.152.183.10")
+    );
+}
+
+#[test]
+fn the_dns_ip_matches_the_node_config() {
+    let cfg =
+        crate::daemon::config::validate(&Default::default(), "h", &["10.0.0.5".parse().unwrap()]).unwrap();
+    let v = RenderValues {
+        dns_service_ip: cfg.dns_service_ip().unwrap(),
+        ..values()
+    };
+    let text = render_manifest(Addon::Dns, &v).unwrap();
+    assert!(text.contains(&format!("clusterIP: {}", cfg.dns_service_ip().unwrap())));
+}
+
+#[test]
+fn metrics_verifies_kubelets_with_the_cluster_ca() {
+    let d = docs(Addon::Metrics);
+    let dep = find(&d, "Deployment", "metrics-server");
+    let args: Vec<&str> = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(!args.iter().any(|a| a.contains("insecure")), "{args:?}");
+    assert!(args.contains(&"--kubelet-certificate-authority=/etc/kubernetes/cluster-ca/ca.crt"));
+    let volumes = &dep["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| v["configMap"]["name"] == "kube-root-ca.crt")
+    );
+    find(&d, "APIService", "v1beta1.metrics.k8s.io");
+    find(&d, "ClusterRole", "system:aggregated-metrics-reader");
+    find(&d, "RoleBinding", "metrics-server-auth-reader");
+    find(&d, "ClusterRoleBinding", "metrics-server:system:auth-delegator");
+}
+
+#[test]
+fn storage_is_the_default_class_in_the_storage_dir() {
+    let d = docs(Addon::Storage);
+    let sc = find(&d, "StorageClass", "local-path");
+    assert_eq!(
+        sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"].as_str(),
+        Some("true")
+    );
+    assert_eq!(sc["volumeBindingMode"].as_str(), Some("WaitForFirstConsumer"));
+    assert_eq!(sc["reclaimPolicy"].as_str(), Some("Delete"));
+    assert_eq!(sc["provisioner"].as_str(), Some("rancher.io/local-path"));
+    let cm = find(&d, "ConfigMap", "local-path-config");
+    let config: serde_json::Value =
+        serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        config["nodePathMap"][0]["node"],
+        "DEFAULT_PATH_FOR_NON_LISTED_NODES"
+    );
+    assert_eq!(config["nodePathMap"][0]["paths"][0], "/var/lib/k8sd/storage");
+    let setup = cm["data"]["setup"].as_str().unwrap();
+    let (df, mkdir) = (setup.find("df ").unwrap(), setup.find("mkdir").unwrap());
+    assert!(
+        df < mkdir,
+        "free space must be checked before the directory is made"
+    );
+}
+
+#[test]
+fn names_parse_and_unknown_ones_are_refused_with_the_valid_list() {
+    assert_eq!(
+        parse_list(&["storage,dns".into(), "DNS".into(), "".into()]).unwrap(),
+        [Addon::Dns, Addon::Storage]
+    );
+    assert_eq!(parse_list(&[]).unwrap(), []);
+    let e = parse_list(&["dns,ingress".into()]).unwrap_err().to_string();
+    assert!(
+        e.contains("\"ingress\"") && e.contains("dns, metrics, storage"),
+        "{e}"
+    );
+    assert_eq!(Addon::parse("metrics").unwrap(), Addon::Metrics);
+    for a in Addon::ALL {
+        assert_eq!(Addon::parse(a.name()).unwrap(), a);
+    }
+}
+
+#[test]
+fn dns_replicas_spread_over_at_most_two_nodes() {
+    assert_eq!(dns_replicas(0), 1);
+    assert_eq!(dns_replicas(1), 1);
+    assert_eq!(dns_replicas(2), 2);
+    assert_eq!(dns_replicas(7), 2);
+}

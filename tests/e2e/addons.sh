@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# End to end for the cluster add-ons on one node, with real components: `k8sd init` deploys
+# CoreDNS, metrics-server and local-path-provisioner; `k8sd status --wait-ready` waits for them;
+# DNS answers for Services and pods (and fails fast for an external name: the test host has no
+# way out); a PVC binds, keeps its data across pods and its directory goes with it; `kubectl top`
+# works; `k8sd disable|enable` remove and restore an add-on; `k8sd status -o json` lists them.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" \
+  "$K8SD_IMAGES_DIR/coredns.tar" "$K8SD_IMAGES_DIR/metrics-server.tar" \
+  "$K8SD_IMAGES_DIR/local-path-provisioner.tar" /usr/bin/containerd
+
+ns=k8sd-e2e-addons
+work=$(mktemp -d /var/tmp/k8sd-e2e-addons.XXXXXX)
+data=$work/data run=/run/$(basename "$work")
+export K8SD_CGROUP_ROOT=/$(basename "$work")
+k8sd() { in_host "$ns" "$K8SD_BIN" --data-dir "$data" --run-dir "$run" "$@"; }
+kubectl() { k8sd kubectl "$@"; }
+daemon_pid() { cat "$run/k8sd.pid" 2>/dev/null; }
+BUSYBOX=docker.io/library/busybox:1.36-local
+
+stop_daemon() {
+  local pid; pid=$(daemon_pid) || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+  log "k8sd did not exit within 60 s"; return 1
+}
+
+cleanup() {
+  if ((failed > 0)); then
+    kubectl get pods -A -o wide 2>&1 | sed 's/^/  | /'
+    kubectl get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 30 | sed 's/^/  | /'
+  fi
+  stop_daemon
+  "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$data/kubelet" \
+    --containerd-address "$run/containerd/containerd.sock" --containerd-root "$data/containerd" \
+    --containerd-state "$run/containerd" --cni-ipam-dir "$data/cni/networks" --pod-logs-dir "$data/pod-logs" \
+    --cgroup-root "$K8SD_CGROUP_ROOT" >/dev/null 2>&1
+  ip link del k8sd-h5 2>/dev/null
+  if ((failed > 0)); then
+    for f in "$data"/logs/*.log; do echo "----- $f (last 30 lines)"; tail -n 30 "$f"; done
+  fi
+  rm -rf "$work" "$run"
+}
+trap cleanup EXIT
+
+status_json() { k8sd status -o json > "$work/status.json"; }
+status_says() {
+  status_json || return 1
+  local got; got=$(json_get "$work/status.json" "$1" 2>&1)
+  [[ $got == "$2" ]] && return 0
+  log "status check: wanted '$2' from $1, got '$got'; status was:"; cat "$work/status.json"
+  return 1
+}
+
+make_host "$ns" 5
+
+log "1. k8sd init deploys the add-ons; status --wait-ready waits for them"
+if k8sd init --node-name e2e-addons; then pass "k8sd init"; else fail "k8sd init"; exit 1; fi
+check "k8sd status --wait-ready returns once every add-on is ready" k8sd status --wait-ready --timeout 300
+check "status -o json lists dns, metrics and storage, all enabled and ready" status_says \
+  "' '.join(a['name'] + ':' + str(a['enabled'] and a['ready']) for a in d['addons'])" \
+  "dns:True metrics:True storage:True"
+has_addons_section() { k8sd status | grep -q '^add-ons:'; }
+check "status text has an add-ons section" has_addons_section
+dns_ip() { kubectl -n kube-system get service kube-dns -o jsonpath='{.spec.clusterIP}'; }
+check "kube-dns has the cluster DNS address (10th of the service CIDR)" test "$(dns_ip)" = 10.96.0.10
+managed_by_k8sd() {
+  kubectl -n kube-system get deployment coredns --show-managed-fields -o jsonpath='{.metadata.managedFields[*].manager}' \
+    | grep -qw k8sd
+}
+check "the add-ons are applied with field manager k8sd" managed_by_k8sd
+
+log "2. DNS"
+kubectl create namespace e2e-other >/dev/null
+cat > "$work/dns.yaml" <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: probe, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: bb, image: $BUSYBOX, imagePullPolicy: Never, command: [sleep, "3600"]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: e2e-other}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: $BUSYBOX
+        imagePullPolicy: Never
+        command: [sh, -c, "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: e2e-other}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless, namespace: e2e-other}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 8080}]
+YAML
+kubectl apply -f "$work/dns.yaml" >/dev/null
+probe_running() { [[ $(kubectl get pod probe -o jsonpath='{.status.phase}') == Running ]]; }
+web_ready() { [[ $(kubectl -n e2e-other get deployment web -o jsonpath='{.status.readyReplicas}') == 2 ]]; }
+check "the probe pod runs" wait_for 120 "probe Running" probe_running
+check "the web Deployment is ready" wait_for 120 "web ready" web_ready
+in_probe() { kubectl exec probe -- "$@"; }
+# resolves NAME IP: NAME's answer holds IP (the "Address:" line of the server is IP:53).
+resolves() { in_probe nslookup "$1" 2>&1 | grep -Eq "^Address:[[:space:]]+$2\$"; }
+svc_ip=$(kubectl -n e2e-other get service web -o jsonpath='{.spec.clusterIP}')
+check "kubernetes.default.svc.cluster.local resolves to 10.96.0.1" wait_for 60 "kubernetes resolves" \
+  resolves kubernetes.default.svc.cluster.local 10.96.0.1
+# busybox nslookup applies the search list only to names without a dot, so the short name goes
+# through the C library resolver (search list and ndots from the pod's resolv.conf): ping prints
+# the address it resolved before it sends anything (a ClusterIP need not answer).
+short_name_resolves() { in_probe ping -c 1 -W 1 web.e2e-other 2>&1 | grep -qF "($svc_ip)"; }
+check "a Service in another namespace resolves by short name (web.e2e-other)" short_name_resolves
+check "and by full name (web.e2e-other.svc.cluster.local)" resolves web.e2e-other.svc.cluster.local "$svc_ip"
+headless_has_every_pod() {
+  local out ip
+  out=$(in_probe nslookup web-headless.e2e-other.svc.cluster.local 2>&1) || return 1
+  for ip in $(kubectl -n e2e-other get pods -l app=web -o jsonpath='{.items[*].status.podIP}'); do
+    grep -Eq "^Address:[[:space:]]+$ip\$" <<<"$out" || { log "headless answer lacks $ip: $out"; return 1; }
+  done
+}
+check "the headless Service answers with every pod's address" wait_for 30 "headless records" headless_has_every_pod
+fetch_by_name() { [[ $(in_probe wget -q -T 5 -O - http://web.e2e-other/) == hello-from-web ]]; }
+check "wget fetches the Service's page by name" wait_for 30 "wget web.e2e-other" fetch_by_name
+external_fails_fast() {
+  local start=$SECONDS rc
+  in_probe nslookup example.com >/dev/null 2>&1; rc=$?
+  local took=$((SECONDS - start))
+  log "external lookup: exit $rc after ${took}s"
+  ((rc != 0 && took <= 5))
+}
+check "an external name fails within 5 s (no upstream is reachable)" external_fails_fast
+
+log "3. storage: a PVC binds on the default class and keeps its data"
+cat > "$work/pvc.yaml" <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+YAML
+cat > "$work/writer.yaml" <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: bb
+    image: $BUSYBOX
+    imagePullPolicy: Never
+    command: [sh, -c, "[ -f /data/marker ] || echo persisted-\$(date +%s) > /data/marker; sleep 3600"]
+    volumeMounts: [{name: d, mountPath: /data}]
+  volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
+YAML
+kubectl apply -f "$work/pvc.yaml" -f "$work/writer.yaml" >/dev/null
+pvc_bound() { [[ $(kubectl get pvc data -o jsonpath='{.status.phase}') == Bound ]]; }
+writer_running() { [[ $(kubectl get pod writer -o jsonpath='{.status.phase}') == Running ]]; }
+check "the PVC binds (default StorageClass local-path)" wait_for 120 "PVC Bound" pvc_bound
+check "the pod using it runs" wait_for 120 "writer Running" writer_running
+marker() { kubectl exec writer -- cat /data/marker; }
+wait_for 30 "marker written" marker
+first=$(marker 2>/dev/null)
+check "the pod wrote its file" test -n "$first"
+volume_dirs() { find "$data/storage" -mindepth 1 -maxdepth 1 -name 'pvc-*' 2>/dev/null | wc -l; }
+check "the volume is a directory under the data dir's storage/" test "$(volume_dirs)" -eq 1
+kubectl delete pod writer --wait=true >/dev/null
+kubectl apply -f "$work/writer.yaml" >/dev/null
+check "the recreated pod runs" wait_for 120 "writer Running" writer_running
+same_data() { [[ -n $first && $(marker) == "$first" ]]; }
+check "the data is still there" wait_for 30 "same marker" same_data
+kubectl delete pod writer --wait=true >/dev/null
+kubectl delete pvc data --wait=true >/dev/null
+no_volume_dir() { [[ $(volume_dirs) -eq 0 ]]; }
+check "deleting the PVC removes the volume directory" wait_for 120 "volume dir removed" no_volume_dir
+
+log "4. metrics"
+top_shows_node() { kubectl top nodes 2>/dev/null | grep -q '^e2e-addons '; }
+check "kubectl top nodes shows the node within 2 minutes" wait_for 120 "kubectl top nodes" top_shows_node
+
+log "5. toggling: k8sd disable dns / k8sd enable dns"
+check "k8sd disable dns" k8sd disable dns
+dns_gone() {
+  ! kubectl -n kube-system get deployment coredns >/dev/null 2>&1 &&
+    ! kubectl -n kube-system get service kube-dns >/dev/null 2>&1
+}
+check "the coredns Deployment and the kube-dns Service are gone" wait_for 60 "dns objects gone" dns_gone
+check "status: dns disabled, the others enabled" status_says \
+  "' '.join(a['name'] + ':' + str(a['enabled']) for a in d['addons'])" "dns:False metrics:True storage:True"
+check "a disabled add-on does not hold --wait-ready" k8sd status --wait-ready --timeout 30
+unknown_refused() {
+  local out; out=$(k8sd disable ingress 2>&1)
+  [[ $? -ne 0 && $out == *"valid add-ons are: dns, metrics, storage"* ]]
+}
+check "an unknown add-on is refused with the valid names" unknown_refused
+check "k8sd enable dns" k8sd enable dns
+dns_back() {
+  kubectl -n kube-system get deployment coredns >/dev/null 2>&1 && [[ $(dns_ip) == 10.96.0.10 ]]
+}
+check "the coredns Deployment and the kube-dns Service are back" wait_for 60 "dns objects back" dns_back
+check "status --wait-ready waits for dns again" k8sd status --wait-ready --timeout 180
+check "DNS resolves again" wait_for 60 "kubernetes resolves" resolves kubernetes.default.svc.cluster.local 10.96.0.1
+
+log "6. a restart re-applies the add-ons and keeps a user's own changes"
+kubectl -n kube-system annotate deployment coredns e2e.k8sd.io/note=kept >/dev/null
+kubectl -n kube-system delete configmap local-path-config >/dev/null
+check "k8sd stops on SIGTERM" stop_daemon
+in_host "$ns" "$K8SD_BIN" --data-dir "$data" --run-dir "$run" run >> "$data/logs/k8sd.log" 2>&1 &
+check "k8sd run resumes the node with its add-ons" k8sd status --wait-ready --timeout 300
+config_back() { kubectl -n kube-system get configmap local-path-config >/dev/null 2>&1; }
+check "the deleted local-path-config is re-created" wait_for 60 "local-path-config back" config_back
+note_kept() {
+  [[ $(kubectl -n kube-system get deployment coredns -o jsonpath='{.metadata.annotations.e2e\.k8sd\.io/note}') == kept ]]
+}
+check "a user's annotation on the coredns Deployment survives the re-apply" note_kept
+
+finish
