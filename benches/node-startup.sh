@@ -161,7 +161,19 @@ k8sd_run() {  # k8sd_run N: one timed init; the last run also samples the idle n
   if ((i == runs)); then
     local procs=("datastore=$(cat "$run/k8sd.pid")") f
     for f in "$run"/pids/*.pid; do procs+=("$(basename "$f" .pid)=$(cat "$f")"); done
+    # The add-ons run as pods: wait until they are ready, then find their processes by name
+    # inside this node's kubelet cgroup root (so no other node's pods are counted).
+    k8sd status --wait-ready --timeout 300 >/dev/null || log "warning: add-ons not ready within 300 s"
+    local p comm n=0
+    for p in /proc/[0-9]*; do
+      comm=$(cat "$p/comm" 2>/dev/null) || continue
+      case "$comm" in coredns | metrics-server | local-path-prov) ;; *) continue ;; esac
+      grep -q "$K8SD_CGROUP_ROOT/" "$p/cgroup" 2>/dev/null || continue
+      n=$((n + 1)); procs+=("addon-$comm#$n=${p#/proc/}")
+    done
     sample_idle "$out/k8sd.idle" "${procs[@]}"
+    grep '^addon-' "$out/k8sd.idle" | sed 's/^addon-//; s/#[0-9]*//' > "$out/addons.idle"
+    sed -i '/^addon-/d' "$out/k8sd.idle"
   fi
   teardown_node
 }
@@ -277,6 +289,14 @@ header+=" median (s) |"; sep+="---:|"
   done
   echo "| supervised components (all but the datastore) | $(sum k8sd 2 datastore) | $(sum k8sd 3 datastore) | $(sum smoke 2 datastore) | $(sum smoke 3 datastore) |"
   echo "| everything | $(sum k8sd 2 none) | $(sum k8sd 3 none) | $(sum smoke 2 none) | $(sum smoke 3 none) |"
+  echo
+  echo "The add-ons (k8sd only: the by-hand setup runs none), idle in the same window, one row per"
+  echo "process (CoreDNS runs one replica per node, so one here):"
+  echo
+  echo "| add-on process (idle ${idle} s) | CPU (% of a core) | RSS (MiB) |"
+  echo "|---|---:|---:|"
+  awk '{ printf "| %s | %s | %s |\n", ($1 == "local-path-prov" ? "local-path-provisioner" : $1), $2, $3 }' "$out/addons.idle"
+  echo "| all add-ons | $(sum addons 2 none) | $(sum addons 3 none) |"
   echo
   echo "Where the time goes (last run; seconds since start when each step was reached):"
   echo

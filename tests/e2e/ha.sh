@@ -4,7 +4,10 @@
 #   n1 `k8sd init`; n2, n3 `k8sd join`; n4 `k8sd join --worker`.
 # A client in the root namespace drives kubectl through HAProxy (as the demo did) and, inside
 # the worker, through the worker's own load balancer. Steps:
-#   1. a busybox Deployment is scheduled on the worker
+#   1. add-ons: a pod on the worker resolves Services (short, full, headless), fetches a page by
+#      name, sees an external name fail fast; `kubectl top` shows every node; DNS keeps
+#      answering while a node running a CoreDNS replica is cut off; then a busybox Deployment
+#      is scheduled on the worker
 #   2. stop kube-apiserver on the node holding the scheduler lease: zero failed kubectl
 #      requests, and the scheduler and controller-manager there keep their leases
 #   3. stop scheduler and controller-manager there: leadership moves (timed)
@@ -17,7 +20,9 @@
 # Lines starting with "TIMING" are the figures recorded in docs/benchmarks.md.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" /usr/bin/containerd /usr/sbin/haproxy
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" \
+  "$K8SD_IMAGES_DIR/coredns.tar" "$K8SD_IMAGES_DIR/metrics-server.tar" "$K8SD_IMAGES_DIR/local-path-provisioner.tar" \
+  /usr/bin/containerd /usr/sbin/haproxy
 
 work=$(mktemp -d /var/tmp/k8sd-e2e-ha.XXXXXX)
 tag=$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)
@@ -164,6 +169,116 @@ EOF
 haproxy -D -f "$work/haproxy.cfg" || { fail "haproxy starts"; exit 1; }
 check "kubectl through HAProxy sees 4 Ready nodes" wait_for 60 "4 nodes Ready" bash -c "[[ \$('$K8SD_KUBEBIN' kubectl --kubeconfig '$work/admin.conf' get nodes --no-headers | grep -c ' Ready ') == 4 ]]"
 check "kubectl through the worker's balancer works" wait_for 30 "worker kubectl" kw get nodes
+
+log "1a. add-ons across the cluster: DNS from a pod on the worker, metrics for every node"
+bb=docker.io/library/busybox:1.36-local
+kc create namespace e2e-other >/dev/null
+kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: probe, namespace: default}
+spec:
+  nodeSelector: {kubernetes.io/hostname: n4}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: bb, image: $bb, imagePullPolicy: Never, command: [sleep, "3600"]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: e2e-other}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: $bb
+        imagePullPolicy: Never
+        command: [sh, -c, "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: e2e-other}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless, namespace: e2e-other}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 8080}]
+YAML
+probe_running() { [[ $(kc get pod probe -o jsonpath='{.status.phase} {.spec.nodeName}') == "Running n4" ]]; }
+check "a probe pod runs on the worker n4" wait_for 120 "probe on n4" probe_running
+web_ready() { [[ $(kc -n e2e-other get deployment web -o jsonpath='{.status.readyReplicas}') == 2 ]]; }
+check "the web Deployment is ready" wait_for 120 "web ready" web_ready
+# dns_nodes: the nodes of the Ready CoreDNS replicas, one per line.
+dns_nodes() {
+  kc -n kube-system get pods -l k8s-app=kube-dns \
+    -o jsonpath='{range .items[*]}{.spec.nodeName} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' \
+    | awk '$2 == "True" {print $1}' | sort -u
+}
+two_dns_nodes() { [[ $(dns_nodes | wc -l) -eq 2 ]]; }
+check "CoreDNS runs 2 ready replicas on 2 different nodes" wait_for 180 "2 CoreDNS nodes" two_dns_nodes
+in_probe() { kc exec probe -- "$@"; }
+resolves() { in_probe nslookup "$1" 2>&1 | grep -Eq "^Address:[[:space:]]+$2\$"; }
+check "on the worker: kubernetes.default.svc.cluster.local resolves" wait_for 60 "kubernetes resolves" \
+  resolves kubernetes.default.svc.cluster.local 10.96.0.1
+svc_ip=$(kc -n e2e-other get service web -o jsonpath='{.spec.clusterIP}')
+check "on the worker: a Service in another namespace by full name" resolves web.e2e-other.svc.cluster.local "$svc_ip"
+# The short name goes through the C library resolver (search list, ndots), as wget does.
+# Debian's busybox crashes on `wget -T`, so the time limit is the timeout applet.
+fetch() { [[ $(in_probe timeout 10 wget -q -O - "http://$1/") == hello-from-web ]]; }
+check "on the worker: wget fetches the Service's page by its short name" wait_for 30 "wget short" fetch web.e2e-other
+check "on the worker: and by its full name" fetch web.e2e-other.svc.cluster.local
+headless_has_every_pod() {
+  local out ip
+  out=$(in_probe nslookup web-headless.e2e-other.svc.cluster.local 2>&1) || return 1
+  for ip in $(kc -n e2e-other get pods -l app=web -o jsonpath='{.items[*].status.podIP}'); do
+    grep -Eq "^Address:[[:space:]]+$ip\$" <<<"$out" || return 1
+  done
+}
+check "on the worker: the headless Service answers with every pod's address" wait_for 30 "headless" headless_has_every_pod
+external_fails_fast() {
+  local start=$SECONDS rc
+  in_probe nslookup example.com >/dev/null 2>&1; rc=$?
+  ((rc != 0 && SECONDS - start <= 5))
+}
+check "on the worker: an external name fails within 5 s" external_fails_fast
+top_all() { [[ $(kc top nodes --no-headers 2>/dev/null | grep -cE '^n[1-4] ') -eq 4 ]]; }
+check "kubectl top nodes shows all 4 nodes within 2 minutes" wait_for 120 "kubectl top" top_all
+
+log "1b. DNS keeps answering when a node running a CoreDNS replica is cut off"
+# Cut a control-plane node that runs a replica off the network (as a power loss looks to its
+# peers); the probe on the worker keeps resolving through the other replica.
+d=$(dns_nodes | grep -E '^n[123]$' | head -n 1); d=${d#n}
+[[ $d =~ ^[123]$ ]] || { fail "a CoreDNS replica on a control-plane node (got '$(dns_nodes | tr '\n' ' ')')"; d=1; }
+ip link set "k8sd-b$((10 + d))" down
+t0=$SECONDS tries=0 misses=0 streak=0
+while ((SECONDS - t0 < 150 && streak < 5)); do
+  tries=$((tries + 1))
+  if in_probe timeout 4 nslookup kubernetes.default.svc.cluster.local >/dev/null 2>&1; then
+    streak=$((streak + 1))
+  else
+    misses=$((misses + 1)) streak=0
+  fi
+  sleep 1
+done
+log "TIMING dns-replica-loss: n$d cut off; $tries lookups from the worker, $misses unanswered, 5 in a row answered after $((SECONDS - t0))s"
+check "DNS answers 5 lookups in a row within 150 s of n$d being cut off" test "$streak" -ge 5
+ip link set "k8sd-b$((10 + d))" up
+node_ready() { [[ $(kc get node "n$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
+check "n$d is Ready again once reconnected" wait_for 180 "n$d Ready" node_ready "$d"
+check "HA holds again (3 voters)" wait_for 90 "3 voters" three_voters \
+  "sorted(n['name'] for n in d['nodes'] if n['role']=='voter') == ['n1','n2','n3'] and d['ha']" True
+kc delete pod probe --wait=false >/dev/null
+kc delete namespace e2e-other --wait=false >/dev/null
 
 log "1. a workload on the worker"
 kc apply -f - >/dev/null <<EOF
