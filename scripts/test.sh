@@ -10,7 +10,7 @@ export PATH="/usr/local/go/bin:$HOME/.cargo/bin:$PATH"
 # Rust build output in a fixed place outside the checkout, so a reused machine builds warm.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/k8sd/cargo-target}
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%ss elapsed] %s\n' "$SECONDS" "$*"; }
 
 step "host dependencies"
 scripts/setup-host.sh
@@ -93,6 +93,7 @@ totals=$(cat /tmp/k8sd-cargo-test.log /tmp/k8sd-cargo-test-raft.log /tmp/k8sd-e2
   /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
   END { printf "%d %d", p, f }')
 read -r total_passed total_failed <<<"$totals"
+echo "test.sh: finished in ${SECONDS}s"
 if ((rc != 0 || failed != 0)); then
   echo "FAILED: cargo test exit $rc, $failed end-to-end suite(s) failed"
   echo "$total_passed passed, $((total_failed > 0 ? total_failed : 1)) failed"

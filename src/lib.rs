@@ -18,6 +18,7 @@ pub mod paths;
 pub mod pki;
 pub mod raft;
 pub mod supervisor;
+pub mod template;
 
 /// Generated protobuf and gRPC code for etcd's v3 API (our own .proto files under `proto/`).
 pub mod pb {

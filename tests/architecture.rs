@@ -106,6 +106,8 @@ fn each_module_names_only_the_modules_the_map_allows() {
         ("supervisor", &[]),
         ("pki", &[]),
         ("images", &[]),
+        ("template", &[]),
+        ("addons", &["images", "template"]),
         ("lb", &["httpc"]),
         ("node", &["datastore", "raft"]),
         ("raft", &["datastore"]),
@@ -144,50 +146,34 @@ fn the_datastore_has_no_async_runtime_and_no_protobuf() {
     );
 }
 
+/// Every top-level module (and crate-root file) except `skip`, from the source tree itself, so a
+/// new module is covered without editing this file.
+fn modules_except(skip: &[&str]) -> Vec<String> {
+    let names: BTreeSet<String> = sources()
+        .iter()
+        .map(|(rel, _)| module_of(rel).to_owned())
+        .collect();
+    names
+        .into_iter()
+        .filter(|m| !skip.contains(&m.as_str()))
+        .collect()
+}
+
 #[test]
 fn anyhow_stays_in_the_cli() {
-    let all: Vec<&str> = [
-        "datastore",
-        "node",
-        "raft",
-        "etcd",
-        "pki",
-        "supervisor",
-        "cluster",
-        "lb",
-        "daemon",
-        "images",
-        "httpc",
-        "paths",
-        "lib",
-    ]
-    .to_vec();
+    let modules = modules_except(&["main", "cli"]);
+    let modules: Vec<&str> = modules.iter().map(String::as_str).collect();
     assert_none(
         "only main.rs and cli/ use anyhow",
-        offenders(&all, &["anyhow"], &[]),
+        offenders(&modules, &["anyhow"], &[]),
     );
 }
 
 #[test]
 fn only_main_exits_the_process() {
-    let found: Vec<String> = offenders(
-        &[
-            "datastore",
-            "node",
-            "raft",
-            "etcd",
-            "pki",
-            "supervisor",
-            "cluster",
-            "lb",
-            "daemon",
-            "images",
-            "httpc",
-            "cli",
-        ],
-        &["process::exit", "std::process::abort"],
-        &[],
-    );
+    let modules = modules_except(&["main"]);
+    let modules: Vec<&str> = modules.iter().map(String::as_str).collect();
+    let found = offenders(&modules, &["process::exit", "std::process::abort"], &[]);
     assert_none("exit codes are decided in main.rs alone", found);
 }
 
@@ -213,28 +199,11 @@ fn grpc_statuses_are_built_in_known_places_only() {
         "cluster/server.rs",
         "raft/network.rs",
     ];
-    let found = offenders(
-        &[
-            "datastore",
-            "node",
-            "raft",
-            "etcd",
-            "pki",
-            "supervisor",
-            "cluster",
-            "lb",
-            "daemon",
-            "images",
-            "httpc",
-        ],
-        &[
-            "Status::new(",
-            "Status::internal(",
-            "Status::unavailable(",
-            "Status::invalid_argument(",
-        ],
-        &allowed,
-    );
+    let modules = modules_except(&[]);
+    let modules: Vec<&str> = modules.iter().map(String::as_str).collect();
+    // `Status::` names an associated function or constant of tonic::Status (statuses are built
+    // with them); the type alone never carries the `::`.
+    let found = offenders(&modules, &["Status::"], &allowed);
     assert_none("a new file builds tonic::Status values", found);
     for file in allowed {
         let still = sources()

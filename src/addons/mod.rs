@@ -3,15 +3,15 @@
 //! a cluster. Pure: no IO, no processes; the daemon (`daemon/addons.rs`) applies what this
 //! renders and keeps enablement in the datastore.
 //!
-//! Every manifest is a `{{marker}}` template rendered with `daemon::components::render`, which
+//! Every manifest is a `{{marker}}` template rendered with `template::render`, which
 //! refuses to leave a marker behind; every image comes from `images::catalog` and is never
 //! pulled (`imagePullPolicy: Never`), since nodes have no registry.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::daemon::components::render;
 use crate::images::{self, catalog};
+use crate::template::render;
 
 /// One add-on. The name is what users type (`k8sd disable dns`) and what the datastore keys on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

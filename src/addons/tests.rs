@@ -139,18 +139,6 @@ fn dns_service_and_deployment_follow_the_cluster() {
 }
 
 #[test]
-fn the_dns_ip_matches_the_node_config() {
-    let cfg =
-        crate::daemon::config::validate(&Default::default(), "h", &["10.0.0.5".parse().unwrap()]).unwrap();
-    let v = RenderValues {
-        dns_service_ip: cfg.dns_service_ip().unwrap(),
-        ..values()
-    };
-    let text = render_manifest(Addon::Dns, &v).unwrap();
-    assert!(text.contains(&format!("clusterIP: {}", cfg.dns_service_ip().unwrap())));
-}
-
-#[test]
 fn metrics_verifies_kubelets_with_the_cluster_ca() {
     let d = docs(Addon::Metrics);
     let dep = find(&d, "Deployment", "metrics-server");

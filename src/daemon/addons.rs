@@ -437,6 +437,20 @@ async fn run_kubectl(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_kube_dns_service_takes_the_node_configs_dns_address() {
+        let cfg =
+            super::super::config::validate(&Default::default(), "h", &["10.0.0.5".parse().unwrap()]).unwrap();
+        let ip = cfg.dns_service_ip().unwrap();
+        let v = RenderValues {
+            dns_service_ip: ip,
+            storage_dir: "/var/lib/k8sd/storage".into(),
+            dns_replicas: 2,
+        };
+        let text = addons::render_manifest(Addon::Dns, &v).unwrap();
+        assert!(text.contains(&format!("clusterIP: {ip}")), "{text}");
+    }
+
     fn deployment(replicas: u32, ready: u32, generation: i64, observed: i64) -> Option<(u16, Vec<u8>)> {
         let v = serde_json::json!({
             "metadata": {"generation": generation},

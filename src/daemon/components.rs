@@ -171,20 +171,7 @@ const CNI_TEMPLATE: &str = include_str!("../../assets/cni/10-k8sd.conflist");
 const KUBELET_TEMPLATE: &str = include_str!("../../assets/kubelet/config.yaml");
 const KUBE_PROXY_TEMPLATE: &str = include_str!("../../assets/kube-proxy/config.yaml");
 
-/// Replace every `{{name}}` marker; a marker without a value is an error, never left behind.
-pub fn render(template: &str, values: &[(&str, String)]) -> Result<String, String> {
-    let mut out = template.to_string();
-    for (k, v) in values {
-        out = out.replace(&format!("{{{{{k}}}}}"), v);
-    }
-    match out.find("{{") {
-        Some(i) => Err(format!(
-            "template marker left unrendered near: {}",
-            &out[i..(i + 40).min(out.len())]
-        )),
-        None => Ok(out),
-    }
-}
+pub use crate::template::render;
 
 /// The CNI configuration for this node's pod range (written once the Node has one).
 pub fn cni_conflist(c: &Ctx<'_>, node_pod_cidr: &str) -> Result<String, String> {

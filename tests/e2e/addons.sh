@@ -82,38 +82,8 @@ spec:
   containers:
   - {name: bb, image: $BUSYBOX, imagePullPolicy: Never, command: [sleep, "3600"]}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: e2e-other}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: httpd
-        image: $BUSYBOX
-        imagePullPolicy: Never
-        command: [sh, -c, "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        ports: [{containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: e2e-other}
-spec:
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-headless, namespace: e2e-other}
-spec:
-  clusterIP: None
-  selector: {app: web}
-  ports: [{port: 8080}]
 YAML
+web_fixture "$BUSYBOX" >> "$work/dns.yaml"
 kubectl apply -f "$work/dns.yaml" >/dev/null
 probe_running() { [[ $(kubectl get pod probe -o jsonpath='{.status.phase}') == Running ]]; }
 web_ready() { [[ $(kubectl -n e2e-other get deployment web -o jsonpath='{.status.readyReplicas}') == 2 ]]; }

@@ -173,6 +173,7 @@ check "kubectl through the worker's balancer works" wait_for 30 "worker kubectl"
 log "1a. add-ons across the cluster: DNS from a pod on the worker, metrics for every node"
 bb=docker.io/library/busybox:1.36-local
 kc create namespace e2e-other >/dev/null
+web_fixture "$bb" | kc apply -f - >/dev/null
 kc apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Pod
@@ -182,37 +183,6 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - {name: bb, image: $bb, imagePullPolicy: Never, command: [sleep, "3600"]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: e2e-other}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: httpd
-        image: $bb
-        imagePullPolicy: Never
-        command: [sh, -c, "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: e2e-other}
-spec:
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-headless, namespace: e2e-other}
-spec:
-  clusterIP: None
-  selector: {app: web}
-  ports: [{port: 8080}]
 YAML
 probe_running() { [[ $(kc get pod probe -o jsonpath='{.status.phase} {.spec.nodeName}') == "Running n4" ]]; }
 check "a probe pod runs on the worker n4" wait_for 120 "probe on n4" probe_running

@@ -257,13 +257,14 @@ make_pki() {
     cert admin "/O=system:masters/CN=kubernetes-admin" clientAuth &&
     cert controller-manager /CN=system:kube-controller-manager clientAuth &&
     cert scheduler /CN=system:kube-scheduler clientAuth &&
-    cert kubelet "/O=system:nodes/CN=system:node:$node" clientAuth &&
+    cert kubelet-client "/O=system:nodes/CN=system:node:$node" clientAuth &&
+    cert kubelet "/CN=system:node:$node" serverAuth "DNS:$node,IP:$node_ip" &&
     cert proxy /CN=system:kube-proxy clientAuth &&
     chmod 600 "$pki"/*.key &&
     kubeconfig "$pki/admin.conf" admin &&
     kubeconfig "$pki/controller-manager.conf" controller-manager &&
     kubeconfig "$pki/scheduler.conf" scheduler &&
-    kubeconfig "$pki/kubelet.conf" kubelet &&
+    kubeconfig "$pki/kubelet.conf" kubelet-client &&
     kubeconfig "$pki/proxy.conf" proxy
 }
 must "test PKI generated" make_pki
@@ -323,6 +324,8 @@ render() {  # render TEMPLATE OUT: replace every {{marker}}; a leftover marker i
     -e "s|{{pod_logs_dir}}|$work/pod-logs|g" \
     -e "s|{{kubeconfig}}|$pki/proxy.conf|g" \
     -e "s|{{node_name}}|$node|g" \
+    -e "s|{{cluster_dns}}|[\"10.96.0.10\"]|g" \
+    -e "s|{{resolv_conf}}|/etc/resolv.conf|g" \
     "$repo/assets/$1" > "$2" && ! grep -n '{{' "$2"
 }
 render_all() {

@@ -82,3 +82,42 @@ make_bridged_host() {
   ip -n "$ns" link set eth0 up
   ip -n "$ns" link set lo up
 }
+
+# web_fixture IMAGE: the YAML of what the DNS checks look up: a busybox httpd Deployment "web"
+# (2 replicas serving "hello-from-web" on 8080) in namespace e2e-other, its Service "web" (port
+# 80) and the headless Service "web-headless" (per-pod records).
+web_fixture() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: e2e-other}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: $1
+        imagePullPolicy: Never
+        command: [sh, -c, "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: e2e-other}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless, namespace: e2e-other}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 8080}]
+YAML
+}
