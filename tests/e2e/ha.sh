@@ -226,12 +226,15 @@ check "kubectl top nodes shows all 4 nodes within 2 minutes" wait_for 120 "kubec
 
 log "1b. DNS keeps answering when a node running a CoreDNS replica is cut off"
 # Cut a control-plane node that runs a replica off the network (as a power loss looks to its
-# peers); the probe on the worker keeps resolving through the other replica.
+# peers); the probe on the worker keeps resolving through the other replica. Until the lost
+# node is declared NotReady and its replica leaves the Service, kube-proxy still sends about
+# half the lookups to it, so the check asks for 15 answers in a row: by chance alone (one
+# healthy replica of two) that happens about once in 30,000 tries.
 d=$(dns_nodes | grep -E '^n[123]$' | head -n 1); d=${d#n}
 [[ $d =~ ^[123]$ ]] || { fail "a CoreDNS replica on a control-plane node (got '$(dns_nodes | tr '\n' ' ')')"; d=1; }
 ip link set "k8sd-b$((10 + d))" down
 t0=$SECONDS tries=0 misses=0 streak=0
-while ((SECONDS - t0 < 150 && streak < 5)); do
+while ((SECONDS - t0 < 180 && streak < 15)); do
   tries=$((tries + 1))
   if in_probe timeout 4 nslookup kubernetes.default.svc.cluster.local >/dev/null 2>&1; then
     streak=$((streak + 1))
@@ -240,8 +243,8 @@ while ((SECONDS - t0 < 150 && streak < 5)); do
   fi
   sleep 1
 done
-log "TIMING dns-replica-loss: n$d cut off; $tries lookups from the worker, $misses unanswered, 5 in a row answered after $((SECONDS - t0))s"
-check "DNS answers 5 lookups in a row within 150 s of n$d being cut off" test "$streak" -ge 5
+log "TIMING dns-replica-loss: n$d cut off; $tries lookups from the worker, $misses unanswered, 15 in a row answered after $((SECONDS - t0))s"
+check "DNS answers 15 lookups in a row within 180 s of n$d being cut off" test "$streak" -ge 15
 ip link set "k8sd-b$((10 + d))" up
 node_ready() { [[ $(kc get node "n$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
 check "n$d is Ready again once reconnected" wait_for 180 "n$d Ready" node_ready "$d"
@@ -366,7 +369,11 @@ caught_up() { status_json "$l" && [[ $(json_get "$work/status$l.json" "d['datast
 check "n$l caught up (its replica reaches the survivor's revision)" wait_for 60 "caught up" caught_up
 
 log "7. remove a node, refuse old tokens, join a fresh node"
-r=$(( l % 3 + 1 )); keep=$(( r % 3 + 1 ))
+# Remove n2 or n3, never n1 nor the node killed in step 4: the checks below use n1's tokens
+# (they name n1's address only, as n1 was alone when it made them) and its taken name. Which
+# node leads the datastore by now depends on the earlier steps (step 1b cuts a node off).
+if ((l == 2)); then r=3; else r=2; fi
+keep=1
 if k "$keep" remove-node "n$r" >/dev/null; then pass "k8sd remove-node n$r"; else fail "k8sd remove-node n$r"; fi
 gone() { ! kc get node "n$r" >/dev/null 2>&1 && status_says "$keep" "'n$r' not in [n['name'] for n in d['nodes']] and len([n for n in d['nodes'] if n['role']=='voter'])" 2; }
 check "n$r is gone from the Node list and the datastore voters" wait_for 60 "n$r removed" gone
