@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Regenerates assets/kube/go.mod and go.sum from the version in assets/kube/VERSION.
+# Regenerates the go.mod and go.sum of a wrapper module around k8s.io/kubernetes at the version in
+# assets/kube/VERSION (the one pin):
+#   scripts/update-kube-module.sh              assets/kube: kubebin, the components k8sd supervises
+#   scripts/update-kube-module.sh conformance  assets/conformance: the conformance suite (e2e.test),
+#                                              ginkgo, and the Go-built test images (agnhost,
+#                                              sample-apiserver, etcd), recorded as `tool` lines
 #
 # A plain `require k8s.io/kubernetes` does not build: upstream requires every staging module at
 # the placeholder v0.0.0 and satisfies it with replaces into ./staging, and a dependency's
@@ -10,8 +15,15 @@ set -euo pipefail
 die() { echo "update-kube-module: error: $*" >&2; exit 1; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo/assets/kube"
-version=$(tr -d '[:space:]' < VERSION)
+which=${1:-kube}
+case "$which" in
+  kube) modname=k8sd.local/kubebin ;;
+  conformance) modname=k8sd.local/conformance ;;
+  *) die "unknown module '$which' (usage: $0 [kube | conformance])" ;;
+esac
+version=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
+mkdir -p "$repo/assets/$which"
+cd "$repo/assets/$which"
 [[ "$version" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "VERSION holds '$version', expected v1.MINOR.PATCH"
 minor=${BASH_REMATCH[1]}
 staging_version="v0.${version#v1.}"
@@ -29,8 +41,20 @@ staging="api apiextensions-apiserver apimachinery apiserver cli-runtime client-g
 if (( minor >= 36 )); then staging="$staging cri-streaming streaming"; fi
 
 rm -f go.mod go.sum
-"$go" mod init k8sd.local/kubebin 2>/dev/null
+"$go" mod init "$modname" 2>/dev/null
 "$go" mod edit -go=1.26 -require="k8s.io/kubernetes@$version"
 for m in $(printf "%s\n" $staging | sort); do "$go" mod edit -replace="k8s.io/$m=k8s.io/$m@$staging_version"; done
+if [[ "$which" == conformance ]]; then
+  # The programs the conformance run builds. ginkgo's CLI at the version kubernetes requires, so
+  # the runner and the suite agree on the reporting protocol.
+  "$go" mod edit -tool=github.com/onsi/ginkgo/v2/ginkgo -tool=k8s.io/kubernetes/test/images/agnhost \
+    -tool=k8s.io/sample-apiserver -tool=go.etcd.io/etcd/server/v3
+fi
 "$go" mod tidy || die "go mod tidy failed for k8s.io/kubernetes $version (is every k8s.io/*@$staging_version served by $("$go" env GOPROXY)?)"
-echo "assets/kube/go.mod now pins k8s.io/kubernetes $version with $(grep -c '^replace\|=> k8s.io' go.mod) staging replaces" >&2
+if [[ "$which" == conformance ]]; then
+  # e2e.test is the test binary of a dependency's package; tidy does not record the modules only
+  # its tests import, so resolve them once here and keep their sums in go.sum.
+  "$go" list -test -deps k8s.io/kubernetes/test/e2e >/dev/null \
+    || die "cannot resolve the test dependencies of k8s.io/kubernetes/test/e2e"
+fi
+echo "assets/$which/go.mod now pins k8s.io/kubernetes $version with $(grep -c '^replace\|=> k8s.io' go.mod) staging replaces" >&2
