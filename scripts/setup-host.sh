@@ -23,6 +23,8 @@ packages=(
   # well-known types (google/protobuf/descriptor.proto), which only libprotobuf-dev ships. It is
   # protoc's "recommends", so --no-install-recommends leaves it out unless named here.
   protobuf-compiler libprotobuf-dev
+  # scripts/conformance-summary.py reads the suite's list of [Conformance] specs (YAML).
+  python3 python3-yaml
 )
 
 [[ $(id -u) -eq 0 ]] || die "run as root (apt-get install needs it)"

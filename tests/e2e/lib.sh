@@ -121,3 +121,69 @@ spec:
   ports: [{port: 8080}]
 YAML
 }
+
+# ---- A cluster of hosts on one test bridge ------------------------------------------------------
+# cluster_setup NAME BRIDGE PREFIX BASE: host I is the netns NAME$I, addressed PREFIX.(BASE+I) on
+# BRIDGE (veth k8sd-b(BASE+I)), with its data dir $work/nI, its run dir /run/NAME$I-$tag and
+# cgroup root /NAME$I-$tag. Suites that may run beside each other pick different NAME, BRIDGE and
+# BASE. Sets work (a fresh directory) and tag; cluster_teardown undoes everything.
+cluster_setup() {
+  CL_NAME=$1 CL_BR=$2 CL_PREFIX=$3 CL_BASE=$4 CL_HOSTS=""
+  work=$(mktemp -d "/var/tmp/$CL_NAME.XXXXXX")
+  tag=$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)
+  make_bridge "$CL_BR" "$CL_PREFIX.1/24"
+}
+ns_of() { echo "$CL_NAME$1"; }
+data_of() { echo "$work/n$1"; }
+run_of() { echo "/run/$CL_NAME$1-$tag"; }
+addr_of() { echo "$CL_PREFIX.$((CL_BASE + $1))"; }
+cgroup_of() { echo "/$CL_NAME$1-$tag"; }
+# cluster_add_host I: host I joins the bridge (not yet running k8sd).
+cluster_add_host() {
+  make_bridged_host "$(ns_of "$1")" $((CL_BASE + $1)) "$CL_BR" "$CL_PREFIX"
+  CL_HOSTS="$CL_HOSTS $1"
+}
+# k I ARGS: k8sd on host I. The first start of the daemon happens through this, inside its own
+# UTS namespace with hostname nI, so leader-election identities name the node.
+k() {
+  local i=$1; shift
+  K8SD_CGROUP_ROOT=$(cgroup_of "$i") nsenter --net="/run/netns/$(ns_of "$i")" unshare --uts \
+    sh -c 'hostname "$0"; exec "$@"' "n$i" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" "$@"
+}
+daemon_pid() { cat "$(run_of "$1")/k8sd.pid" 2>/dev/null; }
+containerd_sock() { echo "$(run_of "$1")/containerd/containerd.sock"; }
+# cluster_teardown: stop every daemon (TERM, then KILL after 60 s), remove everything each host
+# left behind (scripts/teardown-host.sh), the veths and the bridge, then the work directory.
+cluster_teardown() {
+  local i pid d
+  for i in $CL_HOSTS; do pid=$(daemon_pid "$i") && kill -TERM "$pid" 2>/dev/null; done
+  for i in $CL_HOSTS; do
+    pid=$(daemon_pid "$i") || continue
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  for i in $CL_HOSTS; do
+    d=$(data_of "$i")
+    if [[ -d $d ]]; then
+      "$repo/scripts/teardown-host.sh" --netns "$(ns_of "$i")" --kubelet-root "$d/kubelet" \
+        --containerd-address "$(containerd_sock "$i")" --containerd-root "$d/containerd" \
+        --containerd-state "$(run_of "$i")/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
+        --cgroup-root "$(cgroup_of "$i")" >/dev/null 2>&1
+    else
+      ip netns del "$(ns_of "$i")" 2>/dev/null
+    fi
+    ip link del "k8sd-b$((CL_BASE + i))" 2>/dev/null
+    rm -rf "$(run_of "$i")"
+  done
+  ip link del "$CL_BR" 2>/dev/null
+  rm -rf "$work"
+}
+# cluster_logs N: the last N lines of each host's k8sd, kube-apiserver and kubelet logs.
+cluster_logs() {
+  local i f
+  for i in $CL_HOSTS; do
+    for f in "$(data_of "$i")"/logs/{k8sd,kube-apiserver,kubelet}.log; do
+      [[ -f $f ]] && { echo "----- $f (last $1 lines)"; tail -n "$1" "$f"; }
+    done
+  done
+}
