@@ -33,7 +33,7 @@ mod="$repo/assets/conformance"
 version=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
 [[ "$version" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "assets/kube/VERSION holds '$version', expected vMAJOR.MINOR.PATCH"
 minor=${BASH_REMATCH[1]}
-grep -qE "^[[:space:]]*k8s.io/kubernetes $version\$" "$mod/go.mod" \
+grep -qE "^[[:space:]]*k8s.io/kubernetes $version( // indirect)?\$" "$mod/go.mod" \
   || die "assets/conformance/go.mod does not require k8s.io/kubernetes $version; run scripts/update-kube-module.sh conformance and commit"
 
 go=${GO:-}

@@ -96,11 +96,11 @@ for i in $all; do cluster_add_host "$i"; done
 log "cluster: $cps control-plane node(s), $workers worker(s)"
 k 1 init --node-name n1 >"$out/init.log" 2>&1 || { cat "$out/init.log"; die "k8sd init failed on n1"; }
 for i in $(seq 2 "$cps"); do
-  tok=$(k 1 add-node) || die "add-node for n$i failed"
+  tok=$(k 1 add-node 2>>"$out/init.log") || die "add-node for n$i failed"
   k "$i" join --name "n$i" "$tok" >>"$out/init.log" 2>&1 || { cat "$out/init.log"; die "k8sd join failed on n$i"; }
 done
 for i in $(seq $((cps + 1)) $((cps + workers))); do
-  tok=$(k 1 add-node --worker --name "n$i") || die "add-node --worker for n$i failed"
+  tok=$(k 1 add-node --worker --name "n$i" 2>>"$out/init.log") || die "add-node --worker for n$i failed"
   k "$i" join --worker "$tok" >>"$out/init.log" 2>&1 || { cat "$out/init.log"; die "k8sd join --worker failed on n$i"; }
 done
 for i in $all; do
@@ -108,7 +108,9 @@ for i in $all; do
   "$K8SD_BIN" images import --address "$(containerd_sock "$i")" "${tarballs[@]}" >>"$out/import.log" 2>&1 \
     || { tail -n 20 "$out/import.log"; die "importing the conformance images on n$i failed"; }
 done
-cp "$(data_of 1)/kubeconfig/admin.conf" "$work/admin.conf"
+# The suite runs in the root namespace: talk to n1's kube-apiserver on its advertise address
+# (the kubeconfig k8sd writes names the node-local load balancer, 127.0.0.1:6444).
+sed -e "s#server: .*#server: https://$(addr_of 1):6443#" "$(data_of 1)/kubeconfig/admin.conf" > "$work/admin.conf"
 kc() { "$K8SD_KUBEBIN" kubectl --kubeconfig "$work/admin.conf" --request-timeout=20s "$@"; }
 all_ready() { [[ $(kc get nodes --no-headers 2>/dev/null | grep -c ' Ready ') == $((cps + workers)) ]]; }
 wait_for 300 "every node Ready" all_ready || die "not every node became Ready: $(kc get nodes 2>&1)"
