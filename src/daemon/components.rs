@@ -246,6 +246,7 @@ mod tests {
             service_cidr: "10.96.0.0/12".into(),
             extra_sans: vec![],
             control_plane: vec![],
+            disable: vec![],
         }
     }
 

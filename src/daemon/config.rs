@@ -79,6 +79,12 @@ pub struct NodeConfig {
     /// backends; it keeps its own, fresher list after that).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub control_plane: Vec<IpAddr>,
+    /// `init --disable`: the add-ons the first node starts without. The datastore holds the
+    /// cluster's choice once the first reconcile has recorded it; this copy is replayed on every
+    /// start (recording only what is still unset), so a crash before that first reconcile
+    /// cannot turn them on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable: Vec<String>,
 }
 
 impl NodeConfig {
@@ -197,7 +203,7 @@ pub fn validate(
             service: service_cidr,
         });
     }
-    crate::addons::parse_list(&req.disable)?;
+    let disable = crate::addons::parse_list(&req.disable)?;
     for san in &req.extra_sans {
         if san.is_empty() || san.contains(char::is_whitespace) {
             return Err(invalid("extra SAN", san, "must be a DNS name or an IP address"));
@@ -212,6 +218,7 @@ pub fn validate(
         service_cidr: svc.to_string(),
         extra_sans: req.extra_sans.clone(),
         control_plane: Vec::new(),
+        disable: disable.iter().map(|a| a.name().to_string()).collect(),
     })
 }
 
@@ -345,6 +352,25 @@ mod tests {
                 .contains("valid add-ons are: dns, metrics, storage")
         );
         assert!(validate(&InitRequest::default(), "h", &["127.0.0.1".parse().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn init_disable_is_kept_in_node_yaml() {
+        let req = InitRequest {
+            disable: vec!["storage,dns".into(), "dns".into()],
+            ..Default::default()
+        };
+        let cfg = validate(&req, "h", &addrs()).unwrap();
+        assert_eq!(cfg.disable, ["dns", "storage"]);
+        let text = serde_yaml::to_string(&cfg).unwrap();
+        let back: NodeConfig = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back.disable, cfg.disable);
+        // A node.yaml written before the field existed reads as "nothing disabled", and a node
+        // with nothing disabled writes no `disable` key.
+        let plain = validate(&InitRequest::default(), "h", &addrs()).unwrap();
+        let text = serde_yaml::to_string(&plain).unwrap();
+        assert!(!text.contains("disable"), "{text}");
+        assert!(serde_yaml::from_str::<NodeConfig>(&text).unwrap().disable.is_empty());
     }
 
     #[test]

@@ -259,8 +259,6 @@ impl Daemon {
         let cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
         config::check_ports(config::PORTS)?;
         self.preflight()?;
-        let disabled = crate::addons::parse_list(&req.disable).map_err(config::ConfigError::from)?;
-        self.addons.set_init_disabled(disabled);
         let text = serde_yaml::to_string(&cfg).map_err(|e| DaemonError::Other(e.to_string()))?;
         write_file(&node_file, text.as_bytes(), 0o600)?;
         let res = self.bring_up(cfg, Some(progress), None).await;
@@ -306,6 +304,12 @@ impl Daemon {
             report(&progress, s);
         };
         let kubebin = self.kubebin()?;
+        // node.yaml's `disable` (from `init --disable`) waits for the first reconcile to record
+        // it in the datastore; replayed on every start, it only fills in what is still unset.
+        let disabled = crate::addons::parse_list(&cfg.disable).map_err(config::ConfigError::from)?;
+        if !disabled.is_empty() {
+            self.addons.set_init_disabled(disabled);
+        }
         for (dir, mode) in [
             (l.pki_dir(), 0o700),
             (l.kubeconfig_dir(), 0o700),

@@ -24,23 +24,9 @@ require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_D
   "$K8SD_IMAGES_DIR/coredns.tar" "$K8SD_IMAGES_DIR/metrics-server.tar" "$K8SD_IMAGES_DIR/local-path-provisioner.tar" \
   /usr/bin/containerd /usr/sbin/haproxy
 
-work=$(mktemp -d /var/tmp/k8sd-e2e-ha.XXXXXX)
-tag=$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)
-br=k8sd-br0 prefix=10.210.100 lbport=16443
-nodes="1 2 3 4 5"
-ns_of() { echo "k8sd-ha$1"; }
-data_of() { echo "$work/n$1"; }
-run_of() { echo "/run/k8sd-ha$1-$tag"; }
-addr_of() { echo "$prefix.$((10 + $1))"; }
-
-# k I ARGS: k8sd on host I. The first start of the daemon happens through this, inside its own
-# UTS namespace with hostname nI, so leader-election identities name the node.
-k() {
-  local i=$1; shift
-  K8SD_CGROUP_ROOT=/k8sd-ha$i-$tag nsenter --net="/run/netns/$(ns_of "$i")" unshare --uts \
-    sh -c 'hostname "$0"; exec "$@"' "n$i" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" "$@"
-}
-daemon_pid() { cat "$(run_of "$1")/k8sd.pid" 2>/dev/null; }
+# Hosts n1-n5 (lib.sh's cluster harness): netns k8sd-haI at 10.210.100.(10+I) on k8sd-br0.
+cluster_setup k8sd-ha k8sd-br0 10.210.100 10
+br=$CL_BR prefix=$CL_PREFIX lbport=16443
 
 # kubectl through HAProxy, as an operator outside the cluster would.
 kc() { "$K8SD_KUBEBIN" kubectl --kubeconfig "$work/admin.conf" --request-timeout=10s "$@"; }
@@ -49,32 +35,8 @@ kw() { nsenter --net="/run/netns/$(ns_of 4)" "$K8SD_KUBEBIN" kubectl --kubeconfi
 
 cleanup() {
   [[ -f $work/haproxy.pid ]] && kill "$(cat "$work/haproxy.pid")" 2>/dev/null
-  for i in $nodes; do
-    local pid; pid=$(daemon_pid "$i") && kill -TERM "$pid" 2>/dev/null
-  done
-  for i in $nodes; do
-    local pid; pid=$(daemon_pid "$i") || continue
-    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -9 "$pid" 2>/dev/null
-  done
-  for i in $nodes; do
-    local d; d=$(data_of "$i")
-    [[ -d $d ]] || { ip netns del "$(ns_of "$i")" 2>/dev/null; ip link del "k8sd-b$((10 + i))" 2>/dev/null; continue; }
-    "$repo/scripts/teardown-host.sh" --netns "$(ns_of "$i")" --kubelet-root "$d/kubelet" \
-      --containerd-address "$(run_of "$i")/containerd/containerd.sock" --containerd-root "$d/containerd" \
-      --containerd-state "$(run_of "$i")/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
-      --cgroup-root "/k8sd-ha$i-$tag" >/dev/null 2>&1
-    ip link del "k8sd-b$((10 + i))" 2>/dev/null
-  done
-  ip link del "$br" 2>/dev/null
-  if ((failed > 0)); then
-    for i in $nodes; do
-      for f in "$(data_of "$i")"/logs/{k8sd,kube-apiserver,kubelet}.log; do
-        [[ -f $f ]] && { echo "----- $f (last 25 lines)"; tail -n 25 "$f"; }
-      done
-    done
-  fi
-  rm -rf "$work" /run/k8sd-ha?-"$tag"
+  ((failed > 0)) && cluster_logs 25
+  cluster_teardown
 }
 trap cleanup EXIT
 
@@ -101,8 +63,7 @@ loop_kubectl() {
 count() { grep -c "^$1 " "$2"; }
 
 log "setup: bridge $br, hosts n1-n4"
-make_bridge "$br" "$prefix.1/24"
-for i in 1 2 3 4; do make_bridged_host "$(ns_of "$i")" $((10 + i)) "$br" "$prefix"; done
+for i in 1 2 3 4; do cluster_add_host "$i"; done
 
 if k 1 init --node-name n1 >/dev/null; then pass "n1: k8sd init"; else fail "n1: k8sd init"; exit 1; fi
 for i in 2 3; do
@@ -379,7 +340,7 @@ gone() { ! kc get node "n$r" >/dev/null 2>&1 && status_says "$keep" "'n$r' not i
 check "n$r is gone from the Node list and the datastore voters" wait_for 60 "n$r removed" gone
 stopped() { status_json "$r"; json_get "$work/status$r.json" "d['phase']" | grep -q removed; }
 check "the removed node noticed and stopped its services" wait_for 60 "n$r stopped" stopped
-make_bridged_host "$(ns_of 5)" 15 "$br" "$prefix"
+cluster_add_host 5
 refused() { local want=$1; shift; local out; out=$(k 5 join --name n5 "$@" 2>&1) && return 1; grep -q "$want" <<< "$out" || { log "wanted '$want', got: $out"; return 1; }; }
 check "a used token is refused" refused "already used" "$(cat "$work/token-n2")"
 check "a garbled token is refused" refused "garbled" "not-a-token"

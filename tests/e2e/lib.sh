@@ -126,9 +126,16 @@ YAML
 # cluster_setup NAME BRIDGE PREFIX BASE: host I is the netns NAME$I, addressed PREFIX.(BASE+I) on
 # BRIDGE (veth k8sd-b(BASE+I)), with its data dir $work/nI, its run dir /run/NAME$I-$tag and
 # cgroup root /NAME$I-$tag. Suites that may run beside each other pick different NAME, BRIDGE and
-# BASE. Sets work (a fresh directory) and tag; cluster_teardown undoes everything.
+# BASE; two runs of the same suite take turns (a lock in /run). Sets work (a fresh directory) and
+# tag; cluster_teardown undoes everything.
 cluster_setup() {
   CL_NAME=$1 CL_BR=$2 CL_PREFIX=$3 CL_BASE=$4 CL_HOSTS=""
+  # Two runs of one suite would share netns, veth and bridge names: the second waits.
+  exec {CL_LOCK}>"/run/$CL_NAME.e2e.lock"
+  if ! flock -n "$CL_LOCK"; then
+    log "another $CL_NAME cluster is running; waiting for it to finish (up to 1 h)"
+    flock -w 3600 "$CL_LOCK" || { echo "gave up waiting for /run/$CL_NAME.e2e.lock" >&2; exit 1; }
+  fi
   work=$(mktemp -d "/var/tmp/$CL_NAME.XXXXXX")
   tag=$(basename "$work" | tr -dc 'a-zA-Z0-9' | tail -c 6)
   make_bridge "$CL_BR" "$CL_PREFIX.1/24"
@@ -148,7 +155,8 @@ cluster_add_host() {
 k() {
   local i=$1; shift
   K8SD_CGROUP_ROOT=$(cgroup_of "$i") nsenter --net="/run/netns/$(ns_of "$i")" unshare --uts \
-    sh -c 'hostname "$0"; exec "$@"' "n$i" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" "$@"
+    sh -c 'hostname "$0"; exec "$@"' "n$i" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" "$@" \
+    {CL_LOCK}>&-   # a daemon started here must not hold the suite's lock
 }
 daemon_pid() { cat "$(run_of "$1")/k8sd.pid" 2>/dev/null; }
 containerd_sock() { echo "$(run_of "$1")/containerd/containerd.sock"; }
