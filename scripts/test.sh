@@ -40,6 +40,9 @@ scripts/build-addons.sh >/dev/null
 step "images"
 scripts/build-images.sh >/dev/null
 
+step "conformance images (tests/e2e/conformance-images.sh imports them)"
+scripts/build-conformance-images.sh >/dev/null
+
 step "cargo test"
 rm -f /tmp/k8sd-e2e-*.log
 cargo test --release --no-fail-fast 2>&1 | tee /tmp/k8sd-cargo-test.log

@@ -36,6 +36,42 @@ pub enum ImagesCommand {
         #[arg(long, value_name = "DIR")]
         addons_dir: Option<PathBuf>,
     },
+    /// Pack a root filesystem directory as a one-layer OCI image tarball named REFERENCE.
+    ///
+    /// Files keep their content and permission bits (setuid included), symlinks their target;
+    /// every entry is owned by root with mtime 0, so the same directory gives the same tarball.
+    Pack {
+        /// Fully qualified `registry/repository:tag` the image is imported under.
+        #[arg(long)]
+        reference: String,
+        /// The directory that becomes `/` in the image.
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// The tarball to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// One element of the entrypoint; repeat for each, in order.
+        #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
+        entrypoint: Vec<String>,
+        /// One element of the default command (the arguments of the entrypoint); repeat for each.
+        #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
+        cmd: Vec<String>,
+        /// NAME=VALUE in the process environment; repeat for each. A PATH is added unless given.
+        #[arg(long, value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// The process's working directory (default /).
+        #[arg(long)]
+        workdir: Option<String>,
+        /// The user the process runs as: uid, uid:gid or a name from the rootfs's /etc/passwd.
+        #[arg(long)]
+        user: Option<String>,
+        /// A port the image serves on, PORT or PORT/PROTOCOL (tcp, udp, sctp); repeat for each.
+        #[arg(long, value_name = "PORT[/PROTO]")]
+        expose: Vec<String>,
+        /// KEY=VALUE image label; repeat for each.
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+    },
     /// List every image a node needs and whether its tarball is in the images directory.
     List {
         /// Directory with the tarballs (default: $K8SD_IMAGES_DIR or /var/cache/k8sd/images).
@@ -97,6 +133,38 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        ImagesCommand::Pack {
+            reference,
+            rootfs,
+            out,
+            entrypoint,
+            cmd,
+            env,
+            workdir,
+            user,
+            expose,
+            label,
+        } => {
+            let config = PackConfig {
+                entrypoint,
+                cmd,
+                env,
+                workdir,
+                user,
+                expose,
+                label,
+            };
+            let mut spec = pack_spec(reference, config)?;
+            spec.entries = images::read_rootfs(&rootfs)
+                .with_context(|| format!("reading the rootfs {} to pack", rootfs.display()))?;
+            let built = images::pack(&spec, &out)?;
+            println!(
+                "{}\t{}\t{}",
+                built.tarball.display(),
+                built.reference,
+                built.manifest_digest
+            );
+        }
         ImagesCommand::List { images_dir, output } => {
             let dir = images_dir.unwrap_or_else(paths::images_dir);
             list(&dir, output, &mut std::io::stdout().lock())?;
@@ -114,6 +182,67 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The process configuration `k8sd images pack` was given, before validation.
+#[derive(Debug, Default)]
+struct PackConfig {
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    workdir: Option<String>,
+    user: Option<String>,
+    expose: Vec<String>,
+    label: Vec<String>,
+}
+
+/// Checks `config` and turns it into an image spec without entries. A mistake here would
+/// otherwise surface only when a pod using the image fails to start.
+fn pack_spec(reference: String, config: PackConfig) -> anyhow::Result<images::ImageSpec> {
+    for env in &config.env {
+        match env.split_once('=') {
+            Some((name, _)) if !name.is_empty() => {}
+            _ => anyhow::bail!("--env {env:?} must be NAME=VALUE"),
+        }
+    }
+    let mut env = config.env;
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, images::DEFAULT_PATH.to_owned());
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for label in &config.label {
+        let Some((key, value)) = label.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            anyhow::bail!("--label {label:?} must be KEY=VALUE");
+        };
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    let mut exposed_ports = Vec::new();
+    for port in &config.expose {
+        let (number, proto) = port.split_once('/').unwrap_or((port, "tcp"));
+        if number.parse::<u16>().map_or(true, |n| n == 0) || !["tcp", "udp", "sctp"].contains(&proto) {
+            anyhow::bail!(
+                "--expose {port:?} must be PORT or PORT/PROTOCOL with PORT 1-65535 and PROTOCOL tcp, udp or sctp"
+            );
+        }
+        exposed_ports.push(format!("{number}/{proto}"));
+    }
+    if let Some(dir) = &config.workdir {
+        anyhow::ensure!(dir.starts_with('/'), "--workdir {dir:?} must be an absolute path");
+    }
+    if config.entrypoint.is_empty() && config.cmd.is_empty() {
+        anyhow::bail!("give --entrypoint or --cmd (or both): an image with neither cannot start a container");
+    }
+    Ok(images::ImageSpec {
+        reference,
+        entrypoint: config.entrypoint,
+        cmd: config.cmd,
+        env,
+        working_dir: config.workdir,
+        user: config.user.filter(|u| !u.is_empty()),
+        exposed_ports,
+        labels,
+        entries: vec![],
+    })
 }
 
 /// Every catalog image with its tarball under `dir`.
@@ -212,6 +341,80 @@ mod tests {
         assert_eq!(json[0]["present"], true);
         assert_eq!(json[1]["reference"], images::BUSYBOX_IMAGE);
         assert_eq!(json[1]["present"], false);
+    }
+
+    #[test]
+    fn pack_config_is_checked_and_gets_a_path() {
+        let ok = |config: PackConfig| pack_spec("registry.k8s.io/x:1".to_owned(), config);
+        let spec = ok(PackConfig {
+            entrypoint: vec!["/agnhost".into()],
+            env: vec!["A=1".into()],
+            expose: vec!["80".into(), "53/udp".into()],
+            label: vec!["k=v=w".into()],
+            user: Some(String::new()),
+            ..PackConfig::default()
+        })
+        .unwrap();
+        assert_eq!(spec.env, [images::DEFAULT_PATH, "A=1"]);
+        assert_eq!(spec.exposed_ports, ["80/tcp", "53/udp"]);
+        assert_eq!(spec.labels["k"], "v=w");
+        assert_eq!(spec.user, None);
+        // A given PATH is kept, not doubled.
+        let spec = ok(PackConfig {
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            ..PackConfig::default()
+        })
+        .unwrap();
+        assert_eq!(spec.env, ["PATH=/bin"]);
+
+        let cmd = || vec!["sh".to_owned()];
+        for (config, want) in [
+            (PackConfig::default(), "--entrypoint or --cmd"),
+            (
+                PackConfig {
+                    cmd: cmd(),
+                    env: vec!["NOEQUALS".into()],
+                    ..PackConfig::default()
+                },
+                "NAME=VALUE",
+            ),
+            (
+                PackConfig {
+                    cmd: cmd(),
+                    expose: vec!["80/icmp".into()],
+                    ..PackConfig::default()
+                },
+                "PORT/PROTOCOL",
+            ),
+            (
+                PackConfig {
+                    cmd: cmd(),
+                    expose: vec!["0".into()],
+                    ..PackConfig::default()
+                },
+                "1-65535",
+            ),
+            (
+                PackConfig {
+                    cmd: cmd(),
+                    label: vec!["=v".into()],
+                    ..PackConfig::default()
+                },
+                "KEY=VALUE",
+            ),
+            (
+                PackConfig {
+                    cmd: cmd(),
+                    workdir: Some("srv".into()),
+                    ..PackConfig::default()
+                },
+                "absolute",
+            ),
+        ] {
+            let err = ok(config).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+        }
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn addon_spec(addon: Addon, binary: Vec<u8>) -> ImageSpec {
             file("etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n".to_vec()),
             dir("tmp", 0o1777),
         ],
+        ..ImageSpec::default()
     }
 }
 

@@ -34,8 +34,10 @@
 mod addons;
 pub mod catalog;
 mod oci;
+mod rootfs;
 
 pub use addons::{Addon, addon_binary, addon_spec, build_addon};
+pub use rootfs::read_rootfs;
 
 use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
@@ -68,7 +70,8 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
 /// backends are built into glibc 2.36's libc.so.6, so no libnss_*.so is packed.
 pub const NSSWITCH_CONF: &str = "passwd: files\ngroup: files\nhosts: files dns\n";
 
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The PATH every image gets unless it names its own (Docker's default for a Linux image).
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -101,6 +104,8 @@ pub enum ImageError {
     },
     #[error("image reference {reference:?} is not usable offline: {reason}")]
     BadReference { reference: String, reason: String },
+    #[error("{path} cannot go into an image: {reason}")]
+    BadRootfs { path: PathBuf, reason: String },
     #[error("image {reference}: invalid rootfs entry {path:?}: {reason}")]
     BadEntry {
         reference: String,
@@ -135,13 +140,20 @@ impl Entry {
 }
 
 /// What to pack: a name, the process defaults, and the rootfs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ImageSpec {
     /// Fully qualified `registry/repository:tag`.
     pub reference: String,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub env: Vec<String>,
+    /// The process's working directory; `None` is `/`.
+    pub working_dir: Option<String>,
+    /// `uid`, `uid:gid` or a name from the image's `/etc/passwd`; `None` is root.
+    pub user: Option<String>,
+    /// `80/tcp`, `53/udp`: what Docker's `EXPOSE` records.
+    pub exposed_ports: Vec<String>,
+    pub labels: BTreeMap<String, String>,
     pub entries: Vec<Entry>,
 }
 
@@ -166,6 +178,7 @@ pub fn pause_spec(pause: Vec<u8>) -> ImageSpec {
             mode: 0o755,
             data: pause,
         }],
+        ..ImageSpec::default()
     }
 }
 
@@ -236,6 +249,7 @@ pub fn busybox_spec(busybox: DynamicExecutable) -> ImageSpec {
         cmd: vec!["sh".to_owned()],
         env: vec![DEFAULT_PATH.to_owned()],
         entries,
+        ..ImageSpec::default()
     }
 }
 
@@ -293,8 +307,14 @@ pub fn pack(spec: &ImageSpec, tarball: &Path) -> Result<BuiltImage, ImageError> 
             env: spec.env.clone(),
             entrypoint: spec.entrypoint.clone(),
             cmd: spec.cmd.clone(),
-            working_dir: "/".to_owned(),
-            user: String::new(),
+            working_dir: spec.working_dir.clone().unwrap_or_else(|| "/".to_owned()),
+            user: spec.user.clone().unwrap_or_default(),
+            exposed_ports: spec
+                .exposed_ports
+                .iter()
+                .map(|p| (p.clone(), oci::Empty {}))
+                .collect(),
+            labels: spec.labels.clone(),
         },
         rootfs: oci::RootFs {
             kind: "layers".to_owned(),

@@ -79,7 +79,16 @@ pub struct RuntimeConfig {
     pub working_dir: String,
     #[serde(rename = "User", skip_serializing_if = "String::is_empty")]
     pub user: String,
+    /// `"80/tcp": {}` per port, as Docker's `EXPOSE` writes it. Informational: nothing is published.
+    #[serde(rename = "ExposedPorts", skip_serializing_if = "BTreeMap::is_empty")]
+    pub exposed_ports: BTreeMap<String, Empty>,
+    #[serde(rename = "Labels", skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
+
+/// The `{}` value of an `ExposedPorts` entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Empty {}
 
 #[derive(Debug, Serialize)]
 pub struct RootFs {

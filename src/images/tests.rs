@@ -511,3 +511,123 @@ fn containerd_template_names_our_pause_image() {
         "assets/containerd/config.toml"
     );
 }
+
+/// A rootfs with what the conformance images carry: nested dirs, a setuid binary, a relative
+/// and an absolute symlink, a hard link, and a sticky /tmp.
+fn sample_rootfs(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::write(root.join("usr/local/bin/nnp"), b"setuid").unwrap();
+    fs::set_permissions(root.join("usr/local/bin/nnp"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(root.join("bin/busybox"), b"bb").unwrap();
+    fs::hard_link(root.join("bin/busybox"), root.join("bin/hardlinked")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::os::unix::fs::symlink("/usr/local/bin/nnp", root.join("nnp")).unwrap();
+}
+
+fn rootfs_spec(root: &Path) -> ImageSpec {
+    ImageSpec {
+        reference: "registry.k8s.io/e2e-test-images/nonewprivs:1.4".to_owned(),
+        entrypoint: vec!["/agnhost".to_owned()],
+        cmd: vec!["pause".to_owned()],
+        env: vec![DEFAULT_PATH.to_owned(), "A=b".to_owned()],
+        working_dir: Some("/srv".to_owned()),
+        user: Some("1234".to_owned()),
+        exposed_ports: vec!["80/tcp".to_owned(), "53/udp".to_owned()],
+        labels: BTreeMap::from([("org.opencontainers.image.version".to_owned(), "1.4".to_owned())]),
+        entries: read_rootfs(root).unwrap(),
+    }
+}
+
+#[test]
+fn a_rootfs_directory_packs_with_modes_links_and_process_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    sample_rootfs(&root);
+    let built = pack(&rootfs_spec(&root), &dir.path().join("img.tar")).unwrap();
+    let img = unpack(&built.tarball);
+
+    assert_eq!(
+        img.index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        "registry.k8s.io/e2e-test-images/nonewprivs:1.4"
+    );
+    let config = &img.config["config"];
+    assert_eq!(config["Entrypoint"], serde_json::json!(["/agnhost"]));
+    assert_eq!(config["Cmd"], serde_json::json!(["pause"]));
+    assert_eq!(config["Env"][1], "A=b");
+    assert_eq!(config["WorkingDir"], "/srv");
+    assert_eq!(config["User"], "1234");
+    assert_eq!(
+        config["ExposedPorts"],
+        serde_json::json!({"53/udp": {}, "80/tcp": {}})
+    );
+    assert_eq!(config["Labels"]["org.opencontainers.image.version"], "1.4");
+
+    let (nnp, data) = &img.layer["usr/local/bin/nnp"];
+    assert_eq!(nnp.mode().unwrap(), 0o4755, "setuid survives");
+    assert_eq!(data, b"setuid");
+    assert_eq!(img.layer["tmp/"].0.mode().unwrap(), 0o1777);
+    assert_eq!(img.layer["bin/hardlinked"].1, b"bb", "a hard link is a copy");
+    let sh = &img.layer["bin/sh"].0;
+    assert_eq!(sh.entry_type(), tar::EntryType::Symlink);
+    assert_eq!(sh.link_name().unwrap().unwrap().to_str(), Some("busybox"));
+    let abs = &img.layer["nnp"].0;
+    assert_eq!(
+        abs.link_name().unwrap().unwrap().to_str(),
+        Some("/usr/local/bin/nnp")
+    );
+    for (path, (header, _)) in &img.layer {
+        assert_eq!((header.uid().unwrap(), header.gid().unwrap()), (0, 0), "{path}");
+        assert_eq!(header.mtime().unwrap(), 0, "{path}");
+    }
+    // Parents first, in path order, with nothing of the host above the rootfs.
+    let names: Vec<&String> = img.layer.keys().collect();
+    assert_eq!(names.first().map(|s| s.as_str()), Some("bin/"));
+    assert!(!names.iter().any(|n| n.contains("root")), "{names:?}");
+}
+
+#[test]
+fn packing_a_rootfs_is_reproducible_across_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    sample_rootfs(&a);
+    sample_rootfs(&b);
+    let x = pack(&rootfs_spec(&a), &dir.path().join("a.tar")).unwrap();
+    let y = pack(&rootfs_spec(&b), &dir.path().join("b.tar")).unwrap();
+    assert_eq!(x.manifest_digest, y.manifest_digest);
+    assert_eq!(fs::read(&x.tarball).unwrap(), fs::read(&y.tarball).unwrap());
+
+    // Another label is another image, even with the same files (agnhost 2.55 and 2.63.0).
+    let mut other = rootfs_spec(&a);
+    other
+        .labels
+        .insert("org.opencontainers.image.version".to_owned(), "2.55".to_owned());
+    let z = pack(&other, &dir.path().join("z.tar")).unwrap();
+    assert_ne!(x.manifest_digest, z.manifest_digest);
+}
+
+#[test]
+fn a_rootfs_with_a_socket_or_no_directory_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("run")).unwrap();
+    let socket = root.join("run/s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let err = read_rootfs(&root).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::BadRootfs { path, .. } if *path == socket),
+        "{err}"
+    );
+    assert!(err.to_string().contains("remove it"), "{err}");
+
+    let file = dir.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    assert!(matches!(read_rootfs(&file), Err(ImageError::BadRootfs { .. })));
+    assert!(matches!(
+        read_rootfs(&dir.path().join("missing")),
+        Err(ImageError::Read { .. })
+    ));
+}
