@@ -40,8 +40,9 @@ scripts/build-addons.sh >/dev/null
 step "images"
 scripts/build-images.sh >/dev/null
 
-step "conformance images (tests/e2e/conformance-images.sh imports them)"
+step "conformance images and suite (tests/e2e/conformance-images.sh and conformance-subset.sh use them)"
 scripts/build-conformance-images.sh >/dev/null
+scripts/build-conformance-suite.sh >/dev/null
 
 step "cargo test"
 rm -f /tmp/k8sd-e2e-*.log
