@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod httpc;
 pub mod images;
 pub mod lb;
+pub mod mirror;
 pub mod node;
 pub mod paths;
 pub mod pki;

@@ -109,6 +109,11 @@ impl Layout {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.d("cni/net.d")
     }
+    /// containerd's registry host configuration (`config_path`): `_default/hosts.toml` points
+    /// every registry at the node-local image mirror.
+    pub fn registry_config_dir(&self) -> PathBuf {
+        self.config_dir().join("registry")
+    }
     pub fn cni_ipam_dir(&self) -> PathBuf {
         self.d("cni/networks")
     }

@@ -109,6 +109,7 @@ fn each_module_names_only_the_modules_the_map_allows() {
         ("template", &[]),
         ("addons", &["images", "template"]),
         ("lb", &["httpc"]),
+        ("mirror", &[]),
         ("node", &["datastore", "raft"]),
         ("raft", &["datastore"]),
         ("etcd", &["datastore", "node", "raft", "pb"]),

@@ -167,6 +167,14 @@ pub fn kube_proxy_args(c: &Ctx<'_>) -> Vec<String> {
 }
 
 const CONTAINERD_TEMPLATE: &str = include_str!("../../assets/containerd/config.toml");
+const REGISTRY_HOSTS_TEMPLATE: &str = include_str!("../../assets/containerd/hosts.toml");
+
+/// The node-local image mirror's port (`crate::mirror`), on the node's advertise address.
+pub const MIRROR_PORT: u16 = 6446;
+
+pub fn mirror_addr(cfg: &NodeConfig) -> SocketAddr {
+    SocketAddr::new(cfg.advertise_address, MIRROR_PORT)
+}
 const CNI_TEMPLATE: &str = include_str!("../../assets/cni/10-k8sd.conflist");
 const KUBELET_TEMPLATE: &str = include_str!("../../assets/kubelet/config.yaml");
 const KUBE_PROXY_TEMPLATE: &str = include_str!("../../assets/kube-proxy/config.yaml");
@@ -202,6 +210,8 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
         ("containerd_state", p(&l.containerd_state())),
         ("containerd_address", p(&l.containerd_socket())),
         ("cni_conf_dir", p(&l.cni_conf_dir())),
+        ("registry_config_dir", p(&l.registry_config_dir())),
+        ("mirror_addr", mirror_addr(c.cfg).to_string()),
         ("cni_ipam_dir", p(&l.cni_ipam_dir())),
         ("pod_cidr", c.cfg.pod_cidr.clone()),
         ("pki_dir", p(&l.pki_dir())),
@@ -227,6 +237,10 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
         (
             l.config_dir().join("kube-proxy.yaml"),
             render(KUBE_PROXY_TEMPLATE, &values)?,
+        ),
+        (
+            l.registry_config_dir().join("_default/hosts.toml"),
+            render(REGISTRY_HOSTS_TEMPLATE, &values)?,
         ),
     ])
 }
@@ -306,7 +320,7 @@ mod tests {
             cgroup_root: "/",
         })
         .unwrap();
-        assert_eq!(files.len(), 3);
+        assert_eq!(files.len(), 4);
         let cni = cni_conflist(
             &Ctx {
                 layout: &layout,
@@ -329,6 +343,16 @@ mod tests {
         let containerd = &files[0].1;
         assert!(containerd.contains("restrict_oom_score_adj = true"));
         assert!(containerd.contains("address = \"/r/containerd/containerd.sock\""));
+        assert!(containerd.contains("config_path = \"/d/config/registry\""));
+        let hosts = &files[3];
+        assert_eq!(hosts.0, Path::new("/d/config/registry/_default/hosts.toml"));
+        let mirror = format!("[host.\"https://{}:6446\"]", cfg.advertise_address);
+        assert!(hosts.1.contains(&mirror), "{}", hosts.1);
+        assert!(
+            hosts
+                .1
+                .contains("client = [[\"/d/pki/kubelet-client.crt\", \"/d/pki/kubelet-client.key\"]]")
+        );
         assert!(render("a {{x}}", &[]).is_err());
     }
 

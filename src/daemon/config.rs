@@ -55,6 +55,7 @@ pub const PORTS: &[(u16, &str)] = &[
     (10256, "kube-proxy healthz"),
     (6400, "k8sd cluster API"),
     (6444, "local API load balancer"),
+    (6446, "image mirror"),
 ];
 /// Ports a worker needs free before join.
 pub const WORKER_PORTS: &[(u16, &str)] = &[
@@ -62,6 +63,7 @@ pub const WORKER_PORTS: &[(u16, &str)] = &[
     (10248, "kubelet healthz"),
     (10256, "kube-proxy healthz"),
     (6444, "local API load balancer"),
+    (6446, "image mirror"),
 ];
 
 /// The persisted node configuration (`node.yaml`). Versioned: a newer k8sd must read it.
@@ -370,7 +372,12 @@ mod tests {
         let plain = validate(&InitRequest::default(), "h", &addrs()).unwrap();
         let text = serde_yaml::to_string(&plain).unwrap();
         assert!(!text.contains("disable"), "{text}");
-        assert!(serde_yaml::from_str::<NodeConfig>(&text).unwrap().disable.is_empty());
+        assert!(
+            serde_yaml::from_str::<NodeConfig>(&text)
+                .unwrap()
+                .disable
+                .is_empty()
+        );
     }
 
     #[test]

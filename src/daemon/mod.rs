@@ -17,6 +17,7 @@ pub mod components;
 pub mod config;
 mod control;
 mod join;
+mod mirror;
 mod noderole;
 mod podnet;
 pub mod status;
@@ -162,6 +163,8 @@ struct RunningNode {
     etcd_stop: watch::Sender<bool>,
     /// The local API load balancer.
     lb: Option<Arc<crate::lb::LbHandle>>,
+    /// The node-local image mirror containerd pulls from.
+    _mirror: Arc<mirror::MirrorHandle>,
 }
 
 impl Daemon {
@@ -392,6 +395,8 @@ impl Daemon {
         }
         mkdir(&l.containerd_state(), 0o711)?;
         ensure_cgroup_root(&self.opts.cgroup_root)?;
+        step("starting the image mirror");
+        let mirror = mirror::start(&l, &cfg).await?;
 
         let supervisor = Arc::new(Supervisor::new(SupervisorConfig {
             run_dir: l.pid_dir(),
@@ -403,6 +408,7 @@ impl Daemon {
             supervisor: supervisor.clone(),
             etcd_stop,
             lb: Some(lb),
+            _mirror: Arc::new(mirror),
         });
         // Before the components start: kube-apiserver may call a webhook Service at once.
         svcroute::spawn(self, identity.service_cidr, cfg.advertise_address);

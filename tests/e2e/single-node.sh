@@ -6,7 +6,8 @@
 # Node plumbing along the way: the kubelet serves a certificate from the cluster CA (so logs
 # and exec work with the apiserver verifying it), the Node carries its control-plane role,
 # pods get the cluster DNS address, and the host (which has no default route) reaches a
-# ClusterIP through the route k8sd adds for the service range.
+# ClusterIP through the route k8sd adds for the service range, and a pull of a local image
+# (pull policy Always) succeeds through the node-local image mirror.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" /usr/bin/containerd
@@ -111,6 +112,40 @@ pod_logs() { [[ $(kubectl logs deploy/bb) == 'hello from bb' ]]; }
 check "kubectl logs of a pod works" wait_for 30 "pod logs" pod_logs
 pod_dns() { local r; r=$(kubectl exec deploy/bb -- cat /etc/resolv.conf) && grep -q '^nameserver 10.96.0.10$' <<< "$r" && grep -q 'search default.svc.cluster.local' <<< "$r"; }
 check "kubectl exec works and the pod's resolv.conf names the cluster DNS" pod_dns
+
+log "2a. pull policy Always: the pull resolves through the node's image mirror (no registry exists)"
+cat > "$work/always.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: pull-always}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: docker.io/library/busybox:1.36-local, imagePullPolicy: Always, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pull-missing}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: registry.k8s.io/k8sd-e2e/not-on-this-node:1.0, imagePullPolicy: Always, command: [sleep, "3600"]}
+YAML
+kubectl apply -f "$work/always.yaml" >/dev/null
+pod_phase() { [[ $(kubectl get pod "$1" -o jsonpath='{.status.phase}') == "$2" ]]; }
+check "a pod with imagePullPolicy Always on a local image runs" wait_for 120 "pull-always Running" pod_phase pull-always Running
+pulled() { kubectl get events --field-selector involvedObject.name=pull-always -o jsonpath='{.items[*].message}' | grep -q 'Successfully pulled image'; }
+check "the kubelet pulled it (a real pull, answered by the mirror)" pulled
+pull_failed() { kubectl get pod pull-missing -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}' | grep -qE 'ErrImagePull|ImagePullBackOff'; }
+check "an image no node has still fails to pull" wait_for 120 "pull-missing fails" pull_failed
+mirror_refuses() { ! in_host "$ns" curl -sk --max-time 5 "https://$node_ip:6446/v2/" >/dev/null; }
+check "the mirror refuses a client without a cluster certificate" mirror_refuses
+mirror_serves() {
+  in_host "$ns" curl -s --max-time 5 --cacert "$data/pki/ca.crt" --cert "$data/pki/admin.crt" --key "$data/pki/admin.key" \
+    -o /dev/null -w '%{http_code}' "https://$node_ip:6446/v2/library/busybox/manifests/1.36-local?ns=docker.io" | grep -qx 200
+}
+check "with one it answers a manifest request for a local image" mirror_serves
+kubectl delete pod pull-always pull-missing --wait=false >/dev/null 2>&1
 
 log "2b. the host reaches ClusterIPs (it has no default route; k8sd routes the service range)"
 check "the host netns has no default route" bash -c "[[ -z \$(ip -n $ns route show default) ]]"

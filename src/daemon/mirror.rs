@@ -1,0 +1,49 @@
+//! Starts the node-local image mirror (`crate::mirror`) on every node, before containerd,
+//! whose `_default` registry host points at it (`components::config_files`).
+
+use std::sync::Arc;
+
+use super::DaemonError;
+use super::components;
+use super::config::NodeConfig;
+use crate::mirror::{server, store::ContainerdStore};
+use crate::paths::Layout;
+
+/// Binds the mirror on the node's advertise address and serves it in the background. Its
+/// certificate is the kubelet's serving certificate (it names the node's IPs, on every node);
+/// clients need a certificate from the cluster CA, as containerd has the kubelet's.
+pub async fn start(layout: &Layout, cfg: &NodeConfig) -> Result<MirrorHandle, DaemonError> {
+    let pki = layout.pki_dir();
+    let read = |name: &str| {
+        let path = pki.join(name);
+        std::fs::read(&path)
+            .map_err(|e| DaemonError::Other(format!("image mirror: cannot read {}: {e}", path.display())))
+    };
+    let tls = server::tls_config(&read("ca.crt")?, &read("kubelet.crt")?, &read("kubelet.key")?)
+        .map_err(|e| DaemonError::Other(e.to_string()))?;
+    let addr = components::mirror_addr(cfg);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        DaemonError::Other(format!(
+            "image mirror: cannot listen on {addr}: {e}; is another k8sd or a registry using port {}?",
+            components::MIRROR_PORT
+        ))
+    })?;
+    let store = Arc::new(ContainerdStore {
+        // From PATH, as image import finds it.
+        ctr: "ctr".into(),
+        address: layout.containerd_socket(),
+        root: layout.containerd_root(),
+    });
+    tracing::info!(%addr, "image mirror serving this node's containerd images");
+    Ok(MirrorHandle(tokio::spawn(server::serve(listener, tls, store))))
+}
+
+/// Stops the mirror (and frees its port) when the node it serves stops.
+#[derive(Debug)]
+pub struct MirrorHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for MirrorHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
