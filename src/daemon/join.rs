@@ -325,6 +325,19 @@ impl Daemon {
                 "{via} answered without the cluster secrets or datastore peers"
             )));
         }
+        // Checked before anything is written: without the cluster's key this node's apiserver
+        // could not read a single Secret.
+        let Some(encryption_config) = rep.encryption_config else {
+            return Err(other(format!(
+                "{via} answered without the Secrets encryption key (cluster API version {}, \
+                 this node {WIRE_VERSION}); run the same k8sd version on every control-plane node",
+                rep.version
+            )));
+        };
+        pki::validate_encryption_config(
+            &format!("the Secrets encryption key from {via}"),
+            &encryption_config,
+        )?;
         for s in &rep.secrets {
             if !allowed_secret(&s.name) {
                 return Err(other(format!(
@@ -339,6 +352,7 @@ impl Daemon {
             };
             write_file(&l.pki_dir().join(&s.name), s.pem.as_bytes(), mode)?;
         }
+        pki::install_encryption_config(&l.encryption_config(), &encryption_config)?;
         cfg.role = Role::ControlPlane;
         cfg.pod_cidr = rep.cluster.pod_cidr;
         cfg.service_cidr = rep.cluster.service_cidr;
