@@ -202,6 +202,7 @@ check "status: kube-apiserver restarted once, new pid" status_says \
 
 log "5. restart k8sd: the cluster state is intact"
 kubectl create configmap e2e-marker --from-literal=k=v >/dev/null
+enc_sha=$(sha256sum < "$data/pki/encryption-config.yaml")
 check "k8sd stops on SIGTERM" stop_daemon
 no_orphans() { ! grep -lsa "K8SD_MANAGED=$data" /proc/[0-9]*/environ >/dev/null 2>&1; }
 check "6. no orphan process is left (no process carries our marker)" no_orphans
@@ -209,6 +210,8 @@ in_host "$ns" "$K8SD_BIN" --data-dir "$data" --run-dir "$run" run >> "$data/logs
 check "k8sd run resumes the node" k8sd status --wait-ready --timeout 240
 marker_kept() { [[ $(kubectl get configmap e2e-marker -o jsonpath='{.data.k}') == v ]]; }
 check "the ConfigMap written before the restart is there" marker_kept
+check "the Secrets key survives the restart unchanged" bash -c "[[ \$(sha256sum < '$data/pki/encryption-config.yaml') == '$enc_sha' ]]"
+check "the Secret written before the restart still reads back" secret_reads
 check "7. status after restart: 6 components running, node Ready" status_says \
   "str(all(c['running'] for c in d['components'])) + ' ' + str(d['kubernetes-node']['ready'])" "True True"
 
