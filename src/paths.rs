@@ -75,6 +75,11 @@ impl Layout {
     pub fn pki_dir(&self) -> PathBuf {
         self.d("pki")
     }
+    /// 0600: kube-apiserver's EncryptionConfiguration with the cluster's Secrets key, made at
+    /// `k8sd init` and handed to joining control-plane nodes (`pki::ENCRYPTION_CONFIG_FILE`).
+    pub fn encryption_config(&self) -> PathBuf {
+        self.pki_dir().join("encryption-config.yaml")
+    }
     /// 0700: kubeconfigs (0600).
     pub fn kubeconfig_dir(&self) -> PathBuf {
         self.d("kubeconfig")

@@ -67,11 +67,23 @@ fn denied(e: TokenError) -> Status {
 }
 
 fn check_version(v: u32) -> Result<(), Status> {
-    if v == WIRE_VERSION {
+    if (MIN_WIRE_VERSION..=WIRE_VERSION).contains(&v) {
         Ok(())
     } else {
         Err(Status::failed_precondition(format!(
-            "joiner speaks cluster API {v}, this node {WIRE_VERSION}; use matching k8sd versions"
+            "joiner speaks cluster API {v}, this node {MIN_WIRE_VERSION} to {WIRE_VERSION}; use matching k8sd versions"
+        )))
+    }
+}
+
+/// A control-plane joiner must install the Secrets key, which a version-1 joiner ignores.
+fn check_control_plane_version(v: u32) -> Result<(), Status> {
+    if v >= ENCRYPTION_WIRE_VERSION {
+        Ok(())
+    } else {
+        Err(Status::failed_precondition(format!(
+            "the joining node's k8sd speaks cluster API {v}, too old to receive the Secrets encryption key \
+             (needs {ENCRYPTION_WIRE_VERSION}); install this cluster's k8sd version on it and join again"
         )))
     }
 }
@@ -214,14 +226,30 @@ impl ClusterService {
             secrets: vec![],
             datastore_peers: vec![],
             worker_certs: Some(certs),
+            encryption_config: None,
         })
     }
 
     async fn join_control_plane(&self, req: JoinRequest) -> Result<JoinReply, Status> {
+        check_control_plane_version(req.version)?;
         self.check_token(&req.token, TokenRole::ControlPlane, &req.name)
             .await?;
         self.check_name_free(&req.name).await?;
         let cluster = self.cluster_info().await?;
+        // Every apiserver must hold the same Secrets key; a node without one (initialised by an
+        // older k8sd) cannot admit a control-plane node that would need it.
+        let enc_path = self.pki_dir.join(pki::ENCRYPTION_CONFIG_FILE);
+        let encryption_config = match pki::read_encryption_config(&enc_path) {
+            Ok(Some((text, _))) => text,
+            Ok(None) => {
+                return Err(Status::failed_precondition(format!(
+                    "this control-plane node has no Secrets encryption key ({} is missing), so it \
+                     cannot hand one to a joining control-plane node; see docs/security.md",
+                    enc_path.display()
+                )));
+            }
+            Err(e) => return Err(Status::internal(e.to_string())),
+        };
         let mut secrets = Vec::new();
         for kind in CaKind::ALL {
             for f in [kind.cert_file(), kind.key_file()] {
@@ -251,6 +279,7 @@ impl ClusterService {
             secrets,
             datastore_peers: peers,
             worker_certs: None,
+            encryption_config: Some(encryption_config),
         })
     }
 }
@@ -370,5 +399,21 @@ impl ClusterApi for ClusterService {
         reply(&JoinCompleteReply {
             version: WIRE_VERSION,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_1_joiners_may_be_workers_but_not_control_plane_nodes() {
+        assert!(check_version(1).is_ok() && check_version(WIRE_VERSION).is_ok());
+        let e = check_version(WIRE_VERSION + 1).unwrap_err();
+        assert!(e.message().contains("use matching k8sd versions"), "{e}");
+        let e = check_control_plane_version(1).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("Secrets encryption key"), "{e}");
+        assert!(check_control_plane_version(WIRE_VERSION).is_ok());
     }
 }

@@ -8,7 +8,14 @@ use serde::{Deserialize, Serialize};
 use super::registry::ClusterInfo;
 use super::token::TokenRole;
 
-pub const WIRE_VERSION: u32 = 1;
+/// 2: a control-plane `Join` answer carries the Secrets encryption configuration.
+pub const WIRE_VERSION: u32 = 2;
+/// The oldest version a server still answers: a version-1 worker needs nothing new, so it can
+/// join and renew; a version-1 control-plane joiner is refused at `Join` (it would not install
+/// the Secrets key and its apiserver could not read a Secret).
+pub const MIN_WIRE_VERSION: u32 = 1;
+/// The first version whose control-plane joiners install the Secrets encryption key.
+pub const ENCRYPTION_WIRE_VERSION: u32 = 2;
 
 /// Public keys (PKIX PEM) a worker wants certificates for; it keeps the private halves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +65,11 @@ pub struct JoinReply {
     pub datastore_peers: Vec<String>,
     /// Workers: their certificates, signed by the cluster CA.
     pub worker_certs: Option<WorkerCerts>,
+    /// Control-plane joiners: kube-apiserver's EncryptionConfiguration holding the cluster's
+    /// Secrets key (from wire version 2; absent from an older server's answer, which the
+    /// joiner refuses).
+    #[serde(default)]
+    pub encryption_config: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,4 +124,19 @@ pub struct RenewReply {
 pub struct RenewedCert {
     pub leaf: String,
     pub cert: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer from a version-1 server has no `encryption_config`: it parses (the joiner then
+    /// refuses with a clear error) instead of failing to decode or panicking.
+    #[test]
+    fn an_older_servers_join_answer_parses_without_the_encryption_key() {
+        let old = r#"{"version":1,"cluster":{"pod-cidr":"10.88.0.0/16","service-cidr":"10.96.0.0/12"},
+            "ca_cert":"x","control_plane":[],"secrets":[],"datastore_peers":[],"worker_certs":null}"#;
+        let rep: JoinReply = serde_json::from_str(old).unwrap();
+        assert!(rep.encryption_config.is_none());
+    }
 }

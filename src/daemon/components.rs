@@ -27,12 +27,39 @@ pub fn datastore_addr() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DATASTORE_PORT)
 }
 
+/// The TLS 1.2 cipher suites every Go listener k8sd renders offers (kube-apiserver, kubelet,
+/// controller-manager, scheduler): ECDHE with AEAD only (AES-GCM, ChaCha20-Poly1305), in Go's
+/// names. CBC suites (and their SHA-1 MACs) are left out: they are what Lucky13-style padding
+/// oracles attack, and Go offers them by default. TLS 1.3 suites are all AEAD and fixed by Go.
+/// k8sd's own rustls listeners offer the same set (rustls has no CBC suite).
+pub const TLS_CIPHER_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+/// Nothing older than TLS 1.2 on any listener.
+pub const TLS_MIN_VERSION: &str = "VersionTLS12";
+
+/// `--tls-min-version` and `--tls-cipher-suites` for a Go component's secure port.
+fn tls_flags() -> [(&'static str, String); 2] {
+    [
+        ("tls-min-version", TLS_MIN_VERSION.into()),
+        ("tls-cipher-suites", TLS_CIPHER_SUITES.join(",")),
+    ]
+}
+
 /// Everything a component's arguments depend on.
 #[derive(Debug, Clone)]
 pub struct Ctx<'a> {
     pub layout: &'a Layout,
     pub cfg: &'a NodeConfig,
     pub cgroup_root: &'a str,
+    /// The Secrets encryption configuration exists and validated (every control-plane node
+    /// made by `init` or `join`; only a node initialised by an older k8sd lacks it).
+    pub encrypt_secrets: bool,
 }
 
 impl Ctx<'_> {
@@ -53,7 +80,7 @@ fn flags(pairs: &[(&str, String)]) -> Vec<String> {
 
 pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
     let issuer = "https://kubernetes.default.svc.cluster.local".to_string();
-    flags(&[
+    let mut args = flags(&[
         ("advertise-address", c.cfg.advertise_address.to_string()),
         ("bind-address", "0.0.0.0".into()),
         ("secure-port", APISERVER_PORT.to_string()),
@@ -98,12 +125,22 @@ pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
         // On SIGTERM keep serving for 3 s while /readyz fails, so the load balancers (every
         // node's, and an external one) drain this apiserver before it closes its listener.
         ("shutdown-delay-duration", "3s".into()),
-    ])
+    ]);
+    args.extend(flags(&tls_flags()));
+    if c.encrypt_secrets {
+        // Secrets are encrypted before they reach the datastore (secretbox, then identity
+        // so Secrets written in plaintext earlier stay readable).
+        args.extend(flags(&[(
+            "encryption-provider-config",
+            c.layout.encryption_config().display().to_string(),
+        )]));
+    }
+    args
 }
 
 pub fn controller_manager_args(c: &Ctx<'_>) -> Vec<String> {
     let kc = c.kubeconfig("controller-manager.conf");
-    flags(&[
+    let mut args = flags(&[
         ("kubeconfig", kc.clone()),
         ("authentication-kubeconfig", kc.clone()),
         ("authorization-kubeconfig", kc),
@@ -120,7 +157,9 @@ pub fn controller_manager_args(c: &Ctx<'_>) -> Vec<String> {
         ("node-cidr-mask-size", node_cidr_mask(&c.cfg.pod_cidr).to_string()),
         ("leader-elect", "true".into()),
         ("profiling", "false".into()),
-    ])
+    ]);
+    args.extend(flags(&tls_flags()));
+    args
 }
 
 /// /24 per node, or the whole range when it is already that small.
@@ -134,14 +173,16 @@ fn node_cidr_mask(pod_cidr: &str) -> u8 {
 
 pub fn scheduler_args(c: &Ctx<'_>) -> Vec<String> {
     let kc = c.kubeconfig("scheduler.conf");
-    flags(&[
+    let mut args = flags(&[
         ("kubeconfig", kc.clone()),
         ("authentication-kubeconfig", kc.clone()),
         ("authorization-kubeconfig", kc),
         ("bind-address", "127.0.0.1".into()),
         ("leader-elect", "true".into()),
         ("profiling", "false".into()),
-    ])
+    ]);
+    args.extend(flags(&tls_flags()));
+    args
 }
 
 pub fn containerd_args(c: &Ctx<'_>) -> Vec<String> {
@@ -224,6 +265,8 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
             "resolv_conf",
             crate::paths::host_kubelet_resolv_conf().to_string(),
         ),
+        ("tls_min_version", TLS_MIN_VERSION.to_string()),
+        ("tls_cipher_suites", format!("[{}]", TLS_CIPHER_SUITES.join(", "))),
     ];
     Ok(vec![
         (
@@ -272,6 +315,7 @@ mod tests {
             layout: &layout,
             cfg: &cfg,
             cgroup_root: "/",
+            encrypt_secrets: true,
         });
         let must = [
             "--anonymous-auth=false",
@@ -292,9 +336,87 @@ mod tests {
         assert!(!args.iter().any(|a| a.starts_with("--feature-gates")), "{args:?}");
         assert_eq!(
             args.len(),
-            36,
+            39,
             "the full flag set is pinned; update this test deliberately"
         );
+        assert!(args.contains(&"--encryption-provider-config=/d/pki/encryption-config.yaml".to_string()));
+        assert_eq!(
+            layout.encryption_config(),
+            layout.pki_dir().join(crate::pki::ENCRYPTION_CONFIG_FILE)
+        );
+        // A node initialised by an older k8sd has no key: the flag is left out, not pointed
+        // at a missing file (kube-apiserver would not start).
+        let without = apiserver_args(&Ctx {
+            layout: &layout,
+            cfg: &cfg,
+            cgroup_root: "/",
+            encrypt_secrets: false,
+        });
+        assert_eq!(without.len(), 38);
+        assert!(
+            !without
+                .iter()
+                .any(|a| a.starts_with("--encryption-provider-config"))
+        );
+    }
+
+    /// Every Go listener k8sd renders: TLS 1.2 minimum and ECDHE AEAD suites only.
+    #[test]
+    fn every_go_secure_port_offers_tls12_and_up_with_aead_suites_only() {
+        let layout = Layout::new("/d", "/r");
+        let cfg = cfg();
+        let c = Ctx {
+            layout: &layout,
+            cfg: &cfg,
+            cgroup_root: "/",
+            encrypt_secrets: true,
+        };
+        for suite in TLS_CIPHER_SUITES {
+            assert!(suite.starts_with("TLS_ECDHE_"), "{suite}: forward secrecy");
+            assert!(
+                suite.contains("_GCM_") || suite.ends_with("_CHACHA20_POLY1305_SHA256"),
+                "{suite}: AEAD only"
+            );
+        }
+        let suites = format!("--tls-cipher-suites={}", TLS_CIPHER_SUITES.join(","));
+        for (name, args) in [
+            ("kube-apiserver", apiserver_args(&c)),
+            ("controller-manager", controller_manager_args(&c)),
+            ("scheduler", scheduler_args(&c)),
+        ] {
+            assert!(
+                args.contains(&"--tls-min-version=VersionTLS12".to_string()),
+                "{name}"
+            );
+            assert!(args.contains(&suites), "{name}");
+        }
+        let y = kubelet_yaml(&cfg);
+        assert_eq!(y["tlsMinVersion"].as_str(), Some("VersionTLS12"));
+        let kubelet: Vec<&str> = y["tlsCipherSuites"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(kubelet, TLS_CIPHER_SUITES);
+    }
+
+    /// k8sd's own listeners (cluster API, datastore client and peer ports) are rustls with the
+    /// ring provider: its TLS 1.2 suites must stay ECDHE + AEAD, as the Go listeners above.
+    #[test]
+    fn rustls_listeners_offer_aead_suites_only() {
+        let provider = rustls::crypto::ring::default_provider();
+        assert!(!provider.cipher_suites.is_empty());
+        for suite in &provider.cipher_suites {
+            let name = format!("{:?}", suite.suite());
+            if suite.version() == &rustls::version::TLS12 {
+                assert!(name.starts_with("TLS_ECDHE_"), "{name}");
+            }
+            assert!(
+                name.contains("_GCM_") || name.contains("CHACHA20_POLY1305"),
+                "{name}"
+            );
+        }
     }
 
     #[test]
@@ -305,6 +427,7 @@ mod tests {
             layout: &layout,
             cfg: &cfg,
             cgroup_root: "/",
+            encrypt_secrets: true,
         });
         assert!(args.contains(&"--node-ip=10.0.0.5".to_string()));
         assert!(args.contains(&"--root-dir=/d/kubelet".to_string()));
@@ -318,6 +441,7 @@ mod tests {
             layout: &layout,
             cfg: &cfg,
             cgroup_root: "/",
+            encrypt_secrets: true,
         })
         .unwrap();
         assert_eq!(files.len(), 4);
@@ -326,6 +450,7 @@ mod tests {
                 layout: &layout,
                 cfg: &cfg,
                 cgroup_root: "/",
+                encrypt_secrets: true,
             },
             "10.88.3.0/24",
         )
@@ -363,6 +488,7 @@ mod tests {
             layout: &layout,
             cfg,
             cgroup_root: "/",
+            encrypt_secrets: true,
         })
         .unwrap();
         let (_, text) = files.iter().find(|(p, _)| p.ends_with("kubelet.yaml")).unwrap();

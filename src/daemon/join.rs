@@ -35,6 +35,20 @@ fn allowed_secret(name: &str) -> bool {
         || name == pki::SA_PUB_FILE
 }
 
+/// The Secrets encryption configuration of a control-plane `Join` answer, checked. An older
+/// server's answer has none: refused with what to do, never installed half.
+fn encryption_from_reply(rep: &JoinReply, via: &str) -> Result<String, DaemonError> {
+    let Some(text) = &rep.encryption_config else {
+        return Err(other(format!(
+            "{via} answered without the Secrets encryption key (cluster API version {}, \
+             this node {WIRE_VERSION}); run the same k8sd version on every control-plane node",
+            rep.version
+        )));
+    };
+    pki::validate_encryption_config(&format!("the Secrets encryption key from {via}"), text)?;
+    Ok(text.clone())
+}
+
 impl Daemon {
     fn control_plane_node(&self) -> Result<(super::RunningNode, crate::node::Node), DaemonError> {
         match self.running() {
@@ -325,6 +339,9 @@ impl Daemon {
                 "{via} answered without the cluster secrets or datastore peers"
             )));
         }
+        // Checked before anything is written: without the cluster's key this node's apiserver
+        // could not read a single Secret.
+        let encryption_config = encryption_from_reply(&rep, &via)?;
         for s in &rep.secrets {
             if !allowed_secret(&s.name) {
                 return Err(other(format!(
@@ -339,6 +356,7 @@ impl Daemon {
             };
             write_file(&l.pki_dir().join(&s.name), s.pem.as_bytes(), mode)?;
         }
+        pki::install_encryption_config(&l.encryption_config(), &encryption_config)?;
         cfg.role = Role::ControlPlane;
         cfg.pod_cidr = rep.cluster.pod_cidr;
         cfg.service_cidr = rep.cluster.service_cidr;
@@ -651,5 +669,50 @@ impl Daemon {
                     .join(", ")
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(encryption_config: Option<String>) -> JoinReply {
+        JoinReply {
+            version: 1,
+            cluster: ClusterInfo {
+                pod_cidr: "10.88.0.0/16".into(),
+                service_cidr: "10.96.0.0/12".into(),
+            },
+            ca_cert: String::new(),
+            control_plane: vec![],
+            secrets: vec![],
+            datastore_peers: vec![],
+            worker_certs: None,
+            encryption_config,
+        }
+    }
+
+    #[test]
+    fn a_join_answer_without_a_valid_encryption_key_is_refused_with_what_to_do() {
+        let e = encryption_from_reply(&reply(None), "10.0.0.1:6400")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("10.0.0.1:6400 answered without the Secrets encryption key (cluster API version 1"),
+            "{e}"
+        );
+        assert!(e.contains("run the same k8sd version"), "{e}");
+        let e = encryption_from_reply(&reply(Some("kind: nope".into())), "10.0.0.1:6400")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the Secrets encryption key from 10.0.0.1:6400"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(pki::ENCRYPTION_CONFIG_FILE);
+        pki::create_encryption_config(&path, 1).unwrap();
+        let good = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            encryption_from_reply(&reply(Some(good.clone())), "x").unwrap(),
+            good
+        );
     }
 }

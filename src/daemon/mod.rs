@@ -262,6 +262,14 @@ impl Daemon {
         let cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
         config::check_ports(config::PORTS)?;
         self.preflight()?;
+        // The cluster's Secrets key is made once, here: a joining control-plane node receives
+        // this file, and a restart never makes a new one (see `secrets_encryption`).
+        mkdir(&self.opts.layout.pki_dir(), 0o700)?;
+        let key = pki::create_encryption_config(
+            &self.opts.layout.encryption_config(),
+            crate::cluster::token::now_unix(),
+        )?;
+        tracing::info!(provider = %key.provider, key = %key.write_key, "Secrets are encrypted at rest");
         let text = serde_yaml::to_string(&cfg).map_err(|e| DaemonError::Other(e.to_string()))?;
         write_file(&node_file, text.as_bytes(), 0o600)?;
         let res = self.bring_up(cfg, Some(progress), None).await;
@@ -385,10 +393,12 @@ impl Daemon {
         let lb = Arc::new(self.start_lb(&cfg, datastore.as_ref()).await?);
 
         step("rendering component configuration");
+        let encrypt_secrets = cfg.role == Role::ControlPlane && self.secrets_encryption()?;
         let ctx = Ctx {
             layout: &l,
             cfg: &cfg,
             cgroup_root: &self.opts.cgroup_root,
+            encrypt_secrets,
         };
         for (path, text) in components::config_files(&ctx).map_err(DaemonError::Other)? {
             write_file(&path, text.as_bytes(), 0o600)?;
@@ -462,6 +472,29 @@ impl Daemon {
         self.spawn_removal_watch();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         Ok(())
+    }
+
+    /// Whether kube-apiserver gets `--encryption-provider-config`: the file exists and is
+    /// valid. A malformed file stops the start (an apiserver without it could not read the
+    /// encrypted Secrets); a missing one only warns, since a node initialised by an older
+    /// k8sd has none, and making one here would give this apiserver a key the others lack.
+    fn secrets_encryption(&self) -> Result<bool, DaemonError> {
+        let path = self.opts.layout.encryption_config();
+        match pki::read_encryption_config(&path)? {
+            Some((_, key)) => {
+                tracing::info!(provider = %key.provider, key = %key.write_key, "Secrets are encrypted at rest");
+                Ok(true)
+            }
+            None => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "no Secrets encryption configuration: Secrets are stored in plaintext. A node \
+                     initialised by an older k8sd has none; copy the file from another \
+                     control-plane node of this cluster if one has it"
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// The local API load balancer on 127.0.0.1:6444, in front of every control-plane

@@ -110,6 +110,8 @@ pub fn spawn(d: Arc<Daemon>, cfg: NodeConfig) {
                             layout: &d.opts.layout,
                             cfg: &cfg,
                             cgroup_root: &d.opts.cgroup_root,
+                            // The CNI config does not depend on it.
+                            encrypt_secrets: false,
                         };
                         match components::cni_conflist(&ctx, &cidr) {
                             Ok(text)

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 
 use super::PkiError;
 use super::ca::{CertificateAuthority, IssuedCert};
+use super::encryption::{self, EncryptionSummary};
 use super::inspect;
 use super::kubeconfig::{known_kubeconfigs, plan_kubeconfigs};
 use super::plan::{self, ChangeReason, PlannedWrite, RenewalPolicy, Snapshot};
@@ -168,6 +169,44 @@ pub fn cert_status(dir: &Path) -> Result<Vec<CertStatus>, PkiError> {
         .collect()
 }
 
+/// At `k8sd init`: writes a new Secrets encryption configuration to `path` (0600) unless one
+/// is there, which is kept after it validates (an existing key is never replaced). Returns
+/// what the file now says.
+pub fn create_encryption_config(path: &Path, now_unix: u64) -> Result<EncryptionSummary, PkiError> {
+    if let Some((_, summary)) = read_encryption_config(path)? {
+        return Ok(summary);
+    }
+    let text = encryption::generate_encryption_config(now_unix)?;
+    install_encryption_config(path, &text)
+}
+
+/// On a joining control-plane node: validates the configuration the cluster sent, then writes
+/// it to `path` (0600).
+pub fn install_encryption_config(path: &Path, text: &str) -> Result<EncryptionSummary, PkiError> {
+    let summary = encryption::validate_encryption_config(&path.display().to_string(), text)?;
+    if let Some(dir) = path.parent() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(|source| PkiError::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    write_atomic(path, text.as_bytes(), KEY_MODE)?;
+    Ok(summary)
+}
+
+/// The Secrets encryption configuration at `path`, validated, or `None` if there is none.
+pub fn read_encryption_config(path: &Path) -> Result<Option<(String, EncryptionSummary)>, PkiError> {
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
+    };
+    let summary = encryption::validate_encryption_config(&path.display().to_string(), &text)?;
+    Ok(Some((text, summary)))
+}
+
 fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
     match fs::read(path) {
         // Invalid UTF-8 turns into text that fails to parse, which the planners handle.
@@ -257,7 +296,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::pki::San;
+    use crate::pki::{ENCRYPTION_CONFIG_FILE, San};
 
     fn id() -> NodeIdentity {
         NodeIdentity {
@@ -299,12 +338,40 @@ mod tests {
         let dir = tmp.path().join("pki");
         let report = ensure_control_plane_pki(&dir, &id()).unwrap();
         assert!(report.changes.iter().all(|c| c.reason == ChangeReason::Created));
+        // What `k8sd init` writes beside them: the Secrets encryption key.
+        create_encryption_config(&dir.join(ENCRYPTION_CONFIG_FILE), 1).unwrap();
         let files = listing(&dir);
-        assert_eq!(files.len(), plan::known_files().len(), "{:?}", files.keys());
+        assert_eq!(files.len(), plan::known_files().len() + 1, "{:?}", files.keys());
         for (name, (_, _, mode)) in &files {
-            let want = if name.ends_with(".key") { 0o600 } else { 0o644 };
+            let secret = name.ends_with(".key") || name == ENCRYPTION_CONFIG_FILE;
+            let want = if secret { 0o600 } else { 0o644 };
             assert_eq!(*mode, want, "{name}");
         }
+    }
+
+    #[test]
+    fn the_encryption_key_is_created_once_kept_and_installed_only_when_valid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("pki").join(ENCRYPTION_CONFIG_FILE);
+        assert!(read_encryption_config(&path).unwrap().is_none());
+        let first = create_encryption_config(&path, 1).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        // A second init (or a restart) keeps the key: other apiservers may be using it.
+        assert_eq!(create_encryption_config(&path, 2).unwrap(), first);
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        // A joiner installs exactly what the cluster sent, 0600.
+        let joined = tmp.path().join("joiner/pki").join(ENCRYPTION_CONFIG_FILE);
+        assert_eq!(install_encryption_config(&joined, &text).unwrap(), first);
+        assert_eq!(fs::read_to_string(&joined).unwrap(), text);
+        assert_eq!(fs::metadata(&joined).unwrap().permissions().mode() & 0o777, 0o600);
+        // A malformed file is refused, names its path and is not replaced by a fresh key.
+        let broken = tmp.path().join("broken.yaml");
+        fs::write(&broken, "kind: nope").unwrap();
+        let e = create_encryption_config(&broken, 3).unwrap_err().to_string();
+        assert!(e.contains("broken.yaml"), "{e}");
+        assert_eq!(fs::read_to_string(&broken).unwrap(), "kind: nope");
+        assert!(install_encryption_config(&joined, "kind: nope").is_err());
+        assert_eq!(fs::read_to_string(&joined).unwrap(), text);
     }
 
     #[test]

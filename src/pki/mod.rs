@@ -1,4 +1,5 @@
-//! Cluster PKI: the CAs, every certificate, the service-account key pair and every kubeconfig.
+//! Cluster PKI: the CAs, every certificate, the service-account key pair, the Secrets encryption
+//! key (`encryption.rs`) and every kubeconfig.
 //!
 //! ```text
 //!   spec.rs       the table of every certificate (CN, O, SANs, EKU, signer, file)
@@ -17,6 +18,7 @@
 //! the CA certificate in its own wire type). Every key is ECDSA P-256.
 
 mod ca;
+mod encryption;
 mod error;
 mod files;
 mod inspect;
@@ -39,10 +41,12 @@ pub use ca::{
     CertificateAuthority, IssuedCert, generate_private_key_pem, issue_leaf, public_key_pem,
     sign_leaf_for_public_key,
 };
+pub use encryption::{ENCRYPTION_CONFIG_FILE, EncryptionSummary, validate_encryption_config};
 pub use error::PkiError;
 pub use files::{
-    CERT_MODE, CertStatus, FileChange, KEY_MODE, PkiReport, cert_status, ensure_control_plane_pki,
-    ensure_control_plane_pki_with, ensure_kubeconfigs, install_worker_pki, load_ca, worker_renewals_due,
+    CERT_MODE, CertStatus, FileChange, KEY_MODE, PkiReport, cert_status, create_encryption_config,
+    ensure_control_plane_pki, ensure_control_plane_pki_with, ensure_kubeconfigs, install_encryption_config,
+    install_worker_pki, load_ca, read_encryption_config, worker_renewals_due,
 };
 pub use inspect::{CertInfo, ca_fingerprint_sha256, cert_expiry, is_signed_by, parse_cert};
 pub use kubeconfig::{CLUSTER_NAME, render_kubeconfig};

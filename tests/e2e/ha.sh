@@ -4,6 +4,8 @@
 #   n1 `k8sd init`; n2, n3 `k8sd join`; n4 `k8sd join --worker`.
 # A client in the root namespace drives kubectl through HAProxy (as the demo did) and, inside
 # the worker, through the worker's own load balancer. Steps:
+#   0. Secrets: n2 and n3 hold n1's encryption key, the worker none; a Secret written through
+#      n1's apiserver reads back through n2's and n3's and is in no replica's files in plaintext
 #   1. add-ons: a pod on the worker resolves Services (short, full, headless), fetches a page by
 #      name, sees an external name fail fast; `kubectl top` shows every node; DNS keeps
 #      answering while a node running a CoreDNS replica is cut off; then a busybox Deployment
@@ -130,6 +132,23 @@ EOF
 haproxy -D -f "$work/haproxy.cfg" || { fail "haproxy starts"; exit 1; }
 check "kubectl through HAProxy sees 4 Ready nodes" wait_for 60 "4 nodes Ready" bash -c "[[ \$('$K8SD_KUBEBIN' kubectl --kubeconfig '$work/admin.conf' get nodes --no-headers | grep -c ' Ready ') == 4 ]]"
 check "kubectl through the worker's balancer works" wait_for 30 "worker kubectl" kw get nodes
+
+log "1-secrets. one Secrets key on every control-plane node, none on the worker"
+enc() { echo "$(data_of "$1")/pki/encryption-config.yaml"; }
+same_key() { [[ $(sha256sum < "$(enc 1)") == "$(sha256sum < "$(enc 2)")" && $(sha256sum < "$(enc 1)") == "$(sha256sum < "$(enc 3)")" ]]; }
+check "n2 and n3 received n1's encryption configuration at join" same_key
+check "it is 0600 on every control-plane node" bash -c "[[ \$(stat -c %a '$(enc 1)' '$(enc 2)' '$(enc 3)' | sort -u) == 600 ]]"
+check "the worker holds no Secrets key" test ! -e "$(enc 4)"
+# kubectl against one node's own kube-apiserver, bypassing HAProxy.
+kc_at() { local i=$1; shift; kc --server "https://$(addr_of "$i"):6443" "$@"; }
+plain="e2e-ha-plaintext-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+check "a Secret is written through n1's apiserver" kc_at 1 create secret generic e2e-ha-secret --from-literal=token="$plain"
+reads_back() { [[ $(kc_at "$1" get secret e2e-ha-secret -o jsonpath='{.data.token}' | base64 -d) == "$plain" ]]; }
+check "it reads back through n2's apiserver (a joined control-plane node)" wait_for 30 "n2 reads" reads_back 2
+check "and through n3's" wait_for 30 "n3 reads" reads_back 3
+no_plaintext() { ! grep -qaF "$plain" "$(data_of "$1")"/datastore/state.db* "$(data_of "$1")"/datastore/raft/log.db*; }
+no_plaintext_anywhere() { no_plaintext 1 && no_plaintext 2 && no_plaintext 3; }
+check "no replica's datastore files hold the plaintext (n1, n2, n3)" no_plaintext_anywhere
 
 log "1a. add-ons across the cluster: DNS from a pod on the worker, metrics for every node"
 bb=docker.io/library/busybox:1.36-local

@@ -326,6 +326,8 @@ render() {  # render TEMPLATE OUT: replace every {{marker}}; a leftover marker i
     -e "s|{{node_name}}|$node|g" \
     -e "s|{{cluster_dns}}|[\"10.96.0.10\"]|g" \
     -e "s|{{resolv_conf}}|/etc/resolv.conf|g" \
+    -e "s|{{tls_min_version}}|VersionTLS12|g" \
+    -e "s|{{tls_cipher_suites}}|[TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]|g" \
     "$repo/assets/$1" > "$2" && ! grep -n '{{' "$2"
 }
 render_all() {
