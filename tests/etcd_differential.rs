@@ -2089,6 +2089,7 @@ async fn etcdctl_url_endpoints() {
         ("alarm list", vec!["alarm", "list"], None),
         ("endpoint health", vec!["endpoint", "health"], None),
         ("endpoint status", vec!["endpoint", "status", "-w", "json"], None),
+        ("endpoint hashkv", vec!["endpoint", "hashkv", "-w", "json"], None),
         ("member list", vec!["member", "list", "-w", "json"], None),
         ("lease grant", vec!["lease", "grant", "60"], None),
         ("lease list", vec!["lease", "list"], None),

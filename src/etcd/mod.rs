@@ -9,6 +9,7 @@ mod convert;
 mod kv;
 mod lease;
 mod maintenance;
+mod refused;
 pub mod status;
 mod watch;
 
@@ -173,6 +174,8 @@ pub async fn serve(
         .add_service(limits!(pb::lease_server::LeaseServer::new(svc.clone())))
         .add_service(limits!(pb::cluster_server::ClusterServer::new(svc.clone())))
         .add_service(limits!(pb::maintenance_server::MaintenanceServer::new(svc)))
+        .add_service(refused::Lock)
+        .add_service(refused::Election)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
