@@ -145,7 +145,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     /// the bytes still to come in `remaining_bytes`, then one message whose blob is the
     /// SHA-256 of everything before it (etcd's v3rpc/maintenance.go; `etcdctl snapshot save`
     /// stores it at the end of the file and `snapshot restore` checks it). The file is a
-    /// SQLite database, not bbolt: `k8sd restore` reads it, etcd's own tools cannot.
+    /// SQLite database, not bbolt: etcd's own `snapshot status` and `snapshot restore` cannot read it.
     async fn snapshot(
         &self,
         _req: Request<pb::SnapshotRequest>,
