@@ -905,3 +905,88 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
     eprintln!("failover (kill -9 of the leader -> first acknowledged write via a survivor), ms: {ms:?}");
     assert_eq!(verdict, Verdict::Linearizable);
 }
+
+/// Issue 14 item 6: operators check that replicas agree with `etcdctl endpoint hashkv`. Every
+/// member of a 3-node cluster must give the same HashKV for the same revision, before and
+/// after a compaction (whose physical deletion runs at each member's own pace), and etcdctl
+/// must show it for all three URL endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t12_every_member_gives_the_same_hashkv_for_a_revision() {
+    let c = K8sdCluster::start(3, &["--heartbeat-interval=50", "--election-timeout=500"]);
+    wait_formed(&c).await;
+    let li = leader_index(&c, Duration::from_secs(20)).await;
+    let mut leader = client_for(&c.members[li].url(), T).await;
+    for i in 0..50 {
+        leader
+            .put(format!("/h/{}", i % 7), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    leader.delete("/h/3", None).await.unwrap();
+    let mid = leader
+        .get("/h/0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    leader.compact(mid - 10, None).await.unwrap();
+    for i in 0..10 {
+        leader.put(format!("/h/x{i}"), "after", None).await.unwrap();
+    }
+    let last = leader
+        .get("/h/0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    for rev in [mid, last, 0] {
+        let mut hashes = Vec::new();
+        for m in &c.members {
+            let h = eventually("the member to reach the last revision", T, async || {
+                let mut cl = client_for(&m.url(), T).await;
+                let h = cl.hash_kv(rev).await.ok()?;
+                (h.header()?.revision() == last).then_some(h)
+            })
+            .await;
+            assert_eq!(h.compact_version(), mid - 10, "{}: compact revision", m.name);
+            assert_eq!(h.hash_revision(), if rev == 0 { last } else { rev }, "{}", m.name);
+            hashes.push(h.hash());
+        }
+        assert!(
+            hashes.windows(2).all(|w| w[0] == w[1]),
+            "HashKV at {rev} differs: {hashes:?}"
+        );
+    }
+    let mut cl = client_for(&c.members[0].url(), T).await;
+    let at_mid = cl.hash_kv(mid).await.unwrap().hash();
+    assert_ne!(
+        at_mid,
+        cl.hash_kv(last).await.unwrap().hash(),
+        "later writes change the hash"
+    );
+    let err = cl.hash_kv(mid - 11).await.unwrap_err().to_string();
+    assert!(err.contains("compacted"), "{err}");
+
+    let out = std::process::Command::new(common::etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.endpoints().join(",")))
+        .args(["endpoint", "hashkv", "-w", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "etcdctl endpoint hashkv: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hashes: Vec<&serde_json::Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["HashKV"]["hash"])
+        .collect();
+    assert_eq!(hashes.len(), 3, "{v}");
+    assert!(
+        hashes[0].is_u64() && hashes.iter().all(|h| *h == hashes[0]),
+        "{v}"
+    );
+}

@@ -346,3 +346,42 @@ fn state_survives_reopen_with_applied_position() {
     let s = Store::open(&path, Durability::Full).unwrap();
     assert_eq!((s.meta().current_rev, s.meta().applied_index), (3, 2));
 }
+
+#[test]
+fn hash_kv_depends_on_the_logical_history_not_on_physical_compaction() {
+    let (_d1, mut a) = store();
+    let (_d2, mut b) = store();
+    for s in [&mut a, &mut b] {
+        apply(s, put("a", "1")).unwrap(); // 2
+        apply(s, put("a", "2")).unwrap(); // 3
+        apply(s, put("b", "1")).unwrap(); // 4
+        apply(s, del("b", "")).unwrap(); // 5
+        apply(s, put("c", "1")).unwrap(); // 6
+    }
+    let (mut ra, mut rb) = (a.reader().unwrap(), b.reader().unwrap());
+    let h6 = ra.hash_kv(0).unwrap();
+    assert_eq!((h6.revision, h6.compact_revision, h6.current_revision), (6, 0, 6));
+    assert_eq!(h6, rb.hash_kv(6).unwrap(), "same log, same hash");
+    let h4 = ra.hash_kv(4).unwrap();
+    assert_ne!(
+        h4.hash, h6.hash,
+        "a hash covers only revisions up to the one asked for"
+    );
+    assert!(matches!(ra.hash_kv(7), Err(StoreError::FutureRevision { .. })));
+    // Both compact at 5 (b's tombstone); only `a` deletes the history physically.
+    for s in [&mut a, &mut b] {
+        apply(s, Command::Compact { revision: 5 }).unwrap();
+    }
+    while a.compact_step(1).unwrap() {}
+    let (mut ra, mut rb) = (a.reader().unwrap(), b.reader().unwrap());
+    let ha = ra.hash_kv(0).unwrap();
+    assert_eq!(ha.compact_revision, 5);
+    assert_eq!(
+        ha,
+        rb.hash_kv(0).unwrap(),
+        "physical compaction progress must not matter"
+    );
+    assert_ne!(ha.hash, h6.hash, "compacted history is no longer hashed");
+    assert!(matches!(ra.hash_kv(4), Err(StoreError::Compacted { .. })));
+    assert_eq!(ra.hash_kv(5).unwrap().revision, 5);
+}

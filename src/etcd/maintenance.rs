@@ -1,6 +1,7 @@
 //! Maintenance and Cluster: real Status and MemberList (etcdctl's endpoint health and status
-//! read them), MemberRemove through the quorum-safe `Node::remove_member`, an empty alarm
-//! list, a no-op defragment, and Unimplemented for the rest.
+//! read them), HashKV with etcd's semantics, Snapshot streamed in etcd's framing,
+//! MemberRemove through the quorum-safe `Node::remove_member`, an empty alarm list, a no-op
+//! defragment, and Unimplemented for the rest.
 
 use std::pin::Pin;
 
@@ -122,22 +123,39 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         Err(unimplemented("Maintenance.Hash"))
     }
 
-    async fn hash_kv(
-        &self,
-        _req: Request<pb::HashKvRequest>,
-    ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(unimplemented("Maintenance.HashKV"))
+    async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let h = self
+            .node
+            .read(move |r| r.hash_kv(rev))
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.header(h.current_revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
+    /// A consistent copy of the datastore (SQLite `VACUUM INTO` from one read transaction, so
+    /// writers are never held up), streamed as etcd streams its backend: 32 KiB blobs with
+    /// the bytes still to come in `remaining_bytes`, then one message whose blob is the
+    /// SHA-256 of everything before it (etcd's v3rpc/maintenance.go; `etcdctl snapshot save`
+    /// stores it at the end of the file and `snapshot restore` checks it). The file is a
+    /// SQLite database, not bbolt: etcd's own `snapshot status` and `snapshot restore` cannot read it.
     async fn snapshot(
         &self,
         _req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented(
-            "Maintenance.Snapshot; back up with k8sd's own backup command instead",
-        ))
+        let file = self.node.export_snapshot().await.map_err(node_status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || stream_snapshot(file, &tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(
@@ -153,6 +171,58 @@ impl pb::maintenance_server::Maintenance for EtcdService {
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(unimplemented("Maintenance.Downgrade"))
     }
+}
+
+/// Chunks of a snapshot file as etcd sends them; the file is removed when done (it is a
+/// temporary copy, `SnapshotFile` deletes it on drop).
+fn stream_snapshot(
+    file: crate::node::SnapshotFile,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) {
+    use sha2::Digest;
+    use std::io::Read;
+    const CHUNK: usize = 32 * 1024;
+    let send_err = |e: std::io::Error| {
+        let _ = tx.blocking_send(Err(super::status::io_status(file.path(), &e)));
+    };
+    let mut f = match std::fs::File::open(file.path()) {
+        Ok(f) => f,
+        Err(e) => return send_err(e),
+    };
+    let size = match f.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return send_err(e),
+    };
+    let mut h = sha2::Sha256::new();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    while sent < size {
+        let n = match f.read(&mut buf) {
+            Ok(0) => {
+                let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "snapshot file shrank");
+                return send_err(e);
+            }
+            Ok(n) => n,
+            Err(e) => return send_err(e),
+        };
+        sent += n as u64;
+        h.update(&buf[..n]);
+        let msg = pb::SnapshotResponse {
+            header: None,
+            remaining_bytes: size.saturating_sub(sent),
+            blob: buf[..n].to_vec(),
+            version: String::new(),
+        };
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return; // The client went away.
+        }
+    }
+    let _ = tx.blocking_send(Ok(pb::SnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: h.finalize().to_vec(),
+        version: String::new(),
+    }));
 }
 
 #[tonic::async_trait]

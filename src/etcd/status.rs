@@ -96,6 +96,18 @@ pub fn no_leader() -> Status {
     Status::new(Code::Unavailable, NO_LEADER)
 }
 
+/// A local file the server could not read while answering (a snapshot copy).
+pub fn io_status(path: &std::path::Path, e: &std::io::Error) -> Status {
+    Status::internal(format!("cannot read {}: {e}", path.display()))
+}
+
+/// A whole gRPC service k8sd does not serve (v3lock, v3election), with what to use instead.
+pub fn service_unimplemented(service: &str, instead: &str) -> Status {
+    Status::unimplemented(format!(
+        "k8sd does not implement the {service} service; {instead}"
+    ))
+}
+
 pub fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("k8sd does not implement {what}"))
 }

@@ -79,6 +79,27 @@ struct Proposal {
     reply: oneshot::Sender<Result<CommandOutput, NodeError>>,
 }
 
+/// Temporary snapshot files in the datastore directory start with this.
+pub const SNAPSHOT_PREFIX: &str = ".snapshot-";
+
+/// A temporary copy of the datastore made by [`Node::export_snapshot`]; deleted on drop.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    path: PathBuf,
+}
+
+impl SnapshotFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SnapshotFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Handle to a running node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -414,6 +435,26 @@ impl Node {
     }
 
     /// Run `f` on a pooled reader on a blocking thread.
+    /// A consistent copy of the datastore in a temporary file beside it, made from one read
+    /// transaction (`VACUUM INTO`), so writes go on while it is taken.
+    pub async fn export_snapshot(&self) -> Result<SnapshotFile, NodeError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let db = self.inner.db_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = db.parent().unwrap_or(Path::new("."));
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("{SNAPSHOT_PREFIX}{}-{n}.db", std::process::id()));
+            // A file of that name can only be left over from a crashed earlier process.
+            let _ = std::fs::remove_file(&path);
+            let file = SnapshotFile { path };
+            crate::datastore::export_snapshot(&db, &file.path)?;
+            Ok(file)
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?
+    }
+
     pub async fn read<T, F>(&self, f: F) -> Result<T, NodeError>
     where
         T: Send + 'static,

@@ -68,7 +68,13 @@ impl Server {
     /// Start on an existing data directory (used to restart after a crash).
     pub fn start_in(kind: Kind, dir: tempfile::TempDir, data_dir: PathBuf, extra: &[&str]) -> Server {
         let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
+        // A server given a certificate serves https, as etcd's own flags pair them.
+        let scheme = if extra.iter().any(|a| a.starts_with("--cert-file")) {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let log = dir.path().join(format!("server-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = match kind {
