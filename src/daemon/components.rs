@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use super::config::NodeConfig;
-use crate::paths::Layout;
+use crate::paths::{Layout, RuntimeDir};
 
 pub const APISERVER_PORT: u16 = 6443;
 pub const DATASTORE_PORT: u16 = 2379;
@@ -192,9 +192,9 @@ fn cluster_dns(cfg: &NodeConfig) -> String {
     }
 }
 
-/// The rendered configuration files: (path, contents). The CNI configuration is not among
-/// them: it needs the node's pod range (`cni_conflist`).
-pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
+/// The rendered configuration files: (path, contents); containerd's names `runtime`'s runc.
+/// The CNI configuration is not among them: it needs the node's pod range (`cni_conflist`).
+pub fn config_files(c: &Ctx<'_>, runtime: &RuntimeDir) -> Result<Vec<(PathBuf, String)>, String> {
     let l = c.layout;
     let p = |x: &Path| x.display().to_string();
     let values = [
@@ -202,6 +202,7 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
         ("containerd_state", p(&l.containerd_state())),
         ("containerd_address", p(&l.containerd_socket())),
         ("cni_conf_dir", p(&l.cni_conf_dir())),
+        ("runc", p(&runtime.runc())),
         ("cni_ipam_dir", p(&l.cni_ipam_dir())),
         ("pod_cidr", c.cfg.pod_cidr.clone()),
         ("pki_dir", p(&l.pki_dir())),
@@ -299,11 +300,14 @@ mod tests {
     fn every_template_marker_is_rendered() {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
-        let files = config_files(&Ctx {
-            layout: &layout,
-            cfg: &cfg,
-            cgroup_root: "/",
-        })
+        let files = config_files(
+            &Ctx {
+                layout: &layout,
+                cfg: &cfg,
+                cgroup_root: "/",
+            },
+            &RuntimeDir("/rt".into()),
+        )
         .unwrap();
         assert_eq!(files.len(), 3);
         let cni = cni_conflist(
@@ -328,17 +332,22 @@ mod tests {
         let containerd = &files[0].1;
         assert!(containerd.contains("restrict_oom_score_adj = true"));
         assert!(containerd.contains("address = \"/r/containerd/containerd.sock\""));
+        assert!(containerd.contains("BinaryName = \"/rt/runc\""));
+        assert!(containerd.contains("version = 3"));
         assert!(render("a {{x}}", &[]).is_err());
     }
 
     /// The kubelet config as YAML, parsed back: what the kubelet itself will read.
     fn kubelet_yaml(cfg: &NodeConfig) -> serde_yaml::Value {
         let layout = Layout::new("/d", "/r");
-        let files = config_files(&Ctx {
-            layout: &layout,
-            cfg,
-            cgroup_root: "/",
-        })
+        let files = config_files(
+            &Ctx {
+                layout: &layout,
+                cfg,
+                cgroup_root: "/",
+            },
+            &RuntimeDir("/rt".into()),
+        )
         .unwrap();
         let (_, text) = files.iter().find(|(p, _)| p.ends_with("kubelet.yaml")).unwrap();
         serde_yaml::from_str(text).unwrap()

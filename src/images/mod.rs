@@ -107,7 +107,7 @@ pub enum ImageError {
         path: String,
         reason: String,
     },
-    #[error("cannot run {program}: {source} (is containerd installed? run scripts/setup-host.sh)")]
+    #[error("cannot run {program}: {source} (is the container runtime built? run scripts/build-runtime.sh)")]
     Spawn { program: PathBuf, source: io::Error },
     #[error("importing {tarball} into containerd at {address} failed ({status}): {stderr}")]
     Import {
@@ -372,12 +372,12 @@ pub fn import_command(ctr: &Path, address: &Path, tarball: &Path) -> Command {
     cmd
 }
 
-/// Imports `tarball` into the containerd listening on `ctr_address`, with `ctr` from `PATH`.
+/// Imports `tarball` into the containerd listening on `ctr_address`, with the `ctr` at `ctr`
+/// (the one built with that containerd: a 1.x `ctr` from `PATH` would be the wrong client).
 ///
 /// Idempotent: importing the same tarball again re-points the name at the same digest and
 /// re-unpacks nothing, so k8sd runs it on every start to repair a lost or replaced image.
-pub fn import(ctr_address: &Path, tarball: &Path) -> Result<(), ImageError> {
-    let ctr = Path::new("ctr");
+pub fn import(ctr: &Path, ctr_address: &Path, tarball: &Path) -> Result<(), ImageError> {
     let output = import_command(ctr, ctr_address, tarball)
         .env_remove("NOTIFY_SOCKET")
         .output()

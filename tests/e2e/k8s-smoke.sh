@@ -39,7 +39,7 @@ version=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
 k8sd=${K8SD_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/k8sd}
 
 passed=0 failed=0
-work="" kubebin=""
+work="" kubebin="" runtime_dir=""
 declare -A pids=()
 
 say() { echo "$*"; }
@@ -161,7 +161,7 @@ trap 'exit 130' INT TERM
 prereqs() {
   local missing=() b
   [[ $(id -u) -eq 0 ]] || missing+=("root")
-  for b in etcd etcdctl containerd ctr runc openssl nsenter ip iptables curl; do
+  for b in etcd etcdctl openssl nsenter ip iptables curl; do
     command -v "$b" >/dev/null || missing+=("$b")
   done
   for b in bridge host-local portmap loopback; do [[ -x /usr/lib/cni/$b ]] || missing+=("/usr/lib/cni/$b"); done
@@ -170,10 +170,18 @@ prereqs() {
   if ! kubebin=$("$repo/scripts/build-kube.sh" --check 2>/dev/null); then
     missing+=("kubebin $version (scripts/build-kube.sh)")
   fi
+  if [[ -n "${K8SD_RUNTIME_DIR:-}" ]]; then
+    runtime_dir=$K8SD_RUNTIME_DIR
+    for b in containerd containerd-shim-runc-v2 ctr runc; do [[ -x "$runtime_dir/$b" ]] || missing+=("$runtime_dir/$b"); done
+  elif ! runtime_dir=$("$repo/scripts/build-runtime.sh" --check 2>/dev/null | tail -n 1); then
+    missing+=("containerd 2 and runc (scripts/build-runtime.sh)")
+  fi
   if ((${#missing[@]})); then
-    say "missing prerequisites: ${missing[*]}; run scripts/setup-host.sh, scripts/build-kube.sh, scripts/build-images.sh"
+    say "missing prerequisites: ${missing[*]}; run scripts/setup-host.sh, scripts/build-kube.sh, scripts/build-runtime.sh, scripts/build-images.sh"
     return 1
   fi
+  # containerd 2 finds its shim on PATH; this script's `ctr` and teardown-host.sh use it too.
+  export PATH="$runtime_dir:$PATH" K8SD_RUNTIME_DIR=$runtime_dir
 }
 must "prerequisites present" prereqs
 must "kube-apiserver --version is Kubernetes $version" \
@@ -326,6 +334,7 @@ render() {  # render TEMPLATE OUT: replace every {{marker}}; a leftover marker i
     -e "s|{{node_name}}|$node|g" \
     -e "s|{{cluster_dns}}|[\"10.96.0.10\"]|g" \
     -e "s|{{resolv_conf}}|/etc/resolv.conf|g" \
+    -e "s|{{runc}}|$runtime_dir/runc|g" \
     "$repo/assets/$1" > "$2" && ! grep -n '{{' "$2"
 }
 render_all() {

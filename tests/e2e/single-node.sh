@@ -9,7 +9,7 @@
 # ClusterIP through the route k8sd adds for the service range.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" /usr/bin/containerd
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" "${runtime_bins[@]}"
 
 ns=k8sd-e2e1 node_ip=10.210.1.2
 work=$(mktemp -d /var/tmp/k8sd-e2e-single.XXXXXX)
