@@ -365,7 +365,11 @@ pub fn pack(spec: &ImageSpec, tarball: &Path) -> Result<BuiltImage, ImageError> 
 /// `address`. Separate from [`import`] so tests can check it without a containerd.
 pub fn import_command(ctr: &Path, address: &Path, tarball: &Path) -> Command {
     let mut cmd = Command::new(ctr);
-    cmd.arg("--address")
+    // containerd 2's ctr asks the server for its deprecations (cgroup v1 on these hosts) and
+    // prints them at every call; containerd logs them itself, and here they would only bury
+    // the real error of a failed import.
+    cmd.env("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS", "1")
+        .arg("--address")
         .arg(address)
         .args(["--namespace", CONTAINERD_NAMESPACE, "images", "import"])
         .arg(tarball);

@@ -483,11 +483,19 @@ fn invalid_entries_are_refused() {
 #[test]
 fn import_command_targets_the_cri_namespace_of_the_given_socket() {
     let cmd = import_command(
-        Path::new("/usr/bin/ctr"),
+        Path::new("/rt/ctr"),
         Path::new("/run/x/containerd.sock"),
         Path::new("/o/p.tar"),
     );
-    assert_eq!(cmd.get_program(), "/usr/bin/ctr");
+    assert_eq!(cmd.get_program(), "/rt/ctr");
+    let envs: Vec<_> = cmd.get_envs().collect();
+    assert_eq!(
+        envs,
+        [(
+            std::ffi::OsStr::new("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS"),
+            Some(std::ffi::OsStr::new("1"))
+        )]
+    );
     let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
     assert_eq!(
         args,
