@@ -513,9 +513,16 @@ fn import_command_targets_the_cri_namespace_of_the_given_socket() {
 
 #[test]
 fn containerd_template_names_our_pause_image() {
+    // containerd 2 (config version 3): the CRI images plugin's pinned sandbox image.
     let template = include_str!("../../assets/containerd/config.toml");
-    assert!(
-        template.contains(&format!("sandbox_image = \"{PAUSE_IMAGE}\"")),
-        "assets/containerd/config.toml"
-    );
+    let pinned = template
+        .split_once("[plugins.\"io.containerd.cri.v1.images\".pinned_images]")
+        .map(|(_, rest)| rest)
+        .expect("assets/containerd/config.toml has a pinned_images table");
+    let sandbox = pinned
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sandbox ="))
+        .expect("pinned_images names a sandbox image");
+    assert_eq!(sandbox, format!("sandbox = \"{PAUSE_IMAGE}\""));
 }
