@@ -11,8 +11,10 @@ die() { echo "setup-host: error: $*" >&2; exit 1; }
 log() { echo "setup-host: $*" >&2; }
 
 packages=(
-  # Node runtime: k8sd runs containerd as a child and pods through runc and the CNI plugins.
-  containerd runc containernetworking-plugins iptables nftables conntrack iproute2
+  # Node runtime: k8sd runs containerd 2 and runc built by scripts/build-runtime.sh (not
+  # Debian's containerd 1.6 or runc, which Kubernetes 1.36 no longer fully supports), and pods
+  # through the CNI plugins. runc is built with cgo and links libseccomp statically.
+  containernetworking-plugins iptables nftables conntrack iproute2 libseccomp-dev
   # Images: gcc and libc6-dev build the static pause. The busybox image packs Debian's dynamic
   # busybox, which scripts/build-images.sh fetches with apt-get download (not installed: it
   # conflicts with busybox-static), with the loader and libraries of this host's libc6.
@@ -58,7 +60,7 @@ still=()
 for p in "${packages[@]}"; do installed "$p" || still+=("$p"); done
 ((${#still[@]} == 0)) || die "packages still not installed: ${still[*]}"
 
-for bin in containerd ctr runc etcd iptables conntrack ip nsenter gcc protoc openssl ldd dpkg-deb; do
+for bin in etcd iptables conntrack ip nsenter gcc protoc openssl ldd dpkg-deb; do
   command -v "$bin" >/dev/null || die "'$bin' is not on PATH although its package is installed"
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap && -x /usr/lib/cni/loopback ]] \

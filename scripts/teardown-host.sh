@@ -64,6 +64,13 @@ in_net() {
   fi
 }
 
+# The ctr built with the containerd k8sd runs (scripts/build-runtime.sh), never Debian's 1.x.
+runtime_dir=${K8SD_RUNTIME_DIR:-$(. "$(dirname "${BASH_SOURCE[0]}")/../assets/runtime/versions.env" && echo "/var/cache/k8sd/runtime/containerd-$CONTAINERD-runc-$RUNC")}
+# Without the server's deprecation warnings (cgroup v1), which ctr repeats at every call.
+ctr() { CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1 "$runtime_dir/ctr" "$@"; }
+if [[ -S "$address" && ! -x "$runtime_dir/ctr" ]]; then
+  log "WARNING: $runtime_dir/ctr is missing (scripts/build-runtime.sh, or set K8SD_RUNTIME_DIR): containers are not removed through containerd"
+fi
 ctr_() { ctr --address "$address" --namespace k8s.io "$@"; }
 
 # --- 1. pods -------------------------------------------------------------------------------

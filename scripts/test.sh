@@ -19,6 +19,10 @@ step "kubebin (upstream Kubernetes, pinned in assets/kube/VERSION)"
 KUBEBIN=$(scripts/build-kube.sh | tail -n 1)
 export K8SD_KUBEBIN="$KUBEBIN"
 
+step "container runtime (containerd 2 and runc, pinned in assets/runtime/versions.env)"
+K8SD_RUNTIME_DIR=$(scripts/build-runtime.sh | tail -n 1)
+export K8SD_RUNTIME_DIR
+
 step "k8sd"
 cargo build --release --bins
 export K8SD_BIN="$CARGO_TARGET_DIR/release/k8sd"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up this machine and brings up a single-node k8sd cluster: host packages, kubebin (the
-# upstream Kubernetes components), the add-on binaries, k8sd itself, the local images, then
-# `k8sd init`.
+# upstream Kubernetes components), the container runtime (containerd 2 and runc), the add-on
+# binaries, k8sd itself, the local images, then `k8sd init`.
 # Idempotent: on an initialised node it only reports its status.
 #
 # Usage: scripts/up.sh [k8sd init flags...]
@@ -13,6 +13,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/k8sd/cargo-target}
 
 scripts/setup-host.sh
 K8SD_KUBEBIN=$(scripts/build-kube.sh | tail -n 1)
+# k8sd finds the runtime in the build cache by default (or $K8SD_RUNTIME_DIR).
+scripts/build-runtime.sh >/dev/null
 scripts/build-addons.sh >/dev/null
 cargo build --release --bin k8sd
 install -m 0755 "$CARGO_TARGET_DIR/release/k8sd" /usr/local/bin/k8sd

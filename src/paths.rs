@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/k8sd";
 pub const DEFAULT_RUN_DIR: &str = "/run/k8sd";
-/// Default place of the prebuilt image tarballs and kubebin (outside any checkout).
+/// Default place of the prebuilt image tarballs, kubebin and the container runtime (outside any
+/// checkout).
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/k8sd";
 
 /// systemd-resolved's list of the real upstream servers (present only while it runs).
@@ -35,6 +36,7 @@ pub fn host_kubelet_resolv_conf() -> &'static str {
 
 /// Environment variables k8sd reads.
 pub const ENV_KUBEBIN: &str = "K8SD_KUBEBIN";
+pub const ENV_RUNTIME_DIR: &str = "K8SD_RUNTIME_DIR";
 pub const ENV_IMAGES_DIR: &str = "K8SD_IMAGES_DIR";
 pub const ENV_DATA_DIR: &str = "K8SD_DATA_DIR";
 pub const ENV_RUN_DIR: &str = "K8SD_RUN_DIR";
@@ -44,6 +46,61 @@ pub const KUBE_VERSION: &str = include_str!("../assets/kube/VERSION");
 
 pub fn kube_version() -> &'static str {
     KUBE_VERSION.trim()
+}
+
+/// The container runtime's pins (containerd and runc; the one pin lives in
+/// assets/runtime/versions.env).
+const RUNTIME_PINS: &str = include_str!("../assets/runtime/versions.env");
+
+/// The version pinned for `key` (`CONTAINERD` or `RUNC`) in assets/runtime/versions.env, or ""
+/// when absent; a unit test pins that both are present.
+pub fn runtime_pin(key: &str) -> &'static str {
+    RUNTIME_PINS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+        .unwrap_or("")
+}
+
+/// The directory holding the container runtime k8sd runs: containerd 2.x, its runc shim, `ctr`
+/// and runc, built together by scripts/build-runtime.sh. One directory, because containerd
+/// finds the shim by `PATH` (k8sd puts this directory first) and the shim is told which runc to
+/// run by containerd's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeDir(pub PathBuf);
+
+impl RuntimeDir {
+    /// The binaries a node needs from the runtime directory.
+    pub const BINARIES: [&'static str; 4] = ["containerd", "containerd-shim-runc-v2", "ctr", "runc"];
+
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+    pub fn containerd(&self) -> PathBuf {
+        self.0.join("containerd")
+    }
+    pub fn ctr(&self) -> PathBuf {
+        self.0.join("ctr")
+    }
+    pub fn runc(&self) -> PathBuf {
+        self.0.join("runc")
+    }
+    /// Every binary of [`Self::BINARIES`] that is not a file here.
+    pub fn missing(&self) -> Vec<PathBuf> {
+        Self::BINARIES
+            .iter()
+            .map(|b| self.0.join(b))
+            .filter(|p| !p.is_file())
+            .collect()
+    }
+    /// `PATH` for containerd: this directory first, so the shim containerd looks up by name is
+    /// ours and never a `containerd-shim-runc-v2` of Debian's containerd package in /usr/bin.
+    pub fn path_env(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.0.display())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,9 +224,73 @@ pub fn find_kubebin() -> Option<PathBuf> {
     [beside, Some(cached)].into_iter().flatten().find(|p| p.is_file())
 }
 
+/// The build cache's runtime directory for the pins: what scripts/build-runtime.sh prints.
+pub fn cached_runtime_dir() -> PathBuf {
+    Path::new(DEFAULT_CACHE_DIR).join("runtime").join(format!(
+        "containerd-{}-runc-{}",
+        runtime_pin("CONTAINERD"),
+        runtime_pin("RUNC")
+    ))
+}
+
+/// Find the container runtime: `$K8SD_RUNTIME_DIR` (the snap sets it), else the build cache.
+/// Unlike kubebin, never "beside the k8sd binary": k8sd installed in /usr/bin would then pick
+/// up Debian's containerd 1.x, which Kubernetes 1.36 no longer fully supports.
+pub fn find_runtime_dir() -> RuntimeDir {
+    RuntimeDir(
+        std::env::var_os(ENV_RUNTIME_DIR)
+            .map(PathBuf::from)
+            .unwrap_or_else(cached_runtime_dir),
+    )
+}
+
 /// Where the image tarballs (pause.tar, busybox.tar) are.
 pub fn images_dir() -> PathBuf {
     std::env::var_os(ENV_IMAGES_DIR)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(DEFAULT_CACHE_DIR).join("images"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_pins_are_versions_and_name_the_cache_dir() {
+        for key in ["CONTAINERD", "RUNC"] {
+            let v = runtime_pin(key);
+            assert!(
+                v.starts_with('v') && v.split('.').count() == 3,
+                "{key}={v:?} in assets/runtime/versions.env"
+            );
+        }
+        // Kubernetes 1.36 needs containerd 2.x; image volumes need >= 2.1.
+        assert!(runtime_pin("CONTAINERD").starts_with("v2."));
+        assert_eq!(runtime_pin("NOPE"), "");
+        let dir = cached_runtime_dir();
+        assert_eq!(
+            dir.file_name().unwrap().to_string_lossy(),
+            format!(
+                "containerd-{}-runc-{}",
+                runtime_pin("CONTAINERD"),
+                runtime_pin("RUNC")
+            )
+        );
+        assert!(dir.starts_with("/var/cache/k8sd/runtime"));
+    }
+
+    #[test]
+    fn runtime_dir_names_its_binaries_and_puts_itself_first_on_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = RuntimeDir(tmp.path().to_owned());
+        assert_eq!(rt.missing().len(), 4);
+        std::fs::write(rt.ctr(), "").unwrap();
+        assert!(!rt.missing().contains(&rt.ctr()));
+        assert!(rt.missing().contains(&rt.containerd()));
+        assert!(rt.missing().contains(&rt.runc()));
+        assert_eq!(
+            rt.path_env("/usr/bin:/bin"),
+            format!("{}:/usr/bin:/bin", tmp.path().display())
+        );
+    }
 }

@@ -85,6 +85,10 @@ pub enum ImagesCommand {
         /// containerd's gRPC socket.
         #[arg(long, default_value = "/run/containerd/containerd.sock")]
         address: PathBuf,
+        /// The `ctr` client to run (default: the one in $K8SD_RUNTIME_DIR or the build cache of
+        /// scripts/build-runtime.sh, built with the containerd k8sd runs).
+        #[arg(long)]
+        ctr: Option<PathBuf>,
         /// Tarballs written by `k8sd images build`.
         #[arg(required = true)]
         tarballs: Vec<PathBuf>,
@@ -169,12 +173,18 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
             let dir = images_dir.unwrap_or_else(paths::images_dir);
             list(&dir, output, &mut std::io::stdout().lock())?;
         }
-        ImagesCommand::Import { address, tarballs } => {
+        ImagesCommand::Import {
+            address,
+            ctr,
+            tarballs,
+        } => {
+            let ctr = ctr.unwrap_or_else(|| paths::find_runtime_dir().ctr());
             for tarball in tarballs {
-                images::import(&address, &tarball).with_context(|| {
+                images::import(&ctr, &address, &tarball).with_context(|| {
                     format!(
-                        "is containerd running at {}? check with: ctr --address {0} version",
-                        address.display()
+                        "is containerd running at {}? check with: {} --address {0} version",
+                        address.display(),
+                        ctr.display()
                     )
                 })?;
                 println!("imported {}", tarball.display());

@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// The kubebin multi-call binary (defaults: $K8SD_KUBEBIN, beside k8sd, or the build cache).
     #[arg(long)]
     pub kubebin: Option<PathBuf>,
+    /// Directory with containerd, containerd-shim-runc-v2, ctr and runc (defaults:
+    /// $K8SD_RUNTIME_DIR, or the build cache of scripts/build-runtime.sh).
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
     /// Directory with pause.tar and busybox.tar (default: $K8SD_IMAGES_DIR or /var/cache/k8sd/images).
     #[arg(long)]
     pub images_dir: Option<PathBuf>,
@@ -48,6 +52,10 @@ pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
     let opts = DaemonOptions {
         layout,
         kubebin: args.kubebin.or_else(paths::find_kubebin),
+        runtime: args
+            .runtime_dir
+            .map(paths::RuntimeDir)
+            .unwrap_or_else(paths::find_runtime_dir),
         images_dir: args.images_dir.unwrap_or_else(paths::images_dir),
         cgroup_root: args.cgroup_root,
     };
@@ -203,6 +211,9 @@ fn start_detached_daemon(layout: &Layout, args: &RunArgs) -> anyhow::Result<()> 
         .arg(&args.cgroup_root);
     if let Some(k) = &args.kubebin {
         cmd.arg("--kubebin").arg(k);
+    }
+    if let Some(r) = &args.runtime_dir {
+        cmd.arg("--runtime-dir").arg(r);
     }
     if let Some(i) = &args.images_dir {
         cmd.arg("--images-dir").arg(i);

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use super::config::NodeConfig;
-use crate::paths::Layout;
+use crate::paths::{Layout, RuntimeDir};
 
 pub const APISERVER_PORT: u16 = 6443;
 pub const DATASTORE_PORT: u16 = 2379;
@@ -241,9 +241,9 @@ fn cluster_dns(cfg: &NodeConfig) -> String {
     }
 }
 
-/// The rendered configuration files: (path, contents). The CNI configuration is not among
-/// them: it needs the node's pod range (`cni_conflist`).
-pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
+/// The rendered configuration files: (path, contents); containerd's names `runtime`'s runc.
+/// The CNI configuration is not among them: it needs the node's pod range (`cni_conflist`).
+pub fn config_files(c: &Ctx<'_>, runtime: &RuntimeDir) -> Result<Vec<(PathBuf, String)>, String> {
     let l = c.layout;
     let p = |x: &Path| x.display().to_string();
     let values = [
@@ -253,6 +253,7 @@ pub fn config_files(c: &Ctx<'_>) -> Result<Vec<(PathBuf, String)>, String> {
         ("cni_conf_dir", p(&l.cni_conf_dir())),
         ("registry_config_dir", p(&l.registry_config_dir())),
         ("mirror_addr", mirror_addr(c.cfg).to_string()),
+        ("runc", p(&runtime.runc())),
         ("cni_ipam_dir", p(&l.cni_ipam_dir())),
         ("pod_cidr", c.cfg.pod_cidr.clone()),
         ("pki_dir", p(&l.pki_dir())),
@@ -437,12 +438,15 @@ mod tests {
     fn every_template_marker_is_rendered() {
         let layout = Layout::new("/d", "/r");
         let cfg = cfg();
-        let files = config_files(&Ctx {
-            layout: &layout,
-            cfg: &cfg,
-            cgroup_root: "/",
-            encrypt_secrets: true,
-        })
+        let files = config_files(
+            &Ctx {
+                layout: &layout,
+                cfg: &cfg,
+                cgroup_root: "/",
+                encrypt_secrets: true,
+            },
+            &RuntimeDir("/rt".into()),
+        )
         .unwrap();
         assert_eq!(files.len(), 4);
         let cni = cni_conflist(
@@ -478,18 +482,23 @@ mod tests {
                 .1
                 .contains("client = [[\"/d/pki/kubelet-client.crt\", \"/d/pki/kubelet-client.key\"]]")
         );
+        assert!(containerd.contains("BinaryName = \"/rt/runc\""));
+        assert!(containerd.contains("version = 3"));
         assert!(render("a {{x}}", &[]).is_err());
     }
 
     /// The kubelet config as YAML, parsed back: what the kubelet itself will read.
     fn kubelet_yaml(cfg: &NodeConfig) -> serde_yaml::Value {
         let layout = Layout::new("/d", "/r");
-        let files = config_files(&Ctx {
-            layout: &layout,
-            cfg,
-            cgroup_root: "/",
-            encrypt_secrets: true,
-        })
+        let files = config_files(
+            &Ctx {
+                layout: &layout,
+                cfg,
+                cgroup_root: "/",
+                encrypt_secrets: true,
+            },
+            &RuntimeDir("/rt".into()),
+        )
         .unwrap();
         let (_, text) = files.iter().find(|(p, _)| p.ends_with("kubelet.yaml")).unwrap();
         serde_yaml::from_str(text).unwrap()

@@ -7,12 +7,16 @@ use super::DaemonError;
 use super::components;
 use super::config::NodeConfig;
 use crate::mirror::{server, store::ContainerdStore};
-use crate::paths::Layout;
+use crate::paths::{Layout, RuntimeDir};
 
 /// Binds the mirror on the node's advertise address and serves it in the background. Its
 /// certificate is the kubelet's serving certificate (it names the node's IPs, on every node);
 /// clients need a certificate from the cluster CA, as containerd has the kubelet's.
-pub async fn start(layout: &Layout, cfg: &NodeConfig) -> Result<MirrorHandle, DaemonError> {
+pub async fn start(
+    layout: &Layout,
+    cfg: &NodeConfig,
+    runtime: &RuntimeDir,
+) -> Result<MirrorHandle, DaemonError> {
     let pki = layout.pki_dir();
     let read = |name: &str| {
         let path = pki.join(name);
@@ -29,8 +33,7 @@ pub async fn start(layout: &Layout, cfg: &NodeConfig) -> Result<MirrorHandle, Da
         ))
     })?;
     let store = Arc::new(ContainerdStore {
-        // From PATH, as image import finds it.
-        ctr: "ctr".into(),
+        ctr: runtime.ctr(),
         address: layout.containerd_socket(),
         root: layout.containerd_root(),
     });

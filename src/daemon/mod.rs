@@ -34,7 +34,7 @@ use crate::datastore::Durability;
 use crate::etcd::{self, TlsFiles};
 use crate::httpc::TlsClient;
 use crate::node::{Node, NodeConfig as DatastoreConfig, RaftSettings};
-use crate::paths::Layout;
+use crate::paths::{Layout, RuntimeDir};
 use crate::pki::{self, NodeIdentity, NodeRole};
 use crate::supervisor::{ComponentSpec, Probe, Supervisor, SupervisorConfig};
 use components::Ctx;
@@ -60,6 +60,10 @@ pub enum DaemonError {
         "kubebin (the Kubernetes components) was not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN"
     )]
     NoKubebin,
+    #[error(
+        "the container runtime (containerd 2, its runc shim, ctr, runc) is incomplete in {dir}: missing {missing}; build it with scripts/build-runtime.sh or set K8SD_RUNTIME_DIR"
+    )]
+    NoRuntime { dir: PathBuf, missing: String },
     #[error(
         "the pause image {0} is missing; build images with scripts/build-images.sh or set K8SD_IMAGES_DIR"
     )]
@@ -136,6 +140,8 @@ fn report(p: &Option<Progress>, step: &str) {
 pub struct DaemonOptions {
     pub layout: Layout,
     pub kubebin: Option<PathBuf>,
+    /// containerd, containerd-shim-runc-v2, ctr and runc (scripts/build-runtime.sh).
+    pub runtime: RuntimeDir,
     pub images_dir: PathBuf,
     /// The kubelet's cgroupRoot: "/" on a real host; a private subtree when several nodes share
     /// one machine (tests), so their kubepods hierarchies never collide.
@@ -287,19 +293,30 @@ impl Daemon {
             .ok_or(DaemonError::NoKubebin)
     }
 
+    /// The container runtime, complete: never Debian's containerd 1.x or runc from `PATH`.
+    fn runtime(&self) -> Result<&RuntimeDir, DaemonError> {
+        let rt = &self.opts.runtime;
+        let missing = rt.missing();
+        if missing.is_empty() {
+            return Ok(rt);
+        }
+        Err(DaemonError::NoRuntime {
+            dir: rt.dir().to_owned(),
+            missing: missing
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
     fn preflight(&self) -> Result<(), DaemonError> {
         self.kubebin()?;
         let pause = self.opts.images_dir.join(crate::images::PAUSE_TARBALL);
         if !pause.is_file() {
             return Err(DaemonError::NoPauseImage(pause));
         }
-        for bin in ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/sbin/runc"] {
-            if !Path::new(bin).exists() && which(bin.rsplit('/').next().unwrap_or(bin)).is_none() {
-                return Err(DaemonError::Other(format!(
-                    "{bin} is missing; run scripts/setup-host.sh"
-                )));
-            }
-        }
+        self.runtime()?;
         Ok(())
     }
 
@@ -400,13 +417,13 @@ impl Daemon {
             cgroup_root: &self.opts.cgroup_root,
             encrypt_secrets,
         };
-        for (path, text) in components::config_files(&ctx).map_err(DaemonError::Other)? {
+        for (path, text) in components::config_files(&ctx, self.runtime()?).map_err(DaemonError::Other)? {
             write_file(&path, text.as_bytes(), 0o600)?;
         }
         mkdir(&l.containerd_state(), 0o711)?;
         ensure_cgroup_root(&self.opts.cgroup_root)?;
         step("starting the image mirror");
-        let mirror = mirror::start(&l, &cfg).await?;
+        let mirror = mirror::start(&l, &cfg, self.runtime()?).await?;
 
         let supervisor = Arc::new(Supervisor::new(SupervisorConfig {
             run_dir: l.pid_dir(),
@@ -778,18 +795,25 @@ impl Daemon {
         let kube = |name: &str, args: Vec<String>| self.kube_spec(kubebin, name, args);
         let logs = self.opts.layout.logs_dir();
         let path_env = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        let runtime = self.runtime()?.clone();
         let containerd_sock = self.opts.layout.containerd_socket();
         let images = self.opts.images_dir.clone();
+        let ctr = runtime.ctr();
         let imported = Arc::new(tokio::sync::Mutex::new(false));
         let containerd_ready = Probe::custom("containerd socket and images", move || {
-            let (sock, images, imported) = (containerd_sock.clone(), images.clone(), imported.clone());
+            let (sock, images, imported, ctr) = (
+                containerd_sock.clone(),
+                images.clone(),
+                imported.clone(),
+                ctr.clone(),
+            );
             async move {
                 if tokio::net::UnixStream::connect(&sock).await.is_err() {
                     return false;
                 }
                 let mut done = imported.lock().await;
                 if !*done {
-                    *done = tokio::task::spawn_blocking(move || import_images(&sock, &images))
+                    *done = tokio::task::spawn_blocking(move || import_images(&ctr, &sock, &images))
                         .await
                         .unwrap_or(false);
                 }
@@ -800,9 +824,9 @@ impl Daemon {
         let minute = Duration::from_secs(120);
         Ok(vec![
             vec![
-                ComponentSpec::new("containerd", "/usr/bin/containerd", &logs)
+                ComponentSpec::new("containerd", runtime.containerd(), &logs)
                     .with_args(components::containerd_args(ctx))
-                    .with_env("PATH", path_env)
+                    .with_env("PATH", runtime.path_env(path_env))
                     .with_readiness(containerd_ready, minute),
             ],
             vec![
@@ -866,7 +890,7 @@ fn component_of(c: pki::Consumer) -> Option<&'static str> {
 }
 
 /// Import every image tarball into containerd's k8s.io namespace (idempotent).
-fn import_images(sock: &Path, dir: &Path) -> bool {
+fn import_images(ctr: &Path, sock: &Path, dir: &Path) -> bool {
     // Every image of the catalog whose tarball was built; only the sandbox image is required,
     // the add-ons are imported when scripts/build-images.sh packed them.
     for entry in crate::images::catalog::all() {
@@ -878,7 +902,7 @@ fn import_images(sock: &Path, dir: &Path) -> bool {
             }
             continue;
         }
-        if let Err(e) = crate::images::import(sock, &tarball) {
+        if let Err(e) = crate::images::import(ctr, sock, &tarball) {
             tracing::warn!(error = %e, "image import failed; retrying");
             return false;
         }
@@ -913,14 +937,6 @@ fn ensure_cgroup_root(root: &str) -> Result<(), DaemonError> {
         }
     }
     Ok(())
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|c| c.is_file())
-    })
 }
 
 /// Ping systemd's watchdog at half its interval when WATCHDOG_USEC asks for it.

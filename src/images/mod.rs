@@ -112,7 +112,7 @@ pub enum ImageError {
         path: String,
         reason: String,
     },
-    #[error("cannot run {program}: {source} (is containerd installed? run scripts/setup-host.sh)")]
+    #[error("cannot run {program}: {source} (is the container runtime built? run scripts/build-runtime.sh)")]
     Spawn { program: PathBuf, source: io::Error },
     #[error("importing {tarball} into containerd at {address} failed ({status}): {stderr}")]
     Import {
@@ -385,19 +385,23 @@ pub fn pack(spec: &ImageSpec, tarball: &Path) -> Result<BuiltImage, ImageError> 
 /// `address`. Separate from [`import`] so tests can check it without a containerd.
 pub fn import_command(ctr: &Path, address: &Path, tarball: &Path) -> Command {
     let mut cmd = Command::new(ctr);
-    cmd.arg("--address")
+    // containerd 2's ctr asks the server for its deprecations (cgroup v1 on these hosts) and
+    // prints them at every call; containerd logs them itself, and here they would only bury
+    // the real error of a failed import.
+    cmd.env("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS", "1")
+        .arg("--address")
         .arg(address)
         .args(["--namespace", CONTAINERD_NAMESPACE, "images", "import"])
         .arg(tarball);
     cmd
 }
 
-/// Imports `tarball` into the containerd listening on `ctr_address`, with `ctr` from `PATH`.
+/// Imports `tarball` into the containerd listening on `ctr_address`, with the `ctr` at `ctr`
+/// (the one built with that containerd: a 1.x `ctr` from `PATH` would be the wrong client).
 ///
 /// Idempotent: importing the same tarball again re-points the name at the same digest and
 /// re-unpacks nothing, so k8sd runs it on every start to repair a lost or replaced image.
-pub fn import(ctr_address: &Path, tarball: &Path) -> Result<(), ImageError> {
-    let ctr = Path::new("ctr");
+pub fn import(ctr: &Path, ctr_address: &Path, tarball: &Path) -> Result<(), ImageError> {
     let output = import_command(ctr, ctr_address, tarball)
         .env_remove("NOTIFY_SOCKET")
         .output()

@@ -483,11 +483,19 @@ fn invalid_entries_are_refused() {
 #[test]
 fn import_command_targets_the_cri_namespace_of_the_given_socket() {
     let cmd = import_command(
-        Path::new("/usr/bin/ctr"),
+        Path::new("/rt/ctr"),
         Path::new("/run/x/containerd.sock"),
         Path::new("/o/p.tar"),
     );
-    assert_eq!(cmd.get_program(), "/usr/bin/ctr");
+    assert_eq!(cmd.get_program(), "/rt/ctr");
+    let envs: Vec<_> = cmd.get_envs().collect();
+    assert_eq!(
+        envs,
+        [(
+            std::ffi::OsStr::new("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS"),
+            Some(std::ffi::OsStr::new("1"))
+        )]
+    );
     let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
     assert_eq!(
         args,
@@ -505,11 +513,18 @@ fn import_command_targets_the_cri_namespace_of_the_given_socket() {
 
 #[test]
 fn containerd_template_names_our_pause_image() {
+    // containerd 2 (config version 3): the CRI images plugin's pinned sandbox image.
     let template = include_str!("../../assets/containerd/config.toml");
-    assert!(
-        template.contains(&format!("sandbox_image = \"{PAUSE_IMAGE}\"")),
-        "assets/containerd/config.toml"
-    );
+    let pinned = template
+        .split_once("[plugins.\"io.containerd.cri.v1.images\".pinned_images]")
+        .map(|(_, rest)| rest)
+        .expect("assets/containerd/config.toml has a pinned_images table");
+    let sandbox = pinned
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sandbox ="))
+        .expect("pinned_images names a sandbox image");
+    assert_eq!(sandbox, format!("sandbox = \"{PAUSE_IMAGE}\""));
 }
 
 /// A rootfs with what the conformance images carry: nested dirs, a setuid binary, a relative

@@ -49,6 +49,8 @@ impl ContainerdStore {
             .arg(&self.address)
             .args(["--namespace", "k8s.io", "images", "ls"])
             .arg(format!("name=={image}"))
+            // containerd 2's ctr warns about deprecated server features on every call.
+            .env("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS", "1")
             .kill_on_drop(true)
             .output()
             .await

@@ -8,7 +8,7 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" \
   "$K8SD_IMAGES_DIR/coredns.tar" "$K8SD_IMAGES_DIR/metrics-server.tar" \
-  "$K8SD_IMAGES_DIR/local-path-provisioner.tar" /usr/bin/containerd
+  "$K8SD_IMAGES_DIR/local-path-provisioner.tar" "${runtime_bins[@]}"
 
 ns=k8sd-e2e-addons
 work=$(mktemp -d /var/tmp/k8sd-e2e-addons.XXXXXX)

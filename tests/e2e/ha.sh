@@ -24,7 +24,7 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" \
   "$K8SD_IMAGES_DIR/coredns.tar" "$K8SD_IMAGES_DIR/metrics-server.tar" "$K8SD_IMAGES_DIR/local-path-provisioner.tar" \
-  /usr/bin/containerd /usr/sbin/haproxy
+  "${runtime_bins[@]}" /usr/sbin/haproxy
 
 # Hosts n1-n5 (lib.sh's cluster harness): netns k8sd-haI at 10.210.100.(10+I) on k8sd-br0.
 cluster_setup k8sd-ha k8sd-br0 10.210.100 10

@@ -18,8 +18,8 @@ set -uo pipefail
 # shellcheck source=../../assets/addons/versions.env
 . "$repo/assets/addons/versions.env"
 # Every missing prerequisite is a failure, counted in the closing line.
-for p in "$K8SD_BIN" /usr/bin/containerd /usr/bin/ctr; do
-  [[ -s "$p" ]] || fail "missing prerequisite: $p (run scripts/test.sh, which builds and installs everything)"
+for p in "$K8SD_BIN" "${runtime_bins[@]}"; do
+  [[ -s "$p" ]] || fail "missing prerequisite: $p (run scripts/test.sh, which builds and installs everything; the runtime: scripts/build-runtime.sh)"
 done
 for t in pause busybox coredns metrics-server local-path-provisioner; do
   [[ -s "$K8SD_IMAGES_DIR/$t.tar" ]] \
@@ -65,6 +65,7 @@ trap 'exit 130' INT TERM
 mkdir -p "$work/cni"
 sed -e "s|{{containerd_root}}|$work/root|g" -e "s|{{containerd_state}}|$work/state|g" \
   -e "s|{{containerd_address}}|$sock|g" -e "s|{{cni_conf_dir}}|$work/cni|g" \
+  -e "s|{{runc}}|$K8SD_RUNTIME_DIR/runc|g" \
   "$repo/assets/containerd/config.toml" >"$work/config.toml"
 containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
 containerd_pid=$!

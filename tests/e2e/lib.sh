@@ -25,7 +25,13 @@ require() {
 K8SD_BIN=${K8SD_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/k8sd}
 K8SD_KUBEBIN=${K8SD_KUBEBIN:-$(ls /var/cache/k8sd/kube/"$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")"/kubebin 2>/dev/null)}
 K8SD_IMAGES_DIR=${K8SD_IMAGES_DIR:-/var/cache/k8sd/images}
-export K8SD_KUBEBIN K8SD_IMAGES_DIR
+# The container runtime k8sd runs (scripts/build-runtime.sh): containerd 2, its shim, ctr, runc.
+# First on PATH, so the suites' own `ctr` and `containerd` are these, never Debian's 1.x.
+K8SD_RUNTIME_DIR=${K8SD_RUNTIME_DIR:-$(. "$repo/assets/runtime/versions.env" && echo "/var/cache/k8sd/runtime/containerd-$CONTAINERD-runc-$RUNC")}
+PATH="$K8SD_RUNTIME_DIR:$PATH"
+export K8SD_KUBEBIN K8SD_IMAGES_DIR K8SD_RUNTIME_DIR PATH
+# Every binary of the runtime, for `require`.
+runtime_bins=("$K8SD_RUNTIME_DIR"/{containerd,containerd-shim-runc-v2,ctr,runc})
 
 # make_host NAME INDEX: a network namespace with a veth to the root namespace, addressed
 # 10.210.INDEX.2/24 (the root side is 10.210.INDEX.1). No default route: nothing leaves the machine.

@@ -12,7 +12,7 @@
 # back; every listener refuses CBC suites and TLS 1.1 and accepts TLS 1.2 with AES-GCM.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" /usr/bin/containerd
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" "${runtime_bins[@]}"
 
 ns=k8sd-e2e1 node_ip=10.210.1.2
 work=$(mktemp -d /var/tmp/k8sd-e2e-single.XXXXXX)
@@ -199,6 +199,39 @@ mirror_serves() {
 }
 check "with one it answers a manifest request for a local image" mirror_serves
 kubectl delete pod pull-always pull-missing --wait=false >/dev/null 2>&1
+
+log "2a2. an image volume: a pod mounts the local busybox image's files (ImageVolume, GA in 1.36; needs containerd >= 2.1)"
+cat > "$work/imgvol.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: imgvol}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: bb
+    image: docker.io/library/busybox:1.36-local
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+    volumeMounts: [{name: img, mountPath: /img}]
+  volumes:
+  - name: img
+    image: {reference: "docker.io/library/busybox:1.36-local", pullPolicy: Never}
+YAML
+kubectl apply -f "$work/imgvol.yaml" >/dev/null
+imgvol_running() { [[ $(kubectl get pod imgvol -o jsonpath='{.status.phase}') == Running ]]; }
+check "a pod with an image volume runs" wait_for 120 "image volume pod running" imgvol_running
+# The image's own busybox, byte for byte the container's, and its passwd file, read-only.
+# (`busybox cmp`: the image links only some applets into /bin.)
+imgvol_files() {
+  local ok=0 out
+  out=$(kubectl exec imgvol -- busybox cmp /img/bin/busybox /bin/busybox 2>&1) || { ok=1; log "cmp: $out"; }
+  out=$(kubectl exec imgvol -- grep '^root:x:0:0:' /img/etc/passwd 2>&1) || { ok=1; log "grep passwd: $out"; }
+  if out=$(kubectl exec imgvol -- touch /img/x 2>&1); then ok=1; log "touch /img/x succeeded"; fi
+  ((ok == 0)) || kubectl exec imgvol -- ls -la /img /img/etc 2>&1 | sed 's/^/  | /'
+  return $ok
+}
+check "the image volume shows the image's files (bin/busybox, etc/passwd), read-only" imgvol_files
+kubectl delete pod imgvol --wait=false >/dev/null
 
 log "2b. the host reaches ClusterIPs (it has no default route; k8sd routes the service range)"
 check "the host netns has no default route" bash -c "[[ -z \$(ip -n $ns route show default) ]]"
