@@ -15,10 +15,10 @@ packages=(
   # Debian's containerd 1.6 or runc, which Kubernetes 1.36 no longer fully supports), and pods
   # through the CNI plugins. runc is built with cgo and links libseccomp statically.
   containernetworking-plugins iptables nftables conntrack iproute2 libseccomp-dev
-  # Images: gcc and libc6-dev build the static pause. The busybox image packs Debian's dynamic
-  # busybox, which scripts/build-images.sh fetches with apt-get download (not installed: it
-  # conflicts with busybox-static), with the loader and libraries of this host's libc6.
-  gcc libc6-dev
+  # Images: gcc and libc6-dev build the static pause; with make and bzip2 they build busybox
+  # from upstream's source (scripts/build-busybox.sh, fetched with curl), dynamically linked:
+  # the images pack it with the loader and libraries of this host's libc6.
+  gcc libc6-dev make bzip2
   # Test oracles and tools: Debian's etcd for the smoke test, haproxy for HA tests.
   etcd-server etcd-client haproxy openssl curl ca-certificates util-linux procps
   # Rust build: tonic-prost-build needs protoc; the etcd-client crate (tests) also imports the
@@ -60,7 +60,7 @@ still=()
 for p in "${packages[@]}"; do installed "$p" || still+=("$p"); done
 ((${#still[@]} == 0)) || die "packages still not installed: ${still[*]}"
 
-for bin in etcd iptables conntrack ip nsenter gcc protoc openssl ldd dpkg-deb; do
+for bin in etcd iptables conntrack ip nsenter gcc make bzip2 protoc openssl ldd dpkg-deb; do
   command -v "$bin" >/dev/null || die "'$bin' is not on PATH although its package is installed"
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap && -x /usr/lib/cni/loopback ]] \
