@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Builds the local container images as OCI layout tarballs:
 #   <out>/pause.tar    registry.k8s.io/pause:3.10            (our assets/pause/pause.c, static)
-#   <out>/busybox.tar  docker.io/library/busybox:1.36-local  (Debian's dynamically linked busybox,
-#                                                            its loader and libraries from the host)
+#   <out>/busybox.tar  docker.io/library/busybox:1.37-local  (busybox built from source, dynamically
+#                                                            linked; its loader and libraries from the host)
 #   <out>/coredns.tar, metrics-server.tar, local-path-provisioner.tar
 #                      localhost/k8sd/<name>:<version>        (from scripts/build-addons.sh)
 # The pause binary is compiled with `gcc -static -Os -s`; the packing is `k8sd images build`.
 # The output is reproducible: the same inputs give byte-identical tarballs.
 #
-# Busybox is Debian's `busybox` package, fetched with `apt-get download` and unpacked with
-# `dpkg-deb -x` into /var/cache/k8sd/busybox/<version>/ (never installed: it conflicts with
-# busybox-static). It is dynamically linked because glibc supports name resolution (NSS) in a
-# static program only with the same glibc's shared libraries present at run time; `ldd` names
-# the loader and libraries to pack with it. BUSYBOX=PATH packs another dynamically linked busybox instead.
+# Busybox is upstream's release at the pin of assets/busybox/source.env, built with defconfig by
+# scripts/build-busybox.sh into /var/cache/k8sd/busybox/<version>/ (the conformance busybox
+# image packs the same build). It is dynamically linked because glibc supports name resolution
+# (NSS) in a static program only with the same glibc's shared libraries present at run time;
+# `ldd` names the loader and libraries to pack with it. BUSYBOX=PATH packs another dynamically
+# linked busybox instead.
 #
 # The add-on images are packed when scripts/build-addons.sh has built every add-on at its pin
 # (ADDONS_DIR overrides where to find them); otherwise they are skipped with a warning.
@@ -30,26 +31,11 @@ out=${1:-$cache/images}
 
 command -v gcc >/dev/null || die "gcc not found; run scripts/setup-host.sh (packages gcc, libc6-dev)"
 
-# Debian's dynamically linked busybox, unpacked (not installed) into the cache.
-fetch_busybox() {
-  local version dir
-  version=$(apt-cache policy busybox 2>/dev/null | awk '/Candidate:/ { print $2 }')
-  [[ -n "$version" && "$version" != "(none)" ]] \
-    || die "apt knows no candidate for package busybox; run apt-get update (scripts/setup-host.sh does)"
-  dir="$cache/busybox/${version//:/_}"
-  if [[ ! -x "$dir/root/bin/busybox" ]]; then
-    log "fetching Debian's busybox $version into $dir"
-    rm -rf "$dir" && mkdir -p "$dir/deb"
-    # apt drops privileges to _apt for downloads; let it write here.
-    chown _apt "$dir/deb" 2>/dev/null || true
-    (cd "$dir/deb" && apt-get download -qq "busybox=$version") >&2 \
-      || die "apt-get download busybox=$version failed; check the apt sources and the network"
-    dpkg-deb -x "$dir"/deb/busybox_*.deb "$dir/root" || die "cannot unpack $(echo "$dir"/deb/busybox_*.deb)"
-    rm -rf "$dir/deb"
-  fi
-  echo "$dir/root/bin/busybox"
-}
-busybox=${BUSYBOX:-$(fetch_busybox)}
+# Busybox from upstream's source at the pin (scripts/build-busybox.sh; cached).
+if [[ -z "${BUSYBOX:-}" ]]; then
+  BUSYBOX=$("$repo/scripts/build-busybox.sh" | tail -n 1) || die "scripts/build-busybox.sh failed; see its error above"
+fi
+busybox=$BUSYBOX
 [[ -x "$busybox" ]] || die "busybox '$busybox' not found or not executable"
 
 # The loader and every library busybox needs: ldd prints "name => /path (addr)" and

@@ -24,7 +24,7 @@ pub enum ImagesCommand {
         /// The static pause binary (scripts/build-images.sh compiles assets/pause/pause.c).
         #[arg(long)]
         pause_bin: PathBuf,
-        /// Debian's dynamically linked busybox (package busybox; scripts/build-images.sh fetches it).
+        /// A dynamically linked busybox (scripts/build-busybox.sh builds it from source).
         #[arg(long)]
         busybox: PathBuf,
         /// A file busybox's loader opens: its program interpreter and each shared library, as the

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!   pause binary (assets/pause/pause.c)        ─┐                      ┌─ registry.k8s.io/pause:3.10
-//!   busybox (Debian's dynamic build) + its     ─┤                      ├─ docker.io/library/busybox:1.36-local
+//!   busybox (built from source, dynamic) + its ─┤                      ├─ docker.io/library/busybox:1.37-local
 //!     loader and libraries from the host glibc  ├─ pack() ─> OCI tar ─ import() ─> containerd (k8s.io)
 //!   add-on binaries (scripts/build-addons.sh)  ─┘                      └─ localhost/k8sd/{coredns,
 //!                                                                          metrics-server,local-path-provisioner}
@@ -17,14 +17,15 @@
 //!
 //! The pause and add-on binaries are static and run alone in their rootfs. Busybox is not:
 //! glibc supports name resolution (NSS) in a static program only with the shared libraries of
-//! the same glibc present at run time, so the busybox image packs Debian's dynamically linked
-//! busybox with exactly the files its loader opens: the program interpreter it names and the
-//! shared libraries the caller lists (glibc 2.36 carries nss_files and nss_dns inside
-//! libc.so.6), plus `/etc/nsswitch.conf`. [`read_dynamic_executable`] refuses a list that
-//! lacks the interpreter.
+//! the same glibc present at run time, so the busybox image packs a dynamically linked busybox
+//! (upstream's source at the pin of `assets/busybox/source.env`, built by
+//! `scripts/build-busybox.sh`) with exactly the files its loader opens: the program
+//! interpreter it names and the shared libraries the caller lists (glibc 2.36 carries
+//! nss_files and nss_dns inside libc.so.6), plus `/etc/nsswitch.conf`.
+//! [`read_dynamic_executable`] refuses a list that lacks the interpreter.
 //!
 //! Image names are stored fully normalized (`docker.io/library/…`), because that is what the
-//! CRI looks up for a pod's `busybox:1.36-local`. Tags are never `latest`: the kubelet would
+//! CRI looks up for a pod's `busybox:1.37-local`. Tags are never `latest`: the kubelet would
 //! default such a pod to `imagePullPolicy: Always` and fail offline. [`catalog`] lists every
 //! image a node needs.
 //!
@@ -49,8 +50,9 @@ use std::process::{Command, ExitStatus};
 
 /// The sandbox image; containerd's `sandbox_image` must name exactly this.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
-/// The test image. Pods may say `busybox:1.36-local`; the CRI normalizes it to this.
-pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:1.36-local";
+/// The test image. Pods may say `busybox:1.37-local`; the CRI normalizes it to this. The tag is
+/// the major.minor of `assets/busybox/source.env`'s VERSION (a unit test checks it).
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:1.37-local";
 /// File names `build_pause` and `build_busybox` write into their output directory.
 pub const PAUSE_TARBALL: &str = "pause.tar";
 pub const BUSYBOX_TARBALL: &str = "busybox.tar";
@@ -280,8 +282,9 @@ pub fn build_pause(out_dir: &Path, pause_bin: &Path) -> Result<BuiltImage, Image
     pack(&pause_spec(data), &out_dir.join(PAUSE_TARBALL))
 }
 
-/// Packs `busybox` (Debian's dynamically linked busybox) with `libraries` (its program
-/// interpreter and the shared libraries it needs, as host paths) into `<out_dir>/busybox.tar`.
+/// Packs `busybox` (dynamically linked, from scripts/build-busybox.sh) with `libraries` (its
+/// program interpreter and the shared libraries it needs, as host paths) into
+/// `<out_dir>/busybox.tar`.
 pub fn build_busybox(
     out_dir: &Path,
     busybox: &Path,
@@ -481,8 +484,8 @@ pub fn read_dynamic_executable(path: &Path, libraries: &[PathBuf]) -> Result<Dyn
         not_dynamic(
             "it is statically linked; this image packs a dynamically linked busybox with its loader \
              and libraries, because glibc supports NSS in static programs only with its shared \
-             libraries present. Use Debian's package busybox (scripts/build-images.sh fetches it \
-             with apt-get download)"
+             libraries present. Use the busybox scripts/build-busybox.sh builds (scripts/build-images.sh \
+             runs it)"
                 .to_owned(),
         )
     })?;

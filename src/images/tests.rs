@@ -409,8 +409,8 @@ fn a_missing_or_dynamic_addon_binary_is_refused_naming_the_build_script() {
 fn references_must_be_qualified_and_not_latest() {
     assert_eq!(tag_of("registry.k8s.io/pause:3.10").unwrap(), "3.10");
     assert_eq!(
-        tag_of("docker.io/library/busybox:1.36-local").unwrap(),
-        "1.36-local"
+        tag_of("docker.io/library/busybox:1.37-local").unwrap(),
+        "1.37-local"
     );
     assert_eq!(tag_of("localhost:5000/x:1").unwrap(), "1");
     for bad in [
@@ -645,4 +645,20 @@ fn a_rootfs_with_a_socket_or_no_directory_is_refused_with_its_path() {
         read_rootfs(&dir.path().join("missing")),
         Err(ImageError::Read { .. })
     ));
+}
+
+#[test]
+fn busybox_tag_follows_the_source_pin() {
+    // The base image is named after the busybox it packs, so a bumped pin must rename it.
+    let pins = include_str!("../../assets/busybox/source.env");
+    let version = pins
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION="))
+        .expect("assets/busybox/source.env sets VERSION");
+    let major_minor = version.rsplit_once('.').map_or(version, |(mm, _)| mm);
+    assert_eq!(
+        tag_of(BUSYBOX_IMAGE).unwrap(),
+        format!("{major_minor}-local"),
+        "rename BUSYBOX_IMAGE (and every user) after the pin {version}"
+    );
 }

@@ -154,9 +154,9 @@ mod tests {
             }
         );
         assert_eq!(
-            parse("GET", "/v2/library/busybox/manifests/1.36-local").unwrap(),
+            parse("GET", "/v2/library/busybox/manifests/1.37-local").unwrap(),
             Route::Manifest {
-                image: "docker.io/library/busybox:1.36-local".into()
+                image: "docker.io/library/busybox:1.37-local".into()
             }
         );
         assert_eq!(

@@ -17,7 +17,7 @@ export K8SD_CGROUP_ROOT=/$(basename "$work")
 k8sd() { in_host "$ns" "$K8SD_BIN" --data-dir "$data" --run-dir "$run" "$@"; }
 kubectl() { k8sd kubectl "$@"; }
 daemon_pid() { cat "$run/k8sd.pid" 2>/dev/null; }
-BUSYBOX=docker.io/library/busybox:1.36-local
+BUSYBOX=docker.io/library/busybox:1.37-local
 
 stop_daemon() {
   local pid; pid=$(daemon_pid) || return 0
@@ -97,7 +97,6 @@ check "kubernetes.default.svc.cluster.local resolves to 10.96.0.1" wait_for 60 "
   resolves kubernetes.default.svc.cluster.local 10.96.0.1
 # busybox nslookup applies the search list only to names without a dot, so the short name goes
 # through the C library resolver (search list and ndots from the pod's resolv.conf) via wget.
-# Debian's busybox crashes on `wget -T`, so the time limit is busybox's timeout applet.
 fetch() { [[ $(in_probe timeout 10 wget -q -O - "http://$1/") == hello-from-web ]]; }
 check "a Service in another namespace resolves by short name (wget http://web.e2e-other/)" \
   wait_for 30 "wget web.e2e-other" fetch web.e2e-other

@@ -151,7 +151,7 @@ no_plaintext_anywhere() { no_plaintext 1 && no_plaintext 2 && no_plaintext 3; }
 check "no replica's datastore files hold the plaintext (n1, n2, n3)" no_plaintext_anywhere
 
 log "1a. add-ons across the cluster: DNS from a pod on the worker, metrics for every node"
-bb=docker.io/library/busybox:1.36-local
+bb=docker.io/library/busybox:1.37-local
 kc create namespace e2e-other >/dev/null
 web_fixture "$bb" | kc apply -f - >/dev/null
 kc apply -f - >/dev/null <<YAML
@@ -183,7 +183,6 @@ check "on the worker: kubernetes.default.svc.cluster.local resolves" wait_for 60
 svc_ip=$(kc -n e2e-other get service web -o jsonpath='{.spec.clusterIP}')
 check "on the worker: a Service in another namespace by full name" resolves web.e2e-other.svc.cluster.local "$svc_ip"
 # The short name goes through the C library resolver (search list, ndots), as wget does.
-# Debian's busybox crashes on `wget -T`, so the time limit is the timeout applet.
 fetch() { [[ $(in_probe timeout 10 wget -q -O - "http://$1/") == hello-from-web ]]; }
 check "on the worker: wget fetches the Service's page by its short name" wait_for 30 "wget short" fetch web.e2e-other
 check "on the worker: and by its full name" fetch web.e2e-other.svc.cluster.local
@@ -247,7 +246,7 @@ spec:
       nodeSelector: {kubernetes.io/hostname: n4}
       terminationGracePeriodSeconds: 1
       containers:
-      - {name: c, image: docker.io/library/busybox:1.36-local, imagePullPolicy: Never, command: [sleep, "3600"]}
+      - {name: c, image: docker.io/library/busybox:1.37-local, imagePullPolicy: Never, command: [sleep, "3600"]}
 EOF
 pods_running() { [[ $(kc get pods -l app=demo --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -c '^n4$') == "$1" ]]; }
 check "the demo pod runs on the worker n4" wait_for 120 "pod on n4" pods_running 1

@@ -5,7 +5,11 @@
 #     answers DNS queries from its hosts plugin;
 #   - metrics-server and local-path-provisioner report their pinned versions;
 #   - busybox's wget, nc and nslookup resolve names through /etc/hosts and through DNS (CoreDNS
-#     above) and fetch a page from busybox httpd; an unknown name fails with exit 1, not a crash.
+#     above) and fetch a page from busybox httpd; an unknown name fails with exit 1, not a crash;
+#     `wget -T 2` works (Debian 12's busybox crashed on it);
+#   - busybox is the version pinned in assets/busybox/source.env, and its `sh -c env` keeps a
+#     variable named `data-1` (Debian's busybox drops such names; Kubernetes' ConfigMap/Secret
+#     specs rely on them).
 # A private containerd (own root, state and socket under a temporary directory) runs the
 # containers with `ctr run`, in a test-owned network namespace; nothing touches the host's.
 #
@@ -92,7 +96,7 @@ for r in "${refs[@]}"; do check "image $r is in containerd's k8s.io namespace" g
 coredns_ref=$(grep '/coredns:' <<<"$list" | awk '{ print $1 }')
 ms_ref=$(grep '/metrics-server:' <<<"$list" | awk '{ print $1 }')
 lpp_ref=$(grep '/local-path-provisioner:' <<<"$list" | awk '{ print $1 }')
-bb_ref=docker.io/library/busybox:1.36-local
+bb_ref=docker.io/library/busybox:1.37-local
 
 # run NAME IMAGE CMD...: run to completion in the test's network namespace; prints its output,
 # and its exit status is the container's.
@@ -123,6 +127,16 @@ expect "metrics-server --version prints $METRICS_SERVER" "^$METRICS_SERVER\$" \
 expect "local-path-provisioner --version prints $LOCAL_PATH_PROVISIONER" "version $LOCAL_PATH_PROVISIONER\$" \
   local-path-provisioner "$lpp_ref" /local-path-provisioner --version
 
+# --- busybox itself -------------------------------------------------------------------------
+bb_version=$(awk -F= '$1 == "VERSION" { print $2 }' "$repo/assets/busybox/source.env")
+expect "busybox is upstream's $bb_version (assets/busybox/source.env)" "^BusyBox v${bb_version//./\\.} " \
+  bb-version "$bb_ref" busybox
+out=$(timeout 60 ctr --address "$sock" --namespace k8s.io run --rm --env data-1=value-1 --env PLAIN=plain \
+  --with-ns "network:/run/netns/$ns" "$bb_ref" "t-bb-env-$$" sh -c env 2>&1)
+check "busybox sh -c env keeps data-1" grep -qx 'data-1=value-1' <<<"$out"
+check "busybox sh -c env keeps ordinary variables" grep -qx 'PLAIN=plain' <<<"$out"
+grep -qx 'data-1=value-1' <<<"$out" || log "sh -c env printed: ${out//$'\n'/ | }"
+
 # --- CoreDNS serving, busybox resolving --------------------------------------------------------
 cat >"$work/Corefile" <<'COREFILE'
 .:53 {
@@ -141,8 +155,8 @@ ready() { run ready "$bb_ref" wget -q -O- http://127.0.0.1:8181/ready | grep -qx
 check "coredns serves DNS in a container and reports ready" wait_for 30 "coredns /ready" ready
 
 # One busybox container: a page behind httpd, one name in /etc/hosts, one only in DNS.
-# `timeout`, not `wget -T`: Debian's busybox 1.35 (static and dynamic alike) crashes with
-# SIGSEGV whenever -T is given.
+# `timeout` bounds every fetch; `wget -T` is checked once on its own, because Debian 12's
+# busybox 1.35, which this image packed before, crashed with SIGSEGV whenever -T was given.
 script='
 set -e
 mkdir -p /www && echo "hello from k8sd" > /www/index.html
@@ -151,6 +165,7 @@ echo "127.0.0.1 files.k8sd.test" >> /etc/hosts
 echo "nameserver 127.0.0.1" > /etc/resolv.conf
 echo "[hosts] $(wget -q -O- http://files.k8sd.test:8000/)"
 echo "[dns] $(wget -q -O- http://dns.k8sd.test:8000/)"
+echo "[wget -T] $(timeout 10 wget -T 2 -q -O- http://files.k8sd.test:8000/)"
 echo "[nc] $(printf "GET / HTTP/1.0\r\n\r\n" | nc files.k8sd.test 8000 | tail -n 1)"
 echo "[nslookup]"; nslookup dns.k8sd.test 127.0.0.1
 rc=0; timeout 10 wget -q -O- http://nowhere.k8sd.test:8000/ || rc=$?
@@ -161,6 +176,7 @@ log "busybox output:"; sed 's/^/  | /' <<<"$out"
 check "busybox script exits 0 (no segfault; exit $rc)" test "$rc" -eq 0
 check "wget fetches a page by a name from /etc/hosts" grep -qx '\[hosts\] hello from k8sd' <<<"$out"
 check "wget fetches a page by a name only CoreDNS knows" grep -qx '\[dns\] hello from k8sd' <<<"$out"
+check "wget -T 2 fetches the page (no crash)" grep -qx '\[wget -T\] hello from k8sd' <<<"$out"
 check "nc connects by name" grep -qx '\[nc\] hello from k8sd' <<<"$out"
 check "nslookup gets the address from CoreDNS" \
   bash -c 'sed -n "/^\[nslookup\]/,\$p" <<<"$1" | grep -A3 "dns.k8sd.test" | grep -q "Address: 127.0.0.1"' _ "$out"

@@ -366,7 +366,7 @@ import_images() {  # through k8sd's own import (src/images), twice: it must be i
   done
   local have
   have=$(ctr_ images ls -q)
-  grep -qx 'registry.k8s.io/pause:3.10' <<<"$have" && grep -qx 'docker.io/library/busybox:1.36-local' <<<"$have"
+  grep -qx 'registry.k8s.io/pause:3.10' <<<"$have" && grep -qx 'docker.io/library/busybox:1.37-local' <<<"$have"
 }
 must "local images imported under normalized names" import_images
 bench_mark containerd-ready-images-imported
@@ -408,7 +408,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: busybox
-    image: busybox:1.36-local
+    image: busybox:1.37-local
     imagePullPolicy: Never
     command: ["sh", "-c", "echo hello-from-k8sd uid=$(id -u); ls /var/run/secrets/kubernetes.io/serviceaccount/token"]
 EOF

@@ -153,7 +153,7 @@ spec:
       terminationGracePeriodSeconds: 1
       containers:
       - name: bb
-        image: docker.io/library/busybox:1.36-local
+        image: docker.io/library/busybox:1.37-local
         imagePullPolicy: Never
         command: ["sh", "-c", "echo hello from bb; exec sleep 3600"]
 YAML
@@ -174,7 +174,7 @@ metadata: {name: pull-always}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: c, image: docker.io/library/busybox:1.36-local, imagePullPolicy: Always, command: [sleep, "3600"]}
+  - {name: c, image: docker.io/library/busybox:1.37-local, imagePullPolicy: Always, command: [sleep, "3600"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -195,7 +195,7 @@ mirror_refuses() { ! in_host "$ns" curl -sk --max-time 5 "https://$node_ip:6446/
 check "the mirror refuses a client without a cluster certificate" mirror_refuses
 mirror_serves() {
   in_host "$ns" curl -s --max-time 5 --cacert "$data/pki/ca.crt" --cert "$data/pki/admin.crt" --key "$data/pki/admin.key" \
-    -o /dev/null -w '%{http_code}' "https://$node_ip:6446/v2/library/busybox/manifests/1.36-local?ns=docker.io" | grep -qx 200
+    -o /dev/null -w '%{http_code}' "https://$node_ip:6446/v2/library/busybox/manifests/1.37-local?ns=docker.io" | grep -qx 200
 }
 check "with one it answers a manifest request for a local image" mirror_serves
 kubectl delete pod pull-always pull-missing --wait=false >/dev/null 2>&1
@@ -209,13 +209,13 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: bb
-    image: docker.io/library/busybox:1.36-local
+    image: docker.io/library/busybox:1.37-local
     imagePullPolicy: Never
     command: ["sleep", "3600"]
     volumeMounts: [{name: img, mountPath: /img}]
   volumes:
   - name: img
-    image: {reference: "docker.io/library/busybox:1.36-local", pullPolicy: Never}
+    image: {reference: "docker.io/library/busybox:1.37-local", pullPolicy: Never}
 YAML
 kubectl apply -f "$work/imgvol.yaml" >/dev/null
 imgvol_running() { [[ $(kubectl get pod imgvol -o jsonpath='{.status.phase}') == Running ]]; }
