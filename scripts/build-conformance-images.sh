@@ -8,7 +8,8 @@
 #                                  with the tools upstream's Dockerfile installs, /coredns
 #                                  (scripts/build-addons.sh), porter's certificates, its users
 #   kitten:1.8, nautilus:1.8       the agnhost image with upstream's html files, CMD test-webserver
-#   busybox:1.37.0-1               Debian's busybox with every applet, bash as /bin/sh
+#   busybox:1.37.0-1               busybox 1.37.0 from source (scripts/build-busybox.sh) with every
+#                                  applet in /bin, /bin/sh = its ash, the host's loader and libs
 #   glibc-dns-testing:2.0.0        Debian's dnsutils (dig, nslookup), getent, /coredns
 #   nginx:1.15-4, nginx:1.27-0     Debian's nginx serving on :80, logs to stdout/stderr
 #   nonewprivs:1.4                 upstream's nnp.go, setuid root, at /usr/local/bin/nnp
@@ -37,7 +38,7 @@ module=$repo/assets/conformance
 export GOMODCACHE=${GOMODCACHE:-$cache/go/mod} GOCACHE=${GOCACHE:-$cache/go/build}
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
-for tool in go gcc apt-get apt-cache dpkg-deb sha256sum flock; do
+for tool in go gcc ldd apt-get apt-cache dpkg-deb sha256sum flock; do
   command -v "$tool" >/dev/null || die "$tool not found; run scripts/setup-host.sh"
 done
 
@@ -93,6 +94,9 @@ if [[ ! -x "$work/bin/pause" || "$(cat "$work/bin/pause.stamp" 2>/dev/null)" != 
   mv -f "$work/bin/pause.tmp" "$work/bin/pause"
   sha <"$repo/assets/pause/pause.c" >"$work/bin/pause.stamp"
 fi
+
+# The busybox of k8sd's base image (built from source and cached by scripts/build-busybox.sh).
+busybox_bin=$("$repo/scripts/build-busybox.sh" | tail -n 1) || die "scripts/build-busybox.sh failed; see its error above"
 
 # --- Debian root filesystems ----------------------------------------------------------------
 # Packages only needed to install or configure packages (maintainer scripts never run here).
@@ -179,17 +183,19 @@ debian_rootfs base "${base_pkgs[@]}"
 debian_rootfs agnhost "${base_pkgs[@]}" bind9-dnsutils curl netcat-openbsd iproute2 iperf busybox
 debian_rootfs dnsutils "${base_pkgs[@]}" bind9-dnsutils
 debian_rootfs nginx "${base_pkgs[@]}" nginx
-debian_rootfs busybox busybox bash
 
 # --- images ---------------------------------------------------------------------------------
 tsv=()
+# Inputs of one PREPARE function beyond the shared rootfs and binaries, by function name.
+declare -A extra_inputs=([prep_busybox]="$(cat "$busybox_bin.stamp")")
 # image REFERENCE TARBALL PREPARE [pack flags...]: PREPARE is a function that fills the rootfs
 # dir given as its argument; the tarball is rebuilt only when the stamp of its inputs changes.
 image() {
   local ref=$1 tarball=$2 prepare=$3 stamp dir
   shift 3
   tsv+=("$ref"$'\t'"$tarball")
-  stamp=$( (printf '%s\n' "$script_sha" "$ref" "$@"; declare -f "$prepare"; cat "$work"/rootfs/*.stamp "$work"/bin/*.stamp) | sha)
+  stamp=$( (printf '%s\n' "$script_sha" "$ref" "$@" "${extra_inputs[$prepare]:-}"; declare -f "$prepare"
+    cat "$work"/rootfs/*.stamp "$work"/bin/*.stamp) | sha)
   if [[ -f "$out/$tarball" && "$(cat "$out/$tarball.stamp" 2>/dev/null)" == "$stamp" ]]; then return; fi
   log "packing $ref"
   dir=$work/image-rootfs/${tarball%.tar}
@@ -232,12 +238,30 @@ prep_nautilus() { prep_agnhost "$1" && install -m 0644 "$images_src/nautilus/htm
 image "$e2e/kitten:1.8" kitten-1.8.tar prep_kitten "${agnhost_flags[@]/#pause/test-webserver}"
 image "$e2e/nautilus:1.8" nautilus-1.8.tar prep_nautilus "${agnhost_flags[@]/#pause/test-webserver}"
 
+# As upstream's image (Docker's busybox): every applet in /bin, so /bin/sh is busybox ash, whose
+# messages the specs match exactly ("/bin/sh: can't create /file: Read-only file system"), and
+# /bin/sysctl exists. Dynamically linked (NSS needs glibc's shared libraries), so the loader
+# and libraries `ldd` names come from the host, as in k8sd's base image.
 prep_busybox() {
-  copy_rootfs busybox "$1"
-  local applet
+  local applet lib
+  mkdir -p "$1"/{bin,etc,root,home,proc,sys,dev,run,tmp,var/tmp}
+  chmod 1777 "$1/tmp" "$1/var/tmp"
+  chmod 0700 "$1/root"
+  install -m 0755 "$busybox_bin" "$1/bin/busybox"
   for applet in $("$1/bin/busybox" --list); do
     [[ -e "$1/bin/$applet" ]] || ln -s busybox "$1/bin/$applet"
   done
+  for lib in $(ldd "$1/bin/busybox" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) { print $i; break } }'); do
+    mkdir -p "$1$(dirname "$lib")"
+    cp -L "$lib" "$1$lib"
+  done
+  [[ -e "$1/lib64/ld-linux-x86-64.so.2" ]] || return 1
+  printf 'root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$1/etc/passwd"
+  printf 'root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n' >"$1/etc/group"
+  printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$1/etc/nsswitch.conf"
+  # The kubelet mounts its own /etc/hosts and /etc/resolv.conf over these.
+  printf '127.0.0.1 localhost\n::1 localhost\n' >"$1/etc/hosts"
+  : >"$1/etc/resolv.conf"
 }
 image "$e2e/busybox:1.37.0-1" busybox-1.37.0-1.tar prep_busybox --cmd sh
 

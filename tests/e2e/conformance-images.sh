@@ -3,8 +3,9 @@
 # images.tsv names every image reference that the files holding the specs (and the framework
 # packages they import) take from test/utils/image/manifest.go, derived from the kube source;
 # every tarball imports under its exact reference; and on a one-node k8sd cluster each image
-# does what the specs rely on (agnhost netexec and tools, busybox env and sysctl, nginx on :80,
-# nonewprivs, nonroot, dig in glibc-dns-testing, etcd and sample-apiserver start, pause runs).
+# does what the specs rely on (agnhost netexec and tools; busybox env, sysctl and ash's exact
+# message on a read-only root; nginx on :80; nonewprivs, nonroot, dig in glibc-dns-testing,
+# etcd and sample-apiserver start, pause runs).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CONFORMANCE_IMAGES_DIR=${CONFORMANCE_IMAGES_DIR:-/var/cache/k8sd/conformance/images}
@@ -153,6 +154,9 @@ YAML
   # As the ConfigMap/Secret envFrom specs: a variable named data-1 reaches `sh -c env`.
   pod busybox-env "$BUSYBOX" '    command: [sh, -c, env]
     env: [{name: data-1, value: value-1}, {name: PLAIN, value: plain}]'
+  # As kubelet.go's read-only busybox spec: /bin/sh is busybox ash, and its message is exact.
+  pod busybox-readonly "$BUSYBOX" '    command: [/bin/sh, -c, "echo test > /file; sleep 240"]
+    securityContext: {readOnlyRootFilesystem: true}'
   # As sysctl.go: /bin/sysctl reads the value the pod set.
   pod busybox-sysctl "$BUSYBOX" '    command: [/bin/sysctl, kernel.shm_rmid_forced]' \
     '  securityContext: {sysctls: [{name: kernel.shm_rmid_forced, value: "1"}]}'
@@ -175,7 +179,7 @@ logs_have() {
   local out; out=$(kubectl logs "$1" 2>&1)
   grep -qE -e "$2" <<<"$out" || { log "$1 logs lack /$2/:"; head -n 20 <<<"$out"; return 1; }
 }
-for p in agnhost agnhost-prev kitten nautilus nginx nginx-new pause; do
+for p in agnhost agnhost-prev kitten nautilus nginx nginx-new pause busybox-readonly; do
   check "$p runs ($(kubectl get pod "$p" -o jsonpath='{.spec.containers[0].image}'))" wait_for 120 "$p Running" running "$p"
 done
 for p in busybox-env busybox-sysctl nnp-false nnp-true nonroot dnsutils etcd sample-apiserver; do
@@ -214,6 +218,16 @@ for p in nginx nginx-new; do
 done
 check "busybox sh passes data-1 on to env" logs_have busybox-env '^data-1=value-1$'
 check "busybox sh passes ordinary variables too" logs_have busybox-env '^PLAIN=plain$'
+# The spec compares the whole log, trailing newline included; $(…) would strip it.
+readonly_log_exact() {
+  local out; out=$(kubectl logs busybox-readonly 2>&1; echo .)
+  [[ ${out%.} == "/bin/sh: can't create /file: Read-only file system"$'\n' ]] \
+    || { log "busybox-readonly logs: $(printf %q "${out%.}")"; return 1; }
+}
+# wait_for is quiet; a last try shows what the log held instead.
+readonly_message() { wait_for 60 "the read-only message" readonly_log_exact || readonly_log_exact; }
+check "busybox /bin/sh on a read-only root prints exactly \"/bin/sh: can't create /file: Read-only file system\"" \
+  readonly_message
 check "busybox has /bin/sysctl and it reads the pod's sysctl" logs_have busybox-sysctl '^kernel.shm_rmid_forced = 1$'
 check "nonewprivs without privilege escalation stays uid 1000" logs_have nnp-false '^Effective uid: 1000$'
 check "nonewprivs with privilege escalation becomes uid 0 (setuid nnp)" logs_have nnp-true '^Effective uid: 0$'
