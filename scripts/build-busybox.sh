@@ -43,7 +43,9 @@ exec 9>"$cache/busybox/.lock"
 flock 9 || die "cannot lock $cache/busybox/.lock"
 
 sha() { sha256sum | cut -c1-64; }
-stamp=$( (cat "$pin" "${BASH_SOURCE[0]}"; gcc --version | head -n 1; ldd --version | head -n 1) | sha)
+# `sed -n 1p`, not `head -n 1`: head exits after one line, and under pipefail the writer's
+# SIGPIPE (ldd --version prints line by line) would fail this script at random, silently.
+stamp=$( (cat "$pin" "${BASH_SOURCE[0]}"; gcc --version | sed -n 1p; ldd --version | sed -n 1p) | sha)
 if [[ -x "$bin" && "$(cat "$bin.stamp" 2>/dev/null)" == "$stamp" ]]; then
   echo "$bin"
   exit 0

@@ -146,7 +146,7 @@ wall=$(($(date +%s) - started))
 
 # ---- 4. the summary -------------------------------------------------------------------------
 machine="$(nproc) cores, $(awk '/MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo), $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r)"
-runtime="$("$K8SD_BIN" --version 2>/dev/null | head -n 1), checkout $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown), run $(date -u +%Y-%m-%d)"
+runtime="$("$K8SD_BIN" --version 2>/dev/null | sed -n 1p), checkout $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown), run $(date -u +%Y-%m-%d)"
 if [[ -n $focus ]]; then scope=(--subset "$focus"); else scope=(--docs "$repo/docs/conformance.md"); fi
 python3 "$repo/scripts/conformance-summary.py" --out "$out" --version "$version" --wall "$wall" \
   --machine "$machine" --cluster "$cps control-plane + $workers worker node(s)" --k8sd "$runtime" \

@@ -209,7 +209,7 @@ log "1b. DNS keeps answering when a node running a CoreDNS replica is cut off"
 # node is declared NotReady and its replica leaves the Service, kube-proxy still sends about
 # half the lookups to it, so the check asks for 15 answers in a row: by chance alone (one
 # healthy replica of two) that happens about once in 30,000 tries.
-d=$(dns_nodes | grep -E '^n[123]$' | head -n 1); d=${d#n}
+d=$(dns_nodes | grep -m 1 -E '^n[123]$'); d=${d#n}
 [[ $d =~ ^[123]$ ]] || { fail "a CoreDNS replica on a control-plane node (got '$(dns_nodes | tr '\n' ' ')')"; d=1; }
 ip link set "k8sd-b$((10 + d))" down
 t0=$SECONDS tries=0 misses=0 streak=0
