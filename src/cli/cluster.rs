@@ -24,8 +24,13 @@ pub struct AddNodeArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct JoinCliArgs {
-    /// The token printed by `k8sd add-node` on a control-plane node.
-    pub token: String,
+    /// The token printed by `k8sd add-node` on a control-plane node. Prefer --token-file: a
+    /// token on the command line is visible to other users in /proc/PID/cmdline.
+    #[arg(required_unless_present = "token_file", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Read the token from this file, or from standard input with `-`.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Join as a worker (needs a token minted with `add-node --worker`).
     #[arg(long)]
     pub worker: bool,
@@ -103,9 +108,33 @@ pub fn add_node(layout: Layout, args: AddNodeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The token from the command line, a file, or standard input (`--token-file -`).
+fn read_token(args: &JoinCliArgs) -> anyhow::Result<String> {
+    use std::io::Read;
+    let text = match (&args.token, &args.token_file) {
+        (Some(t), _) => return Ok(t.clone()),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the join token from standard input")?;
+            s
+        }
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the join token from {}", p.display()))?,
+        (None, None) => bail!("give the join token, or --token-file FILE (- for standard input)"),
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the join token file is empty; put the line `k8sd add-node` printed in it");
+    }
+    Ok(token.to_string())
+}
+
 pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
     // Everything that can be checked here is, before a daemon starts or a file is written.
-    let t = JoinToken::decode(&args.token)?;
+    let token = read_token(&args)?;
+    let t = JoinToken::decode(&token)?;
     if layout.node_file().exists() {
         bail!(
             "this node is already initialised ({} exists); nothing was changed. `k8sd join` is for a fresh node",
@@ -121,7 +150,7 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
     check_writable(&layout.data_dir)?;
     let join = JoinArgs {
-        token: args.token,
+        token,
         worker: args.worker,
         node_name: req.node_name,
         advertise_address: args.advertise_address,

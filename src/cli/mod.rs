@@ -89,9 +89,13 @@ pub fn main() -> anyhow::Result<()> {
 pub fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
+    // Colours only on a terminal: the daemon's log file and the journal stay plain text that
+    // grep can search (`source=10.0.0.5`, not escape codes around the `=`).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod registry;
 pub mod server;
+pub mod throttle;
 pub mod token;
 pub mod wire;
 

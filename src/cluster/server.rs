@@ -3,9 +3,11 @@
 //! Invariants:
 //! - Nothing is handed out before the token checks out against a linearizable read of its
 //!   record, the CA fingerprint in it is this cluster's, and the node name is free.
-//! - A worker's token is consumed in the same Txn that records the worker; a control-plane
-//!   joiner's in the Txn of `JoinComplete`, after its datastore member exists. Both Txns compare
-//!   the token record's mod revision, so two joiners racing with one token cannot both win.
+//! - A worker's token is consumed in the same Txn that records the worker. A control-plane
+//!   joiner's is claimed (for its name) in a Txn before any key is sent, so a replayed `Join`
+//!   gets nothing, and consumed in the Txn of `JoinComplete`, after its datastore member exists.
+//!   Every Txn compares the token record's mod revision, so two joiners racing with one token
+//!   cannot both win.
 //! - A worker never receives a CA key: its certificates are signed here, for the name and
 //!   address the control plane records, over public keys it sent. The same holds when it
 //!   renews (`Renew`): the name comes from its verified client certificate, the address from
@@ -19,6 +21,7 @@ use tonic::{Request, Response, Status};
 use super::pb::Msg;
 use super::pb::cluster_api_server::ClusterApi;
 use super::registry::{self, ClusterInfo, MemberRecord, MemberRole};
+use super::throttle::FailedJoins;
 use super::token::{JoinToken, TokenError, TokenRecord, TokenRole, TokenState, now_unix};
 use super::wire::*;
 use crate::node::Node;
@@ -30,6 +33,8 @@ pub struct ClusterService {
     pub node: Node,
     pub pki_dir: PathBuf,
     pub kubectl: super::Kubectl,
+    /// Refused joins per source address (logged, and throttled past a limit).
+    pub failed_joins: FailedJoins,
 }
 
 /// The node name in a verified client certificate (CN `system:node:NAME`), if any.
@@ -108,12 +113,17 @@ impl ClusterService {
         if !t.ca.eq_ignore_ascii_case(&ours) {
             return Err(denied(TokenError::Unknown));
         }
-        let (rec, rev) = registry::get::<TokenRecord>(&self.node, &registry::token_key(&t.id))
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| denied(TokenError::Unknown))?;
+        let (rec, rev) = self.token_record(&t).await?;
         rec.check(&t, role, name, now_unix()).map_err(denied)?;
         Ok((t, rec, rev))
+    }
+
+    /// The stored record of `t` and its mod revision, by a linearizable read.
+    async fn token_record(&self, t: &JoinToken) -> Result<(TokenRecord, i64), Status> {
+        registry::get::<TokenRecord>(&self.node, &registry::token_key(&t.id))
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| denied(TokenError::Unknown))
     }
 
     async fn check_name_free(&self, name: &str) -> Result<(), Status> {
@@ -173,16 +183,27 @@ impl ClusterService {
         }
         // Say which compare failed.
         self.check_name_free(&member.name).await?;
-        let role = if member.role == MemberRole::Worker {
-            TokenRole::Worker
+        if member.role == MemberRole::Worker {
+            self.check_token(&t.encode(), TokenRole::Worker, &member.name)
+                .await?;
         } else {
-            TokenRole::ControlPlane
-        };
-        self.check_token(&t.encode(), role, &member.name).await?;
+            let (rec, _) = self.token_record(t).await?;
+            rec.check_claimed(t, &member.name).map_err(denied)?;
+        }
         Err(Status::aborted("the token changed while joining; retry"))
     }
 
-    async fn join_worker(&self, req: JoinRequest) -> Result<JoinReply, Status> {
+    async fn join_worker(&self, req: JoinRequest, source: Option<IpAddr>) -> Result<JoinReply, Status> {
+        // The worker's certificates name its address; it must be the one it calls from.
+        if let Some(ip) = source
+            && ip != req.address
+        {
+            return Err(Status::invalid_argument(format!(
+                "this worker asks for certificates for address {}, but its request came from {ip}; \
+                 join with --advertise-address {ip}",
+                req.address
+            )));
+        }
         let keys = req
             .worker_keys
             .clone()
@@ -230,9 +251,33 @@ impl ClusterService {
         })
     }
 
+    /// Claim a control-plane token for `name` before anything secret is sent: from here on only
+    /// that joiner's `JoinComplete` can use it, and a second `Join` with it gets nothing.
+    async fn claim(&self, t: &JoinToken, mut rec: TokenRecord, rev: i64, name: &str) -> Result<(), Status> {
+        let tkey = registry::token_key(&t.id);
+        rec.state = TokenState::Claimed {
+            by: name.to_string(),
+            at_unix: now_unix(),
+        };
+        let ok = registry::txn(
+            &self.node,
+            vec![registry::unchanged(&tkey, rev)],
+            vec![registry::put_op(&tkey, &rec)],
+        )
+        .await
+        .map_err(unavailable)?;
+        if ok {
+            return Ok(());
+        }
+        self.check_token(&t.encode(), TokenRole::ControlPlane, name)
+            .await?;
+        Err(Status::aborted("the token changed while joining; retry"))
+    }
+
     async fn join_control_plane(&self, req: JoinRequest) -> Result<JoinReply, Status> {
         check_control_plane_version(req.version)?;
-        self.check_token(&req.token, TokenRole::ControlPlane, &req.name)
+        let (t, rec, rev) = self
+            .check_token(&req.token, TokenRole::ControlPlane, &req.name)
             .await?;
         self.check_name_free(&req.name).await?;
         let cluster = self.cluster_info().await?;
@@ -265,6 +310,7 @@ impl ClusterService {
                 pem: self.read_pki(f)?,
             });
         }
+        self.claim(&t, rec, rev, &req.name).await?;
         let peers = self
             .node
             .raft_status()
@@ -287,15 +333,19 @@ impl ClusterService {
 #[tonic::async_trait]
 impl ClusterApi for ClusterService {
     async fn join(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
-        let req: JoinRequest = body(req)?;
-        check_version(req.version)?;
-        crate::daemon::config::validate_node_name(&req.name)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let out = match req.role {
-            TokenRole::Worker => self.join_worker(req).await?,
-            TokenRole::ControlPlane => self.join_control_plane(req).await?,
-        };
-        reply(&out)
+        let source = req.remote_addr().map(|a| a.ip());
+        self.guarded(source, "Join", async {
+            let req: JoinRequest = body(req)?;
+            check_version(req.version)?;
+            crate::daemon::config::validate_node_name(&req.name)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let out = match req.role {
+                TokenRole::Worker => self.join_worker(req, source).await?,
+                TokenRole::ControlPlane => self.join_control_plane(req).await?,
+            };
+            reply(&out)
+        })
+        .await
     }
 
     async fn membership(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
@@ -383,11 +433,45 @@ impl ClusterApi for ClusterService {
     }
 
     async fn join_complete(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        let source = req.remote_addr().map(|a| a.ip());
+        self.guarded(source, "JoinComplete", self.complete(req)).await
+    }
+}
+
+impl ClusterService {
+    /// Run a join call unless its source is throttled; log and count a refusal. Failures of
+    /// the cluster itself (unavailable, a lost race) are not the caller's and are not counted.
+    async fn guarded(
+        &self,
+        source: Option<IpAddr>,
+        rpc: &'static str,
+        call: impl std::future::Future<Output = Result<Response<Msg>, Status>>,
+    ) -> Result<Response<Msg>, Status> {
+        let now = std::time::Instant::now();
+        if let Some(ip) = source
+            && let Some(left) = self.failed_joins.blocked(ip, now)
+        {
+            return Err(Status::resource_exhausted(format!(
+                "too many refused joins from {ip}; wait {left} s and check the token"
+            )));
+        }
+        let res = call.await;
+        if let Err(s) = &res
+            && !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted)
+        {
+            let count = source.map(|ip| self.failed_joins.record(ip, now));
+            let source = source.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+            tracing::warn!(%source, rpc, code = ?s.code(), reason = s.message(), refusals_in_window = ?count, "refused a join");
+        }
+        res
+    }
+
+    async fn complete(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
         let req: JoinCompleteRequest = body(req)?;
         check_version(req.version)?;
-        let (t, rec, rev) = self
-            .check_token(&req.token, TokenRole::ControlPlane, &req.name)
-            .await?;
+        let t = JoinToken::decode(&req.token).map_err(denied)?;
+        let (rec, rev) = self.token_record(&t).await?;
+        rec.check_claimed(&t, &req.name).map_err(denied)?;
         let member = MemberRecord {
             name: req.name.clone(),
             role: MemberRole::ControlPlane,

@@ -86,6 +86,8 @@ pub enum TokenError {
     },
     #[error("the join token is reserved for node name {token:?}, not {asked:?}")]
     WrongName { token: String, asked: String },
+    #[error("the join token was never presented to Join; start over with `k8sd join`")]
+    NotClaimed,
 }
 
 impl JoinToken {
@@ -149,8 +151,19 @@ pub fn hash_secret(secret: &str) -> String {
 #[serde(rename_all = "kebab-case", tag = "state")]
 pub enum TokenState {
     Active,
-    Used { by: String, at_unix: u64 },
-    Revoked { at_unix: u64 },
+    /// A control-plane joiner presented it and received the cluster's keys; only its
+    /// `JoinComplete`, under the same name, can use it now.
+    Claimed {
+        by: String,
+        at_unix: u64,
+    },
+    Used {
+        by: String,
+        at_unix: u64,
+    },
+    Revoked {
+        at_unix: u64,
+    },
 }
 
 /// The stored half of a token.
@@ -189,7 +202,7 @@ impl TokenRecord {
         }
         match &self.state {
             TokenState::Active => {}
-            TokenState::Used { by, at_unix } => {
+            TokenState::Used { by, at_unix } | TokenState::Claimed { by, at_unix } => {
                 return Err(TokenError::Used {
                     by: by.clone(),
                     at: rfc3339(*at_unix),
@@ -223,11 +236,29 @@ impl TokenRecord {
         Ok(())
     }
 
-    /// "active", "used by n4", "revoked" or "expired", for `k8sd tokens list`.
+    /// The second half of a control-plane join: the token must be the one `name` claimed at
+    /// `Join` (not expired meanwhile: the claim already stopped every other use).
+    pub fn check_claimed(&self, t: &JoinToken, name: &str) -> Result<(), TokenError> {
+        if !constant_time_eq(self.secret_sha256.as_bytes(), t.secret_hash().as_bytes()) {
+            return Err(TokenError::Unknown);
+        }
+        match &self.state {
+            TokenState::Claimed { by, .. } if by == name => Ok(()),
+            TokenState::Claimed { by, at_unix } | TokenState::Used { by, at_unix } => Err(TokenError::Used {
+                by: by.clone(),
+                at: rfc3339(*at_unix),
+            }),
+            TokenState::Revoked { at_unix } => Err(TokenError::Revoked(rfc3339(*at_unix))),
+            TokenState::Active => Err(TokenError::NotClaimed),
+        }
+    }
+
+    /// "active", "joining: n4", "used by n4", "revoked" or "expired", for `k8sd tokens list`.
     pub fn describe(&self, now_unix: u64) -> String {
         match &self.state {
             TokenState::Active if now_unix >= self.expires_unix => "expired".into(),
             TokenState::Active => "active".into(),
+            TokenState::Claimed { by, .. } => format!("used by {by} (joining)"),
             TokenState::Used { by, .. } => format!("used by {by}"),
             TokenState::Revoked { .. } => "revoked".into(),
         }
@@ -294,6 +325,33 @@ mod tests {
         ));
         let v2 = URL_SAFE_NO_PAD.encode(br#"{"v":2,"whatever":1}"#);
         assert_eq!(JoinToken::decode(&v2), Err(TokenError::Version(2)));
+    }
+
+    #[test]
+    fn a_claimed_control_plane_token_serves_only_its_claimant_s_completion() {
+        let t = token(TokenRole::ControlPlane);
+        let mut r = TokenRecord::new(&t, 1000, 60);
+        assert_eq!(r.check_claimed(&t, "n2"), Err(TokenError::NotClaimed));
+        r.state = TokenState::Claimed {
+            by: "n2".into(),
+            at_unix: 1010,
+        };
+        // A replayed Join gets nothing, whoever sends it.
+        for name in ["n2", "n3"] {
+            assert!(matches!(
+                r.check(&t, TokenRole::ControlPlane, name, 1011),
+                Err(TokenError::Used { .. })
+            ));
+        }
+        // Completion: only the claimant, even after the token's expiry.
+        assert_eq!(r.check_claimed(&t, "n2"), Ok(()));
+        assert!(matches!(r.check_claimed(&t, "n3"), Err(TokenError::Used { .. })));
+        let mut forged = t.clone();
+        forged.secret = "cd".repeat(32);
+        assert_eq!(r.check_claimed(&forged, "n2"), Err(TokenError::Unknown));
+        assert_eq!(r.describe(1011), "used by n2 (joining)");
+        let back: TokenRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

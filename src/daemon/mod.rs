@@ -669,6 +669,7 @@ impl Daemon {
             node: datastore.clone(),
             pki_dir: l.pki_dir(),
             kubectl: self.kubectl()?,
+            failed_joins: Default::default(),
         };
         let mut rx = stop;
         tokio::spawn(async move {

@@ -71,10 +71,12 @@ if k 1 init --node-name n1 >/dev/null; then pass "n1: k8sd init"; else fail "n1:
 for i in 2 3; do
   tok=$(k 1 add-node 2>/dev/null) || { fail "add-node for n$i"; exit 1; }
   echo "$tok" > "$work/token-n$i"
-  if k "$i" join --name "n$i" "$tok" >/dev/null; then pass "n$i: k8sd join (control plane)"; else fail "n$i: k8sd join"; exit 1; fi
+  # n2 takes the token as an argument, n3 from a file (kept out of /proc/PID/cmdline).
+  if ((i == 2)); then how=("$tok") what="as an argument"; else how=(--token-file "$work/token-n$i") what="from a file"; fi
+  if k "$i" join --name "n$i" "${how[@]}" >/dev/null; then pass "n$i: k8sd join (control plane; token $what)"; else fail "n$i: k8sd join"; exit 1; fi
 done
 tok=$(k 1 add-node --worker --name n4 2>/dev/null) || { fail "add-node --worker"; exit 1; }
-if k 4 join --worker "$tok" >/dev/null; then pass "n4: k8sd join --worker (name from the token)"; else fail "n4: k8sd join --worker"; exit 1; fi
+if k 4 join --worker --token-file - <<<"$tok" >/dev/null; then pass "n4: k8sd join --worker (token on standard input, name from the token)"; else fail "n4: k8sd join --worker"; exit 1; fi
 
 three_voters() { status_says 1 "$@"; }
 check "status: 3 voters and a worker, HA holds" wait_for 60 "3 voters" three_voters "sorted((n['name'], n['role']) for n in d['nodes']) == [('n1','voter'),('n2','voter'),('n3','voter'),('n4','worker')] and d['ha']" True
@@ -379,6 +381,8 @@ check "a node name already in the cluster is refused" refused_as n1 "already tak
 et=$(k "$keep" add-node --ttl 1s 2>/dev/null); sleep 2
 check "an expired token is refused" refused "expired" "$et"
 check "a refused join left no state and consumed nothing" test ! -e "$(data_of 5)/node.yaml" -a ! -e "$(data_of 5)/pki/ca.key"
+refusal_logged() { grep 'refused a join' "$(data_of "$keep")/logs/k8sd.log" | grep -F "source=$(addr_of 5)" | grep -q 'revoked'; }
+check "n$keep logged the refused joins with the caller's address and the reason" refusal_logged
 tok=$(k "$keep" add-node 2>/dev/null)
 if k 5 join --name n5 "$tok" >/dev/null; then pass "n5 joins with a new token"; else fail "n5 joins with a new token"; fi
 ha_again() { status_says "$keep" "sorted(n['name'] for n in d['nodes'] if n['role']=='voter') == sorted(['n5'] + [n for n in ['n1','n2','n3'] if n != 'n$r']) and d['ha']" True; }
