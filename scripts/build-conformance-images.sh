@@ -223,6 +223,18 @@ prep_agnhost() {
     [[ -e "$1/bin/$applet" || -e "$1/usr/bin/$applet" || -e "$1/sbin/$applet" || -e "$1/usr/sbin/$applet" ]] \
       || ln -s /bin/busybox "$1/usr/bin/$applet"
   done
+  # Upstream's agnhost (and kitten and nautilus, built on it) is Alpine Linux; the ImageVolume
+  # spec reads the image's /etc/os-release through an image volume and expects "Alpine Linux"
+  # there, which also tells the image's file from the (Debian) host's. Alpine's packages cannot
+  # be fetched here, so this stand-in says plainly what it is, naming the image it stands in for.
+  rm -f "$1/etc/os-release" "$1/usr/lib/os-release"
+  cat >"$1/etc/os-release" <<'EOF'
+NAME="k8sd stand-in for an Alpine Linux image"
+PRETTY_NAME="Debian 12 packages standing in for upstream's Alpine Linux e2e test image (built by k8sd)"
+ID=k8sd-standin
+ID_LIKE=debian
+VERSION_ID=12
+EOF
   # adduser -u 1000 user-defined-in-image; addgroup -g 50000 group-defined-in-image (upstream).
   echo 'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >>"$1/etc/passwd"
   printf 'user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n' >>"$1/etc/group"

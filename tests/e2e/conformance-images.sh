@@ -212,6 +212,9 @@ for p in kitten nautilus; do
   check "$p serves its data.json on :80 (test-webserver)" \
     in_agnhost sh -c "curl -sf http://$ip:80/data.json | grep -qi $p"
 done
+# What the ImageVolume spec reads from the kitten image mounted as a volume.
+check "kitten holds data.json naming kitten.jpg and an /etc/os-release naming Alpine Linux (the image it stands in for)" \
+  kubectl exec kitten -- sh -c 'grep -q kitten.jpg /data.json && grep -q "Alpine Linux" /etc/os-release'
 for p in nginx nginx-new; do
   ip=$(kubectl get pod "$p" -o jsonpath='{.status.podIP}')
   check "$p serves on :80" in_agnhost sh -c "curl -sf http://$ip:80/ | grep -q 'Welcome to nginx'"
