@@ -203,6 +203,33 @@ pub fn export_snapshot(db: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Turn a copy of a member's database into the seed of a new cluster (`k8sd restore`): the
+/// data, revisions, compaction point and leases stay; the Raft bookkeeping of the old cluster
+/// goes (applied log id, membership, replicated cluster id, dedup rows), the applied position
+/// returns to 0 and the member id is fresh. A group of one can then bootstrap on it and number
+/// its log from the start, while revisions go on from where the backup left them.
+pub fn reseed_for_new_cluster(db: &Path) -> Result<()> {
+    let mut conn = Connection::open(db).map_err(sq(db))?;
+    let tx = conn.transaction().map_err(sq(db))?;
+    let raft_tables: i64 = tx
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('raft_meta', 'dedup')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sq(db))?;
+    if raft_tables == 2 {
+        tx.execute_batch("DELETE FROM raft_meta; DELETE FROM dedup;")
+            .map_err(sq(db))?;
+    }
+    meta_set(&tx, "applied_index", 0).map_err(sq(db))?;
+    meta_set(&tx, "applied_term", 0).map_err(sq(db))?;
+    let member_id: u64 = rand::random::<u64>() >> 1 | 1;
+    meta_set(&tx, "member_id", to_i64(member_id)).map_err(sq(db))?;
+    tx.commit().map_err(sq(db))?;
+    Ok(())
+}
+
 /// One `raft_meta` row of the database file at `db` (a live store or a snapshot file).
 pub fn read_raft_meta(db: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(db))?;
