@@ -134,8 +134,8 @@ fn sha256_file(path: &Path) -> Result<String, BackupError> {
 
 /// Write `members` (archive path, source file) and a manifest built from `base` with their
 /// checksums to `out`, mode 0600 (the archive holds the CA keys). The archive appears under
-/// its name only when complete: it is written to `<out>.part`, synced, then renamed; a
-/// failure removes the partial file.
+/// its name only when complete: it is written to `<out>.part`, synced, then linked to `out`
+/// (never replacing a file there); the partial file is removed whatever happens.
 pub fn write(out: &Path, base: Manifest, members: &[(String, PathBuf)]) -> Result<Manifest, BackupError> {
     if out.exists() {
         return Err(BackupError::Exists {
@@ -149,15 +149,20 @@ pub fn write(out: &Path, base: Manifest, members: &[(String, PathBuf)]) -> Resul
         manifest.files.insert(name.clone(), sha256_file(src)?);
     }
     let part = PathBuf::from(format!("{}.part", out.display()));
+    // A hard link, not a rename, puts the finished archive in place: it fails instead of
+    // replacing a file that appeared at `out` meanwhile.
     let res = write_tar(&part, &manifest, members).and_then(|()| {
-        fs::rename(&part, out).map_err(|source| BackupError::Write {
-            path: out.to_path_buf(),
-            source,
+        fs::hard_link(&part, out).map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => BackupError::Exists {
+                path: out.to_path_buf(),
+            },
+            _ => BackupError::Write {
+                path: out.to_path_buf(),
+                source,
+            },
         })
     });
-    if res.is_err() {
-        let _ = fs::remove_file(&part);
-    }
+    let _ = fs::remove_file(&part);
     res.map(|()| manifest)
 }
 
