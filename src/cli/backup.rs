@@ -270,6 +270,7 @@ fn unpack_and_install(
         service_cidr: Some(archived.service_cidr.clone()),
         extra_sans: archived.extra_sans.clone(),
         disable: archived.disable.clone(),
+        extra_args: archived.extra_args.clone(),
     };
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
     // The old cluster's member and token records go: its other nodes are not members of the

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 
-use super::node::{RunArgs, check_writable, drive};
+use super::node::{ExtraArgFlags, RunArgs, check_writable, drive};
 use crate::cluster::token::{self, JoinToken};
 use crate::daemon::ControlClient;
 use crate::daemon::api::{API_VERSION, JoinArgs, Message, Request};
@@ -35,6 +35,8 @@ pub struct JoinCliArgs {
     /// This node's address for the cluster (default: first non-loopback IPv4).
     #[arg(long)]
     pub advertise_address: Option<String>,
+    #[command(flatten)]
+    pub extra_args: ExtraArgFlags,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -113,6 +115,7 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
     let req = config::InitRequest {
         node_name: args.name.clone().or(t.name.clone()),
         advertise_address: args.advertise_address.clone(),
+        extra_args: args.extra_args.to_extra_args()?,
         ..Default::default()
     };
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
@@ -122,6 +125,7 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
         worker: args.worker,
         node_name: req.node_name,
         advertise_address: args.advertise_address,
+        extra_args: req.extra_args,
     };
     let ports = if args.worker {
         config::WORKER_PORTS

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 
 use crate::daemon::api::{API_VERSION, Message, Request, StatusReport};
 use crate::daemon::config::{self, InitRequest};
+use crate::daemon::extra_args::ExtraArgs;
 use crate::daemon::{ControlClient, Daemon, DaemonOptions};
 use crate::paths::{self, Layout};
 
@@ -67,6 +68,43 @@ pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Changes to the components' flags, shared by `init` and `join`. Each takes NAME=VALUE (add a
+/// flag, or replace k8sd's value) or NAME- (remove one of k8sd's flags), and may repeat.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ExtraArgFlags {
+    /// A kube-apiserver flag: NAME=VALUE sets it, NAME- removes k8sd's default (repeatable).
+    #[arg(long = "kube-apiserver-arg", value_name = "NAME=VALUE")]
+    pub kube_apiserver: Vec<String>,
+    /// A kube-controller-manager flag, as --kube-apiserver-arg.
+    #[arg(long = "kube-controller-manager-arg", value_name = "NAME=VALUE")]
+    pub kube_controller_manager: Vec<String>,
+    /// A kube-scheduler flag, as --kube-apiserver-arg.
+    #[arg(long = "kube-scheduler-arg", value_name = "NAME=VALUE")]
+    pub kube_scheduler: Vec<String>,
+    /// A kubelet flag, as --kube-apiserver-arg.
+    #[arg(long = "kubelet-arg", value_name = "NAME=VALUE")]
+    pub kubelet: Vec<String>,
+    /// A kube-proxy flag, as --kube-apiserver-arg.
+    #[arg(long = "kube-proxy-arg", value_name = "NAME=VALUE")]
+    pub kube_proxy: Vec<String>,
+}
+
+impl ExtraArgFlags {
+    pub fn to_extra_args(&self) -> Result<ExtraArgs, config::ConfigError> {
+        let mut x = ExtraArgs::default();
+        for (component, items) in [
+            ("kube-apiserver", &self.kube_apiserver),
+            ("kube-controller-manager", &self.kube_controller_manager),
+            ("kube-scheduler", &self.kube_scheduler),
+            ("kubelet", &self.kubelet),
+            ("kube-proxy", &self.kube_proxy),
+        ] {
+            x.add_cli(component, items)?;
+        }
+        Ok(x)
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// Kubernetes node name (default: the host name, lowercased).
@@ -88,7 +126,10 @@ pub struct InitArgs {
     /// change later with `k8sd enable|disable NAME`).
     #[arg(long, value_delimiter = ',')]
     pub disable: Vec<String>,
-    /// YAML file with the same settings (kebab-case keys); flags win.
+    #[command(flatten)]
+    pub extra_args: ExtraArgFlags,
+    /// YAML file with the same settings (kebab-case keys; component flags under
+    /// `extra-args: {COMPONENT: {NAME: VALUE}}`, a null VALUE removes); flags win.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Give up waiting for the node after this many seconds.
@@ -106,6 +147,7 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
         service_cidr: args.service_cidr,
         extra_sans: args.extra_sans,
         disable: args.disable,
+        extra_args: args.extra_args.to_extra_args()?,
     };
     if let Some(file) = &args.config {
         req = req.merge_file(config::read_init_file(file)?);

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::InitRequest;
+use super::extra_args::ExtraArgs;
 
 pub const API_VERSION: u32 = 1;
 
@@ -88,6 +89,10 @@ pub struct JoinArgs {
     pub worker: bool,
     pub node_name: Option<String>,
     pub advertise_address: Option<String>,
+    /// Changes to component flags (`--kubelet-arg` and its siblings). Skipped when empty, so
+    /// an older daemon still accepts the request.
+    #[serde(default, skip_serializing_if = "ExtraArgs::is_empty")]
+    pub extra_args: ExtraArgs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -204,6 +209,9 @@ pub struct ComponentReport {
     pub restarts: u32,
     pub last_exit: Option<String>,
     pub last_lines: Vec<String>,
+    /// The command line after the program: k8sd's defaults with the operator's extra args.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

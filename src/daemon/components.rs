@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use super::config::NodeConfig;
+use super::extra_args;
 use crate::paths::{Layout, RuntimeDir};
 
 pub const APISERVER_PORT: u16 = 6443;
@@ -135,7 +136,7 @@ pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
             c.layout.encryption_config().display().to_string(),
         )]));
     }
-    args
+    with_changes(c, "kube-apiserver", args)
 }
 
 pub fn controller_manager_args(c: &Ctx<'_>) -> Vec<String> {
@@ -159,7 +160,7 @@ pub fn controller_manager_args(c: &Ctx<'_>) -> Vec<String> {
         ("profiling", "false".into()),
     ]);
     args.extend(flags(&tls_flags()));
-    args
+    with_changes(c, "kube-controller-manager", args)
 }
 
 /// /24 per node, or the whole range when it is already that small.
@@ -182,7 +183,7 @@ pub fn scheduler_args(c: &Ctx<'_>) -> Vec<String> {
         ("profiling", "false".into()),
     ]);
     args.extend(flags(&tls_flags()));
-    args
+    with_changes(c, "kube-scheduler", args)
 }
 
 pub fn containerd_args(c: &Ctx<'_>) -> Vec<String> {
@@ -190,7 +191,7 @@ pub fn containerd_args(c: &Ctx<'_>) -> Vec<String> {
 }
 
 pub fn kubelet_args(c: &Ctx<'_>) -> Vec<String> {
-    flags(&[
+    let args = flags(&[
         ("config", c.config("kubelet.yaml")),
         ("kubeconfig", c.kubeconfig("kubelet.conf")),
         ("hostname-override", c.cfg.node_name.clone()),
@@ -200,11 +201,29 @@ pub fn kubelet_args(c: &Ctx<'_>) -> Vec<String> {
             "cert-dir",
             c.layout.kubelet_root().join("pki").display().to_string(),
         ),
-    ])
+    ]);
+    with_changes(c, "kubelet", args)
 }
 
 pub fn kube_proxy_args(c: &Ctx<'_>) -> Vec<String> {
-    flags(&[("config", c.config("kube-proxy.yaml"))])
+    with_changes(c, "kube-proxy", flags(&[("config", c.config("kube-proxy.yaml"))]))
+}
+
+/// k8sd's defaults for `component` with the operator's changes applied (`extra_args`).
+fn with_changes(c: &Ctx<'_>, component: &str, defaults: Vec<String>) -> Vec<String> {
+    extra_args::apply(defaults, c.cfg.extra_args.changes(component))
+}
+
+/// A Kubernetes component's arguments by the name it runs under (`extra_args::COMPONENTS`).
+pub fn kube_args(component: &str, c: &Ctx<'_>) -> Option<Vec<String>> {
+    Some(match component {
+        "kube-apiserver" => apiserver_args(c),
+        "kube-controller-manager" => controller_manager_args(c),
+        "kube-scheduler" => scheduler_args(c),
+        "kubelet" => kubelet_args(c),
+        "kube-proxy" => kube_proxy_args(c),
+        _ => return None,
+    })
 }
 
 const CONTAINERD_TEMPLATE: &str = include_str!("../../assets/containerd/config.toml");
@@ -305,7 +324,32 @@ mod tests {
             extra_sans: vec![],
             control_plane: vec![],
             disable: vec![],
+            extra_args: Default::default(),
         }
+    }
+
+    #[test]
+    fn operators_changes_reach_only_the_named_component() {
+        let layout = Layout::new("/d", "/r");
+        let mut cfg = cfg();
+        let items = ["profiling-", "event-ttl=2h", "--anonymous-auth=true"].map(String::from);
+        cfg.extra_args.add_cli("kube-apiserver", &items).unwrap();
+        let ctx = Ctx {
+            layout: &layout,
+            cfg: &cfg,
+            cgroup_root: "/",
+            encrypt_secrets: true,
+        };
+        let a = apiserver_args(&ctx);
+        assert!(!a.iter().any(|x| x.starts_with("--profiling=")), "{a:?}");
+        assert!(a.contains(&"--event-ttl=2h".to_string()));
+        let anon: Vec<_> = a.iter().filter(|x| x.starts_with("--anonymous-auth=")).collect();
+        assert_eq!(anon, ["--anonymous-auth=true"]);
+        assert!(scheduler_args(&ctx).contains(&"--profiling=false".to_string()));
+        for c in extra_args::COMPONENTS {
+            assert!(kube_args(c, &ctx).is_some(), "{c}");
+        }
+        assert!(kube_args("containerd", &ctx).is_none());
     }
 
     #[test]

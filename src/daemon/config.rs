@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::extra_args::{ExtraArgs, ExtraArgsError};
 use crate::pki::IpCidr;
 
 /// The init request as the user gives it (flags override the file). Crosses the control socket.
@@ -22,6 +23,10 @@ pub struct InitRequest {
     /// empty so that an older daemon, which refuses unknown fields, still accepts the request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disable: Vec<String>,
+    /// Operators' changes to component flags (`--kube-apiserver-arg` and its siblings, or
+    /// `extra-args:` in the file). Skipped when empty, as `disable` is.
+    #[serde(default, skip_serializing_if = "ExtraArgs::is_empty")]
+    pub extra_args: ExtraArgs,
 }
 
 impl InitRequest {
@@ -37,6 +42,7 @@ impl InitRequest {
         if self.disable.is_empty() {
             self.disable = file.disable;
         }
+        self.extra_args.merge_missing(file.extra_args);
         self
     }
 }
@@ -87,6 +93,10 @@ pub struct NodeConfig {
     /// cannot turn them on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disable: Vec<String>,
+    /// Operators' changes to component flags, applied over k8sd's defaults at every start
+    /// (`extra_args`). Absent in a node.yaml written before they existed.
+    #[serde(default, skip_serializing_if = "ExtraArgs::is_empty")]
+    pub extra_args: ExtraArgs,
 }
 
 impl NodeConfig {
@@ -143,6 +153,8 @@ pub enum ConfigError {
     /// Not a `#[source]`: the message already holds it, and the CLI prints sources too.
     #[error("{0}; fix --disable or the config file's `disable:` list")]
     Addon(crate::addons::AddonError),
+    #[error("{0}; nothing was changed")]
+    ExtraArgs(#[from] ExtraArgsError),
 }
 
 impl From<crate::addons::AddonError> for ConfigError {
@@ -206,6 +218,7 @@ pub fn validate(
         });
     }
     let disable = crate::addons::parse_list(&req.disable)?;
+    req.extra_args.validate()?;
     for san in &req.extra_sans {
         if san.is_empty() || san.contains(char::is_whitespace) {
             return Err(invalid("extra SAN", san, "must be a DNS name or an IP address"));
@@ -221,6 +234,7 @@ pub fn validate(
         extra_sans: req.extra_sans.clone(),
         control_plane: Vec::new(),
         disable: disable.iter().map(|a| a.name().to_string()).collect(),
+        extra_args: req.extra_args.clone(),
     })
 }
 

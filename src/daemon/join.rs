@@ -208,6 +208,7 @@ impl Daemon {
         let req = InitRequest {
             node_name: args.node_name.clone().or(t.name.clone()),
             advertise_address: args.advertise_address.clone(),
+            extra_args: args.extra_args.clone(),
             ..Default::default()
         };
         let mut cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
@@ -217,6 +218,11 @@ impl Daemon {
             config::PORTS
         })?;
         self.preflight()?;
+        if args.worker {
+            // For the extra-args check (join_worker sets it too).
+            cfg.role = Role::Worker;
+        }
+        self.check_extra_args(&cfg).await?;
         for dir in [l.pki_dir(), l.kubeconfig_dir(), l.config_dir(), l.datastore_dir()] {
             super::mkdir(&dir, 0o700)?;
         }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod components;
 pub mod config;
 mod control;
+pub mod extra_args;
 mod join;
 mod mirror;
 mod noderole;
@@ -268,6 +269,7 @@ impl Daemon {
         let cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;
         config::check_ports(config::PORTS)?;
         self.preflight()?;
+        self.check_extra_args(&cfg).await?;
         // The cluster's Secrets key is made once, here: a joining control-plane node receives
         // this file, and a restart never makes a new one (see `secrets_encryption`).
         mkdir(&self.opts.layout.pki_dir(), 0o700)?;
@@ -283,6 +285,47 @@ impl Daemon {
             self.set_phase(Phase::Failed(e.to_string()));
         }
         res
+    }
+
+    /// Every component the operator changed must accept its whole command line
+    /// (`extra_args::check_with_component`): checked before anything is written, so a refused
+    /// flag leaves the node as it was.
+    async fn check_extra_args(&self, cfg: &NodeConfig) -> Result<(), DaemonError> {
+        if cfg.extra_args.is_empty() {
+            return Ok(());
+        }
+        let kubebin = self.kubebin()?;
+        let ctx = Ctx {
+            layout: &self.opts.layout,
+            cfg,
+            cgroup_root: &self.opts.cgroup_root,
+            encrypt_secrets: cfg.role == Role::ControlPlane,
+        };
+        let mut checks = Vec::new();
+        for (component, changes) in &cfg.extra_args.0 {
+            if changes.is_empty() {
+                continue;
+            }
+            let runs_here =
+                cfg.role == Role::ControlPlane || ["kubelet", "kube-proxy"].contains(&component.as_str());
+            let args = components::kube_args(component, &ctx)
+                .filter(|_| runs_here)
+                .ok_or_else(|| {
+                    config::ConfigError::from(extra_args::ExtraArgsError::NotOnThisNode {
+                        component: component.clone(),
+                        role: cfg.role_name(),
+                    })
+                })?;
+            checks.push((component.clone(), args, changes.clone()));
+        }
+        tokio::task::spawn_blocking(move || {
+            checks.iter().try_for_each(|(c, args, changes)| {
+                extra_args::check_with_component(&kubebin, c, args, changes)
+            })
+        })
+        .await
+        .map_err(|e| DaemonError::Other(format!("checking extra args: {e}")))?
+        .map_err(|e| DaemonError::Config(e.into()))
     }
 
     fn kubebin(&self) -> Result<PathBuf, DaemonError> {

@@ -170,6 +170,7 @@ async fn components_report(report: &mut StatusReport, d: &Daemon, r: &super::Run
             restarts: c.restarts,
             last_exit: c.last_exit,
             last_lines: c.last_lines.into_iter().rev().take(5).rev().collect(),
+            args: c.args,
         })
         .collect();
     let now = time::OffsetDateTime::now_utc();

@@ -107,6 +107,8 @@ pub struct ComponentStatus {
     pub last_lines: Vec<String>,
     /// When `state` last changed.
     pub since: SystemTime,
+    /// The arguments it runs with (after the program), for `k8sd status -o json`.
+    pub args: Vec<String>,
 }
 
 /// Starts, watches, restarts and stops the components. See the module docs.
@@ -477,6 +479,12 @@ impl Shared {
             last_exit: s.last_exit,
             last_lines: self.log.tail(),
             since: s.since,
+            args: self
+                .spec
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
         }
     }
 }

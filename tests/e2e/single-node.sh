@@ -54,8 +54,27 @@ status_says() {
 
 make_host "$ns" 1
 
+log "0. bad component flags are refused before anything is written"
+refused_init() {
+  local want=$1 out rc; shift
+  out=$(k8sd init --node-name e2e-1 "$@" 2>&1); rc=$?
+  [[ $rc -ne 0 && $out == *"$want"* && ! -e "$data/node.yaml" && ! -e "$data/pki" ]] && return 0
+  log "init $* gave rc=$rc: $out"; return 1
+}
+check "an unknown kube-apiserver flag is refused with kube-apiserver's own message" \
+  refused_init "unknown flag: --no-such-flag" --kube-apiserver-arg=no-such-flag=1
+check "a kubelet flag with a malformed value is refused with the kubelet's message" \
+  refused_init 'invalid argument "x" for "-v, --v" flag' --kubelet-arg=v=x
+check "an extra arg that is neither NAME=VALUE nor NAME- is refused" refused_init "NAME=VALUE" --kube-proxy-arg=bogus
+printf 'extra-args:\n  kube-apiservr: {v: 1}\n' > "$work/bad-init.yaml"
+check "an unknown component in the config file is refused" refused_init "unknown component" --config "$work/bad-init.yaml"
+
 log "1. k8sd init"
-if k8sd init --node-name e2e-1; then pass "k8sd init returns once the node is ready"; else fail "k8sd init"; exit 1; fi
+# One flag changed on the command line, one of k8sd's defaults removed through the config file.
+printf 'extra-args:\n  kube-controller-manager:\n    profiling: null\n' > "$work/init.yaml"
+if k8sd init --node-name e2e-1 --kube-apiserver-arg=event-ttl=2h --config "$work/init.yaml"; then
+  pass "k8sd init returns once the node is ready"
+else fail "k8sd init"; exit 1; fi
 check "status: ready, node Ready" status_says "d['ready'] and d['kubernetes-node']['ready']" True
 check "status: every component running" status_says "all(c['running'] for c in d['components']) and len(d['components'])" 6
 check "status: datastore voter and leader" status_says "d['datastore']['members'][0]['role']+' '+str(d['datastore']['members'][0]['leader'])" "voter True"
@@ -87,6 +106,23 @@ init_refused() {
   [[ $rc -ne 0 && $out == *"already initialised"* && $(sha256sum < "$data/node.yaml") == "$sha" ]]
 }
 check "init on an initialised node is refused and changes nothing" init_refused
+cmdline_of() {
+  local pid; pid=$(json_get "$work/status.json" "[c['pid'] for c in d['components'] if c['name']=='$1'][0]") || return 1
+  tr '\0' '\n' < "/proc/$pid/cmdline"
+}
+extra_args_applied() {
+  status_json || return 1
+  [[ $(cmdline_of kube-apiserver | grep -c '^--event-ttl=') == 1 ]] && cmdline_of kube-apiserver | grep -qx -- '--event-ttl=2h' \
+    && cmdline_of kube-controller-manager | grep -q -- '--leader-elect=true' \
+    && ! cmdline_of kube-controller-manager | grep -q -- '--profiling' \
+    && cmdline_of kube-scheduler | grep -qx -- '--profiling=false' \
+    && [[ $(json_get "$work/status.json" "'--event-ttl=2h' in [c for c in d['components'] if c['name']=='kube-apiserver'][0]['args']") == True ]] \
+    && grep -q 'event-ttl: 2h' "$data/node.yaml" && return 0
+  log "kube-apiserver: $(cmdline_of kube-apiserver | tr '\n' ' ')"
+  log "kube-controller-manager: $(cmdline_of kube-controller-manager | tr '\n' ' ')"
+  return 1
+}
+check "extra args: kube-apiserver runs with --event-ttl=2h (once), controller-manager without --profiling, others keep k8sd's defaults, status -o json and node.yaml show them" extra_args_applied
 
 log "1b. Secrets are encrypted at rest"
 plain="e2e-plaintext-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
