@@ -44,6 +44,12 @@ pub const ENV_RUN_DIR: &str = "K8SD_RUN_DIR";
 /// The pinned Kubernetes version (the one pin lives in assets/kube/VERSION).
 pub const KUBE_VERSION: &str = include_str!("../assets/kube/VERSION");
 
+/// 0700, beside a `k8sd backup` archive: the datastore snapshot while it is archived (same
+/// filesystem as the archive, so a full disk is reported against the path the user chose).
+pub fn backup_scratch(archive_dir: &Path) -> PathBuf {
+    archive_dir.join(format!(".k8sd-backup-{}", std::process::id()))
+}
+
 pub fn kube_version() -> &'static str {
     KUBE_VERSION.trim()
 }
@@ -147,6 +153,10 @@ impl Layout {
     /// 0700: the datastore's SQLite files.
     pub fn datastore_dir(&self) -> PathBuf {
         self.d("datastore")
+    }
+    /// 0700: `k8sd restore`'s scratch copy of an archive while it is verified and prepared.
+    pub fn restore_scratch(&self) -> PathBuf {
+        self.d(&format!(".k8sd-restore-{}", std::process::id()))
     }
     /// 0700: rendered component configuration files.
     pub fn config_dir(&self) -> PathBuf {

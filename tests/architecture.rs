@@ -107,6 +107,7 @@ fn each_module_names_only_the_modules_the_map_allows() {
         ("pki", &[]),
         ("images", &[]),
         ("template", &[]),
+        ("backup", &[]),
         ("addons", &["images", "template"]),
         ("lb", &["httpc"]),
         ("mirror", &[]),

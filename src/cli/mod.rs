@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod backup;
 mod cluster;
 mod datastore;
 mod images;
@@ -55,6 +56,12 @@ pub enum Command {
     Config,
     /// Show a component's log.
     Logs(node::LogsArgs),
+    /// Write one consistent archive of this control-plane node: datastore snapshot, PKI,
+    /// node and cluster config, manifest with checksums. Works while the cluster serves.
+    Backup(backup::BackupArgs),
+    /// Build a new single-node cluster from a `k8sd backup` archive on a fresh machine (same
+    /// CA, same data, revisions preserved); other nodes then join with new tokens.
+    Restore(backup::RestoreArgs),
     /// Run the etcd-compatible datastore on its own (accepts etcd's core flags).
     Datastore(datastore::DatastoreArgs),
     /// Build, list and import the local container images (pause, busybox, add-ons).
@@ -82,6 +89,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Config => node::config(cli.layout.layout()),
         Command::Logs(args) => node::logs(cli.layout.layout(), args),
         Command::Images(args) => images::run(args),
+        Command::Backup(args) => backup::backup(cli.layout.layout(), args),
+        Command::Restore(args) => backup::restore(cli.layout.layout(), args),
     }
 }
 

@@ -15,7 +15,9 @@ pub use mvcc::{
     Checkpointer, Durability, KvHash, LogPosition, Meta, ReadView, Reader, Store, execute_range, validate_txn,
 };
 // Raft-only additions (src/datastore/mvcc/raft_ext.rs).
-pub use mvcc::{DedupPrune, RaftApplied, RaftCommand, export_snapshot, read_raft_meta};
+pub use mvcc::{
+    DedupPrune, RaftApplied, RaftCommand, export_snapshot, read_raft_meta, reseed_for_new_cluster,
+};
 pub use types::*;
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ use super::sql::{self, SCHEMA, SCHEMA_VERSION, latest_kv, meta_get, meta_set};
 use super::types::*;
 
 mod raft_ext;
-pub use raft_ext::{DedupPrune, RaftApplied, RaftCommand, export_snapshot, read_raft_meta};
+pub use raft_ext::{
+    DedupPrune, RaftApplied, RaftCommand, export_snapshot, read_raft_meta, reseed_for_new_cluster,
+};
 
 /// Largest TTL a lease may ask for (etcd's `MaxLeaseTTL`).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;

@@ -264,6 +264,12 @@ impl Node {
         node_raft.wait_for_recovery(Duration::from_secs(60)).await?;
         let mut reader = Reader::open(&db_path)?;
         let view = reader.view()?;
+        // A group founded on a restored store: its log does not hold the data, so it must never
+        // be replayed to a new member from index 0. Checked at every start, so a crash between
+        // the bootstrap and the purge is caught at the next one.
+        if node_raft.log_lacks_store_data(view.current_rev) {
+            node_raft.snapshot_and_purge_log(Duration::from_secs(60)).await?;
+        }
         lessor.reset(&reader.leases()?, Instant::now());
         {
             let mut m = shared_meta.lock().unwrap_or_else(|p| p.into_inner());

@@ -734,6 +734,49 @@ impl RaftNode {
             .map_err(|e| RaftNodeError::Membership(e.to_string()))
     }
 
+    /// Whether this member's log must be folded into a snapshot before anyone joins: it is the
+    /// group's only voter, its log was never purged, and its store holds revisions (`rev > 1`).
+    /// That is a group founded on a restored store (`k8sd restore`), whose log starts at the
+    /// bootstrap entry and does not carry the data; also a young one-node cluster, for which a
+    /// snapshot is merely early compaction.
+    pub fn log_lacks_store_data(&self, store_rev: i64) -> bool {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        store_rev > 1 && m.purged.is_none() && voters == [self.inner.id]
+    }
+
+    /// Snapshot everything applied and purge the log the snapshot covers, so a member that
+    /// joins later receives the store as a snapshot. Replaying the log from index 0 instead
+    /// would give it an empty store with other revisions (see `log_lacks_store_data`).
+    pub async fn snapshot_and_purge_log(&self, timeout: Duration) -> Result<(), RaftNodeError> {
+        let raft = &self.inner.raft;
+        let waited = |e: openraft::metrics::WaitError| RaftNodeError::Stopped(e.to_string());
+        let m = raft
+            .wait(Some(timeout))
+            .metrics(|m| m.last_applied.is_some(), "the bootstrap entry applied")
+            .await
+            .map_err(waited)?;
+        let upto = m.last_applied.map(|l| l.index).unwrap_or(0);
+        raft.trigger().snapshot().await.map_err(stopped)?;
+        raft.wait(Some(timeout))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= upto),
+                "a snapshot of the whole store",
+            )
+            .await
+            .map_err(waited)?;
+        raft.trigger().purge_log(upto).await.map_err(stopped)?;
+        raft.wait(Some(timeout))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "the log purged")
+            .await
+            .map_err(waited)?;
+        tracing::info!(
+            upto,
+            "folded the log into a snapshot: joining members receive the store whole"
+        );
+        Ok(())
+    }
+
     /// Propose a command and return its outcome: the command output, or the client error it
     /// caused (a failed compare is not an error at all: it is an output with `succeeded =
     /// false`). The outer error is about Raft: no leader within the deadline, a stopped node,

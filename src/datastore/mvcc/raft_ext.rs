@@ -21,7 +21,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{Result, Store, StoreError, apply_one, sq, write_meta};
 use crate::datastore::sql::meta_set;
-use crate::datastore::types::{Command, CommandOutput, Event};
+use crate::datastore::types::{Command, CommandOutput, DeleteRequest, Event, KeyRange, Op, TxnRequest};
 use crate::datastore::{LogPosition, mvcc::to_i64};
 
 const RAFT_META_SCHEMA: &str = "
@@ -203,6 +203,59 @@ pub fn export_snapshot(db: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Turn a copy of a member's database into the seed of a new cluster (`k8sd restore`).
+///
+/// The data, revisions, compaction point and leases stay. Every key under `drop_prefixes`
+/// (the old cluster's member and token records, named by the caller) is deleted by one
+/// ordinary command, so the deletion takes the next revision and is in the history like any
+/// other write. Then the Raft bookkeeping of the old cluster goes (applied log id,
+/// membership, replicated cluster id, dedup rows), the applied position returns to 0 and the
+/// member id is fresh. A group of one can then bootstrap on it and number its log from the
+/// start, while revisions go on from where the backup left them.
+pub fn reseed_for_new_cluster(db: &Path, drop_prefixes: &[&[u8]]) -> Result<()> {
+    if !drop_prefixes.is_empty() {
+        let mut store = Store::open(db, super::Durability::Normal)?;
+        let success = drop_prefixes
+            .iter()
+            .map(|p| {
+                let mut end = p.to_vec();
+                if let Some(last) = end.last_mut() {
+                    *last += 1;
+                }
+                Op::Delete(DeleteRequest {
+                    range: KeyRange::new(p.to_vec(), end),
+                    prev_kv: false,
+                })
+            })
+            .collect();
+        let cmd = Command::Txn(TxnRequest {
+            compare: vec![],
+            success,
+            failure: vec![],
+        });
+        let m = store.meta();
+        let pos = LogPosition {
+            index: m.applied_index + 1,
+            term: m.applied_term,
+        };
+        let (mut out, _) = store.apply_batch(&[(pos, &cmd)])?;
+        if let Some(Err(e)) = out.pop() {
+            return Err(e);
+        }
+    }
+    let mut conn = Connection::open(db).map_err(sq(db))?;
+    let tx = conn.transaction().map_err(sq(db))?;
+    tx.execute_batch(RAFT_META_SCHEMA).map_err(sq(db))?;
+    tx.execute_batch("DELETE FROM raft_meta; DELETE FROM dedup;")
+        .map_err(sq(db))?;
+    meta_set(&tx, "applied_index", 0).map_err(sq(db))?;
+    meta_set(&tx, "applied_term", 0).map_err(sq(db))?;
+    let member_id: u64 = rand::random::<u64>() >> 1 | 1;
+    meta_set(&tx, "member_id", to_i64(member_id)).map_err(sq(db))?;
+    tx.commit().map_err(sq(db))?;
+    Ok(())
+}
+
 /// One `raft_meta` row of the database file at `db` (a live store or a snapshot file).
 pub fn read_raft_meta(db: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(db))?;
@@ -299,5 +352,76 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(&out[0], RaftApplied::Duplicate(o) if o == b"o"));
+    }
+
+    /// `k8sd restore`: the seed keeps its data and revision, loses the listed prefixes through
+    /// one new revision, and carries no Raft bookkeeping of the old cluster.
+    #[test]
+    fn a_reseeded_copy_keeps_data_and_revisions_and_drops_the_old_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let mut a = Store::open(&db, Durability::Normal).unwrap();
+        a.enable_raft_meta().unwrap();
+        let cmds: Vec<Command> = [
+            "/registry/keep",
+            "/k8sd/members/old",
+            "/k8sd/tokens/t1",
+            "/k8sd/cluster",
+        ]
+        .into_iter()
+        .map(put)
+        .collect();
+        let batch: Vec<RaftCommand<'_>> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, cmd)| RaftCommand {
+                pos: LogPosition {
+                    index: i as u64 + 1,
+                    term: 2,
+                },
+                cmd,
+                dedup: Some((7, i as u64)),
+            })
+            .collect();
+        a.apply_raft_batch(
+            &batch,
+            LogPosition { index: 9, term: 2 },
+            &[("membership", b"old")],
+            &|_| Vec::new(),
+            &DedupPrune::default(),
+        )
+        .unwrap();
+        let before = a.meta();
+        drop(a);
+
+        reseed_for_new_cluster(&db, &[b"/k8sd/members/", b"/k8sd/tokens/"]).unwrap();
+        let b = Store::open(&db, Durability::Normal).unwrap();
+        let m = b.meta();
+        assert_eq!(
+            m.current_rev,
+            before.current_rev + 1,
+            "the deletion takes one revision"
+        );
+        assert_eq!((m.applied_index, m.applied_term), (0, 0));
+        assert_ne!(m.member_id, before.member_id);
+        assert_eq!(b.raft_meta("membership").unwrap(), None);
+        let dedup: i64 = b
+            .conn
+            .query_row("SELECT count(*) FROM dedup", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(dedup, 0);
+        let mut reader = Reader::open(&db).unwrap();
+        let keys: Vec<Vec<u8>> = reader
+            .range(&RangeRequest {
+                range: KeyRange::new(b"/".to_vec(), vec![0]),
+                ..Default::default()
+            })
+            .unwrap()
+            .0
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, vec![b"/k8sd/cluster".to_vec(), b"/registry/keep".to_vec()]);
     }
 }
