@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -287,23 +287,6 @@ pub fn unpack_verified(archive: &Path, dest: &Path) -> Result<Manifest, BackupEr
     Ok(manifest)
 }
 
-/// Flush `w` and turn an error into a write error on `path` (used for small files).
-pub fn write_file_0600(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
-    let werr = |source| BackupError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(werr)?;
-    f.write_all(bytes).map_err(werr)?;
-    f.sync_all().map_err(werr)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,7 +308,8 @@ mod tests {
     fn sources(dir: &Path) -> Vec<(String, PathBuf)> {
         fs::create_dir_all(dir.join("pki/sub")).unwrap();
         fs::write(dir.join("state.db"), vec![7u8; 100_000]).unwrap();
-        write_file_0600(&dir.join("pki/ca.key"), b"secret").unwrap();
+        fs::write(dir.join("pki/ca.key"), b"secret").unwrap();
+        fs::set_permissions(dir.join("pki/ca.key"), fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(dir.join("pki/sub/enc.yaml"), b"key: 1").unwrap();
         let mut m = vec![(SNAPSHOT_ENTRY.to_string(), dir.join("state.db"))];
         for (rel, full) in walk(&dir.join("pki")).unwrap() {
