@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -175,7 +174,7 @@ pub fn apply(defaults: Vec<String>, changes: Option<&Changes>) -> Vec<String> {
 /// Run `kubebin COMPONENT ARGS... --help`: the component's flag parser reads the whole command
 /// line and exits 0 without starting, or fails with its own message on an unknown flag or a
 /// malformed value.
-pub fn check_with_component(
+pub async fn check_with_component(
     kubebin: &Path,
     component: &str,
     args: &[String],
@@ -186,51 +185,29 @@ pub fn check_with_component(
         component: component.to_string(),
         reason,
     };
-    let mut child = Command::new(kubebin)
+    let run = tokio::process::Command::new(kubebin)
         .arg(component)
         .args(args)
         .arg("--help")
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .map_err(|_| check_err("it did not exit within 60 s".into()))?
         .map_err(|e| check_err(e.to_string()))?;
-    // Read both pipes on their own threads: the help text fills a pipe buffer.
-    let out = child.stdout.take().map(read_all);
-    let err = child.stderr.take().map(read_all);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        match child.try_wait().map_err(|e| check_err(e.to_string()))? {
-            Some(s) => break s,
-            None if std::time::Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(check_err("it did not exit within 60 s".into()));
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    let text = [out, err]
-        .into_iter()
-        .flatten()
-        .map(|h| h.join().unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n");
-    if status.success() {
+    if out.status.success() {
         return Ok(());
     }
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Err(ExtraArgsError::Refused {
         component: component.to_string(),
         args: describe(changes),
         message: component_error(&text),
-    })
-}
-
-fn read_all(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
     })
 }
 

@@ -301,7 +301,6 @@ impl Daemon {
             cgroup_root: &self.opts.cgroup_root,
             encrypt_secrets: cfg.role == Role::ControlPlane,
         };
-        let mut checks = Vec::new();
         for (component, changes) in &cfg.extra_args.0 {
             if changes.is_empty() {
                 continue;
@@ -316,16 +315,11 @@ impl Daemon {
                         role: cfg.role_name(),
                     })
                 })?;
-            checks.push((component.clone(), args, changes.clone()));
+            extra_args::check_with_component(&kubebin, component, &args, changes)
+                .await
+                .map_err(|e| DaemonError::Config(e.into()))?;
         }
-        tokio::task::spawn_blocking(move || {
-            checks.iter().try_for_each(|(c, args, changes)| {
-                extra_args::check_with_component(&kubebin, c, args, changes)
-            })
-        })
-        .await
-        .map_err(|e| DaemonError::Other(format!("checking extra args: {e}")))?
-        .map_err(|e| DaemonError::Config(e.into()))
+        Ok(())
     }
 
     fn kubebin(&self) -> Result<PathBuf, DaemonError> {
