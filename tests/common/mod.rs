@@ -23,12 +23,32 @@ pub enum Kind {
     Etcd,
 }
 
+/// A loopback port that is free now and that no other call in this process returns.
+///
+/// The port is handed to a child process, so nothing holds it between this call and the child's
+/// bind. A port from the kernel's ephemeral range (what binding port 0 gives) can be taken in
+/// that gap by any outgoing connection on the machine, which made tests fail with "Address
+/// already in use". So ports come from below that range, where the kernel never allocates on
+/// its own, from a counter that starts at a point picked by the process id (test binaries run
+/// one after another, and tests in one binary share the counter), and each is checked free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000; // 20000..32000, below Linux's default ephemeral range (32768..)
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7_919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 pub fn k8sd_bin() -> PathBuf {
