@@ -122,6 +122,12 @@ pub fn parse_list(items: &[String]) -> Result<Vec<Addon>, AddonError> {
 pub struct RenderValues {
     /// The `kube-dns` Service's ClusterIP (`NodeConfig::dns_service_ip`).
     pub dns_service_ip: IpAddr,
+    /// The metrics APIService's `caBundle`: the cluster CA certificate, base64. metrics-server
+    /// serves a certificate from that CA (`daemon/addon_tls.rs`).
+    pub cluster_ca_bundle: String,
+    /// The TLS 1.2 cipher suites metrics-server may offer (comma-separated Go names): the same
+    /// AEAD-only list as the node's components.
+    pub tls_cipher_suites: String,
     /// Where local-path volumes live on every node (`Layout::storage_dir`).
     pub storage_dir: PathBuf,
     /// CoreDNS replicas: min(2, schedulable nodes), see [`dns_replicas`].
@@ -139,6 +145,8 @@ pub fn render_manifest(addon: Addon, v: &RenderValues) -> Result<String, AddonEr
     let values = [
         ("dns_service_ip", v.dns_service_ip.to_string()),
         ("dns_replicas", v.dns_replicas.to_string()),
+        ("cluster_ca_bundle", v.cluster_ca_bundle.clone()),
+        ("tls_cipher_suites", v.tls_cipher_suites.clone()),
         ("storage_dir", v.storage_dir.display().to_string()),
         ("coredns_image", catalog::coredns_image()),
         ("metrics_server_image", catalog::metrics_server_image()),

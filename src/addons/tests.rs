@@ -3,6 +3,8 @@ use super::*;
 fn values() -> RenderValues {
     RenderValues {
         dns_service_ip: "10.96.0.10".parse().unwrap(),
+        cluster_ca_bundle: "Q0EgQlVORExF".into(),
+        tls_cipher_suites: "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into(),
         storage_dir: "/var/lib/k8sd/storage".into(),
         dns_replicas: 2,
     }
@@ -139,7 +141,7 @@ fn dns_service_and_deployment_follow_the_cluster() {
 }
 
 #[test]
-fn metrics_verifies_kubelets_with_the_cluster_ca() {
+fn metrics_verifies_kubelets_and_is_verified_with_the_cluster_ca() {
     let d = docs(Addon::Metrics);
     let dep = find(&d, "Deployment", "metrics-server");
     let args: Vec<&str> = dep["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -158,7 +160,19 @@ fn metrics_verifies_kubelets_with_the_cluster_ca() {
             .iter()
             .any(|v| v["configMap"]["name"] == "kube-root-ca.crt")
     );
-    find(&d, "APIService", "v1beta1.metrics.k8s.io");
+    let api = find(&d, "APIService", "v1beta1.metrics.k8s.io");
+    assert_eq!(api["spec"]["caBundle"], "Q0EgQlVORExF");
+    assert!(api["spec"]["insecureSkipTLSVerify"].is_null(), "{api:?}");
+    assert!(args.contains(&"--tls-cert-file=/etc/metrics-server/tls/tls.crt"));
+    assert!(args.contains(&"--tls-min-version=VersionTLS12"));
+    assert!(args.contains(&"--tls-cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"));
+    assert!(
+        volumes
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "metrics-server-tls")
+    );
     find(&d, "ClusterRole", "system:aggregated-metrics-reader");
     find(&d, "RoleBinding", "metrics-server-auth-reader");
     find(&d, "ClusterRoleBinding", "metrics-server:system:auth-delegator");

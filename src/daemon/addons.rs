@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::api::AddonReport;
 use super::config::{NodeConfig, Role};
-use super::{Daemon, components};
+use super::{Daemon, addon_tls, components};
 use crate::addons::{self, Addon, AddonError, RenderValues};
 use crate::cluster::Kubectl;
 use crate::cluster::registry::{self, RegistryError};
@@ -61,6 +61,22 @@ pub enum AddonsError {
     },
     #[error("listing nodes from kube-apiserver: {reason}")]
     Nodes { reason: String },
+    #[error("{what}: {source}")]
+    ServingCert {
+        what: String,
+        #[source]
+        source: crate::pki::PkiError,
+    },
+    #[error("reading the Secret {secret}: {reason}")]
+    SecretRead { secret: String, reason: String },
+    #[error(
+        "reading the cluster CA certificate {path}: {source}; is this node's PKI intact (`k8sd status`)?"
+    )]
+    CaCert {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What this node last did for an add-on.
@@ -163,8 +179,20 @@ impl Daemon {
         let dns_service_ip = cfg.dns_service_ip().ok_or_else(|| AddonsError::NoDnsIp {
             service_cidr: cfg.service_cidr.clone(),
         })?;
+        let ca_path = self
+            .layout()
+            .pki_dir()
+            .join(crate::pki::CaKind::Cluster.cert_file());
+        let ca_cert = tokio::fs::read_to_string(&ca_path)
+            .await
+            .map_err(|source| AddonsError::CaCert {
+                path: ca_path,
+                source,
+            })?;
         Ok(RenderValues {
             dns_service_ip,
+            cluster_ca_bundle: addon_tls::ca_bundle(&ca_cert),
+            tls_cipher_suites: components::TLS_CIPHER_SUITES.join(","),
             storage_dir: self.layout().storage_dir(),
             dns_replicas: addons::dns_replicas(self.schedulable_nodes().await?),
         })
@@ -191,6 +219,10 @@ impl Daemon {
             return Ok(());
         }
         if enabled {
+            if addon == Addon::Metrics {
+                // Before the Deployment that mounts it, so the pod starts with its certificate.
+                self.ensure_metrics_tls(kubectl).await?;
+            }
             run_kubectl(
                 kubectl,
                 addon,
@@ -224,6 +256,25 @@ impl Daemon {
                 &manifest,
             )
             .await?;
+            if addon == Addon::Metrics {
+                // Not in the manifest (its data has its own field manager), so removed here.
+                run_kubectl(
+                    kubectl,
+                    addon,
+                    "removing",
+                    &[
+                        "delete",
+                        "secret",
+                        "--namespace",
+                        addon_tls::METRICS_SERVER.namespace,
+                        addon_tls::SECRET,
+                        "--ignore-not-found",
+                        "--request-timeout=60s",
+                    ],
+                    "",
+                )
+                .await?;
+            }
         }
         tracing::info!(addon = addon.name(), enabled, "add-on reconciled");
         applied.insert(
@@ -386,7 +437,7 @@ fn addon_report(addon: Addon, enabled: Option<bool>, deployment: Option<(u16, Ve
     r
 }
 
-async fn run_kubectl(
+pub(super) async fn run_kubectl(
     kubectl: &Kubectl,
     addon: Addon,
     action: &'static str,
@@ -444,6 +495,8 @@ mod tests {
         let ip = cfg.dns_service_ip().unwrap();
         let v = RenderValues {
             dns_service_ip: ip,
+            cluster_ca_bundle: String::new(),
+            tls_cipher_suites: String::new(),
             storage_dir: "/var/lib/k8sd/storage".into(),
             dns_replicas: 2,
         };

@@ -11,6 +11,7 @@
 //! Only this module wires `pki`, `node`/`etcd` and `supervisor` together; the supervisor knows
 //! nothing of the others. SIGTERM stops the children in reverse order, then the datastore.
 
+mod addon_tls;
 mod addons;
 pub mod api;
 pub mod components;

@@ -3,6 +3,7 @@
 //! Pure: PEM text in, PEM text out. Every key is ECDSA P-256; a PEM key of any other type is
 //! refused rather than silently accepted.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use rcgen::{
@@ -14,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::PkiError;
 use super::inspect::parse_cert;
-use super::spec::{CA_LIFETIME, CLOCK_SKEW, CaKind, LeafSpec, San};
+use super::spec::{CA_LIFETIME, CLOCK_SKEW, CaKind, LEAF_LIFETIME, LeafSpec, San, ServiceCertSpec, Usage};
 
 /// A CA that holds its private key and can sign leaves. Only control-plane nodes have one.
 pub struct CertificateAuthority {
@@ -179,10 +180,71 @@ fn sign(
 ) -> Result<String, PkiError> {
     ca.check_signer(spec)?;
     let file = spec.leaf.cert_file();
+    let params = leaf_params(
+        &file,
+        &spec.common_name,
+        spec.organization.as_deref(),
+        &spec.sans,
+        spec.usage,
+        spec.lifetime,
+        now,
+    )?;
+    let cert = params
+        .signed_by(key, &ca.issuer)
+        .map_err(|source| PkiError::Generate { what: file, source })?;
+    Ok(cert.pem())
+}
+
+/// A serving certificate for an in-cluster Service, signed by the cluster CA, with a new key.
+///
+/// metrics-server presents it, and kube-apiserver verifies it against the APIService's
+/// `caBundle` (the cluster CA). It is kept in a Secret, not in a node's PKI directory, so it is
+/// not a row of the node table (`spec.rs`).
+pub fn issue_service_serving(
+    ca: &CertificateAuthority,
+    spec: &ServiceCertSpec,
+    now: OffsetDateTime,
+) -> Result<IssuedCert, PkiError> {
+    let what = spec.describe();
+    if ca.kind != CaKind::Cluster {
+        return Err(PkiError::WrongSigner {
+            file: what,
+            expected: CaKind::Cluster.common_name(),
+            actual: ca.kind.common_name(),
+        });
+    }
+    let key = generate_key(&what)?;
+    let params = leaf_params(
+        &what,
+        &spec.common_name(),
+        None,
+        &spec.sans(),
+        Usage::Server,
+        LEAF_LIFETIME,
+        now,
+    )?;
+    let cert = params
+        .signed_by(&key, &ca.issuer)
+        .map_err(|source| PkiError::Generate { what, source })?;
+    Ok(IssuedCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// What every leaf says apart from its key and signer: subject, SANs, usage and validity.
+fn leaf_params(
+    file: &str,
+    common_name: &str,
+    organization: Option<&str>,
+    sans: &BTreeSet<San>,
+    usage: Usage,
+    lifetime: time::Duration,
+    now: OffsetDateTime,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = subject(&spec.common_name, spec.organization.as_deref());
-    params.subject_alt_names = spec
-        .sans
+    params.distinguished_name = subject(common_name, organization);
+    params.subject_alt_names = sans
         .iter()
         .map(|san| match san {
             San::Ip(ip) => Ok(SanType::IpAddress(*ip)),
@@ -191,7 +253,7 @@ fn sign(
                     .try_into()
                     .map(SanType::DnsName)
                     .map_err(|source| PkiError::InvalidSan {
-                        file: file.clone(),
+                        file: file.to_string(),
                         input: name.clone(),
                         source,
                     })
@@ -201,24 +263,21 @@ fn sign(
     params.is_ca = IsCa::ExplicitNoCa;
     // ECDSA keys sign; they never encipher keys, so KeyEncipherment would be meaningless.
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    if spec.usage.server_auth() {
+    if usage.server_auth() {
         params
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ServerAuth);
     }
-    if spec.usage.client_auth() {
+    if usage.client_auth() {
         params
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ClientAuth);
     }
     params.use_authority_key_identifier_extension = true;
     params.not_before = now - CLOCK_SKEW;
-    params.not_after = now + spec.lifetime;
+    params.not_after = now + lifetime;
     params.serial_number = Some(random_serial());
-    let cert = params
-        .signed_by(key, &ca.issuer)
-        .map_err(|source| PkiError::Generate { what: file, source })?;
-    Ok(cert.pem())
+    Ok(params)
 }
 
 /// The service-account token key pair: `(sa.key, sa.pub)` as PKCS#8 and PKIX PEM, which

@@ -38,8 +38,8 @@ pub(crate) fn test_identity() -> NodeIdentity {
 }
 
 pub use ca::{
-    CertificateAuthority, IssuedCert, generate_private_key_pem, issue_leaf, public_key_pem,
-    sign_leaf_for_public_key,
+    CertificateAuthority, IssuedCert, generate_private_key_pem, issue_leaf, issue_service_serving,
+    public_key_pem, sign_leaf_for_public_key,
 };
 pub use encryption::{ENCRYPTION_CONFIG_FILE, EncryptionSummary, validate_encryption_config};
 pub use error::PkiError;
@@ -50,8 +50,8 @@ pub use files::{
 };
 pub use inspect::{CertInfo, ca_fingerprint_sha256, cert_expiry, is_signed_by, parse_cert};
 pub use kubeconfig::{CLUSTER_NAME, render_kubeconfig};
-pub use plan::{ChangeReason, RenewalPolicy, leaf_verdict};
+pub use plan::{ChangeReason, RenewalPolicy, leaf_verdict, service_cert_verdict};
 pub use spec::{
     CA_LIFETIME, CaKind, Consumer, DEFAULT_RENEW_BEFORE, IpCidr, LEAF_LIFETIME, Leaf, LeafSpec, NodeIdentity,
-    NodeRole, SA_KEY_FILE, SA_PUB_FILE, San,
+    NodeRole, SA_KEY_FILE, SA_PUB_FILE, San, ServiceCertSpec,
 };

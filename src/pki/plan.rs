@@ -14,7 +14,7 @@
 //!   signed by the current CA, different from its spec (subject, usages, SANs), or expiring
 //!   within the renewal window.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use time::{Duration, OffsetDateTime};
 
@@ -23,6 +23,7 @@ use super::ca::{self, CertificateAuthority, IssuedCert};
 use super::inspect::{self, CertInfo};
 use super::spec::{
     CaKind, Consumer, DEFAULT_RENEW_BEFORE, Leaf, LeafSpec, NodeIdentity, NodeRole, SA_KEY_FILE, SA_PUB_FILE,
+    San, ServiceCertSpec, Usage,
 };
 
 /// File name (relative to the PKI directory) to contents, for the files that exist.
@@ -190,20 +191,70 @@ pub fn leaf_verdict(
     ca_cert_pem: &str,
     policy: &RenewalPolicy,
 ) -> Result<Option<ChangeReason>, PkiError> {
+    let wanted = Wanted {
+        cert_file: spec.leaf.cert_file(),
+        key_file: spec.leaf.key_file(),
+        common_name: &spec.common_name,
+        organization: spec.organization.as_deref(),
+        usage: spec.usage,
+        sans: &spec.sans,
+    };
+    verdict(cert_pem, key_pem, &wanted, ca_cert_pem, policy)
+}
+
+/// Why a Service's serving certificate (`ca::issue_service_serving`) must be re-issued, or
+/// `None` if it is good: the same checks as for a node's leaves.
+pub fn service_cert_verdict(
+    cert_pem: Option<&str>,
+    key_pem: Option<&str>,
+    spec: &ServiceCertSpec,
+    ca_cert_pem: &str,
+    policy: &RenewalPolicy,
+) -> Result<Option<ChangeReason>, PkiError> {
+    let what = spec.describe();
+    let (common_name, sans) = (spec.common_name(), spec.sans());
+    let wanted = Wanted {
+        cert_file: what.clone(),
+        key_file: format!("the key of {what}"),
+        common_name: &common_name,
+        organization: None,
+        usage: Usage::Server,
+        sans: &sans,
+    };
+    verdict(cert_pem, key_pem, &wanted, ca_cert_pem, policy)
+}
+
+/// What a certificate must say, for [`verdict`].
+struct Wanted<'a> {
+    cert_file: String,
+    key_file: String,
+    common_name: &'a str,
+    organization: Option<&'a str>,
+    usage: Usage,
+    sans: &'a BTreeSet<San>,
+}
+
+fn verdict(
+    cert_pem: Option<&str>,
+    key_pem: Option<&str>,
+    wanted: &Wanted<'_>,
+    ca_cert_pem: &str,
+    policy: &RenewalPolicy,
+) -> Result<Option<ChangeReason>, PkiError> {
     let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) else {
         return Ok(Some(ChangeReason::Created));
     };
-    let Ok(info) = inspect::parse_cert(&spec.leaf.cert_file(), cert_pem) else {
+    let Ok(info) = inspect::parse_cert(&wanted.cert_file, cert_pem) else {
         return Ok(Some(ChangeReason::Unreadable));
     };
-    let Ok(key_spki) = ca::key_spki_der(&spec.leaf.key_file(), key_pem) else {
+    let Ok(key_spki) = ca::key_spki_der(&wanted.key_file, key_pem) else {
         return Ok(Some(ChangeReason::Unreadable));
     };
     Ok(if key_spki != info.spki_der {
         Some(ChangeReason::KeyMismatch)
     } else if !inspect::is_signed_by(cert_pem, ca_cert_pem)? {
         Some(ChangeReason::SignerChanged)
-    } else if let Some(reason) = spec_mismatch(&info, spec) {
+    } else if let Some(reason) = mismatch(&info, wanted) {
         Some(reason)
     } else if info.not_after - policy.now < policy.renew_before {
         Some(ChangeReason::Expiring)
@@ -212,16 +263,16 @@ pub fn leaf_verdict(
     })
 }
 
-fn spec_mismatch(info: &CertInfo, spec: &LeafSpec) -> Option<ChangeReason> {
-    let orgs: Vec<String> = spec.organization.iter().cloned().collect();
-    if info.common_name.as_deref() != Some(spec.common_name.as_str()) || info.organizations != orgs {
+fn mismatch(info: &CertInfo, wanted: &Wanted<'_>) -> Option<ChangeReason> {
+    let orgs: Vec<String> = wanted.organization.iter().map(|o| o.to_string()).collect();
+    if info.common_name.as_deref() != Some(wanted.common_name) || info.organizations != orgs {
         Some(ChangeReason::SubjectChanged)
-    } else if info.server_auth != spec.usage.server_auth()
-        || info.client_auth != spec.usage.client_auth()
+    } else if info.server_auth != wanted.usage.server_auth()
+        || info.client_auth != wanted.usage.client_auth()
         || info.is_ca
     {
         Some(ChangeReason::UsageChanged)
-    } else if info.sans != spec.sans {
+    } else if &info.sans != wanted.sans {
         Some(ChangeReason::SansChanged)
     } else {
         None

@@ -390,6 +390,43 @@ pub struct LeafSpec {
     pub lifetime: Duration,
 }
 
+/// A serving certificate for an in-cluster Service (`<service>.<namespace>.svc`), signed by the
+/// cluster CA. It lives in a Secret of the cluster, not in a node's PKI directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceCertSpec {
+    pub service: &'static str,
+    pub namespace: &'static str,
+}
+
+impl ServiceCertSpec {
+    /// How errors name it: "the serving certificate of Service kube-system/metrics-server".
+    pub fn describe(&self) -> String {
+        format!(
+            "the serving certificate of Service {}/{}",
+            self.namespace, self.service
+        )
+    }
+
+    /// kube-apiserver dials an APIService's Service as `<service>.<namespace>.svc` and checks
+    /// that name; the other forms are what in-cluster clients may use.
+    pub fn common_name(&self) -> String {
+        format!("{}.{}.svc", self.service, self.namespace)
+    }
+
+    pub fn sans(&self) -> BTreeSet<San> {
+        let (s, ns) = (self.service, self.namespace);
+        [
+            s.to_string(),
+            format!("{s}.{ns}"),
+            format!("{s}.{ns}.svc"),
+            format!("{s}.{ns}.svc.cluster.local"),
+        ]
+        .into_iter()
+        .map(San::Dns)
+        .collect()
+    }
+}
+
 impl Leaf {
     pub const ALL: [Leaf; 12] = {
         let mut all = [Leaf::Apiserver; 12];

@@ -167,6 +167,22 @@ check "deleting the PVC removes the volume directory" wait_for 120 "volume dir r
 log "4. metrics"
 top_shows_node() { kubectl top nodes 2>/dev/null | grep -q '^e2e-addons '; }
 check "kubectl top nodes shows the node within 2 minutes" wait_for 120 "kubectl top nodes" top_shows_node
+# kube-apiserver verifies metrics-server: the APIService carries the cluster CA as its caBundle
+# and no insecureSkipTLSVerify, and it is Available (it would not be if verification failed).
+apiservice_verifies() {
+  local spec; spec=$(kubectl get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.spec.insecureSkipTLSVerify}|{.spec.caBundle}|{.status.conditions[?(@.type=="Available")].status}')
+  [[ $spec == "|$(base64 -w0 < "$data/pki/ca.crt")|True" ]] && return 0
+  log "APIService v1beta1.metrics.k8s.io: insecureSkipTLSVerify|caBundle|Available = ${spec:0:40}..."
+  return 1
+}
+check "the metrics APIService verifies metrics-server against the cluster CA, and is Available" \
+  apiservice_verifies
+serving_cert_verifies() {
+  kubectl -n kube-system get secret metrics-server-tls -o jsonpath='{.data.tls\.crt}' | base64 -d > "$work/ms.crt" &&
+    openssl verify -CAfile "$data/pki/ca.crt" -verify_hostname metrics-server.kube-system.svc "$work/ms.crt" >/dev/null
+}
+check "metrics-server's serving certificate is from the cluster CA, for metrics-server.kube-system.svc" \
+  serving_cert_verifies
 
 log "5. toggling: k8sd disable dns / k8sd enable dns"
 check "k8sd disable dns" k8sd disable dns
@@ -190,6 +206,15 @@ dns_back() {
 check "the coredns Deployment and the kube-dns Service are back" wait_for 60 "dns objects back" dns_back
 check "status --wait-ready waits for dns again" k8sd status --wait-ready --timeout 180
 check "DNS resolves again" wait_for 60 "kubernetes resolves" resolves kubernetes.default.svc.cluster.local 10.96.0.1
+check "k8sd disable metrics" k8sd disable metrics
+metrics_gone() {
+  ! kubectl get apiservice v1beta1.metrics.k8s.io >/dev/null 2>&1 &&
+    ! kubectl -n kube-system get secret metrics-server-tls >/dev/null 2>&1
+}
+check "the metrics APIService and its certificate's Secret are gone" wait_for 60 "metrics objects gone" metrics_gone
+check "k8sd enable metrics" k8sd enable metrics
+check "the metrics APIService is back, verified and Available" wait_for 120 "metrics APIService available" \
+  apiservice_verifies
 
 log "6. a restart re-applies the add-ons and keeps a user's own changes"
 kubectl -n kube-system annotate deployment coredns e2e.k8sd.io/note=kept >/dev/null
