@@ -183,6 +183,13 @@ serving_cert_verifies() {
 }
 check "metrics-server's serving certificate is from the cluster CA, for metrics-server.kube-system.svc" \
   serving_cert_verifies
+eviction_on() {
+  local got; got=$(kubectl get --raw /api/v1/nodes/e2e-addons/proxy/configz |
+    python3 -c 'import json,sys; e=json.load(sys.stdin)["kubeletconfig"]["evictionHard"]; print(" ".join(k + "=" + e[k] for k in sorted(e)))')
+  [[ $got == "imagefs.available=5% imagefs.inodesFree=5% memory.available=100Mi nodefs.available=5% nodefs.inodesFree=5%" ]] && return 0
+  log "the kubelet's evictionHard: $got"; return 1
+}
+check "the kubelet evicts under disk pressure (5 % free on nodefs and imagefs)" eviction_on
 
 log "5. toggling: k8sd disable dns / k8sd enable dns"
 check "k8sd disable dns" k8sd disable dns
