@@ -197,19 +197,7 @@ impl TokenRecord {
     /// Whether `t` may join now as `role` under `name`. A wrong secret is reported as unknown:
     /// it tells a guesser nothing.
     pub fn check(&self, t: &JoinToken, role: TokenRole, name: &str, now_unix: u64) -> Result<(), TokenError> {
-        if !constant_time_eq(self.secret_sha256.as_bytes(), t.secret_hash().as_bytes()) {
-            return Err(TokenError::Unknown);
-        }
-        match &self.state {
-            TokenState::Active => {}
-            TokenState::Used { by, at_unix } | TokenState::Claimed { by, at_unix } => {
-                return Err(TokenError::Used {
-                    by: by.clone(),
-                    at: rfc3339(*at_unix),
-                });
-            }
-            TokenState::Revoked { at_unix } => return Err(TokenError::Revoked(rfc3339(*at_unix))),
-        }
+        self.check_secret_and_state(t, |s| matches!(s, TokenState::Active))?;
         if now_unix >= self.expires_unix {
             return Err(TokenError::Expired(rfc3339(self.expires_unix)));
         }
@@ -239,18 +227,30 @@ impl TokenRecord {
     /// The second half of a control-plane join: the token must be the one `name` claimed at
     /// `Join` (not expired meanwhile: the claim already stopped every other use).
     pub fn check_claimed(&self, t: &JoinToken, name: &str) -> Result<(), TokenError> {
+        self.check_secret_and_state(t, |s| matches!(s, TokenState::Claimed { by, .. } if by == name))
+    }
+
+    /// What both halves check first: the secret (a wrong one is reported as unknown), then that
+    /// the state is one `usable` accepts, or the error that explains the state.
+    fn check_secret_and_state(
+        &self,
+        t: &JoinToken,
+        usable: impl Fn(&TokenState) -> bool,
+    ) -> Result<(), TokenError> {
         if !constant_time_eq(self.secret_sha256.as_bytes(), t.secret_hash().as_bytes()) {
             return Err(TokenError::Unknown);
         }
-        match &self.state {
-            TokenState::Claimed { by, .. } if by == name => Ok(()),
-            TokenState::Claimed { by, at_unix } | TokenState::Used { by, at_unix } => Err(TokenError::Used {
+        if usable(&self.state) {
+            return Ok(());
+        }
+        Err(match &self.state {
+            TokenState::Claimed { by, at_unix } | TokenState::Used { by, at_unix } => TokenError::Used {
                 by: by.clone(),
                 at: rfc3339(*at_unix),
-            }),
-            TokenState::Revoked { at_unix } => Err(TokenError::Revoked(rfc3339(*at_unix))),
-            TokenState::Active => Err(TokenError::NotClaimed),
-        }
+            },
+            TokenState::Revoked { at_unix } => TokenError::Revoked(rfc3339(*at_unix)),
+            TokenState::Active => TokenError::NotClaimed,
+        })
     }
 
     /// "active", "joining: n4", "used by n4", "revoked" or "expired", for `k8sd tokens list`.
