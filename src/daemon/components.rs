@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use super::config::NodeConfig;
+use super::config::{NodeConfig, Role};
 use super::extra_args;
 use crate::paths::{Layout, RuntimeDir};
 
@@ -214,12 +214,14 @@ fn with_changes(c: &Ctx<'_>, component: &str, defaults: Vec<String>) -> Vec<Stri
     extra_args::apply(defaults, c.cfg.extra_args.changes(component))
 }
 
-/// A Kubernetes component's arguments by the name it runs under (`extra_args::COMPONENTS`).
+/// A Kubernetes component's arguments by the name it runs under (`extra_args::COMPONENTS`),
+/// if it runs on a node of this one's role: a worker runs only the kubelet and kube-proxy.
 pub fn kube_args(component: &str, c: &Ctx<'_>) -> Option<Vec<String>> {
+    let control_plane = c.cfg.role == Role::ControlPlane;
     Some(match component {
-        "kube-apiserver" => apiserver_args(c),
-        "kube-controller-manager" => controller_manager_args(c),
-        "kube-scheduler" => scheduler_args(c),
+        "kube-apiserver" if control_plane => apiserver_args(c),
+        "kube-controller-manager" if control_plane => controller_manager_args(c),
+        "kube-scheduler" if control_plane => scheduler_args(c),
         "kubelet" => kubelet_args(c),
         "kube-proxy" => kube_proxy_args(c),
         _ => return None,
@@ -350,6 +352,16 @@ mod tests {
             assert!(kube_args(c, &ctx).is_some(), "{c}");
         }
         assert!(kube_args("containerd", &ctx).is_none());
+        let worker = NodeConfig {
+            role: Role::Worker,
+            ..cfg.clone()
+        };
+        let ctx = Ctx { cfg: &worker, ..ctx };
+        let on_worker: Vec<_> = extra_args::COMPONENTS
+            .iter()
+            .filter(|c| kube_args(c, &ctx).is_some())
+            .collect();
+        assert_eq!(on_worker, [&"kubelet", &"kube-proxy"]);
     }
 
     #[test]

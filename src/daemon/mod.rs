@@ -306,16 +306,12 @@ impl Daemon {
             if changes.is_empty() {
                 continue;
             }
-            let runs_here =
-                cfg.role == Role::ControlPlane || ["kubelet", "kube-proxy"].contains(&component.as_str());
-            let args = components::kube_args(component, &ctx)
-                .filter(|_| runs_here)
-                .ok_or_else(|| {
-                    config::ConfigError::from(extra_args::ExtraArgsError::NotOnThisNode {
-                        component: component.clone(),
-                        role: cfg.role_name(),
-                    })
-                })?;
+            let args = components::kube_args(component, &ctx).ok_or_else(|| {
+                config::ConfigError::from(extra_args::ExtraArgsError::NotOnThisNode {
+                    component: component.clone(),
+                    role: cfg.role_name(),
+                })
+            })?;
             extra_args::check_with_component(&kubebin, component, &args, changes)
                 .await
                 .map_err(|e| DaemonError::Config(e.into()))?;
