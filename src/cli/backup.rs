@@ -78,15 +78,13 @@ pub fn backup(layout: Layout, args: BackupArgs) -> anyhow::Result<()> {
 
 fn read_node(layout: &Layout) -> anyhow::Result<NodeConfig> {
     let path = layout.node_file();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+    match crate::daemon::config::read_node_file(&path)? {
+        Some(node) => Ok(node),
+        None => bail!(
             "this machine is not a k8sd node ({} does not exist); run k8sd backup on a control-plane node, or pass its --data-dir",
             path.display()
         ),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    serde_yaml::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))
+    }
 }
 
 fn write_archive(

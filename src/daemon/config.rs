@@ -157,6 +157,40 @@ pub enum ConfigError {
     ExtraArgs(#[from] ExtraArgsError),
 }
 
+/// Reading node.yaml failed: it exists but cannot be read, or does not parse. The cause is in
+/// the message, not a `#[source]`: the CLI prints sources too.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFileError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} is unreadable: {error}; restore it (from a backup, `k8sd backup`) or remove the data dir", path.display())]
+    Parse {
+        path: std::path::PathBuf,
+        error: serde_yaml::Error,
+    },
+}
+
+/// The node's config file (`Layout::node_file`); `None` when there is none (not initialised).
+/// The one reader of node.yaml, for the daemon and the CLI verbs that run without it.
+pub fn read_node_file(path: &std::path::Path) -> Result<Option<NodeConfig>, NodeFileError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_yaml::from_str(&text)
+            .map(Some)
+            .map_err(|error| NodeFileError::Parse {
+                path: path.to_path_buf(),
+                error,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(NodeFileError::Read {
+            path: path.to_path_buf(),
+            error,
+        }),
+    }
+}
+
 impl From<crate::addons::AddonError> for ConfigError {
     fn from(e: crate::addons::AddonError) -> Self {
         ConfigError::Addon(e)
@@ -413,5 +447,23 @@ mod tests {
                 .contains("disable")
         );
         assert!(serde_yaml::from_str::<InitRequest>("podcidr: x\n").is_err());
+    }
+
+    #[test]
+    fn node_yaml_is_read_as_absent_a_config_or_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.yaml");
+        assert!(read_node_file(&path).unwrap().is_none());
+        std::fs::write(&path, "role: [").unwrap();
+        let e = read_node_file(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("unreadable"),
+            "{e}"
+        );
+        std::fs::create_dir(dir.path().join("dir.yaml")).unwrap();
+        let e = read_node_file(&dir.path().join("dir.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cannot read "), "{e}");
     }
 }

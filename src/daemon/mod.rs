@@ -48,6 +48,8 @@ pub use control::{ControlClient, ControlError};
 pub enum DaemonError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    NodeFile(#[from] config::NodeFileError),
     #[error("certificates: {0}")]
     Pki(#[from] pki::PkiError),
     #[error("cannot write {path}: {source}")]
@@ -242,17 +244,7 @@ impl Daemon {
     }
 
     fn load_config(&self) -> Result<Option<NodeConfig>, DaemonError> {
-        let path = self.opts.layout.node_file();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_yaml::from_str(&text).map(Some).map_err(|e| {
-                DaemonError::Other(format!(
-                    "{} is unreadable: {e}; restore it or remove the data dir",
-                    path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DaemonError::Other(format!("cannot read {}: {e}", path.display()))),
-        }
+        Ok(config::read_node_file(&self.opts.layout.node_file())?)
     }
 
     /// `k8sd init`: validate, persist, bring up. Refused on an initialised node.
