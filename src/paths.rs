@@ -166,6 +166,10 @@ impl Layout {
     pub fn logs_dir(&self) -> PathBuf {
         self.d("logs")
     }
+    /// kube-apiserver's audit log (control-plane nodes), rotated by kube-apiserver itself.
+    pub fn audit_log(&self) -> PathBuf {
+        self.logs_dir().join("audit.log")
+    }
     pub fn daemon_log(&self) -> PathBuf {
         self.logs_dir().join("k8sd.log")
     }

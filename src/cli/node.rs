@@ -357,7 +357,8 @@ pub fn config(layout: Layout) -> anyhow::Result<()> {
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
-    /// kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy or k8sd.
+    /// kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy,
+    /// k8sd, or audit (kube-apiserver's audit log, on control-plane nodes).
     pub component: String,
     /// Number of lines from the end (0 = all).
     #[arg(long, short = 'n', default_value_t = 100)]
@@ -372,6 +373,7 @@ pub const COMPONENTS: &[&str] = &[
     "kubelet",
     "kube-proxy",
     "k8sd",
+    "audit",
 ];
 
 pub fn logs(layout: Layout, args: LogsArgs) -> anyhow::Result<()> {

@@ -128,6 +128,17 @@ pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
         ("shutdown-delay-duration", "3s".into()),
     ]);
     args.extend(flags(&tls_flags()));
+    if c.cfg.role == Role::ControlPlane {
+        // The audit log: metadata for Secrets, bodies of RBAC changes (the policy says why),
+        // rotated at 100 MB with 5 files kept, so it never grows without bound.
+        args.extend(flags(&[
+            ("audit-policy-file", c.config(AUDIT_POLICY_FILE)),
+            ("audit-log-path", c.layout.audit_log().display().to_string()),
+            ("audit-log-maxsize", "100".into()),
+            ("audit-log-maxbackup", "5".into()),
+            ("audit-log-maxage", "30".into()),
+        ]));
+    }
     if c.encrypt_secrets {
         // Secrets are encrypted before they reach the datastore (secretbox, then identity
         // so Secrets written in plaintext earlier stay readable).
@@ -240,6 +251,9 @@ pub fn mirror_addr(cfg: &NodeConfig) -> SocketAddr {
 const CNI_TEMPLATE: &str = include_str!("../../assets/cni/10-k8sd.conflist");
 const KUBELET_TEMPLATE: &str = include_str!("../../assets/kubelet/config.yaml");
 const KUBE_PROXY_TEMPLATE: &str = include_str!("../../assets/kube-proxy/config.yaml");
+/// kube-apiserver's audit policy (control-plane nodes), in the config dir.
+const AUDIT_POLICY: &str = include_str!("../../assets/kube-apiserver/audit-policy.yaml");
+pub const AUDIT_POLICY_FILE: &str = "audit-policy.yaml";
 
 pub use crate::template::render;
 
@@ -290,7 +304,7 @@ pub fn config_files(c: &Ctx<'_>, runtime: &RuntimeDir) -> Result<Vec<(PathBuf, S
         ("tls_min_version", TLS_MIN_VERSION.to_string()),
         ("tls_cipher_suites", format!("[{}]", TLS_CIPHER_SUITES.join(", "))),
     ];
-    Ok(vec![
+    let mut files = vec![
         (
             l.config_dir().join("containerd.toml"),
             render(CONTAINERD_TEMPLATE, &values)?,
@@ -307,7 +321,11 @@ pub fn config_files(c: &Ctx<'_>, runtime: &RuntimeDir) -> Result<Vec<(PathBuf, S
             l.registry_config_dir().join("_default/hosts.toml"),
             render(REGISTRY_HOSTS_TEMPLATE, &values)?,
         ),
-    ])
+    ];
+    if c.cfg.role == Role::ControlPlane {
+        files.push((l.config_dir().join(AUDIT_POLICY_FILE), AUDIT_POLICY.to_string()));
+    }
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -391,9 +409,11 @@ mod tests {
         }
         // Default feature gates stay on: upstream's defaults are what Kubernetes tests.
         assert!(!args.iter().any(|a| a.starts_with("--feature-gates")), "{args:?}");
+        assert!(args.contains(&"--audit-log-path=/d/logs/audit.log".to_string()));
+        assert!(args.contains(&"--audit-policy-file=/d/config/audit-policy.yaml".to_string()));
         assert_eq!(
             args.len(),
-            39,
+            44,
             "the full flag set is pinned; update this test deliberately"
         );
         assert!(args.contains(&"--encryption-provider-config=/d/pki/encryption-config.yaml".to_string()));
@@ -409,7 +429,7 @@ mod tests {
             cgroup_root: "/",
             encrypt_secrets: false,
         });
-        assert_eq!(without.len(), 38);
+        assert_eq!(without.len(), 43);
         assert!(
             !without
                 .iter()
@@ -504,7 +524,15 @@ mod tests {
             &RuntimeDir("/rt".into()),
         )
         .unwrap();
-        assert_eq!(files.len(), 4);
+        // containerd, kubelet, kube-proxy, hosts.toml, and the audit policy (control plane).
+        assert_eq!(files.len(), 5);
+        let policy = &files
+            .iter()
+            .find(|(p, _)| p.ends_with(AUDIT_POLICY_FILE))
+            .unwrap()
+            .1;
+        let policy: serde_yaml::Value = serde_yaml::from_str(policy).unwrap();
+        assert_eq!(policy["kind"], "Policy");
         let cni = cni_conflist(
             &Ctx {
                 layout: &layout,

@@ -152,6 +152,30 @@ check "(control) the same grep finds a ConfigMap's plaintext value" cm_on_disk
 secret_reads() { [[ $(kubectl get secret e2e-secret -o jsonpath='{.data.token}' | base64 -d) == "$plain" ]]; }
 check "kubectl still reads the Secret's value" secret_reads
 
+log "1b2. the audit log: Secrets by metadata only, RBAC changes with their bodies"
+check "kubectl grants a role (an RBAC change)" kubectl create clusterrolebinding e2e-audit --clusterrole=view --user=e2e-auditor
+# audit_has VERB RESOURCE NAME LEVEL: an event for that request, at that level, in audit.log.
+audit_has() {
+  python3 -c '
+import json, sys
+path, verb, resource, name, level = sys.argv[1:]
+for line in open(path):
+    e = json.loads(line)
+    r = e.get("objectRef", {})
+    if (e.get("verb"), r.get("resource"), r.get("name"), e.get("level")) == (verb, resource, name, level):
+        sys.exit(0)
+sys.exit(1)' "$data/logs/audit.log" "$@"
+}
+check "audit.log records the Secret's creation at level Metadata" \
+  wait_for 20 "secret audit event" audit_has create secrets e2e-secret Metadata
+check "audit.log records the role binding with its request body (level Request)" \
+  wait_for 20 "rbac audit event" audit_has create clusterrolebindings e2e-audit Request
+rbac_body_logged() { grep -F '"e2e-auditor"' "$data/logs/audit.log" | grep -q clusterrolebindings; }
+check "the role binding's body (its subject) is in the log" rbac_body_logged
+check "the Secret's value is not in the audit log" bash -c "! grep -qF '$plain' '$data/logs/audit.log'"
+check "the audit log is 0600" bash -c "[[ \$(stat -c %a '$data/logs/audit.log') == 600 ]]"
+check "k8sd logs audit prints the log" bash -c "'$K8SD_BIN' --data-dir '$data' --run-dir '$run' logs audit -n 5 | grep -q auditID"
+
 log "1c. every listener: TLS 1.2+ with AEAD suites only"
 # tls_probe ADDR PROTO CIPHER [client cert stem]: an openssl handshake inside the node's netns.
 tls_probe() {
