@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 
 use super::select::{self, DATA_ENTRIES, RUN_ENTRIES};
 use super::{Report, Target};
+use crate::paths::{DEFAULT_DATA_DIR, ENV_DATA_DIR};
 use crate::supervisor::MARKER_ENV;
 
 /// How long the daemon gets to stop its components after SIGTERM (kube-apiserver's own
@@ -150,14 +151,31 @@ fn is_alive(pid: i32) -> bool {
     !matches!(state, None | Some('Z' | 'X' | 'x'))
 }
 
-/// Whether a command line is k8sd's daemon for this data dir: `k8sd ... run ... --data-dir DIR`.
-fn is_our_daemon(argv: &[&[u8]], data_dir: &[u8]) -> bool {
-    let names_dir = argv.windows(2).any(|w| w[0] == b"--data-dir" && w[1] == data_dir)
-        || argv.iter().any(|a| {
-            a.strip_prefix(b"--data-dir=".as_slice())
-                .is_some_and(|d| d == data_dir)
+/// Whether a k8sd process (`argv`, `environ`) is the daemon (`k8sd run`) of this data dir: the
+/// data dir it was given with `--data-dir`, else `K8SD_DATA_DIR`, else the default (how
+/// systemd and the snap start it).
+fn is_our_daemon(argv: &[&[u8]], environ: &[&[u8]], data_dir: &[u8]) -> bool {
+    if !argv.iter().skip(1).any(|a| *a == b"run") {
+        return false;
+    }
+    let flag = argv
+        .windows(2)
+        .find(|w| w[0] == b"--data-dir")
+        .map(|w| w[1])
+        .or_else(|| {
+            argv.iter()
+                .find_map(|a| a.strip_prefix(b"--data-dir=".as_slice()))
         });
-    names_dir && argv.iter().skip(1).any(|a| *a == b"run")
+    let env_prefix = format!("{ENV_DATA_DIR}=");
+    let from_env = || environ.iter().find_map(|e| e.strip_prefix(env_prefix.as_bytes()));
+    flag.or_else(from_env).unwrap_or(DEFAULT_DATA_DIR.as_bytes()) == data_dir
+}
+
+/// The file name of a process's executable, without the " (deleted)" an upgrade leaves.
+fn exe_name(pid: i32) -> Option<Vec<u8>> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.as_bytes();
+    Some(name.strip_suffix(b" (deleted)").unwrap_or(name).to_vec())
 }
 
 /// Every live process that is this node's: its daemon, the supervisor's children (marked with
@@ -169,6 +187,9 @@ fn our_processes(t: &Target) -> Vec<Proc> {
     let socket = t.layout.containerd_socket();
     let socket = socket.as_os_str().as_bytes();
     let me = std::process::id();
+    // The daemon is this same program; without that check any `… run` command line (a
+    // container engine's) would be weighed as a k8sd daemon with the default data dir.
+    let k8sd = exe_name(i32::try_from(me).unwrap_or(0));
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
@@ -183,13 +204,15 @@ fn our_processes(t: &Target) -> Vec<Proc> {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let argv = nul_split(&cmdline);
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let marked = nul_split(&environ).contains(&marker.as_slice());
+        let env = nul_split(&environ);
+        let marked = env.contains(&marker.as_slice());
         let shim = argv.first().is_some_and(|a| {
             a.rsplit(|b| *b == b'/')
                 .next()
                 .is_some_and(|n| n.starts_with(b"containerd-shim"))
         }) && argv.windows(2).any(|w| w[0] == b"-address" && w[1] == socket);
-        if marked || shim || is_our_daemon(&argv, data_dir) {
+        let daemon = k8sd.is_some() && exe_name(pid) == k8sd && is_our_daemon(&argv, &env, data_dir);
+        if marked || shim || daemon {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             out.push(Proc {
                 pid,
@@ -567,11 +590,12 @@ mod tests {
     #[test]
     fn the_daemon_is_recognised_by_its_verb_and_data_dir_only() {
         let argv = |s: &str| -> Vec<Vec<u8>> { s.split(' ').map(|w| w.as_bytes().to_vec()).collect() };
-        let check = |s: &str| {
+        let check_env = |s: &str, env: &[&[u8]], dir: &[u8]| {
             let a = argv(s);
             let refs: Vec<&[u8]> = a.iter().map(Vec::as_slice).collect();
-            is_our_daemon(&refs, b"/var/tmp/e/n1")
+            is_our_daemon(&refs, env, dir)
         };
+        let check = |s: &str| check_env(s, &[], b"/var/tmp/e/n1");
         assert!(check(
             "/usr/bin/k8sd run --data-dir /var/tmp/e/n1 --run-dir /run/x"
         ));
@@ -579,5 +603,18 @@ mod tests {
         assert!(!check("/usr/bin/k8sd run --data-dir /var/tmp/e/n10"));
         assert!(!check("/usr/bin/k8sd --data-dir /var/tmp/e/n1 reset"));
         assert!(!check("/usr/bin/k8sd --data-dir /var/tmp/e/n1 status"));
+        // Without the flag: K8SD_DATA_DIR, else the default.
+        assert!(check_env(
+            "/usr/bin/k8sd run",
+            &[b"K8SD_DATA_DIR=/var/tmp/e/n1"],
+            b"/var/tmp/e/n1"
+        ));
+        assert!(!check_env("/usr/bin/k8sd run", &[], b"/var/tmp/e/n1"));
+        assert!(check_env("/usr/bin/k8sd run", &[], b"/var/lib/k8sd"));
+        assert!(!check_env(
+            "/usr/bin/k8sd run",
+            &[b"K8SD_DATA_DIR=/srv/k"],
+            b"/var/lib/k8sd"
+        ));
     }
 }

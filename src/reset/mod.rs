@@ -5,7 +5,7 @@
 //! selects by what identifies *this* node, never by name alone:
 //!
 //! ```text
-//!  1. processes   the daemon of the run dir's pid file (its command line names our data dir),
+//!  1. processes   the daemon (k8sd `run` with our data dir; first SIGTERM via its pid file),
 //!                 every process whose environment carries K8SD_MANAGED=<data dir> (the
 //!                 supervisor's marker), every shim started with `-address <our socket>`, and
 //!                 every process in the kubepods cgroups under our cgroup root (the pods)
