@@ -16,6 +16,11 @@
 # It does not stop containerd, the kubelet or k8sd, and does not delete data directories.
 # It exits 1 if mounts, cgroups or cni0 remain afterwards, naming them.
 #
+# A k8sd node is cleaned with `k8sd reset` (docs/operations.md), which knows its layout, also
+# stops its processes, removes its routes, data and run dirs, and only touches that node. This
+# script stays for hosts that run the upstream components without k8sd (tests/e2e/k8s-smoke.sh)
+# and, until they move to `k8sd reset --force`, the other suites' teardown.
+#
 # Defaults are the system paths; tests pass their private instance's paths:
 #   --netns NAME               run network steps inside this netns, then delete it
 #   --kubelet-root DIR         default /var/lib/kubelet

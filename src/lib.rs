@@ -19,6 +19,7 @@ pub mod node;
 pub mod paths;
 pub mod pki;
 pub mod raft;
+pub mod reset;
 pub mod supervisor;
 pub mod template;
 

@@ -111,6 +111,7 @@ fn each_module_names_only_the_modules_the_map_allows() {
         ("addons", &["images", "template"]),
         ("lb", &["httpc"]),
         ("mirror", &[]),
+        ("reset", &["paths", "supervisor"]),
         ("node", &["datastore", "raft"]),
         ("raft", &["datastore"]),
         ("etcd", &["datastore", "node", "raft", "pb"]),

@@ -266,11 +266,25 @@ async fn t30_removal_that_breaks_a_healthy_quorum_is_refused_unless_forced() {
     let (l_id, a_id, b_id) = (c.node(l).id(), c.node(a).id(), c.node(b).id());
     txn_ok(c.node(a).propose(put("before", "1")).await);
     let voters = c.node(l).status().voters;
+    // A dry run (what `leave` and `reset` ask first) allows the removal while all are healthy,
+    // and changes nothing.
+    for via in [l, a] {
+        c.node(via).check_removal(a_id).await.unwrap();
+    }
+    assert_eq!(c.node(l).status().voters, voters, "a dry run changes nothing");
 
     // b is cut off. Removing a would leave {l, b} with one healthy voter of two.
     c.faults.isolate(b_id);
     tokio::time::sleep(ELECTION.1 * 2).await;
     for via in [l, a] {
+        let err = c.node(via).check_removal(a_id).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RaftNodeError::Remove(RemoveError::Unhealthy { healthy: 1, .. })
+            ),
+            "the dry run refuses as the removal would: {err}"
+        );
         let err = c.node(via).remove_member(a_id, false).await.unwrap_err();
         assert!(
             matches!(

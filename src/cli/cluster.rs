@@ -72,7 +72,7 @@ pub struct LeaveArgs {
     pub force: bool,
 }
 
-fn call(layout: &Layout, req: Request) -> anyhow::Result<Message> {
+pub(super) fn call(layout: &Layout, req: Request) -> anyhow::Result<Message> {
     let client = ControlClient::new(layout.control_socket());
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let msg = rt.block_on(client.call(&req, |_| {}))?;

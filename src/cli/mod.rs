@@ -8,6 +8,7 @@ mod cluster;
 mod datastore;
 mod images;
 mod node;
+mod reset;
 
 /// k8sd turns Linux machines into a Kubernetes cluster.
 #[derive(Debug, Parser)]
@@ -62,6 +63,10 @@ pub enum Command {
     /// Build a new single-node cluster from a `k8sd backup` archive on a fresh machine (same
     /// CA, same data, revisions preserved); other nodes then join with new tokens.
     Restore(backup::RestoreArgs),
+    /// Remove everything this node put on the host: processes, containers, mounts, cgroups,
+    /// the CNI bridge and routes, KUBE-*/CNI-* rules, its data and run dirs. Leaves the cluster
+    /// first; refused where that would break the datastore's quorum, unless --force.
+    Reset(reset::ResetArgs),
     /// Run the etcd-compatible datastore on its own (accepts etcd's core flags).
     Datastore(datastore::DatastoreArgs),
     /// Build, list and import the local container images (pause, busybox, add-ons).
@@ -91,6 +96,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Images(args) => images::run(args),
         Command::Backup(args) => backup::backup(cli.layout.layout(), args),
         Command::Restore(args) => backup::restore(cli.layout.layout(), args),
+        Command::Reset(args) => reset::reset(cli.layout.layout(), args),
     }
 }
 

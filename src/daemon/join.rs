@@ -478,6 +478,11 @@ impl Daemon {
                     ));
                 }
                 if others > 0 {
+                    // Ask the leader first, so a removal that would break quorum is refused
+                    // before any record is deleted: a refused leave changes nothing.
+                    if !force {
+                        ds.check_removal(me).await.map_err(other)?;
+                    }
                     // Kubernetes records first, while this node still has a say in the datastore.
                     self.kubectl()?.delete_node(&name).await.map_err(other)?;
                     registry::txn(

@@ -411,6 +411,16 @@ impl Node {
         }
     }
 
+    /// Whether removing member `id` (without force) would go ahead now; changes nothing. A
+    /// standalone node is its own last voter, so the answer there is `LastVoter`.
+    pub async fn check_removal(&self, id: u64) -> Result<(), NodeError> {
+        use crate::raft::{RaftNodeError, RemoveError};
+        match &self.inner.backend {
+            Backend::Raft(raft) => Ok(raft.check_removal(id).await?),
+            Backend::Local { .. } => Err(NodeError::Raft(RaftNodeError::Remove(RemoveError::LastVoter(id)))),
+        }
+    }
+
     /// Renew lease `id` (a keep-alive): its TTL, or `None` if the lease is unknown or expired.
     /// A Raft follower asks the leader, whose lessor is the one that expires leases; renewing
     /// the local lessor alone would let the lease expire on the leader (etcd forwards

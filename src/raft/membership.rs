@@ -412,6 +412,11 @@ pub struct RemoveRequest {
     pub id: u64,
     /// Skip the healthy-quorum check (never the last-voter check).
     pub force: bool,
+    /// Only decide: answer `Allowed` where the removal would go ahead, change nothing. `k8sd
+    /// leave` and `k8sd reset` ask first, so a refusal comes before they touch any record.
+    /// Absent (false) in requests from older nodes.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// What a successful removal did.
@@ -429,6 +434,8 @@ pub enum RemoveOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum RemoveReply {
     Removed(RemoveOutcome),
+    /// A dry run whose removal would go ahead now (nothing was changed).
+    Allowed,
     Refused(RemoveError),
     /// Ask the leader instead (also the answer after this leader handed leadership away in
     /// order to remove itself).
@@ -526,6 +533,9 @@ pub async fn handle_remove(
             }
         }
     };
+    if req.dry_run {
+        return RemoveReply::Allowed;
+    }
     let done = match plan {
         RemovalPlan::RemoveLearner => {
             tracing::info!(member = %id, "removing a learner");

@@ -459,8 +459,32 @@ impl RaftNode {
     /// quorum is unreachable stays in flight after the `Timeout` error and completes when
     /// enough members are back.
     pub async fn remove_member(&self, id: u64, force: bool) -> Result<RemoveOutcome, RaftNodeError> {
+        match self.remove_request(id, force, false).await? {
+            Some(outcome) => Ok(outcome),
+            // Only a dry run is answered `Allowed`; a leader that did not remove must say why.
+            None => Err(RaftNodeError::Membership(
+                "the leader answered a removal as if it were a dry run".into(),
+            )),
+        }
+    }
+
+    /// Ask the leader whether removing member `id` without `force` would go ahead now, by the
+    /// same rules as [`Self::remove_member`], changing nothing: `Ok` if it would, the refusal
+    /// (`RemoveError::Unhealthy`, `LastVoter`, ...) otherwise. Used before anything else is
+    /// undone, so a refused `leave` or `reset` leaves the node as it was.
+    pub async fn check_removal(&self, id: u64) -> Result<(), RaftNodeError> {
+        self.remove_request(id, false, true).await.map(|_| ())
+    }
+
+    /// One `Remove` request, routed to the leader; `None` for an allowed dry run.
+    async fn remove_request(
+        &self,
+        id: u64,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Option<RemoveOutcome>, RaftNodeError> {
         let inner = &self.inner;
-        let req = RemoveRequest { id, force };
+        let req = RemoveRequest { id, force, dry_run };
         // A leader transfer plus a joint change can take two request timeouts.
         let deadline = Instant::now() + inner.request_timeout * 3;
         let mut hint: Option<(u64, NodeInfo)> = None;
@@ -494,7 +518,8 @@ impl RaftNode {
                 _ => None,
             };
             match reply {
-                Some(RemoveReply::Removed(outcome)) => return Ok(outcome),
+                Some(RemoveReply::Removed(outcome)) => return Ok(Some(outcome)),
+                Some(RemoveReply::Allowed) => return Ok(None),
                 Some(RemoveReply::Refused(e)) => return Err(e.into()),
                 Some(RemoveReply::InFlight { reason }) => {
                     return Err(RaftNodeError::Membership(reason));

@@ -30,6 +30,9 @@ stop_daemon() {
 }
 
 cleanup() {
+  # `k8sd reset` first (step 8 checks it); teardown-host.sh stays as a safety net for the
+  # machine should reset fail or the suite stop before it.
+  [[ -d $data || -d $run ]] && k8sd reset --force >/dev/null 2>&1
   stop_daemon
   "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$data/kubelet" \
     --containerd-address "$run/containerd/containerd.sock" --containerd-root "$data/containerd" \
@@ -342,5 +345,113 @@ check "the Secrets key survives the restart unchanged" bash -c "[[ \$(sha256sum 
 check "the Secret written before the restart still reads back" secret_reads
 check "7. status after restart: 6 components running, node Ready" status_says \
   "str(all(c['running'] for c in d['components'])) + ' ' + str(d['kubernetes-node']['ready'])" "True True"
+
+log "8. k8sd reset removes everything of this node and nothing else"
+# Pods to leave behind: two busybox pods with a memory-backed emptyDir (a tmpfs mount under the
+# kubelet root) and one host-network pod (it shares the node's netns, which reset must keep).
+cat > "$work/reset-pods.yaml" <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: rs}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: rs}}
+  template:
+    metadata: {labels: {app: rs}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - {name: bb, image: docker.io/library/busybox:1.37-local, imagePullPolicy: Never, command: [sleep, "3600"],
+         volumeMounts: [{name: scratch, mountPath: /scratch}]}
+      volumes: [{name: scratch, emptyDir: {medium: Memory}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: rs-hostnet}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 30
+  containers:
+  - {name: bb, image: docker.io/library/busybox:1.37-local, imagePullPolicy: Never, command: [sleep, "3600"]}
+YAML
+kubectl apply -f "$work/reset-pods.yaml" >/dev/null
+rs_running() { [[ $(kubectl get pods -l app=rs --field-selector=status.phase=Running -o name | wc -l) -eq 2 ]] && pod_phase rs-hostnet Running; }
+check "pods to reset are Running (2 with a tmpfs emptyDir, 1 on the host network)" wait_for 120 "rs pods" rs_running
+cg=${K8SD_CGROUP_ROOT#/}
+our_mounts() { awk '{print $5}' /proc/self/mountinfo | grep -E "^($data|$run)/"; }
+our_cgroups() { ls -d /sys/fs/cgroup/"$cg" /sys/fs/cgroup/*/"$cg" 2>/dev/null; }
+our_procs() {  # the daemon, the supervisor's children, the shims of our containerd, the pods
+  grep -lsa "K8SD_MANAGED=$data" /proc/[0-9]*/environ 2>/dev/null
+  pgrep -af -- "--data-dir $data( .*)? run( |$)"
+  pgrep -af -- "-address $run/containerd/containerd.sock"
+  cat $(find /sys/fs/cgroup/*/"$cg" -name cgroup.procs 2>/dev/null) /dev/null
+}
+none() { local out; out=$("$@"); [[ -z $out ]] || { log "still there: $out"; return 1; }; }
+our_chains() {
+  local ipt
+  for ipt in iptables-legacy iptables-nft ip6tables-legacy ip6tables-nft; do
+    in_host "$ns" "$ipt-save" 2>/dev/null | grep -E '^:(KUBE-|CNI-)' | sed "s/^/$ipt /"
+  done
+  in_host "$ns" nft list tables 2>/dev/null | grep -E 'table ip6? kube-proxy'
+}
+# The pods' netns files: the /run/netns/cni-* entries whose namespace a pod process is in.
+pod_netns_files() {
+  local p f inode inodes=" "
+  for p in $(cat $(find /sys/fs/cgroup/*/"$cg" -name cgroup.procs 2>/dev/null) /dev/null); do
+    inode=$(readlink "/proc/$p/ns/net" 2>/dev/null | tr -dc 0-9) && inodes+="$inode "
+  done
+  for f in /run/netns/cni-*; do
+    [[ -e $f ]] && [[ $inodes == *" $(stat -L -c %i "$f") "* ]] && echo "$f"
+  done
+}
+pod_netns_files > "$work/pod-netns.before"
+check "before: pods' netns files exist ($(wc -l < "$work/pod-netns.before"))" test -s "$work/pod-netns.before"
+check "before: mounts under the data and run dirs exist ($(our_mounts | wc -l))" bash -c "[[ $(our_mounts | wc -l) -gt 0 ]]"
+check "before: the node's cgroup root exists" bash -c "[[ $(our_cgroups | wc -l) -gt 0 ]]"
+check "before: processes of the node run" bash -c "[[ $(our_procs | wc -l) -gt 0 ]]"
+chains_before=$(our_chains | wc -l)
+check "before: $chains_before KUBE-*/CNI-* chains or kube-proxy tables in the node's netns" test "$chains_before" -gt 0
+check "before: cni0 and the service route exist in the node's netns" bash -c "ip -n $ns link show cni0 >/dev/null && [[ -n \$(ip -n $ns route show 10.96.0.0/12) ]]"
+node_sha=$(sha256sum < "$data/node.yaml")
+unchanged() {
+  [[ $(sha256sum < "$data/node.yaml") == "$node_sha" ]] && kill -0 "$(daemon_pid)" && node_ready && rs_running \
+    && [[ -n $(our_mounts) ]] || { log "the node changed"; return 1; }
+}
+nobody_reset() {
+  local out rc
+  out=$(in_host "$ns" setpriv --reuid=65534 --regid=65534 --clear-groups "$K8SD_BIN" --data-dir "$data" --run-dir "$run" reset --force 2>&1); rc=$?
+  log "as nobody: rc=$rc: $out"
+  ((rc != 0)) && [[ $out == *"must run as root"* && $out == *"nothing was changed"* ]] && unchanged
+}
+check "reset as a non-root user fails with a clear message and removes nothing" nobody_reset
+last_refused() {
+  local out rc
+  out=$(k8sd reset 2>&1); rc=$?
+  log "without --force: rc=$rc: $out"
+  ((rc != 0)) && [[ $out == *"last control-plane node"* && $out == *"--force"* && $out == *"nothing was changed"* ]] && unchanged
+}
+check "reset of the last control-plane node without --force is refused, names --force, and changes nothing" last_refused
+daemon_before=$(daemon_pid)
+reset_out=$(k8sd reset --force 2>&1); reset_rc=$?
+printf '%s\n' "$reset_out" | sed 's/^/  | /'
+check "k8sd reset --force succeeds" test "$reset_rc" -eq 0
+check "after: no process of the node remains (daemon $daemon_before, marked children, shims, pods)" none our_procs
+check "after: the daemon is gone" bash -c "! kill -0 $daemon_before 2>/dev/null"
+check "after: no mount under the data or run dir" none our_mounts
+netns_gone() { local f; while read -r f; do [[ -e $f ]] && { log "still there: $f"; return 1; }; done < "$work/pod-netns.before"; return 0; }
+check "after: the pods' netns files are gone" netns_gone
+check "after: no cgroup under the node's cgroup root (nor the root)" none our_cgroups
+check "after: no KUBE-*/CNI-* chains and no kube-proxy nft table in the node's netns" none our_chains
+check "after: no cni0 in the node's netns" bash -c "! ip -n $ns link show cni0 >/dev/null 2>&1"
+check "after: no service route in the node's netns" bash -c "[[ -z \$(ip -n $ns route show 10.96.0.0/12) ]]"
+check "after: the data dir and run dir are gone" bash -c "[[ ! -e $data && ! -e $run ]]"
+check "after: the node's own netns and its eth0 address are kept" bash -c "ip -n $ns addr show eth0 | grep -q $node_ip/24"
+again() {
+  local out rc
+  out=$(k8sd reset 2>&1); rc=$?
+  log "second reset: rc=$rc: $out"
+  ((rc == 0)) && ! grep -q '^  ' <<< "$out" && [[ $out == *"this node is reset"* ]]
+}
+check "a second reset succeeds and finds nothing to remove" again
 
 finish
