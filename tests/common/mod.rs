@@ -43,7 +43,7 @@ pub fn free_port() -> u16 {
         Ordering::SeqCst,
     );
     for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let port = u16::try_from(LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN).expect("below 32000");
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
