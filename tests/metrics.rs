@@ -48,18 +48,27 @@ const REQUIRED: &[(&str, &str)] = &[
 /// with a client certificate the server must refuse.
 fn write_pki(dir: &Path) {
     use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+        Issuer, KeyPair, SanType,
     };
     for (prefix, leaves) in [("", &["server", "client"][..]), ("other-", &["client"][..])] {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: rcgen's default subject is one string for every certificate, and
+        // OpenSSL (curl) takes a leaf whose subject equals its issuer for self-signed.
+        ca.distinguished_name = DistinguishedName::new();
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("{prefix}metrics-test-ca"));
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         std::fs::write(dir.join(format!("{prefix}ca.crt")), ca_cert.pem()).unwrap();
         let issuer = Issuer::new(ca, ca_key);
         for name in leaves {
             let key = KeyPair::generate().unwrap();
             let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            p.distinguished_name = DistinguishedName::new();
+            p.distinguished_name
+                .push(DnType::CommonName, format!("{prefix}{name}"));
             p.subject_alt_names
                 .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
             p.extended_key_usages = vec![if *name == "server" {
