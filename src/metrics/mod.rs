@@ -6,11 +6,13 @@
 //! whoever renders them and written straight into a [`Text`].
 //!
 //! `etcd.rs` holds the datastore's metrics under etcd's names, `grpc.rs` the gRPC server
-//! family of go-grpc-prometheus, `server.rs` the `/metrics` listener. This module names no
+//! family of go-grpc-prometheus, `k8sd.rs` the node daemon's own (certificates, components,
+//! load balancer), `server.rs` the `/metrics` listener. This module names no
 //! other module of the crate: everything else may record into it.
 
 pub mod etcd;
 pub mod grpc;
+pub mod k8sd;
 pub mod server;
 
 use std::fmt::Write as _;
