@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod httpc;
 pub mod images;
 pub mod lb;
+pub mod metrics;
 pub mod mirror;
 pub mod node;
 pub mod paths;

@@ -83,6 +83,11 @@ pub struct DatastoreArgs {
     /// times this of leader silence (the default fails over in about 0.9 s).
     #[arg(long, default_value_t = 250)]
     pub election_timeout: u64,
+    /// Comma-separated URLs to serve Prometheus metrics on at /metrics, under etcd's metric
+    /// names (etcd's flag). https:// serves --cert-file and requires a client certificate
+    /// signed by --trusted-ca-file; http:// only on loopback. Without it no metrics listener.
+    #[arg(long, value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
     /// Log level: error, warn, info or debug.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -190,6 +195,26 @@ fn peer_tls(
     )))
 }
 
+/// TLS for https metrics URLs: the client listener's certificate, and a client certificate
+/// signed by --trusted-ca-file is always required (metrics are never served to anyone with
+/// TLS alone; plain http on loopback is the explicit alternative, as etcd allows).
+fn metrics_tls(args: &DatastoreArgs) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+    let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
+        bail!("an https:// --listen-metrics-urls needs --cert-file and --key-file");
+    };
+    let Some(ca) = &args.trusted_ca_file else {
+        bail!(
+            "an https:// --listen-metrics-urls requires client certificates: give --trusted-ca-file (the CA that signs your Prometheus' client certificate), or use http://127.0.0.1:PORT"
+        );
+    };
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    Ok(crate::metrics::server::tls_config(
+        &read(ca)?,
+        &read(cert)?,
+        &read(key)?,
+    )?)
+}
+
 fn formation(args: &DatastoreArgs, listen_addr: &str) -> anyhow::Result<Formation> {
     let tls = args.peer_cert_file.is_some();
     let mut members: Vec<(&str, String)> = Vec::new();
@@ -246,8 +271,25 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
         .iter()
         .map(|u| parse_listen(u, tls.enabled()))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let metrics_listens = args
+        .listen_metrics_urls
+        .iter()
+        .map(|u| parse_listen(u, tls.enabled()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let metrics_tls = if metrics_listens.iter().any(|l| l.tls) {
+        Some(metrics_tls(&args)?)
+    } else {
+        None
+    };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
+        let mut metrics_listeners = Vec::new();
+        for l in &metrics_listens {
+            let listener = tokio::net::TcpListener::bind(l.addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {}; is another etcd or k8sd already using it?", l.addr))?;
+            metrics_listeners.push((listener, if l.tls { metrics_tls.clone() } else { None }));
+        }
         let mut listeners = Vec::new();
         for l in &listens {
             let listener = tokio::net::TcpListener::bind(l.addr)
@@ -302,6 +344,21 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
+            });
+        }
+        for (listener, tls) in metrics_listeners {
+            let render_node = node.clone();
+            let render: crate::metrics::server::Render = std::sync::Arc::new(move || {
+                let node = render_node.clone();
+                Box::pin(async move { etcd::metrics::exposition(&node).await })
+            });
+            let mut stop = stop_rx.clone();
+            servers.spawn(async move {
+                crate::metrics::server::serve(listener, tls, render, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+                Ok(())
             });
         }
         tracing::info!(name = %args.name, data_dir = %args.data_dir.display(), "ready to serve client requests");

@@ -19,6 +19,7 @@ pub mod config;
 mod control;
 pub mod extra_args;
 mod join;
+mod metrics;
 mod mirror;
 mod noderole;
 mod podnet;
@@ -175,6 +176,8 @@ struct RunningNode {
     lb: Option<Arc<crate::lb::LbHandle>>,
     /// The node-local image mirror containerd pulls from.
     _mirror: Arc<mirror::MirrorHandle>,
+    /// The node's `/metrics` listener (none if its port was taken).
+    _metrics: Option<Arc<metrics::MetricsHandle>>,
 }
 
 impl Daemon {
@@ -455,6 +458,9 @@ impl Daemon {
             run_dir: l.pid_dir(),
             instance: l.data_dir.clone().into_os_string(),
         }));
+        step("starting the metrics listener");
+        let node_metrics =
+            metrics::start(&l, &cfg, datastore.clone(), supervisor.clone(), lb.clone()).await?;
         *self.node.lock().unwrap_or_else(|e| e.into_inner()) = Some(RunningNode {
             cfg: cfg.clone(),
             datastore,
@@ -462,6 +468,7 @@ impl Daemon {
             etcd_stop,
             lb: Some(lb),
             _mirror: Arc::new(mirror),
+            _metrics: node_metrics.map(Arc::new),
         });
         // Before the components start: kube-apiserver may call a webhook Service at once.
         svcroute::spawn(self, identity.service_cidr, cfg.advertise_address);

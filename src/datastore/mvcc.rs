@@ -954,6 +954,14 @@ impl Reader {
         })
     }
 
+    /// How many keys exist now (deleted ones excluded): etcd's `keys_total`.
+    pub fn key_count(&mut self) -> Result<i64> {
+        let p = self.path.clone();
+        self.conn
+            .query_row("SELECT count(*) FROM latest", [], |r| r.get(0))
+            .map_err(sq(&p))
+    }
+
     /// Bytes allocated by the database file and bytes in use (allocated minus free pages).
     pub fn db_size(&mut self) -> Result<(i64, i64)> {
         let p = self.path.clone();

@@ -1,6 +1,7 @@
 //! The KV service: Range is served from the local replica; Put, DeleteRange, Txn and Compact
 //! become commands applied by the state machine.
 
+use crate::metrics::etcd::ETCD;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -37,6 +38,7 @@ impl EtcdService {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for EtcdService {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        ETCD.ranges.inc();
         let req = req.into_inner();
         check_size(&req)?;
         if req.key.is_empty() {
@@ -60,6 +62,7 @@ impl pb::kv_server::Kv for EtcdService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        ETCD.puts.inc();
         let req = req.into_inner();
         check_size(&req)?;
         let txn = ds::TxnRequest {
@@ -81,6 +84,7 @@ impl pb::kv_server::Kv for EtcdService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        ETCD.deletes.inc();
         let req = req.into_inner();
         check_size(&req)?;
         let txn = ds::TxnRequest {
@@ -100,6 +104,7 @@ impl pb::kv_server::Kv for EtcdService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        ETCD.txns.inc();
         let req = req.into_inner();
         check_size(&req)?;
         let (rev, result) = self.write_txn(txn_from_pb(req)).await?;

@@ -14,7 +14,7 @@ use crate::EMULATED_ETCD_VERSION;
 use crate::pb::etcdserverpb as pb;
 
 /// etcd's default backend quota, reported in Status.
-const DB_SIZE_QUOTA: i64 = 2 * 1024 * 1024 * 1024;
+const DB_SIZE_QUOTA: i64 = super::metrics::QUOTA_BACKEND_BYTES;
 
 impl EtcdService {
     /// The real membership of a Raft member (every voter and learner, as the replicated

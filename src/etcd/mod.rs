@@ -9,6 +9,8 @@ mod convert;
 mod kv;
 mod lease;
 mod maintenance;
+mod metered;
+pub mod metrics;
 mod refused;
 pub mod status;
 mod watch;
@@ -154,7 +156,8 @@ pub async fn serve(
         .await;
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .layer(metered::MeteredLayer);
     let tls = if tls.enabled() {
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config()?)))
     } else {

@@ -19,6 +19,7 @@
 //! - W14: a stream that falls behind the hub's capacity resubscribes and catches every watcher
 //!   up from SQLite; the apply loop never waits for it.
 
+use crate::metrics::etcd::ETCD;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,6 +71,7 @@ impl pb::watch_server::Watch for EtcdService {
             require_leader,
             leaderless_since: None,
         };
+        ETCD.watch_streams.add(1);
         tokio::spawn(stream.run(incoming));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -113,6 +115,15 @@ struct StreamTask {
     /// When this node was first seen without a leader (hasleader streams only); cleared
     /// whenever a leader is seen again.
     leaderless_since: Option<tokio::time::Instant>,
+}
+
+/// A stream's watchers leave the gauges with it, however it ends.
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        ETCD.watch_streams.add(-1);
+        ETCD.watchers
+            .add(-i64::try_from(self.watchers.len()).unwrap_or(0));
+    }
 }
 
 impl StreamTask {
@@ -183,6 +194,7 @@ impl StreamTask {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
+                    ETCD.watchers.add(-1);
                     let mut r = self.response(c.watch_id, self.seen);
                     r.canceled = true;
                     self.send(r).await?;
@@ -234,6 +246,7 @@ impl StreamTask {
             sent_since_tick: false,
         };
         self.watchers.insert(id, w);
+        ETCD.watchers.add(1);
         let mut r = self.response(id, self.seen);
         r.created = true;
         self.send(r).await?;
@@ -260,7 +273,9 @@ impl StreamTask {
             let (events, view) = match read {
                 Ok(x) => x,
                 Err(NodeError::Store(StoreError::Compacted { compacted, .. })) => {
-                    self.watchers.remove(&id);
+                    if self.watchers.remove(&id).is_some() {
+                        ETCD.watchers.add(-1);
+                    }
                     let mut r = self.response(id, self.seen);
                     // etcd leaves cancel_reason empty here; clients read compact_revision.
                     (r.canceled, r.compact_revision) = (true, compacted);

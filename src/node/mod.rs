@@ -160,6 +160,9 @@ impl Node {
                     source,
                 })?;
         }
+        // A standalone node is its own leader from the start: one leader change, as a
+        // single-member etcd counts its first election.
+        crate::metrics::etcd::ETCD.leader_changes.inc();
         let inner = Inner {
             config,
             db_path,
@@ -339,8 +342,23 @@ impl Node {
         }
     }
 
-    /// Submit a command and wait until it is applied.
+    /// Submit a command and wait until it is applied. Counted in etcd's proposal metrics: a
+    /// proposal fails when it was not applied (no leader, timeout, stopped), not when the
+    /// command itself was refused by the store (a failed compare is an applied proposal).
     pub async fn propose(&self, cmd: Command) -> Result<CommandOutput, NodeError> {
+        let m = &crate::metrics::etcd::ETCD;
+        m.proposals_pending.add(1);
+        let out = self.propose_inner(cmd).await;
+        m.proposals_pending.add(-1);
+        if let Err(e) = &out
+            && !matches!(e, NodeError::Store(_))
+        {
+            m.proposals_failed.inc();
+        }
+        out
+    }
+
+    async fn propose_inner(&self, cmd: Command) -> Result<CommandOutput, NodeError> {
         let proposals = match &self.inner.backend {
             Backend::Raft(raft) => return Ok(raft.propose(cmd).await??),
             Backend::Local { proposals } => proposals,
@@ -440,7 +458,20 @@ impl Node {
         }
     }
 
-    fn is_leader(&self) -> bool {
+    /// The Raft commit and apply indexes (etcd's `proposals_committed_total` and
+    /// `proposals_applied_total`); a standalone node commits what it applies.
+    pub fn commit_positions(&self) -> (u64, u64) {
+        match &self.inner.backend {
+            Backend::Raft(raft) => raft.commit_positions(),
+            Backend::Local { .. } => {
+                let applied = self.meta().applied_index;
+                (applied, applied)
+            }
+        }
+    }
+
+    /// Whether this node leads its cluster; a standalone node always does.
+    pub fn is_leader(&self) -> bool {
         match &self.inner.backend {
             Backend::Raft(raft) => {
                 let st = raft.status();
@@ -644,7 +675,14 @@ fn apply_proposals(store: &mut Store, batch: &mut Vec<Proposal>, hub: &WatchHub,
             )
         })
         .collect();
-    match store.apply_batch(&cmds) {
+    let started = Instant::now();
+    let applied = store.apply_batch(&cmds);
+    // One SQLite transaction, committed with synchronous=FULL: its commit is the WAL fsync and
+    // the backend commit at once (a standalone node has no separate log).
+    let took = started.elapsed();
+    crate::metrics::etcd::ETCD.wal_fsync.observe(took);
+    crate::metrics::etcd::ETCD.backend_commit.observe(took);
+    match applied {
         Ok((outputs, events)) => {
             let now = Instant::now();
             for out in outputs.iter().flatten() {

@@ -334,7 +334,7 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
         // else is written and every later op reports the first error.
         let result = match &failed {
             Some(msg) => Err(msg.clone()),
-            None => write_group(&mut conn, &group).map_err(|e| {
+            None => timed_write_group(&mut conn, &group).map_err(|e| {
                 let msg = format!("raft log write to {} failed: {e}", shared.path.display());
                 tracing::error!("{msg}; refusing further log writes");
                 msg
@@ -359,6 +359,14 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
             op.finish(&result);
         }
     }
+}
+
+/// `write_group`, timed as etcd's WAL fsync: the commit is this log's one fsync.
+fn timed_write_group(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    let result = write_group(conn, group);
+    crate::metrics::etcd::ETCD.wal_fsync.observe(started.elapsed());
+    result
 }
 
 /// Apply a group of ops in one transaction, in order. With `synchronous=FULL` the commit

@@ -419,7 +419,37 @@ impl RaftNode {
         if config.auto_promote {
             node.spawn_promoter();
         }
+        node.spawn_leader_watch();
         Ok(node)
+    }
+
+    /// Count leader changes for etcd's `leader_changes_seen_total`: every time this node
+    /// learns of a leader other than the last one it knew (the first leader included, as etcd
+    /// counts). Ends when Raft stops.
+    fn spawn_leader_watch(&self) {
+        let mut rx = self.inner.raft.metrics();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let leader = rx.borrow_watched().current_leader;
+                if leader.is_some() && leader != last {
+                    crate::metrics::etcd::ETCD.leader_changes.inc();
+                    last = leader;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The commit and apply indexes of this node's log.
+    pub fn commit_positions(&self) -> (u64, u64) {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        (
+            m.local_committed.map_or(0, |l| l.index),
+            m.last_applied.map_or(0, |l| l.index),
+        )
     }
 
     /// While leader, check every second whether learners are due for promotion (a learner

@@ -399,8 +399,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(Method::Append, RPCTypes::AppendEntries, &rpc, &option)
-            .await
+        // A heartbeat (no entries) is a bare round trip to the peer: etcd's
+        // `peer_round_trip_time_seconds`, which etcd measures with its own probes.
+        let heartbeat = rpc.entries.is_empty();
+        let started = std::time::Instant::now();
+        let reply = self
+            .unary(Method::Append, RPCTypes::AppendEntries, &rpc, &option)
+            .await;
+        if heartbeat && reply.is_ok() {
+            crate::metrics::etcd::ETCD.peer_round_trip(self.target, started.elapsed());
+        }
+        reply
     }
 
     async fn vote(

@@ -4,6 +4,8 @@
 # DNS answers for Services and pods (and fails fast for an external name: the test host has no
 # way out); a PVC binds, keeps its data across pods and its directory goes with it; `kubectl top`
 # works; `k8sd disable|enable` remove and restore an add-on; `k8sd status -o json` lists them.
+# The node's Prometheus endpoint (:2381) answers a cluster-CA client certificate only and
+# carries the datastore's etcd metrics and k8sd's own, whose restart counter moves.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" \
@@ -235,5 +237,42 @@ note_kept() {
   [[ $(kubectl -n kube-system get deployment coredns -o jsonpath='{.metadata.annotations.e2e\.k8sd\.io/note}') == kept ]]
 }
 check "a user's annotation on the coredns Deployment survives the re-apply" note_kept
+
+log "7. Prometheus metrics on :2381 (docs/metrics.md), with a client certificate from the cluster CA"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=k8sd-metrics \
+  -keyout "$work/prom.key" -out "$work/prom.csr" 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\n' > "$work/prom.ext"
+openssl x509 -req -in "$work/prom.csr" -CA "$data/pki/ca.crt" -CAkey "$data/pki/ca.key" -days 1 \
+  -out "$work/prom.crt" -extfile "$work/prom.ext" 2>/dev/null
+metrics_url=https://10.210.5.2:2381/metrics
+scrape() {
+  in_host "$ns" curl -sS --fail --max-time 10 --cacert "$data/pki/ca.crt" \
+    --cert "$work/prom.crt" --key "$work/prom.key" "$metrics_url" > "$work/metrics.txt"
+}
+sample() { awk -v s="$1" 'index($0, s " ") == 1 { print $2 }' "$work/metrics.txt"; }
+check "a scrape with a cluster-CA client certificate is answered" scrape
+refused_without_cert() { ! in_host "$ns" curl -sS --fail --max-time 10 --cacert "$data/pki/ca.crt" "$metrics_url" >/dev/null 2>&1; }
+check "a scrape without a client certificate is refused" refused_without_cert
+types_ok() {
+  local want
+  for want in 'etcd_server_has_leader gauge' 'etcd_disk_wal_fsync_duration_seconds histogram' \
+    'etcd_disk_backend_commit_duration_seconds histogram' 'grpc_server_handled_total counter' \
+    'k8sd_certificate_expiration_seconds gauge' 'k8sd_component_restarts_total counter' \
+    'k8sd_component_state gauge' 'k8sd_lb_backend_healthy gauge'; do
+    grep -qx "# TYPE $want" "$work/metrics.txt" || { log "missing: # TYPE $want"; return 1; }
+  done
+}
+check "the datastore's etcd metrics and k8sd's own are there with their types" types_ok
+check "etcd_server_has_leader is 1" test "$(sample etcd_server_has_leader)" = 1
+check "kube-apiserver is in state ready" \
+  test "$(sample 'k8sd_component_state{component="kube-apiserver",state="ready"}')" = 1
+cert_days() { local s; s=$(sample 'k8sd_certificate_expiration_seconds{file="apiserver.crt",subject="kube-apiserver"}'); [[ -n $s ]] && ((s > 300 * 86400)); }
+check "apiserver.crt expires in more than 300 days" cert_days
+check "the load balancer's backend is healthy" \
+  test "$(sample 'k8sd_lb_backend_healthy{backend="10.210.5.2:6443"}')" = 1
+before=$(sample 'k8sd_component_restarts_total{component="kube-proxy"}')
+kill -9 "$(cat "$run/pids/kube-proxy.pid")"
+restart_counted() { scrape && [[ $(sample 'k8sd_component_restarts_total{component="kube-proxy"}') == $((before + 1)) ]]; }
+check "kill -9 of kube-proxy shows as one restart" wait_for 60 "kube-proxy restart counted" restart_counted
 
 finish
