@@ -23,6 +23,7 @@ pub mod raft;
 pub mod reset;
 pub mod supervisor;
 pub mod template;
+pub mod tls;
 
 /// Generated protobuf and gRPC code for etcd's v3 API (our own .proto files under `proto/`).
 pub mod pb {

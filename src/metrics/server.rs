@@ -7,8 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -22,48 +20,23 @@ pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> +
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsTlsError {
-    #[error("metrics listener TLS material: {what}: {reason}")]
-    Pem { what: &'static str, reason: String },
-    #[error("metrics listener TLS configuration: {0}")]
-    Tls(String),
+    #[error("metrics listener {0}")]
+    Tls(#[from] crate::tls::MtlsError),
 }
 
 /// A server configuration serving `cert_pem` that accepts only clients with a certificate
-/// signed by `ca_pem`. rustls offers TLS 1.2 and 1.3 with AEAD suites only.
+/// signed by `ca_pem`, speaking HTTP/1.1.
 pub fn tls_config(
     ca_pem: &[u8],
     cert_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, MetricsTlsError> {
-    let pem = |what: &'static str| {
-        move |e: rustls::pki_types::pem::Error| MetricsTlsError::Pem {
-            what,
-            reason: e.to_string(),
-        }
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        roots
-            .add(c.map_err(pem("CA certificate"))?)
-            .map_err(|e| MetricsTlsError::Tls(e.to_string()))?;
-    }
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem("serving certificate"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem("serving key"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| MetricsTlsError::Tls(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MetricsTlsError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| MetricsTlsError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(crate::tls::mutual_tls_server(
+        ca_pem,
+        cert_pem,
+        key_pem,
+        &[b"http/1.1"],
+    )?)
 }
 
 /// Serve `/metrics` on `listener` until `shutdown` resolves. `tls: None` is plain http.

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -16,10 +14,8 @@ const MAX_HEAD: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    #[error("mirror TLS material: {what}: {reason}")]
-    Pem { what: &'static str, reason: String },
-    #[error("mirror TLS configuration: {0}")]
-    Tls(String),
+    #[error("mirror {0}")]
+    Tls(#[from] crate::tls::MtlsError),
 }
 
 /// The server configuration: this node's serving certificate, and clients must present a
@@ -29,35 +25,7 @@ pub fn tls_config(
     cert_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, MirrorError> {
-    let pem = |what: &'static str| {
-        move |e: rustls::pki_types::pem::Error| MirrorError::Pem {
-            what,
-            reason: e.to_string(),
-        }
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        roots
-            .add(c.map_err(pem("CA certificate"))?)
-            .map_err(|e| MirrorError::Tls(e.to_string()))?;
-    }
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem("serving certificate"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem("serving key"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| MirrorError::Tls(e.to_string()))?;
-    // rustls offers TLS 1.2 and 1.3 with AEAD suites only.
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MirrorError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| MirrorError::Tls(e.to_string()))?;
-    Ok(Arc::new(config))
+    Ok(crate::tls::mutual_tls_server(ca_pem, cert_pem, key_pem, &[])?)
 }
 
 /// Serves until the listener fails. Each connection is handled on its own task.
