@@ -111,7 +111,7 @@ fn each_module_names_only_the_modules_the_map_allows() {
         ("addons", &["images", "template"]),
         ("lb", &["httpc"]),
         ("tls", &[]),
-        ("mirror", &["tls"]),
+        ("mirror", &[]),
         ("reset", &["paths", "supervisor"]),
         ("metrics", &["tls"]),
         ("node", &["datastore", "raft", "metrics"]),

@@ -15,7 +15,6 @@ use crate::metrics::k8sd::{BackendMetrics, CertExpiry, ComponentMetrics};
 use crate::metrics::{Text, server};
 use crate::node::Node;
 use crate::paths::Layout;
-use crate::pki::{CaKind, Leaf};
 use crate::supervisor::Supervisor;
 
 pub const METRICS_PORT: u16 = 2381;
@@ -38,19 +37,7 @@ pub async fn start(
     supervisor: Arc<Supervisor>,
     lb: Arc<LbHandle>,
 ) -> Result<Option<MetricsHandle>, DaemonError> {
-    let pki = layout.pki_dir();
-    let read = |name: String| {
-        let path = pki.join(name);
-        std::fs::read(&path)
-            .map_err(|e| DaemonError::Other(format!("metrics listener: cannot read {}: {e}", path.display())))
-    };
-    let serving = Leaf::KubeletServing;
-    let tls = server::tls_config(
-        &read(CaKind::Cluster.cert_file())?,
-        &read(serving.cert_file())?,
-        &read(serving.key_file())?,
-    )
-    .map_err(|e| DaemonError::Other(e.to_string()))?;
+    let tls = super::listener_tls::node_listener_tls(layout, "metrics listener", &[b"http/1.1"])?;
     let addr = std::net::SocketAddr::new(cfg.advertise_address, METRICS_PORT);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -60,7 +47,7 @@ pub async fn start(
         }
     };
     let sources = Sources {
-        pki_dir: pki,
+        pki_dir: layout.pki_dir(),
         datastore,
         supervisor,
         lb,

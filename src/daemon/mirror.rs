@@ -8,7 +8,6 @@ use super::components;
 use super::config::NodeConfig;
 use crate::mirror::{server, store::ContainerdStore};
 use crate::paths::{Layout, RuntimeDir};
-use crate::pki::{CaKind, Leaf};
 
 /// Binds the mirror on the node's advertise address and serves it in the background. Its
 /// certificate is the kubelet's serving certificate (it names the node's IPs, on every node);
@@ -18,19 +17,7 @@ pub async fn start(
     cfg: &NodeConfig,
     runtime: &RuntimeDir,
 ) -> Result<MirrorHandle, DaemonError> {
-    let pki = layout.pki_dir();
-    let read = |name: String| {
-        let path = pki.join(name);
-        std::fs::read(&path)
-            .map_err(|e| DaemonError::Other(format!("image mirror: cannot read {}: {e}", path.display())))
-    };
-    let serving = Leaf::KubeletServing;
-    let tls = server::tls_config(
-        &read(CaKind::Cluster.cert_file())?,
-        &read(serving.cert_file())?,
-        &read(serving.key_file())?,
-    )
-    .map_err(|e| DaemonError::Other(e.to_string()))?;
+    let tls = super::listener_tls::node_listener_tls(layout, "image mirror", &[])?;
     let addr = components::mirror_addr(cfg);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         DaemonError::Other(format!(

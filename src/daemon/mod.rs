@@ -19,6 +19,7 @@ pub mod config;
 mod control;
 pub mod extra_args;
 mod join;
+mod listener_tls;
 mod metrics;
 mod mirror;
 mod noderole;

@@ -12,22 +12,6 @@ use super::store::{self, ContainerdStore};
 /// The longest request head accepted; a pull's are a few hundred bytes.
 const MAX_HEAD: usize = 16 * 1024;
 
-#[derive(Debug, thiserror::Error)]
-pub enum MirrorError {
-    #[error("mirror {0}")]
-    Tls(#[from] crate::tls::MtlsError),
-}
-
-/// The server configuration: this node's serving certificate, and clients must present a
-/// certificate signed by `ca_pem` (containerd presents the kubelet's client certificate).
-pub fn tls_config(
-    ca_pem: &[u8],
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<Arc<rustls::ServerConfig>, MirrorError> {
-    Ok(crate::tls::mutual_tls_server(ca_pem, cert_pem, key_pem, &[])?)
-}
-
 /// Serves until the listener fails. Each connection is handled on its own task.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, store: Arc<ContainerdStore>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
