@@ -195,7 +195,7 @@ tls_accepted() { tls_probe "$@" && grep -Eq "Cipher is ECDHE-(ECDSA|RSA)-AES128-
 cbc=ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA gcm=ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256
 for port in "$node_ip:6443 kube-apiserver" "$node_ip:10250 kubelet" "127.0.0.1:10257 controller-manager" \
   "127.0.0.1:10259 scheduler" "$node_ip:6400 cluster-api" "127.0.0.1:2379 datastore datastore-client" \
-  "$node_ip:2380 datastore-peer datastore-peer"; do
+  "$node_ip:2380 datastore-peer datastore-peer" "$node_ip:2381 metrics admin" "$node_ip:6446 image-mirror kubelet-client"; do
   read -r addr what cert <<< "$port"
   check "$what ($addr) refuses TLS 1.2 with CBC/SHA-1 suites ($cbc)" tls_refused "$addr" -tls1_2 "$cbc" "$cert"
   check "$what ($addr) refuses TLS 1.1" tls_refused "$addr" -tls1_1 'DEFAULT:@SECLEVEL=0' "$cert"
