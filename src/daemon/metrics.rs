@@ -71,11 +71,7 @@ async fn exposition(s: &Sources) -> String {
         .unwrap_or_default()
         .into_iter()
         .map(|c| CertExpiry {
-            file: c
-                .path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            file: c.file_name(),
             subject: c.common_name.unwrap_or_default(),
             remaining_seconds: (c.not_after - now).whole_seconds(),
         })

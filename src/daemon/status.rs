@@ -178,11 +178,7 @@ async fn components_report(report: &mut StatusReport, d: &Daemon, r: &super::Run
         report.certificates = certs
             .into_iter()
             .map(|c| CertReport {
-                file: c
-                    .path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                file: c.file_name(),
                 subject: c.common_name.unwrap_or_default(),
                 expires: c.not_after.date().to_string(),
                 days_left: (c.not_after - now).whole_days(),

@@ -67,6 +67,16 @@ pub struct CertStatus {
     pub not_after: OffsetDateTime,
 }
 
+impl CertStatus {
+    /// The file's name inside the PKI directory (`apiserver.crt`), as status and metrics show it.
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// Creates the CAs and service-account key if missing (else loads them) and creates, renews or
 /// re-issues every control-plane leaf in `dir`. A second call with the same identity writes
 /// nothing.

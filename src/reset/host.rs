@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use super::select::{self, DATA_ENTRIES, RUN_ENTRIES};
 use super::{Report, Target};
 use crate::paths::{DEFAULT_DATA_DIR, ENV_DATA_DIR};
-use crate::supervisor::MARKER_ENV;
+use crate::supervisor::{self, MARKER_ENV};
 
 /// How long the daemon gets to stop its components after SIGTERM (kube-apiserver's own
 /// shutdown takes a while) before it is killed.
@@ -140,17 +140,6 @@ fn nul_split(bytes: &[u8]) -> Vec<&[u8]> {
     bytes.split(|b| *b == 0).filter(|s| !s.is_empty()).collect()
 }
 
-/// Whether `pid` exists and is not a zombie.
-fn is_alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next());
-    !matches!(state, None | Some('Z' | 'X' | 'x'))
-}
-
 /// Whether a k8sd process (`argv`, `environ`) is the daemon (`k8sd run`) of this data dir: the
 /// data dir it was given with `--data-dir`, else `K8SD_DATA_DIR`, else the default (how
 /// systemd and the snap start it).
@@ -198,7 +187,7 @@ fn our_processes(t: &Target) -> Vec<Proc> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        if u32::try_from(pid).is_ok_and(|p| p == me) || !is_alive(pid) {
+        if u32::try_from(pid).is_ok_and(|p| p == me) || !supervisor::is_alive(pid) {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -238,10 +227,10 @@ fn stop_daemon(t: &Target, r: &mut Report) {
     }
     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = Instant::now() + DAEMON_GRACE;
-    while is_alive(pid) && Instant::now() < deadline {
+    while supervisor::is_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    if is_alive(pid) {
+    if supervisor::is_alive(pid) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         r.removed.push(format!(
             "killed the k8sd daemon {pid} (it did not stop within {DAEMON_GRACE:?})"

@@ -54,6 +54,7 @@ use tokio::task::JoinHandle;
 
 pub use backoff::{Action, Backoff, BackoffPolicy, Event};
 pub use error::Error;
+pub use pidfile::is_alive;
 pub use probe::Probe;
 pub use spec::{ComponentSpec, LogRotation};
 

@@ -183,7 +183,7 @@ async fn wait_gone(pid: i32, limit: Duration) -> bool {
 
 /// Whether `pid` exists and is not a zombie. A killed zombie is as good as gone: its parent
 /// (often not us) has merely not reaped it yet.
-pub(crate) fn is_alive(pid: i32) -> bool {
+pub fn is_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
