@@ -53,6 +53,19 @@ impl StoreError {
             StoreError::Sqlite { .. } | StoreError::Corrupt { .. } | StoreError::Io { .. }
         )
     }
+
+    /// The filesystem ran out of space (SQLite's `SQLITE_FULL`, which it reports for ENOSPC, or
+    /// ENOSPC itself). Unlike other fatal errors the store is still whole: the transaction that
+    /// failed was rolled back, so the writer may try again once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => {
+                matches!(source.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))
+            }
+            StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

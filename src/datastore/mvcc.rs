@@ -782,6 +782,16 @@ impl Checkpointer {
             })
             .map_err(sq(&self.path))
     }
+
+    /// Bytes in use in the database (pages minus free pages), what the quota is checked against.
+    pub fn in_use_bytes(&self) -> Result<i64> {
+        let q = |name: &str| -> Result<i64> {
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .map_err(sq(&self.path))
+        };
+        Ok((q("page_count")? - q("freelist_count")?) * q("page_size")?)
+    }
 }
 
 /// A read-only connection. Each call reads one consistent WAL snapshot.
