@@ -59,13 +59,17 @@ impl StoreError {
     /// failed was rolled back, so the writer may try again once space is freed.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            StoreError::Sqlite { source, .. } => {
-                matches!(source.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))
-            }
+            StoreError::Sqlite { source, .. } => sqlite_disk_full(source),
             StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
             _ => false,
         }
     }
+}
+
+/// SQLite's `SQLITE_FULL`, which it reports for ENOSPC: the failed transaction was rolled back,
+/// so the same write can be tried again once there is room (the Raft log writer does).
+pub fn sqlite_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

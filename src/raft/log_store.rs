@@ -367,7 +367,7 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
 fn write_until_space(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
     loop {
         match timed_write_group(conn, group) {
-            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+            Err(e) if crate::datastore::error::sqlite_disk_full(&e) => {
                 tracing::warn!(error = %e, "raft log: the disk is full; retrying the write");
                 std::thread::sleep(std::time::Duration::from_millis(500));
             }
