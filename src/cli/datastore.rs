@@ -311,11 +311,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
             durability: Durability::Full,
             client_urls: advertise.clone(),
             progress_notify_interval: args.watch_progress_notify_interval,
-            quota_bytes: match args.quota_backend_bytes {
-                0 => crate::node::alarm::DEFAULT_QUOTA_BYTES,
-                q if q < 0 => i64::MAX,
-                q => q,
-            },
+            quota_bytes: crate::node::alarm::effective_quota(args.quota_backend_bytes),
         };
         let node = match args.listen_peer_urls.first() {
             None => Node::start(config),

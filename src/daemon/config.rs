@@ -98,19 +98,16 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "ExtraArgs::is_empty")]
     pub extra_args: ExtraArgs,
     /// The datastore's backend quota in bytes (etcd's `--quota-backend-bytes`): at this many
-    /// bytes in use the NOSPACE alarm refuses writes that add data. Absent: etcd's 2 GiB.
-    /// Takes effect at the next start.
+    /// bytes in use the NOSPACE alarm refuses writes that add data. Absent or 0: etcd's 2 GiB;
+    /// negative: no quota. Takes effect at the next start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_backend_bytes: Option<i64>,
 }
 
 impl NodeConfig {
-    /// The datastore quota this node runs with (`quota-backend-bytes`, else etcd's default).
+    /// The datastore quota this node runs with (`quota-backend-bytes`, read as etcd's flag).
     pub fn quota_bytes(&self) -> i64 {
-        match self.quota_backend_bytes {
-            Some(q) if q > 0 => q,
-            _ => crate::node::alarm::DEFAULT_QUOTA_BYTES,
-        }
+        crate::node::alarm::effective_quota(self.quota_backend_bytes.unwrap_or(0))
     }
 
     /// The cluster DNS Service's address (the 10th of the service CIDR): the kubelet's

@@ -40,6 +40,16 @@ pub const FULL_FREE_BYTES: u64 = 1024 * 1024;
 /// few WAL frames and Raft log rows, so the first writes after it do not fail at once.
 pub const RESUME_FREE_BYTES: u64 = 2 * 1024 * 1024;
 
+/// The quota a `--quota-backend-bytes` setting means, as in etcd: 0 is the default (2 GiB), a
+/// negative value is no quota. The flag and node.yaml's `quota-backend-bytes` both go through it.
+pub fn effective_quota(setting: i64) -> i64 {
+    match setting {
+        0 => DEFAULT_QUOTA_BYTES,
+        q if q < 0 => i64::MAX,
+        q => q,
+    }
+}
+
 /// etcd's per-key and per-lease overheads in the quota's cost (`quota.go`).
 const KV_OVERHEAD: i64 = 256;
 const LEASE_OVERHEAD: i64 = 64;
@@ -227,6 +237,13 @@ mod tests {
         assert_eq!(cost(&read_only), 0);
         assert_eq!(cost(&Command::LeaseGrant { id: 0, ttl: 5 }), 64);
         assert_eq!(cost(&Command::Compact { revision: 3 }), 0);
+    }
+
+    #[test]
+    fn quota_settings_follow_etcd() {
+        assert_eq!(effective_quota(0), DEFAULT_QUOTA_BYTES);
+        assert_eq!(effective_quota(-1), i64::MAX, "negative: no quota");
+        assert_eq!(effective_quota(4096), 4096);
     }
 
     #[test]
