@@ -1,4 +1,4 @@
-//! Cluster benchmark (issue 3): a 3-node `k8sd datastore` cluster and a 3-node cluster of
+//! Cluster benchmark: a 3-node `k8sd datastore` cluster and a 3-node cluster of
 //! Debian's etcd, side by side on loopback.
 //!
 //! Run with `cargo bench --bench cluster -- SECTION...`, SECTION one of:

@@ -1,4 +1,5 @@
-//! `etcdctl check perf --load=s` against a `k8sd datastore` must pass (issue 2, "Done when").
+//! `etcdctl check perf --load=s` against a `k8sd datastore` must pass: operators run it to
+//! judge whether a datastore is fast enough for Kubernetes.
 //!
 //! The small load is 50 clients writing for 60 s through plain Put, then a prefix DeleteRange
 //! and a limited Get (`etcd:etcdctl/ctlv3/command/check.go`). etcdctl prints one `PASS:` or

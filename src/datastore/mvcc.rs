@@ -9,7 +9,7 @@
 //! - A command that fails with a client error is rolled back to its savepoint and changes
 //!   nothing; the rest of the batch still applies.
 //! - Only the writer connection writes; readers use WAL snapshots, so no write path can see
-//!   SQLITE_BUSY from a reader (do-not-repeat rule D5).
+//!   SQLITE_BUSY from a reader (contract X2).
 
 use std::path::{Path, PathBuf};
 

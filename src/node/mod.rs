@@ -344,7 +344,7 @@ impl Node {
     }
 
     /// How long without a leader before `hasleader` watch streams are cancelled: about three
-    /// election timeouts (issue 3 item 8). `None` for a standalone node, which always leads.
+    /// election timeouts (contract W10). `None` for a standalone node, which always leads.
     pub fn no_leader_grace(&self) -> Option<Duration> {
         match &self.inner.backend {
             Backend::Raft(raft) => Some(raft.election_timeout() * 3),

@@ -635,9 +635,10 @@ impl LossTracker {
 }
 
 /// Swap a voter that has been unreachable for `policy.voter_loss_delay` for a caught-up
-/// standby (issue 3 item 10). The lost voter is demoted to learner, not removed: when it comes
-/// back it catches up and is the next standby. Leader only; skipped while another change of
-/// this node runs or a joint configuration is in flight.
+/// standby (docs/design/raft.md, "Removing members, and replacing lost voters"). The lost
+/// voter is demoted to learner, not removed: when it comes back it catches up and is the next
+/// standby. Leader only; skipped while another change of this node runs or a joint
+/// configuration is in flight.
 pub async fn replace_lost_voters(
     raft: &Raft,
     lock: &MembershipLock,

@@ -368,7 +368,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied => break (back.0, applied),
             }
         };
-        // A fatal store error: openraft stops this node; it must be rebuilt (contract 8.2).
+        // A fatal store error: openraft stops this node; it must be rebuilt (contract X1).
         let (outputs, events, revision, compact_rev) = applied.map_err(io_err)?;
         let mut outputs = outputs.into_iter();
         let (mut granted, mut revoked) = (Vec::new(), Vec::new());

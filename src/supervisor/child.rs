@@ -54,7 +54,7 @@ pub(crate) fn spawn(
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         // After the spec's own variables, so neither can be overridden by a spec. kube-apiserver
         // and the kubelet send READY=1 themselves when they find NOTIFY_SOCKET, which would make
-        // systemd consider k8sd ready before its start chain is (reference §12; k3s does the same).
+        // systemd consider k8sd ready before its start chain is (k3s does the same).
         .env_remove(NOTIFY_SOCKET_ENV)
         .env(MARKER_ENV, marker)
         .stdin(Stdio::null())

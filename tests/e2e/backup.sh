@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Backup and restore end to end (issue 14 item 1), with real components on three hosts that are
+# Backup and restore end to end (docs/operations.md), with real components on three hosts that are
 # network namespaces on one test bridge (lib.sh's cluster harness):
 #   1. n1 `k8sd init`; a ConfigMap, a Secret and a Deployment; a join token that is never used;
 #   2. `k8sd backup` while the cluster serves: the archive is 0600 and its manifest names the

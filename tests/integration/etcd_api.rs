@@ -396,7 +396,7 @@ async fn crash_during_writes_loses_no_acknowledged_write() {
     c.put("/after", "ok", None).await.unwrap();
 }
 
-/// Issue 14 item 1: `etcdctl snapshot save` works against k8sd, with the endpoint written as
+/// Backups: `etcdctl snapshot save` works against k8sd, with the endpoint written as
 /// a URL. The file is what etcd's framing gives: the data, then its SHA-256 (etcd's
 /// v3rpc/maintenance.go appends it; `snapshot restore` checks it). The data is a consistent
 /// SQLite copy of the store holding every key at the revision of the save.

@@ -14,7 +14,7 @@
 //! - the version string of `Status` is not compared.
 //!
 //! Where etcd 3.4.23 is known to deviate from the contract that kube-apiserver 1.36 relies on
-//! (`../shared/reference/etcd-api-contract.md`), k8sd is judged against the contract and the step
+//! (`docs/design/etcd-contract.md`), k8sd is judged against the contract and the step
 //! says why. Features the apiserver never sends (contract R7) may be refused by k8sd with
 //! `Unimplemented`; that is recorded as a note, not a failure.
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
@@ -2060,7 +2060,7 @@ async fn etcdctl_commands() {
     p.finish();
 }
 
-/// Issue 14 item 6: operators write endpoints as URLs. etcdctl 3.4 then sends the whole URL as
+/// Operators write endpoints as URLs. etcdctl 3.4 then sends the whole URL as
 /// the HTTP/2 `:authority`, which h2 refused with PROTOCOL_ERROR (`rpc error: code = Internal
 /// desc = stream terminated by RST_STREAM with error code: PROTOCOL_ERROR`) while etcd
 /// answered. Every etcdctl command k8sd supports must answer the same with `http://` and, on

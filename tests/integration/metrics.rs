@@ -1,4 +1,4 @@
-//! The datastore's Prometheus endpoint (issue 15, item 6), scraped as an operator's Prometheus
+//! The datastore's Prometheus endpoint (docs/metrics.md), scraped as an operator's Prometheus
 //! would: a real `k8sd datastore` with `--listen-metrics-urls`, curl with a client certificate.
 //! Every metric etcd's dashboard and alerts need is there under etcd's name and type, the
 //! values move with writes and watches, and a client without a certificate from the trusted CA
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{Kind, Server, free_port};
 
-/// Every metric issue 15 names, and the rest of what etcd's Grafana dashboard and alerts read,
+/// Every metric docs/metrics.md names, and the rest of what etcd's Grafana dashboard and alerts read,
 /// with the type etcd declares.
 const REQUIRED: &[(&str, &str)] = &[
     ("etcd_server_has_leader", "gauge"),

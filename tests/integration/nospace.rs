@@ -1,8 +1,9 @@
 // Integration tests are their own crate; the unit-test lint does not apply here.
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
 
-//! Full disks are survivable (issue 14 item 4): real `k8sd datastore` processes, standalone and
-//! as a Raft member, driven by the Rust etcd client and Debian's etcdctl.
+//! Full disks are survivable (docs/etcd-tools.md, "Quota and NOSPACE"): real `k8sd datastore`
+//! processes, standalone and as a Raft member, driven by the Rust etcd client and Debian's
+//! etcdctl.
 //!
 //! - The quota (`--quota-backend-bytes`): writes past it raise etcd's NOSPACE alarm and are
 //!   refused with `etcdserver: mvcc: database space exceeded`; reads, deletes, compaction and

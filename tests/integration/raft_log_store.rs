@@ -1,7 +1,7 @@
 //! Crash behaviour of the Raft log store.
 //!
 //! The store keeps the log in SQLite (WAL, synchronous=FULL) with a CRC-32 per row. These tests
-//! build the exact bytes a crash can leave behind and check the two promises of issue 3: a torn
+//! build the exact bytes a crash can leave behind and check the two promises of docs/design/raft.md: a torn
 //! tail (an unfinished, never-acknowledged batch) is dropped at startup, not refused, and
 //! corruption inside the acknowledged log stops the node with an error that tells the operator
 //! to rejoin.

@@ -1,6 +1,6 @@
 //! Membership management on real in-process clusters over loopback gRPC: removing learners,
 //! voters and the leader without breaking quorum, automatic replacement of a lost voter by a
-//! standby, and lease keep-alives through a follower (issue 3, items 9 and 10).
+//! standby, and lease keep-alives through a follower (docs/design/raft.md).
 //!
 //! Clusters form the way `k8sd datastore --initial-cluster` does: the first node bootstraps,
 //! the others `join` it one by one, and the leader's promoter (`auto_promote`) keeps three

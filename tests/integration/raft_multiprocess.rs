@@ -1,5 +1,4 @@
-//! Multi-process tests of a standalone 3-node k8sd cluster on loopback (issue 3, item 13 and
-//! the multi-process tests): formation from `--initial-cluster`, reads and watches served by
+//! Multi-process tests of a standalone 3-node k8sd cluster on loopback: formation from `--initial-cluster`, reads and watches served by
 //! every node, and repeated kill -9 under load from a real etcd client with no acknowledged
 //! write lost and a linearizable single-register history.
 //!
@@ -906,7 +905,7 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
     assert_eq!(verdict, Verdict::Linearizable);
 }
 
-/// Issue 14 item 6: operators check that replicas agree with `etcdctl endpoint hashkv`. Every
+/// Operators check that replicas agree with `etcdctl endpoint hashkv`. Every
 /// member of a 3-node cluster must give the same HashKV for the same revision, before and
 /// after a compaction (whose physical deletion runs at each member's own pace), and etcdctl
 /// must show it for all three URL endpoints.

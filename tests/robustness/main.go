@@ -1,6 +1,5 @@
 // Command robustness checks a 3-member `k8sd datastore` cluster for linearizability and
-// etcd's watch guarantees while faults are injected (issue 6 item 2, issue 3's multi-process
-// partition tests).
+// etcd's watch guarantees while faults (kill -9, network partitions) are injected.
 //
 // It runs inside the client network namespace that run.sh creates (the bridge to the three
 // member namespaces is there), starts the members with nsenter, drives a kube-apiserver-shaped

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Linearizability and watch guarantees of a 3-member `k8sd datastore` cluster under faults
-# (issue 6 item 2; issue 3's multi-process partition tests). See main.go for what is checked
+# (kill -9 and network partitions). See main.go for what is checked
 # and docs/testing.md for how to read the output.
 #
 # Topology (all test-owned, removed on exit): a "client" network namespace holding a bridge

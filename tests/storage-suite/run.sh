@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Kubernetes' own storage tests (k8s.io/apiserver pkg/storage/etcd3 and pkg/storage/cacher)
-# against a single-node `k8sd datastore`, or a 3-node cluster per test (issue 6).
+# against a single-node `k8sd datastore`, or a 3-node cluster per test.
 #
 # How: the k8s.io/apiserver module pinned in go.mod (matching assets/kube/VERSION) is fetched
 # through the Go module proxy and checked against go.sum, copied into a scratch dir outside git,

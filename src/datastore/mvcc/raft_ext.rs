@@ -8,8 +8,8 @@
 //! - Dedup: a command may carry `(origin, request_id)`. The first time it is applied its outcome,
 //!   encoded by the caller, is stored in `dedup` in the same transaction; a later command with
 //!   the same key is not applied again and yields the stored bytes instead. This is what makes
-//!   a retried forwarded write safe (issue 3, "writes from any node"). The datastore does not
-//!   interpret the bytes; their format belongs to `crate::raft`.
+//!   a retried forwarded write safe (docs/design/raft.md, "Forwarded writes and dedup"). The
+//!   datastore does not interpret the bytes; their format belongs to `crate::raft`.
 //! - `export_snapshot` / `Store::import_snapshot` copy the whole database consistently.
 //!
 //! `raft_meta` is its own table (`name -> BLOB`) rather than rows in `meta`, whose values are
