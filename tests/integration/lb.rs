@@ -17,12 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::test_ca::TestCa;
 use k8sd::httpc::TlsClient;
 use k8sd::lb::{LbConfig, LbError, LbHandle, LoadBalancer};
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -32,42 +29,24 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+    ca: TestCa,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let ca = p.self_signed(&key).unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            issuer: Issuer::new(p, key),
-        }
+        Pki { ca: TestCa::new() }
     }
 
     /// A certificate for 127.0.0.1 to 127.0.0.9, server and client auth; (cert PEM, key PEM).
     fn leaf(&self) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.subject_alt_names = (1..=9)
-            .map(|i| SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))))
-            .collect();
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
+        self.ca
+            .leaf((1..=9).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))))
     }
 
     fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap())
+            .add(CertificateDer::from_pem_slice(self.ca.ca_pem.as_bytes()).unwrap())
             .unwrap();
         roots
     }
@@ -112,7 +91,7 @@ impl Pki {
     /// The balancer's health-check client, built from PEM as the daemon would.
     fn lb_client(&self) -> TlsClient {
         let (cert, key) = self.leaf();
-        TlsClient::from_pem(self.ca_pem.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap()
+        TlsClient::from_pem(self.ca.ca_pem.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap()
     }
 }
 

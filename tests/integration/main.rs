@@ -9,6 +9,9 @@
 //! `tests/etcdctl_check_perf.rs` stays a binary of its own: it measures latency, and must not
 //! share the machine with the tests here.
 
+// Tests are the whole crate here, and a failed unwrap is a failed test.
+#![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -19,6 +22,7 @@ mod lb;
 mod metrics;
 mod nospace;
 mod raft_cluster;
+mod raft_fixture;
 mod raft_log_store;
 mod raft_membership;
 mod raft_multiprocess;
@@ -26,3 +30,4 @@ mod raft_state_machine;
 mod raft_store_suite;
 mod raft_tls;
 mod supervisor;
+mod test_ca;

@@ -7,15 +7,15 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use k8sd::datastore::{
-    Command, CommandOutput, KeyRange, Op, PutRequest, RangeRequest, Reader, StoreError, TxnRequest,
-};
+use k8sd::datastore::{Command, CommandOutput, KeyRange, Reader, StoreError, TxnRequest};
 use k8sd::raft::state_machine::AppliedBatch;
 use k8sd::raft::{Faults, RaftConfig, RaftNode, RaftNodeError, RaftStatus};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
+
+use crate::raft_fixture::{fast_config, must, put, read};
 
 /// `(mod_revision, key)` of one event.
 type Seen = (i64, Vec<u8>);
@@ -37,14 +37,9 @@ struct Cluster {
 }
 
 fn config(m: &Member, snapshot_every: u64, faults: &Arc<Faults>) -> RaftConfig {
-    let mut c = RaftConfig::new(&m.dir, &m.name, &m.addr, "http://127.0.0.1:2379");
-    // Faster than production (100 ms / 1–2 s) so the suite stays short; still configurable.
-    c.heartbeat = Duration::from_millis(50);
-    c.election_timeout = (Duration::from_millis(400), Duration::from_millis(800));
+    let mut c = fast_config(&m.dir, &m.name, &m.addr, faults);
     c.snapshot_every = snapshot_every;
     c.logs_kept_after_snapshot = 2;
-    c.request_timeout = Duration::from_secs(3);
-    c.faults = Some(faults.clone());
     let events = m.events.clone();
     c.apply_hook = Some(Arc::new(move |b: &AppliedBatch| {
         events
@@ -53,39 +48,6 @@ fn config(m: &Member, snapshot_every: u64, faults: &Arc<Faults>) -> RaftConfig {
             .extend(b.events.iter().map(|e| (e.kv.mod_revision, e.kv.key.clone())));
     }));
     c
-}
-
-async fn must<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn put(key: &str, value: &str) -> Command {
-    Command::Txn(TxnRequest {
-        compare: vec![],
-        success: vec![Op::Put(PutRequest {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        })],
-        failure: vec![],
-    })
-}
-
-/// The value of `key` in the SQLite file of a node, read like the etcd façade would.
-fn read(db: &std::path::Path, key: &str) -> Option<Vec<u8>> {
-    let mut r = Reader::open(db).unwrap();
-    let req = RangeRequest {
-        range: KeyRange::single(key.as_bytes().to_vec()),
-        ..Default::default()
-    };
-    r.range(&req).unwrap().0.kvs.first().map(|kv| kv.value.clone())
 }
 
 impl Cluster {

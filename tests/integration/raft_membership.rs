@@ -13,16 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8sd::datastore::{
-    Command, CommandOutput, Durability, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest,
-};
+use k8sd::datastore::{Command, CommandOutput, Durability, KeyRange, RangeRequest};
 use k8sd::node::{Node, NodeConfig, RaftSettings};
 use k8sd::raft::{Faults, RaftConfig, RaftNode, RaftNodeError, RemoveError, RemoveOutcome};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
-const HEARTBEAT: Duration = Duration::from_millis(50);
-const ELECTION: (Duration, Duration) = (Duration::from_millis(400), Duration::from_millis(800));
+use crate::raft_fixture::{ELECTION, HEARTBEAT, fast_config, must, put, put_leased, read};
 
 fn config(
     dir: &Path,
@@ -31,51 +28,10 @@ fn config(
     faults: &Arc<Faults>,
     voter_loss_delay: Duration,
 ) -> RaftConfig {
-    let mut c = RaftConfig::new(dir, name, addr, "http://127.0.0.1:2379");
-    c.heartbeat = HEARTBEAT;
-    c.election_timeout = ELECTION;
-    c.request_timeout = Duration::from_secs(3);
-    c.faults = Some(faults.clone());
+    let mut c = fast_config(dir, name, addr, faults);
     c.auto_promote = true;
     c.voter_loss_delay = voter_loss_delay;
     c
-}
-
-async fn must<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn put(key: &str, value: &str) -> Command {
-    put_leased(key, value, 0)
-}
-
-fn put_leased(key: &str, value: &str, lease: i64) -> Command {
-    Command::Txn(TxnRequest {
-        compare: vec![],
-        success: vec![Op::Put(PutRequest {
-            key: key.into(),
-            value: value.into(),
-            lease,
-            ..Default::default()
-        })],
-        failure: vec![],
-    })
-}
-
-fn read(db: &Path, key: &str) -> Option<Vec<u8>> {
-    let mut r = Reader::open(db).unwrap();
-    let req = RangeRequest {
-        range: KeyRange::single(key.as_bytes().to_vec()),
-        ..Default::default()
-    };
-    r.range(&req).unwrap().0.kvs.first().map(|kv| kv.value.clone())
 }
 
 /// `n` RaftNodes formed by joining: three voters, the rest standby learners.

@@ -6,57 +6,38 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use crate::test_ca::TestCa;
 use k8sd::datastore::{Command, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest};
 use k8sd::raft::network::NetworkFactory;
 use k8sd::raft::pb::Msg;
 use k8sd::raft::{RaftConfig, RaftNode};
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
-};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+    ca: TestCa,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let ca = p.self_signed(&key).unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            issuer: Issuer::new(p, key),
-        }
+        Pki { ca: TestCa::new() }
     }
 
     /// A peer certificate: server and client auth, valid for 127.0.0.1.
     fn peer(&self) -> Identity {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST))];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        Identity::from_pem(cert.pem(), key.serialize_pem())
+        let (cert, key) = self.ca.leaf([IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        Identity::from_pem(cert, key)
     }
 
     fn server(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(self.peer())
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca.ca_pem))
     }
 
     fn client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .ca_certificate(Certificate::from_pem(&self.ca.ca_pem))
             .identity(self.peer())
     }
 }
@@ -123,7 +104,7 @@ async fn t10_cluster_replicates_over_mutual_tls_and_refuses_callers_without_a_ce
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
-    let no_cert = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca_pem));
+    let no_cert = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca.ca_pem));
     let without = NetworkFactory::new(0, Some(no_cert));
     let status = without
         .client(&a.info().peer_addr)

@@ -1,0 +1,65 @@
+//! What the in-process Raft tests share: timings faster than production so the suites stay
+//! short, a bounded wait, a one-key write, and reading a node's SQLite file directly.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8sd::datastore::{Command, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest};
+use k8sd::raft::{Faults, RaftConfig};
+
+/// Production is 100 ms and 1–2 s; these stay configurable, so the tests use shorter ones.
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
+pub const ELECTION: (Duration, Duration) = (Duration::from_millis(400), Duration::from_millis(800));
+
+/// A node's configuration with the test timings and a shared fault switchboard.
+pub fn fast_config(dir: &Path, name: &str, addr: &str, faults: &Arc<Faults>) -> RaftConfig {
+    let mut c = RaftConfig::new(dir, name, addr, "http://127.0.0.1:2379");
+    c.heartbeat = HEARTBEAT;
+    c.election_timeout = ELECTION;
+    c.request_timeout = Duration::from_secs(3);
+    c.faults = Some(faults.clone());
+    c
+}
+
+/// Poll `f` every 50 ms until it yields a value; fail the test naming `what` after `timeout`.
+pub async fn must<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain Put of one key, as a Txn without compares (what kube-apiserver never sends, but
+/// the smallest write).
+pub fn put(key: &str, value: &str) -> Command {
+    put_leased(key, value, 0)
+}
+
+/// `put` attached to a lease.
+pub fn put_leased(key: &str, value: &str, lease: i64) -> Command {
+    Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![Op::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            lease,
+            ..Default::default()
+        })],
+        failure: vec![],
+    })
+}
+
+/// The value of `key` in a node's SQLite file, read as the etcd façade would.
+pub fn read(db: &Path, key: &str) -> Option<Vec<u8>> {
+    let mut r = Reader::open(db).unwrap();
+    let req = RangeRequest {
+        range: KeyRange::single(key.as_bytes().to_vec()),
+        ..Default::default()
+    };
+    r.range(&req).unwrap().0.kvs.first().map(|kv| kv.value.clone())
+}
