@@ -408,7 +408,7 @@ pub fn images_dir(snap: Option<&Snap>) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -521,6 +521,51 @@ mod tests {
         let mut vars = SNAPD;
         vars[0].1 = "snap/k8sd/12";
         assert!(Snap::from_vars(env(&vars)).is_err());
+    }
+
+    /// The destinations of snap/contents.txt: what scripts/build-snap.sh puts under `$SNAP`.
+    pub(crate) fn snap_contents() -> Vec<&'static str> {
+        include_str!("../snap/contents.txt")
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_snap_ships_every_file_a_node_run_from_it_looks_for() {
+        let snap = Snap::from_vars(env(&SNAPD)).unwrap().unwrap();
+        let shipped: Vec<PathBuf> = snap_contents().iter().map(|d| snap.root.join(d)).collect();
+        let mut wanted = vec![snap.root.join("bin/k8sd"), snap.kubebin()];
+        let runtime = snap.runtime_dir();
+        wanted.extend(RuntimeDir::BINARIES.iter().map(|b| runtime.dir().join(b)));
+        wanted.extend(CNI_PLUGINS.iter().map(|p| snap.cni_bin_dir().join(p)));
+        for w in &wanted {
+            assert!(shipped.contains(w), "snap/contents.txt lacks {}", w.display());
+        }
+        // Only the CNI plugins k8sd uses, not the whole containernetworking-plugins package.
+        let cni = shipped
+            .iter()
+            .filter(|p| p.starts_with(snap.cni_bin_dir()))
+            .count();
+        assert_eq!(cni, CNI_PLUGINS.len());
+    }
+
+    #[test]
+    fn cni_plugins_are_the_ones_the_conflist_calls_and_loopback() {
+        let conflist: serde_json::Value =
+            serde_json::from_str(include_str!("../assets/cni/10-k8sd.conflist")).unwrap();
+        let mut called: Vec<&str> = vec!["loopback"];
+        for plugin in conflist["plugins"].as_array().unwrap() {
+            called.push(plugin["type"].as_str().unwrap());
+            if let Some(ipam) = plugin["ipam"]["type"].as_str() {
+                called.push(ipam);
+            }
+        }
+        called.sort_unstable();
+        let mut ours = CNI_PLUGINS.to_vec();
+        ours.sort_unstable();
+        assert_eq!(called, ours);
     }
 
     #[test]

@@ -77,6 +77,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_snap_ships_every_image_of_the_catalog() {
+        let shipped = crate::paths::tests::snap_contents();
+        for entry in all() {
+            let dest = format!("images/{}", entry.tarball);
+            assert!(shipped.contains(&dest.as_str()), "snap/contents.txt lacks {dest}");
+        }
+    }
+
+    #[test]
     fn every_pin_is_present_and_every_reference_is_offline_safe() {
         for key in ["COREDNS", "METRICS_SERVER", "LOCAL_PATH_PROVISIONER"] {
             assert!(
