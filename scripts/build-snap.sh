@@ -2,8 +2,8 @@
 # Builds the k8sd snap without snapcraft: the same build steps as scripts/up.sh (kubebin, the
 # container runtime, the add-ons, k8sd, the images), then the prime directory laid out from
 # snap/contents.txt, meta/snap.yaml and meta/hooks/ (from snap/hooks/), then `snap pack`
-# (Debian's snapd package, with squashfs-tools) with lzo compression: on 2 cores xz takes minutes
-# where lzo takes seconds, for a snap about a third larger.
+# (Debian's snapd package, with squashfs-tools) with lzo compression, much cheaper in CPU than
+# snapd's default xz on a 2-core CI machine, for a larger file (docs/benchmarks.md).
 #
 # Outside the checkout (K8SD_CACHE_DIR overrides /var/cache/k8sd):
 #   /var/cache/k8sd/snap/prime/                    the prime directory of the last build
