@@ -151,16 +151,23 @@ pub struct Snap {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapEnvError {
     #[error(
-        "${ENV_SNAP} is {snap}, so k8sd runs as a snap, but ${var} is {value:?}, not an absolute path; snapd sets \
+        "${ENV_SNAP} is {snap}, so k8sd runs as a snap, but ${var} is {value}, not {want}; snapd sets \
          {ENV_SNAP}, {ENV_SNAP_COMMON}, {ENV_SNAP_DATA}, {ENV_SNAP_NAME} and {ENV_SNAP_REVISION} together: run k8sd \
          through the snap (`snap run k8sd`), set {var} as snapd would, or unset {ENV_SNAP} to use the host's paths"
     )]
     Incomplete {
         snap: String,
         var: &'static str,
-        value: Option<String>,
+        /// The value as found: quoted, or `unset`.
+        value: String,
+        /// What snapd would have put there.
+        want: &'static str,
     },
 }
+
+const ABSOLUTE: &str = "an absolute path";
+const SNAP_NAME_CHARS: &str = "a snap name (lower-case letters, digits, '-' and '_')";
+const NON_EMPTY: &str = "a non-empty value";
 
 impl Snap {
     /// The snap k8sd runs from, read from `get` (an environment): `None` without `$SNAP`.
@@ -169,30 +176,45 @@ impl Snap {
             return Ok(None);
         };
         let root = PathBuf::from(root);
-        let incomplete = |var: &'static str, value: Option<std::ffi::OsString>| SnapEnvError::Incomplete {
-            snap: root.display().to_string(),
-            var,
-            value: value.map(|v| v.to_string_lossy().into_owned()),
+        let incomplete = |var: &'static str, value: Option<&std::ffi::OsStr>, want: &'static str| {
+            SnapEnvError::Incomplete {
+                snap: root.display().to_string(),
+                var,
+                value: value.map_or_else(|| "unset".to_owned(), |v| format!("{:?}", v.to_string_lossy())),
+                want,
+            }
         };
         let abs = |var: &'static str| match get(var) {
             Some(v) if Path::new(&v).is_absolute() => Ok(PathBuf::from(v)),
-            other => Err(incomplete(var, other)),
+            other => Err(incomplete(var, other.as_deref(), ABSOLUTE)),
         };
         let text = |var: &'static str| match get(var) {
-            Some(v) if !v.is_empty() => v.into_string().map_err(|v| incomplete(var, Some(v))),
-            other => Err(incomplete(var, other)),
+            Some(v) if !v.is_empty() => v.into_string().map_err(|v| incomplete(var, Some(&v), NON_EMPTY)),
+            other => Err(incomplete(var, other.as_deref(), NON_EMPTY)),
+        };
+        // The instance name becomes a directory name (/run/snap.<instance>): no '/' or "..".
+        let snap_name = |var: &'static str, v: String| {
+            let ok = !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if ok {
+                Ok(v)
+            } else {
+                Err(incomplete(var, Some(std::ffi::OsStr::new(&v)), SNAP_NAME_CHARS))
+            }
         };
         if !root.is_absolute() {
-            return Err(incomplete(ENV_SNAP, Some(root.clone().into_os_string())));
+            return Err(incomplete(ENV_SNAP, Some(root.as_os_str()), ABSOLUTE));
         }
-        let name = text(ENV_SNAP_NAME)?;
+        let name = snap_name(ENV_SNAP_NAME, text(ENV_SNAP_NAME)?)?;
+        let instance = match get(ENV_SNAP_INSTANCE_NAME).filter(|v| !v.is_empty()) {
+            None => name,
+            Some(v) => snap_name(ENV_SNAP_INSTANCE_NAME, v.to_string_lossy().into_owned())?,
+        };
         Ok(Some(Snap {
             common: abs(ENV_SNAP_COMMON)?,
             data: abs(ENV_SNAP_DATA)?,
-            instance: get(ENV_SNAP_INSTANCE_NAME)
-                .and_then(|v| v.into_string().ok())
-                .filter(|v| !v.is_empty())
-                .unwrap_or(name),
+            instance,
             revision: text(ENV_SNAP_REVISION)?,
             root,
         }))
@@ -408,7 +430,7 @@ pub fn images_dir(snap: Option<&Snap>) -> PathBuf {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -511,20 +533,31 @@ pub(crate) mod tests {
                 .map(|(_, v)| *v)
                 .collect();
             let err = Snap::from_vars(env(&vars)).unwrap_err().to_string();
-            assert!(err.contains(&format!("${var} is None")), "{err}");
+            assert!(err.contains(&format!("${var} is unset, not ")), "{err}");
             assert!(err.contains("unset SNAP"), "{err}");
         }
         let mut vars = SNAPD;
         vars[2].1 = "relative/common";
         let err = Snap::from_vars(env(&vars)).unwrap_err().to_string();
-        assert!(err.contains("$SNAP_COMMON is Some(\"relative/common\")"), "{err}");
+        assert!(
+            err.contains("$SNAP_COMMON is \"relative/common\", not an absolute path"),
+            "{err}"
+        );
+        // The instance name is a directory name under /run: nothing that leaves it.
+        let mut vars = SNAPD.to_vec();
+        vars.push(("SNAP_INSTANCE_NAME", "../etc"));
+        let err = Snap::from_vars(env(&vars)).unwrap_err().to_string();
+        assert!(
+            err.contains("$SNAP_INSTANCE_NAME is \"../etc\", not a snap name"),
+            "{err}"
+        );
         let mut vars = SNAPD;
         vars[0].1 = "snap/k8sd/12";
         assert!(Snap::from_vars(env(&vars)).is_err());
     }
 
     /// The destinations of snap/contents.txt: what scripts/build-snap.sh puts under `$SNAP`.
-    pub(crate) fn snap_contents() -> Vec<&'static str> {
+    fn snap_contents() -> Vec<&'static str> {
         include_str!("../snap/contents.txt")
             .lines()
             .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
