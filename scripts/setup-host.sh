@@ -27,6 +27,9 @@ packages=(
   protobuf-compiler libprotobuf-dev
   # scripts/conformance-summary.py reads the suite's list of [Conformance] specs (YAML).
   python3 python3-yaml
+  # scripts/build-snap.sh: `snap pack` (snapd's client; its daemon is never started here) and
+  # mksquashfs; tests/e2e/snap.sh reads the snap with unsquashfs.
+  snapd squashfs-tools
 )
 
 [[ $(id -u) -eq 0 ]] || die "run as root (apt-get install needs it)"
@@ -60,7 +63,7 @@ still=()
 for p in "${packages[@]}"; do installed "$p" || still+=("$p"); done
 ((${#still[@]} == 0)) || die "packages still not installed: ${still[*]}"
 
-for bin in etcd iptables conntrack ip nsenter gcc make bzip2 protoc openssl ldd dpkg-deb; do
+for bin in etcd iptables conntrack ip nsenter gcc make bzip2 protoc openssl ldd dpkg-deb snap mksquashfs unsquashfs; do
   command -v "$bin" >/dev/null || die "'$bin' is not on PATH although its package is installed"
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap && -x /usr/lib/cni/loopback ]] \

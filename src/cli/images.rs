@@ -74,7 +74,7 @@ pub enum ImagesCommand {
     },
     /// List every image a node needs and whether its tarball is in the images directory.
     List {
-        /// Directory with the tarballs (default: $K8SD_IMAGES_DIR or /var/cache/k8sd/images).
+        /// Directory with the tarballs (default: $K8SD_IMAGES_DIR, $SNAP/images in the snap, or /var/cache/k8sd/images).
         #[arg(long)]
         images_dir: Option<PathBuf>,
         #[arg(long, short, value_enum, default_value = "text")]
@@ -170,7 +170,10 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
             );
         }
         ImagesCommand::List { images_dir, output } => {
-            let dir = images_dir.unwrap_or_else(paths::images_dir);
+            let dir = match images_dir {
+                Some(dir) => dir,
+                None => paths::images_dir(paths::Snap::from_env()?.as_ref()),
+            };
             list(&dir, output, &mut std::io::stdout().lock())?;
         }
         ImagesCommand::Import {
@@ -178,7 +181,10 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
             ctr,
             tarballs,
         } => {
-            let ctr = ctr.unwrap_or_else(|| paths::find_runtime_dir().ctr());
+            let ctr = match ctr {
+                Some(ctr) => ctr,
+                None => paths::find_runtime_dir(paths::Snap::from_env()?.as_ref()).ctr(),
+            };
             for tarball in tarballs {
                 images::import(&ctr, &address, &tarball).with_context(|| {
                     format!(

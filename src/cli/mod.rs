@@ -76,27 +76,30 @@ pub enum Command {
 /// Parse the process arguments and run the chosen verb.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let layout_args = cli.layout;
+    // Only the node verbs resolve a layout, so `datastore` and `images` work with any $SNAP.
+    let layout = move || layout_args.layout();
     match cli.command {
         Command::Datastore(args) => datastore::run(args),
-        Command::Init(args) => node::init(cli.layout.layout(), args),
-        Command::AddNode(args) => cluster::add_node(cli.layout.layout(), args),
-        Command::Join(args) => cluster::join(cli.layout.layout(), args),
-        Command::Tokens(cmd) => cluster::tokens(cli.layout.layout(), cmd),
-        Command::RemoveNode(args) => cluster::remove_node(cli.layout.layout(), args),
-        Command::Leave(args) => cluster::leave(cli.layout.layout(), args),
-        Command::Stop { component } => cluster::component(cli.layout.layout(), component, false),
-        Command::Start { component } => cluster::component(cli.layout.layout(), component, true),
-        Command::Enable { addon } => cluster::addon(cli.layout.layout(), addon, true),
-        Command::Disable { addon } => cluster::addon(cli.layout.layout(), addon, false),
-        Command::Run(args) => node::run(cli.layout.layout(), args),
-        Command::Status(args) => node::status(cli.layout.layout(), args),
-        Command::Kubectl { args } => node::kubectl(cli.layout.layout(), args),
-        Command::Config => node::config(cli.layout.layout()),
-        Command::Logs(args) => node::logs(cli.layout.layout(), args),
+        Command::Init(args) => node::init(layout()?, args),
+        Command::AddNode(args) => cluster::add_node(layout()?, args),
+        Command::Join(args) => cluster::join(layout()?, args),
+        Command::Tokens(cmd) => cluster::tokens(layout()?, cmd),
+        Command::RemoveNode(args) => cluster::remove_node(layout()?, args),
+        Command::Leave(args) => cluster::leave(layout()?, args),
+        Command::Stop { component } => cluster::component(layout()?, component, false),
+        Command::Start { component } => cluster::component(layout()?, component, true),
+        Command::Enable { addon } => cluster::addon(layout()?, addon, true),
+        Command::Disable { addon } => cluster::addon(layout()?, addon, false),
+        Command::Run(args) => node::run(layout()?, args),
+        Command::Status(args) => node::status(layout()?, args),
+        Command::Kubectl { args } => node::kubectl(layout()?, args),
+        Command::Config => node::config(layout()?),
+        Command::Logs(args) => node::logs(layout()?, args),
         Command::Images(args) => images::run(args),
-        Command::Backup(args) => backup::backup(cli.layout.layout(), args),
-        Command::Restore(args) => backup::restore(cli.layout.layout(), args),
-        Command::Reset(args) => reset::reset(cli.layout.layout(), args),
+        Command::Backup(args) => backup::backup(layout()?, args),
+        Command::Restore(args) => backup::restore(layout()?, args),
+        Command::Reset(args) => reset::reset(layout()?, args),
     }
 }
 

@@ -15,30 +15,45 @@ use crate::paths::{self, Layout};
 /// Where this node keeps its state. Shared by every node verb.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LayoutArgs {
-    /// Persistent state: PKI, datastore, component state and logs.
-    #[arg(long, env = paths::ENV_DATA_DIR, default_value = paths::DEFAULT_DATA_DIR, global = true)]
-    pub data_dir: PathBuf,
-    /// Volatile state: the control socket and pid files.
-    #[arg(long, env = paths::ENV_RUN_DIR, default_value = paths::DEFAULT_RUN_DIR, global = true)]
-    pub run_dir: PathBuf,
+    /// Persistent state: PKI, datastore, component state and logs [default: /var/lib/k8sd; in
+    /// the snap $SNAP_COMMON/var/lib/k8sd].
+    #[arg(long, env = paths::ENV_DATA_DIR, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Volatile state: the control socket and pid files [default: /run/k8sd; in the snap
+    /// /run/snap.k8sd].
+    #[arg(long, env = paths::ENV_RUN_DIR, global = true)]
+    pub run_dir: Option<PathBuf>,
 }
 
 impl LayoutArgs {
-    pub fn layout(&self) -> Layout {
-        Layout::new(&self.data_dir, &self.run_dir)
+    /// The flags (or their variables), else the defaults of this install: the host's, or the
+    /// snap's when snapd's `$SNAP` is set.
+    pub fn layout(&self) -> Result<Layout, paths::SnapEnvError> {
+        let snap = paths::Snap::from_env()?;
+        Ok(Layout::new(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| paths::default_data_dir(snap.as_ref())),
+            self.run_dir
+                .clone()
+                .unwrap_or_else(|| paths::default_run_dir(snap.as_ref())),
+        ))
     }
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The kubebin multi-call binary (defaults: $K8SD_KUBEBIN, beside k8sd, or the build cache).
+    /// The kubebin multi-call binary (defaults: $K8SD_KUBEBIN, $SNAP/bin/kubebin in the snap,
+    /// beside k8sd, or the build cache).
     #[arg(long)]
     pub kubebin: Option<PathBuf>,
     /// Directory with containerd, containerd-shim-runc-v2, ctr and runc (defaults:
-    /// $K8SD_RUNTIME_DIR, or the build cache of scripts/build-runtime.sh).
+    /// $K8SD_RUNTIME_DIR, $SNAP/runtime in the snap, or the build cache of
+    /// scripts/build-runtime.sh).
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
-    /// Directory with pause.tar and busybox.tar (default: $K8SD_IMAGES_DIR or /var/cache/k8sd/images).
+    /// Directory with pause.tar and busybox.tar (default: $K8SD_IMAGES_DIR, $SNAP/images in the
+    /// snap, or /var/cache/k8sd/images).
     #[arg(long)]
     pub images_dir: Option<PathBuf>,
     #[arg(long, default_value = "info")]
@@ -50,14 +65,20 @@ pub struct RunArgs {
 
 pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
     super::init_logging(&args.log_level);
+    let snap = paths::Snap::from_env()?;
+    let snap = snap.as_ref();
+    if let Some(s) = snap {
+        tracing::info!(snap = %s.root.display(), revision = %s.revision, data_dir = %layout.data_dir.display(), "running from a snap");
+    }
     let opts = DaemonOptions {
         layout,
-        kubebin: args.kubebin.or_else(paths::find_kubebin),
+        kubebin: args.kubebin.or_else(|| paths::find_kubebin(snap)),
         runtime: args
             .runtime_dir
             .map(paths::RuntimeDir)
-            .unwrap_or_else(paths::find_runtime_dir),
-        images_dir: args.images_dir.unwrap_or_else(paths::images_dir),
+            .unwrap_or_else(|| paths::find_runtime_dir(snap)),
+        images_dir: args.images_dir.unwrap_or_else(|| paths::images_dir(snap)),
+        cni_bin_dir: paths::cni_bin_dir(snap),
         cgroup_root: args.cgroup_root,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -326,7 +347,7 @@ pub fn status(layout: Layout, args: StatusArgs) -> anyhow::Result<()> {
 /// `k8sd kubectl ARGS…`: kubectl from kubebin with the admin kubeconfig.
 pub fn kubectl(layout: Layout, args: Vec<String>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    let kubebin = paths::find_kubebin()
+    let kubebin = paths::find_kubebin(paths::Snap::from_env()?.as_ref())
         .context("kubebin not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN")?;
     let kc = layout.admin_kubeconfig();
     if !kc.exists() {

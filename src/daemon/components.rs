@@ -276,9 +276,14 @@ fn cluster_dns(cfg: &NodeConfig) -> String {
     }
 }
 
-/// The rendered configuration files: (path, contents); containerd's names `runtime`'s runc.
+/// The rendered configuration files: (path, contents); containerd's names `runtime`'s runc and
+/// the CNI plugins in `cni_bin_dir` (`paths::cni_bin_dir`: the host's or the snap's).
 /// The CNI configuration is not among them: it needs the node's pod range (`cni_conflist`).
-pub fn config_files(c: &Ctx<'_>, runtime: &RuntimeDir) -> Result<Vec<(PathBuf, String)>, String> {
+pub fn config_files(
+    c: &Ctx<'_>,
+    runtime: &RuntimeDir,
+    cni_bin_dir: &Path,
+) -> Result<Vec<(PathBuf, String)>, String> {
     let l = c.layout;
     let p = |x: &Path| x.display().to_string();
     let values = [
@@ -286,6 +291,7 @@ pub fn config_files(c: &Ctx<'_>, runtime: &RuntimeDir) -> Result<Vec<(PathBuf, S
         ("containerd_state", p(&l.containerd_state())),
         ("containerd_address", p(&l.containerd_socket())),
         ("cni_conf_dir", p(&l.cni_conf_dir())),
+        ("cni_bin_dir", p(cni_bin_dir)),
         ("registry_config_dir", p(&l.registry_config_dir())),
         ("mirror_addr", mirror_addr(c.cfg).to_string()),
         ("runc", p(&runtime.runc())),
@@ -523,6 +529,7 @@ mod tests {
                 encrypt_secrets: true,
             },
             &RuntimeDir("/rt".into()),
+            Path::new("/cni"),
         )
         .unwrap();
         // containerd, kubelet, kube-proxy, hosts.toml, and the audit policy (control plane).
@@ -568,6 +575,7 @@ mod tests {
                 .contains("client = [[\"/d/pki/kubelet-client.crt\", \"/d/pki/kubelet-client.key\"]]")
         );
         assert!(containerd.contains("BinaryName = \"/rt/runc\""));
+        assert!(containerd.contains("bin_dirs = [\"/cni\"]"));
         assert!(containerd.contains("version = 3"));
         assert!(render("a {{x}}", &[]).is_err());
     }
@@ -583,6 +591,7 @@ mod tests {
                 encrypt_secrets: true,
             },
             &RuntimeDir("/rt".into()),
+            Path::new("/cni"),
         )
         .unwrap();
         let (_, text) = files.iter().find(|(p, _)| p.ends_with("kubelet.yaml")).unwrap();

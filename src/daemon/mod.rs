@@ -149,6 +149,8 @@ pub struct DaemonOptions {
     /// containerd, containerd-shim-runc-v2, ctr and runc (scripts/build-runtime.sh).
     pub runtime: RuntimeDir,
     pub images_dir: PathBuf,
+    /// The CNI plugins containerd runs (`paths::cni_bin_dir`).
+    pub cni_bin_dir: PathBuf,
     /// The kubelet's cgroupRoot: "/" on a real host; a private subtree when several nodes share
     /// one machine (tests), so their kubepods hierarchies never collide.
     pub cgroup_root: String,
@@ -447,7 +449,9 @@ impl Daemon {
             cgroup_root: &self.opts.cgroup_root,
             encrypt_secrets,
         };
-        for (path, text) in components::config_files(&ctx, self.runtime()?).map_err(DaemonError::Other)? {
+        for (path, text) in components::config_files(&ctx, self.runtime()?, &self.opts.cni_bin_dir)
+            .map_err(DaemonError::Other)?
+        {
             write_file(&path, text.as_bytes(), 0o600)?;
         }
         mkdir(&l.containerd_state(), 0o711)?;

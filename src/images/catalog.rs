@@ -77,6 +77,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_snap_ships_every_image_of_the_catalog() {
+        // The first word of each line of snap/contents.txt is a file the snap ships.
+        let contents = include_str!("../../snap/contents.txt");
+        for entry in all() {
+            let dest = format!("images/{}", entry.tarball);
+            let listed = contents
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(dest.as_str()));
+            assert!(listed, "snap/contents.txt lacks {dest}");
+        }
+    }
+
+    #[test]
     fn every_pin_is_present_and_every_reference_is_offline_safe() {
         for key in ["COREDNS", "METRICS_SERVER", "LOCAL_PATH_PROVISIONER"] {
             assert!(

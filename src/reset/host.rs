@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use super::select::{self, DATA_ENTRIES, RUN_ENTRIES};
 use super::{Report, Target};
-use crate::paths::{DEFAULT_DATA_DIR, ENV_DATA_DIR};
+use crate::paths::{DEFAULT_DATA_DIR, ENV_DATA_DIR, Snap};
 use crate::supervisor::{self, MARKER_ENV};
 
 /// How long the daemon gets to stop its components after SIGTERM (kube-apiserver's own
@@ -141,8 +141,8 @@ fn nul_split(bytes: &[u8]) -> Vec<&[u8]> {
 }
 
 /// Whether a k8sd process (`argv`, `environ`) is the daemon (`k8sd run`) of this data dir: the
-/// data dir it was given with `--data-dir`, else `K8SD_DATA_DIR`, else the default (how
-/// systemd and the snap start it).
+/// data dir it was given with `--data-dir`, else `K8SD_DATA_DIR`, else its default (how
+/// systemd and the snap start it): the snap's when snapd's variables are in its environment.
 fn is_our_daemon(argv: &[&[u8]], environ: &[&[u8]], data_dir: &[u8]) -> bool {
     if !argv.iter().skip(1).any(|a| *a == b"run") {
         return false;
@@ -155,9 +155,20 @@ fn is_our_daemon(argv: &[&[u8]], environ: &[&[u8]], data_dir: &[u8]) -> bool {
             argv.iter()
                 .find_map(|a| a.strip_prefix(b"--data-dir=".as_slice()))
         });
-    let env_prefix = format!("{ENV_DATA_DIR}=");
-    let from_env = || environ.iter().find_map(|e| e.strip_prefix(env_prefix.as_bytes()));
-    flag.or_else(from_env).unwrap_or(DEFAULT_DATA_DIR.as_bytes()) == data_dir
+    let var = |name: &str| {
+        let prefix = format!("{name}=");
+        environ.iter().find_map(|e| e.strip_prefix(prefix.as_bytes()))
+    };
+    if let Some(dir) = flag.or_else(|| var(ENV_DATA_DIR)) {
+        return dir == data_dir;
+    }
+    let snap = Snap::from_vars(|name| var(name).map(|v| std::ffi::OsStr::from_bytes(v).to_owned()));
+    match snap {
+        Ok(Some(snap)) => snap.data_dir().as_os_str().as_bytes() == data_dir,
+        Ok(None) => DEFAULT_DATA_DIR.as_bytes() == data_dir,
+        // A daemon with half of snapd's variables refused to start; it is nobody's daemon.
+        Err(_) => false,
+    }
 }
 
 /// The file name of a process's executable, without the " (deleted)" an upgrade leaves.
@@ -605,5 +616,17 @@ mod tests {
             &[b"K8SD_DATA_DIR=/srv/k"],
             b"/var/lib/k8sd"
         ));
+        // Started by snapd: the snap's default, under $SNAP_COMMON.
+        let snapd: [&[u8]; 5] = [
+            b"SNAP=/snap/k8sd/3",
+            b"SNAP_DATA=/var/snap/k8sd/3",
+            b"SNAP_COMMON=/var/snap/k8sd/common",
+            b"SNAP_NAME=k8sd",
+            b"SNAP_REVISION=3",
+        ];
+        let snap_dir = b"/var/snap/k8sd/common/var/lib/k8sd";
+        assert!(check_env("/snap/k8sd/3/bin/k8sd run", &snapd, snap_dir));
+        assert!(!check_env("/snap/k8sd/3/bin/k8sd run", &snapd, b"/var/lib/k8sd"));
+        assert!(!check_env("/snap/k8sd/3/bin/k8sd run", &snapd[..4], snap_dir));
     }
 }
