@@ -15,13 +15,30 @@ step() { printf '\n==> [%ss elapsed] %s\n' "$SECONDS" "$*"; }
 step "host dependencies"
 scripts/setup-host.sh
 
-step "kubebin (upstream Kubernetes, pinned in assets/kube/VERSION)"
-KUBEBIN=$(scripts/build-kube.sh | tail -n 1)
-export K8SD_KUBEBIN="$KUBEBIN"
-
-step "container runtime (containerd 2 and runc, pinned in assets/runtime/versions.env)"
-K8SD_RUNTIME_DIR=$(scripts/build-runtime.sh | tail -n 1)
-export K8SD_RUNTIME_DIR
+# The Go builds (kubebin, the runtime, the add-ons, the conformance suite) and the Rust builds
+# share nothing until the images are packed, so they run side by side: on a cold machine each
+# chain leaves one core idle much of the time (cargo waits on one big crate and on links), and
+# overlapping them saves minutes (docs/benchmarks.md, "Cold build"). On a warm machine every Go
+# build is a stamp check. The Go chain's output goes to its own log, shown if it fails.
+go_log=/tmp/k8sd-go-builds.log
+go_out=/tmp/k8sd-go-builds.env
+go_builds() {
+  set -euo pipefail
+  local kubebin runtime
+  step "kubebin (upstream Kubernetes, pinned in assets/kube/VERSION)"
+  kubebin=$(scripts/build-kube.sh | tail -n 1)
+  step "container runtime (containerd 2 and runc, pinned in assets/runtime/versions.env)"
+  runtime=$(scripts/build-runtime.sh | tail -n 1)
+  step "add-on binaries (CoreDNS, metrics-server, local-path-provisioner; assets/addons/versions.env)"
+  scripts/build-addons.sh >/dev/null
+  step "conformance suite (e2e.test and ginkgo; tests/e2e/conformance-subset.sh uses them)"
+  scripts/build-conformance-suite.sh >/dev/null
+  printf 'K8SD_KUBEBIN=%q\nK8SD_RUNTIME_DIR=%q\n' "$kubebin" "$runtime" >"$go_out"
+}
+rm -f "$go_out"
+step "Go builds, in the background (log: $go_log)"
+go_builds >"$go_log" 2>&1 &
+go_pid=$!
 
 step "k8sd"
 cargo build --release --bins
@@ -38,15 +55,25 @@ if ! cargo clippy --release --all-targets --quiet -- -D warnings; then
   failed=$((failed + 1))
 fi
 
-step "add-on binaries (CoreDNS, metrics-server, local-path-provisioner; assets/addons/versions.env)"
-scripts/build-addons.sh >/dev/null
+step "compile the tests (cargo test --no-run)"
+cargo test --release --no-run --quiet
+
+step "waiting for the Go builds"
+if ! wait "$go_pid"; then
+  cat "$go_log"
+  echo "test.sh: a Go build failed (its output is above, and in $go_log)" >&2
+  exit 1
+fi
+cat "$go_log"
+# shellcheck disable=SC1090
+. "$go_out"
+export K8SD_KUBEBIN K8SD_RUNTIME_DIR
 
 step "images"
 scripts/build-images.sh >/dev/null
 
-step "conformance images and suite (tests/e2e/conformance-images.sh and conformance-subset.sh use them)"
+step "conformance images (tests/e2e/conformance-images.sh and conformance-subset.sh use them)"
 scripts/build-conformance-images.sh >/dev/null
-scripts/build-conformance-suite.sh >/dev/null
 
 step "cargo test"
 rm -f /tmp/k8sd-e2e-*.log

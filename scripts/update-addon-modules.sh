@@ -4,11 +4,19 @@
 # with the regenerated go.mod and go.sum; scripts/build-addons.sh refuses a go.mod that
 # disagrees with versions.env.
 #
-# Each wrapper requires exactly one upstream module at its pin and takes upstream's `go` line:
-# only the main module's `go` line sets the GODEBUG defaults of the binary, so copying it keeps
-# runtime behaviour the same as upstream's own build. Upstream `replace` directives would be
-# ignored in a dependency and must be copied here; none of the pinned modules has any, and this
-# script stops if that changes.
+# Each wrapper requires one upstream module at its pin, starting from upstream's `go` line (only
+# the main module's `go` line sets the GODEBUG defaults of the binary). Upstream `replace`
+# directives would be ignored in a dependency and must be copied here; none of the pinned modules
+# has any, and this script stops if that changes.
+#
+# Every dependency the wrapper shares with kubebin (assets/kube: client-go, apimachinery,
+# apiserver, grpc, protobuf, ...) is then required at least at kubebin's version. Go's minimal
+# version selection only ever raises a version this way, never lowers one below what upstream
+# asks for, so upstream's own constraints still hold. Why: Go's build cache is keyed by a
+# package's exact source, so shared packages at the same versions compile once, for kubebin, and
+# the add-on builds reuse them; on a cold machine this removes most of the add-ons' build time
+# (docs/benchmarks.md, "Cold build"). It also raises the `go` line where those versions need a
+# newer Go (k8s.io v0.36 needs 1.26).
 #
 # Usage: scripts/update-addon-modules.sh [NAME...]   (default: all of coredns metrics-server
 #        local-path-provisioner)
@@ -32,6 +40,11 @@ declare -A upstream=(
   [local-path-provisioner]="github.com/rancher/local-path-provisioner|${LOCAL_PATH_PROVISIONER:-}"
 )
 
+# kubebin's module graph (path and selected version, replacements resolved), sorted for join.
+kube_mods=$(cd "$repo/assets/kube" && GOFLAGS=-mod=readonly "$go" list -m \
+  -f '{{if not .Main}}{{.Path}} {{if .Replace}}{{.Replace.Version}}{{else}}{{.Version}}{{end}}{{end}}' all \
+  | awk 'NF == 2' | sort) || die "cannot list kubebin's modules in assets/kube (run scripts/update-kube-module.sh)"
+
 names=("$@")
 ((${#names[@]})) || names=(coredns metrics-server local-path-provisioner)
 for name in "${names[@]}"; do
@@ -53,6 +66,12 @@ for name in "${names[@]}"; do
     "$go" mod init "k8sd.local/addons/$name" 2>/dev/null
     "$go" mod edit -go="$golang" -require="$path@$version"
     "$go" mod tidy || die "go mod tidy failed in $dir for $path@$version"
+    shared=$("$go" list -m -f '{{if not .Main}}{{.Path}}{{end}}' all | sort)
+    mapfile -t raise < <(join <(printf '%s\n' "$shared") <(printf '%s\n' "$kube_mods") | awk '{print "-require=" $1 "@" $2}')
+    if ((${#raise[@]})); then
+      "$go" mod edit "${raise[@]}"
+      "$go" mod tidy || die "go mod tidy failed in $dir after raising the dependencies it shares with kubebin to kubebin's versions"
+    fi
   )
-  echo "update-addon-modules: $name: $path $version (go $golang)" >&2
+  echo "update-addon-modules: $name: $path $version (go $(sed -n 's/^go //p' "$dir/go.mod"), upstream's is $golang)" >&2
 done

@@ -431,6 +431,7 @@ async fn node_cluster(tmp: &Path) -> Vec<Node> {
             durability: Durability::Normal,
             client_urls: vec![],
             progress_notify_interval: Duration::from_secs(600),
+            quota_bytes: k8sd::node::alarm::DEFAULT_QUOTA_BYTES,
         };
         let settings = RaftSettings {
             config: rc,

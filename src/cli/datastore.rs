@@ -43,6 +43,12 @@ pub struct DatastoreArgs {
     /// --experimental-watch-progress-notify-interval), e.g. 5s or 100ms.
     #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "5s", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
+    /// Backend quota in bytes (etcd's flag): when the bytes in use in the database would reach
+    /// it, the NOSPACE alarm is raised and writes that add data are refused with `etcdserver:
+    /// mvcc: database space exceeded` until `etcdctl alarm disarm`. 0: etcd's default, 2 GiB;
+    /// negative: no quota.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Run as a Raft member with its peer service on this URL (http only on loopback, https with
     /// the --peer-* files anywhere). Without it the store runs standalone with no Raft log. A
     /// fresh data dir forms a cluster of one.
@@ -305,6 +311,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
             durability: Durability::Full,
             client_urls: advertise.clone(),
             progress_notify_interval: args.watch_progress_notify_interval,
+            quota_bytes: crate::node::alarm::effective_quota(args.quota_backend_bytes),
         };
         let node = match args.listen_peer_urls.first() {
             None => Node::start(config),

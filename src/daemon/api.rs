@@ -187,6 +187,21 @@ pub struct DatastoreStatus {
     pub leader: String,
     pub members: Vec<MemberReport>,
     pub db_size_bytes: i64,
+    /// The backend quota and this member's raised alarms (`NOSPACE`, with its cause: quota or
+    /// disk-full). Absent in a report from a k8sd older than the quota.
+    #[serde(default)]
+    pub quota_bytes: i64,
+    #[serde(default)]
+    pub alarms: Vec<AlarmReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct AlarmReport {
+    /// etcd's alarm name: `NOSPACE`.
+    pub alarm: String,
+    /// `quota` or `disk-full`.
+    pub cause: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -345,6 +345,7 @@ mod tests {
             control_plane: vec![],
             disable: vec![],
             extra_args: Default::default(),
+            quota_backend_bytes: None,
         }
     }
 

@@ -97,9 +97,19 @@ pub struct NodeConfig {
     /// (`extra_args`). Absent in a node.yaml written before they existed.
     #[serde(default, skip_serializing_if = "ExtraArgs::is_empty")]
     pub extra_args: ExtraArgs,
+    /// The datastore's backend quota in bytes (etcd's `--quota-backend-bytes`): at this many
+    /// bytes in use the NOSPACE alarm refuses writes that add data. Absent or 0: etcd's 2 GiB;
+    /// negative: no quota. Takes effect at the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<i64>,
 }
 
 impl NodeConfig {
+    /// The datastore quota this node runs with (`quota-backend-bytes`, read as etcd's flag).
+    pub fn quota_bytes(&self) -> i64 {
+        crate::node::alarm::effective_quota(self.quota_backend_bytes.unwrap_or(0))
+    }
+
     /// The cluster DNS Service's address (the 10th of the service CIDR): the kubelet's
     /// `clusterDNS` and the `kube-dns` Service's ClusterIP. `validate` refuses ranges too small
     /// for it, so `None` means a hand-edited node.yaml.
@@ -269,6 +279,7 @@ pub fn validate(
         control_plane: Vec::new(),
         disable: disable.iter().map(|a| a.name().to_string()).collect(),
         extra_args: req.extra_args.clone(),
+        quota_backend_bytes: None,
     })
 }
 

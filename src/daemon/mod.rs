@@ -765,6 +765,7 @@ impl Daemon {
                 durability: Durability::Normal,
                 client_urls: vec![client_url],
                 progress_notify_interval: Duration::from_secs(5),
+                quota_bytes: cfg.quota_bytes(),
             },
             RaftSettings {
                 config: rc,

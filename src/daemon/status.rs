@@ -113,6 +113,17 @@ async fn datastore_report(
         leader,
         members,
         db_size_bytes: db,
+        quota_bytes: r.datastore.alarm().quota_bytes(),
+        alarms: r
+            .datastore
+            .alarm()
+            .cause()
+            .map(|c| AlarmReport {
+                alarm: "NOSPACE".into(),
+                cause: c.as_str().into(),
+            })
+            .into_iter()
+            .collect(),
     });
 }
 
@@ -258,6 +269,13 @@ pub fn render_text(s: &StatusReport) -> String {
             ds.leader,
             ds.db_size_bytes / 1024
         );
+        for a in &ds.alarms {
+            let _ = writeln!(
+                o,
+                "  alarm {} ({}): writes that add data are refused until space is freed",
+                a.alarm, a.cause
+            );
+        }
         for m in &ds.members {
             let _ = writeln!(
                 o,

@@ -53,6 +53,23 @@ impl StoreError {
             StoreError::Sqlite { .. } | StoreError::Corrupt { .. } | StoreError::Io { .. }
         )
     }
+
+    /// The filesystem ran out of space (SQLite's `SQLITE_FULL`, which it reports for ENOSPC, or
+    /// ENOSPC itself). Unlike other fatal errors the store is still whole: the transaction that
+    /// failed was rolled back, so the writer may try again once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => sqlite_disk_full(source),
+            StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's `SQLITE_FULL`, which it reports for ENOSPC: the failed transaction was rolled back,
+/// so the same write can be tried again once there is room (the Raft log writer does).
+pub fn sqlite_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

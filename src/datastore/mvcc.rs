@@ -782,6 +782,11 @@ impl Checkpointer {
             })
             .map_err(sq(&self.path))
     }
+
+    /// Bytes in use in the database (pages minus free pages), what the quota is checked against.
+    pub fn in_use_bytes(&self) -> Result<i64> {
+        db_size(&self.conn, &self.path).map(|(_, in_use)| in_use)
+    }
 }
 
 /// A read-only connection. Each call reads one consistent WAL snapshot.
@@ -964,13 +969,17 @@ impl Reader {
 
     /// Bytes allocated by the database file and bytes in use (allocated minus free pages).
     pub fn db_size(&mut self) -> Result<(i64, i64)> {
-        let p = self.path.clone();
-        let q = |name: &str| -> Result<i64> {
-            self.conn
-                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
-                .map_err(sq(&p))
-        };
-        let (pages, free, size) = (q("page_count")?, q("freelist_count")?, q("page_size")?);
-        Ok((pages * size, (pages - free) * size))
+        db_size(&self.conn, &self.path)
     }
+}
+
+/// Bytes allocated by the database file at `path` and bytes in use (allocated minus free
+/// pages), read through `conn`.
+fn db_size(conn: &Connection, path: &Path) -> Result<(i64, i64)> {
+    let q = |name: &str| -> Result<i64> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .map_err(sq(path))
+    };
+    let (pages, free, size) = (q("page_count")?, q("freelist_count")?, q("page_size")?);
+    Ok((pages * size, (pages - free) * size))
 }

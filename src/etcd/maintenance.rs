@@ -1,7 +1,8 @@
 //! Maintenance and Cluster: real Status and MemberList (etcdctl's endpoint health and status
 //! read them), HashKV with etcd's semantics, Snapshot streamed in etcd's framing,
-//! MemberRemove through the quorum-safe `Node::remove_member`, an empty alarm list, a no-op
-//! defragment, and Unimplemented for the rest.
+//! MemberRemove through the quorum-safe `Node::remove_member`, this member's NOSPACE alarm
+//! (`node::alarm`: listed, raised and disarmed as etcd's), a no-op defragment, and
+//! Unimplemented for the rest.
 
 use std::pin::Pin;
 
@@ -12,9 +13,6 @@ use super::EtcdService;
 use super::status::{node_status, unimplemented};
 use crate::EMULATED_ETCD_VERSION;
 use crate::pb::etcdserverpb as pb;
-
-/// etcd's default backend quota, reported in Status.
-const DB_SIZE_QUOTA: i64 = super::metrics::QUOTA_BACKEND_BYTES;
 
 impl EtcdService {
     /// The real membership of a Raft member (every voter and learner, as the replicated
@@ -63,10 +61,38 @@ fn peer_url(addr: &str) -> String {
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for EtcdService {
-    async fn alarm(&self, _req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    /// etcd's Alarm: GET lists the raised alarms (of one member, or all for member 0);
+    /// ACTIVATE and DEACTIVATE answer with the alarm they changed. `etcdctl alarm disarm`
+    /// lists, then deactivates each one listed. Only NOSPACE exists here, and only this member's.
+    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let req = req.into_inner();
+        let me = self.node.meta().member_id;
+        let mine = req.member_id == 0 || req.member_id == me;
+        let nospace = req.alarm == pb::AlarmType::Nospace as i32;
+        let alarm = self.node.alarm();
+        let member = || pb::AlarmMember {
+            member_id: me,
+            alarm: pb::AlarmType::Nospace as i32,
+        };
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => (mine && alarm.cause().is_some())
+                .then(member)
+                .into_iter()
+                .collect(),
+            Ok(AlarmAction::Activate) if mine && nospace => {
+                alarm.raise(crate::node::alarm::NoSpaceCause::Quota);
+                vec![member()]
+            }
+            Ok(AlarmAction::Deactivate) if mine && nospace => {
+                alarm.disarm().map(|_| member()).into_iter().collect()
+            }
+            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => Vec::new(),
+            Err(_) => return Err(super::status::unknown_alarm_action(req.action)),
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.header(self.node.meta().current_rev)),
-            alarms: Vec::new(),
+            alarms,
         }))
     }
 
@@ -93,15 +119,21 @@ impl pb::maintenance_server::Maintenance for EtcdService {
             raft_index: index,
             raft_term: term,
             raft_applied_index: meta.applied_index,
-            errors: if leader == 0 {
-                vec!["etcdserver: no leader".to_string()]
-            } else {
-                Vec::new()
-            },
+            // etcd lists every raised alarm here too, as its protobuf text (AlarmMember.String()).
+            errors: (leader == 0)
+                .then(|| "etcdserver: no leader".to_string())
+                .into_iter()
+                .chain(
+                    self.node
+                        .alarm()
+                        .cause()
+                        .map(|_| format!("memberID:{} alarm:NOSPACE ", meta.member_id)),
+                )
+                .collect(),
             db_size_in_use: in_use,
             is_learner,
             storage_version: "3.6.0".to_string(),
-            db_size_quota: DB_SIZE_QUOTA,
+            db_size_quota: self.node.alarm().quota_bytes(),
             downgrade_info: Some(pb::DowngradeInfo {
                 enabled: false,
                 target_version: String::new(),

@@ -4,9 +4,6 @@
 use crate::metrics::{Text, etcd, grpc::GRPC};
 use crate::node::Node;
 
-/// etcd's default `--quota-backend-bytes`, the size `Maintenance.Status` reports as quota.
-pub const QUOTA_BACKEND_BYTES: i64 = 2 * 1024 * 1024 * 1024;
-
 /// Render the datastore's families into `out`. Reading the database size and key count is
 /// one short read transaction; if it fails the values are reported as 0 and the failure logged,
 /// so a scrape still shows leader and disk latencies when the store is in trouble.
@@ -30,7 +27,7 @@ pub async fn render(node: &Node, out: &mut Text) {
         applied_index,
         db_size,
         db_size_in_use,
-        quota_bytes: QUOTA_BACKEND_BYTES,
+        quota_bytes: node.alarm().quota_bytes(),
         keys,
         current_revision: meta.current_rev,
         compact_revision: meta.compact_rev,

@@ -9,6 +9,8 @@ use crate::node::NodeError;
 
 pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 pub const NO_LEADER: &str = "etcdserver: no leader";
+/// etcd's `ErrGRPCNoSpace`: a write refused by the NOSPACE alarm.
+pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
 pub fn store_status(e: &StoreError) -> Status {
     match e {
@@ -47,6 +49,7 @@ pub fn store_status(e: &StoreError) -> Status {
 pub fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::Store(s) => store_status(&s),
+        NodeError::NoSpace(_) => Status::new(Code::ResourceExhausted, NO_SPACE),
         NodeError::Stopped | NodeError::DataDir { .. } => {
             Status::new(Code::Unavailable, "etcdserver: server stopped")
         }
@@ -86,6 +89,13 @@ fn remove_status(e: &crate::raft::RemoveError) -> Status {
             "etcdserver: re-configuration failed due to not enough started members",
         ),
     }
+}
+
+/// An `AlarmRequest` whose action is none of GET, ACTIVATE, DEACTIVATE.
+pub fn unknown_alarm_action(action: i32) -> Status {
+    Status::invalid_argument(format!(
+        "unknown alarm action {action}: use GET (0), ACTIVATE (1) or DEACTIVATE (2)"
+    ))
 }
 
 pub fn too_large() -> Status {

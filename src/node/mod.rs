@@ -16,6 +16,7 @@
 //! and applies them in one SQLite transaction with one fsync. In a standalone node the store
 //! commits with `synchronous=FULL`, so a reply means the write is on disk.
 
+pub mod alarm;
 pub mod hub;
 pub mod lessor;
 
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::datastore::{Command, CommandOutput, Durability, LogPosition, Meta, Reader, Store, StoreError};
+use alarm::{Alarm, NoSpaceCause};
 use hub::{EventBatch, WatchHub};
 use lessor::Lessor;
 
@@ -46,6 +48,8 @@ pub struct NodeConfig {
     pub client_urls: Vec<String>,
     /// Interval of progress notifications for watches that ask for them (contract W9).
     pub progress_notify_interval: Duration,
+    /// Bytes in use at which the NOSPACE alarm refuses writes (etcd's `--quota-backend-bytes`).
+    pub quota_bytes: i64,
 }
 
 /// Run the datastore as a Raft member instead of a standalone apply thread.
@@ -66,6 +70,9 @@ pub enum NodeError {
     Raft(#[from] crate::raft::RaftNodeError),
     #[error("server stopped")]
     Stopped,
+    /// The NOSPACE alarm is raised (or this write raised it): nothing was written.
+    #[error("database space exceeded ({})", .0.as_str())]
+    NoSpace(NoSpaceCause),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -124,6 +131,7 @@ struct Inner {
     hub: Arc<WatchHub>,
     lessor: Arc<Lessor>,
     meta: Arc<Mutex<Meta>>,
+    alarm: Arc<Alarm>,
 }
 
 impl std::fmt::Debug for Proposal {
@@ -150,11 +158,13 @@ impl Node {
         let checkpointer = crate::datastore::Checkpointer::open(&db_path)?;
         let (tx, rx) = std_mpsc::channel();
         let shared_meta = Arc::new(Mutex::new(meta));
+        let alarm = Arc::new(Alarm::new(config.quota_bytes));
         {
             let (hub, lessor, shared_meta) = (hub.clone(), lessor.clone(), shared_meta.clone());
+            let alarm = alarm.clone();
             std::thread::Builder::new()
                 .name("k8sd-apply".into())
-                .spawn(move || apply_loop(store, rx, hub, lessor, shared_meta))
+                .spawn(move || apply_loop(store, rx, hub, lessor, shared_meta, &alarm))
                 .map_err(|source| NodeError::DataDir {
                     path: dir.clone(),
                     source,
@@ -173,6 +183,7 @@ impl Node {
             hub,
             lessor,
             meta: shared_meta,
+            alarm,
         };
         Ok(Node::launch(inner, checkpointer))
     }
@@ -288,6 +299,7 @@ impl Node {
         }
         hub.advance_to(view.current_rev);
         let checkpointer = crate::datastore::Checkpointer::open(&db_path)?;
+        let alarm = Arc::new(Alarm::new(config.quota_bytes));
         let inner = Inner {
             config,
             db_path,
@@ -296,6 +308,7 @@ impl Node {
             hub,
             lessor,
             meta: shared_meta,
+            alarm,
         };
         Ok(Node::launch(inner, checkpointer))
     }
@@ -310,6 +323,11 @@ impl Node {
 
     pub fn lessor(&self) -> &Lessor {
         &self.inner.lessor
+    }
+
+    /// This member's NOSPACE alarm (`alarm.rs`).
+    pub fn alarm(&self) -> &Alarm {
+        &self.inner.alarm
     }
 
     /// The last applied metadata (revision, applied index, ids).
@@ -359,6 +377,9 @@ impl Node {
     }
 
     async fn propose_inner(&self, cmd: Command) -> Result<CommandOutput, NodeError> {
+        // etcd checks its quota before proposing (quotaKVServer) and refuses capped writes
+        // while NOSPACE is raised; deletes, compaction and revocations always pass.
+        self.inner.alarm.admit(&cmd).map_err(NodeError::NoSpace)?;
         let proposals = match &self.inner.backend {
             Backend::Raft(raft) => return Ok(raft.propose(cmd).await??),
             Backend::Local { proposals } => proposals,
@@ -595,15 +616,27 @@ impl Node {
     }
 }
 
-/// Checkpoint the WAL every 200 ms while the node lives.
+/// Checkpoint the WAL every 200 ms while the node lives, and keep the alarm's view of the
+/// database size and of the disk current (a full-disk alarm clears itself here).
 fn spawn_checkpointer(cp: crate::datastore::Checkpointer, node: std::sync::Weak<Inner>) {
     let _ = std::thread::Builder::new()
         .name("k8sd-checkpoint".into())
         .spawn(move || {
-            while node.strong_count() > 0 {
-                if let Err(e) = cp.checkpoint() {
+            while let Some(inner) = node.upgrade() {
+                let disk_full = inner.alarm.cause() == Some(NoSpaceCause::DiskFull);
+                // A checkpoint on a full disk fails every time; the alarm already says so.
+                if let Err(e) = cp.checkpoint()
+                    && !(disk_full && e.is_disk_full())
+                {
                     tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
                 }
+                if let Ok(bytes) = cp.in_use_bytes() {
+                    inner.alarm.set_in_use(bytes);
+                }
+                if let Some(free) = alarm::free_bytes(&inner.config.data_dir) {
+                    inner.alarm.observe_free(free);
+                }
+                drop(inner);
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
@@ -621,6 +654,7 @@ fn apply_loop(
     hub: Arc<WatchHub>,
     lessor: Arc<Lessor>,
     shared_meta: Arc<Mutex<Meta>>,
+    alarm: &Alarm,
 ) {
     let mut batch: Vec<Proposal> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -645,7 +679,7 @@ fn apply_loop(
                     Err(_) => break,
                 }
             }
-            if !apply_proposals(&mut store, &mut batch, &hub, &lessor) {
+            if !apply_proposals(&mut store, &mut batch, &hub, &lessor, alarm) {
                 return;
             }
             *shared_meta.lock().unwrap_or_else(|p| p.into_inner()) = store.meta();
@@ -659,8 +693,16 @@ fn apply_loop(
     }
 }
 
-/// Apply one batch and answer its proposers. Returns false after a fatal store error.
-fn apply_proposals(store: &mut Store, batch: &mut Vec<Proposal>, hub: &WatchHub, lessor: &Lessor) -> bool {
+/// Apply one batch and answer its proposers. Returns false after a fatal store error; a full
+/// disk is not fatal (the transaction was rolled back, nothing was acknowledged): the batch is
+/// refused with the NOSPACE alarm and the loop goes on.
+fn apply_proposals(
+    store: &mut Store,
+    batch: &mut Vec<Proposal>,
+    hub: &WatchHub,
+    lessor: &Lessor,
+    alarm: &Alarm,
+) -> bool {
     let start = store.meta().applied_index;
     let cmds: Vec<(LogPosition, &Command)> = batch
         .iter()
@@ -706,6 +748,14 @@ fn apply_proposals(store: &mut Store, batch: &mut Vec<Proposal>, hub: &WatchHub,
             }
             for (p, out) in batch.drain(..).zip(outputs) {
                 let _ = p.reply.send(out.map_err(NodeError::from));
+            }
+            true
+        }
+        Err(e) if e.is_disk_full() => {
+            tracing::error!(error = %e, "datastore apply failed: the disk is full; writes are refused until space is freed");
+            alarm.raise(NoSpaceCause::DiskFull);
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(NodeError::NoSpace(NoSpaceCause::DiskFull)));
             }
             true
         }

@@ -334,7 +334,7 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
         // else is written and every later op reports the first error.
         let result = match &failed {
             Some(msg) => Err(msg.clone()),
-            None => timed_write_group(&mut conn, &group).map_err(|e| {
+            None => write_until_space(&mut conn, &group).map_err(|e| {
                 let msg = format!("raft log write to {} failed: {e}", shared.path.display());
                 tracing::error!("{msg}; refusing further log writes");
                 msg
@@ -357,6 +357,21 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
         }
         for op in group {
             op.finish(&result);
+        }
+    }
+}
+
+/// `timed_write_group`, retried while the disk is full (SQLITE_FULL rolls the transaction
+/// back, so the same group is written again exactly). Nothing in the group is reported done
+/// meanwhile, so no entry counts as flushed before it is; any other error is fail-stop.
+fn write_until_space(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
+    loop {
+        match timed_write_group(conn, group) {
+            Err(e) if crate::datastore::error::sqlite_disk_full(&e) => {
+                tracing::warn!(error = %e, "raft log: the disk is full; retrying the write");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            other => return other,
         }
     }
 }

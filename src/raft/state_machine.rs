@@ -49,6 +49,8 @@ const CURRENT: &str = "current.json";
 /// Dedup rows older than this many log entries are dropped even without a low-water mark
 /// (proposers that went away). A retry older than this is no longer recognised.
 const DEDUP_WINDOW: u64 = 100_000;
+/// How long a batch that met a full disk waits before it is applied again.
+const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One committed apply batch, as seen by the rest of the node (watch hub, lessor).
 #[derive(Debug)]
@@ -109,6 +111,55 @@ impl Waiters {
 struct CurrentSnapshot {
     meta: SnapshotMeta,
     file: String,
+}
+
+/// Each command's output, the events, and the revision and compaction revision after a batch.
+type BatchApplied = (Vec<RaftApplied>, Vec<Event>, i64, i64);
+
+/// Apply one batch in one SQLite transaction (on a blocking thread), then let physical
+/// compaction run for a few milliseconds.
+fn apply_batch(
+    store: &Mutex<Store>,
+    items: &[EntryResponder<TypeConfig>],
+    rows: &[(&str, Vec<u8>)],
+    prune: &DedupPrune,
+    last: LogId,
+) -> crate::datastore::error::Result<BatchApplied> {
+    let cmds: Vec<RaftCommand<'_>> = items
+        .iter()
+        .filter_map(|(e, _)| match &e.payload {
+            EntryPayload::Normal(req) => Some(RaftCommand {
+                pos: position(&e.log_id),
+                cmd: &req.cmd,
+                dedup: Some((req.origin, req.request_id)),
+            }),
+            _ => None,
+        })
+        .collect();
+    let meta: Vec<(&str, &[u8])> = rows.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+    let commit_started = std::time::Instant::now();
+    let applied = store.apply_raft_batch(&cmds, position(&last), &meta, &outcome::encode, prune);
+    // The state machine's transaction is etcd's backend commit.
+    crate::metrics::etcd::ETCD
+        .backend_commit
+        .observe(commit_started.elapsed());
+    let (outputs, events) = applied?;
+    let revision = store.meta().current_rev;
+    // Physical compaction rides along with apply batches, a few milliseconds at a time, so it
+    // never holds the writer for long (contract S5).
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(5) {
+        match store.compact_step(1000) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "compaction step failed; retried with the next batch");
+                break;
+            }
+        }
+    }
+    Ok((outputs, events, revision, store.meta().compact_rev))
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -294,49 +345,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // SQLite work runs on a blocking thread; the entries (with their responders) travel
         // there and back so that answers are sent only after the commit.
-        let store = self.store.clone();
-        let (items, applied) = tokio::task::spawn_blocking(move || {
-            let cmds: Vec<RaftCommand<'_>> = items
-                .iter()
-                .filter_map(|(e, _)| match &e.payload {
-                    EntryPayload::Normal(req) => Some(RaftCommand {
-                        pos: position(&e.log_id),
-                        cmd: &req.cmd,
-                        dedup: Some((req.origin, req.request_id)),
-                    }),
-                    _ => None,
-                })
-                .collect();
-            let meta: Vec<(&str, &[u8])> = rows.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-            let commit_started = std::time::Instant::now();
-            let applied = store
-                .apply_raft_batch(&cmds, position(&last), &meta, &outcome::encode, &prune)
-                .map(|(outputs, events)| (outputs, events, store.meta().current_rev));
-            // The state machine's transaction is etcd's backend commit.
-            crate::metrics::etcd::ETCD
-                .backend_commit
-                .observe(commit_started.elapsed());
-            // Physical compaction rides along with apply batches, a few milliseconds at a
-            // time, so it never holds the writer for long (contract S5).
-            let started = std::time::Instant::now();
-            while applied.is_ok() && started.elapsed() < std::time::Duration::from_millis(5) {
-                match store.compact_step(1000) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "compaction step failed; retried with the next batch");
-                        break;
-                    }
+        // A full disk (SQLITE_FULL) rolled the transaction back and left the store whole: wait
+        // and apply the same batch again, rather than fail, which would stop Raft on this node
+        // for good. Nobody is answered meanwhile, so nothing unkept is acknowledged; the node's
+        // NOSPACE alarm (raised from the free space it sees) refuses new writes in the meantime.
+        let mut batch = (items, rows, prune);
+        let (items, applied) = loop {
+            let store = self.store.clone();
+            let (back, applied) = tokio::task::spawn_blocking(move || {
+                let (items, rows, prune) = &batch;
+                let applied = apply_batch(&store, items, rows, prune, last);
+                (batch, applied)
+            })
+            .await
+            .map_err(io_err)?;
+            match applied {
+                Err(e) if e.is_disk_full() => {
+                    tracing::warn!(error = %e, "state machine: the disk is full; retrying the batch");
+                    batch = back;
+                    tokio::time::sleep(DISK_FULL_RETRY).await;
                 }
+                applied => break (back.0, applied),
             }
-            let compact_rev = store.meta().compact_rev;
-            let applied = applied.map(|(o, e, r)| (o, e, r, compact_rev));
-            drop(cmds);
-            (items, applied)
-        })
-        .await
-        .map_err(io_err)?;
+        };
         // A fatal store error: openraft stops this node; it must be rebuilt (contract 8.2).
         let (outputs, events, revision, compact_rev) = applied.map_err(io_err)?;
         let mut outputs = outputs.into_iter();
