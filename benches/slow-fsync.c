@@ -6,7 +6,7 @@
  *
  * K8SD_FSYNC_DELAY_FILE instead names a file holding the delay in milliseconds, read at every
  * sync, so a test can slow the disk down after the cluster has formed (a missing or empty file
- * means no delay). tests/raft_multiprocess.rs t16 uses it.
+ * means no delay). tests/integration/raft_multiprocess.rs t16 uses it.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>

@@ -81,7 +81,7 @@ cargo test --release --no-fail-fast 2>&1 | tee /tmp/k8sd-cargo-test.log
 rc=${PIPESTATUS[0]}
 
 step "etcd API and differential tests again, with the datastore as a Raft member"
-K8SD_TEST_RAFT=1 cargo test --release --no-fail-fast --test etcd_api --test etcd_differential 2>&1 \
+K8SD_TEST_RAFT=1 cargo test --release --no-fail-fast --test integration -- etcd_api:: etcd_differential:: 2>&1 \
   | tee /tmp/k8sd-cargo-test-raft.log
 rc_raft=${PIPESTATUS[0]}
 ((rc == 0)) && rc=$rc_raft

@@ -4,7 +4,7 @@
 //! The etcd v3 API of `k8sd datastore`, driven by real clients: the Rust `etcd-client` crate
 //! and Debian's `etcdctl`. Each test starts its own server on a free loopback port.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

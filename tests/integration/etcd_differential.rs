@@ -19,7 +19,7 @@
 //! `Unimplemented`; that is recorded as a note, not a failure.
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};

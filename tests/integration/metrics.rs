@@ -6,7 +6,7 @@
 
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

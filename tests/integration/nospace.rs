@@ -13,7 +13,7 @@
 //!   deleted the node takes writes again by itself (no disarm, no restart). Before this, the
 //!   first SQLITE_FULL stopped the datastore's writes for good while the process lived on.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,7 +7,7 @@
 
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
