@@ -2,8 +2,9 @@
 //! datastore quorum for good, make this node the only voter with its own data.
 //!
 //! ```text
-//!  refuse: not root, not initialised, a worker, a quorum of voters reachable (says how many),
-//!          daemon still running, no confirmation (--yes, or "recover" typed on a terminal)
+//!  refuse: not root, not initialised, a worker, no confirmation possible (no --yes, no terminal),
+//!          a quorum of voters reachable (says how many), daemon still running,
+//!          not confirmed ("recover" typed on a terminal)
 //!  ─▶ backup archive, offline ─▶ rewrite the Raft membership (raft::recover) ─▶ next steps
 //! ```
 //!
@@ -69,6 +70,17 @@ pub fn recover(layout: Layout, args: RecoverArgs) -> anyhow::Result<()> {
             raft_dir.join("node-id").display()
         );
     }
+    // Refused before any datastore file is opened: even a read-only SQLite open of a stopped
+    // node's database creates its -wal and -shm files, and a refused recover changes nothing.
+    let client = ControlClient::new(layout.control_socket());
+    let running = client.is_running();
+    if !running && !args.yes && !std::io::stdin().is_terminal() {
+        bail!(
+            "k8sd recover makes {} the only datastore voter and removes every other member; run it only if they are \
+             gone for good. Nothing was changed: there is no terminal to confirm on; pass --yes to confirm",
+            node.node_name
+        );
+    }
     let me = crate::raft::load_or_create_node_id(&raft_dir)?;
     let membership = recover::applied_membership(&ds_dir.join("state.db"))?;
     let (voters, learners, nodes) = recover::members_of(&membership);
@@ -92,8 +104,7 @@ pub fn recover(layout: Layout, args: RecoverArgs) -> anyhow::Result<()> {
             .map_or_else(|| format!("{id:016x}"), |n| n.name.clone())
     };
     let lost: Vec<String> = plan.remove.iter().map(name).collect();
-    let client = ControlClient::new(layout.control_socket());
-    if client.is_running() {
+    if running {
         bail!(
             "the k8sd daemon is running (it answers on {}); recover rewrites the datastore and needs it stopped. \
              Nothing was changed. Stop it (`systemctl stop k8sd`, or end the `k8sd run` process) and run k8sd recover again",
