@@ -177,7 +177,8 @@ fn write_fence(raft_dir: &Path, ids: &BTreeSet<u64>) -> io::Result<()> {
 /// What `make_sole_voter` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewritten {
-    /// The members removed (and fenced), with their names.
+    /// The other members of the membership in force, now removed, with their names. Every
+    /// other id the log names is fenced as well.
     pub removed: BTreeMap<u64, String>,
     /// The new membership entry's index and term.
     pub index: u64,
@@ -227,15 +228,20 @@ pub fn make_sole_voter(datastore_dir: &Path, me: u64) -> Result<Rewritten, Recov
                 reason: format!("this node ({me:016x}) is in none of the stored memberships"),
             });
         };
-        let removed: BTreeMap<u64, String> = nodes
-            .iter()
+        // Reported as removed: the other members of the newest membership, the one in force.
+        // Members that earlier memberships of the log name were removed before (by
+        // `remove-node`); they are fenced too, but naming them would send the operator to
+        // remove them again.
+        let current = memberships.last().unwrap_or(applied.membership());
+        let removed: BTreeMap<u64, String> = current
+            .nodes()
             .filter(|(id, _)| **id != me)
             .map(|(id, n)| (*id, n.name.clone()))
             .collect();
         // The fence first: a crash after it and before the log write leaves a node that
         // refuses the members it still has, which a second run of recover completes.
         let mut fence = read_fence(&raft_dir).map_err(io_err)?;
-        fence.extend(removed.keys());
+        fence.extend(nodes.keys().filter(|id| **id != me));
         write_fence(&raft_dir, &fence).map_err(io_err)?;
 
         let last_term = state.last_log_id.map_or(0, |l| l.committed_leader_id().term);
