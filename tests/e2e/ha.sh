@@ -19,6 +19,10 @@
 #   6. bring the killed node back: it catches up and is a voter again
 #   7. remove-node a control-plane node; a used, a garbled and a revoked token are refused;
 #      a fresh node joins with a new token and HA holds again
+#   8. the worker leaves
+#   9. quorum loss: 2 of the 3 voters killed and cut off for good; recover's refusals, then
+#      `k8sd recover` on n1 (backup first): data kept, writes work; the lost nodes return on
+#      their old data together and cannot take n1 over; remove-node, reset, rejoin: 3 voters
 # Lines starting with "TIMING" are the figures recorded in docs/benchmarks.md.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -430,8 +434,11 @@ check "and changed nothing: the datastore files are byte-identical, no backup wa
   bash -c "[[ \"\$(sha256sum '$(data_of 1)'/datastore/raft/log.db* '$(data_of 1)'/datastore/state.db* 2>/dev/null)\" == '$sums' ]] && ! ls k8sd-recover-backup-* '$work'/recover.tar.gz 2>/dev/null"
 out=$(k 1 recover --yes --backup "$work/recover.tar.gz" 2>&1); rc=$?
 log "recover: rc=$rc: $out"
-recovered() { ((rc == 0)) && grep -q 'n1 is now the only datastore voter' <<< "$out" && grep -q "removed: .*n$o" <<< "$out" && grep -q "removed: .*n5" <<< "$out"; }
-check "k8sd recover --yes makes n1 the only voter, naming the removed nodes" recovered
+# Exactly the members in force: n$r, removed in step 7, is in older memberships of the log
+# (fenced too) but must not be named, or the operator would be told to remove it again.
+recovered() { ((rc == 0)) && grep -q 'n1 is now the only datastore voter' <<< "$out" \
+  && [[ $(grep -o 'removed: .*' <<< "$out" | cut -c10- | tr -d ' ' | tr ',' '\n' | sort | tr '\n' ' ') == "$(printf '%s\n' "n$o" n5 | sort | tr '\n' ' ')" ]]; }
+check "k8sd recover --yes makes n1 the only voter, naming exactly the removed members n$o and n5" recovered
 check "it took a backup first: $work/recover.tar.gz, 0600" bash -c "[[ \$(stat -c %a '$work/recover.tar.gz') == 600 ]]"
 K8SD_CGROUP_ROOT=$(cgroup_of 1) nsenter --net="/run/netns/$(ns_of 1)" unshare --uts sh -c 'hostname "$0"; setsid "$@" </dev/null >>"$0.log" 2>&1 &' \
   n1 "$K8SD_BIN" --data-dir "$(data_of 1)" --run-dir "$(run_of 1)" run
@@ -471,8 +478,8 @@ for i in "$o" 5; do
   tok=$(k 1 add-node 2>/dev/null) || fail "add-node for n$i"
   k "$i" join --name "n$i" "$tok" > "$work/rejoin-n$i.log" 2>&1 & eval "jp$i=\$!"
 done
-jo=jp$o; if wait "${!jo}"; then pass "n$o joins again with a new token"; else fail "n$o joins again with a new token"; fi
-if wait "$jp5"; then pass "n5 joins again with a new token"; else fail "n5 joins again with a new token"; fi
+jo=jp$o; if wait "${!jo}"; then pass "n$o joins again with a new token"; else log "$(tail -5 "$work/rejoin-n$o.log")"; fail "n$o joins again with a new token"; fi
+if wait "$jp5"; then pass "n5 joins again with a new token"; else log "$(tail -5 "$work/rejoin-n5.log")"; fail "n5 joins again with a new token"; fi
 check "3 voters again (n1, n$o, n5) and HA holds" wait_for 120 "3 voters" three_voters \
   "sorted(n['name'] for n in d['nodes'] if n['role']=='voter') == sorted(['n1','n$o','n5']) and d['ha']" True
 reads_after() { [[ $(kc_at "$1" get configmap e2e-before-loss -o jsonpath='{.data.k}') == kept-across-recover ]]; }
