@@ -456,6 +456,7 @@ for i in "$o" 5; do
   ip link set "k8sd-b$((10 + i))" up
   K8SD_CGROUP_ROOT=$(cgroup_of "$i") nsenter --net="/run/netns/$(ns_of "$i")" unshare --uts sh -c 'hostname "$0"; setsid "$@" </dev/null >>"$0.log" 2>&1 &' \
     "n$i" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" run
+  mv "n$i.log" "$work/n$i-return.log" 2>/dev/null
 done
 zombie_leader() { timeout 10 "$K8SD_BIN" --data-dir "$(data_of 5)" --run-dir "$(run_of 5)" status -o json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['datastore']['leader'])"; }
 has_zombie_leader() { [[ $(zombie_leader) == n[0-9] ]]; }
