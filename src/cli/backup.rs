@@ -32,8 +32,30 @@ pub fn backup(layout: Layout, args: BackupArgs) -> anyhow::Result<()> {
             layout.control_socket().display()
         );
     }
+    let (out, m) = write_backup(&layout, &node, args.output, "k8sd-backup")?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backup written to {} ({} files, {size} bytes): cluster {}, datastore revision {}",
+        out.display(),
+        m.files.len(),
+        m.cluster_id,
+        m.revision
+    );
+    Ok(())
+}
+
+/// Write a backup archive of `node` to `out` (default `<prefix>-<node>-<UTC time>.tar.gz` in
+/// the current directory). It reads the datastore file itself, so it works with the daemon
+/// running (SQLite lets it read in one transaction while the daemon commits) or stopped
+/// (`k8sd recover` takes its backup offline).
+pub(super) fn write_backup(
+    layout: &Layout,
+    node: &NodeConfig,
+    out: Option<PathBuf>,
+    prefix: &str,
+) -> anyhow::Result<(PathBuf, Manifest)> {
     let now = time::OffsetDateTime::now_utc();
-    let out = match args.output {
+    let out = match out {
         Some(p) => p,
         None => {
             let stamp = now
@@ -41,7 +63,7 @@ pub fn backup(layout: Layout, args: BackupArgs) -> anyhow::Result<()> {
                     "[year][month][day]T[hour][minute][second]Z"
                 ))
                 .context("formatting the time")?;
-            PathBuf::from(format!("k8sd-backup-{}-{stamp}.tar.gz", node.node_name))
+            PathBuf::from(format!("{prefix}-{}-{stamp}.tar.gz", node.node_name))
         }
     };
     if out.exists() {
@@ -62,21 +84,12 @@ pub fn backup(layout: Layout, args: BackupArgs) -> anyhow::Result<()> {
             path: out.clone(),
             source,
         })?;
-    let res = write_archive(&layout, &node, &out, &scratch, now.unix_timestamp());
+    let res = write_archive(layout, node, &out, &scratch, now.unix_timestamp());
     let _ = std::fs::remove_dir_all(&scratch);
-    let m = res?;
-    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "backup written to {} ({} files, {size} bytes): cluster {}, datastore revision {}",
-        out.display(),
-        m.files.len(),
-        m.cluster_id,
-        m.revision
-    );
-    Ok(())
+    Ok((out, res?))
 }
 
-fn read_node(layout: &Layout) -> anyhow::Result<NodeConfig> {
+pub(super) fn read_node(layout: &Layout) -> anyhow::Result<NodeConfig> {
     let path = layout.node_file();
     match crate::daemon::config::read_node_file(&path)? {
         Some(node) => Ok(node),

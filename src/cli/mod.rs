@@ -8,6 +8,7 @@ mod cluster;
 mod datastore;
 mod images;
 mod node;
+mod recover;
 mod reset;
 
 /// k8sd turns Linux machines into a Kubernetes cluster.
@@ -67,6 +68,9 @@ pub enum Command {
     /// the CNI bridge and routes, KUBE-*/CNI-* rules, its data and run dirs. Leaves the cluster
     /// first; refused where that would break the datastore's quorum, unless --force.
     Reset(reset::ResetArgs),
+    /// After losing the datastore's quorum for good: make this surviving control-plane node
+    /// the only voter with its data (daemon stopped, confirmation, backup first).
+    Recover(recover::RecoverArgs),
     /// Run the etcd-compatible datastore on its own (accepts etcd's core flags).
     Datastore(datastore::DatastoreArgs),
     /// Build, list and import the local container images (pause, busybox, add-ons).
@@ -100,6 +104,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Backup(args) => backup::backup(layout()?, args),
         Command::Restore(args) => backup::restore(layout()?, args),
         Command::Reset(args) => reset::reset(layout()?, args),
+        Command::Recover(args) => recover::recover(layout()?, args),
     }
 }
 

@@ -64,9 +64,38 @@ pub struct Kubectl {
     pub kubeconfig: std::path::PathBuf,
 }
 
+/// How long [`Kubectl::delete_node`] keeps trying through transient API errors.
+const DELETE_NODE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+
 impl Kubectl {
-    /// Delete a Node object; absent is fine.
+    /// Delete a Node object; absent is fine. Transient errors are retried for up to 90 s:
+    /// kubectl goes through the local API load balancer, which closes connections to a
+    /// kube-apiserver the moment it turns unhealthy (a node being removed, a node that just
+    /// died), so a single try fails with `Unable to connect to the server: EOF` even though
+    /// another apiserver would answer the next one.
     pub async fn delete_node(&self, name: &str) -> Result<(), String> {
+        let start = tokio::time::Instant::now();
+        let mut delay = std::time::Duration::from_millis(500);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err = match self.delete_node_once(name).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !is_transient(&err) || start.elapsed() + delay > DELETE_NODE_DEADLINE {
+                return Err(format!(
+                    "deleting Node {name} ({attempts} attempt(s) in {} s): {err}",
+                    start.elapsed().as_secs()
+                ));
+            }
+            tracing::warn!(node = %name, error = %err, "deleting a Node failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+
+    async fn delete_node_once(&self, name: &str) -> Result<(), String> {
         let out = tokio::process::Command::new(&self.kubebin)
             .arg("kubectl")
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
@@ -84,10 +113,57 @@ impl Kubectl {
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!(
-                "deleting Node {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }
+    }
+}
+
+/// Whether kubectl's error text says the API was unreachable or briefly unable to answer
+/// (worth another try), as opposed to a refusal such as Forbidden that will not change.
+fn is_transient(stderr: &str) -> bool {
+    const TRANSIENT: &[&str] = &[
+        "Unable to connect to the server",
+        "EOF",
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "i/o timeout",
+        "TLS handshake timeout",
+        "Client.Timeout",
+        "context deadline exceeded",
+        "the server is currently unable to handle the request",
+        "the server was unable to return a response in the time allotted",
+        "Timeout: request did not complete",
+        "etcdserver:",
+        "http2:",
+        "Internal error occurred",
+        "too many requests",
+    ];
+    TRANSIENT.iter().any(|t| stderr.contains(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+
+    #[test]
+    fn an_unreachable_or_busy_api_is_transient_and_a_refusal_is_not() {
+        // The errors of the HA test's remove-node while a removed or killed apiserver was
+        // being drained from the load balancer.
+        assert!(is_transient("Unable to connect to the server: unexpected EOF"));
+        assert!(is_transient("Unable to connect to the server: EOF"));
+        assert!(is_transient(
+            "Unable to connect to the server: dial tcp 127.0.0.1:6444: connect: connection refused"
+        ));
+        assert!(is_transient(
+            "Error from server (ServiceUnavailable): the server is currently unable to handle the request"
+        ));
+        assert!(is_transient("Error from server: etcdserver: request timed out"));
+        assert!(!is_transient(
+            "Error from server (Forbidden): nodes \"n3\" is forbidden: User \"x\" cannot delete resource"
+        ));
+        assert!(!is_transient(
+            "error: error loading config file \"/x/admin.conf\": no such file or directory"
+        ));
     }
 }

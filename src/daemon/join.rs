@@ -427,9 +427,10 @@ impl Daemon {
         })
     }
 
-    /// `k8sd remove-node NAME [--force]`: its datastore member (refusing to break quorum unless
-    /// forced), its Node object, and its record. A removed control-plane node notices it is no
-    /// longer a member and stops; a removed worker learns it from the cluster API and stops.
+    /// `k8sd remove-node NAME [--force]`: its Node object, its datastore member (refusing to
+    /// break quorum unless forced, before anything is removed), and its record. A removed
+    /// control-plane node notices it is no longer a member and stops; a removed worker learns
+    /// it from the cluster API and stops.
     pub async fn remove_node(&self, name: &str, force: bool) -> Result<(), DaemonError> {
         let (r, ds) = self.control_plane_node()?;
         if name == r.cfg.node_name {
@@ -446,18 +447,42 @@ impl Daemon {
                 "no node named {name} in this cluster; see `k8sd status`"
             )));
         }
+        // Refused before anything changes when the removal would break quorum.
+        if let Some(m) = &raft_member
+            && !force
+        {
+            ds.check_removal(m.id).await.map_err(other)?;
+        }
+        // The Node first, while that node's kube-apiserver still serves: once its member is
+        // removed the apiserver turns unready, and the local load balancer (which admin.conf
+        // points at) closes every connection to it, a kubectl in flight included.
+        // Each step is repeatable, so a failure says to run the command again, which finishes
+        // from where it stopped.
+        self.kubectl()?.delete_node(name).await.map_err(|e| {
+            other(format!(
+                "{e}. Nothing of {name} was removed yet; check `k8sd kubectl get nodes` and run `k8sd remove-node {name}` again"
+            ))
+        })?;
         if let Some(m) = raft_member {
-            let outcome = ds.remove_member(m.id, force).await.map_err(other)?;
+            let outcome = ds.remove_member(m.id, force).await.map_err(|e| {
+                other(format!(
+                    "{e}. The Node {name} is deleted but it is still a datastore member; run `k8sd remove-node {name}` again"
+                ))
+            })?;
             tracing::info!(node = %name, ?outcome, "removed a datastore member");
         }
-        self.kubectl()?.delete_node(name).await.map_err(other)?;
+        // The record last: a removed node stops itself once no control-plane node knows it.
         registry::txn(
             &ds,
             vec![],
             vec![registry::delete_op(&registry::member_key(name))],
         )
         .await
-        .map_err(other)?;
+        .map_err(|e| {
+            other(format!(
+                "{e}. The Node {name} and its datastore member are removed but its record is not; run `k8sd remove-node {name}` again"
+            ))
+        })?;
         Ok(())
     }
 

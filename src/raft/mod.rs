@@ -21,6 +21,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod outcome;
+pub mod recover;
 pub mod state_machine;
 pub mod types;
 
@@ -185,6 +186,12 @@ pub enum RaftNodeError {
     Config(String),
     #[error("cannot read or create the node id at {path}: {source}")]
     NodeId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the fence file {path} (members removed by k8sd recover): {source}")]
+    Fence {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -362,7 +369,13 @@ impl RaftNode {
             contact.clone(),
         )
         .with_policy(config.membership_policy())
-        .with_leases(config.leases.clone());
+        .with_leases(config.leases.clone())
+        .with_fenced(
+            recover::read_fence(&raft_dir).map_err(|source| RaftNodeError::Fence {
+                path: raft_dir.join(recover::FENCE_FILE),
+                source,
+            })?,
+        );
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls.clone() {
             builder = builder.tls_config(tls).map_err(|e| RaftNodeError::Serve {

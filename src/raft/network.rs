@@ -17,7 +17,7 @@
 //! UNAVAILABLE status is `Unreachable` (openraft backs off), a deadline is `Timeout`, anything
 //! else is `Network` (retried at once).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -494,6 +494,10 @@ pub struct PeerService {
     contact: LeaderContact,
     /// The node's lease clock, consulted for followers' keep-alives while this node leads.
     leases: Option<Arc<dyn LeaseClock>>,
+    /// Members removed by `k8sd recover` (`recover.rs`): their Raft RPCs are refused, so
+    /// lost voters that come back with a quorum of the old configuration cannot overwrite
+    /// this node's log from a higher term.
+    fenced: Arc<BTreeSet<u64>>,
 }
 
 /// When this node last accepted an AppendEntries from a leader of its current term or later.
@@ -514,7 +518,14 @@ impl PeerService {
             },
             contact,
             leases: None,
+            fenced: Arc::default(),
         }
+    }
+
+    /// Refuse Raft RPCs from these member ids (`recover::read_fence`).
+    pub fn with_fenced(mut self, fenced: BTreeSet<u64>) -> Self {
+        self.fenced = Arc::new(fenced);
+        self
     }
 
     /// Membership timing (`RaftConfig`'s values; the defaults above otherwise).
@@ -531,6 +542,17 @@ impl PeerService {
 }
 
 impl PeerService {
+    /// PERMISSION_DENIED for a sender that `k8sd recover` removed from this group.
+    fn check_fence(&self, sender: u64) -> Result<(), Status> {
+        if self.fenced.contains(&sender) {
+            return Err(Status::permission_denied(format!(
+                "member {sender:016x} was removed from this cluster by `k8sd recover`; reset that node \
+                 (`k8sd reset --force`) and join it again with a new token"
+            )));
+        }
+        Ok(())
+    }
+
     /// Record that the leader this node follows was heard from now (see `RaftNode::has_leader`).
     fn touch_contact(&self) {
         *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
@@ -546,6 +568,7 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        self.check_fence(rpc.vote.leader_id().node_id)?;
         // Leader contact is stamped when the request arrives, not when it is answered: the
         // answer waits for this node's log flush, and with a slow disk every answer would come
         // an fsync late, so `has_leader` would report no leader (and `hasleader` watches be
@@ -566,12 +589,14 @@ impl RaftPeer for PeerService {
 
     async fn vote(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
+        self.check_fence(rpc.vote.leader_id().node_id)?;
         let resp = self.raft.vote(rpc).await.map_err(fatal)?;
         encode(&resp).map(tonic::Response::new)
     }
 
     async fn pre_vote(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
+        self.check_fence(rpc.vote.leader_id().node_id)?;
         let resp = self.raft.pre_vote(rpc).await.map_err(fatal)?;
         encode(&resp).map(tonic::Response::new)
     }
@@ -595,6 +620,7 @@ impl RaftPeer for PeerService {
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
+        self.check_fence(header.vote.leader_id().node_id)?;
         tokio::fs::create_dir_all(&self.inbox)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -656,6 +682,7 @@ impl RaftPeer for PeerService {
 
     async fn join(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let join: JoinRequest = decode(req.get_ref())?;
+        self.check_fence(join.id)?;
         let reply = membership::handle_join(&self.raft, &self.membership, join).await;
         encode(&reply).map(tonic::Response::new)
     }

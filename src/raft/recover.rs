@@ -1,0 +1,325 @@
+//! Quorum-loss recovery (`k8sd recover`): make this node the only voter of its Raft group,
+//! offline, with its own data, and fence off the members it replaces.
+//!
+//! openraft changes membership only through a committed entry, which needs the quorum that is
+//! gone. So the change is written the way a leader would have written it, with the daemon
+//! stopped:
+//!
+//! ```text
+//!  log.db  ... [last entry (term T)] + [membership {me}, log id (T+1, me), last+1]
+//!  vote    (T+1, me, committed)             fence file  raft/removed-members: every other id
+//! ```
+//!
+//! At the next start openraft takes the newest membership entry of the log as effective (even
+//! uncommitted), so this node is the only voter: it elects itself and its first entry commits
+//! everything in its log, the membership entry included. Nothing of the log is dropped: an
+//! entry this node holds may have been acknowledged to a client by the old leader, and a new
+//! leader's log is authoritative in Raft anyway.
+//!
+//! The fence is what keeps a "lost" member that comes back from splitting the cluster: two
+//! lost voters that return together still hold a quorum of the *old* configuration, elect one
+//! of themselves at a higher term and would send this node AppendEntries, which Raft accepts
+//! from any higher term, truncating the recovered log. The peer service refuses every Raft
+//! RPC whose sender (leader or candidate) is fenced (`network.rs`), so they can never reach
+//! this node's log; they must be reset and join again with new tokens (new ids).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use openraft::Membership;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::vote::RaftLeaderId;
+
+use super::log_store::{LogStore, LogStoreError};
+use super::types::{Entry, NodeInfo, StoredMembership, Vote};
+
+/// Ids of the members `k8sd recover` removed, one 16-digit hex id per line, under `raft/`.
+pub const FENCE_FILE: &str = "removed-members";
+
+/// The membership as the recovering node sees it, and which voters answered a probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryView {
+    pub me: u64,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    /// Voters other than `me` that answered on their peer address.
+    pub reachable: BTreeSet<u64>,
+}
+
+/// Why `k8sd recover` will not run. Nothing has been changed when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecoverRefusal {
+    #[error(
+        "{reachable} of {voters} datastore voters are reachable (this node included), a quorum of {quorum}: \
+         the cluster can still elect a leader, so recover would split it. Nothing was changed. Bring the \
+         others back, or remove lost members with `k8sd remove-node NAME`"
+    )]
+    QuorumReachable {
+        reachable: usize,
+        voters: usize,
+        quorum: usize,
+    },
+    #[error(
+        "this node ({0:016x}) is not a datastore voter: its replica may lag behind the lost voters'. \
+         Nothing was changed. Run k8sd recover on a surviving voter (see `k8sd status`)"
+    )]
+    NotAVoter(u64),
+    #[error(
+        "this node ({0:016x}) is already the only datastore voter and has no other members; there is \
+         nothing to recover. Nothing was changed"
+    )]
+    AlreadyAlone(u64),
+}
+
+/// The members a recovery removes: everyone but `me`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPlan {
+    pub remove: BTreeSet<u64>,
+}
+
+/// Decide whether `view.me` may make itself the only voter (pure).
+///
+/// Rules, in order: only a voter recovers (a learner's replica may lag what the voters
+/// committed); a node that is already alone has nothing to do; if a quorum of the voters is
+/// reachable the cluster is not lost and recover refuses, naming how many answered.
+pub fn plan_recovery(view: &RecoveryView) -> Result<RecoveryPlan, RecoverRefusal> {
+    if !view.voters.contains(&view.me) {
+        return Err(RecoverRefusal::NotAVoter(view.me));
+    }
+    let remove: BTreeSet<u64> = view
+        .voters
+        .iter()
+        .chain(&view.learners)
+        .copied()
+        .filter(|id| *id != view.me)
+        .collect();
+    if remove.is_empty() {
+        return Err(RecoverRefusal::AlreadyAlone(view.me));
+    }
+    let reachable = 1 + view
+        .reachable
+        .iter()
+        .filter(|id| **id != view.me && view.voters.contains(id))
+        .count();
+    let quorum = view.voters.len() / 2 + 1;
+    if reachable >= quorum {
+        return Err(RecoverRefusal::QuorumReachable {
+            reachable,
+            voters: view.voters.len(),
+            quorum,
+        });
+    }
+    Ok(RecoveryPlan { remove })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error(transparent)]
+    Log(#[from] LogStoreError),
+    #[error("raft log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {reason}; nothing was changed")]
+    Membership { path: PathBuf, reason: String },
+}
+
+/// The applied membership of the state database, read-only (safe while the daemon runs).
+pub fn applied_membership(db: &Path) -> Result<StoredMembership, RecoverError> {
+    let bad = |reason: String| RecoverError::Membership {
+        path: db.to_path_buf(),
+        reason,
+    };
+    let raw = crate::datastore::read_raft_meta(db, "membership").map_err(|e| bad(e.to_string()))?;
+    match raw {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| bad(format!("undecodable membership: {e}"))),
+        None => Err(bad(
+            "no Raft membership recorded (is this node a datastore member?)".into(),
+        )),
+    }
+}
+
+/// The voters, learners and addresses of a membership.
+pub fn members_of(m: &StoredMembership) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeMap<u64, NodeInfo>) {
+    let cfg = m.membership();
+    (
+        cfg.voter_ids().collect(),
+        cfg.learner_ids().collect(),
+        cfg.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+    )
+}
+
+/// Ids fenced by an earlier recovery (empty when there is no fence file).
+pub fn read_fence(raft_dir: &Path) -> io::Result<BTreeSet<u64>> {
+    match std::fs::read_to_string(raft_dir.join(FENCE_FILE)) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter_map(|l| u64::from_str_radix(l.trim(), 16).ok())
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_fence(raft_dir: &Path, ids: &BTreeSet<u64>) -> io::Result<()> {
+    let text: String = ids.iter().map(|id| format!("{id:016x}\n")).collect();
+    let tmp = raft_dir.join(format!("{FENCE_FILE}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, raft_dir.join(FENCE_FILE))?;
+    std::fs::File::open(raft_dir)?.sync_all()
+}
+
+/// What `make_sole_voter` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The other members of the membership in force, now removed, with their names. Every
+    /// other id the log names is fenced as well.
+    pub removed: BTreeMap<u64, String>,
+    /// The new membership entry's index and term.
+    pub index: u64,
+    pub term: u64,
+}
+
+/// Make `me` the only voter of the group stored under `datastore_dir` (`state.db`, `raft/`).
+/// The daemon must be stopped: this opens the log for writing. `remove` is re-derived from the
+/// log's own newest membership, so an entry the state database has not applied yet counts.
+pub fn make_sole_voter(datastore_dir: &Path, me: u64) -> Result<Rewritten, RecoverError> {
+    let raft_dir = datastore_dir.join("raft");
+    let log_path = raft_dir.join("log.db");
+    let io_err = |source| RecoverError::Io {
+        path: log_path.clone(),
+        source,
+    };
+    let applied = applied_membership(&datastore_dir.join("state.db"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err)?;
+    let mut log = LogStore::open(&raft_dir)?;
+    rt.block_on(async {
+        let state = log.get_log_state().await.map_err(io_err)?;
+        let mut reader = log.get_log_reader().await;
+        let vote = reader.read_vote().await.map_err(io_err)?;
+        // Every membership the log holds after the purged prefix, newest last: a member the
+        // state database has not applied yet is still a member to fence.
+        let mut memberships = vec![applied.membership().clone()];
+        if let Some(last) = state.last_log_id {
+            let from = state.last_purged_log_id.map_or(0, |l| l.index + 1);
+            let entries = reader
+                .try_get_log_entries(from..last.index + 1)
+                .await
+                .map_err(io_err)?;
+            memberships.extend(entries.iter().filter_map(|e| e.get_membership()));
+        }
+        let mut nodes: BTreeMap<u64, NodeInfo> = BTreeMap::new();
+        for m in &memberships {
+            for (id, n) in m.nodes() {
+                nodes.insert(*id, n.clone());
+            }
+        }
+        let Some(my_info) = nodes.get(&me).cloned() else {
+            return Err(RecoverError::Membership {
+                path: log_path.clone(),
+                reason: format!("this node ({me:016x}) is in none of the stored memberships"),
+            });
+        };
+        // Reported as removed: the other members of the newest membership, the one in force.
+        // Members that earlier memberships of the log name were removed before (by
+        // `remove-node`); they are fenced too, but naming them would send the operator to
+        // remove them again.
+        let current = memberships.last().unwrap_or(applied.membership());
+        let removed: BTreeMap<u64, String> = current
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, n)| (*id, n.name.clone()))
+            .collect();
+        // The fence first: a crash after it and before the log write leaves a node that
+        // refuses the members it still has, which a second run of recover completes.
+        let mut fence = read_fence(&raft_dir).map_err(io_err)?;
+        fence.extend(nodes.keys().filter(|id| **id != me));
+        write_fence(&raft_dir, &fence).map_err(io_err)?;
+
+        let last_term = state.last_log_id.map_or(0, |l| l.committed_leader_id().term);
+        let term = vote.map_or(0, |v| v.leader_id().term).max(last_term) + 1;
+        let index = state.last_log_id.map_or(0, |l| l.index + 1);
+        let vote = Vote::new_committed(term, me);
+        let log_id = openraft::LogId::new(vote.leader_id().to_committed(), index);
+        let membership = Membership::new(vec![BTreeSet::from([me])], BTreeMap::from([(me, my_info)]))
+            .map_err(|e| RecoverError::Membership {
+                path: log_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let entry = Entry::new_membership(log_id, membership);
+        // The vote is saved after the entry and waited for; the log writer commits in order,
+        // so once it returns both are durable.
+        log.append([entry], IOFlushed::noop()).await.map_err(io_err)?;
+        log.save_vote(&vote).await.map_err(io_err)?;
+        Ok(Rewritten { removed, index, term })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(voters: &[u64], learners: &[u64], reachable: &[u64]) -> RecoveryView {
+        RecoveryView {
+            me: 1,
+            voters: voters.iter().copied().collect(),
+            learners: learners.iter().copied().collect(),
+            reachable: reachable.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn two_of_three_voters_lost_recovers_and_removes_every_other_member() {
+        let plan = plan_recovery(&view(&[1, 2, 3], &[4], &[])).unwrap();
+        assert_eq!(plan.remove, BTreeSet::from([2, 3, 4]));
+    }
+
+    #[test]
+    fn a_reachable_quorum_refuses_naming_how_many_answered() {
+        let e = plan_recovery(&view(&[1, 2, 3], &[], &[2])).unwrap_err();
+        assert_eq!(
+            e,
+            RecoverRefusal::QuorumReachable {
+                reachable: 2,
+                voters: 3,
+                quorum: 2
+            }
+        );
+        assert!(
+            e.to_string().contains("2 of 3 datastore voters are reachable"),
+            "{e}"
+        );
+        // A reachable learner is not a voter: it does not make a quorum.
+        plan_recovery(&view(&[1, 2, 3], &[4], &[4])).unwrap();
+        // Five voters, two reachable besides this one: still a quorum of 3.
+        assert!(plan_recovery(&view(&[1, 2, 3, 4, 5], &[], &[2, 3])).is_err());
+        plan_recovery(&view(&[1, 2, 3, 4, 5], &[], &[2])).unwrap();
+    }
+
+    #[test]
+    fn a_learner_or_a_lone_voter_refuses() {
+        let mut v = view(&[2, 3, 5], &[1], &[]);
+        assert_eq!(plan_recovery(&v).unwrap_err(), RecoverRefusal::NotAVoter(1));
+        v = view(&[1], &[], &[]);
+        assert_eq!(plan_recovery(&v).unwrap_err(), RecoverRefusal::AlreadyAlone(1));
+    }
+
+    #[test]
+    fn the_fence_file_round_trips_and_is_empty_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_fence(dir.path()).unwrap().is_empty());
+        write_fence(dir.path(), &BTreeSet::from([0xab, u64::MAX >> 1])).unwrap();
+        assert_eq!(
+            read_fence(dir.path()).unwrap(),
+            BTreeSet::from([0xab, u64::MAX >> 1])
+        );
+    }
+}
