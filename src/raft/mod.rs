@@ -17,6 +17,7 @@
 //! etcd client port. A node's identity is a random `u64` kept in `<data>/raft/node-id`, never
 //! its hostname or address. See docs/design/raft.md for the reasoning.
 
+pub mod codec;
 pub mod log_store;
 pub mod membership;
 pub mod network;
