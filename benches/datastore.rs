@@ -13,6 +13,10 @@
 //! - `watch fan-out`: 100 watch streams on one prefix; a writer puts 200 keys, 5 ms apart, each
 //!   carrying its send time; latency is commit-to-delivery per watcher and event.
 //!
+//! `K8SD_TEST_RAFT=1` runs k8sd as a Raft group of one (what `k8sd init` runs) instead of
+//! without peers; `K8SD_BENCH_BASELINE=<path to a k8sd binary>` adds that build to the same run,
+//! between etcd and this one, for before/after figures.
+//!
 //! Reported: throughput, p50 and p99 latency, and the server's RSS (VmRSS) after each phase.
 //! Nothing is asserted; the numbers go into docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -124,6 +128,10 @@ fn main() {
     let mut rows = Vec::new();
     rt.block_on(async {
         bench_server(Kind::Etcd, "etcd 3.4.23", &mut rows).await;
+        // K8SD_BENCH_BASELINE=<k8sd binary>: an older build in the same run, for before/after.
+        if std::env::var_os("K8SD_BENCH_BASELINE").is_some() {
+            bench_server(Kind::K8sdBaseline, "k8sd baseline", &mut rows).await;
+        }
         bench_server(Kind::K8sd, "k8sd", &mut rows).await;
     });
     let mut phases: Vec<String> = Vec::new();

@@ -212,7 +212,8 @@ pub struct TxnResult {
 ///
 /// Wire stability: this enum is serialised with serde into the replicated log and must stay
 /// readable by the next release. Add variants at the end; never change the meaning of an
-/// existing one. `COMMAND_FORMAT_VERSION` is stored with each entry.
+/// existing one. The log stores it with postcard, which is not self-describing: any change to
+/// this type or the types inside it bumps `COMMAND_FORMAT_VERSION` (see `raft::codec`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Put, DeleteRange and Txn all travel as a Txn (a bare Put is a Txn with one success op).
@@ -225,8 +226,9 @@ pub enum Command {
     LeaseRevoke { id: i64 },
 }
 
-/// Version of the `Command` encoding stored in log entries.
-pub const COMMAND_FORMAT_VERSION: u32 = 1;
+/// Version of the `Command` encoding stored in log entries: the first byte of every binary
+/// entry (`raft::codec`). Version 1 was serde_json and is still read.
+pub const COMMAND_FORMAT_VERSION: u32 = 2;
 
 /// What applying a command produced. `revision` is the store revision after the command.
 #[derive(Debug, Clone, PartialEq, Eq)]

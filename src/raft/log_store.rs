@@ -36,10 +36,17 @@ use openraft::{OptionalSend, RaftLogReader};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::codec::{decode_entry, encode_entry};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Version of the on-disk layout below; bump with a migration.
-const LOG_FORMAT_VERSION: i64 = 1;
+///
+/// 2: entries may be binary (`codec`). The tables are those of 1, and a JSON entry of 1 still
+/// decodes, so a version-1 log is taken as it is and marked 2 at open, before any binary entry
+/// is written into it; an older k8sd then refuses it with `Format` instead of misreading it.
+const LOG_FORMAT_VERSION: i64 = 2;
+/// The oldest layout this build opens (and upgrades in place).
+const OLDEST_LOG_FORMAT: i64 = 1;
 /// Most queued operations folded into one transaction.
 const MAX_GROUP: usize = 1024;
 
@@ -67,7 +74,7 @@ pub enum LogStoreError {
         reason: String,
     },
     #[error(
-        "raft log {path} has format version {found}, this k8sd understands {LOG_FORMAT_VERSION}; upgrade k8sd"
+        "raft log {path} has format version {found}, this k8sd understands {OLDEST_LOG_FORMAT} to {LOG_FORMAT_VERSION}; upgrade k8sd"
     )]
     Format { path: PathBuf, found: i64 },
     #[error("cannot create the raft log directory {path}: {source}")]
@@ -202,8 +209,11 @@ impl LogStore {
             None => meta_put(&conn, "format", LOG_FORMAT_VERSION.to_string().as_bytes()).map_err(sq)?,
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(-1);
-                if found != LOG_FORMAT_VERSION {
+                if !(OLDEST_LOG_FORMAT..=LOG_FORMAT_VERSION).contains(&found) {
                     return Err(LogStoreError::Format { path, found });
+                }
+                if found < LOG_FORMAT_VERSION {
+                    meta_put(&conn, "format", LOG_FORMAT_VERSION.to_string().as_bytes()).map_err(sq)?;
                 }
             }
         }
@@ -306,8 +316,7 @@ fn recover(conn: &Connection, path: &Path, dir: &Path) -> Result<State, LogStore
     // row has been checksummed above; reads decode (and re-check) entries as they are needed.
     state.last_log_id = match last {
         Some((idx, blob)) => {
-            let entry: Entry =
-                serde_json::from_slice(&blob).map_err(|e| corrupt(idx, format!("undecodable entry: {e}")))?;
+            let entry = decode_entry(&blob).map_err(|e| corrupt(idx, format!("undecodable entry: {e}")))?;
             Some(entry.log_id)
         }
         None => state.last_purged,
@@ -467,7 +476,7 @@ impl LogReader {
                     ),
                 ));
             }
-            out.insert(idx, serde_json::from_slice(&blob).map_err(io_err)?);
+            out.insert(idx, decode_entry(&blob).map_err(io_err)?);
         }
         Ok(out.into_values().collect())
     }
@@ -565,7 +574,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut st = self.shared.lock();
             for entry in entries {
                 let idx = entry.log_id.index;
-                let blob = serde_json::to_vec(&entry).map_err(io_err)?;
+                let blob = encode_entry(&entry).map_err(io_err)?;
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 rows.push((idx, row_crc(idx, &blob), blob));

@@ -20,6 +20,8 @@ pub struct Server {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     K8sd,
+    /// Another k8sd build, named by `K8SD_BENCH_BASELINE` (benchmarks compare before/after).
+    K8sdBaseline,
     Etcd,
 }
 
@@ -53,6 +55,17 @@ pub fn free_port() -> u16 {
 
 pub fn k8sd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_k8sd"))
+}
+
+/// The k8sd binary named by `K8SD_BENCH_BASELINE`; asking for it without one set is a loud
+/// failure, never a silent fallback to the build under test.
+pub fn k8sd_baseline_bin() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var_os("K8SD_BENCH_BASELINE")
+            .expect("K8SD_BENCH_BASELINE is not set: point it at the k8sd binary to compare against"),
+    );
+    assert!(p.is_file(), "K8SD_BENCH_BASELINE={} is not a file", p.display());
+    p
 }
 
 /// Debian's etcd (package etcd-server). A missing binary is a loud failure, never a skip.
@@ -98,8 +111,13 @@ impl Server {
         let log = dir.path().join(format!("server-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = match kind {
-            Kind::K8sd => {
-                let mut c = Command::new(k8sd_bin());
+            Kind::K8sd | Kind::K8sdBaseline => {
+                let bin = if kind == Kind::K8sd {
+                    k8sd_bin()
+                } else {
+                    k8sd_baseline_bin()
+                };
+                let mut c = Command::new(bin);
                 c.arg("datastore");
                 // K8SD_TEST_RAFT=1 runs every k8sd test server as a Raft member (cluster of one).
                 if std::env::var_os("K8SD_TEST_RAFT").is_some_and(|v| v == "1") {

@@ -123,11 +123,71 @@ async fn t30_corrupt_entry_before_the_tail_is_a_clear_error() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     // Flip bytes of entry 3 behind SQLite's back (bit rot, a bad sector, a stray write).
     let conn = rusqlite::Connection::open(dir.path().join("log.db")).unwrap();
-    conn.execute("UPDATE log SET entry = CAST(REPLACE(CAST(entry AS TEXT), '\"origin\"', '\"oRigin\"') AS BLOB) WHERE idx = 3", [])
+    let changed = conn
+        .execute(
+            "UPDATE log SET entry = CAST(entry || X'00' AS BLOB) WHERE idx = 3",
+            [],
+        )
         .unwrap();
+    assert_eq!(changed, 1);
     drop(conn);
     let err = LogStore::open(dir.path()).unwrap_err();
     assert!(matches!(err, LogStoreError::Corrupt { index: 3, .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("rejoin") && msg.contains("checksum"), "{msg}");
+}
+
+/// An upgrade must not lose the log: a `log.db` written by a k8sd from before the binary entry
+/// format (layout 1, serde_json entries) opens, reads back entry for entry, takes new binary
+/// entries after the old ones, and is marked layout 2 so that an older k8sd refuses it.
+#[tokio::test]
+async fn t40_a_json_log_from_an_older_k8sd_is_read_and_extended() {
+    let dir = tempfile::tempdir().unwrap();
+    let old: Vec<Entry> = (1..=3).map(|i| entry(1, i)).collect();
+    {
+        // The bytes k8sd 8202a0e and earlier wrote, built by hand.
+        let conn = rusqlite::Connection::open(dir.path().join("log.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE log (idx INTEGER PRIMARY KEY, crc INTEGER NOT NULL, entry BLOB NOT NULL);
+             CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+             INSERT INTO meta VALUES ('format', CAST('1' AS BLOB));",
+        )
+        .unwrap();
+        for e in &old {
+            let idx = e.log_id.index;
+            let blob = serde_json::to_vec(e).unwrap();
+            let mut h = crc32fast::Hasher::new();
+            h.update(&idx.to_le_bytes());
+            h.update(&blob);
+            conn.execute(
+                "INSERT INTO log (idx, crc, entry) VALUES (?, ?, ?)",
+                rusqlite::params![i64::try_from(idx).unwrap(), i64::from(h.finalize()), blob],
+            )
+            .unwrap();
+        }
+    }
+    let mut s = LogStore::open(dir.path()).unwrap();
+    assert_eq!(s.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 3)));
+    append(&mut s, 4..=5).await;
+    drop(s);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let mut s = LogStore::open(dir.path()).unwrap();
+    let got = s.get_log_reader().await.try_get_log_entries(1..10).await.unwrap();
+    let want: Vec<Entry> = (1..=5).map(|i| entry(1, i)).collect();
+    assert_eq!(got, want);
+    let conn = rusqlite::Connection::open(dir.path().join("log.db")).unwrap();
+    let format: Vec<u8> = conn
+        .query_row("SELECT value FROM meta WHERE name = 'format'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(format, b"2");
+    // The old rows are kept as written (JSON), the new ones are binary.
+    let first: Vec<u8> = conn
+        .query_row("SELECT entry FROM log WHERE idx = 1", [], |r| r.get(0))
+        .unwrap();
+    let last: Vec<u8> = conn
+        .query_row("SELECT entry FROM log WHERE idx = 5", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(first[0], b'{');
+    assert_eq!(last[0], 2);
 }
