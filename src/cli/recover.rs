@@ -137,11 +137,11 @@ pub fn recover(layout: Layout, args: RecoverArgs) -> anyhow::Result<()> {
     );
     println!("next:");
     println!("  1. start the daemon: systemctl start k8sd (or k8sd run)");
-    for n in &removed {
-        println!(
-            "  2. k8sd remove-node {n}   (deletes its Node and its record; it is no datastore member any more)"
-        );
-    }
+    println!(
+        "  2. for each removed node, k8sd remove-node NAME: {} (deletes its Node and its record; it is no \
+         datastore member any more)",
+        removed.join(", ")
+    );
     println!(
         "  3. never start a removed node on its old data: this node refuses it, but two of them together would \
          form a cluster of their own. Run `k8sd reset --force` on each before it comes back"
