@@ -168,7 +168,8 @@ impl RaftConfig {
             install_snapshot_timeout: 60_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
-            // A learner is promoted only once this close to the leader (issue 3, membership).
+            // A learner is promoted only once this close to the leader (docs/design/raft.md,
+            // "Forming a cluster").
             replication_lag_threshold: 1000,
             enable_pre_vote: Some(true),
             // Standard Raft: a restarted leader stands for election like anyone else. openraft's
