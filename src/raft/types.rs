@@ -1,7 +1,9 @@
 //! The openraft type configuration and the types that ride in log entries.
 //!
 //! `Request` and `NodeInfo` are written into the Raft log and sent between peers, so they are
-//! wire types: add fields only with `#[serde(default)]`, never change the meaning of one.
+//! wire types: never change the meaning of a field. Peer messages are JSON, where a new field
+//! needs `#[serde(default)]`; the log is postcard (`codec.rs`), where any change to these types
+//! also bumps `COMMAND_FORMAT_VERSION` and keeps a decoder for the previous format.
 //! `Response` is node-local by design (see its docs) and never crosses the wire.
 
 use std::fmt;

@@ -334,6 +334,7 @@ render() {  # render TEMPLATE OUT: replace every {{marker}}; a leftover marker i
     -e "s|{{containerd_address}}|$work/containerd/containerd.sock|g" \
     -e "s|{{cni_conf_dir}}|$work/cni/net.d|g" \
     -e "s|{{cni_ipam_dir}}|$work/cni/ipam|g" \
+    -e "s|{{cni_bin_dir}}|/usr/lib/cni|g" \
     -e "s|{{pod_cidr}}|$pod_cidr|g" \
     -e "s|{{pki_dir}}|$pki|g" \
     -e "s|{{cgroup_root}}|$cgroup_root|g" \

@@ -148,10 +148,13 @@ no_plaintext_on_disk() {
   [[ -z $hits ]] || { log "plaintext found in: $hits"; return 1; }
 }
 check "grep finds the plaintext in none of state.db, its -wal, log.db" no_plaintext_on_disk
-# The control: the same grep does find a ConfigMap's value, which is not encrypted.
+# The control: the same grep does find a ConfigMap's value, which is not encrypted, in both
+# files. Raft log entries store values as raw bytes, so a plaintext Secret would show there too.
 kubectl create configmap e2e-clear --from-literal=v="$plain-cm" >/dev/null
-cm_on_disk() { grep -qaF "$plain-cm" "$data"/datastore/state.db*; }
-check "(control) the same grep finds a ConfigMap's plaintext value" cm_on_disk
+cm_on_disk() {
+  grep -qaF "$plain-cm" "$data"/datastore/state.db* && grep -qaF "$plain-cm" "$data"/datastore/raft/log.db*
+}
+check "(control) the same grep finds a ConfigMap's plaintext value in state.db and in log.db" cm_on_disk
 secret_reads() { [[ $(kubectl get secret e2e-secret -o jsonpath='{.data.token}' | base64 -d) == "$plain" ]]; }
 check "kubectl still reads the Secret's value" secret_reads
 
