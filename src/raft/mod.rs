@@ -315,17 +315,21 @@ pub fn load_or_create_node_id(raft_dir: &Path) -> Result<u64, RaftNodeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(raft_dir).map_err(io)?;
             let id = rand::random::<u64>() >> 1 | 1;
-            let tmp = raft_dir.join("node-id.tmp");
-            std::fs::write(&tmp, format!("{id:016x}\n")).map_err(io)?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
-            std::fs::File::open(raft_dir)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
+            write_durably(raft_dir, "node-id", format!("{id:016x}\n").as_bytes()).map_err(io)?;
             Ok(id)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Replace `dir/name` with `contents` atomically and durably: a temporary file, fsync, rename,
+/// then fsync of the directory, so a crash leaves the old file or the new one, never a part.
+pub(crate) fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, contents)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn stopped(e: impl std::fmt::Display) -> RaftNodeError {

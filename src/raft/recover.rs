@@ -167,11 +167,7 @@ pub fn read_fence(raft_dir: &Path) -> io::Result<BTreeSet<u64>> {
 
 fn write_fence(raft_dir: &Path, ids: &BTreeSet<u64>) -> io::Result<()> {
     let text: String = ids.iter().map(|id| format!("{id:016x}\n")).collect();
-    let tmp = raft_dir.join(format!("{FENCE_FILE}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, raft_dir.join(FENCE_FILE))?;
-    std::fs::File::open(raft_dir)?.sync_all()
+    super::write_durably(raft_dir, FENCE_FILE, text.as_bytes())
 }
 
 /// What `make_sole_voter` did.
