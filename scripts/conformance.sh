@@ -28,7 +28,7 @@
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="/usr/local/go/bin:$HOME/.cargo/bin:$PATH"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/k8sd/cargo-target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/cargo-target}
 
 die() { echo "conformance: error: $*" >&2; exit 2; }
 
@@ -70,7 +70,7 @@ if ((build)); then
 else
   K8SD_KUBEBIN=$(scripts/build-kube.sh --check | tail -n 1) || die "kubebin is not built (scripts/build-kube.sh)"
   suite=$(scripts/build-conformance-suite.sh --check | tail -n 1) || die "e2e.test is not built (scripts/build-conformance-suite.sh)"
-  images=${K8SD_CONFORMANCE_IMAGES:-/var/cache/k8sd/conformance/images}
+  images=${K8SD_CONFORMANCE_IMAGES:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/conformance/images}
 fi
 export K8SD_KUBEBIN
 K8SD_BIN=${K8SD_BIN:-$CARGO_TARGET_DIR/release/k8sd}

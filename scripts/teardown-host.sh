@@ -70,7 +70,7 @@ in_net() {
 }
 
 # The ctr built with the containerd k8sd runs (scripts/build-runtime.sh), never Debian's 1.x.
-runtime_dir=${K8SD_RUNTIME_DIR:-$(. "$(dirname "${BASH_SOURCE[0]}")/../assets/runtime/versions.env" && echo "/var/cache/k8sd/runtime/containerd-$CONTAINERD-runc-$RUNC")}
+runtime_dir=${K8SD_RUNTIME_DIR:-$(. "$(dirname "${BASH_SOURCE[0]}")/../assets/runtime/versions.env" && echo "${K8SD_CACHE_DIR:-/var/cache/k8sd}/runtime/containerd-$CONTAINERD-runc-$RUNC")}
 # Without the server's deprecation warnings (cgroup v1), which ctr repeats at every call.
 ctr() { CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1 "$runtime_dir/ctr" "$@"; }
 if [[ -S "$address" && ! -x "$runtime_dir/ctr" ]]; then

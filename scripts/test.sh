@@ -8,7 +8,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 export PATH="/usr/local/go/bin:$HOME/.cargo/bin:$PATH"
 # Rust build output in a fixed place outside the checkout, so a reused machine builds warm.
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/k8sd/cargo-target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/cargo-target}
 
 step() { printf '\n==> [%ss elapsed] %s\n' "$SECONDS" "$*"; }
 

@@ -9,7 +9,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 export PATH="/usr/local/go/bin:$HOME/.cargo/bin:$PATH"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/k8sd/cargo-target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/cargo-target}
 
 scripts/setup-host.sh
 K8SD_KUBEBIN=$(scripts/build-kube.sh | tail -n 1)

@@ -8,7 +8,7 @@
 # etcd and sample-apiserver start, pause runs).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-CONFORMANCE_IMAGES_DIR=${CONFORMANCE_IMAGES_DIR:-/var/cache/k8sd/conformance/images}
+CONFORMANCE_IMAGES_DIR=${CONFORMANCE_IMAGES_DIR:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/conformance/images}
 require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" /usr/bin/containerd \
   "$CONFORMANCE_IMAGES_DIR/images.tsv"
 
@@ -46,7 +46,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "1. images.tsv covers every image the conformance specs use (derived from the kube source)"
-kube_src=$(cd "$repo/assets/conformance" && GOMODCACHE=${GOMODCACHE:-/var/cache/k8sd/go/mod} \
+kube_src=$(cd "$repo/assets/conformance" && GOMODCACHE=${GOMODCACHE:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/go/mod} \
   GOFLAGS=-mod=mod GOTOOLCHAIN=local go list -m -f '{{.Dir}}' k8s.io/kubernetes) \
   || { echo "cannot locate k8s.io/kubernetes of assets/conformance in the module cache" >&2; exit 1; }
 manifest=$kube_src/test/utils/image/manifest.go

@@ -23,11 +23,13 @@ require() {
 }
 
 K8SD_BIN=${K8SD_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/k8sd}
-K8SD_KUBEBIN=${K8SD_KUBEBIN:-$(ls /var/cache/k8sd/kube/"$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")"/kubebin 2>/dev/null)}
-K8SD_IMAGES_DIR=${K8SD_IMAGES_DIR:-/var/cache/k8sd/images}
+# The build scripts' output root (K8SD_CACHE_DIR moves all of it, as in scripts/build-*.sh).
+k8sd_cache=${K8SD_CACHE_DIR:-/var/cache/k8sd}
+K8SD_KUBEBIN=${K8SD_KUBEBIN:-$(ls "$k8sd_cache"/kube/"$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")"/kubebin 2>/dev/null)}
+K8SD_IMAGES_DIR=${K8SD_IMAGES_DIR:-$k8sd_cache/images}
 # The container runtime k8sd runs (scripts/build-runtime.sh): containerd 2, its shim, ctr, runc.
 # First on PATH, so the suites' own `ctr` and `containerd` are these, never Debian's 1.x.
-K8SD_RUNTIME_DIR=${K8SD_RUNTIME_DIR:-$(. "$repo/assets/runtime/versions.env" && echo "/var/cache/k8sd/runtime/containerd-$CONTAINERD-runc-$RUNC")}
+K8SD_RUNTIME_DIR=${K8SD_RUNTIME_DIR:-$(. "$repo/assets/runtime/versions.env" && echo "$k8sd_cache/runtime/containerd-$CONTAINERD-runc-$RUNC")}
 PATH="$K8SD_RUNTIME_DIR:$PATH"
 export K8SD_KUBEBIN K8SD_IMAGES_DIR K8SD_RUNTIME_DIR PATH
 # Every binary of the runtime, for `require`.

@@ -45,8 +45,8 @@ done
 GO=${GO:-$(command -v go || true)}
 [[ -n "$GO" ]] || GO=/usr/local/go/bin/go
 [[ -x "$GO" ]] || die "no Go toolchain: install Go (see scripts/setup-host.sh) or set GO=/path/to/go"
-export GOMODCACHE=${GOMODCACHE:-/var/cache/k8sd/go/mod}
-export GOCACHE=${GOCACHE:-/var/cache/k8sd/go/build}
+export GOMODCACHE=${GOMODCACHE:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/go/mod}
+export GOCACHE=${GOCACHE:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/go/build}
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 export GOFLAGS=${GOFLAGS:--mod=mod}
 if [[ -z "${K8SD_BIN:-}" ]]; then
