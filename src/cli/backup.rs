@@ -1,9 +1,10 @@
 //! `k8sd backup`: one consistent archive of a control-plane node (see `crate::backup`).
 
+use super::exit::fail;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::backup::{self, Manifest, SNAPSHOT_ENTRY};
 use crate::daemon::ControlClient;
@@ -21,13 +22,15 @@ pub struct BackupArgs {
 pub fn backup(layout: Layout, args: BackupArgs) -> anyhow::Result<()> {
     let node = read_node(&layout)?;
     if node.role != Role::ControlPlane {
-        bail!(
+        fail!(
+            Refused,
             "{} is a worker, which holds no datastore and no CA keys; run k8sd backup on a control-plane node",
             node.node_name
         );
     }
     if !ControlClient::new(layout.control_socket()).is_running() {
-        bail!(
+        fail!(
+            DaemonNotRunning,
             "the k8sd daemon is not running (no answer on {}); start it (k8sd run, or systemctl start k8sd) and retry",
             layout.control_socket().display()
         );
@@ -93,7 +96,8 @@ pub(super) fn read_node(layout: &Layout) -> anyhow::Result<NodeConfig> {
     let path = layout.node_file();
     match crate::daemon::config::read_node_file(&path)? {
         Some(node) => Ok(node),
-        None => bail!(
+        None => fail!(
+            NotInitialised,
             "this machine is not a k8sd node ({} does not exist); run k8sd backup on a control-plane node, or pass its --data-dir",
             path.display()
         ),
@@ -187,7 +191,8 @@ pub fn restore(layout: Layout, args: RestoreArgs) -> anyhow::Result<()> {
     use crate::daemon::config;
     let data_dir = layout.data_dir.clone();
     if layout.node_file().exists() {
-        bail!(
+        fail!(
+            AlreadyInitialised,
             "the data dir {} already holds an initialised node ({} exists); k8sd restore builds a new cluster on a fresh machine only. Nothing was changed. Restore on a fresh machine, or pass an empty --data-dir",
             data_dir.display(),
             layout.node_file().display()
@@ -199,7 +204,8 @@ pub fn restore(layout: Layout, args: RestoreArgs) -> anyhow::Result<()> {
         (layout.pki_dir(), pki_used),
     ] {
         if present || leftover.is_file() {
-            bail!(
+            fail!(
+                Refused,
                 "the data dir {} is not fresh: {} exists (left by an earlier node or a failed join); remove {} and retry. Nothing was changed",
                 data_dir.display(),
                 leftover.display(),
@@ -261,13 +267,15 @@ fn unpack_and_install(
     let archived: NodeConfig = serde_yaml::from_str(&text)
         .with_context(|| format!("the node.yaml in {} is unreadable", args.file.display()))?;
     if archived.role != Role::ControlPlane {
-        bail!(
+        fail!(
+            Usage,
             "{} is a worker's archive; restore a control-plane node's backup. Nothing was changed",
             args.file.display()
         );
     }
     if !scratch.join("pki").join("ca.key").exists() {
-        bail!(
+        fail!(
+            Usage,
             "{} holds no pki/ca.key; it cannot restore the cluster CA. Nothing was changed",
             args.file.display()
         );

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 
+use super::exit::{self, fail};
 use super::node::{ExtraArgFlags, RunArgs, check_writable, drive};
 use crate::cluster::token::{self, JoinToken};
 use crate::daemon::ControlClient;
@@ -77,7 +78,7 @@ pub(super) fn call(layout: &Layout, req: Request) -> anyhow::Result<Message> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let msg = rt.block_on(client.call(&req, |_| {}))?;
     match msg {
-        Message::Error { error } => bail!("{error}"),
+        Message::Error { error, kind } => Err(exit::failure(kind, error)),
         m => Ok(m),
     }
 }
@@ -122,11 +123,17 @@ fn read_token(args: &JoinCliArgs) -> anyhow::Result<String> {
         }
         (None, Some(p)) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read the join token from {}", p.display()))?,
-        (None, None) => bail!("give the join token, or --token-file FILE (- for standard input)"),
+        (None, None) => fail!(
+            Usage,
+            "give the join token, or --token-file FILE (- for standard input)"
+        ),
     };
     let token = text.trim();
     if token.is_empty() {
-        bail!("the join token file is empty; put the line `k8sd add-node` printed in it");
+        fail!(
+            Usage,
+            "the join token file is empty; put the line `k8sd add-node` printed in it"
+        );
     }
     Ok(token.to_string())
 }
@@ -136,7 +143,8 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
     let token = read_token(&args)?;
     let t = JoinToken::decode(&token)?;
     if layout.node_file().exists() {
-        bail!(
+        fail!(
+            AlreadyInitialised,
             "this node is already initialised ({} exists); nothing was changed. `k8sd join` is for a fresh node",
             layout.node_file().display()
         );

@@ -3,11 +3,12 @@
 //! It takes etcd's core flags, so tools and test harnesses that start etcd can start it
 //! instead, and prints `ready to serve client requests` once every listener is bound.
 
+use super::exit::fail;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::datastore::Durability;
 use crate::etcd::{self, TlsFiles};
@@ -132,18 +133,25 @@ fn parse_listen(url: &str, have_tls: bool) -> anyhow::Result<Listen> {
                 .parse()
                 .with_context(|| format!("invalid port in {url:?}"))?
         }
-        Err(_) => bail!("invalid listen URL {url:?}: use an IP address and port, e.g. https://10.0.0.1:2379"),
+        Err(_) => fail!(
+            Usage,
+            "invalid listen URL {url:?}: use an IP address and port, e.g. https://10.0.0.1:2379"
+        ),
     };
     match scheme {
         "http" if !addr.ip().is_loopback() => {
-            bail!(
+            fail!(
+                Usage,
                 "refusing plain http on non-loopback address {url}; use https:// with --cert-file and --key-file"
             )
         }
         "http" => Ok(Listen { addr, tls: false }),
-        "https" if !have_tls => bail!("{url} needs --cert-file and --key-file"),
+        "https" if !have_tls => fail!(Usage, "{url} needs --cert-file and --key-file"),
         "https" => Ok(Listen { addr, tls: true }),
-        other => bail!("unsupported URL scheme {other:?} in {url}: use http or https"),
+        other => fail!(
+            Usage,
+            "unsupported URL scheme {other:?} in {url}: use http or https"
+        ),
     }
 }
 
@@ -163,7 +171,10 @@ struct Formation {
 fn peer_hostport(url: &str, peer_tls: bool) -> anyhow::Result<String> {
     let l = parse_listen(url, peer_tls)?;
     if peer_tls && !l.tls {
-        bail!("peer URL {url} is http but --peer-cert-file is set: use https:// for every peer URL");
+        fail!(
+            Usage,
+            "peer URL {url} is http but --peer-cert-file is set: use https:// for every peer URL"
+        );
     }
     Ok(l.addr.to_string())
 }
@@ -186,7 +197,10 @@ fn peer_tls(
     ) {
         (None, None, None) => return Ok(None),
         (Some(c), Some(k), Some(ca)) => (c, k, ca),
-        _ => bail!("--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together (mutual TLS)"),
+        _ => fail!(
+            Usage,
+            "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together (mutual TLS)"
+        ),
     };
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let identity = Identity::from_pem(read(cert)?, read(key)?);
@@ -206,10 +220,14 @@ fn peer_tls(
 /// TLS alone; plain http on loopback is the explicit alternative, as etcd allows).
 fn metrics_tls(args: &DatastoreArgs) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
     let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
-        bail!("an https:// --listen-metrics-urls needs --cert-file and --key-file");
+        fail!(
+            Usage,
+            "an https:// --listen-metrics-urls needs --cert-file and --key-file"
+        );
     };
     let Some(ca) = &args.trusted_ca_file else {
-        bail!(
+        fail!(
+            Usage,
             "an https:// --listen-metrics-urls requires client certificates: give --trusted-ca-file (the CA that signs your Prometheus' client certificate), or use http://127.0.0.1:PORT"
         );
     };
@@ -229,7 +247,10 @@ fn formation(args: &DatastoreArgs, listen_addr: &str) -> anyhow::Result<Formatio
             .split_once('=')
             .with_context(|| format!("invalid --initial-cluster entry {entry:?}: expected NAME=URL"))?;
         if members.iter().any(|(n, _)| *n == name) {
-            bail!("--initial-cluster names {name:?} twice; give each member one peer URL");
+            fail!(
+                Usage,
+                "--initial-cluster names {name:?} twice; give each member one peer URL"
+            );
         }
         members.push((name, peer_hostport(url, tls)?));
     }
@@ -248,7 +269,7 @@ fn formation(args: &DatastoreArgs, listen_addr: &str) -> anyhow::Result<Formatio
         });
     }
     let Some(mine) = mine else {
-        bail!("--name {:?} is not in --initial-cluster", args.name);
+        fail!(Usage, "--name {:?} is not in --initial-cluster", args.name);
     };
     let join: Vec<String> = members
         .iter()
@@ -319,7 +340,7 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
                 let tls = peer_tls(&args)?;
                 let peer = parse_listen(url, tls.is_some())?;
                 if tls.is_some() != peer.tls {
-                    bail!("--listen-peer-urls {url}: use https:// exactly when --peer-cert-file is set");
+                    fail!(Usage, "--listen-peer-urls {url}: use https:// exactly when --peer-cert-file is set");
                 }
                 let listener = tokio::net::TcpListener::bind(peer.addr)
                     .await

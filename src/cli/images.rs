@@ -1,6 +1,7 @@
 //! `k8sd images`: build the local OCI image tarballs, list what a node needs, and import them
 //! into containerd.
 
+use super::exit::fail;
 use anyhow::Context;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -218,7 +219,7 @@ fn pack_spec(reference: String, config: PackConfig) -> anyhow::Result<images::Im
     for env in &config.env {
         match env.split_once('=') {
             Some((name, _)) if !name.is_empty() => {}
-            _ => anyhow::bail!("--env {env:?} must be NAME=VALUE"),
+            _ => fail!(Usage, "--env {env:?} must be NAME=VALUE"),
         }
     }
     let mut env = config.env;
@@ -228,7 +229,7 @@ fn pack_spec(reference: String, config: PackConfig) -> anyhow::Result<images::Im
     let mut labels = std::collections::BTreeMap::new();
     for label in &config.label {
         let Some((key, value)) = label.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-            anyhow::bail!("--label {label:?} must be KEY=VALUE");
+            fail!(Usage, "--label {label:?} must be KEY=VALUE");
         };
         labels.insert(key.to_owned(), value.to_owned());
     }
@@ -236,7 +237,8 @@ fn pack_spec(reference: String, config: PackConfig) -> anyhow::Result<images::Im
     for port in &config.expose {
         let (number, proto) = port.split_once('/').unwrap_or((port, "tcp"));
         if number.parse::<u16>().map_or(true, |n| n == 0) || !["tcp", "udp", "sctp"].contains(&proto) {
-            anyhow::bail!(
+            fail!(
+                Usage,
                 "--expose {port:?} must be PORT or PORT/PROTOCOL with PORT 1-65535 and PROTOCOL tcp, udp or sctp"
             );
         }
@@ -246,7 +248,10 @@ fn pack_spec(reference: String, config: PackConfig) -> anyhow::Result<images::Im
         anyhow::ensure!(dir.starts_with('/'), "--workdir {dir:?} must be an absolute path");
     }
     if config.entrypoint.is_empty() && config.cmd.is_empty() {
-        anyhow::bail!("give --entrypoint or --cmd (or both): an image with neither cannot start a container");
+        fail!(
+            Usage,
+            "give --entrypoint or --cmd (or both): an image with neither cannot start a container"
+        );
     }
     Ok(images::ImageSpec {
         reference,

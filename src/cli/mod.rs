@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod backup;
 mod cluster;
 mod datastore;
+pub mod exit;
 mod images;
 mod node;
 mod recover;
@@ -13,7 +14,7 @@ mod reset;
 
 /// k8sd turns Linux machines into a Kubernetes cluster.
 #[derive(Debug, Parser)]
-#[command(name = "k8sd", version, about, long_about = None)]
+#[command(name = "k8sd", version, about, long_about = None, after_help = exit::EXIT_CODES_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub layout: node::LayoutArgs,
@@ -136,9 +137,10 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Exit codes: 1 for any failure, 2 for usage errors (clap exits with 2 itself).
-pub fn exit_code(_err: &anyhow::Error) -> u8 {
-    1
+/// The process exit code of a failed command (`exit::EXIT_CODES_HELP`). clap exits with 2 itself
+/// for the usage errors it finds, the same code as ours.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    exit::code(exit::kind_of(err))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use super::exit::{self, fail};
 use crate::daemon::api::{API_VERSION, Message, Request, StatusReport};
 use crate::daemon::config::{self, InitRequest};
 use crate::daemon::extra_args::ExtraArgs;
@@ -174,7 +175,8 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
         req = req.merge_file(config::read_init_file(file)?);
     }
     if layout.node_file().exists() {
-        bail!(
+        fail!(
+            AlreadyInitialised,
             "this node is already initialised ({} exists); nothing was changed. Use `k8sd status`",
             layout.node_file().display()
         );
@@ -228,7 +230,7 @@ pub(super) fn drive(
                     println!("node is ready. Try: k8sd kubectl get nodes");
                     Ok(())
                 }
-                Message::Error { error } => bail!("{error}"),
+                Message::Error { error, kind } => Err(exit::failure(kind, error)),
                 other => bail!("unexpected answer from the daemon: {other:?}"),
             },
         }
@@ -319,7 +321,7 @@ pub fn status(layout: Layout, args: StatusArgs) -> anyhow::Result<()> {
                 .await
             {
                 Ok(Message::Status { status }) => Ok(*status),
-                Ok(Message::Error { error }) => Err(anyhow::anyhow!(error)),
+                Ok(Message::Error { error, kind }) => Err(exit::failure(kind, error)),
                 Ok(other) => Err(anyhow::anyhow!("unexpected answer: {other:?}")),
                 Err(e) => Err(e.into()),
             };
@@ -351,7 +353,8 @@ pub fn kubectl(layout: Layout, args: Vec<String>) -> anyhow::Result<()> {
         .context("kubebin not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN")?;
     let kc = layout.admin_kubeconfig();
     if !kc.exists() {
-        bail!(
+        fail!(
+            NotInitialised,
             "{} does not exist; initialise the node with `k8sd init` first",
             kc.display()
         );
@@ -399,7 +402,8 @@ pub const COMPONENTS: &[&str] = &[
 
 pub fn logs(layout: Layout, args: LogsArgs) -> anyhow::Result<()> {
     if !COMPONENTS.contains(&args.component.as_str()) {
-        bail!(
+        fail!(
+            Usage,
             "unknown component {:?}; choose one of: {}",
             args.component,
             COMPONENTS.join(", ")

@@ -12,13 +12,12 @@
 //! itself: under systemd (`Restart=always`) a daemon killed by recover would be started again
 //! in the middle of the rewrite; `systemctl stop k8sd` keeps it stopped.
 
+use super::exit::fail;
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
-
-use anyhow::bail;
 
 use crate::daemon::ControlClient;
 use crate::daemon::config::Role;
@@ -43,19 +42,22 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn recover(layout: Layout, args: RecoverArgs) -> anyhow::Result<()> {
     let uid = nix::unistd::geteuid().as_raw();
     if uid != 0 {
-        bail!(
+        fail!(
+            Refused,
             "k8sd recover must run as root (running as uid {uid}): it rewrites the datastore. Nothing was changed. Run `sudo k8sd recover`"
         );
     }
     let node_file = layout.node_file();
     let Some(node) = crate::daemon::config::read_node_file(&node_file)? else {
-        bail!(
+        fail!(
+            NotInitialised,
             "this machine is not a k8sd node ({} does not exist); nothing to recover. Run k8sd recover on the surviving control-plane node, or pass its --data-dir",
             node_file.display()
         );
     };
     if node.role != Role::ControlPlane {
-        bail!(
+        fail!(
+            Refused,
             "{} is a worker, which holds no datastore; nothing was changed. Run k8sd recover on the surviving control-plane node",
             node.node_name
         );
@@ -64,7 +66,8 @@ pub fn recover(layout: Layout, args: RecoverArgs) -> anyhow::Result<()> {
     let raft_dir = ds_dir.join("raft");
     // Never create an id here: a node without one has no datastore to recover.
     if !raft_dir.join("node-id").is_file() {
-        bail!(
+        fail!(
+            NotInitialised,
             "{} has no datastore node id ({} is missing); there is nothing to recover. Nothing was changed",
             node.node_name,
             raft_dir.join("node-id").display()
@@ -75,7 +78,8 @@ pub fn recover(layout: Layout, args: RecoverArgs) -> anyhow::Result<()> {
     let client = ControlClient::new(layout.control_socket());
     let running = client.is_running();
     if !running && !args.yes && !std::io::stdin().is_terminal() {
-        bail!(
+        fail!(
+            Refused,
             "k8sd recover makes {} the only datastore voter and removes every other member; run it only if they are \
              gone for good. Nothing was changed: there is no terminal to confirm on; pass --yes to confirm",
             node.node_name
@@ -105,7 +109,8 @@ pub fn recover(layout: Layout, args: RecoverArgs) -> anyhow::Result<()> {
     };
     let lost: Vec<String> = plan.remove.iter().map(name).collect();
     if running {
-        bail!(
+        fail!(
+            Refused,
             "the k8sd daemon is running (it answers on {}); recover rewrites the datastore and needs it stopped. \
              Nothing was changed. Stop it (`systemctl stop k8sd`, or end the `k8sd run` process) and run k8sd recover again",
             layout.control_socket().display()
@@ -121,7 +126,8 @@ pub fn recover(layout: Layout, args: RecoverArgs) -> anyhow::Result<()> {
     // Checked again now that nothing can change it: the daemon may have been started while
     // the operator answered.
     if client.is_running() {
-        bail!(
+        fail!(
+            Refused,
             "the k8sd daemon was started meanwhile; nothing was changed apart from the backup {}. Stop it and run k8sd recover again",
             archive.display()
         );
@@ -171,14 +177,17 @@ fn confirm(node: &str, lost: &[String], yes: bool) -> anyhow::Result<()> {
         lost.join(", ")
     );
     if !std::io::stdin().is_terminal() {
-        bail!("{warning}. Nothing was changed: there is no terminal to confirm on; pass --yes to confirm");
+        fail!(
+            Refused,
+            "{warning}. Nothing was changed: there is no terminal to confirm on; pass --yes to confirm"
+        );
     }
     print!("{warning}.\nType \"recover\" to continue: ");
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     if answer.trim() != "recover" {
-        bail!("not confirmed; nothing was changed");
+        fail!(Refused, "not confirmed; nothing was changed");
     }
     Ok(())
 }

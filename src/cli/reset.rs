@@ -1,6 +1,7 @@
 //! `k8sd reset`: leave the cluster if this node is in one (refused where that would break the
 //! datastore's quorum, unless `--force`), then remove everything the node put on the host.
 
+use super::exit::fail;
 use anyhow::bail;
 
 use super::cluster::call;
@@ -48,11 +49,13 @@ pub fn reset(layout: Layout, args: ResetArgs) -> anyhow::Result<()> {
             Err(e) if force => {
                 eprintln!("warning: could not leave the cluster ({e:#}); resetting anyway (--force)")
             }
-            Err(e) => bail!(
+            Err(e) => fail!(
+                Refused,
                 "k8sd reset refused, nothing was changed: {e:#}. `k8sd reset --force` resets this node anyway"
             ),
         },
-        LeaveStep::RefuseUnreachable => bail!(
+        LeaveStep::RefuseUnreachable => fail!(
+            Refused,
             "k8sd reset refused, nothing was changed: this node is initialised ({}) but its daemon does not \
              answer on {}, so it cannot leave the cluster or check that its departure keeps the datastore's \
              quorum. Start it (`k8sd run`) and retry, or run `k8sd reset --force` and then \

@@ -114,6 +114,9 @@ pub enum Message {
     Done,
     Error {
         error: String,
+        /// What kind of failure, for the CLI's exit code; absent from an older daemon's answer.
+        #[serde(default)]
+        kind: super::FailureKind,
     },
     Status {
         status: Box<StatusReport>,

@@ -163,8 +163,15 @@ pub enum ConfigError {
     /// Not a `#[source]`: the message already holds it, and the CLI prints sources too.
     #[error("{0}; fix --disable or the config file's `disable:` list")]
     Addon(crate::addons::AddonError),
+    /// Not a `#[source]` either, for the same reason.
     #[error("{0}; nothing was changed")]
-    ExtraArgs(#[from] ExtraArgsError),
+    ExtraArgs(ExtraArgsError),
+}
+
+impl From<ExtraArgsError> for ConfigError {
+    fn from(e: ExtraArgsError) -> Self {
+        ConfigError::ExtraArgs(e)
+    }
 }
 
 /// Reading node.yaml failed: it exists but cannot be read, or does not parse. The cause is in

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::api::{API_VERSION, Message, Request};
-use super::{Daemon, DaemonError};
+use super::{Daemon, DaemonError, FailureKind};
 
 /// Bind the socket, replacing a stale one that nobody answers on.
 pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
@@ -65,6 +65,7 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
                 &mut w,
                 &Message::Error {
                     error: format!("malformed request: {e}"),
+                    kind: FailureKind::Usage,
                 },
             )
             .await;
@@ -79,6 +80,7 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
                     error: format!(
                         "CLI speaks API {version}, daemon {API_VERSION}; use matching k8sd binaries"
                     ),
+                    kind: FailureKind::Usage,
                 },
             )
             .await
@@ -101,14 +103,14 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
         } => {
             let msg = match daemon.add_node(worker, name, ttl_secs).await {
                 Ok((token, expires)) => Message::Token { token, expires },
-                Err(e) => Message::Error { error: e.to_string() },
+                Err(e) => failed(&e),
             };
             send(&mut w, &msg).await
         }
         Request::Tokens { .. } => {
             let msg = match daemon.tokens().await {
                 Ok(tokens) => Message::Tokens { tokens },
-                Err(e) => Message::Error { error: e.to_string() },
+                Err(e) => failed(&e),
             };
             send(&mut w, &msg).await
         }
@@ -141,7 +143,7 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
             let result = task.await.map_err(std::io::Error::other)?;
             let msg = match result {
                 Ok(()) => Message::Done,
-                Err(e) => Message::Error { error: e.to_string() },
+                Err(e) => failed(&e),
             };
             send(&mut w, &msg).await
         }
@@ -151,7 +153,14 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
 fn done(r: Result<(), DaemonError>) -> Message {
     match r {
         Ok(()) => Message::Done,
-        Err(e) => Message::Error { error: e.to_string() },
+        Err(e) => failed(&e),
+    }
+}
+
+fn failed(e: &DaemonError) -> Message {
+    Message::Error {
+        error: e.to_string(),
+        kind: e.kind(),
     }
 }
 

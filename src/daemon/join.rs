@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::api::{JoinArgs, TokenReport};
 use super::config::{self, InitRequest, NodeConfig, Role};
-use super::{Daemon, DaemonError, Progress, report, write_file};
+use super::{Daemon, DaemonError, Progress, Refusal, report, write_file};
 use crate::cluster::registry::{self, ClusterInfo, MemberRecord, MemberRole};
 use crate::cluster::token::{self, JoinToken, TokenRecord, TokenRole};
 use crate::cluster::wire::*;
@@ -22,10 +22,6 @@ pub(crate) struct PendingJoin {
     pub datastore_peers: Vec<String>,
 }
 
-fn other(e: impl std::fmt::Display) -> DaemonError {
-    DaemonError::Other(e.to_string())
-}
-
 /// The only file names a joiner accepts from the cluster API: nothing can be written elsewhere.
 fn allowed_secret(name: &str) -> bool {
     CaKind::ALL
@@ -39,31 +35,45 @@ fn allowed_secret(name: &str) -> bool {
 /// server's answer has none: refused with what to do, never installed half.
 fn encryption_from_reply(rep: &JoinReply, via: &str) -> Result<String, DaemonError> {
     let Some(text) = &rep.encryption_config else {
-        return Err(other(format!(
-            "{via} answered without the Secrets encryption key (cluster API version {}, \
-             this node {WIRE_VERSION}); run the same k8sd version on every control-plane node",
-            rep.version
-        )));
+        return Err(DaemonError::BadReply {
+            via: via.to_string(),
+            problem: format!(
+                "answered without the Secrets encryption key (cluster API version {}, \
+                 this node {WIRE_VERSION}); run the same k8sd version on every control-plane node",
+                rep.version
+            ),
+        });
     };
     pki::validate_encryption_config(&format!("the Secrets encryption key from {via}"), text)?;
     Ok(text.clone())
 }
 
 impl Daemon {
-    fn control_plane_node(&self) -> Result<(super::RunningNode, crate::node::Node), DaemonError> {
-        match self.running() {
-            Some(r) if r.cfg.role == Role::ControlPlane => {
-                let ds = r
-                    .datastore
-                    .clone()
-                    .ok_or_else(|| other("the datastore is not running"))?;
-                Ok((r, ds))
-            }
-            Some(_) => Err(other("this is a worker node; run this on a control-plane node")),
-            None => Err(other(
-                "this node is not running a control plane; see `k8sd status`",
-            )),
+    fn control_plane_node(
+        &self,
+        verb: &'static str,
+    ) -> Result<(super::RunningNode, crate::node::Node), DaemonError> {
+        let r = self.running_node(verb)?;
+        if r.cfg.role != Role::ControlPlane {
+            return Err(Refusal::WorkerNode { verb }.into());
         }
+        let ds = r.datastore.clone().ok_or(Refusal::DatastoreDown)?;
+        Ok((r, ds))
+    }
+
+    /// The running node, or why there is none: never initialised, or not up.
+    fn running_node(&self, verb: &'static str) -> Result<super::RunningNode, DaemonError> {
+        if let Some(r) = self.running() {
+            return Ok(r);
+        }
+        Err(match self.phase() {
+            super::Phase::Uninitialised => Refusal::NotInitialised { verb },
+            phase => Refusal::NodeDown {
+                verb,
+                phase: phase.to_string(),
+            },
+        }
+        .into())
     }
 
     /// Record the cluster's settings and this founding node (idempotent).
@@ -81,15 +91,14 @@ impl Daemon {
             vec![registry::unchanged(registry::CLUSTER_KEY, 0)],
             vec![registry::put_op(registry::CLUSTER_KEY, &info)],
         )
-        .await
-        .map_err(other)?;
+        .await?;
         let me = MemberRecord {
             name: cfg.node_name.clone(),
             role: MemberRole::ControlPlane,
             address: cfg.advertise_address,
             joined_unix: token::now_unix(),
         };
-        registry::add_member_if_absent(node, &me).await.map_err(other)?;
+        registry::add_member_if_absent(node, &me).await?;
         Ok(())
     }
 
@@ -100,27 +109,27 @@ impl Daemon {
         name: Option<String>,
         ttl_secs: u64,
     ) -> Result<(String, String), DaemonError> {
-        let (r, ds) = self.control_plane_node()?;
+        let (r, ds) = self.control_plane_node("add-node")?;
         if let Some(n) = &name {
             config::validate_node_name(n)?;
             if registry::get::<MemberRecord>(&ds, &registry::member_key(n))
-                .await
-                .map_err(other)?
+                .await?
                 .is_some()
             {
-                return Err(other(format!(
-                    "node name {n} is already taken; pick another or `k8sd remove-node {n}` first"
-                )));
+                return Err(Refusal::NameTaken(n.clone()).into());
             }
         }
         if ttl_secs == 0 {
-            return Err(other("--ttl must be positive"));
+            return Err(Refusal::ZeroTtl.into());
         }
-        let ca = std::fs::read_to_string(self.opts.layout.pki_dir().join("ca.crt")).map_err(other)?;
+        let ca_path = self.opts.layout.pki_dir().join("ca.crt");
+        let ca = std::fs::read_to_string(&ca_path).map_err(|source| DaemonError::Read {
+            path: ca_path.clone(),
+            source,
+        })?;
         let fp = pki::ca_fingerprint_sha256(&ca)?;
         let mut addrs: Vec<String> = registry::members(&ds)
-            .await
-            .map_err(other)?
+            .await?
             .into_iter()
             .filter(|m| m.role == MemberRole::ControlPlane)
             .map(|m| std::net::SocketAddr::new(m.address, API_PORT).to_string())
@@ -142,18 +151,16 @@ impl Daemon {
             vec![registry::unchanged(&key, 0)],
             vec![registry::put_op(&key, &rec)],
         )
-        .await
-        .map_err(other)?;
+        .await?;
         tracing::info!(id = %t.id, role = %role, "minted a join token");
         Ok((t.encode(), token::rfc3339(rec.expires_unix)))
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenReport>, DaemonError> {
-        let (_, ds) = self.control_plane_node()?;
+        let (_, ds) = self.control_plane_node("tokens list")?;
         let now = token::now_unix();
         Ok(registry::tokens(&ds)
-            .await
-            .map_err(other)?
+            .await?
             .into_iter()
             .map(|t| TokenReport {
                 state: t.describe(now),
@@ -166,14 +173,11 @@ impl Daemon {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<(), DaemonError> {
-        let (_, ds) = self.control_plane_node()?;
-        if registry::revoke_token(&ds, id, token::now_unix())
-            .await
-            .map_err(other)?
-        {
+        let (_, ds) = self.control_plane_node("tokens revoke")?;
+        if registry::revoke_token(&ds, id, token::now_unix()).await? {
             Ok(())
         } else {
-            Err(other(format!("no token with id {id}; see `k8sd tokens list`")))
+            Err(Refusal::NoSuchToken(id.to_string()).into())
         }
     }
 
@@ -187,7 +191,7 @@ impl Daemon {
         }
         let p = Some(progress.clone());
         report(&p, "checking the token and this machine");
-        let t = JoinToken::decode(&args.token).map_err(other)?;
+        let t = JoinToken::decode(&args.token)?;
         let role = if args.worker {
             TokenRole::Worker
         } else {
@@ -199,11 +203,12 @@ impl Daemon {
             } else {
                 ""
             };
-            return Err(other(token::TokenError::WrongRole {
+            return Err(token::TokenError::WrongRole {
                 token: t.role,
                 asked: role,
                 flag,
-            }));
+            }
+            .into());
         }
         let req = InitRequest {
             node_name: args.node_name.clone().or(t.name.clone()),
@@ -277,12 +282,12 @@ impl Daemon {
             address: cfg.advertise_address,
             worker_keys: Some(keys),
         };
-        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req)
-            .await
-            .map_err(other)?;
-        let certs = rep
-            .worker_certs
-            .ok_or_else(|| other(format!("{via} answered without certificates")))?;
+        let (rep, via): (JoinReply, String) =
+            client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await?;
+        let certs = rep.worker_certs.ok_or_else(|| DaemonError::BadReply {
+            via: via.clone(),
+            problem: "answered without certificates".into(),
+        })?;
         let issued = [
             (
                 Leaf::KubeletClient,
@@ -337,23 +342,23 @@ impl Daemon {
             address: cfg.advertise_address,
             worker_keys: None,
         };
-        let (rep, via): (JoinReply, String) = client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req)
-            .await
-            .map_err(other)?;
+        let (rep, via): (JoinReply, String) =
+            client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await?;
         if rep.secrets.is_empty() || rep.datastore_peers.is_empty() {
-            return Err(other(format!(
-                "{via} answered without the cluster secrets or datastore peers"
-            )));
+            return Err(DaemonError::BadReply {
+                via,
+                problem: "answered without the cluster secrets or datastore peers".into(),
+            });
         }
         // Checked before anything is written: without the cluster's key this node's apiserver
         // could not read a single Secret.
         let encryption_config = encryption_from_reply(&rep, &via)?;
         for s in &rep.secrets {
             if !allowed_secret(&s.name) {
-                return Err(other(format!(
-                    "{via} sent an unexpected file {:?}; refusing to write it",
-                    s.name
-                )));
+                return Err(DaemonError::BadReply {
+                    via,
+                    problem: format!("sent an unexpected file {:?}; refusing to write it", s.name),
+                });
             }
             let mode = if s.name.ends_with(".key") {
                 pki::KEY_MODE
@@ -373,7 +378,7 @@ impl Daemon {
     }
 
     pub(crate) fn persist(&self, cfg: &NodeConfig) -> Result<(), DaemonError> {
-        let text = serde_yaml::to_string(cfg).map_err(other)?;
+        let text = serde_yaml::to_string(cfg).map_err(DaemonError::EncodeConfig)?;
         write_file(&self.opts.layout.node_file(), text.as_bytes(), 0o600)
     }
 
@@ -396,8 +401,7 @@ impl Daemon {
             client::Rpc::JoinComplete,
             &req,
         )
-        .await
-        .map_err(other)?;
+        .await?;
         self.persist(cfg)
     }
 
@@ -432,43 +436,43 @@ impl Daemon {
     /// control-plane node notices it is no longer a member and stops; a removed worker learns
     /// it from the cluster API and stops.
     pub async fn remove_node(&self, name: &str, force: bool) -> Result<(), DaemonError> {
-        let (r, ds) = self.control_plane_node()?;
+        let (r, ds) = self.control_plane_node("remove-node")?;
         if name == r.cfg.node_name {
-            return Err(other(
-                "this is the node you are on; use `k8sd leave` here, or run remove-node on another control-plane node",
-            ));
+            return Err(Refusal::RemoveSelf(name.to_string()).into());
         }
-        let rec = registry::get::<MemberRecord>(&ds, &registry::member_key(name))
-            .await
-            .map_err(other)?;
+        let rec = registry::get::<MemberRecord>(&ds, &registry::member_key(name)).await?;
         let raft_member = ds.members().into_iter().find(|m| m.info.name == name);
         if rec.is_none() && raft_member.is_none() {
-            return Err(other(format!(
-                "no node named {name} in this cluster; see `k8sd status`"
-            )));
+            return Err(Refusal::NoSuchNode(name.to_string()).into());
         }
         // Refused before anything changes when the removal would break quorum.
         if let Some(m) = &raft_member
             && !force
         {
-            ds.check_removal(m.id).await.map_err(other)?;
+            ds.check_removal(m.id).await?;
         }
         // The Node first, while that node's kube-apiserver still serves: once its member is
         // removed the apiserver turns unready, and the local load balancer (which admin.conf
         // points at) closes every connection to it, a kubectl in flight included.
         // Each step is repeatable, so a failure says to run the command again, which finishes
         // from where it stopped.
-        self.kubectl()?.delete_node(name).await.map_err(|e| {
-            other(format!(
-                "{e}. Nothing of {name} was removed yet; check `k8sd kubectl get nodes` and run `k8sd remove-node {name}` again"
-            ))
-        })?;
-        if let Some(m) = raft_member {
-            let outcome = ds.remove_member(m.id, force).await.map_err(|e| {
-                other(format!(
-                    "{e}. The Node {name} is deleted but it is still a datastore member; run `k8sd remove-node {name}` again"
-                ))
+        self.kubectl()?
+            .delete_node(name)
+            .await
+            .map_err(|e| DaemonError::RemovalIncomplete {
+                name: name.to_string(),
+                error: e,
+                state: "Nothing of it was removed yet (check `k8sd kubectl get nodes`)",
             })?;
+        if let Some(m) = raft_member {
+            let outcome =
+                ds.remove_member(m.id, force)
+                    .await
+                    .map_err(|e| DaemonError::RemovalIncomplete {
+                        name: name.to_string(),
+                        error: e.to_string(),
+                        state: "Its Node is deleted but it is still a datastore member",
+                    })?;
             tracing::info!(node = %name, ?outcome, "removed a datastore member");
         }
         // The record last: a removed node stops itself once no control-plane node knows it.
@@ -478,10 +482,10 @@ impl Daemon {
             vec![registry::delete_op(&registry::member_key(name))],
         )
         .await
-        .map_err(|e| {
-            other(format!(
-                "{e}. The Node {name} and its datastore member are removed but its record is not; run `k8sd remove-node {name}` again"
-            ))
+        .map_err(|e| DaemonError::RemovalIncomplete {
+            name: name.to_string(),
+            error: e.to_string(),
+            state: "Its Node and datastore member are removed but its record is not",
         })?;
         Ok(())
     }
@@ -489,35 +493,36 @@ impl Daemon {
     /// `k8sd leave`: take this node out of its cluster, stop its services, and forget the
     /// cluster's state here, so the machine can `k8sd join` again.
     pub async fn leave(&self, force: bool) -> Result<(), DaemonError> {
-        let r = self
-            .running()
-            .ok_or_else(|| other("this node is not running; nothing to leave"))?;
+        let r = self.running_node("leave")?;
         let name = r.cfg.node_name.clone();
         match &r.datastore {
             Some(ds) => {
                 let me = ds.meta().member_id;
                 let others = ds.members().iter().filter(|m| m.id != me).count();
                 if others == 0 && !force {
-                    return Err(other(
-                        "this is the last control-plane node: leaving would destroy the cluster. Use --force to do it anyway",
-                    ));
+                    return Err(Refusal::LastControlPlane.into());
                 }
                 if others > 0 {
                     // Ask the leader first, so a removal that would break quorum is refused
                     // before any record is deleted: a refused leave changes nothing.
                     if !force {
-                        ds.check_removal(me).await.map_err(other)?;
+                        ds.check_removal(me).await?;
                     }
                     // Kubernetes records first, while this node still has a say in the datastore.
-                    self.kubectl()?.delete_node(&name).await.map_err(other)?;
+                    self.kubectl()?
+                        .delete_node(&name)
+                        .await
+                        .map_err(|error| DaemonError::Kubectl {
+                            node: name.clone(),
+                            error,
+                        })?;
                     registry::txn(
                         ds,
                         vec![],
                         vec![registry::delete_op(&registry::member_key(&name))],
                     )
-                    .await
-                    .map_err(other)?;
-                    ds.remove_member(me, force).await.map_err(other)?;
+                    .await?;
+                    ds.remove_member(me, force).await?;
                 }
             }
             None => {
@@ -525,7 +530,7 @@ impl Daemon {
                     version: WIRE_VERSION,
                     leave: true,
                 };
-                let _: MembershipReply = self.worker_call(&r.cfg, &req).await.map_err(other)?;
+                let _: MembershipReply = self.worker_call(&r.cfg, &req).await?;
             }
         }
         self.stop().await;
@@ -686,24 +691,18 @@ impl Daemon {
 
     /// `k8sd stop|start COMPONENT`.
     pub async fn component(&self, name: &str, start: bool) -> Result<(), DaemonError> {
-        let r = self
-            .running()
-            .ok_or_else(|| other("the node is not running; see `k8sd status`"))?;
+        let r = self.running_node(if start { "start" } else { "stop" })?;
         let res = if start {
             r.supervisor.start_one(name).await
         } else {
             r.supervisor.stop_one(name).await
         };
         res.map_err(|e| {
-            other(format!(
-                "{e}; components: {}",
-                r.supervisor
-                    .status()
-                    .iter()
-                    .map(|c| c.name.clone())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            Refusal::Component {
+                error: e.to_string(),
+                known: r.supervisor.status().iter().map(|c| c.name.clone()).collect(),
+            }
+            .into()
         })
     }
 }

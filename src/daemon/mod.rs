@@ -18,6 +18,7 @@ pub mod components;
 pub mod config;
 mod control;
 pub mod extra_args;
+mod failure;
 mod join;
 mod listener_tls;
 mod metrics;
@@ -45,6 +46,7 @@ use components::Ctx;
 use config::{NodeConfig, Role};
 
 pub use control::{ControlClient, ControlError};
+pub use failure::{FailureKind, Refusal, config_error_kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -86,6 +88,36 @@ pub enum DaemonError {
     RenewalIncomplete { cert: String },
     #[error("{0}")]
     Addons(#[from] addons::AddonsError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("{0}")]
+    Token(#[from] crate::cluster::token::TokenError),
+    #[error(transparent)]
+    ClusterApi(#[from] crate::cluster::client::JoinError),
+    #[error("the cluster records in the datastore: {0}")]
+    Registry(#[from] crate::cluster::registry::RegistryError),
+    #[error("{0}")]
+    Datastore(#[from] crate::node::NodeError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster API answered, but not with what a join needs; nothing was written.
+    #[error("{via} {problem}")]
+    BadReply { via: String, problem: String },
+    #[error("cannot encode the node config: {0}")]
+    EncodeConfig(#[source] serde_yaml::Error),
+    #[error("deleting the Kubernetes Node {node}: {error}")]
+    Kubectl { node: String, error: String },
+    /// `remove-node` stopped part way; every step can be repeated.
+    #[error("{error}. {state}; run `k8sd remove-node {name}` again")]
+    RemovalIncomplete {
+        name: String,
+        error: String,
+        state: &'static str,
+    },
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -128,6 +160,17 @@ pub enum Phase {
     Starting(String),
     Running,
     Failed(String),
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Uninitialised => f.write_str("waiting for `k8sd init`"),
+            Phase::Starting(s) => write!(f, "starting: {s}"),
+            Phase::Running => f.write_str("running"),
+            Phase::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
 }
 
 /// A progress sink: init streams these lines to the CLI, and they go to systemd's STATUS=.
@@ -277,7 +320,7 @@ impl Daemon {
             crate::cluster::token::now_unix(),
         )?;
         tracing::info!(provider = %key.provider, key = %key.write_key, "Secrets are encrypted at rest");
-        let text = serde_yaml::to_string(&cfg).map_err(|e| DaemonError::Other(e.to_string()))?;
+        let text = serde_yaml::to_string(&cfg).map_err(DaemonError::EncodeConfig)?;
         write_file(&node_file, text.as_bytes(), 0o600)?;
         let res = self.bring_up(cfg, Some(progress), None).await;
         if let Err(e) = &res {

@@ -18,12 +18,7 @@ pub async fn build(d: &Daemon) -> StatusReport {
             .as_ref()
             .map(|_| "control-plane (datastore voter)".to_string()),
         ready: phase == Phase::Running,
-        phase: match &phase {
-            Phase::Uninitialised => "waiting for `k8sd init`".into(),
-            Phase::Starting(s) => format!("starting: {s}"),
-            Phase::Running => "running".into(),
-            Phase::Failed(e) => format!("failed: {e}"),
-        },
+        phase: phase.to_string(),
         datastore: None,
         components: Vec::new(),
         certificates: Vec::new(),

@@ -61,10 +61,10 @@ log "0. bad component flags are refused before anything is written"
 refused_init() {
   local want=$1 out rc; shift
   out=$(k8sd init --node-name e2e-1 "$@" 2>&1); rc=$?
-  [[ $rc -ne 0 && $out == *"$want"* && ! -e "$data/node.yaml" && ! -e "$data/pki" ]] && return 0
+  [[ $rc -eq 2 && $out == *"$want"* && ! -e "$data/node.yaml" && ! -e "$data/pki" ]] && return 0
   log "init $* gave rc=$rc: $out"; return 1
 }
-check "an unknown kube-apiserver flag is refused with kube-apiserver's own message" \
+check "an unknown kube-apiserver flag is refused with kube-apiserver's own message (exit 2, usage)" \
   refused_init "unknown flag: --no-such-flag" --kube-apiserver-arg=no-such-flag=1
 check "a kubelet flag with a malformed value is refused with the kubelet's message" \
   refused_init 'invalid argument "x" for "-v, --v" flag' --kubelet-arg=v=x
@@ -106,9 +106,17 @@ init_refused() {
   local sha out rc
   sha=$(sha256sum < "$data/node.yaml")
   out=$(k8sd init 2>&1); rc=$?
-  [[ $rc -ne 0 && $out == *"already initialised"* && $(sha256sum < "$data/node.yaml") == "$sha" ]]
+  [[ $rc -eq 4 && $out == *"already initialised"* && $(sha256sum < "$data/node.yaml") == "$sha" ]] && return 0
+  log "second init: rc=$rc: $out"; return 1
 }
-check "init on an initialised node is refused and changes nothing" init_refused
+check "init on an initialised node is refused with exit 4 and changes nothing" init_refused
+no_such_node() {
+  local out rc
+  out=$(k8sd remove-node no-such-node 2>&1); rc=$?
+  [[ $rc -eq 6 && $out == *"no node named no-such-node"* ]] && return 0
+  log "remove-node no-such-node: rc=$rc: $out"; return 1
+}
+check "remove-node of an unknown name is refused with exit 6 and names it" no_such_node
 cmdline_of() {
   local pid; pid=$(json_get "$work/status.json" "[c['pid'] for c in d['components'] if c['name']=='$1'][0]") || return 1
   tr '\0' '\n' < "/proc/$pid/cmdline"
@@ -431,9 +439,9 @@ last_refused() {
   local out rc
   out=$(k8sd reset 2>&1); rc=$?
   log "without --force: rc=$rc: $out"
-  ((rc != 0)) && [[ $out == *"last control-plane node"* && $out == *"--force"* && $out == *"nothing was changed"* ]] && unchanged
+  ((rc == 6)) && [[ $out == *"last control-plane node"* && $out == *"--force"* && $out == *"nothing was changed"* ]] && unchanged
 }
-check "reset of the last control-plane node without --force is refused, names --force, and changes nothing" last_refused
+check "reset of the last control-plane node without --force is refused (exit 6), names --force, and changes nothing" last_refused
 daemon_before=$(daemon_pid)
 reset_out=$(k8sd reset --force 2>&1); reset_rc=$?
 printf '%s\n' "$reset_out" | sed 's/^/  | /'
@@ -456,5 +464,12 @@ again() {
   ((rc == 0)) && ! grep -q '^  ' <<< "$out" && [[ $out == *"this node is reset"* ]]
 }
 check "a second reset succeeds and finds nothing to remove" again
+no_daemon() {
+  local out rc
+  out=$(k8sd status 2>&1); rc=$?
+  [[ $rc -eq 5 && $out == *"k8sd is not running"* ]] && return 0
+  log "status without a daemon: rc=$rc: $out"; return 1
+}
+check "status without a daemon fails with exit 5 and says how to start one" no_daemon
 
 finish
