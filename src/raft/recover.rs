@@ -126,6 +126,8 @@ pub enum RecoverError {
     },
     #[error("{path}: {reason}; nothing was changed")]
     Membership { path: PathBuf, reason: String },
+    #[error("{0}; nothing was changed")]
+    Fence(#[from] FenceError),
 }
 
 /// The applied membership of the state database, read-only (safe while the daemon runs).
@@ -153,16 +155,65 @@ pub fn members_of(m: &StoredMembership) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeM
     )
 }
 
+/// Why the fence file could not be read. Either one stops the node: a fence that is read
+/// only in part would let a removed member's messages through again.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("cannot read the fence file {path} (members removed by k8sd recover): {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the fence file {path} (members removed by k8sd recover) has a garbled line {line}: {content:?} is not \
+         a member id (1 to 16 hex digits, not 0). This node refuses to start rather than let the member that \
+         line fenced back in. Fix the line to the removed member's id, or delete it if that member was never \
+         removed or has been reset, then start k8sd again"
+    )]
+    Garbled {
+        path: PathBuf,
+        /// 1-based, as an editor shows it.
+        line: usize,
+        content: String,
+    },
+}
+
 /// Ids fenced by an earlier recovery (empty when there is no fence file).
-pub fn read_fence(raft_dir: &Path) -> io::Result<BTreeSet<u64>> {
-    match std::fs::read_to_string(raft_dir.join(FENCE_FILE)) {
-        Ok(text) => Ok(text
-            .lines()
-            .filter_map(|l| u64::from_str_radix(l.trim(), 16).ok())
-            .collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(e),
+///
+/// Every line must be an id as `write_fence` writes it. A line that is not refuses the whole
+/// file: skipping it would silently unfence that member, whose Raft messages could then
+/// truncate this node's recovered log. Lines of only whitespace name nobody and are ignored,
+/// so an editor's trailing blank line is harmless.
+pub fn read_fence(raft_dir: &Path) -> Result<BTreeSet<u64>, FenceError> {
+    let path = raft_dir.join(FENCE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(source) => return Err(FenceError::Read { path, source }),
+    };
+    let mut ids = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let id = line.trim();
+        if id.is_empty() {
+            continue;
+        }
+        // from_str_radix alone would take a leading '+' and any number of leading zeros; an id
+        // is at most 16 hex digits, so two ids run together are not read as a third.
+        match u64::from_str_radix(id, 16) {
+            Ok(n) if n != 0 && id.len() <= 16 && id.chars().all(|c| c.is_ascii_hexdigit()) => {
+                ids.insert(n);
+            }
+            _ => {
+                return Err(FenceError::Garbled {
+                    path,
+                    line: i + 1,
+                    content: line.to_string(),
+                });
+            }
+        }
     }
+    Ok(ids)
 }
 
 fn write_fence(raft_dir: &Path, ids: &BTreeSet<u64>) -> io::Result<()> {
@@ -236,7 +287,7 @@ pub fn make_sole_voter(datastore_dir: &Path, me: u64) -> Result<Rewritten, Recov
             .collect();
         // The fence first: a crash after it and before the log write leaves a node that
         // refuses the members it still has, which a second run of recover completes.
-        let mut fence = read_fence(&raft_dir).map_err(io_err)?;
+        let mut fence = read_fence(&raft_dir)?;
         fence.extend(nodes.keys().filter(|id| **id != me));
         write_fence(&raft_dir, &fence).map_err(io_err)?;
 
@@ -317,5 +368,38 @@ mod tests {
             read_fence(dir.path()).unwrap(),
             BTreeSet::from([0xab, u64::MAX >> 1])
         );
+    }
+
+    #[test]
+    fn a_garbled_fence_line_refuses_naming_the_file_line_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FENCE_FILE);
+        // A blank line names nobody; an id as written, with stray spaces, still counts.
+        std::fs::write(&path, "00000000000000ab\n\n  00000000000000cd \n").unwrap();
+        assert_eq!(read_fence(dir.path()).unwrap(), BTreeSet::from([0xab, 0xcd]));
+        for bad in ["00000000000000zz", "+ab", "0", "00000000000000ab00", "ab cd"] {
+            std::fs::write(&path, format!("00000000000000ab\n\n{bad}\n00000000000000cd\n")).unwrap();
+            let e = read_fence(dir.path()).unwrap_err();
+            match &e {
+                FenceError::Garbled {
+                    path: p,
+                    line,
+                    content,
+                } => {
+                    assert_eq!((p, *line, content.as_str()), (&path, 3, bad), "{bad}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+            let msg = e.to_string();
+            for want in [
+                &path.display().to_string(),
+                "line 3",
+                bad,
+                "delete it",
+                "start k8sd again",
+            ] {
+                assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+            }
+        }
     }
 }
