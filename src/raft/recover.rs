@@ -312,7 +312,12 @@ pub fn make_sole_voter(datastore_dir: &Path, me: u64) -> Result<Rewritten, Recov
 
 #[cfg(test)]
 mod tests {
+    use openraft::alias::LeaderIdOf;
+    use openraft::vote::RaftLeaderIdExt;
+
     use super::*;
+    use crate::datastore::{DedupPrune, Durability, LogPosition, Store};
+    use crate::raft::types::{LogId, TypeConfig};
 
     fn view(voters: &[u64], learners: &[u64], reachable: &[u64]) -> RecoveryView {
         RecoveryView {
@@ -368,6 +373,140 @@ mod tests {
             read_fence(dir.path()).unwrap(),
             BTreeSet::from([0xab, u64::MAX >> 1])
         );
+    }
+
+    fn info(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            peer_addr: format!("{name}:2380"),
+            client_addr: format!("https://{name}:2379"),
+        }
+    }
+
+    /// Voters and learners (members of `nodes` that are not voters) as openraft stores them.
+    fn membership(voters: &[u64], nodes: &[u64]) -> Membership<u64, NodeInfo> {
+        Membership::new(
+            vec![voters.iter().copied().collect()],
+            nodes
+                .iter()
+                .map(|id| (*id, info(&format!("n{id}"))))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .unwrap()
+    }
+
+    /// A log id of a leader of `term` (node 2 led the old cluster).
+    fn old_log_id(term: u64, index: u64) -> LogId {
+        LogId::new(LeaderIdOf::<TypeConfig>::new_committed(term, 2), index)
+    }
+
+    /// A control-plane node's datastore after quorum loss, in real files: `state.db` has
+    /// applied voters {1, 2, 3} with learner 4 (as of index 3); the log (term 2, indexes 1-5)
+    /// holds that membership at 1 and, at 5, a newer one not applied yet that dropped 4 and
+    /// added learner 6; the vote is node 2's uncommitted term 3.
+    fn lost_quorum_datastore(dir: &Path) -> Vec<Entry> {
+        let raft_dir = dir.join("raft");
+        std::fs::create_dir_all(&raft_dir).unwrap();
+        let applied = StoredMembership::new(Some(old_log_id(2, 1)), membership(&[1, 2, 3], &[1, 2, 3, 4]));
+        let mut store = Store::open(&dir.join("state.db"), Durability::Normal).unwrap();
+        store.enable_raft_meta().unwrap();
+        store
+            .apply_raft_batch(
+                &[],
+                LogPosition { index: 3, term: 2 },
+                &[("membership", &serde_json::to_vec(&applied).unwrap())],
+                &|_| Vec::new(),
+                &DedupPrune::default(),
+            )
+            .unwrap();
+        drop(store);
+        let mut entries = vec![Entry::new_membership(
+            old_log_id(2, 1),
+            membership(&[1, 2, 3], &[1, 2, 3, 4]),
+        )];
+        entries.extend((2..=4).map(|i| Entry::new_blank(old_log_id(2, i))));
+        entries.push(Entry::new_membership(
+            old_log_id(2, 5),
+            membership(&[1, 2, 3], &[1, 2, 3, 6]),
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut log = LogStore::open(&raft_dir).unwrap();
+            log.append(entries.clone(), IOFlushed::noop()).await.unwrap();
+            // Saved after the entries and waited for: the writer commits in order.
+            log.save_vote(&Vote::new(3, 2)).await.unwrap();
+        });
+        entries
+    }
+
+    /// The log's entries and vote, read from a fresh open of `raft/`.
+    fn read_log(dir: &Path) -> (Vec<Entry>, Option<Vote>) {
+        // The previous store's writer thread closes its connection once the store is dropped.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut log = LogStore::open(&dir.join("raft")).unwrap();
+            let last = log.get_log_state().await.unwrap().last_log_id.unwrap();
+            let mut reader = log.get_log_reader().await;
+            let entries = reader.try_get_log_entries(1..last.index + 1).await.unwrap();
+            (entries, reader.read_vote().await.unwrap())
+        })
+    }
+
+    #[test]
+    fn make_sole_voter_appends_a_membership_of_one_in_a_new_term_and_fences_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = lost_quorum_datastore(dir.path());
+        assert_eq!(read_log(dir.path()), (before.clone(), Some(Vote::new(3, 2))));
+
+        let done = make_sole_voter(dir.path(), 1).unwrap();
+
+        // Reported: the other members of the newest membership (the log's, not yet applied),
+        // so 6 and not 4, which that membership had already dropped.
+        assert_eq!(
+            done,
+            Rewritten {
+                removed: BTreeMap::from([(2, "n2".into()), (3, "n3".into()), (6, "n6".into())]),
+                index: 6,
+                term: 4,
+            }
+        );
+        let (entries, vote) = read_log(dir.path());
+        // Nothing of the old log is dropped or changed.
+        assert_eq!(entries[..5], before[..]);
+        assert_eq!(entries.len(), 6);
+        // One entry more, in a term above both the vote's (3) and the log's (2), led by this
+        // node: the only voter and the only node.
+        let last = &entries[5];
+        assert_eq!(
+            last.log_id,
+            LogId::new(LeaderIdOf::<TypeConfig>::new_committed(4, 1), 6)
+        );
+        let m = last.get_membership().unwrap();
+        assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            m.nodes().map(|(id, n)| (*id, n.clone())).collect::<Vec<_>>(),
+            vec![(1, info("n1"))]
+        );
+        assert_eq!(vote, Some(Vote::new_committed(4, 1)));
+        // Fenced: every other id any membership names, 4 included.
+        assert_eq!(
+            read_fence(&dir.path().join("raft")).unwrap(),
+            BTreeSet::from([2, 3, 4, 6])
+        );
+    }
+
+    #[test]
+    fn make_sole_voter_for_a_node_in_no_membership_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = lost_quorum_datastore(dir.path());
+        let e = make_sole_voter(dir.path(), 9).unwrap_err();
+        assert!(
+            matches!(&e, RecoverError::Membership { reason, .. } if reason.contains("0000000000000009")),
+            "{e}"
+        );
+        assert_eq!(read_log(dir.path()), (before, Some(Vote::new(3, 2))));
+        assert!(!dir.path().join("raft").join(FENCE_FILE).exists());
     }
 
     #[test]
