@@ -14,6 +14,8 @@
 //! manifest's files, and every checksum, all into a scratch directory, before the caller
 //! touches anything.
 
+pub mod schedule;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};

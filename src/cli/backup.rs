@@ -165,6 +165,10 @@ pub struct RestoreArgs {
     /// This machine's address for the cluster (default: first non-loopback IPv4).
     #[arg(long)]
     pub advertise_address: Option<String>,
+    /// The datastore's backend quota in bytes, as `k8sd init --quota-backend-bytes` (default:
+    /// the backed-up node's, from its node.yaml in the archive).
+    #[arg(long, allow_negative_numbers = true)]
+    pub quota_backend_bytes: Option<i64>,
     /// Give up waiting for the node after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -290,6 +294,9 @@ fn unpack_and_install(
         extra_sans: archived.extra_sans.clone(),
         disable: archived.disable.clone(),
         extra_args: archived.extra_args.clone(),
+        // The quota the operator chose for this data: under the default one a store that had a
+        // bigger quota could refuse writes at once, and a smaller one would be silently lifted.
+        quota_backend_bytes: args.quota_backend_bytes.or(archived.quota_backend_bytes),
     };
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
     // The old cluster's member and token records go: its other nodes are not members of the

@@ -150,6 +150,11 @@ pub struct InitArgs {
     pub disable: Vec<String>,
     #[command(flatten)]
     pub extra_args: ExtraArgFlags,
+    /// The datastore's backend quota in bytes (etcd's --quota-backend-bytes): at this many
+    /// bytes in use writes that add data are refused with a NOSPACE alarm. 0: etcd's 2 GiB
+    /// (the default); negative: no quota. Kept in node.yaml.
+    #[arg(long, allow_negative_numbers = true)]
+    pub quota_backend_bytes: Option<i64>,
     /// YAML file with the same settings (kebab-case keys; component flags under
     /// `extra-args: {COMPONENT: {NAME: VALUE}}`, a null VALUE removes); flags win.
     #[arg(long)]
@@ -170,6 +175,7 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
         extra_sans: args.extra_sans,
         disable: args.disable,
         extra_args: args.extra_args.to_extra_args()?,
+        quota_backend_bytes: args.quota_backend_bytes,
     };
     if let Some(file) = &args.config {
         req = req.merge_file(config::read_init_file(file)?);

@@ -27,6 +27,10 @@ pub struct InitRequest {
     /// `extra-args:` in the file). Skipped when empty, as `disable` is.
     #[serde(default, skip_serializing_if = "ExtraArgs::is_empty")]
     pub extra_args: ExtraArgs,
+    /// The datastore's backend quota in bytes, kept in node.yaml (`NodeConfig`). Skipped when
+    /// unset, as `disable` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<i64>,
 }
 
 impl InitRequest {
@@ -43,6 +47,7 @@ impl InitRequest {
             self.disable = file.disable;
         }
         self.extra_args.merge_missing(file.extra_args);
+        self.quota_backend_bytes = self.quota_backend_bytes.or(file.quota_backend_bytes);
         self
     }
 }
@@ -286,7 +291,7 @@ pub fn validate(
         control_plane: Vec::new(),
         disable: disable.iter().map(|a| a.name().to_string()).collect(),
         extra_args: req.extra_args.clone(),
-        quota_backend_bytes: None,
+        quota_backend_bytes: req.quota_backend_bytes,
     })
 }
 
@@ -458,11 +463,29 @@ mod tests {
         assert_eq!(merged.node_name.as_deref(), Some("b"));
         assert_eq!(merged.pod_cidr.as_deref(), Some("10.1.0.0/16"));
         assert_eq!(merged.disable, ["metrics"]);
+        let quota: InitRequest = serde_yaml::from_str("quota-backend-bytes: 8388608\n").unwrap();
+        let merged = InitRequest::default().merge_file(quota.clone());
+        assert_eq!(merged.quota_backend_bytes, Some(8 << 20));
+        assert_eq!(
+            validate(&merged, "h", &addrs()).unwrap().quota_backend_bytes,
+            Some(8 << 20),
+            "kept in node.yaml"
+        );
+        let flag = InitRequest {
+            quota_backend_bytes: Some(-1),
+            ..Default::default()
+        };
+        assert_eq!(flag.merge_file(quota).quota_backend_bytes, Some(-1));
         // An empty list is not sent, so a daemon that predates add-ons accepts the request.
         assert!(
             !serde_json::to_string(&InitRequest::default())
                 .unwrap()
                 .contains("disable")
+        );
+        assert!(
+            !serde_json::to_string(&InitRequest::default())
+                .unwrap()
+                .contains("quota")
         );
         assert!(serde_yaml::from_str::<InitRequest>("podcidr: x\n").is_err());
     }

@@ -198,12 +198,8 @@ pub enum RaftNodeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read the fence file {path} (members removed by k8sd recover): {source}")]
-    Fence {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Fence(#[from] recover::FenceError),
     #[error("the node id file {path} is corrupt; restore it or move the data directory aside and rejoin")]
     NodeIdCorrupt { path: PathBuf },
     #[error("raft node stopped: {0}")]
@@ -348,6 +344,8 @@ impl RaftNode {
     ) -> Result<RaftNode, RaftNodeError> {
         let raft_dir = config.data_dir.join("raft");
         let id = load_or_create_node_id(&raft_dir)?;
+        // Read before openraft starts: a garbled fence stops the node before it campaigns.
+        let fenced = recover::read_fence(&raft_dir)?;
         let log = LogStore::open(&raft_dir)?;
         let waiters = Arc::new(Waiters::default());
         let db_path = config.data_dir.join("state.db");
@@ -382,12 +380,7 @@ impl RaftNode {
         )
         .with_policy(config.membership_policy())
         .with_leases(config.leases.clone())
-        .with_fenced(
-            recover::read_fence(&raft_dir).map_err(|source| RaftNodeError::Fence {
-                path: raft_dir.join(recover::FENCE_FILE),
-                source,
-            })?,
-        );
+        .with_fenced(fenced);
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls.clone() {
             builder = builder.tls_config(tls).map_err(|e| RaftNodeError::Serve {

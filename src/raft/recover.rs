@@ -126,6 +126,8 @@ pub enum RecoverError {
     },
     #[error("{path}: {reason}; nothing was changed")]
     Membership { path: PathBuf, reason: String },
+    #[error("{0}; nothing was changed")]
+    Fence(#[from] FenceError),
 }
 
 /// The applied membership of the state database, read-only (safe while the daemon runs).
@@ -153,16 +155,65 @@ pub fn members_of(m: &StoredMembership) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeM
     )
 }
 
+/// Why the fence file could not be read. Either one stops the node: a fence that is read
+/// only in part would let a removed member's messages through again.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("cannot read the fence file {path} (members removed by k8sd recover): {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the fence file {path} (members removed by k8sd recover) has a garbled line {line}: {content:?} is not \
+         a member id (1 to 16 hex digits, not 0). This node refuses to start rather than let the member that \
+         line fenced back in. Fix the line to the removed member's id, or delete it if that member was never \
+         removed or has been reset, then start k8sd again"
+    )]
+    Garbled {
+        path: PathBuf,
+        /// 1-based, as an editor shows it.
+        line: usize,
+        content: String,
+    },
+}
+
 /// Ids fenced by an earlier recovery (empty when there is no fence file).
-pub fn read_fence(raft_dir: &Path) -> io::Result<BTreeSet<u64>> {
-    match std::fs::read_to_string(raft_dir.join(FENCE_FILE)) {
-        Ok(text) => Ok(text
-            .lines()
-            .filter_map(|l| u64::from_str_radix(l.trim(), 16).ok())
-            .collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(e),
+///
+/// Every line must be an id as `write_fence` writes it. A line that is not refuses the whole
+/// file: skipping it would silently unfence that member, whose Raft messages could then
+/// truncate this node's recovered log. Lines of only whitespace name nobody and are ignored,
+/// so an editor's trailing blank line is harmless.
+pub fn read_fence(raft_dir: &Path) -> Result<BTreeSet<u64>, FenceError> {
+    let path = raft_dir.join(FENCE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(source) => return Err(FenceError::Read { path, source }),
+    };
+    let mut ids = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let id = line.trim();
+        if id.is_empty() {
+            continue;
+        }
+        // from_str_radix alone would take a leading '+' and any number of leading zeros; an id
+        // is at most 16 hex digits, so two ids run together are not read as a third.
+        match u64::from_str_radix(id, 16) {
+            Ok(n) if n != 0 && id.len() <= 16 && id.chars().all(|c| c.is_ascii_hexdigit()) => {
+                ids.insert(n);
+            }
+            _ => {
+                return Err(FenceError::Garbled {
+                    path,
+                    line: i + 1,
+                    content: line.to_string(),
+                });
+            }
+        }
     }
+    Ok(ids)
 }
 
 fn write_fence(raft_dir: &Path, ids: &BTreeSet<u64>) -> io::Result<()> {
@@ -236,7 +287,7 @@ pub fn make_sole_voter(datastore_dir: &Path, me: u64) -> Result<Rewritten, Recov
             .collect();
         // The fence first: a crash after it and before the log write leaves a node that
         // refuses the members it still has, which a second run of recover completes.
-        let mut fence = read_fence(&raft_dir).map_err(io_err)?;
+        let mut fence = read_fence(&raft_dir)?;
         fence.extend(nodes.keys().filter(|id| **id != me));
         write_fence(&raft_dir, &fence).map_err(io_err)?;
 
@@ -261,7 +312,12 @@ pub fn make_sole_voter(datastore_dir: &Path, me: u64) -> Result<Rewritten, Recov
 
 #[cfg(test)]
 mod tests {
+    use openraft::alias::LeaderIdOf;
+    use openraft::vote::RaftLeaderIdExt;
+
     use super::*;
+    use crate::datastore::{DedupPrune, Durability, LogPosition, Store};
+    use crate::raft::types::{LogId, TypeConfig};
 
     fn view(voters: &[u64], learners: &[u64], reachable: &[u64]) -> RecoveryView {
         RecoveryView {
@@ -317,5 +373,172 @@ mod tests {
             read_fence(dir.path()).unwrap(),
             BTreeSet::from([0xab, u64::MAX >> 1])
         );
+    }
+
+    fn info(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            peer_addr: format!("{name}:2380"),
+            client_addr: format!("https://{name}:2379"),
+        }
+    }
+
+    /// Voters and learners (members of `nodes` that are not voters) as openraft stores them.
+    fn membership(voters: &[u64], nodes: &[u64]) -> Membership<u64, NodeInfo> {
+        Membership::new(
+            vec![voters.iter().copied().collect()],
+            nodes
+                .iter()
+                .map(|id| (*id, info(&format!("n{id}"))))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .unwrap()
+    }
+
+    /// A log id of a leader of `term` (node 2 led the old cluster).
+    fn old_log_id(term: u64, index: u64) -> LogId {
+        LogId::new(LeaderIdOf::<TypeConfig>::new_committed(term, 2), index)
+    }
+
+    /// A control-plane node's datastore after quorum loss, in real files: `state.db` has
+    /// applied voters {1, 2, 3} with learner 4 (as of index 3); the log (term 2, indexes 1-5)
+    /// holds that membership at 1 and, at 5, a newer one not applied yet that dropped 4 and
+    /// added learner 6; the vote is node 2's uncommitted term 3.
+    fn lost_quorum_datastore(dir: &Path) -> Vec<Entry> {
+        let raft_dir = dir.join("raft");
+        std::fs::create_dir_all(&raft_dir).unwrap();
+        let applied = StoredMembership::new(Some(old_log_id(2, 1)), membership(&[1, 2, 3], &[1, 2, 3, 4]));
+        let mut store = Store::open(&dir.join("state.db"), Durability::Normal).unwrap();
+        store.enable_raft_meta().unwrap();
+        store
+            .apply_raft_batch(
+                &[],
+                LogPosition { index: 3, term: 2 },
+                &[("membership", &serde_json::to_vec(&applied).unwrap())],
+                &|_| Vec::new(),
+                &DedupPrune::default(),
+            )
+            .unwrap();
+        drop(store);
+        let mut entries = vec![Entry::new_membership(
+            old_log_id(2, 1),
+            membership(&[1, 2, 3], &[1, 2, 3, 4]),
+        )];
+        entries.extend((2..=4).map(|i| Entry::new_blank(old_log_id(2, i))));
+        entries.push(Entry::new_membership(
+            old_log_id(2, 5),
+            membership(&[1, 2, 3], &[1, 2, 3, 6]),
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut log = LogStore::open(&raft_dir).unwrap();
+            log.append(entries.clone(), IOFlushed::noop()).await.unwrap();
+            // Saved after the entries and waited for: the writer commits in order.
+            log.save_vote(&Vote::new(3, 2)).await.unwrap();
+        });
+        entries
+    }
+
+    /// The log's entries and vote, read from a fresh open of `raft/`.
+    fn read_log(dir: &Path) -> (Vec<Entry>, Option<Vote>) {
+        // The previous store's writer thread closes its connection once the store is dropped.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut log = LogStore::open(&dir.join("raft")).unwrap();
+            let last = log.get_log_state().await.unwrap().last_log_id.unwrap();
+            let mut reader = log.get_log_reader().await;
+            let entries = reader.try_get_log_entries(1..last.index + 1).await.unwrap();
+            (entries, reader.read_vote().await.unwrap())
+        })
+    }
+
+    #[test]
+    fn make_sole_voter_appends_a_membership_of_one_in_a_new_term_and_fences_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = lost_quorum_datastore(dir.path());
+        assert_eq!(read_log(dir.path()), (before.clone(), Some(Vote::new(3, 2))));
+
+        let done = make_sole_voter(dir.path(), 1).unwrap();
+
+        // Reported: the other members of the newest membership (the log's, not yet applied),
+        // so 6 and not 4, which that membership had already dropped.
+        assert_eq!(
+            done,
+            Rewritten {
+                removed: BTreeMap::from([(2, "n2".into()), (3, "n3".into()), (6, "n6".into())]),
+                index: 6,
+                term: 4,
+            }
+        );
+        let (entries, vote) = read_log(dir.path());
+        // Nothing of the old log is dropped or changed.
+        assert_eq!(entries[..5], before[..]);
+        assert_eq!(entries.len(), 6);
+        // One entry more, in a term above both the vote's (3) and the log's (2), led by this
+        // node: the only voter and the only node.
+        let last = &entries[5];
+        assert_eq!(
+            last.log_id,
+            LogId::new(LeaderIdOf::<TypeConfig>::new_committed(4, 1), 6)
+        );
+        let m = last.get_membership().unwrap();
+        assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            m.nodes().map(|(id, n)| (*id, n.clone())).collect::<Vec<_>>(),
+            vec![(1, info("n1"))]
+        );
+        assert_eq!(vote, Some(Vote::new_committed(4, 1)));
+        // Fenced: every other id any membership names, 4 included.
+        assert_eq!(
+            read_fence(&dir.path().join("raft")).unwrap(),
+            BTreeSet::from([2, 3, 4, 6])
+        );
+    }
+
+    #[test]
+    fn make_sole_voter_for_a_node_in_no_membership_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = lost_quorum_datastore(dir.path());
+        let e = make_sole_voter(dir.path(), 9).unwrap_err();
+        assert!(
+            matches!(&e, RecoverError::Membership { reason, .. } if reason.contains("0000000000000009")),
+            "{e}"
+        );
+        assert_eq!(read_log(dir.path()), (before, Some(Vote::new(3, 2))));
+        assert!(!dir.path().join("raft").join(FENCE_FILE).exists());
+    }
+
+    #[test]
+    fn a_garbled_fence_line_refuses_naming_the_file_line_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FENCE_FILE);
+        // A blank line names nobody; an id as written, with stray spaces, still counts.
+        std::fs::write(&path, "00000000000000ab\n\n  00000000000000cd \n").unwrap();
+        assert_eq!(read_fence(dir.path()).unwrap(), BTreeSet::from([0xab, 0xcd]));
+        for bad in ["00000000000000zz", "+ab", "0", "00000000000000ab00", "ab cd"] {
+            std::fs::write(&path, format!("00000000000000ab\n\n{bad}\n00000000000000cd\n")).unwrap();
+            let e = read_fence(dir.path()).unwrap_err();
+            match &e {
+                FenceError::Garbled {
+                    path: p,
+                    line,
+                    content,
+                } => {
+                    assert_eq!((p, *line, content.as_str()), (&path, 3, bad), "{bad}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+            let msg = e.to_string();
+            for want in [
+                &path.display().to_string(),
+                "line 3",
+                bad,
+                "delete it",
+                "start k8sd again",
+            ] {
+                assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+            }
+        }
     }
 }

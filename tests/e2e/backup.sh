@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Backup and restore end to end (docs/operations.md), with real components on three hosts that are
 # network namespaces on one test bridge (lib.sh's cluster harness):
-#   1. n1 `k8sd init`; a ConfigMap, a Secret and a Deployment; a join token that is never used;
+#   1. n1 `k8sd init --quota-backend-bytes` (256 MiB); a ConfigMap, a Secret and a Deployment; a
+#      join token that is never used;
 #   2. `k8sd backup` while the cluster serves: the archive is 0600 and its manifest names the
 #      revision, the versions and a SHA-256 per file; an existing output, a missing directory
 #      and a full disk are refused, naming the path and leaving no partial file;
@@ -10,7 +11,8 @@
 #   4. on the fresh host n2: a truncated and a tampered archive are refused with nothing
 #      written; `k8sd restore` brings back the ConfigMap, the Secret's value (same encryption
 #      key), the running Deployment, the byte-identical cluster CA, a revision >= the backed-up
-#      one, and none of the old cluster's tokens;
+#      one, the archived datastore quota (node.yaml and the running datastore), and none of the
+#      old cluster's tokens;
 #   5. n3 joins the restored cluster with a new token from `k8sd add-node`, both are Ready, and
 #      n3's datastore replica holds the restored data (it came as a Raft snapshot);
 #   6. restore refuses a second time on the initialised n2, naming its data dir, and changes
@@ -24,6 +26,7 @@ require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_D
 cluster_setup k8sd-bk k8sd-brk 10.214.0 50
 bb=docker.io/library/busybox:1.37-local
 plain="backup-e2e-$tag-secret"
+quota=268435456 # 256 MiB: not the default 2 GiB, so a restore that dropped it shows
 
 cleanup() {
   mountpoint -q "$work/full" && umount "$work/full"
@@ -70,7 +73,16 @@ log "setup: bridge $CL_BR, hosts n1-n3"
 for i in 1 2 3; do cluster_add_host "$i"; done
 
 log "1. n1: init, a ConfigMap, a Secret, a Deployment and an unused token"
-if k 1 init --node-name n1 >/dev/null; then pass "n1: k8sd init"; else fail "n1: k8sd init"; exit 1; fi
+if k 1 init --node-name n1 --quota-backend-bytes "$quota" >/dev/null; then pass "n1: k8sd init"; else
+  fail "n1: k8sd init"; exit 1; fi
+# quota_is I: host I's node.yaml and its running datastore (k8sd status) have the quota.
+quota_is() {
+  local y; y=$(grep '^quota-backend-bytes:' "$(data_of "$1")/node.yaml")
+  k "$1" status -o json > "$work/status-$1.json" || return 1
+  [[ $y == "quota-backend-bytes: $quota" && $(json_get "$work/status-$1.json" "d['datastore']['quota-bytes']") == "$quota" ]] ||
+    { log "node.yaml: '$y', status: $(json_get "$work/status-$1.json" "d['datastore']['quota-bytes']")"; return 1; }
+}
+check "n1 runs with the quota given to init (node.yaml, k8sd status)" quota_is 1
 check "a ConfigMap is created" kc 1 create configmap keepme --from-literal=answer=42
 check "a Secret is created" kc 1 create secret generic keepsecret --from-literal=token="$plain"
 check "a Deployment is created" kc 1 create deployment web --image="$bb" --replicas=1 -- sleep 3600
@@ -177,6 +189,7 @@ rev_kept() {
   log "revision now $r, backed up $backed_rev"; ((r >= backed_rev))
 }
 check "the datastore revision is >= the backed-up one" rev_kept
+check "the restored node keeps the archived datastore quota (node.yaml, k8sd status)" quota_is 2
 # The restored objects still carry the old host's status; these read what the new host did.
 node_is_new_host() {
   local ip beat
