@@ -7,8 +7,9 @@
 //! refuses to leave a marker behind; every image comes from `images::catalog` and is never
 //! pulled (`imagePullPolicy: Never`), since nodes have no registry.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::images::{self, catalog};
 use crate::template::render;
@@ -128,10 +129,59 @@ pub struct RenderValues {
     /// The TLS 1.2 cipher suites metrics-server may offer (comma-separated Go names): the same
     /// AEAD-only list as the node's components.
     pub tls_cipher_suites: String,
-    /// Where local-path volumes live on every node (`Layout::storage_dir`).
+    /// Where local-path volumes live on a node that has not recorded its own storage dir (the
+    /// applying node's `Layout::storage_dir`).
     pub storage_dir: PathBuf,
+    /// Each node's own storage dir by node name, from its Node's [`STORAGE_DIR_ANNOTATION`]:
+    /// a node's volumes go under its own data dir, whatever the applying node's is.
+    pub node_storage_dirs: BTreeMap<String, PathBuf>,
     /// CoreDNS replicas: min(2, schedulable nodes), see [`dns_replicas`].
     pub dns_replicas: u32,
+}
+
+/// The annotation on which each node's k8sd records its storage dir (`<data dir>/storage`) on
+/// its own Node, for the storage add-on's `nodePathMap`.
+pub const STORAGE_DIR_ANNOTATION: &str = "k8sd.io/storage-dir";
+
+/// Why a recorded storage dir cannot be used. local-path-provisioner refuses its whole config
+/// for one bad path, so a bad annotation is left out rather than rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageDirError {
+    #[error("{path:?} is not an absolute path")]
+    NotAbsolute { path: String },
+    #[error("{path:?} is the root directory or has a `.` or `..` component")]
+    NotNormal { path: String },
+}
+
+/// Check a storage dir read from a Node annotation: absolute, not `/`, no `.` or `..`.
+pub fn check_storage_dir(path: &str) -> Result<PathBuf, StorageDirError> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(StorageDirError::NotAbsolute { path: path.into() });
+    }
+    // On the text: `Path::components` drops an inner `.`, which would hide it.
+    let dots = path.split('/').any(|c| c == "." || c == "..");
+    if dots || p.components().count() < 2 {
+        return Err(StorageDirError::NotNormal { path: path.into() });
+    }
+    Ok(p.to_path_buf())
+}
+
+/// local-path-provisioner's `nodePathMap` as JSON: one entry per node that recorded its
+/// storage dir, then the default for the rest (nodes whose k8sd has not recorded one yet).
+/// JSON-encoded here, not templated, so any path is quoted correctly.
+pub fn node_path_map(default: &Path, nodes: &BTreeMap<String, PathBuf>) -> String {
+    let entry =
+        |node: &str, path: &Path| serde_json::json!({"node": node, "paths": [path.display().to_string()]});
+    let entries: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|(n, p)| entry(n, p))
+        .chain(std::iter::once(entry(
+            "DEFAULT_PATH_FOR_NON_LISTED_NODES",
+            default,
+        )))
+        .collect();
+    serde_json::Value::Array(entries).to_string()
 }
 
 /// Two replicas once there are two nodes to spread them over (required anti-affinity keeps
@@ -147,7 +197,10 @@ pub fn render_manifest(addon: Addon, v: &RenderValues) -> Result<String, AddonEr
         ("dns_replicas", v.dns_replicas.to_string()),
         ("cluster_ca_bundle", v.cluster_ca_bundle.clone()),
         ("tls_cipher_suites", v.tls_cipher_suites.clone()),
-        ("storage_dir", v.storage_dir.display().to_string()),
+        (
+            "storage_node_path_map",
+            node_path_map(&v.storage_dir, &v.node_storage_dirs),
+        ),
         ("coredns_image", catalog::coredns_image()),
         ("metrics_server_image", catalog::metrics_server_image()),
         (

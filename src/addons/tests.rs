@@ -6,8 +6,20 @@ fn values() -> RenderValues {
         cluster_ca_bundle: "Q0EgQlVORExF".into(),
         tls_cipher_suites: "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into(),
         storage_dir: "/var/lib/k8sd/storage".into(),
+        node_storage_dirs: Default::default(),
         dns_replicas: 2,
     }
+}
+
+/// local-path-provisioner's config.json as the rendered storage manifest carries it.
+fn local_path_config(v: &RenderValues) -> serde_json::Value {
+    let text = render_manifest(Addon::Storage, v).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    let cm = find(&docs, "ConfigMap", "local-path-config");
+    serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap()
 }
 
 fn docs(addon: Addon) -> Vec<serde_yaml::Value> {
@@ -203,6 +215,75 @@ fn storage_is_the_default_class_in_the_storage_dir() {
         df < mkdir,
         "free space must be checked before the directory is made"
     );
+}
+
+#[test]
+fn each_node_that_recorded_its_storage_dir_gets_its_own_path() {
+    let mut v = values();
+    v.storage_dir = "/var/lib/k8sd/storage".into();
+    v.node_storage_dirs = [
+        ("worker-1", "/srv/k8sd data/storage"),
+        ("cp-2", "/var/snap/k8sd/common/var/lib/k8sd/storage"),
+        ("cp-1", "/var/lib/k8sd/storage"),
+    ]
+    .into_iter()
+    .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+    .collect();
+    let config = local_path_config(&v);
+    let entries: Vec<(&str, Vec<&str>)> = config["nodePathMap"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let paths = e["paths"].as_array().unwrap().iter();
+            (
+                e["node"].as_str().unwrap(),
+                paths.map(|p| p.as_str().unwrap()).collect(),
+            )
+        })
+        .collect();
+    // Sorted by node name, so every control-plane node renders (and applies) the same text.
+    assert_eq!(
+        entries,
+        [
+            ("cp-1", vec!["/var/lib/k8sd/storage"]),
+            ("cp-2", vec!["/var/snap/k8sd/common/var/lib/k8sd/storage"]),
+            ("worker-1", vec!["/srv/k8sd data/storage"]),
+            ("DEFAULT_PATH_FOR_NON_LISTED_NODES", vec!["/var/lib/k8sd/storage"]),
+        ]
+    );
+}
+
+#[test]
+fn a_node_without_a_recorded_storage_dir_falls_back_to_the_default() {
+    let mut v = values();
+    v.storage_dir = "/data/k8sd/storage".into();
+    v.node_storage_dirs = [("worker-1".to_string(), PathBuf::from("/w/storage"))].into();
+    let config = local_path_config(&v);
+    let map = config["nodePathMap"].as_array().unwrap();
+    assert_eq!(map.len(), 2, "{map:?}");
+    // "cp-1" is not listed: local-path-provisioner takes the default entry for it.
+    assert!(!map.iter().any(|e| e["node"] == "cp-1"));
+    assert_eq!(map[1]["node"], "DEFAULT_PATH_FOR_NON_LISTED_NODES");
+    assert_eq!(map[1]["paths"][0], "/data/k8sd/storage");
+    // A path that needs JSON quoting stays one valid string.
+    v.node_storage_dirs = [("n\"1".to_string(), PathBuf::from("/a\"b/storage"))].into();
+    assert_eq!(
+        local_path_config(&v)["nodePathMap"][0]["paths"][0],
+        "/a\"b/storage"
+    );
+}
+
+#[test]
+fn only_absolute_normal_storage_dirs_are_accepted() {
+    assert_eq!(
+        check_storage_dir("/var/lib/k8sd/storage").unwrap(),
+        PathBuf::from("/var/lib/k8sd/storage")
+    );
+    for bad in ["", "storage", "./storage", "/", "/a/../b", "/a/./b"] {
+        let e = check_storage_dir(bad).unwrap_err().to_string();
+        assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+    }
 }
 
 #[test]

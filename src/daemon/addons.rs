@@ -8,9 +8,14 @@
 //! changes elsewhere survive. A manifest is re-applied when its rendering or enablement
 //! changes, and every 10 minutes to repair deletions; failures are logged and retried with
 //! backoff, and never hold the node's readiness.
+//!
+//! The rendering follows the Nodes: CoreDNS's replicas their schedulable count, the storage
+//! add-on's `nodePathMap` the storage dir each node recorded (`daemon/storagedir.rs`). So a node
+//! that joins or records its storage dir changes the manifest, which is applied within a tick.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,6 +181,7 @@ impl Daemon {
     }
 
     async fn render_values(&self, cfg: &NodeConfig) -> Result<RenderValues, AddonsError> {
+        let nodes = self.nodes().await?;
         let dns_service_ip = cfg.dns_service_ip().ok_or_else(|| AddonsError::NoDnsIp {
             service_cidr: cfg.service_cidr.clone(),
         })?;
@@ -194,7 +200,8 @@ impl Daemon {
             cluster_ca_bundle: addon_tls::ca_bundle(&ca_cert),
             tls_cipher_suites: components::TLS_CIPHER_SUITES.join(","),
             storage_dir: self.layout().storage_dir(),
-            dns_replicas: addons::dns_replicas(self.schedulable_nodes().await?),
+            node_storage_dirs: storage_dirs(&nodes),
+            dns_replicas: addons::dns_replicas(schedulable(&nodes)),
         })
     }
 
@@ -321,8 +328,9 @@ impl Daemon {
         Ok((kubectl, ds))
     }
 
-    /// Ready nodes that accept pods: where CoreDNS replicas can go.
-    async fn schedulable_nodes(&self) -> Result<usize, AddonsError> {
+    /// The NodeList: CoreDNS replicas follow the schedulable nodes, local volumes each node's
+    /// recorded storage dir.
+    async fn nodes(&self) -> Result<serde_json::Value, AddonsError> {
         let err = |reason: String| AddonsError::Nodes { reason };
         let client = self.admin_client().map_err(|e| err(e.to_string()))?;
         let (code, body) = client
@@ -336,8 +344,7 @@ impl Daemon {
         if code != 200 {
             return Err(err(format!("HTTP {code}")));
         }
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(e.to_string()))?;
-        Ok(schedulable(&v))
+        serde_json::from_slice(&body).map_err(|e| err(e.to_string()))
     }
 
     /// Every add-on with its enablement and its Deployment's ready/desired replicas.
@@ -383,6 +390,33 @@ fn schedulable(nodes: &serde_json::Value) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// Each node's storage dir as its k8sd recorded it (`daemon/storagedir.rs`). A node without
+/// the annotation is left out (it takes the default path); one whose value local-path-provisioner
+/// would refuse is left out with a warning, since one bad path would stop every volume.
+fn storage_dirs(nodes: &serde_json::Value) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    for n in nodes["items"].as_array().into_iter().flatten() {
+        let (Some(name), Some(dir)) = (
+            n["metadata"]["name"].as_str(),
+            n["metadata"]["annotations"][addons::STORAGE_DIR_ANNOTATION].as_str(),
+        ) else {
+            continue;
+        };
+        match addons::check_storage_dir(dir) {
+            Ok(dir) => {
+                out.insert(name.to_string(), dir);
+            }
+            Err(e) => tracing::warn!(
+                node = name,
+                error = %e,
+                "ignoring the node's {} annotation; its volumes take the default path until its k8sd records a valid one",
+                addons::STORAGE_DIR_ANNOTATION
+            ),
+        }
+    }
+    out
 }
 
 /// One add-on's line in `k8sd status`, from its enablement (None: unreadable) and the API's
@@ -498,6 +532,7 @@ mod tests {
             cluster_ca_bundle: String::new(),
             tls_cipher_suites: String::new(),
             storage_dir: "/var/lib/k8sd/storage".into(),
+            node_storage_dirs: Default::default(),
             dns_replicas: 2,
         };
         let text = addons::render_manifest(Addon::Dns, &v).unwrap();
@@ -545,6 +580,22 @@ mod tests {
         ]});
         assert_eq!(schedulable(&v), 2);
         assert_eq!(schedulable(&serde_json::json!({})), 0);
+    }
+
+    #[test]
+    fn each_nodes_recorded_storage_dir_is_read_and_a_bad_one_left_out() {
+        let v = serde_json::json!({"items": [
+            {"metadata": {"name": "w1", "annotations": {"k8sd.io/storage-dir": "/srv/w1/storage"}}},
+            {"metadata": {"name": "cp1", "annotations": {"other": "x"}}},
+            {"metadata": {"name": "cp2"}},
+            {"metadata": {"name": "bad", "annotations": {"k8sd.io/storage-dir": "relative/storage"}}},
+        ]});
+        let dirs = storage_dirs(&v);
+        assert_eq!(
+            dirs,
+            BTreeMap::from([("w1".to_string(), PathBuf::from("/srv/w1/storage"))])
+        );
+        assert!(storage_dirs(&serde_json::json!({})).is_empty());
     }
 
     #[test]

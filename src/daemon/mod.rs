@@ -26,6 +26,7 @@ mod mirror;
 mod noderole;
 mod podnet;
 pub mod status;
+mod storagedir;
 pub mod svcroute;
 
 use std::os::unix::fs::PermissionsExt;
@@ -540,6 +541,7 @@ impl Daemon {
             reason: e.to_string(),
         })?;
         podnet::spawn(self.clone(), cfg.clone());
+        storagedir::spawn(self, cfg.clone());
         if cfg.role == Role::ControlPlane {
             noderole::spawn(self, cfg.node_name.clone());
         }

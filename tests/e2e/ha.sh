@@ -8,7 +8,9 @@
 #      n1's apiserver reads back through n2's and n3's and is in no replica's files in plaintext
 #   1. add-ons: a pod on the worker resolves Services (short, full, headless), fetches a page by
 #      name, sees an external name fail fast; `kubectl top` shows every node; DNS keeps
-#      answering while a node running a CoreDNS replica is cut off; then a busybox Deployment
+#      answering while a node running a CoreDNS replica is cut off; a PVC of a pod pinned to
+#      the worker gets its directory under the worker's own data dir and loses it with the
+#      claim; then a busybox Deployment
 #      is scheduled on the worker
 #   2. stop kube-apiserver on the node holding the scheduler lease: zero failed kubectl
 #      requests, and the scheduler and controller-manager there keep their leases
@@ -208,6 +210,66 @@ external_fails_fast() {
 check "on the worker: an external name fails within 5 s" external_fails_fast
 top_all() { [[ $(kc top nodes --no-headers 2>/dev/null | grep -cE '^n[1-4] ') -eq 4 ]]; }
 check "kubectl top nodes shows all 4 nodes within 2 minutes" wait_for 120 "kubectl top" top_all
+
+log "1a'. storage on the worker: its volumes go under its own data dir, not n1's"
+# Every host here has its own data dir (data_of I); n1 applies the add-ons, so before k8sd
+# recorded each node's storage dir, a volume on n4 landed under n1's.
+n4_storage=$(data_of 4)/storage
+n4_recorded() { [[ $(kc get node n4 -o jsonpath='{.metadata.annotations.k8sd\.io/storage-dir}') == "$n4_storage" ]]; }
+check "n4 recorded its storage dir on its Node (k8sd.io/storage-dir)" wait_for 60 "n4 annotated" n4_recorded
+# n4's entry in the config the provisioner reads: the ConfigMap, then the file the kubelet
+# mounts in the provisioner's pod (hosts share this filesystem, so it is readable here).
+n4_entry='"node":"n4","paths":["'$n4_storage'"]'
+cm_maps_n4() { kc -n kube-system get configmap local-path-config -o jsonpath='{.data.config\.json}' | grep -qF "$n4_entry"; }
+check "the local-path ConfigMap maps n4 to its own storage dir" wait_for 90 "ConfigMap has n4" cm_maps_n4
+mounted_maps_n4() {
+  local uid
+  uid=$(kc -n kube-system get pods -l app=local-path-provisioner -o jsonpath='{.items[0].metadata.uid}') || return 1
+  cat "$work"/n[1-4]/kubelet/pods/"$uid"/volumes/kubernetes.io~configmap/config-volume/config.json 2>/dev/null | grep -qF "$n4_entry"
+}
+if wait_for 180 "provisioner's config file has n4" mounted_maps_n4; then
+  sleep 31 # local-path-provisioner re-reads its config file every 30 s
+  pass "the provisioner's mounted config has n4's entry"
+else
+  fail "the provisioner's mounted config has n4's entry"
+fi
+kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: worker-data, namespace: default}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: worker-writer, namespace: default}
+spec:
+  nodeSelector: {kubernetes.io/hostname: n4}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: bb
+    image: $bb
+    imagePullPolicy: Never
+    command: [sh, -c, "echo written-on-n4 > /data/marker; sleep 3600"]
+    volumeMounts: [{name: d, mountPath: /data}]
+  volumes: [{name: d, persistentVolumeClaim: {claimName: worker-data}}]
+YAML
+ww_running() { [[ $(kc get pod worker-writer -o jsonpath='{.status.phase} {.spec.nodeName}') == "Running n4" ]]; }
+check "a pod with a PVC, pinned to the worker n4, runs there" wait_for 150 "worker-writer on n4" ww_running
+ww_reads() { [[ $(kc exec worker-writer -- cat /data/marker) == written-on-n4 ]]; }
+check "the pod writes a file on its volume and reads it back" wait_for 30 "marker read back" ww_reads
+vol_dirs() { find "$(data_of "$1")/storage" -mindepth 1 -maxdepth 1 -name 'pvc-*' 2>/dev/null; }
+one_dir_on_n4() { [[ $(vol_dirs 4 | wc -l) -eq 1 ]] && grep -qx written-on-n4 "$(vol_dirs 4)/marker"; }
+check "the volume is a directory under n4's own data dir (storage/pvc-*) holding the file" one_dir_on_n4
+none_elsewhere() { [[ -z "$(vol_dirs 1)$(vol_dirs 2)$(vol_dirs 3)" ]]; }
+check "and not under n1's, n2's or n3's data dir" none_elsewhere
+kc delete pod worker-writer --wait=false >/dev/null
+pod_gone() { ! kc get pod worker-writer >/dev/null 2>&1; }
+wait_for 60 "worker-writer deleted" pod_gone
+kc delete pvc worker-data --wait=false >/dev/null
+no_dir_on_n4() { [[ -z $(vol_dirs 4) ]] && ! kc get pvc worker-data >/dev/null 2>&1; }
+check "deleting the PVC removes the directory on n4" wait_for 120 "n4 volume removed" no_dir_on_n4
 
 log "1b. DNS keeps answering when a node running a CoreDNS replica is cut off"
 # Cut a control-plane node that runs a replica off the network (as a power loss looks to its
