@@ -37,6 +37,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::codec::{decode_entry, encode_entry};
+use super::stages::{self, Stage};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Version of the on-disk layout below; bump with a migration.
@@ -352,6 +353,18 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
         if let Err(msg) = &result {
             failed = Some(msg.clone());
         } else {
+            if stages::enabled() {
+                let mut entries = 0;
+                for op in &group {
+                    if let Op::Append { seqs, .. } = op {
+                        entries += seqs.len();
+                        for (idx, _) in seqs {
+                            stages::mark(*idx, Stage::Flushed);
+                        }
+                    }
+                }
+                stages::log_txn(entries);
+            }
             // Durable now: drop from `pending` exactly the entries this group wrote.
             let mut st = shared.lock();
             for op in &group {
@@ -581,6 +594,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 seqs.push((idx, seq));
                 st.last_log_id = Some(entry.log_id);
                 st.pending.insert(idx, (seq, entry));
+                stages::mark(idx, Stage::Appended);
             }
         }
         self.send(Op::Append {
