@@ -116,6 +116,13 @@ async fn bench_server(kind: Kind, name: &'static str, rows: &mut Vec<Row>) {
             WATCHERS * WATCH_WRITES
         );
     }
+    // K8SD_RAFT_STAGES=1 (inherited by the server): show its per-stage write timing.
+    if std::env::var_os("K8SD_RAFT_STAGES").is_some() {
+        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("raft write stages")) {
+            println!("{name}: {line}");
+        }
+    }
     drop(server);
 }
 

@@ -8,8 +8,13 @@
 //! ```
 //!
 //! Invariants:
-//! - Every write (append, vote, committed, truncate, purge) goes through one FIFO queue to one
-//!   writer thread, so writes reach disk in the order openraft issued them (io_ordering.md).
+//! - Every write (append, vote, truncate, purge) goes through one FIFO queue to one writer
+//!   thread, so writes reach disk in the order openraft issued them (io_ordering.md).
+//! - The committed pointer is not queued: `save_committed` only notes it, and the writer adds
+//!   the latest noted value to the next transaction it makes anyway (and to a last one when the
+//!   store closes). Queued, it cost a transaction and an fsync of its own after every commit,
+//!   which a group of one pays on every write (docs/benchmarks.md). It is a hint for restart
+//!   only, written after everything queued before it, so it never names an entry not on disk.
 //! - The writer drains whatever is queued into one transaction with `synchronous=FULL`: one
 //!   fsync per batch, never per entry. `IOFlushed` fires only after that commit returns.
 //! - `append` returns before the fsync; its entries sit in `pending` so readers see them at
@@ -37,6 +42,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::codec::{decode_entry, encode_entry};
+use super::stages::{self, Stage};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Version of the on-disk layout below; bump with a migration.
@@ -113,6 +119,8 @@ struct State {
     /// The durable vote: set only after its commit, so nobody acts on a vote a crash undoes.
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// `committed` changed since the writer last wrote it.
+    committed_unsaved: bool,
     last_purged: Option<LogId>,
     /// The last entry openraft has appended (pending or durable), or `last_purged` when the
     /// log is empty. This is what openraft sees, so it moves at `append` time, not at fsync.
@@ -144,7 +152,7 @@ enum Op {
     Meta {
         name: &'static str,
         value: Vec<u8>,
-        done: Option<Done>,
+        done: Done,
     },
     /// Delete every row with `idx > after` (`after = -1` deletes all).
     Truncate { after: i64, done: Done },
@@ -157,12 +165,7 @@ impl Op {
         let r = || result.clone().map_err(io::Error::other);
         match self {
             Op::Append { cb, .. } => cb.io_completed(r()),
-            Op::Meta { done, .. } => {
-                if let Some(d) = done {
-                    let _ = d.send(r());
-                }
-            }
-            Op::Truncate { done, .. } | Op::Purge { done, .. } => {
+            Op::Meta { done, .. } | Op::Truncate { done, .. } | Op::Purge { done, .. } => {
                 let _ = done.send(r());
             }
         }
@@ -341,9 +344,10 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
         }
         // Fail-stop: after one failed write we no longer know what is on disk, so nothing
         // else is written and every later op reports the first error.
+        let committed = take_unsaved_committed(&shared);
         let result = match &failed {
             Some(msg) => Err(msg.clone()),
-            None => write_until_space(&mut conn, &group).map_err(|e| {
+            None => write_until_space(&mut conn, &group, committed.as_deref()).map_err(|e| {
                 let msg = format!("raft log write to {} failed: {e}", shared.path.display());
                 tracing::error!("{msg}; refusing further log writes");
                 msg
@@ -352,6 +356,18 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
         if let Err(msg) = &result {
             failed = Some(msg.clone());
         } else {
+            if stages::enabled() {
+                let mut entries = 0;
+                for op in &group {
+                    if let Op::Append { seqs, .. } = op {
+                        entries += seqs.len();
+                        for (idx, _) in seqs {
+                            stages::mark(*idx, Stage::Flushed);
+                        }
+                    }
+                }
+                stages::log_txn(entries);
+            }
             // Durable now: drop from `pending` exactly the entries this group wrote.
             let mut st = shared.lock();
             for op in &group {
@@ -368,14 +384,31 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
             op.finish(&result);
         }
     }
+    // Closing: the committed pointer noted since the last write goes down with a last commit.
+    if failed.is_none()
+        && let Some(value) = take_unsaved_committed(&shared)
+        && let Err(e) = write_until_space(&mut conn, &[], Some(&value))
+    {
+        tracing::warn!(error = %e, "raft log: could not save the committed pointer at close");
+    }
+}
+
+/// The committed pointer noted by `save_committed` since the writer last took it, encoded.
+fn take_unsaved_committed(shared: &Shared) -> Option<Vec<u8>> {
+    let mut st = shared.lock();
+    if !std::mem::take(&mut st.committed_unsaved) {
+        return None;
+    }
+    // Encoding an Option<LogId> cannot fail; if it ever did, the hint is simply not saved.
+    serde_json::to_vec(&st.committed).ok()
 }
 
 /// `timed_write_group`, retried while the disk is full (SQLITE_FULL rolls the transaction
 /// back, so the same group is written again exactly). Nothing in the group is reported done
 /// meanwhile, so no entry counts as flushed before it is; any other error is fail-stop.
-fn write_until_space(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
+fn write_until_space(conn: &mut Connection, group: &[Op], committed: Option<&[u8]>) -> rusqlite::Result<()> {
     loop {
-        match timed_write_group(conn, group) {
+        match timed_write_group(conn, group, committed) {
             Err(e) if crate::datastore::error::sqlite_disk_full(&e) => {
                 tracing::warn!(error = %e, "raft log: the disk is full; retrying the write");
                 std::thread::sleep(std::time::Duration::from_millis(500));
@@ -386,16 +419,17 @@ fn write_until_space(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()
 }
 
 /// `write_group`, timed as etcd's WAL fsync: the commit is this log's one fsync.
-fn timed_write_group(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
+fn timed_write_group(conn: &mut Connection, group: &[Op], committed: Option<&[u8]>) -> rusqlite::Result<()> {
     let started = std::time::Instant::now();
-    let result = write_group(conn, group);
+    let result = write_group(conn, group, committed);
     crate::metrics::etcd::ETCD.wal_fsync.observe(started.elapsed());
     result
 }
 
-/// Apply a group of ops in one transaction, in order. With `synchronous=FULL` the commit
-/// returns only once the WAL is fsync'd: this is the one fsync of the group.
-fn write_group(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
+/// Apply a group of ops in one transaction, in order, then the committed pointer if given.
+/// With `synchronous=FULL` the commit returns only once the WAL is fsync'd: this is the one
+/// fsync of the group.
+fn write_group(conn: &mut Connection, group: &[Op], committed: Option<&[u8]>) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for op in group {
         match op {
@@ -419,6 +453,9 @@ fn write_group(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<()> {
                 meta_put(&tx, "last_purged", value)?;
             }
         }
+    }
+    if let Some(value) = committed {
+        meta_put(&tx, "committed", value)?;
     }
     tx.commit()
 }
@@ -535,7 +572,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.send_and_wait(|done| Op::Meta {
             name: "vote",
             value,
-            done: Some(done),
+            done,
         })
         .await?;
         // Published only once durable, so a reader never acts on a vote a crash could undo.
@@ -544,15 +581,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not waited for: it rides the next fsync. A lost update only means a restart
-        // re-applies less eagerly; it can never claim more than was committed.
-        let value = serde_json::to_vec(&committed).map_err(io_err)?;
-        self.send(Op::Meta {
-            name: "committed",
-            value,
-            done: None,
-        })?;
-        self.shared.lock().committed = committed;
+        // Not queued: it rides the next transaction (module invariants). A lost update only
+        // means a restart re-applies less eagerly; it can never claim more than was committed.
+        let mut st = self.shared.lock();
+        st.committed = committed;
+        st.committed_unsaved = true;
         Ok(())
     }
 
@@ -581,6 +614,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 seqs.push((idx, seq));
                 st.last_log_id = Some(entry.log_id);
                 st.pending.insert(idx, (seq, entry));
+                stages::mark(idx, Stage::Appended);
             }
         }
         self.send(Op::Append {

@@ -23,6 +23,7 @@ pub mod membership;
 pub mod network;
 pub mod outcome;
 pub mod recover;
+pub mod stages;
 pub mod state_machine;
 pub mod types;
 
@@ -879,6 +880,7 @@ impl RaftNode {
         let mut unknown: Option<String> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
+            let started = std::time::Instant::now();
             let written = tokio::time::timeout(left, inner.raft.client_write(request.clone())).await;
             let Ok(written) = written else {
                 // Appended here as leader but not committed in time (e.g. this leader lost its
@@ -888,7 +890,10 @@ impl RaftNode {
                 ));
             };
             let leader = match written {
-                Ok(resp) => return outcome(resp.data),
+                Ok(resp) => {
+                    stages::finished(resp.log_id.index, started);
+                    return outcome(resp.data);
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     f.leader_id.zip(f.leader_node)
                 }

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::outcome;
+use super::stages::{self, Stage};
 use super::types::{LogId, Response, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::datastore::{
     Command, CommandOutput, DedupPrune, Durability, Event, LogPosition, RaftApplied, RaftCommand, Store,
@@ -311,6 +312,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = items.last().map(|(e, _)| e.log_id) else {
             return Ok(());
         };
+        if stages::enabled() {
+            for (e, _) in &items {
+                stages::mark(e.log_id.index, Stage::ApplyStarted);
+            }
+        }
         let mut membership = self.membership.clone();
         // Dedup pruning, decided from the entries alone so every replica prunes alike: each
         // proposer's low-water mark, and anything older than DEDUP_WINDOW entries.
@@ -370,6 +376,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         // A fatal store error: openraft stops this node; it must be rebuilt (contract X1).
         let (outputs, events, revision, compact_rev) = applied.map_err(io_err)?;
+        if stages::enabled() {
+            stages::apply_txn();
+            for (e, _) in &items {
+                stages::mark(e.log_id.index, Stage::Applied);
+            }
+        }
         let mut outputs = outputs.into_iter();
         let (mut granted, mut revoked) = (Vec::new(), Vec::new());
         for (entry, responder) in items {
@@ -405,6 +417,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Exactly one destination per entry (module invariant): the local client via its
             // responder, else this process's forwarded proposal via its waiter, else nobody.
             if let Some(responder) = responder {
+                stages::mark(entry.log_id.index, Stage::Responded);
                 responder.send(response);
             } else if let Some((origin, request_id)) = origin
                 && origin == self.origin

@@ -76,6 +76,41 @@ async fn t10_entries_and_vote_survive_reopen() {
     );
 }
 
+/// `save_committed` queues no write of its own (it cost every write a second fsync): the
+/// pointer rides the next transaction, or a last one when the store closes. Either way a
+/// restart must find the newest pointer.
+#[tokio::test]
+async fn t15_committed_pointer_rides_the_next_write_or_the_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let reopened_committed = || async {
+        let mut s = LogStore::open(dir.path()).unwrap();
+        s.read_committed().await.unwrap()
+    };
+    {
+        let mut s = LogStore::open(dir.path()).unwrap();
+        append(&mut s, 1..=5).await;
+        s.save_committed(Some(log_id(1, 3))).await.unwrap();
+        append(&mut s, 6..=6).await;
+        // Durable with entry 6: a second connection sees it while this store is still open.
+        assert_eq!(reopened_committed().await, Some(log_id(1, 3)));
+        s.save_committed(Some(log_id(1, 6))).await.unwrap();
+        assert_eq!(s.read_committed().await.unwrap(), Some(log_id(1, 6)));
+    }
+    // Nothing was written after the last pointer: the writer thread saves it as it closes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found = reopened_committed().await;
+        if found == Some(log_id(1, 6)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the committed pointer saved before close was not on disk 5 s later: found {found:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn t20_torn_tail_is_truncated_not_refused() {
     let dir = tempfile::tempdir().unwrap();
