@@ -23,6 +23,7 @@ mod join;
 mod listener_tls;
 mod metrics;
 mod mirror;
+mod nodemeta;
 mod noderole;
 mod podnet;
 pub mod status;
