@@ -86,6 +86,49 @@ K8SD_TEST_RAFT=1 cargo test --release --no-fail-fast --test integration -- etcd_
 rc_raft=${PIPESTATUS[0]}
 ((rc == 0)) && rc=$rc_raft
 
+# The datastore suites (Kubernetes' storage tests on 1 node, 3 nodes and a Raft member, then the
+# linearizability check) run in the background beside the end-to-end suites. They share nothing
+# with them: the storage suite's servers listen on loopback ports the kernel picks, and the
+# linearizability check owns its own network namespaces (10.211.x), while every e2e suite runs
+# in namespaces of its own. Each side leaves a core mostly idle when run alone, and run one after
+# the other they took 38 of a cold run's 66 minutes (docs/benchmarks.md, "Cold build"). Their
+# output goes to their own logs; the failures are counted when both sides are done.
+datastore_log=/tmp/k8sd-datastore-suites.log
+# ds_run LOG WHAT COMMAND...: one datastore suite, its whole output in LOG; on failure the tail
+# of LOG is printed, since the CI log is all a failed run leaves behind.
+ds_run() {
+  local log=$1 what=$2
+  shift 2
+  step "$what"
+  if "$@" >"$log" 2>&1; then
+    tail -n 1 "$log"
+    return 0
+  fi
+  tail -n 60 "$log"
+  echo "FAILED: $what (whole log: $log)"
+  return 1
+}
+datastore_suites() {
+  local failed=0
+  ds_run /tmp/k8sd-e2e-storage-suite.log \
+    "Kubernetes' storage tests (k8s.io/apiserver etcd3 and cacher) against k8sd" \
+    tests/storage-suite/run.sh || failed=$((failed + 1))
+  ds_run /tmp/k8sd-e2e-storage-suite-3.log \
+    "Kubernetes' storage tests against a 3-node cluster, requests spread over all nodes" \
+    env K8SD_TEST_CLUSTER=3 tests/storage-suite/run.sh || failed=$((failed + 1))
+  ds_run /tmp/k8sd-e2e-storage-suite-raft.log \
+    "Kubernetes' storage tests again, with the datastore as a Raft member" \
+    env K8SD_TEST_RAFT=1 tests/storage-suite/run.sh || failed=$((failed + 1))
+  ds_run /tmp/k8sd-e2e-robustness.log \
+    "Linearizability and watch guarantees of a 3-node cluster under 100 faults (kill -9, partitions)" \
+    tests/robustness/run.sh || failed=$((failed + 1))
+  step "datastore suites done"
+  return "$failed"
+}
+step "datastore suites, in the background beside the e2e suites (log: $datastore_log)"
+datastore_suites >"$datastore_log" 2>&1 &
+datastore_pid=$!
+
 for t in tests/e2e/*.sh; do
   [[ $(basename "$t") == lib.sh ]] && continue   # sourced by the suites, not run
   if [[ ! -x "$t" ]]; then
@@ -101,26 +144,11 @@ for t in tests/e2e/*.sh; do
   fi
 done
 
-step "Kubernetes' storage tests (k8s.io/apiserver etcd3 and cacher) against k8sd"
-if ! tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite.log; then
-  echo "storage suite FAILED"
-  failed=$((failed + 1))
-fi
-step "Kubernetes' storage tests against a 3-node cluster, requests spread over all nodes"
-if ! K8SD_TEST_CLUSTER=3 tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite-3.log; then
-  echo "storage suite (3 nodes) FAILED"
-  failed=$((failed + 1))
-fi
-step "Kubernetes' storage tests again, with the datastore as a Raft member"
-if ! K8SD_TEST_RAFT=1 tests/storage-suite/run.sh 2>&1 | tee /tmp/k8sd-e2e-storage-suite-raft.log; then
-  echo "storage suite (raft) FAILED"
-  failed=$((failed + 1))
-fi
-step "Linearizability and watch guarantees of a 3-node cluster under 100 faults (kill -9, partitions)"
-if ! tests/robustness/run.sh 2>&1 | tee /tmp/k8sd-e2e-robustness.log; then
-  echo "robustness check FAILED"
-  failed=$((failed + 1))
-fi
+step "waiting for the datastore suites"
+datastore_failed=0
+wait "$datastore_pid" || datastore_failed=$?
+cat "$datastore_log"
+failed=$((failed + datastore_failed))
 
 # One closing line over every runner: cargo's "test result" lines and the e2e tallies.
 totals=$(cat /tmp/k8sd-cargo-test.log /tmp/k8sd-cargo-test-raft.log /tmp/k8sd-e2e-*.log 2>/dev/null | awk '
