@@ -14,15 +14,17 @@ use super::{Daemon, DaemonError, FailureKind};
 pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::Other(format!(
-                "another k8sd is already running on {}; stop it first",
-                path.display()
-            )));
+            return Err(DaemonError::AlreadyRunning {
+                socket: path.to_path_buf(),
+            });
         }
         let _ = std::fs::remove_file(path);
     }
-    let l = UnixListener::bind(path)
-        .map_err(|e| DaemonError::Other(format!("cannot bind {}: {e}", path.display())))?;
+    let l = UnixListener::bind(path).map_err(|source| DaemonError::Listen {
+        listener: "control socket",
+        addr: path.display().to_string(),
+        source,
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
         DaemonError::Write {
             path: path.to_path_buf(),
@@ -233,5 +235,46 @@ impl ControlClient {
             }
         }
         Err(ControlError::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second daemon on the same socket is refused naming the socket, and the first one
+    /// keeps its socket; a socket nobody answers on is replaced.
+    #[tokio::test]
+    async fn a_second_daemon_is_refused_and_a_stale_socket_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let first = bind(&path).expect("first bind");
+        match bind(&path) {
+            Err(e @ DaemonError::AlreadyRunning { .. }) => {
+                assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+            }
+            other => panic!("expected AlreadyRunning, got {other:?}"),
+        }
+        assert!(path.exists(), "the running daemon's socket must stay");
+        drop(first);
+        let mode = bind(&path)
+            .map(|_| std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777))
+            .expect("a stale socket is replaced")
+            .expect("metadata");
+        assert_eq!(mode, 0o600);
+    }
+
+    /// A socket that cannot be created says which listener and which path.
+    #[tokio::test]
+    async fn an_unusable_path_names_the_listener_and_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("missing").join("control.sock");
+        let e = bind(&path).expect_err("no parent dir");
+        let text = e.to_string();
+        assert!(matches!(e, DaemonError::Listen { .. }), "{e:?}");
+        assert!(
+            text.contains("control socket") && text.contains(&path.display().to_string()),
+            "{text}"
+        );
     }
 }

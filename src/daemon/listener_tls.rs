@@ -18,8 +18,7 @@ pub fn node_listener_tls(
     let pki = layout.pki_dir();
     let read = |name: String| {
         let path = pki.join(name);
-        std::fs::read(&path)
-            .map_err(|e| DaemonError::Other(format!("{listener}: cannot read {}: {e}", path.display())))
+        std::fs::read(&path).map_err(|source| DaemonError::Read { path, source })
     };
     let serving = Leaf::KubeletServing;
     crate::tls::mutual_tls_server(
@@ -28,5 +27,8 @@ pub fn node_listener_tls(
         &read(serving.key_file())?,
         alpn,
     )
-    .map_err(|e| DaemonError::Other(format!("{listener}: {e}")))
+    .map_err(|source| DaemonError::ListenerTls {
+        listener: listener.to_string(),
+        source,
+    })
 }

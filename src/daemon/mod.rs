@@ -66,6 +66,41 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Other(String),
+    /// Another daemon answers on this node's control socket.
+    #[error("another k8sd is already running on {socket}; stop it first")]
+    AlreadyRunning { socket: PathBuf },
+    /// One of the node's listeners could not take its address.
+    #[error(
+        "{listener}: cannot listen on {addr}: {source}; is another k8sd or another program using it? `ss -ltnp` shows which"
+    )]
+    Listen {
+        listener: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A client certificate and key this node uses for its own calls cannot be loaded.
+    #[error("{what} credentials: {source}")]
+    Credentials {
+        what: &'static str,
+        #[source]
+        source: crate::httpc::HttpError,
+    },
+    /// The TLS configuration of one of the node's HTTPS listeners cannot be built.
+    #[error("{listener}: {source}")]
+    ListenerTls {
+        listener: String,
+        #[source]
+        source: crate::tls::MtlsError,
+    },
+    #[error("rendering the components' config files: {0}")]
+    RenderConfig(String),
+    #[error("node {node} did not become Ready within 5 minutes; see `k8sd status` and `k8sd logs kubelet`")]
+    NotReady { node: String },
+    #[error("local API load balancer: {0}")]
+    LoadBalancer(#[source] crate::lb::LbError),
+    #[error("a readiness probe: {0}")]
+    Probe(#[source] crate::supervisor::Error),
     #[error(
         "kubebin (the Kubernetes components) was not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN"
     )]
@@ -495,7 +530,7 @@ impl Daemon {
             encrypt_secrets,
         };
         for (path, text) in components::config_files(&ctx, self.runtime()?, &self.opts.cni_bin_dir)
-            .map_err(DaemonError::Other)?
+            .map_err(DaemonError::RenderConfig)?
         {
             write_file(&path, text.as_bytes(), 0o600)?;
         }
@@ -557,10 +592,9 @@ impl Daemon {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(DaemonError::Other(format!(
-                    "node {} did not become Ready within 5 minutes; see `k8sd status` and `k8sd logs kubelet`",
-                    cfg.node_name
-                )));
+                return Err(DaemonError::NotReady {
+                    node: cfg.node_name.clone(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -612,7 +646,10 @@ impl Daemon {
             &p.join("kube-proxy.crt"),
             &p.join("kube-proxy.key"),
         )
-        .map_err(|e| DaemonError::Other(format!("load balancer credentials: {e}")))?;
+        .map_err(|source| DaemonError::Credentials {
+            what: "load balancer",
+            source,
+        })?;
         let mut addrs = vec![];
         if let Some(ds) = datastore {
             addrs.push(cfg.advertise_address);
@@ -644,7 +681,7 @@ impl Daemon {
             state,
         ))
         .await
-        .map_err(|e| DaemonError::Other(format!("local API load balancer: {e}")))
+        .map_err(DaemonError::LoadBalancer)
     }
 
     /// Where this node reaches kube-apiserver for its own checks: its own on a control-plane
@@ -665,7 +702,7 @@ impl Daemon {
             Role::Worker => ("kubelet-client.crt", "kubelet-client.key"),
         };
         TlsClient::from_files(&p.join("ca.crt"), &p.join(cert), &p.join(key))
-            .map_err(|e| DaemonError::Other(format!("node credentials: {e}")))
+            .map_err(|source| DaemonError::Credentials { what: "node", source })
     }
 
     /// Serve the etcd API on 127.0.0.1:2379 (mTLS, datastore CA) and the cluster API on the
@@ -679,11 +716,10 @@ impl Daemon {
         let l = &self.opts.layout;
         let listener = tokio::net::TcpListener::bind(components::datastore_addr())
             .await
-            .map_err(|e| {
-                DaemonError::Other(format!(
-                    "datastore listener {}: {e}",
-                    components::datastore_addr()
-                ))
+            .map_err(|source| DaemonError::Listen {
+                listener: "datastore",
+                addr: components::datastore_addr().to_string(),
+                source,
             })?;
         let tls = TlsFiles {
             cert_file: Some(l.pki_dir().join("datastore-server.crt")),
@@ -703,9 +739,14 @@ impl Daemon {
             }
         });
         let api_addr = std::net::SocketAddr::new(cfg.advertise_address, crate::cluster::API_PORT);
-        let api_listener = tokio::net::TcpListener::bind(api_addr)
-            .await
-            .map_err(|e| DaemonError::Other(format!("cluster API listener {api_addr}: {e}")))?;
+        let api_listener =
+            tokio::net::TcpListener::bind(api_addr)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    listener: "cluster API",
+                    addr: api_addr.to_string(),
+                    source,
+                })?;
         let svc = crate::cluster::server::ClusterService {
             node: datastore.clone(),
             pki_dir: l.pki_dir(),
@@ -829,8 +870,12 @@ impl Daemon {
 
     pub(crate) fn admin_client(&self) -> Result<TlsClient, DaemonError> {
         let p = self.opts.layout.pki_dir();
-        TlsClient::from_files(&p.join("ca.crt"), &p.join("admin.crt"), &p.join("admin.key"))
-            .map_err(|e| DaemonError::Other(format!("admin credentials: {e}")))
+        TlsClient::from_files(&p.join("ca.crt"), &p.join("admin.crt"), &p.join("admin.key")).map_err(
+            |source| DaemonError::Credentials {
+                what: "admin",
+                source,
+            },
+        )
     }
 
     fn kube_spec(&self, kubebin: &Path, name: &str, args: Vec<String>) -> ComponentSpec {
@@ -906,7 +951,7 @@ impl Daemon {
                 *done
             }
         });
-        let http = |url: &str| Probe::http_get(url).map_err(|e| DaemonError::Other(e.to_string()));
+        let http = |url: &str| Probe::http_get(url).map_err(DaemonError::Probe);
         let minute = Duration::from_secs(120);
         Ok(vec![
             vec![
