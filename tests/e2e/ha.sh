@@ -102,9 +102,7 @@ old_serial=$(serial4)
 pid=$(daemon_pid 4); kill -TERM "$pid"
 for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
 rm -f "$(data_of 4)/pki/kubelet.crt"
-K8SD_CGROUP_ROOT=/k8sd-ha4-$tag nsenter --net="/run/netns/$(ns_of 4)" unshare --uts sh -c 'hostname "$0"; setsid "$@" </dev/null >>"$0.log" 2>&1 &' \
-  n4 "$K8SD_BIN" --data-dir "$(data_of 4)" --run-dir "$(run_of 4)" run
-mv n4.log "$work/n4-restart.log" 2>/dev/null
+k_start 4 "$work/n4-restart.log"
 check "n4 is ready again after the restart" wait_for 180 "n4 ready" k 4 status --wait-ready --timeout 5
 check "n4 received a new kubelet serving certificate" bash -c "s=\$(openssl x509 -noout -serial -in '$(data_of 4)/pki/kubelet.crt') && [[ -n \$s && \$s != '$old_serial' ]]"
 check "the renewed certificate verifies against the cluster CA" wait_for 30 "worker kubelet TLS" worker_kubelet_tls
@@ -405,9 +403,7 @@ no_pods() { [[ -z $(kc get pods -l app=demo -o name) ]]; }
 check "its pods terminate and disappear" wait_for 120 "pods gone" no_pods
 
 log "6. bring n$l back"
-K8SD_CGROUP_ROOT=/k8sd-ha$l-$tag nsenter --net="/run/netns/$(ns_of "$l")" unshare --uts sh -c 'hostname "$0"; setsid "$@" </dev/null >>"$0.log" 2>&1 &' \
-  "n$l" "$K8SD_BIN" --data-dir "$(data_of "$l")" --run-dir "$(run_of "$l")" run
-mv "n$l.log" "$work/n$l-restart.log" 2>/dev/null
+k_start "$l" "$work/n$l-restart.log"
 check "n$l is ready again" wait_for 180 "n$l ready" k "$l" status --wait-ready --timeout 5
 voter_again() { status_says "$l" "[n['role'] for n in d['nodes'] if n['name']=='n$l'][0] + ' ' + str(d['ha'])" "voter True"; }
 check "n$l is a datastore voter again and HA holds" wait_for 60 "voter" voter_again
@@ -502,9 +498,7 @@ recovered() { ((rc == 0)) && grep -q 'n1 is now the only datastore voter' <<< "$
   && [[ $(grep -o 'removed: .*' <<< "$out" | cut -c10- | tr -d ' ' | tr ',' '\n' | sort | tr '\n' ' ') == "$(printf '%s\n' "n$o" n5 | sort | tr '\n' ' ')" ]]; }
 check "k8sd recover --yes makes n1 the only voter, naming exactly the removed members n$o and n5" recovered
 check "it took a backup first: $work/recover.tar.gz, 0600" bash -c "[[ \$(stat -c %a '$work/recover.tar.gz') == 600 ]]"
-K8SD_CGROUP_ROOT=$(cgroup_of 1) nsenter --net="/run/netns/$(ns_of 1)" unshare --uts sh -c 'hostname "$0"; setsid "$@" </dev/null >>"$0.log" 2>&1 &' \
-  n1 "$K8SD_BIN" --data-dir "$(data_of 1)" --run-dir "$(run_of 1)" run
-mv n1.log "$work/n1-recover.log" 2>/dev/null
+k_start 1 "$work/n1-recover.log"
 check "n1 is ready again after recover" wait_for 180 "n1 ready" k 1 status --wait-ready --timeout 5
 sole_voter() { status_says 1 "[(m['name'], m['role']) for m in d['datastore']['members']]" "[('n1', 'voter')]"; }
 check "the datastore has one member, n1, a voter" wait_for 30 "sole voter" sole_voter
@@ -516,9 +510,7 @@ log "TIMING recover: $((SECONDS - t9))s from the loss of n$o and n5 to writes th
 log "9a. the lost nodes come back on their old data, together: they must not take n1 over"
 for i in "$o" 5; do
   ip link set "k8sd-b$((10 + i))" up
-  K8SD_CGROUP_ROOT=$(cgroup_of "$i") nsenter --net="/run/netns/$(ns_of "$i")" unshare --uts sh -c 'hostname "$0"; setsid "$@" </dev/null >>"$0.log" 2>&1 &' \
-    "n$i" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" run
-  mv "n$i.log" "$work/n$i-return.log" 2>/dev/null
+  k_start "$i" "$work/n$i-return.log"
 done
 zombie_leader() { timeout 10 "$K8SD_BIN" --data-dir "$(data_of 5)" --run-dir "$(run_of 5)" status -o json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['datastore']['leader'])"; }
 has_zombie_leader() { [[ $(zombie_leader) == n[0-9] ]]; }

@@ -166,6 +166,15 @@ k() {
     sh -c 'hostname "$0"; exec "$@"' "n$i" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" "$@" \
     {CL_LOCK}>&-   # a daemon started here must not hold the suite's lock
 }
+# k_start I LOG: start host I's daemon again (`k8sd run`), detached, as `k` started it the first
+# time, its output appended to LOG.
+k_start() {
+  local i=$1 out=$2
+  K8SD_CGROUP_ROOT=$(cgroup_of "$i") nsenter --net="/run/netns/$(ns_of "$i")" unshare --uts \
+    sh -c 'hostname "$0"; out=$1; shift; setsid "$@" </dev/null >>"$out" 2>&1 &' \
+    "n$i" "$out" "$K8SD_BIN" --data-dir "$(data_of "$i")" --run-dir "$(run_of "$i")" run \
+    {CL_LOCK}>&-
+}
 daemon_pid() { cat "$(run_of "$1")/k8sd.pid" 2>/dev/null; }
 containerd_sock() { echo "$(run_of "$1")/containerd/containerd.sock"; }
 # cluster_teardown: stop every daemon (TERM, then KILL after 60 s), remove everything each host
