@@ -104,8 +104,13 @@ fn configure(conn: &Connection, path: &Path) -> Result<()> {
 impl Store {
     /// Open (or create) the store file. A new store starts empty at revision 1.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        let conn = Connection::open(path).map_err(sq(path))?;
+        let mut conn = Connection::open(path).map_err(sq(path))?;
         configure(&conn, path)?;
+        // Every transaction takes the write lock when it begins. A deferred one reads first and
+        // upgrades later, and the upgrade fails at once with SQLITE_BUSY_SNAPSHOT (no busy wait)
+        // if the checkpointer truncated the WAL in between: an apply batch would fail and stop
+        // the Raft state machine. Begun immediate, it waits for the truncate to end instead.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
             .map_err(sq(path))?;
