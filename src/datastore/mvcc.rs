@@ -132,6 +132,13 @@ impl Store {
         // without a limit SQLite keeps the file at its high-water mark forever.
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(sq(path))?;
+        // Deleted rows are overwritten with zeros, so a compacted (or deleted) value, a Secret's
+        // old version say, does not linger in state.db's free space (issue 15). ON rather than
+        // FAST: FAST zeroes cells inside b-tree pages but leaves freed pages as they were, and a
+        // value over about 1000 bytes ends in an overflow page that compaction frees whole
+        // (docs/benchmarks.md has the cost). Only this connection deletes.
+        conn.pragma_update(None, "secure_delete", true)
+            .map_err(sq(path))?;
         conn.execute_batch(SCHEMA).map_err(sq(path))?;
         let version = meta_get(&conn, "schema_version").map_err(sq(path))?;
         match version {
