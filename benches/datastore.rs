@@ -17,8 +17,11 @@
 //! without peers; `K8SD_BENCH_BASELINE=<path to a k8sd binary>` adds that build to the same run,
 //! between etcd and this one, for before/after figures.
 //!
-//! Reported: throughput, p50 and p99 latency, and the server's RSS (VmRSS) after each phase.
-//! Nothing is asserted; the numbers go into docs/benchmarks.md.
+//! Reported: throughput, p50 and p99 latency, and the server's RSS (VmRSS) after each phase;
+//! then every file in each server's data directory with its size right after the load and
+//! again after `K8SD_BENCH_IDLE_SECS` (default 60) seconds of idle, the server still running,
+//! so WAL files that do not shrink once the load ends show. Nothing is asserted; the numbers go
+//! into docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 #[path = "../tests/common/mod.rs"]
@@ -29,19 +32,33 @@ use std::time::{Duration, Instant};
 
 use common::{Kind, Server};
 use etcd_client::WatchOptions;
-use load::{MAX_OPS, MAX_TIME, PAGE, Row, ms, rss_kib};
+use load::{MAX_OPS, MAX_TIME, PAGE, Row, dir_files, mib, ms, rss_kib};
 
 const WATCHERS: usize = 100;
 const WATCH_WRITES: usize = 200;
+
+/// One server's data directory, file by file, right after the load and after the idle wait.
+struct Footprint {
+    server: &'static str,
+    after_load: Vec<(String, u64)>,
+    after_idle: Vec<(String, u64)>,
+}
+
+fn idle_secs() -> u64 {
+    std::env::var("K8SD_BENCH_IDLE_SECS").map_or(60, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("K8SD_BENCH_IDLE_SECS={v} is not a whole number of seconds"))
+    })
+}
 
 fn row(phase: &str, server: &str, lat: Vec<Duration>, secs: f64, pid: u32) -> Row {
     Row::new(phase, server, lat, secs, rss_kib(pid))
 }
 
-async fn bench_server(kind: Kind, name: &'static str, rows: &mut Vec<Row>) {
+async fn bench_server(kind: Kind, name: &'static str, rows: &mut Vec<Row>, files: &mut Vec<Footprint>) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let data = dir.path().join("data");
-    let server = Server::start_in(kind, dir, data, &[]);
+    let server = Server::start_in(kind, dir, data.clone(), &[]);
     let pid = server.child.id();
     let client = common::client(&server).await;
     rows.push(row("idle", name, Vec::new(), 1.0, pid));
@@ -116,6 +133,13 @@ async fn bench_server(kind: Kind, name: &'static str, rows: &mut Vec<Row>) {
             WATCHERS * WATCH_WRITES
         );
     }
+    let after_load = dir_files(&data);
+    tokio::time::sleep(Duration::from_secs(idle_secs())).await;
+    files.push(Footprint {
+        server: name,
+        after_load,
+        after_idle: dir_files(&data),
+    });
     // K8SD_RAFT_STAGES=1 (inherited by the server): show its per-stage write timing.
     if std::env::var_os("K8SD_RAFT_STAGES").is_some() {
         let log = std::fs::read_to_string(&server.log).unwrap_or_default();
@@ -133,13 +157,14 @@ fn main() {
         .build()
         .unwrap();
     let mut rows = Vec::new();
+    let mut files = Vec::new();
     rt.block_on(async {
-        bench_server(Kind::Etcd, "etcd 3.4.23", &mut rows).await;
+        bench_server(Kind::Etcd, "etcd 3.4.23", &mut rows, &mut files).await;
         // K8SD_BENCH_BASELINE=<k8sd binary>: an older build in the same run, for before/after.
         if std::env::var_os("K8SD_BENCH_BASELINE").is_some() {
-            bench_server(Kind::K8sdBaseline, "k8sd baseline", &mut rows).await;
+            bench_server(Kind::K8sdBaseline, "k8sd baseline", &mut rows, &mut files).await;
         }
-        bench_server(Kind::K8sd, "k8sd", &mut rows).await;
+        bench_server(Kind::K8sd, "k8sd", &mut rows, &mut files).await;
     });
     let mut phases: Vec<String> = Vec::new();
     for r in &rows {
@@ -172,5 +197,43 @@ fn main() {
                 r.rss_kib as f64 / 1024.0
             );
         }
+    }
+    print_footprints(&files);
+}
+
+fn print_footprints(files: &[Footprint]) {
+    println!();
+    println!(
+        "Data directory, file by file (MiB): right after the load / after {} s idle",
+        idle_secs()
+    );
+    println!();
+    println!("| server | file | after load | after idle |");
+    println!("|---|---|---:|---:|");
+    for f in files {
+        let mut names: Vec<&String> = f.after_load.iter().chain(&f.after_idle).map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        let size = |v: &[(String, u64)], n: &str| {
+            v.iter()
+                .find(|(m, _)| m == n)
+                .map_or("-".into(), |(_, b)| mib(*b))
+        };
+        for n in names {
+            println!(
+                "| {} | {} | {} | {} |",
+                f.server,
+                n,
+                size(&f.after_load, n),
+                size(&f.after_idle, n)
+            );
+        }
+        let total = |v: &[(String, u64)]| mib(v.iter().map(|(_, b)| b).sum());
+        println!(
+            "| {} | **total** | {} | {} |",
+            f.server,
+            total(&f.after_load),
+            total(&f.after_idle)
+        );
     }
 }

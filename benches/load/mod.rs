@@ -218,3 +218,31 @@ pub async fn list(
     })
     .await
 }
+
+/// Every regular file under `dir` (recursively) with its size in bytes, sorted by path relative
+/// to `dir`: the data directory's footprint, file by file (state.db and its -wal, log.db and its
+/// -wal, etcd's snap/db and wal segments).
+pub fn dir_files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    fn walk(root: &std::path::Path, d: &std::path::Path, out: &mut Vec<(String, u64)>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => walk(root, &p, out),
+                Ok(m) if m.is_file() => {
+                    let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+                    out.push((rel, m.len()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.2}", bytes as f64 / (1024.0 * 1024.0))
+}

@@ -104,8 +104,13 @@ fn configure(conn: &Connection, path: &Path) -> Result<()> {
 impl Store {
     /// Open (or create) the store file. A new store starts empty at revision 1.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        let conn = Connection::open(path).map_err(sq(path))?;
+        let mut conn = Connection::open(path).map_err(sq(path))?;
         configure(&conn, path)?;
+        // Every transaction takes the write lock when it begins. A deferred one reads first and
+        // upgrades later, and the upgrade fails at once with SQLITE_BUSY_SNAPSHOT (no busy wait)
+        // if the checkpointer truncated the WAL in between: an apply batch would fail and stop
+        // the Raft state machine. Begun immediate, it waits for the truncate to end instead.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
             .map_err(sq(path))?;
@@ -122,6 +127,17 @@ impl Store {
         conn.pragma_update(None, "synchronous", sync).map_err(sq(path))?;
         // Checkpoints run on their own thread (`Checkpointer`), not inside a client's commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sq(path))?;
+        // This connection restarts the WAL (at its first write after a complete checkpoint);
+        // without a limit SQLite keeps the file at its high-water mark forever.
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(sq(path))?;
+        // Deleted rows are overwritten with zeros, so a compacted (or deleted) value, a Secret's
+        // old version say, does not linger in state.db's free space (issue 15). ON rather than
+        // FAST: FAST zeroes cells inside b-tree pages but leaves freed pages as they were, and a
+        // value over about 1000 bytes ends in an overflow page that compaction frees whole
+        // (docs/benchmarks.md has the cost). Only this connection deletes.
+        conn.pragma_update(None, "secure_delete", true)
             .map_err(sq(path))?;
         conn.execute_batch(SCHEMA).map_err(sq(path))?;
         let version = meta_get(&conn, "schema_version").map_err(sq(path))?;
@@ -755,38 +771,99 @@ pub fn execute_range(
     Ok(RangeResult { kvs, more, count })
 }
 
+/// state.db-wal is cut back to this size whenever the writer restarts it (`journal_size_limit`),
+/// and the checkpointer truncates it to zero once it is past this size and fully copied back.
+/// 64 MiB is about 16,000 pages: at the bench's c256 rate (a few thousand 1 KiB writes a
+/// second, a few pages each) several seconds of writes, so under load the limit is crossed a
+/// few times a minute, not on every 200 ms tick (each truncate costs an fsync and holds off the
+/// writer while it runs), while an idle or lightly loaded store keeps a WAL no bigger than this.
+pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 /// Copies committed WAL pages into the database file, off the writer's path. Without it, every
 /// thousandth commit would pay for a checkpoint (and its fsync) while clients wait.
 #[derive(Debug)]
 pub struct Checkpointer {
     conn: Connection,
     path: PathBuf,
+    page_size: i64,
+    /// WAL frames seen at the previous checkpoint: the same count twice means no writes came in
+    /// between, so the writer is idle.
+    last_frames: i64,
 }
 
 impl Checkpointer {
     pub fn open(path: &Path) -> Result<Checkpointer> {
         let conn = Connection::open(path).map_err(sq(path))?;
         configure(&conn, path)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(sq(path))?;
+        let page_size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sq(path))?;
         Ok(Checkpointer {
             conn,
             path: path.to_path_buf(),
+            page_size,
+            last_frames: -1,
         })
     }
 
-    /// A passive checkpoint: never waits for readers or the writer. Returns the WAL size in
-    /// pages and how many were copied.
-    pub fn checkpoint(&self) -> Result<(i64, i64)> {
-        self.conn
+    /// A passive checkpoint: never waits for readers or the writer. Then, once every frame is
+    /// copied back and either no write came in since the previous call (the writer is idle) or
+    /// the WAL is past [`WAL_SIZE_LIMIT`], truncate the WAL to zero bytes. Returns the WAL size
+    /// in frames and how many were copied, as the passive checkpoint saw them.
+    pub fn checkpoint(&mut self) -> Result<(i64, i64)> {
+        let (frames, copied): (i64, i64) = self
+            .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get(1)?, r.get(2)?))
             })
-            .map_err(sq(&self.path))
+            .map_err(sq(&self.path))?;
+        let idle = frames == self.last_frames;
+        self.last_frames = frames;
+        if frames > 0 && copied == frames && (idle || frames * self.page_size > WAL_SIZE_LIMIT) {
+            self.truncate()?;
+        }
+        Ok((frames, copied))
+    }
+
+    /// `wal_checkpoint(TRUNCATE)` that neither waits for the writer nor for readers (busy
+    /// timeout 0): it takes the write lock only if it is free, and gives up if a reader still
+    /// uses the WAL. Everything is already copied back, so it holds the lock only for the
+    /// truncate itself; a commit arriving meanwhile waits that long, readers never wait.
+    fn truncate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        self.conn
+            .busy_timeout(std::time::Duration::ZERO)
+            .map_err(sq(&path))?;
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sq(&path))?;
+        match done {
+            // Busy (0 = done, 1 = a reader or the writer was in the way): retried next time.
+            Ok(_) => {
+                self.last_frames = -1;
+                Ok(())
+            }
+            Err(e) if is_busy(&e) => Ok(()),
+            Err(e) => Err(sq(&path)(e)),
+        }
     }
 
     /// Bytes in use in the database (pages minus free pages), what the quota is checked against.
     pub fn in_use_bytes(&self) -> Result<i64> {
         db_size(&self.conn, &self.path).map(|(_, in_use)| in_use)
     }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// A read-only connection. Each call reads one consistent WAL snapshot.

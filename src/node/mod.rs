@@ -616,9 +616,10 @@ impl Node {
     }
 }
 
-/// Checkpoint the WAL every 200 ms while the node lives, and keep the alarm's view of the
+/// Checkpoint the WAL every 200 ms while the node lives (and empty it once the writer is idle,
+/// see `Checkpointer::checkpoint`), and keep the alarm's view of the
 /// database size and of the disk current (a full-disk alarm clears itself here).
-fn spawn_checkpointer(cp: crate::datastore::Checkpointer, node: std::sync::Weak<Inner>) {
+fn spawn_checkpointer(mut cp: crate::datastore::Checkpointer, node: std::sync::Weak<Inner>) {
     let _ = std::thread::Builder::new()
         .name("k8sd-checkpoint".into())
         .spawn(move || {

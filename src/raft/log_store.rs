@@ -27,6 +27,10 @@
 //!   mismatch in a committed row, or a hole, is real corruption: opening fails and asks the
 //!   operator to rejoin, because a log that silently lost a committed entry breaks Raft.
 //! - After any write error the store is fail-stop: every later write fails too.
+//! - The WAL is bounded: `journal_size_limit` ([`LOG_WAL_LIMIT`]) truncates it when SQLite
+//!   restarts it, and when no op has arrived for [`IDLE_TRUNCATE`] the writer thread (the only
+//!   writer, so it never waits for another) runs `wal_checkpoint(TRUNCATE)` without waiting for
+//!   readers: an idle log.db-wal is empty, not left at its high-water mark.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -206,6 +210,8 @@ impl LogStore {
         conn.pragma_update(None, "journal_mode", "wal").map_err(sq)?;
         // FULL: the WAL is fsync'd at every commit, which is what makes IOFlushed honest.
         conn.pragma_update(None, "synchronous", "FULL").map_err(sq)?;
+        conn.pragma_update(None, "journal_size_limit", LOG_WAL_LIMIT)
+            .map_err(sq)?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
         let version: Option<Vec<u8>> = meta_get(&conn, "format").map_err(sq)?;
         match version {
@@ -327,13 +333,51 @@ fn recover(conn: &Connection, path: &Path, dir: &Path) -> Result<State, LogStore
     Ok(state)
 }
 
+/// log.db-wal is truncated to this size when SQLite restarts it. Four times the default
+/// autocheckpoint (1000 pages, 4 MiB), so a normal restart never pays for a truncate, but a WAL
+/// that a long read held open (a snapshot or a slow follower's catch-up) comes back down.
+const LOG_WAL_LIMIT: i64 = 16 << 20;
+
+/// How long the writer waits with nothing queued before it empties the WAL. Long enough that a
+/// steady load (even one write a second) never pays for the checkpoint's fsyncs, short enough
+/// that a log at rest holds no WAL.
+const IDLE_TRUNCATE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Copy the whole WAL into log.db and truncate it to zero bytes. Called only by the writer
+/// thread while idle. It does not wait for readers (busy timeout 0): if one holds the WAL, the
+/// truncate is skipped and retried after the next idle period.
+fn truncate_wal(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.busy_timeout(std::time::Duration::ZERO)?;
+    let busy: rusqlite::Result<i64> = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(busy? == 0)
+}
+
 /// The writer thread: group whatever is queued into one transaction, commit (fsync), then
 /// report. Once a write fails, every later one fails without touching the file.
 fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Shared>) {
     let mut failed: Option<String> = None;
+    // Whether the WAL may hold frames since the last truncate.
+    let mut wal_dirty = true;
     // The loop ends when the `LogStore` (the only sender) is dropped; the connection closes
     // with it, and SQLite checkpoints the WAL on that last close.
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(IDLE_TRUNCATE) {
+            Ok(op) => op,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                if wal_dirty && failed.is_none() {
+                    match truncate_wal(&conn) {
+                        Ok(done) => wal_dirty = !done,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "raft log: idle WAL truncate failed; will retry")
+                        }
+                    }
+                }
+                continue;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        wal_dirty = true;
         // Group commit: whatever queued up during the previous fsync goes into this one.
         let mut group = vec![first];
         while group.len() < MAX_GROUP {

@@ -16,6 +16,7 @@
 mod common;
 
 mod architecture;
+mod datastore_files;
 mod etcd_api;
 mod etcd_differential;
 mod lb;
