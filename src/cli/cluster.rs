@@ -15,8 +15,9 @@ pub struct AddNodeArgs {
     /// Mint a token for a worker (kubelet and kube-proxy only; never receives CA keys).
     #[arg(long)]
     pub worker: bool,
-    /// Reserve the token for this node name.
-    #[arg(long)]
+    /// Reserve the token for this node name; required with --worker, whose name comes from
+    /// its token and never from the joiner.
+    #[arg(long, required_if_eq("worker", "true"))]
     pub name: Option<String>,
     /// How long the token stays valid (e.g. 24h, 90m, 600s).
     #[arg(long, default_value = "24h")]
@@ -35,7 +36,8 @@ pub struct JoinCliArgs {
     /// Join as a worker (needs a token minted with `add-node --worker`).
     #[arg(long)]
     pub worker: bool,
-    /// Kubernetes node name (default: the name reserved in the token, else the host name).
+    /// Kubernetes node name. A token that names the node (every worker token) decides it, and
+    /// a different --name is refused; else (a control-plane token) the default is the host name.
     #[arg(long, alias = "node-name")]
     pub name: Option<String>,
     /// This node's address for the cluster (default: first non-loopback IPv4).
@@ -150,7 +152,7 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
         );
     }
     let req = config::InitRequest {
-        node_name: args.name.clone().or(t.name.clone()),
+        node_name: t.node_name(args.name.as_deref())?,
         advertise_address: args.advertise_address.clone(),
         extra_args: args.extra_args.to_extra_args()?,
         ..Default::default()

@@ -152,4 +152,13 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn a_worker_token_must_name_its_node() {
+        use clap::Parser;
+        let err = Cli::try_parse_from(["k8sd", "add-node", "--worker"]).unwrap_err();
+        assert!(err.to_string().contains("--name"), "{err}");
+        assert!(Cli::try_parse_from(["k8sd", "add-node", "--worker", "--name", "w1"]).is_ok());
+        assert!(Cli::try_parse_from(["k8sd", "add-node"]).is_ok());
+    }
 }

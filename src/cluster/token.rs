@@ -84,8 +84,14 @@ pub enum TokenError {
         asked: TokenRole,
         flag: &'static str,
     },
-    #[error("the join token is reserved for node name {token:?}, not {asked:?}")]
+    #[error(
+        "the join token is reserved for node name {token:?}, not {asked:?}; leave out --name (the token names the node) or mint a token with `k8sd add-node --worker --name {asked}`"
+    )]
     WrongName { token: String, asked: String },
+    #[error(
+        "this worker token names no node, and a worker's name must come from its token; mint one with `k8sd add-node --worker --name NODE`"
+    )]
+    WorkerTokenUnnamed,
     #[error("the join token was never presented to Join; start over with `k8sd join`")]
     NotClaimed,
 }
@@ -106,6 +112,22 @@ impl JoinToken {
             secret: hex::encode(rand::random::<[u8; 32]>()),
             role,
             name,
+        }
+    }
+
+    /// The node name a join with this token uses: the token's, when it names one (a `--name`
+    /// that differs is refused, before anything is sent), else the joiner's `asked` (a
+    /// control-plane token; `None` means the host name). A worker token must name its node,
+    /// so a worker cannot choose the name its certificates are signed for.
+    pub fn node_name(&self, asked: Option<&str>) -> Result<Option<String>, TokenError> {
+        match (&self.name, asked) {
+            (Some(t), Some(a)) if t != a => Err(TokenError::WrongName {
+                token: t.clone(),
+                asked: a.to_string(),
+            }),
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, _) if self.role == TokenRole::Worker => Err(TokenError::WorkerTokenUnnamed),
+            (None, a) => Ok(a.map(str::to_string)),
         }
     }
 
@@ -213,15 +235,16 @@ impl TokenRecord {
                 flag,
             });
         }
-        if let Some(n) = &self.name
-            && n != name
-        {
-            return Err(TokenError::WrongName {
+        match &self.name {
+            Some(n) if n != name => Err(TokenError::WrongName {
                 token: n.clone(),
                 asked: name.to_string(),
-            });
+            }),
+            // Worker tokens minted before names were required (or forged records) name no
+            // node; the joiner would pick the name its kubelet certificate is signed for.
+            None if role == TokenRole::Worker => Err(TokenError::WorkerTokenUnnamed),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The second half of a control-plane join: the token must be the one `name` claimed at
@@ -305,8 +328,10 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    /// A worker token names its node (`n4`), as `add-node --worker` requires.
     fn token(role: TokenRole) -> JoinToken {
-        JoinToken::mint(&"ab".repeat(32), vec!["10.0.0.1:6400".into()], role, None)
+        let name = (role == TokenRole::Worker).then(|| "n4".to_string());
+        JoinToken::mint(&"ab".repeat(32), vec!["10.0.0.1:6400".into()], role, name)
     }
 
     #[test]
@@ -325,6 +350,40 @@ mod tests {
         ));
         let v2 = URL_SAFE_NO_PAD.encode(br#"{"v":2,"whatever":1}"#);
         assert_eq!(JoinToken::decode(&v2), Err(TokenError::Version(2)));
+    }
+
+    #[test]
+    fn a_worker_s_name_comes_from_its_token_and_a_different_claim_is_refused() {
+        let w = token(TokenRole::Worker);
+        assert_eq!(w.node_name(None), Ok(Some("n4".into())));
+        assert_eq!(w.node_name(Some("n4")), Ok(Some("n4".into())));
+        let err = w.node_name(Some("n1")).unwrap_err();
+        assert_eq!(
+            err,
+            TokenError::WrongName {
+                token: "n4".into(),
+                asked: "n1".into()
+            }
+        );
+        assert!(
+            err.to_string().contains("k8sd add-node --worker --name n1"),
+            "{err}"
+        );
+        let mut unnamed = w.clone();
+        unnamed.name = None;
+        assert_eq!(unnamed.node_name(Some("n4")), Err(TokenError::WorkerTokenUnnamed));
+        assert_eq!(unnamed.node_name(None), Err(TokenError::WorkerTokenUnnamed));
+        // A control-plane token may leave the name to the joiner (it receives the CA keys
+        // anyway); when it names one, that name wins as for workers.
+        let cp = token(TokenRole::ControlPlane);
+        assert_eq!(cp.node_name(Some("n2")), Ok(Some("n2".into())));
+        assert_eq!(cp.node_name(None), Ok(None));
+        let mut named = cp.clone();
+        named.name = Some("n3".into());
+        assert!(matches!(
+            named.node_name(Some("n2")),
+            Err(TokenError::WrongName { .. })
+        ));
     }
 
     #[test]
@@ -380,7 +439,14 @@ mod tests {
             r.check(&t, TokenRole::Worker, "n4", 1010),
             Err(TokenError::WrongName { .. })
         ));
+        // A worker token that names no node (minted before names were required) is refused
+        // whatever name the joiner asks for.
         r.name = None;
+        assert_eq!(
+            r.check(&t, TokenRole::Worker, "n4", 1010),
+            Err(TokenError::WorkerTokenUnnamed)
+        );
+        r.name = Some("n4".into());
         r.state = TokenState::Used {
             by: "n4".into(),
             at_unix: 1020,

@@ -137,6 +137,9 @@ pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
             ("audit-log-maxsize", "100".into()),
             ("audit-log-maxbackup", "5".into()),
             ("audit-log-maxage", "30".into()),
+            // PodSecurity admission: baseline enforced, restricted warned and audited,
+            // kube-system exempt (the file says why).
+            ("admission-control-config-file", c.config(ADMISSION_CONTROL_FILE)),
         ]));
     }
     if c.encrypt_secrets {
@@ -254,6 +257,9 @@ const KUBE_PROXY_TEMPLATE: &str = include_str!("../../assets/kube-proxy/config.y
 /// kube-apiserver's audit policy (control-plane nodes), in the config dir.
 const AUDIT_POLICY: &str = include_str!("../../assets/kube-apiserver/audit-policy.yaml");
 pub const AUDIT_POLICY_FILE: &str = "audit-policy.yaml";
+/// kube-apiserver's admission configuration (control-plane nodes): PodSecurity's defaults.
+const ADMISSION_CONTROL: &str = include_str!("../../assets/kube-apiserver/admission-control.yaml");
+pub const ADMISSION_CONTROL_FILE: &str = "admission-control.yaml";
 
 pub use crate::template::render;
 
@@ -330,6 +336,10 @@ pub fn config_files(
     ];
     if c.cfg.role == Role::ControlPlane {
         files.push((l.config_dir().join(AUDIT_POLICY_FILE), AUDIT_POLICY.to_string()));
+        files.push((
+            l.config_dir().join(ADMISSION_CONTROL_FILE),
+            ADMISSION_CONTROL.to_string(),
+        ));
     }
     Ok(files)
 }
@@ -418,9 +428,12 @@ mod tests {
         assert!(!args.iter().any(|a| a.starts_with("--feature-gates")), "{args:?}");
         assert!(args.contains(&"--audit-log-path=/d/logs/audit.log".to_string()));
         assert!(args.contains(&"--audit-policy-file=/d/config/audit-policy.yaml".to_string()));
+        assert!(
+            args.contains(&"--admission-control-config-file=/d/config/admission-control.yaml".to_string())
+        );
         assert_eq!(
             args.len(),
-            44,
+            45,
             "the full flag set is pinned; update this test deliberately"
         );
         assert!(args.contains(&"--encryption-provider-config=/d/pki/encryption-config.yaml".to_string()));
@@ -436,7 +449,7 @@ mod tests {
             cgroup_root: "/",
             encrypt_secrets: false,
         });
-        assert_eq!(without.len(), 43);
+        assert_eq!(without.len(), 44);
         assert!(
             !without
                 .iter()
@@ -532,8 +545,9 @@ mod tests {
             Path::new("/cni"),
         )
         .unwrap();
-        // containerd, kubelet, kube-proxy, hosts.toml, and the audit policy (control plane).
-        assert_eq!(files.len(), 5);
+        // containerd, kubelet, kube-proxy, hosts.toml, and the audit policy and admission
+        // configuration (control plane).
+        assert_eq!(files.len(), 6);
         let policy = &files
             .iter()
             .find(|(p, _)| p.ends_with(AUDIT_POLICY_FILE))
@@ -541,6 +555,20 @@ mod tests {
             .1;
         let policy: serde_yaml::Value = serde_yaml::from_str(policy).unwrap();
         assert_eq!(policy["kind"], "Policy");
+        let admission = &files
+            .iter()
+            .find(|(p, _)| p.ends_with(ADMISSION_CONTROL_FILE))
+            .unwrap()
+            .1;
+        let admission: serde_yaml::Value = serde_yaml::from_str(admission).unwrap();
+        let pss = &admission["plugins"][0];
+        assert_eq!(pss["name"], "PodSecurity");
+        let defaults = &pss["configuration"]["defaults"];
+        assert_eq!(
+            (&defaults["enforce"], &defaults["warn"], &defaults["audit"]),
+            (&"baseline".into(), &"restricted".into(), &"restricted".into())
+        );
+        assert_eq!(pss["configuration"]["exemptions"]["namespaces"][0], "kube-system");
         let cni = cni_conflist(
             &Ctx {
                 layout: &layout,

@@ -50,6 +50,10 @@ pub enum Refusal {
     NameTaken(String),
     #[error("--ttl must be positive")]
     ZeroTtl,
+    #[error(
+        "a worker token must name its node (its certificates are signed for that name); run `k8sd add-node --worker --name NODE`"
+    )]
+    WorkerTokenNeedsName,
     #[error("no token with id {0}; see `k8sd tokens list`")]
     NoSuchToken(String),
     #[error("no node named {0} in this cluster; see `k8sd status`")]
@@ -71,7 +75,9 @@ impl Refusal {
         match self {
             Refusal::NotInitialised { .. } => FailureKind::NotInitialised,
             Refusal::NodeDown { .. } | Refusal::DatastoreDown => FailureKind::Internal,
-            Refusal::ZeroTtl | Refusal::Component { .. } => FailureKind::Usage,
+            Refusal::ZeroTtl | Refusal::WorkerTokenNeedsName | Refusal::Component { .. } => {
+                FailureKind::Usage
+            }
             Refusal::WorkerNode { .. }
             | Refusal::NameTaken(_)
             | Refusal::NoSuchToken(_)

@@ -110,6 +110,11 @@ impl Daemon {
         ttl_secs: u64,
     ) -> Result<(String, String), DaemonError> {
         let (r, ds) = self.control_plane_node("add-node")?;
+        // A worker's certificates are signed for the name in its token, so the token must
+        // carry one: the joiner cannot pick it.
+        if worker && name.is_none() {
+            return Err(Refusal::WorkerTokenNeedsName.into());
+        }
         if let Some(n) = &name {
             config::validate_node_name(n)?;
             if registry::get::<MemberRecord>(&ds, &registry::member_key(n))
@@ -211,7 +216,7 @@ impl Daemon {
             .into());
         }
         let req = InitRequest {
-            node_name: args.node_name.clone().or(t.name.clone()),
+            node_name: t.node_name(args.node_name.as_deref())?,
             advertise_address: args.advertise_address.clone(),
             extra_args: args.extra_args.clone(),
             ..Default::default()

@@ -845,6 +845,9 @@ impl Daemon {
                 .identity(identity)
                 .ca_certificate(Certificate::from_pem(&ca)),
         );
+        // The datastore CA also signs kube-apiserver's client certificate; only peer
+        // certificates may call the peer service.
+        rc.peer_organization = Some(pki::DATASTORE_PEER_ORG.to_string());
         // Every control-plane node keeps voters odd and promotes standbys while it leads.
         rc.auto_promote = true;
         let bootstrap = join.is_empty();

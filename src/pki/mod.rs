@@ -52,6 +52,6 @@ pub use inspect::{CertInfo, ca_fingerprint_sha256, cert_expiry, is_signed_by, pa
 pub use kubeconfig::{CLUSTER_NAME, render_kubeconfig};
 pub use plan::{ChangeReason, RenewalPolicy, leaf_verdict, service_cert_verdict};
 pub use spec::{
-    CA_LIFETIME, CaKind, Consumer, DEFAULT_RENEW_BEFORE, IpCidr, LEAF_LIFETIME, Leaf, LeafSpec, NodeIdentity,
-    NodeRole, SA_KEY_FILE, SA_PUB_FILE, San, ServiceCertSpec,
+    CA_LIFETIME, CaKind, Consumer, DATASTORE_PEER_ORG, DEFAULT_RENEW_BEFORE, IpCidr, LEAF_LIFETIME, Leaf,
+    LeafSpec, NodeIdentity, NodeRole, SA_KEY_FILE, SA_PUB_FILE, San, ServiceCertSpec,
 };

@@ -35,6 +35,11 @@ use time::Duration;
 
 use super::PkiError;
 
+/// The organization of every datastore peer certificate and of no other certificate of the
+/// datastore CA: the Raft peer service admits only callers whose certificate names it. Peer
+/// certificates have carried it since the first release, so existing clusters pass unchanged.
+pub const DATASTORE_PEER_ORG: &str = "k8sd:datastore-peers";
+
 /// Lifetime of the three CAs.
 pub const CA_LIFETIME: Duration = Duration::days(3650);
 /// Lifetime of every leaf certificate; they are renewed from the same CA.
@@ -373,7 +378,7 @@ const TABLE: [Row; 12] = [
     Row { leaf: Leaf::DatastoreClient, stem: "datastore-client", cn: Cn::Fixed("k8sd-datastore-client"),
           org: None, usage: Usage::Client, sans: Sans::None, signer: CaKind::Datastore, kubeconfig: None,
           worker: false, consumers: &[C::KubeApiserver, C::K8sd] },
-    Row { leaf: Leaf::DatastorePeer, stem: "datastore-peer", cn: Cn::NodeName, org: Some("k8sd:datastore-peers"),
+    Row { leaf: Leaf::DatastorePeer, stem: "datastore-peer", cn: Cn::NodeName, org: Some(DATASTORE_PEER_ORG),
           usage: Usage::Peer, sans: Sans::Node, signer: CaKind::Datastore, kubeconfig: None,
           worker: false, consumers: &[C::Datastore] },
 ];

@@ -22,6 +22,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod outcome;
+pub mod peer_auth;
 pub mod recover;
 pub mod stages;
 pub mod state_machine;
@@ -91,6 +92,10 @@ pub struct RaftConfig {
     /// mTLS for the peer service; `None` is plain HTTP/2 (loopback tests only).
     pub server_tls: Option<ServerTlsConfig>,
     pub client_tls: Option<ClientTlsConfig>,
+    /// With `server_tls`: the organization a caller's certificate must name
+    /// (`peer_auth`), so a datastore client certificate of the same CA cannot act as a peer.
+    /// `None` accepts every certificate the CA signed, as etcd does.
+    pub peer_organization: Option<String>,
     /// Called after every applied batch (feeds the watch hub and lessor).
     pub apply_hook: Option<ApplyHook>,
     /// Fault injection shared by an in-process test cluster; `None` in production.
@@ -123,6 +128,7 @@ impl std::fmt::Debug for RaftConfig {
             .field("heartbeat", &self.heartbeat)
             .field("election_timeout", &self.election_timeout)
             .field("tls", &self.server_tls.is_some())
+            .field("peer_organization", &self.peer_organization)
             .finish()
     }
 }
@@ -141,6 +147,7 @@ impl RaftConfig {
             request_timeout: Duration::from_secs(10),
             server_tls: None,
             client_tls: None,
+            peer_organization: None,
             apply_hook: None,
             faults: None,
             auto_promote: false,
@@ -396,11 +403,15 @@ impl RaftNode {
         });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let addr = config.peer_addr.clone();
-        let router = builder.add_service(
+        let auth = peer_auth::PeerAuth {
+            organization: config.peer_organization.clone(),
+        };
+        let router = builder.add_service(tonic::service::interceptor::InterceptedService::new(
             pb::raft_peer_server::RaftPeerServer::new(svc)
                 .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(network::MAX_MESSAGE_BYTES),
-        );
+            auth,
+        ));
         let task = tokio::spawn(async move {
             let stop = async {
                 let _ = stop_rx.await;

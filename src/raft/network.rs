@@ -708,3 +708,23 @@ impl RaftPeer for PeerService {
         encode(&reply).map(tonic::Response::new)
     }
 }
+
+/// The peer service's gate (`peer_auth`): a caller whose certificate does not name a datastore
+/// peer is logged with its address and the reason, and gets `PermissionDenied` before its call
+/// reaches openraft.
+impl tonic::service::Interceptor for super::peer_auth::PeerAuth {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        match self.check(&req) {
+            Ok(()) => Ok(req),
+            Err(refusal) => {
+                let from = req
+                    .remote_addr()
+                    .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+                tracing::warn!(from = %from, reason = %refusal, "refused a datastore peer call");
+                Err(Status::permission_denied(format!(
+                    "refused by the datastore peer service: {refusal}"
+                )))
+            }
+        }
+    }
+}

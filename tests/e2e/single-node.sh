@@ -9,10 +9,13 @@
 # ClusterIP through the route k8sd adds for the service range, and a pull of a local image
 # (pull policy Always) succeeds through the node-local image mirror. Hardening on by default: a
 # Secret is stored encrypted (not findable with grep in the datastore files) and still reads
-# back; every listener refuses CBC suites and TLS 1.1 and accepts TLS 1.2 with AES-GCM.
+# back; every listener refuses CBC suites and TLS 1.1 and accepts TLS 1.2 with AES-GCM;
+# PodSecurity refuses hostPath and privileged pods in a fresh namespace and warns on baseline
+# ones, while the add-ons (DNS, a PVC through local-path-provisioner) still work.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" "${runtime_bins[@]}"
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" \
+  "$K8SD_IMAGES_DIR/coredns.tar" "$K8SD_IMAGES_DIR/local-path-provisioner.tar" "${runtime_bins[@]}"
 
 ns=k8sd-e2e1 node_ip=10.210.1.2
 work=$(mktemp -d /var/tmp/k8sd-e2e-single.XXXXXX)
@@ -240,6 +243,83 @@ check "kubectl logs of a pod works" wait_for 30 "pod logs" pod_logs
 pod_dns() { local r; r=$(kubectl exec deploy/bb -- cat /etc/resolv.conf) && grep -q '^nameserver 10.96.0.10$' <<< "$r" && grep -q 'search default.svc.cluster.local' <<< "$r"; }
 check "kubectl exec works and the pod's resolv.conf names the cluster DNS" pod_dns
 
+log "2c. PodSecurity: baseline enforced and restricted warned cluster-wide; the add-ons still work"
+admission_config() {
+  [[ $(stat -c %a "$data/config/admission-control.yaml") == 600 ]] && status_json \
+    && cmdline_of kube-apiserver | grep -qx -- "--admission-control-config-file=$data/config/admission-control.yaml"
+}
+check "the admission configuration (PodSecurity defaults) is 0600 and kube-apiserver runs with it" admission_config
+kubectl create namespace e2e-pss >/dev/null
+cat > "$work/pss-hostpath.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: hostpath, namespace: e2e-pss}
+spec:
+  containers:
+  - {name: bb, image: docker.io/library/busybox:1.37-local, imagePullPolicy: Never, command: [sleep, "3600"],
+     volumeMounts: [{name: root, mountPath: /host}]}
+  volumes: [{name: root, hostPath: {path: /}}]
+YAML
+cat > "$work/pss-privileged.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: privileged, namespace: e2e-pss}
+spec:
+  containers:
+  - {name: bb, image: docker.io/library/busybox:1.37-local, imagePullPolicy: Never, command: [sleep, "3600"],
+     securityContext: {privileged: true}}
+YAML
+# refused_pod FILE WHAT: the apply fails with PodSecurity's baseline message naming WHAT, and no
+# pod exists afterwards.
+refused_pod() {
+  local out name
+  name=$(awk '/^metadata:/ {sub(/.*name: /, ""); sub(/,.*/, ""); print; exit}' "$1")
+  out=$(kubectl apply -f "$1" 2>&1) && { log "accepted: $out"; return 1; }
+  [[ $out == *'violates PodSecurity "baseline:latest"'* && $out == *"$2"* ]] || { log "apply said: $out"; return 1; }
+  ! kubectl -n e2e-pss get pod "$name" >/dev/null 2>&1
+}
+check "a pod with a hostPath volume in a fresh namespace is refused by PodSecurity (baseline)" \
+  refused_pod "$work/pss-hostpath.yaml" "hostPath volumes"
+check "a privileged pod in a fresh namespace is refused by PodSecurity (baseline)" \
+  refused_pod "$work/pss-privileged.yaml" "privileged"
+cat > "$work/pss-baseline.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: e2e-pss}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: bb, image: docker.io/library/busybox:1.37-local, imagePullPolicy: Never, command: [sleep, "3600"],
+     volumeMounts: [{name: d, mountPath: /data}]}
+  volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: e2e-pss}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 16Mi}}
+YAML
+pss_out=$(kubectl apply -f "$work/pss-baseline.yaml" 2>&1); pss_rc=$?
+warned() {
+  [[ $pss_rc -eq 0 && $pss_out == *'Warning: would violate PodSecurity "restricted:latest"'* ]] && return 0
+  log "apply (rc=$pss_rc) said: $pss_out"; return 1
+}
+check "a baseline pod is admitted with the restricted warning" warned
+pss_audited() { grep '"resource":"pods"' "$data/logs/audit.log" | grep '"name":"plain"' | grep -q 'pod-security.kubernetes.io/audit-violations'; }
+check "the audit log annotates the pod's creation with its restricted violations" wait_for 30 "audit annotation" pss_audited
+# The PVC binds only if local-path-provisioner's helper pod (hostPath, in kube-system) is
+# admitted: kube-system is exempt.
+pvc_bound() { [[ $(kubectl -n e2e-pss get pvc data -o jsonpath='{.status.phase}') == Bound ]]; }
+check "the add-ons work: the baseline pod's PVC binds (the provisioner's hostPath helper pod runs in kube-system)" \
+  wait_for 180 "PVC Bound" pvc_bound
+plain_running() { [[ $(kubectl -n e2e-pss get pod plain -o jsonpath='{.status.phase}') == Running ]]; }
+check "the baseline pod runs" wait_for 120 "pod Running" plain_running
+dns_works() { kubectl -n e2e-pss exec plain -- nslookup kubernetes.default.svc.cluster.local 2>&1 | grep -Eq '^Address:[[:space:]]+10\.96\.0\.1$'; }
+check "the add-ons work: cluster DNS answers the baseline pod (kubernetes.default -> 10.96.0.1)" \
+  wait_for 120 "DNS answer" dns_works
+kubectl delete namespace e2e-pss --wait=false >/dev/null
+
 log "2a. pull policy Always: the pull resolves through the node's image mirror (no registry exists)"
 cat > "$work/always.yaml" <<'YAML'
 apiVersion: v1
@@ -378,15 +458,24 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: rs-hostnet}
+metadata: {name: rs-hostnet, namespace: e2e-hostnet}
 spec:
   hostNetwork: true
   terminationGracePeriodSeconds: 30
   containers:
   - {name: bb, image: docker.io/library/busybox:1.37-local, imagePullPolicy: Never, command: [sleep, "3600"]}
 YAML
+# PodSecurity's default (baseline) refuses host networking; this namespace opts out. Its pods
+# can be created once the service account controller has made its default service account.
+kubectl create namespace e2e-hostnet >/dev/null
+kubectl label namespace e2e-hostnet pod-security.kubernetes.io/enforce=privileged >/dev/null
+default_sa() { kubectl -n e2e-hostnet get serviceaccount default >/dev/null 2>&1; }
+wait_for 60 "default service account in e2e-hostnet" default_sa
 kubectl apply -f "$work/reset-pods.yaml" >/dev/null
-rs_running() { [[ $(kubectl get pods -l app=rs --field-selector=status.phase=Running -o name | wc -l) -eq 2 ]] && pod_phase rs-hostnet Running; }
+rs_running() {
+  [[ $(kubectl get pods -l app=rs --field-selector=status.phase=Running -o name | wc -l) -eq 2 ]] \
+    && [[ $(kubectl -n e2e-hostnet get pod rs-hostnet -o jsonpath='{.status.phase}') == Running ]]
+}
 check "pods to reset are Running (2 with a tmpfs emptyDir, 1 on the host network)" wait_for 120 "rs pods" rs_running
 cg=${K8SD_CGROUP_ROOT#/}
 our_mounts() { awk '{print $5}' /proc/self/mountinfo | grep -E "^($data|$run)/"; }
