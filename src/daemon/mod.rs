@@ -13,6 +13,7 @@
 
 mod addon_tls;
 mod addons;
+pub mod backups;
 pub mod api;
 pub mod components;
 pub mod config;
