@@ -217,6 +217,9 @@ fn unpack_and_install(
         // The quota the operator chose for this data: under the default one a store that had a
         // bigger quota could refuse writes at once, and a smaller one would be silently lifted.
         quota_backend_bytes: args.quota_backend_bytes.or(archived.quota_backend_bytes),
+        // The operator's schedule goes with the data, as the quota does.
+        backup_schedule: archived.backup_schedule.clone(),
+        backup_retention: archived.backup_retention,
     };
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
     // The old cluster's member and token records go: its other nodes are not members of the
