@@ -312,6 +312,11 @@ impl Layout {
     pub fn datastore_dir(&self) -> PathBuf {
         self.d("datastore")
     }
+    /// 0700: scheduled backup archives (0600 each: they hold the CA keys), kept to the node's
+    /// `backup-retention`.
+    pub fn backups_dir(&self) -> PathBuf {
+        self.d("backups")
+    }
     /// 0700: `k8sd restore`'s scratch copy of an archive while it is verified and prepared.
     pub fn restore_scratch(&self) -> PathBuf {
         self.d(&format!(".k8sd-restore-{}", std::process::id()))

@@ -7,13 +7,15 @@
 //!  node.yaml  pki/…  kubeconfig/…  config/…   the node's directories, whole
 //! ```
 //!
-//! This module knows files and bytes only: what goes in is decided by the caller (`cli`),
-//! which also takes the snapshot. Whole directories are archived rather than a fixed list of
+//! This module knows files and bytes only: what goes in is decided by the caller
+//! (`daemon::backups`, for `k8sd backup`, `k8sd recover` and scheduled backups), which also
+//! takes the snapshot; `archive.rs` runs one backup through a scratch directory. Whole directories are archived rather than a fixed list of
 //! files, so a file a newer k8sd adds to `pki/` (an encryption key) is carried without a
 //! change here. Reading verifies the format version, that the archive holds exactly the
 //! manifest's files, and every checksum, all into a scratch directory, before the caller
 //! touches anything.
 
+pub mod archive;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -57,6 +59,10 @@ pub enum BackupError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cannot snapshot the datastore into {path} (beside the archive; it needs room for a full copy of the datastore): {reason}; free space there or pass --output on another filesystem"
+    )]
+    Snapshot { path: PathBuf, reason: String },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,

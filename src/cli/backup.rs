@@ -1,7 +1,6 @@
 //! `k8sd backup`: one consistent archive of a control-plane node (see `crate::backup`).
 
 use super::exit::fail;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -48,8 +47,8 @@ pub fn backup(layout: Layout, args: BackupArgs) -> anyhow::Result<()> {
 }
 
 /// Write a backup archive of `node` to `out` (default `<prefix>-<node>-<UTC time>.tar.gz` in
-/// the current directory). It reads the datastore file itself, so it works with the daemon
-/// running (SQLite lets it read in one transaction while the daemon commits) or stopped
+/// the current directory), through `daemon::backups`, the code path scheduled backups take too.
+/// It reads the datastore file itself, so it works with the daemon running or stopped
 /// (`k8sd recover` takes its backup offline).
 pub(super) fn write_backup(
     layout: &Layout,
@@ -57,39 +56,11 @@ pub(super) fn write_backup(
     out: Option<PathBuf>,
     prefix: &str,
 ) -> anyhow::Result<(PathBuf, Manifest)> {
-    let now = time::OffsetDateTime::now_utc();
-    let out = match out {
-        Some(p) => p,
-        None => {
-            let stamp = now
-                .format(time::macros::format_description!(
-                    "[year][month][day]T[hour][minute][second]Z"
-                ))
-                .context("formatting the time")?;
-            PathBuf::from(format!("{prefix}-{}-{stamp}.tar.gz", node.node_name))
-        }
-    };
-    if out.exists() {
-        return Err(backup::BackupError::Exists { path: out }.into());
-    }
-    // The snapshot goes to a scratch directory beside the archive: same filesystem, so a full
-    // disk shows up against the path the user chose, and nothing is left in the data dir.
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let scratch = crate::paths::backup_scratch(&parent);
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&scratch)
-        .map_err(|source| backup::BackupError::Write {
-            path: out.clone(),
-            source,
-        })?;
-    let res = write_archive(layout, node, &out, &scratch, now.unix_timestamp());
-    let _ = std::fs::remove_dir_all(&scratch);
-    Ok((out, res?))
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let out =
+        out.unwrap_or_else(|| PathBuf::from(backup::archive::default_name(prefix, &node.node_name, now)));
+    let m = crate::daemon::backups::write_node_backup(layout, node, &out, now)?;
+    Ok((out, m))
 }
 
 pub(super) fn read_node(layout: &Layout) -> anyhow::Result<NodeConfig> {
@@ -102,57 +73,6 @@ pub(super) fn read_node(layout: &Layout) -> anyhow::Result<NodeConfig> {
             path.display()
         ),
     }
-}
-
-fn write_archive(
-    layout: &Layout,
-    node: &NodeConfig,
-    out: &Path,
-    scratch: &Path,
-    created: i64,
-) -> anyhow::Result<Manifest> {
-    let snap = scratch.join("state.db");
-    crate::datastore::export_snapshot(&layout.datastore_dir().join("state.db"), &snap)
-        .with_context(|| {
-            format!(
-                "cannot snapshot the datastore into {} (beside the archive; it needs room for a full copy of the datastore): free space there or pass --output on another filesystem",
-                snap.display()
-            )
-        })?;
-    let mut reader = crate::datastore::Reader::open(&snap)?;
-    let revision = reader.view()?.current_rev;
-    // A Raft member reports the replicated id (the one etcdctl shows); older stores their own.
-    let cluster_id = match crate::raft::state_machine::replicated_cluster_id(&snap)? {
-        Some(id) => id,
-        None => reader.cluster_id()?,
-    };
-    drop(reader);
-    let mut members = vec![(SNAPSHOT_ENTRY.to_string(), snap.clone())];
-    members.push(("node.yaml".to_string(), layout.node_file()));
-    // Whole directories, so files a newer k8sd adds there are carried too.
-    for (name, dir) in [
-        ("pki", layout.pki_dir()),
-        ("kubeconfig", layout.kubeconfig_dir()),
-        ("config", layout.config_dir()),
-    ] {
-        if !dir.exists() {
-            continue;
-        }
-        for (rel, full) in backup::walk(&dir)? {
-            members.push((format!("{name}/{}", rel.display()), full));
-        }
-    }
-    let base = Manifest {
-        format: backup::FORMAT_VERSION,
-        k8sd_version: env!("CARGO_PKG_VERSION").to_string(),
-        kubernetes_version: crate::paths::kube_version().to_string(),
-        cluster_id: format!("{cluster_id:x}"),
-        revision,
-        node_name: node.node_name.clone(),
-        created: u64::try_from(created).unwrap_or(0),
-        files: Default::default(),
-    };
-    Ok(backup::write(out, base, &members)?)
 }
 
 #[derive(Debug, clap::Args)]
@@ -297,6 +217,9 @@ fn unpack_and_install(
         // The quota the operator chose for this data: under the default one a store that had a
         // bigger quota could refuse writes at once, and a smaller one would be silently lifted.
         quota_backend_bytes: args.quota_backend_bytes.or(archived.quota_backend_bytes),
+        // The operator's schedule goes with the data, as the quota does.
+        backup_schedule: archived.backup_schedule.clone(),
+        backup_retention: archived.backup_retention,
     };
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
     // The old cluster's member and token records go: its other nodes are not members of the

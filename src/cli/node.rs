@@ -155,6 +155,14 @@ pub struct InitArgs {
     /// (the default); negative: no quota. Kept in node.yaml.
     #[arg(long, allow_negative_numbers = true)]
     pub quota_backend_bytes: Option<i64>,
+    /// When this control-plane node writes a backup archive into <data dir>/backups: `off`,
+    /// `every N` with N in s, m or h (`every 6h`), or UTC times `HH:MM,...` (default
+    /// `00:00,12:00`, as k3s). Kept in node.yaml.
+    #[arg(long)]
+    pub backup_schedule: Option<String>,
+    /// How many scheduled backup archives to keep, newest first (default 5, as k3s).
+    #[arg(long)]
+    pub backup_retention: Option<u32>,
     /// YAML file with the same settings (kebab-case keys; component flags under
     /// `extra-args: {COMPONENT: {NAME: VALUE}}`, a null VALUE removes); flags win.
     #[arg(long)]
@@ -176,6 +184,8 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
         disable: args.disable,
         extra_args: args.extra_args.to_extra_args()?,
         quota_backend_bytes: args.quota_backend_bytes,
+        backup_schedule: args.backup_schedule,
+        backup_retention: args.backup_retention,
     };
     if let Some(file) = &args.config {
         req = req.merge_file(config::read_init_file(file)?);

@@ -157,6 +157,38 @@ pub struct StatusReport {
     /// Every cluster add-on (control-plane nodes only know this; empty elsewhere).
     #[serde(default)]
     pub addons: Vec<AddonReport>,
+    /// The scheduled backups (control-plane nodes only; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_backups: Option<ScheduledBackupsReport>,
+}
+
+/// The scheduled backups of a control-plane node: the schedule, the last result, the next one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct ScheduledBackupsReport {
+    /// As node.yaml's `backup-schedule` means it (`off`, `every 6h`, `00:00,12:00`).
+    pub schedule: String,
+    pub retention: u32,
+    /// The last one since the daemon started; absent when none has run yet.
+    #[serde(default)]
+    pub last: Option<LastBackupReport>,
+    /// RFC 3339, UTC; absent when the schedule is `off`.
+    #[serde(default)]
+    pub next_due: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct LastBackupReport {
+    /// When it started, RFC 3339, UTC.
+    pub time: String,
+    pub ok: bool,
+    /// The archive written (when ok).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Why none was written (when not ok).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

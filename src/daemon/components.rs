@@ -362,6 +362,8 @@ mod tests {
             disable: vec![],
             extra_args: Default::default(),
             quota_backend_bytes: None,
+            backup_schedule: None,
+            backup_retention: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::extra_args::{ExtraArgs, ExtraArgsError};
+use crate::backup::schedule::{self, Schedule, ScheduleError};
 use crate::pki::IpCidr;
 
 /// The init request as the user gives it (flags override the file). Crosses the control socket.
@@ -31,6 +32,13 @@ pub struct InitRequest {
     /// unset, as `disable` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_backend_bytes: Option<i64>,
+    /// When scheduled backups run (`backup/schedule.rs`: `off`, `every 6h`, `00:00,12:00`),
+    /// kept in node.yaml. Skipped when unset, as `disable` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<String>,
+    /// How many scheduled archives to keep. Skipped when unset, as `disable` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_retention: Option<u32>,
 }
 
 impl InitRequest {
@@ -48,6 +56,8 @@ impl InitRequest {
         }
         self.extra_args.merge_missing(file.extra_args);
         self.quota_backend_bytes = self.quota_backend_bytes.or(file.quota_backend_bytes);
+        self.backup_schedule = self.backup_schedule.or(file.backup_schedule);
+        self.backup_retention = self.backup_retention.or(file.backup_retention);
         self
     }
 }
@@ -107,9 +117,49 @@ pub struct NodeConfig {
     /// negative: no quota. Takes effect at the next start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_backend_bytes: Option<i64>,
+    /// When scheduled backups run on a control-plane node (`off`, `every N{s,m,h}`, or UTC
+    /// times `HH:MM,...`). Absent: k3s's `00:00,12:00`. Takes effect at the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<String>,
+    /// How many scheduled archives `<data dir>/backups` keeps. Absent: 5, as k3s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_retention: Option<u32>,
+}
+
+/// A node's scheduled backups, checked (`NodeConfig::backup_plan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupPlan {
+    pub schedule: Schedule,
+    /// Scheduled archives kept; at least 1.
+    pub retention: u32,
+}
+
+/// Check a backup schedule and retention as given (`None`: the defaults).
+pub fn backup_plan(schedule: Option<&str>, retention: Option<u32>) -> Result<BackupPlan, ConfigError> {
+    let schedule = schedule
+        .unwrap_or(schedule::DEFAULT_SCHEDULE)
+        .parse::<Schedule>()
+        .map_err(ConfigError::BackupSchedule)?;
+    let retention = retention.unwrap_or(schedule::DEFAULT_KEEP);
+    if retention == 0 {
+        return Err(ConfigError::BackupRetention(retention));
+    }
+    Ok(BackupPlan { schedule, retention })
 }
 
 impl NodeConfig {
+    /// This node's scheduled backups as node.yaml sets them. Workers hold no datastore and
+    /// take none, whatever the file says (`schedules_backups`).
+    pub fn backup_plan(&self) -> Result<BackupPlan, ConfigError> {
+        backup_plan(self.backup_schedule.as_deref(), self.backup_retention)
+    }
+
+    /// Whether this node takes scheduled backups: control-plane nodes only, since only they
+    /// hold the datastore and the CA keys.
+    pub fn schedules_backups(&self) -> bool {
+        self.role == Role::ControlPlane
+    }
+
     /// The datastore quota this node runs with (`quota-backend-bytes`, read as etcd's flag).
     pub fn quota_bytes(&self) -> i64 {
         crate::node::alarm::effective_quota(self.quota_backend_bytes.unwrap_or(0))
@@ -171,6 +221,12 @@ pub enum ConfigError {
     /// Not a `#[source]` either, for the same reason.
     #[error("{0}; nothing was changed")]
     ExtraArgs(ExtraArgsError),
+    #[error("{0}; fix --backup-schedule or `backup-schedule:` in the config file or node.yaml")]
+    BackupSchedule(ScheduleError),
+    #[error(
+        "backup retention {0}: keep at least 1 archive (--backup-retention or `backup-retention:`); to take no scheduled backups write `backup-schedule: off` instead"
+    )]
+    BackupRetention(u32),
 }
 
 impl From<ExtraArgsError> for ConfigError {
@@ -275,6 +331,7 @@ pub fn validate(
     }
     let disable = crate::addons::parse_list(&req.disable)?;
     req.extra_args.validate()?;
+    backup_plan(req.backup_schedule.as_deref(), req.backup_retention)?;
     for san in &req.extra_sans {
         if san.is_empty() || san.contains(char::is_whitespace) {
             return Err(invalid("extra SAN", san, "must be a DNS name or an IP address"));
@@ -292,6 +349,8 @@ pub fn validate(
         disable: disable.iter().map(|a| a.name().to_string()).collect(),
         extra_args: req.extra_args.clone(),
         quota_backend_bytes: req.quota_backend_bytes,
+        backup_schedule: req.backup_schedule.clone(),
+        backup_retention: req.backup_retention,
     })
 }
 
@@ -392,6 +451,56 @@ mod tests {
 
     fn addrs() -> Vec<IpAddr> {
         vec!["127.0.0.1".parse().unwrap(), "10.0.0.5".parse().unwrap()]
+    }
+
+    #[test]
+    fn backup_settings_default_to_k3s_and_bad_ones_say_what_to_write() {
+        let d = backup_plan(None, None).unwrap();
+        assert_eq!(
+            (d.schedule.to_string(), d.retention),
+            ("00:00,12:00".to_string(), 5)
+        );
+        let file: InitRequest =
+            serde_yaml::from_str("backup-schedule: every 20s\nbackup-retention: 2\n").unwrap();
+        let merged = InitRequest::default().merge_file(file);
+        let cfg = validate(&merged, "h", &addrs()).unwrap();
+        let plan = cfg.backup_plan().unwrap();
+        assert_eq!((plan.schedule, plan.retention), (Schedule::Every(20), 2));
+        let off = backup_plan(Some("off"), None).unwrap();
+        assert_eq!(off.schedule, Schedule::Off);
+
+        let bad = InitRequest {
+            backup_schedule: Some("every 6".into()),
+            ..Default::default()
+        };
+        let e = validate(&bad, "h", &addrs()).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::BackupSchedule(s) if s.value == "every 6"),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("needs a unit") && msg.contains("`every 6h`") && msg.contains("--backup-schedule"),
+            "{msg}"
+        );
+        let zero = InitRequest {
+            backup_retention: Some(0),
+            ..Default::default()
+        };
+        let e = validate(&zero, "h", &addrs()).unwrap_err();
+        assert!(matches!(e, ConfigError::BackupRetention(0)), "{e}");
+        assert!(e.to_string().contains("backup-schedule: off"), "{e}");
+        assert_eq!(
+            super::super::config_error_kind(&e),
+            super::super::FailureKind::Usage
+        );
+        // A hand-edited node.yaml with a bad schedule fails at load, the same way.
+        let mut edited = cfg.clone();
+        edited.backup_schedule = Some("25:00".into());
+        assert!(matches!(
+            edited.backup_plan(),
+            Err(ConfigError::BackupSchedule(_))
+        ));
     }
 
     #[test]

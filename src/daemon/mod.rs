@@ -14,6 +14,7 @@
 mod addon_tls;
 mod addons;
 pub mod api;
+pub mod backups;
 pub mod components;
 pub mod config;
 mod control;
@@ -245,6 +246,8 @@ pub struct Daemon {
     /// Serialises init and bring-up.
     lifecycle: tokio::sync::Mutex<()>,
     addons: addons::AddonManager,
+    /// The scheduled backups' last result and next due time, for status.
+    backups: backups::SharedState,
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +274,7 @@ impl Daemon {
             node: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
             addons: addons::AddonManager::default(),
+            backups: backups::SharedState::default(),
         })
     }
 
@@ -329,8 +333,14 @@ impl Daemon {
         Ok(())
     }
 
+    /// node.yaml, checked where a hand edit can break it without breaking its YAML: a
+    /// malformed backup schedule stops the start with a usage error that says what to write.
     fn load_config(&self) -> Result<Option<NodeConfig>, DaemonError> {
-        Ok(config::read_node_file(&self.opts.layout.node_file())?)
+        let cfg = config::read_node_file(&self.opts.layout.node_file())?;
+        if let Some(c) = &cfg {
+            c.backup_plan()?;
+        }
+        Ok(cfg)
     }
 
     /// `k8sd init`: validate, persist, bring up. Refused on an initialised node.
@@ -465,6 +475,7 @@ impl Daemon {
             service_cidr: cfg.service_cidr.parse()?,
         };
         let (etcd_stop, stop_rx) = watch::channel(false);
+        let backups_stop = etcd_stop.subscribe();
         let datastore = if cfg.role == Role::ControlPlane {
             step("generating certificates and kubeconfigs");
             pki::ensure_control_plane_pki(&l.pki_dir(), &identity)?;
@@ -580,6 +591,17 @@ impl Daemon {
         storagedir::spawn(self, cfg.clone());
         if cfg.role == Role::ControlPlane {
             noderole::spawn(self, cfg.node_name.clone());
+        }
+        // Checked at init and at load; a plan that fails here was edited while running.
+        match cfg.backup_plan() {
+            Ok(plan) => backups::spawn(
+                self.opts.layout.clone(),
+                cfg.clone(),
+                plan,
+                self.backups.clone(),
+                move || !*backups_stop.borrow(),
+            ),
+            Err(e) => tracing::error!(error = %e, "scheduled backups are not running"),
         }
 
         step("waiting for the node to become Ready");

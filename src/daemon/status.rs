@@ -27,6 +27,7 @@ pub async fn build(d: &Daemon) -> StatusReport {
         ha: None,
         api_backends: Vec::new(),
         addons: Vec::new(),
+        scheduled_backups: None,
     };
     let Some(r) = running else { return report };
     report.role = Some(r.cfg.role_name());
@@ -43,7 +44,34 @@ pub async fn build(d: &Daemon) -> StatusReport {
             .collect();
     }
     components_report(&mut report, d, &r).await;
+    report.scheduled_backups = d
+        .backups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(backups_report);
     report
+}
+
+fn backups_report(s: &super::backups::ScheduleState) -> ScheduledBackupsReport {
+    ScheduledBackupsReport {
+        schedule: s.schedule.clone(),
+        retention: s.retention,
+        last: s.last.as_ref().map(|l| LastBackupReport {
+            time: rfc3339(l.time),
+            ok: l.result.is_ok(),
+            path: l.result.as_ref().ok().map(|p| p.display().to_string()),
+            error: l.result.as_ref().err().cloned(),
+        }),
+        next_due: s.next_due.map(rfc3339),
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 async fn datastore_report(
@@ -282,6 +310,25 @@ pub fn render_text(s: &StatusReport) -> String {
                 m.applied_index
             );
         }
+    }
+    if let Some(b) = &s.scheduled_backups {
+        let _ = writeln!(
+            o,
+            "backups:     schedule {} keeping {}; next {}",
+            b.schedule,
+            b.retention,
+            b.next_due.as_deref().unwrap_or("never (off)")
+        );
+        let _ = match &b.last {
+            None => writeln!(o, "  last: none since the daemon started"),
+            Some(l) if l.ok => writeln!(o, "  last: {} ok {}", l.time, l.path.as_deref().unwrap_or("")),
+            Some(l) => writeln!(
+                o,
+                "  last: {} FAILED: {}",
+                l.time,
+                l.error.as_deref().unwrap_or("")
+            ),
+        };
     }
     if !s.nodes.is_empty() {
         let ha = match s.ha {

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Backup and restore end to end (docs/operations.md), with real components on three hosts that are
 # network namespaces on one test bridge (lib.sh's cluster harness):
-#   1. n1 `k8sd init --quota-backend-bytes` (256 MiB); a ConfigMap, a Secret and a Deployment; a
-#      join token that is never used;
+#   0. `k8sd init` refuses a malformed backup schedule and a retention of 0 (exit 2), saying what
+#      to write, with nothing written;
+#   1. n1 `k8sd init --quota-backend-bytes` (256 MiB) with a config file setting scheduled backups
+#      to every 20 s keeping 2; a ConfigMap, a Secret and a Deployment; a join token never used;
+#   1b. scheduled archives appear in <data dir>/backups (0700, archives 0600), pass the manifest
+#      checks below, only the 2 newest are kept, and `k8sd status` (text, -o json) shows the last
+#      one and the next due time;
 #   2. `k8sd backup` while the cluster serves: the archive is 0600 and its manifest names the
 #      revision, the versions and a SHA-256 per file; an existing output, a missing directory
 #      and a full disk are refused, naming the path and leaving no partial file;
@@ -72,8 +77,21 @@ untouched() {
 log "setup: bridge $CL_BR, hosts n1-n3"
 for i in 1 2 3; do cluster_add_host "$i"; done
 
+log "0. init refuses malformed backup settings"
+bad_init() {
+  local want=$1 out rc; shift
+  out=$(k 1 init --node-name n1 "$@" 2>&1); rc=$?
+  [[ $rc == 2 && $out == *"$want"* ]] || { log "rc=$rc, got: $out"; return 1; }
+  [[ ! -e $(data_of 1)/node.yaml && ! -e $(data_of 1)/pki/ca.key ]] || { log "init wrote into the data dir"; return 1; }
+}
+check "init --backup-schedule 'every 6' exits 2 saying the unit is missing and what to write" \
+  bad_init 'needs a unit, s, m or h. Write `off`, `every N`' --backup-schedule 'every 6'
+check "init --backup-retention 0 exits 2 saying to keep at least 1 or write backup-schedule: off" \
+  bad_init 'keep at least 1 archive' --backup-retention 0
+
 log "1. n1: init, a ConfigMap, a Secret, a Deployment and an unused token"
-if k 1 init --node-name n1 --quota-backend-bytes "$quota" >/dev/null; then pass "n1: k8sd init"; else
+printf 'backup-schedule: every 20s\nbackup-retention: 2\n' > "$work/init.yaml"
+if k 1 init --node-name n1 --quota-backend-bytes "$quota" --config "$work/init.yaml" >/dev/null; then pass "n1: k8sd init"; else
   fail "n1: k8sd init"; exit 1; fi
 # quota_is I: host I's node.yaml and its running datastore (k8sd status) have the quota.
 quota_is() {
@@ -91,7 +109,21 @@ check "a join token is minted (and never used)" k 1 add-node --name n9
 cp "$(data_of 1)/pki/ca.crt" "$work/ca.crt.orig"
 cp "$(data_of 1)/pki/encryption-config.yaml" "$work/encryption.orig"
 
-log "2. k8sd backup while the cluster serves"
+log "1b. scheduled backups every 20 s, keeping 2"
+bdir=$(data_of 1)/backups
+sched() { ls "$bdir" 2>/dev/null | grep -E '^k8sd-scheduled-backup-n1-[0-9]{8}T[0-9]{6}Z\.tar\.gz$'; }
+first_sched() { first=$(sched | head -1); [[ -n $first ]]; }
+check "a scheduled archive appears in <data dir>/backups" wait_for 90 "a scheduled backup" first_sched
+sched_modes() {
+  local bad; bad=$(find "$bdir" -maxdepth 1 -name 'k8sd-scheduled-backup-*.tar.gz' ! -perm 600)
+  [[ $(stat -c %a "$bdir") == 700 && -z $bad ]] || { log "dir $(stat -c %a "$bdir"), not 0600: $bad"; return 1; }
+}
+check "the backups dir is 0700 and each scheduled archive 0600" sched_modes
+# Retention: the first archive goes once two newer ones exist, and 2 are left.
+rotated() { [[ ! -e $bdir/$first && $(sched | wc -l) == 2 ]]; }
+check "retention keeps only the 2 newest scheduled archives" wait_for 120 "retention" rotated
+latest=$bdir/$(sched | tail -1)
+tar -xzOf "$latest" manifest.json > "$work/sched-manifest.json"
 archive=$work/backup.tar.gz
 if k 1 backup --output "$archive" > "$work/backup.out" 2>&1; then pass "k8sd backup"; else
   fail "k8sd backup"; cat "$work/backup.out"; exit 1; fi
@@ -102,18 +134,31 @@ tar -xzOf "$archive" manifest.json > "$work/manifest.json"
 backed_rev=$(json_get "$work/manifest.json" "d['revision']")
 log "backed-up revision: $backed_rev"
 manifest_ok() {
-  local want; want=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
-  json_get "$work/manifest.json" "d['format'] == 1 and d['kubernetes-version'] == '$want' and d['k8sd-version'] != '' \
+  local want m=${1:-$work/manifest.json}; want=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
+  json_get "$m" "d['format'] == 1 and d['kubernetes-version'] == '$want' and d['k8sd-version'] != '' \
 and d['cluster-id'] != '' and d['revision'] > 1 and d['node-name'] == 'n1' \
 and {'datastore/state.db', 'node.yaml', 'pki/ca.crt', 'pki/ca.key', 'pki/encryption-config.yaml'} <= set(d['files']) \
 and all(len(v) == 64 for v in d['files'].values())" | grep -qx True
 }
 check "the manifest names versions, cluster id, revision and a SHA-256 for every file (CA key, Secrets key)" manifest_ok
 sums_ok() {
-  mkdir -p "$work/x" && tar -xzf "$archive" -C "$work/x" &&
-    json_get "$work/manifest.json" "all(__import__('hashlib').sha256(open('$work/x/'+f,'rb').read()).hexdigest() == s for f, s in d['files'].items())" | grep -qx True
+  local a=${1:-$archive} m=${2:-$work/manifest.json} x=$work/x${3:-}
+  mkdir -p "$x" && tar -xzf "$a" -C "$x" &&
+    json_get "$m" "all(__import__('hashlib').sha256(open('$x/'+f,'rb').read()).hexdigest() == s for f, s in d['files'].items())" | grep -qx True
 }
 check "every file of the archive matches its manifest SHA-256" sums_ok
+check "a scheduled archive passes the same manifest checks" manifest_ok "$work/sched-manifest.json"
+check "every file of a scheduled archive matches its manifest SHA-256" sums_ok "$latest" "$work/sched-manifest.json" -sched
+sched_status() {
+  local j=$work/status-sched.json txt p
+  k 1 status -o json > "$j" && txt=$(k 1 status) || return 1
+  p=$(json_get "$j" "d['scheduled-backups']['last']['path']") || return 1
+  [[ $(json_get "$j" "(lambda b: b['schedule'] == 'every 20s' and b['retention'] == 2 and b['last']['ok'] and b['next-due'] > b['last']['time'])(d['scheduled-backups'])") == True \
+    && $p == "$bdir/k8sd-scheduled-backup-n1-"* && -e $p \
+    && $txt == *"backups:     schedule every 20s keeping 2; next "* && $txt == *"last: "*" ok $bdir/"* ]] ||
+    { log "status: $(cat "$j")"; log "$txt"; return 1; }
+}
+check "k8sd status (text and -o json) shows the schedule, the last scheduled backup ok with its path, and the next due time" sched_status
 exists_refused() {
   local out sum; sum=$(sha256sum < "$archive")
   out=$(k 1 backup --output "$archive" 2>&1) && return 1
@@ -190,6 +235,8 @@ rev_kept() {
 }
 check "the datastore revision is >= the backed-up one" rev_kept
 check "the restored node keeps the archived datastore quota (node.yaml, k8sd status)" quota_is 2
+sched_kept() { grep -qx 'backup-schedule: every 20s' "$(data_of 2)/node.yaml"; }
+check "the restored node keeps the archived backup schedule (node.yaml)" sched_kept
 # The restored objects still carry the old host's status; these read what the new host did.
 node_is_new_host() {
   local ip beat

@@ -1,0 +1,266 @@
+//! What a node's backup archive holds and how its snapshot is taken; `k8sd backup`,
+//! `k8sd recover` and the scheduled backups all call `write_node_backup`. The scheduled
+//! backups' loop (`spawn`) runs on control-plane nodes and writes into `<data dir>/backups`:
+//!
+//! ```text
+//!  next_run(schedule, last, now) ─▶ sleep until due ─▶ write_node_backup (blocking thread)
+//!    ─▶ ok: retention removes all but the newest N scheduled archives
+//!    ─▶ either way: logged, and recorded for `k8sd status`; then the next one
+//! ```
+//!
+//! The snapshot reads the datastore file itself: SQLite lets a second connection copy it in
+//! one read transaction (`VACUUM INTO`) while the daemon commits, so writes wait at most for
+//! one commit, and it works with the daemon stopped too (`k8sd recover` takes its backup
+//! offline).
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::backup::archive::{self, Contents, SnapshotInfo};
+use crate::backup::schedule;
+use crate::backup::{BackupError, Manifest};
+use crate::paths::Layout;
+
+use super::config::{BackupPlan, NodeConfig};
+
+/// Write a backup archive of `node` to `out`, which must not exist; its snapshot goes through
+/// a scratch directory beside `out`.
+pub fn write_node_backup(
+    layout: &Layout,
+    node: &NodeConfig,
+    out: &Path,
+    created: i64,
+) -> Result<Manifest, BackupError> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let scratch = crate::paths::backup_scratch(&parent);
+    let db = layout.datastore_dir().join("state.db");
+    archive::write_backup(out, &scratch, &contents(layout, node), created, |into| {
+        snapshot(&db, into)
+    })
+}
+
+fn contents(layout: &Layout, node: &NodeConfig) -> Contents {
+    Contents {
+        node_name: node.node_name.clone(),
+        k8sd_version: env!("CARGO_PKG_VERSION").to_string(),
+        kubernetes_version: crate::paths::kube_version().to_string(),
+        files: vec![("node.yaml".to_string(), layout.node_file())],
+        dirs: vec![
+            ("pki".to_string(), layout.pki_dir()),
+            ("kubeconfig".to_string(), layout.kubeconfig_dir()),
+            ("config".to_string(), layout.config_dir()),
+        ],
+    }
+}
+
+/// Copy the datastore at `db` into `into` consistently and read back what the manifest says.
+fn snapshot(db: &Path, into: &Path) -> Result<SnapshotInfo, String> {
+    crate::datastore::export_snapshot(db, into).map_err(|e| e.to_string())?;
+    let mut reader = crate::datastore::Reader::open(into).map_err(|e| e.to_string())?;
+    let revision = reader.view().map_err(|e| e.to_string())?.current_rev;
+    // A Raft member reports the replicated id (the one etcdctl shows); older stores their own.
+    let cluster_id =
+        match crate::raft::state_machine::replicated_cluster_id(into).map_err(|e| e.to_string())? {
+            Some(id) => id,
+            None => reader.cluster_id().map_err(|e| e.to_string())?,
+        };
+    Ok(SnapshotInfo { revision, cluster_id })
+}
+
+/// The last scheduled backup and the next one, for `k8sd status`. In memory: after a restart
+/// status says none has run yet, and an `every N` schedule counts from the start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleState {
+    pub schedule: String,
+    pub retention: u32,
+    pub last: Option<LastBackup>,
+    /// Unix seconds; `None` when the schedule is `off`.
+    pub next_due: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastBackup {
+    /// When it started, Unix seconds.
+    pub time: i64,
+    /// The archive written, or why none was.
+    pub result: Result<PathBuf, String>,
+}
+
+/// Shared between the loop and status.
+pub type SharedState = Arc<Mutex<Option<ScheduleState>>>;
+
+/// Start the scheduled backups of this node: control-plane nodes only
+/// (`NodeConfig::schedules_backups`). One archive at a time, on a blocking thread; a failure
+/// is logged and shown in `k8sd status`, never fatal. The loop ends when the node stops
+/// (`alive` answers false) or the schedule is `off`.
+pub fn spawn(
+    layout: Layout,
+    cfg: NodeConfig,
+    plan: BackupPlan,
+    state: SharedState,
+    alive: impl Fn() -> bool + Send + 'static,
+) {
+    if !cfg.schedules_backups() {
+        return;
+    }
+    let set = {
+        let state = state.clone();
+        move |f: &dyn Fn(&mut ScheduleState)| {
+            let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = g.as_mut() {
+                f(s);
+            }
+        }
+    };
+    *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(ScheduleState {
+        schedule: plan.schedule.to_string(),
+        retention: plan.retention,
+        last: None,
+        next_due: None,
+    });
+    tokio::spawn(async move {
+        let mut last: Option<i64> = None;
+        loop {
+            let now = unix_now();
+            let Some(due) = plan.schedule.next_run(last, now) else {
+                tracing::info!("scheduled backups are off (backup-schedule: off)");
+                return;
+            };
+            set(&|s| s.next_due = Some(due));
+            // Sleep in short steps: the node may stop meanwhile, and the wall clock may jump.
+            while unix_now() < due {
+                if !alive() {
+                    return;
+                }
+                let left = u64::try_from(due - unix_now()).unwrap_or(0).min(10);
+                tokio::time::sleep(Duration::from_secs(left.max(1))).await;
+            }
+            if !alive() {
+                return;
+            }
+            let started = unix_now();
+            last = Some(started);
+            let (l, c, keep) = (layout.clone(), cfg.clone(), plan.retention);
+            let res = tokio::task::spawn_blocking(move || take_scheduled(&l, &c, keep, started))
+                .await
+                .unwrap_or_else(|e| Err(format!("the backup task failed: {e}")));
+            match &res {
+                Ok(path) => tracing::info!(archive = %path.display(), "scheduled backup written"),
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduled backup failed; the next one is still due on schedule")
+                }
+            }
+            set(&|s| {
+                s.last = Some(LastBackup {
+                    time: started,
+                    result: res.clone(),
+                })
+            });
+        }
+    });
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// One scheduled backup into `<data dir>/backups` (0700), then retention: all but the `keep`
+/// newest scheduled archives are removed (only after a success, so a failing schedule never
+/// eats the archives that are left).
+fn take_scheduled(layout: &Layout, node: &NodeConfig, keep: u32, now: i64) -> Result<PathBuf, String> {
+    let dir = layout.backups_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let out = dir.join(schedule::archive_name(&node.node_name, &archive::stamp(now)));
+    write_node_backup(layout, node, &out, now).map_err(|e| e.to_string())?;
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| {
+            format!(
+                "wrote {} but cannot list {} for retention: {e}",
+                out.display(),
+                dir.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    for old in schedule::to_remove(names.iter().map(String::as_str), keep) {
+        let p = dir.join(old);
+        if let Err(e) = std::fs::remove_file(&p) {
+            tracing::warn!(archive = %p.display(), error = %e, "retention could not remove an old scheduled backup");
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::{NODE_CONFIG_VERSION, Role};
+
+    fn node(role: Role) -> NodeConfig {
+        NodeConfig {
+            version: NODE_CONFIG_VERSION,
+            role,
+            node_name: "n1".into(),
+            advertise_address: "10.0.0.5".parse().unwrap(),
+            pod_cidr: "10.88.0.0/16".into(),
+            service_cidr: "10.96.0.0/12".into(),
+            extra_sans: vec![],
+            control_plane: vec![],
+            disable: vec![],
+            extra_args: Default::default(),
+            quota_backend_bytes: None,
+            backup_schedule: Some("every 1s".into()),
+            backup_retention: None,
+        }
+    }
+
+    #[test]
+    fn only_control_plane_nodes_schedule_backups() {
+        assert!(node(Role::ControlPlane).schedules_backups());
+        assert!(!node(Role::Worker).schedules_backups());
+    }
+
+    #[tokio::test]
+    async fn a_worker_never_starts_the_loop_whatever_its_schedule() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path().join("data"), d.path().join("run"));
+        let cfg = node(Role::Worker);
+        let plan = cfg.backup_plan().unwrap();
+        let state = SharedState::default();
+        spawn(layout.clone(), cfg, plan, state.clone(), || true);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(*state.lock().unwrap(), None, "no schedule state on a worker");
+        assert!(
+            !layout.backups_dir().exists(),
+            "a worker wrote into its backups dir"
+        );
+    }
+
+    #[test]
+    fn a_failed_scheduled_backup_says_why_and_removes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path().join("data"), d.path().join("run"));
+        let dir = layout.backups_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = dir.join(schedule::archive_name("n1", "20200101T000000Z"));
+        std::fs::write(&old, b"old").unwrap();
+        // No datastore in this data dir: the snapshot fails.
+        let e = take_scheduled(&layout, &node(Role::ControlPlane), 1, 1_796_515_200).unwrap_err();
+        assert!(e.contains("cannot snapshot the datastore"), "{e}");
+        assert!(old.exists(), "retention ran after a failure");
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+}
