@@ -65,8 +65,6 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Other(String),
     /// Another daemon answers on this node's control socket.
     #[error("another k8sd is already running on {socket}; stop it first")]
     AlreadyRunning { socket: PathBuf },
@@ -838,7 +836,7 @@ impl Daemon {
         let l = &self.opts.layout;
         let read = |f: &str| {
             let p = l.pki_dir().join(f);
-            std::fs::read(&p).map_err(|e| DaemonError::Other(format!("cannot read {}: {e}", p.display())))
+            std::fs::read(&p).map_err(|source| DaemonError::Read { path: p, source })
         };
         let (ca, cert, key) = (
             read("datastore-ca.crt")?,
@@ -847,9 +845,14 @@ impl Daemon {
         );
         let identity = Identity::from_pem(&cert, &key);
         let peer_addr = std::net::SocketAddr::new(cfg.advertise_address, components::PEER_PORT);
-        let listener = tokio::net::TcpListener::bind(peer_addr)
-            .await
-            .map_err(|e| DaemonError::Other(format!("datastore peer listener {peer_addr}: {e}")))?;
+        let listener =
+            tokio::net::TcpListener::bind(peer_addr)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    listener: "datastore peer",
+                    addr: peer_addr.to_string(),
+                    source,
+                })?;
         let client_url = format!("https://{}", components::datastore_addr());
         let mut rc = crate::raft::RaftConfig::new(
             l.datastore_dir(),
@@ -890,7 +893,7 @@ impl Daemon {
             },
         )
         .await
-        .map_err(|e| DaemonError::Other(format!("datastore: {e}")))
+        .map_err(DaemonError::Datastore)
     }
 
     pub(crate) fn admin_client(&self) -> Result<TlsClient, DaemonError> {
