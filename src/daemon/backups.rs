@@ -204,23 +204,13 @@ fn take_scheduled(layout: &Layout, node: &NodeConfig, keep: u32, now: i64) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::config::{NODE_CONFIG_VERSION, Role};
+    use crate::daemon::config::Role;
 
     fn node(role: Role) -> NodeConfig {
         NodeConfig {
-            version: NODE_CONFIG_VERSION,
             role,
-            node_name: "n1".into(),
-            advertise_address: "10.0.0.5".parse().unwrap(),
-            pod_cidr: "10.88.0.0/16".into(),
-            service_cidr: "10.96.0.0/12".into(),
-            extra_sans: vec![],
-            control_plane: vec![],
-            disable: vec![],
-            extra_args: Default::default(),
-            quota_backend_bytes: None,
             backup_schedule: Some("every 1s".into()),
-            backup_retention: None,
+            ..NodeConfig::example()
         }
     }
 

@@ -347,24 +347,10 @@ pub fn config_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::config::{NODE_CONFIG_VERSION, Role};
+    use crate::daemon::config::Role;
 
     fn cfg() -> NodeConfig {
-        NodeConfig {
-            version: NODE_CONFIG_VERSION,
-            role: Role::ControlPlane,
-            node_name: "n1".into(),
-            advertise_address: "10.0.0.5".parse().unwrap(),
-            pod_cidr: "10.88.0.0/16".into(),
-            service_cidr: "10.96.0.0/12".into(),
-            extra_sans: vec![],
-            control_plane: vec![],
-            disable: vec![],
-            extra_args: Default::default(),
-            quota_backend_bytes: None,
-            backup_schedule: None,
-            backup_retention: None,
-        }
+        NodeConfig::example()
     }
 
     #[test]

@@ -354,6 +354,29 @@ pub fn validate(
     })
 }
 
+#[cfg(test)]
+impl NodeConfig {
+    /// The fixture unit tests start from: control-plane node `n1` at 10.0.0.5 with the default
+    /// ranges and nothing else set.
+    pub(crate) fn example() -> NodeConfig {
+        NodeConfig {
+            version: NODE_CONFIG_VERSION,
+            role: Role::ControlPlane,
+            node_name: "n1".into(),
+            advertise_address: std::net::Ipv4Addr::new(10, 0, 0, 5).into(),
+            pod_cidr: "10.88.0.0/16".into(),
+            service_cidr: "10.96.0.0/12".into(),
+            extra_sans: vec![],
+            control_plane: vec![],
+            disable: vec![],
+            extra_args: Default::default(),
+            quota_backend_bytes: None,
+            backup_schedule: None,
+            backup_retention: None,
+        }
+    }
+}
+
 /// RFC 1123 subdomain, as Kubernetes requires for Node names.
 pub fn validate_node_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()

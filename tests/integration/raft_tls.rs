@@ -59,15 +59,64 @@ async fn add_voter(a: &RaftNode, b: &RaftNode) {
         .unwrap();
 }
 
-async fn start(pki: &Pki, dir: &std::path::Path) -> RaftNode {
+/// A node in `dir` on a loopback port, with short timers and the TLS settings `tls` makes.
+async fn start_with(dir: &std::path::Path, tls: impl FnOnce(&mut RaftConfig)) -> RaftNode {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let mut c = RaftConfig::new(dir, "n", &addr, "https://127.0.0.1:2379");
     c.heartbeat = Duration::from_millis(50);
     c.election_timeout = (Duration::from_millis(400), Duration::from_millis(800));
-    c.server_tls = Some(pki.server());
-    c.client_tls = Some(pki.client());
+    tls(&mut c);
     RaftNode::start(c, l).await.unwrap()
+}
+
+async fn start(pki: &Pki, dir: &std::path::Path) -> RaftNode {
+    start_with(dir, |c| {
+        c.server_tls = Some(pki.server());
+        c.client_tls = Some(pki.client());
+    })
+    .await
+}
+
+/// `a` bootstraps and leads, then `b` joins it as a voter.
+async fn form_pair(a: &RaftNode, b: &RaftNode) {
+    a.bootstrap().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.status().leader != Some(a.id()) {
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    add_voter(a, b).await;
+}
+
+/// Put `key` = `value` through `writer`, then read it back from every node's own state.db
+/// once `leader` has confirmed it leads (so every write before it is applied there).
+async fn put_and_read_back(
+    writer: &RaftNode,
+    leader: &RaftNode,
+    nodes: &[&RaftNode],
+    key: &[u8],
+    value: &[u8],
+) {
+    let put = Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![Op::Put(PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        })],
+        failure: vec![],
+    });
+    writer.propose(put).await.unwrap().unwrap();
+    leader.linearizable_barrier().await.unwrap();
+    for n in nodes {
+        let req = RangeRequest {
+            range: KeyRange::single(key.to_vec()),
+            ..Default::default()
+        };
+        let (res, _) = Reader::open(n.db_path()).unwrap().range(&req).unwrap();
+        assert_eq!(res.kvs[0].value, value, "the nodes replicate");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,34 +125,10 @@ async fn t10_cluster_replicates_over_mutual_tls_and_refuses_callers_without_a_ce
     let tmp = tempfile::tempdir().unwrap();
     let a = start(&pki, &tmp.path().join("a")).await;
     let b = start(&pki, &tmp.path().join("b")).await;
-    a.bootstrap().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.status().leader != Some(a.id()) {
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    add_voter(&a, &b).await;
+    form_pair(&a, &b).await;
 
     // Written on the follower: forwarded to the leader over mTLS, replicated back over mTLS.
-    let put = Command::Txn(TxnRequest {
-        compare: vec![],
-        success: vec![Op::Put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        })],
-        failure: vec![],
-    });
-    b.propose(put).await.unwrap().unwrap();
-    a.linearizable_barrier().await.unwrap();
-    for n in [&a, &b] {
-        let req = RangeRequest {
-            range: KeyRange::single(b"k".to_vec()),
-            ..Default::default()
-        };
-        let (res, _) = Reader::open(n.db_path()).unwrap().range(&req).unwrap();
-        assert_eq!(res.kvs[0].value, b"v");
-    }
+    put_and_read_back(&b, &a, &[&a, &b], b"k", b"v").await;
 
     // With a certificate the service is reached (and rejects the junk body); without one the
     // TLS handshake fails before any RPC runs.
@@ -198,20 +223,17 @@ impl DatastorePki {
 }
 
 async fn start_k8sd_peer(pki: &DatastorePki, dir: &std::path::Path) -> RaftNode {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let mut c = RaftConfig::new(dir, "n", &addr, "https://127.0.0.1:2379");
-    c.heartbeat = Duration::from_millis(50);
-    c.election_timeout = (Duration::from_millis(400), Duration::from_millis(800));
-    c.server_tls = Some(
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&pki.peer.0, &pki.peer.1))
-            .client_ca_root(Certificate::from_pem(&pki.ca_pem)),
-    );
-    c.client_tls = Some(pki.client_tls(&pki.peer));
-    // As `k8sd run` configures its datastore member.
-    c.peer_organization = Some(k8sd::pki::DATASTORE_PEER_ORG.to_string());
-    RaftNode::start(c, l).await.unwrap()
+    start_with(dir, |c| {
+        c.server_tls = Some(
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(&pki.peer.0, &pki.peer.1))
+                .client_ca_root(Certificate::from_pem(&pki.ca_pem)),
+        );
+        c.client_tls = Some(pki.client_tls(&pki.peer));
+        // As `k8sd run` configures its datastore member.
+        c.peer_organization = Some(k8sd::pki::DATASTORE_PEER_ORG.to_string());
+    })
+    .await
 }
 
 // A current-thread runtime, so every task of both nodes (the peer service's interceptor
@@ -231,32 +253,8 @@ async fn t20_a_datastore_client_certificate_is_refused_on_the_peer_port_and_peer
     let tmp = tempfile::tempdir().unwrap();
     let a = start_k8sd_peer(&pki, &tmp.path().join("a")).await;
     let b = start_k8sd_peer(&pki, &tmp.path().join("b")).await;
-    a.bootstrap().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.status().leader != Some(a.id()) {
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    add_voter(&a, &b).await;
-    let put = Command::Txn(TxnRequest {
-        compare: vec![],
-        success: vec![Op::Put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"from-b".to_vec(),
-            ..Default::default()
-        })],
-        failure: vec![],
-    });
-    b.propose(put).await.unwrap().unwrap();
-    a.linearizable_barrier().await.unwrap();
-    for n in [&a, &b] {
-        let req = RangeRequest {
-            range: KeyRange::single(b"k".to_vec()),
-            ..Default::default()
-        };
-        let (res, _) = Reader::open(n.db_path()).unwrap().range(&req).unwrap();
-        assert_eq!(res.kvs[0].value, b"from-b", "peers replicate");
-    }
+    form_pair(&a, &b).await;
+    put_and_read_back(&b, &a, &[&a, &b], b"k", b"from-b").await;
 
     // kube-apiserver's certificate completes the TLS handshake (same CA) but is refused by the
     // service before the call reaches Raft: PermissionDenied, not the InvalidArgument a peer
@@ -297,23 +295,7 @@ async fn t20_a_datastore_client_certificate_is_refused_on_the_peer_port_and_peer
     );
 
     // The cluster still replicates after the refusal.
-    let put = Command::Txn(TxnRequest {
-        compare: vec![],
-        success: vec![Op::Put(PutRequest {
-            key: b"k2".to_vec(),
-            value: b"after".to_vec(),
-            ..Default::default()
-        })],
-        failure: vec![],
-    });
-    a.propose(put).await.unwrap().unwrap();
-    b.linearizable_barrier().await.unwrap();
-    let req = RangeRequest {
-        range: KeyRange::single(b"k2".to_vec()),
-        ..Default::default()
-    };
-    let (res, _) = Reader::open(b.db_path()).unwrap().range(&req).unwrap();
-    assert_eq!(res.kvs[0].value, b"after");
+    put_and_read_back(&a, &b, &[&b], b"k2", b"after").await;
 
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
