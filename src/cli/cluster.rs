@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 
 use super::exit::{self, fail};
-use super::node::{ExtraArgFlags, RunArgs, check_writable, drive};
+use super::node::{ControlPlaneFlags, ExtraArgFlags, RunArgs, check_writable, drive};
 use crate::cluster::token::{self, JoinToken};
 use crate::daemon::ControlClient;
 use crate::daemon::api::{API_VERSION, JoinArgs, Message, Request};
@@ -45,6 +45,9 @@ pub struct JoinCliArgs {
     pub advertise_address: Option<String>,
     #[command(flatten)]
     pub extra_args: ExtraArgFlags,
+    /// A control-plane joiner's datastore quota and backup schedule, as `k8sd init` takes them.
+    #[command(flatten)]
+    pub control_plane: ControlPlaneFlags,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -142,6 +145,12 @@ fn read_token(args: &JoinCliArgs) -> anyhow::Result<String> {
 
 pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
     // Everything that can be checked here is, before a daemon starts or a file is written.
+    if args.worker && args.control_plane.any() {
+        fail!(
+            Usage,
+            "--quota-backend-bytes, --backup-schedule and --backup-retention are for control-plane nodes (a worker has no datastore and takes no backups); nothing was changed. Drop them, or join with a control-plane token and without --worker"
+        );
+    }
     let token = read_token(&args)?;
     let t = JoinToken::decode(&token)?;
     if layout.node_file().exists() {
@@ -155,6 +164,9 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
         node_name: t.node_name(args.name.as_deref())?,
         advertise_address: args.advertise_address.clone(),
         extra_args: args.extra_args.to_extra_args()?,
+        quota_backend_bytes: args.control_plane.quota_backend_bytes,
+        backup_schedule: args.control_plane.backup_schedule.clone(),
+        backup_retention: args.control_plane.backup_retention,
         ..Default::default()
     };
     config::validate(&req, &config::host_name(), &config::local_addresses())?;
@@ -165,6 +177,9 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
         node_name: req.node_name,
         advertise_address: args.advertise_address,
         extra_args: req.extra_args,
+        quota_backend_bytes: req.quota_backend_bytes,
+        backup_schedule: req.backup_schedule,
+        backup_retention: req.backup_retention,
     };
     let ports = if args.worker {
         config::WORKER_PORTS

@@ -161,4 +161,28 @@ mod tests {
         assert!(Cli::try_parse_from(["k8sd", "add-node", "--worker", "--name", "w1"]).is_ok());
         assert!(Cli::try_parse_from(["k8sd", "add-node"]).is_ok());
     }
+
+    /// A worker has no datastore and takes no backups: `join --worker` with a control-plane
+    /// setting is a usage error (exit 2) before the token is even read.
+    #[test]
+    fn a_worker_join_refuses_control_plane_settings() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        for flags in [
+            &["--quota-backend-bytes", "1048576"][..],
+            &["--backup-schedule", "every 1h"][..],
+            &["--backup-retention", "3"][..],
+        ] {
+            let mut argv = vec!["k8sd", "join", "--worker", "--token-file", "/nonexistent/token"];
+            argv.extend_from_slice(flags);
+            let Command::Join(args) = Cli::try_parse_from(&argv).unwrap().command else {
+                panic!("{argv:?} did not parse as join");
+            };
+            let layout = crate::paths::Layout::new(dir.path().join("data"), dir.path().join("run"));
+            let err = cluster::join(layout, args).unwrap_err();
+            assert_eq!(exit_code(&err), 2, "{argv:?}: {err:#}");
+            assert!(err.to_string().contains("for control-plane nodes"), "{err:#}");
+        }
+        assert!(!dir.path().join("data").exists(), "nothing was written");
+    }
 }

@@ -150,6 +150,22 @@ pub struct InitArgs {
     pub disable: Vec<String>,
     #[command(flatten)]
     pub extra_args: ExtraArgFlags,
+    #[command(flatten)]
+    pub control_plane: ControlPlaneFlags,
+    /// YAML file with the same settings (kebab-case keys; component flags under
+    /// `extra-args: {COMPONENT: {NAME: VALUE}}`, a null VALUE removes); flags win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Give up waiting for the node after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// A control-plane node's own settings, given to `init` or to a control-plane `join`.
+#[derive(Debug, Default, clap::Args)]
+pub struct ControlPlaneFlags {
     /// The datastore's backend quota in bytes (etcd's --quota-backend-bytes): at this many
     /// bytes in use writes that add data are refused with a NOSPACE alarm. 0: etcd's 2 GiB
     /// (the default); negative: no quota. Kept in node.yaml.
@@ -163,15 +179,15 @@ pub struct InitArgs {
     /// How many scheduled backup archives to keep, newest first (default 5, as k3s).
     #[arg(long)]
     pub backup_retention: Option<u32>,
-    /// YAML file with the same settings (kebab-case keys; component flags under
-    /// `extra-args: {COMPONENT: {NAME: VALUE}}`, a null VALUE removes); flags win.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Give up waiting for the node after this many seconds.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
-    #[command(flatten)]
-    pub run: RunArgs,
+}
+
+impl ControlPlaneFlags {
+    /// Whether any of them was given: a worker has no datastore and takes no backups.
+    pub fn any(&self) -> bool {
+        self.quota_backend_bytes.is_some()
+            || self.backup_schedule.is_some()
+            || self.backup_retention.is_some()
+    }
 }
 
 pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
@@ -183,9 +199,9 @@ pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
         extra_sans: args.extra_sans,
         disable: args.disable,
         extra_args: args.extra_args.to_extra_args()?,
-        quota_backend_bytes: args.quota_backend_bytes,
-        backup_schedule: args.backup_schedule,
-        backup_retention: args.backup_retention,
+        quota_backend_bytes: args.control_plane.quota_backend_bytes,
+        backup_schedule: args.control_plane.backup_schedule,
+        backup_retention: args.control_plane.backup_retention,
     };
     if let Some(file) = &args.config {
         req = req.merge_file(config::read_init_file(file)?);

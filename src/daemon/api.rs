@@ -93,6 +93,14 @@ pub struct JoinArgs {
     /// an older daemon still accepts the request.
     #[serde(default, skip_serializing_if = "ExtraArgs::is_empty")]
     pub extra_args: ExtraArgs,
+    /// A control-plane joiner's datastore quota and backup settings (`k8sd init`'s). Skipped
+    /// when unset, so an older daemon still accepts the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_retention: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -219,6 +219,9 @@ impl Daemon {
             node_name: t.node_name(args.node_name.as_deref())?,
             advertise_address: args.advertise_address.clone(),
             extra_args: args.extra_args.clone(),
+            quota_backend_bytes: args.quota_backend_bytes,
+            backup_schedule: args.backup_schedule.clone(),
+            backup_retention: args.backup_retention,
             ..Default::default()
         };
         let mut cfg = config::validate(&req, &config::host_name(), &config::local_addresses())?;

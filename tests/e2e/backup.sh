@@ -18,8 +18,9 @@
 #      key), the running Deployment, the byte-identical cluster CA, a revision >= the backed-up
 #      one, the archived datastore quota (node.yaml and the running datastore), and none of the
 #      old cluster's tokens;
-#   5. n3 joins the restored cluster with a new token from `k8sd add-node`, both are Ready, and
-#      n3's datastore replica holds the restored data (it came as a Raft snapshot);
+#   5. n3 joins the restored cluster with a new token from `k8sd add-node` and
+#      `--quota-backend-bytes`, both are Ready, n3's datastore replica holds the restored data
+#      (it came as a Raft snapshot), and n3 runs with the quota it was given (node.yaml, status);
 #   6. restore refuses a second time on the initialised n2, naming its data dir, and changes
 #      nothing.
 set -uo pipefail
@@ -254,7 +255,7 @@ check "the old cluster's join token is gone" no_old_tokens
 
 log "5. n3 joins the restored cluster with a new token"
 tok=$(k 2 add-node 2>/dev/null)
-if [[ -n $tok ]] && k 3 join --name n3 "$tok" >/dev/null; then pass "n3: add-node + join"; else fail "n3: add-node + join"; fi
+if [[ -n $tok ]] && k 3 join --name n3 --quota-backend-bytes "$quota" "$tok" >/dev/null; then pass "n3: add-node + join"; else fail "n3: add-node + join"; fi
 both_ready() {
   [[ $(kc 2 get nodes --no-headers | awk '($1=="n1"||$1=="n3") && $2=="Ready"' | wc -l) == 2 ]]
 }
@@ -266,6 +267,7 @@ replica_has_data() {
   etcdctl_on 3 get /registry/configmaps/default/keepme --print-value-only | grep -qa answer && ((r >= backed_rev))
 }
 check "n3's datastore replica holds the restored data and revisions" wait_for 60 "n3's replica" replica_has_data
+check "n3 runs with the quota given to join (node.yaml, k8sd status)" quota_is 3
 
 log "6. restore refuses on the initialised node"
 again_refused() {
