@@ -87,9 +87,11 @@ pub struct Store {
     meta: Meta,
 }
 
+/// How long a connection waits for a lock before SQLITE_BUSY.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn configure(conn: &Connection, path: &Path) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(sq(path))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sq(path))?;
     conn.pragma_update(None, "foreign_keys", false)
         .map_err(sq(path))?;
     conn.pragma_update(None, "cache_size", -16_000)
@@ -779,6 +781,16 @@ pub fn execute_range(
 /// writer while it runs), while an idle or lightly loaded store keeps a WAL no bigger than this.
 pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
+/// `wal_checkpoint(TRUNCATE)` on `conn` with a busy timeout of 0, so it never waits for the
+/// writer or a reader, then the connection's usual `busy` timeout again. Returns SQLite's busy
+/// column: 0 when the WAL was copied back and truncated, 1 when something was in the way.
+pub fn truncate_wal_nowait(conn: &Connection, busy: std::time::Duration) -> rusqlite::Result<i64> {
+    conn.busy_timeout(std::time::Duration::ZERO)?;
+    let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+    conn.busy_timeout(busy)?;
+    done
+}
+
 /// Copies committed WAL pages into the database file, off the writer's path. Without it, every
 /// thousandth commit would pay for a checkpoint (and its fsync) while clients wait.
 #[derive(Debug)]
@@ -833,16 +845,7 @@ impl Checkpointer {
     /// truncate itself; a commit arriving meanwhile waits that long, readers never wait.
     fn truncate(&mut self) -> Result<()> {
         let path = self.path.clone();
-        self.conn
-            .busy_timeout(std::time::Duration::ZERO)
-            .map_err(sq(&path))?;
-        let done = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
-        self.conn
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sq(&path))?;
-        match done {
+        match truncate_wal_nowait(&self.conn, BUSY_TIMEOUT) {
             // Busy (0 = done, 1 = a reader or the writer was in the way): retried next time.
             Ok(_) => {
                 self.last_frames = -1;

@@ -347,10 +347,9 @@ const IDLE_TRUNCATE: std::time::Duration = std::time::Duration::from_secs(2);
 /// thread while idle. It does not wait for readers (busy timeout 0): if one holds the WAL, the
 /// truncate is skipped and retried after the next idle period.
 fn truncate_wal(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.busy_timeout(std::time::Duration::ZERO)?;
-    let busy: rusqlite::Result<i64> = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(busy? == 0)
+    // 5 s: rusqlite's default, which log.db's connection keeps.
+    let busy = crate::datastore::mvcc::truncate_wal_nowait(conn, std::time::Duration::from_secs(5))?;
+    Ok(busy == 0)
 }
 
 /// The writer thread: group whatever is queued into one transaction, commit (fsync), then
