@@ -19,13 +19,7 @@ pub async fn start(
 ) -> Result<MirrorHandle, DaemonError> {
     let tls = super::listener_tls::node_listener_tls(layout, "image mirror", &[])?;
     let addr = components::mirror_addr(cfg);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            listener: "image mirror",
-            addr: addr.to_string(),
-            source,
-        })?;
+    let listener = super::listen("image mirror", addr).await?;
     let store = Arc::new(ContainerdStore {
         ctr: runtime.ctr(),
         address: layout.containerd_socket(),

@@ -156,6 +156,20 @@ pub enum DaemonError {
     },
 }
 
+/// Bind one of the node's TCP listeners; the error names the listener and its address.
+async fn listen(
+    listener: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            listener,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
     move |source| DaemonError::Write {
         path: path.to_path_buf(),
@@ -734,13 +748,7 @@ impl Daemon {
         stop: watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
         let l = &self.opts.layout;
-        let listener = tokio::net::TcpListener::bind(components::datastore_addr())
-            .await
-            .map_err(|source| DaemonError::Listen {
-                listener: "datastore",
-                addr: components::datastore_addr().to_string(),
-                source,
-            })?;
+        let listener = listen("datastore", components::datastore_addr()).await?;
         let tls = TlsFiles {
             cert_file: Some(l.pki_dir().join("datastore-server.crt")),
             key_file: Some(l.pki_dir().join("datastore-server.key")),
@@ -759,14 +767,7 @@ impl Daemon {
             }
         });
         let api_addr = std::net::SocketAddr::new(cfg.advertise_address, crate::cluster::API_PORT);
-        let api_listener =
-            tokio::net::TcpListener::bind(api_addr)
-                .await
-                .map_err(|source| DaemonError::Listen {
-                    listener: "cluster API",
-                    addr: api_addr.to_string(),
-                    source,
-                })?;
+        let api_listener = listen("cluster API", api_addr).await?;
         let svc = crate::cluster::server::ClusterService {
             node: datastore.clone(),
             pki_dir: l.pki_dir(),
@@ -845,14 +846,7 @@ impl Daemon {
         );
         let identity = Identity::from_pem(&cert, &key);
         let peer_addr = std::net::SocketAddr::new(cfg.advertise_address, components::PEER_PORT);
-        let listener =
-            tokio::net::TcpListener::bind(peer_addr)
-                .await
-                .map_err(|source| DaemonError::Listen {
-                    listener: "datastore peer",
-                    addr: peer_addr.to_string(),
-                    source,
-                })?;
+        let listener = listen("datastore peer", peer_addr).await?;
         let client_url = format!("https://{}", components::datastore_addr());
         let mut rc = crate::raft::RaftConfig::new(
             l.datastore_dir(),
