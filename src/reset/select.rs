@@ -181,6 +181,27 @@ pub fn nft_tables(list: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The named network namespaces at the far end of the bridge's ports, from
+/// `ip -o link show master cni0`: each pod's veth shows `link-netns NAME` when its namespace has
+/// a file in /run/netns. Only the CRI's `cni-*` names are taken. This is how reset finds a pod
+/// namespace whose processes are gone (a sandbox whose teardown was cut short) but which its
+/// bind mount still keeps alive.
+pub fn bridge_peer_netns(links: &str) -> Vec<String> {
+    let mut out: Vec<String> = links
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|t| *t == "link-netns")?;
+            w.next()
+        })
+        .filter(|n| n.starts_with("cni-") && !n.contains('/'))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// An address range `ADDR/LEN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -311,6 +332,22 @@ pub fn is_k8sd_entry(name: &str, known: &[&str]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_bridge_names_its_pods_netns_even_without_their_processes() {
+        let links = "\
+5: veth6d3a1f2c@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master cni0 state UP mode DEFAULT group default \\    link/ether 6a:01:02:03:04:05 brd ff:ff:ff:ff:ff:ff link-netns cni-0d4f3c2e-1b2a-4c5d-8e9f-0a1b2c3d4e5f
+6: veth11aa22bb@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master cni0 state UP mode DEFAULT group default \\    link/ether 6a:01:02:03:04:06 brd ff:ff:ff:ff:ff:ff link-netnsid 3
+7: veth33cc44dd@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master cni0 state UP mode DEFAULT group default \\    link/ether 6a:01:02:03:04:07 brd ff:ff:ff:ff:ff:ff link-netns other-tool
+8: veth55ee66ff@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master cni0 state UP mode DEFAULT group default \\    link/ether 6a:01:02:03:04:08 brd ff:ff:ff:ff:ff:ff link-netns cni-0d4f3c2e-1b2a-4c5d-8e9f-0a1b2c3d4e5f
+";
+        assert_eq!(
+            bridge_peer_netns(links),
+            ["cni-0d4f3c2e-1b2a-4c5d-8e9f-0a1b2c3d4e5f"],
+            "only named cni-* peers, once each; an unnamed peer (link-netnsid) and another tool's are left"
+        );
+        assert!(bridge_peer_netns("").is_empty());
+    }
     use super::*;
 
     #[test]
