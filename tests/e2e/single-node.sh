@@ -7,7 +7,8 @@
 # and exec work with the apiserver verifying it), the Node carries its control-plane role,
 # pods get the cluster DNS address, and the host (which has no default route) reaches a
 # ClusterIP through the route k8sd adds for the service range, and a pull of a local image
-# (pull policy Always) succeeds through the node-local image mirror. Hardening on by default: a
+# (pull policy Always) succeeds through the node-local image mirror; image GC is on and k8sd's
+# own images are pinned against it. Hardening on by default: a
 # Secret is stored encrypted (not findable with grep in the datastore files) and still reads
 # back; every listener refuses CBC suites and TLS 1.1 and accepts TLS 1.2 with AES-GCM;
 # PodSecurity refuses hostPath and privileged pods in a fresh namespace and warns on baseline
@@ -242,6 +243,31 @@ pod_logs() { [[ $(kubectl logs deploy/bb) == 'hello from bb' ]]; }
 check "kubectl logs of a pod works" wait_for 30 "pod logs" pod_logs
 pod_dns() { local r; r=$(kubectl exec deploy/bb -- cat /etc/resolv.conf) && grep -q '^nameserver 10.96.0.10$' <<< "$r" && grep -q 'search default.svc.cluster.local' <<< "$r"; }
 check "kubectl exec works and the pod's resolv.conf names the cluster DNS" pod_dns
+
+log "2d. image GC is on, and k8sd's own images are pinned against it (none can be pulled back)"
+configz() { kubectl get --raw /api/v1/nodes/e2e-1/proxy/configz > "$work/configz.json"; }
+gc_thresholds() {
+  configz || return 1
+  [[ $(json_get "$work/configz.json" "d['kubeletconfig']['imageGCHighThresholdPercent']") == 85 &&
+     $(json_get "$work/configz.json" "d['kubeletconfig']['imageGCLowThresholdPercent']") == 80 ]]
+}
+check "the running kubelet collects images above 85 % disk use, down to 80 %" gc_thresholds
+ctr_images() {
+  CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1 ctr --address "$run/containerd/containerd.sock" \
+    --namespace k8s.io images ls
+}
+all_pinned() {
+  local listing refs ref n=0
+  listing=$(ctr_images) || return 1
+  refs=$(k8sd images list -o json | python3 -c 'import json,sys; [print(i["reference"]) for i in json.load(sys.stdin) if i["present"]]')
+  for ref in $refs; do
+    n=$((n + 1))
+    awk -v r="$ref" '$1 == r' <<< "$listing" | grep -qF io.cri-containerd.pinned=pinned \
+      || { log "not pinned: $ref"; grep -F "$ref" <<< "$listing"; return 1; }
+  done
+  ((n >= 5)) || { log "only $n catalog images present"; return 1; }
+}
+check "every image k8sd imported (pause, busybox and the add-ons) is labelled pinned in containerd" all_pinned
 
 log "2c. PodSecurity: baseline enforced and restricted warned cluster-wide; the add-ons still work"
 admission_config() {
