@@ -305,7 +305,7 @@ pub fn container_id(name: &str) -> Option<&str> {
 
 /// Entries of the data dir that k8sd creates (`docs/directories.md`); anything else is the
 /// user's and is left alone, and then the data dir itself stays too.
-pub const DATA_ENTRIES: [&str; 14] = [
+pub const DATA_ENTRIES: [&str; 15] = [
     "node.yaml",
     "pki",
     "kubeconfig",
@@ -318,6 +318,10 @@ pub const DATA_ENTRIES: [&str; 14] = [
     "pod-logs",
     "storage",
     "logs",
+    // The scheduled backups go with the rest: the node is being destroyed, and a data dir
+    // left holding only them would not be a clean host (docs/operations.md says to copy them
+    // off first).
+    "backups",
     ".k8sd-write-test",
     "lost+found",
 ];
@@ -516,6 +520,10 @@ COMMIT
         );
         assert_eq!(container_id("podabc"), None);
         assert!(is_k8sd_entry("pki", &DATA_ENTRIES));
+        assert!(
+            is_k8sd_entry("backups", &DATA_ENTRIES),
+            "scheduled backups are k8sd's"
+        );
         assert!(is_k8sd_entry(".k8sd-restore-42", &DATA_ENTRIES));
         assert!(!is_k8sd_entry("my-notes.txt", &DATA_ENTRIES));
         assert!(is_k8sd_entry("pids", &RUN_ENTRIES));

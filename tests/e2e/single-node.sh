@@ -37,6 +37,7 @@ cleanup() {
   # `k8sd reset` first (step 8 checks it); teardown-host.sh stays as a safety net for the
   # machine should reset fail or the suite stop before it.
   [[ -d $data || -d $run ]] && k8sd reset --force >/dev/null 2>&1
+  [[ -n ${leak:-} ]] && ip netns del "$leak" 2>/dev/null
   stop_daemon
   "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$data/kubelet" \
     --containerd-address "$run/containerd/containerd.sock" --containerd-root "$data/containerd" \
@@ -532,6 +533,18 @@ pod_netns_files() {
 }
 pod_netns_files > "$work/pod-netns.before"
 check "before: pods' netns files exist ($(wc -l < "$work/pod-netns.before"))" test -s "$work/pod-netns.before"
+# A pod netns whose processes are gone (its sandbox teardown cut short by a killed containerd):
+# no process is in it, but its file keeps it alive with its veth on cni0, as the CNI left it.
+leak=cni-00000000-0000-4e2e-8000-$(printf '%012d' $$)
+leak_made() {
+  ip netns add "$leak" && in_host "$ns" ip link add k8sd-leak0 type veth peer name eth0 netns "$leak" \
+    && in_host "$ns" ip link set k8sd-leak0 master cni0 up && [[ -z $(ip netns pids "$leak") ]]
+}
+check "before: a process-less pod netns ($leak) hangs on cni0" leak_made
+# The scheduled backups live in the data dir too (made by hand here: the default schedule runs
+# at 00:00 and 12:00 UTC).
+mkdir -m 700 "$data/backups"
+check "before: a backup archive in <data dir>/backups" k8sd backup --output "$data/backups/before-reset.tar.gz"
 check "before: mounts under the data and run dirs exist ($(our_mounts | wc -l))" bash -c "[[ $(our_mounts | wc -l) -gt 0 ]]"
 check "before: the node's cgroup root exists" bash -c "[[ $(our_cgroups | wc -l) -gt 0 ]]"
 check "before: processes of the node run" bash -c "[[ $(our_procs | wc -l) -gt 0 ]]"
@@ -566,11 +579,12 @@ check "after: the daemon is gone" bash -c "! kill -0 $daemon_before 2>/dev/null"
 check "after: no mount under the data or run dir" none our_mounts
 netns_gone() { local f; while read -r f; do [[ -e $f ]] && { log "still there: $f"; return 1; }; done < "$work/pod-netns.before"; return 0; }
 check "after: the pods' netns files are gone" netns_gone
+check "after: the process-less pod netns on cni0 is gone too" bash -c "[[ ! -e /run/netns/$leak ]]"
 check "after: no cgroup under the node's cgroup root (nor the root)" none our_cgroups
 check "after: no KUBE-*/CNI-* chains and no kube-proxy nft table in the node's netns" none our_chains
 check "after: no cni0 in the node's netns" bash -c "! ip -n $ns link show cni0 >/dev/null 2>&1"
 check "after: no service route in the node's netns" bash -c "[[ -z \$(ip -n $ns route show 10.96.0.0/12) ]]"
-check "after: the data dir and run dir are gone" bash -c "[[ ! -e $data && ! -e $run ]]"
+check "after: the data dir (backups included) and run dir are gone" bash -c "[[ ! -e $data && ! -e $run ]]"
 check "after: the node's own netns and its eth0 address are kept" bash -c "ip -n $ns addr show eth0 | grep -q $node_ip/24"
 again() {
   local out rc
