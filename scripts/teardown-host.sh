@@ -6,7 +6,8 @@
 #   1. pods: kill and remove every container of the CRI namespace (k8s.io) through ctr, kill
 #      whatever is left in the kubepods cgroups, then kill this containerd's shims
 #   2. mounts under the kubelet root and containerd's root and state (volumes, sandbox shm,
-#      overlay rootfs) and the pods' network namespaces, deepest first
+#      overlay rootfs) and the pods' network namespaces (named by their sandboxes, or by the
+#      veths on cni0 for a pod whose sandbox is gone), deepest first
 #   3. kubepods cgroups in every hierarchy, depth-first
 #   4. the cni0 bridge
 #   5. CNI-* and KUBE-* iptables chains (legacy and nft backends, IPv4 and IPv6) and
@@ -95,6 +96,10 @@ if [[ -S "$address" ]] && ctr --address "$address" version >/dev/null 2>&1; then
   done
   ((${#container_ids[@]} == 0)) || log "removed ${#container_ids[@]} container(s) from containerd at $address"
 fi
+# A pod whose sandbox teardown was cut short (its containerd killed) has no container left, but
+# its netns file still keeps the namespace, and the veth in it, alive: the bridge names it.
+while read -r ns; do pod_netns+=("/run/netns/$ns"); done < <(in_net ip -o link show master cni0 2>/dev/null \
+  | grep -oE 'link-netns cni-[0-9a-f-]+' | cut -d' ' -f2 | sort -u)
 
 cgroup_dirs() {  # every kubepods cgroup (or the private root) in every hierarchy, deepest first
   local base

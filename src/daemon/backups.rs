@@ -72,8 +72,9 @@ fn snapshot(db: &Path, into: &Path) -> Result<SnapshotInfo, String> {
     Ok(SnapshotInfo { revision, cluster_id })
 }
 
-/// The last scheduled backup and the next one, for `k8sd status`. In memory: after a restart
-/// status says none has run yet, and an `every N` schedule counts from the start.
+/// The last scheduled backup and the next one, for `k8sd status`. The last one is also kept in
+/// `<data dir>/backups/last-scheduled.json` ([`LAST_FILE`]), so after a restart status still
+/// shows it and an `every N` schedule counts from it, not from the start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScheduleState {
     pub schedule: String,
@@ -89,6 +90,61 @@ pub struct LastBackup {
     pub time: i64,
     /// The archive written, or why none was.
     pub result: Result<PathBuf, String>,
+}
+
+/// The file in the backups dir that records the last scheduled backup (0600).
+pub const LAST_FILE: &str = "last-scheduled.json";
+
+/// [`LastBackup`] as stored in [`LAST_FILE`]: exactly one of `archive` and `error`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LastRecord {
+    time: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    archive: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Record `last` in the backups dir, replacing the file atomically. A failure is returned for
+/// the log only: the record serves status and the schedule, never the archives themselves.
+fn save_last(dir: &Path, last: &LastBackup) -> Result<(), String> {
+    let (archive, error) = match &last.result {
+        Ok(p) => (Some(p.clone()), None),
+        Err(e) => (None, Some(e.clone())),
+    };
+    let record = LastRecord {
+        time: last.time,
+        archive,
+        error,
+    };
+    let path = dir.join(LAST_FILE);
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
+    crate::pki::write_atomic(&path, &json, 0o600).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The last scheduled backup recorded in the backups dir: `Ok(None)` when none has run yet,
+/// an error naming the file when it cannot be read or parsed.
+fn load_last(dir: &Path) -> Result<Option<LastBackup>, String> {
+    let path = dir.join(LAST_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let bad = |why: String| {
+        format!(
+            "{} is damaged ({why}); the next scheduled backup replaces it",
+            path.display()
+        )
+    };
+    let r: LastRecord = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let result = match (r.archive, r.error) {
+        (Some(a), None) => Ok(a),
+        (None, Some(e)) => Err(e),
+        _ => return Err(bad("it must name exactly one of archive and error".into())),
+    };
+    Ok(Some(LastBackup { time: r.time, result }))
 }
 
 /// Shared between the loop and status.
@@ -117,14 +173,18 @@ pub fn spawn(
             }
         }
     };
+    let recorded = load_last(&layout.backups_dir()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the last scheduled backup is unknown");
+        None
+    });
     *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(ScheduleState {
         schedule: plan.schedule.to_string(),
         retention: plan.retention,
-        last: None,
+        last: recorded.clone(),
         next_due: None,
     });
     tokio::spawn(async move {
-        let mut last: Option<i64> = None;
+        let mut last: Option<i64> = recorded.map(|l| l.time);
         loop {
             let now = unix_now();
             let Some(due) = plan.schedule.next_run(last, now) else {
@@ -155,12 +215,14 @@ pub fn spawn(
                     tracing::error!(error = %e, "scheduled backup failed; the next one is still due on schedule")
                 }
             }
-            set(&|s| {
-                s.last = Some(LastBackup {
-                    time: started,
-                    result: res.clone(),
-                })
-            });
+            let record = LastBackup {
+                time: started,
+                result: res,
+            };
+            if let Err(e) = save_last(&layout.backups_dir(), &record) {
+                tracing::warn!(error = %e, "the last scheduled backup's result is not kept across restarts");
+            }
+            set(&|s| s.last = Some(record.clone()));
         }
     });
 }
@@ -181,7 +243,7 @@ fn take_scheduled(layout: &Layout, node: &NodeConfig, keep: u32, now: i64) -> Re
         .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let out = dir.join(schedule::archive_name(&node.node_name, &archive::stamp(now)));
-    write_node_backup(layout, node, &out, now).map_err(|e| e.to_string())?;
+    write_node_backup(layout, node, &out, now).map_err(|e| scheduled_error(&e, &dir))?;
     let names: Vec<String> = std::fs::read_dir(&dir)
         .map_err(|e| {
             format!(
@@ -199,6 +261,36 @@ fn take_scheduled(layout: &Layout, node: &NodeConfig, keep: u32, now: i64) -> Re
         }
     }
     Ok(out)
+}
+
+/// A scheduled backup's failure, in words for the node's operator: where `k8sd backup` would
+/// suggest `--output`, a schedule has no flags, so say what to change instead.
+fn scheduled_error(e: &BackupError, dir: &Path) -> String {
+    let out_of_space = match e {
+        BackupError::Snapshot { .. } => true,
+        BackupError::Write { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+        _ => false,
+    };
+    if !out_of_space {
+        return e.to_string();
+    }
+    let what = match e {
+        BackupError::Snapshot { path, reason } => {
+            format!(
+                "cannot snapshot the datastore into {} (it needs room for a full copy of the datastore): {reason}",
+                path.display()
+            )
+        }
+        BackupError::Write { path, source } => {
+            format!("cannot write the backup to {}: {source}", path.display())
+        }
+        _ => unreachable!("matched above"),
+    };
+    format!(
+        "{what}; free space on the filesystem of {}, or keep fewer archives (backup-retention in node.yaml), \
+         or turn the schedule off (backup-schedule: off) and take backups elsewhere with `k8sd backup --output`",
+        dir.display()
+    )
 }
 
 #[cfg(test)]
@@ -247,10 +339,51 @@ mod tests {
         // No datastore in this data dir: the snapshot fails.
         let e = take_scheduled(&layout, &node(Role::ControlPlane), 1, 1_796_515_200).unwrap_err();
         assert!(e.contains("cannot snapshot the datastore"), "{e}");
+        assert!(e.contains("backup-retention in node.yaml"), "{e}");
+        assert!(!e.contains("pass --output"), "a schedule has no --output: {e}");
         assert!(old.exists(), "retention ran after a failure");
         assert_eq!(
             std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn the_last_scheduled_backup_survives_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        assert_eq!(load_last(dir), Ok(None), "nothing recorded yet");
+        for last in [
+            LastBackup {
+                time: 1_796_515_200,
+                result: Ok(dir.join("k8sd-scheduled-backup-n1-x.tar.gz")),
+            },
+            LastBackup {
+                time: 1_796_515_260,
+                result: Err("cannot snapshot: disk full".into()),
+            },
+        ] {
+            save_last(dir, &last).unwrap();
+            assert_eq!(load_last(dir), Ok(Some(last)));
+            let mode = std::fs::metadata(dir.join(LAST_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_is_named_and_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(LAST_FILE), b"{\"time\": 1}").unwrap();
+        let e = load_last(d.path()).unwrap_err();
+        assert!(
+            e.contains(LAST_FILE) && e.contains("exactly one of archive and error"),
+            "{e}"
+        );
+        std::fs::write(d.path().join(LAST_FILE), b"not json").unwrap();
+        let e = load_last(d.path()).unwrap_err();
+        assert!(e.contains("is damaged"), "{e}");
     }
 }

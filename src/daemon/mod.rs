@@ -1042,7 +1042,9 @@ fn component_of(c: pki::Consumer) -> Option<&'static str> {
     }
 }
 
-/// Import every image tarball into containerd's k8s.io namespace (idempotent).
+/// Import every image tarball into containerd's k8s.io namespace and pin it (idempotent).
+/// Pinned, because none of them can be pulled back on an offline host: the kubelet's image
+/// GC (on above 85 % disk use, assets/kubelet/config.yaml) then frees only other images.
 fn import_images(ctr: &Path, sock: &Path, dir: &Path) -> bool {
     // Every image of the catalog whose tarball was built; only the sandbox image is required,
     // the add-ons are imported when scripts/build-images.sh packed them.
@@ -1055,7 +1057,9 @@ fn import_images(ctr: &Path, sock: &Path, dir: &Path) -> bool {
             }
             continue;
         }
-        if let Err(e) = crate::images::import(ctr, sock, &tarball) {
+        let imported = crate::images::import(ctr, sock, &tarball)
+            .and_then(|()| crate::images::pin(ctr, sock, &entry.reference));
+        if let Err(e) = imported {
             tracing::warn!(error = %e, "image import failed; retrying");
             return false;
         }

@@ -512,6 +512,30 @@ fn import_command_targets_the_cri_namespace_of_the_given_socket() {
 }
 
 #[test]
+fn pin_command_labels_the_reference_in_the_cri_namespace() {
+    let cmd = pin_command(
+        Path::new("/rt/ctr"),
+        Path::new("/run/x/containerd.sock"),
+        "k8sd.local/pause:3.10",
+    );
+    assert_eq!(cmd.get_program(), "/rt/ctr");
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    assert_eq!(
+        args,
+        [
+            "--address",
+            "/run/x/containerd.sock",
+            "--namespace",
+            "k8s.io",
+            "images",
+            "label",
+            "k8sd.local/pause:3.10",
+            "io.cri-containerd.pinned=pinned"
+        ]
+    );
+}
+
+#[test]
 fn containerd_template_names_our_pause_image() {
     // containerd 2 (config version 3): the CRI images plugin's pinned sandbox image.
     let template = include_str!("../../assets/containerd/config.toml");

@@ -423,13 +423,19 @@ fn unmount_ours(t: &Target, r: &mut Report) {
 }
 
 /// The network namespaces of the node's pods, as (device, inode) of their nsfs files, except
-/// the namespace reset runs in (the node's own, which host-network pods share).
+/// the namespace reset runs in (the node's own, which host-network pods share): those its
+/// processes are in, and those at the far end of its bridge's ports, which a pod whose
+/// processes are gone may still hold (its sandbox's teardown was cut short).
 fn pod_network_namespaces(t: &Target) -> BTreeSet<(u64, u64)> {
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let own = id(Path::new("/proc/self/ns/net"));
+    let bridged = run("ip", &["-o", "link", "show", "master", select::CNI_BRIDGE], None)
+        .map(|links| select::bridge_peer_netns(&links))
+        .unwrap_or_default();
     cgroup_pids(t)
         .into_iter()
         .filter_map(|pid| id(Path::new(&format!("/proc/{pid}/ns/net"))))
+        .chain(bridged.iter().filter_map(|n| id(&Path::new(NETNS_DIR).join(n))))
         .filter(|ns| Some(*ns) != own)
         .collect()
 }

@@ -181,6 +181,27 @@ pub fn nft_tables(list: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The named network namespaces at the far end of the bridge's ports, from
+/// `ip -o link show master cni0`: each pod's veth shows `link-netns NAME` when its namespace has
+/// a file in /run/netns. Only the CRI's `cni-*` names are taken. This is how reset finds a pod
+/// namespace whose processes are gone (a sandbox whose teardown was cut short) but which its
+/// bind mount still keeps alive.
+pub fn bridge_peer_netns(links: &str) -> Vec<String> {
+    let mut out: Vec<String> = links
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|t| *t == "link-netns")?;
+            w.next()
+        })
+        .filter(|n| n.starts_with("cni-") && !n.contains('/'))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// An address range `ADDR/LEN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -284,7 +305,7 @@ pub fn container_id(name: &str) -> Option<&str> {
 
 /// Entries of the data dir that k8sd creates (`docs/directories.md`); anything else is the
 /// user's and is left alone, and then the data dir itself stays too.
-pub const DATA_ENTRIES: [&str; 14] = [
+pub const DATA_ENTRIES: [&str; 15] = [
     "node.yaml",
     "pki",
     "kubeconfig",
@@ -297,6 +318,10 @@ pub const DATA_ENTRIES: [&str; 14] = [
     "pod-logs",
     "storage",
     "logs",
+    // The scheduled backups go with the rest: the node is being destroyed, and a data dir
+    // left holding only them would not be a clean host (docs/operations.md says to copy them
+    // off first).
+    "backups",
     ".k8sd-write-test",
     "lost+found",
 ];
@@ -311,6 +336,22 @@ pub fn is_k8sd_entry(name: &str, known: &[&str]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_bridge_names_its_pods_netns_even_without_their_processes() {
+        let links = "\
+5: veth6d3a1f2c@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master cni0 state UP mode DEFAULT group default \\    link/ether 6a:01:02:03:04:05 brd ff:ff:ff:ff:ff:ff link-netns cni-0d4f3c2e-1b2a-4c5d-8e9f-0a1b2c3d4e5f
+6: veth11aa22bb@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master cni0 state UP mode DEFAULT group default \\    link/ether 6a:01:02:03:04:06 brd ff:ff:ff:ff:ff:ff link-netnsid 3
+7: veth33cc44dd@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master cni0 state UP mode DEFAULT group default \\    link/ether 6a:01:02:03:04:07 brd ff:ff:ff:ff:ff:ff link-netns other-tool
+8: veth55ee66ff@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master cni0 state UP mode DEFAULT group default \\    link/ether 6a:01:02:03:04:08 brd ff:ff:ff:ff:ff:ff link-netns cni-0d4f3c2e-1b2a-4c5d-8e9f-0a1b2c3d4e5f
+";
+        assert_eq!(
+            bridge_peer_netns(links),
+            ["cni-0d4f3c2e-1b2a-4c5d-8e9f-0a1b2c3d4e5f"],
+            "only named cni-* peers, once each; an unnamed peer (link-netnsid) and another tool's are left"
+        );
+        assert!(bridge_peer_netns("").is_empty());
+    }
     use super::*;
 
     #[test]
@@ -479,6 +520,10 @@ COMMIT
         );
         assert_eq!(container_id("podabc"), None);
         assert!(is_k8sd_entry("pki", &DATA_ENTRIES));
+        assert!(
+            is_k8sd_entry("backups", &DATA_ENTRIES),
+            "scheduled backups are k8sd's"
+        );
         assert!(is_k8sd_entry(".k8sd-restore-42", &DATA_ENTRIES));
         assert!(!is_k8sd_entry("my-notes.txt", &DATA_ENTRIES));
         assert!(is_k8sd_entry("pids", &RUN_ENTRIES));

@@ -7,7 +7,7 @@
 #      to every 20 s keeping 2; a ConfigMap, a Secret and a Deployment; a join token never used;
 #   1b. scheduled archives appear in <data dir>/backups (0700, archives 0600), pass the manifest
 #      checks below, only the 2 newest are kept, and `k8sd status` (text, -o json) shows the last
-#      one and the next due time;
+#      one and the next due time, still right after n1's daemon restarts;
 #   2. `k8sd backup` while the cluster serves: the archive is 0600 and its manifest names the
 #      revision, the versions and a SHA-256 per file; an existing output, a missing directory
 #      and a full disk are refused, naming the path and leaving no partial file;
@@ -160,6 +160,21 @@ sched_status() {
     { log "status: $(cat "$j")"; log "$txt"; return 1; }
 }
 check "k8sd status (text and -o json) shows the schedule, the last scheduled backup ok with its path, and the next due time" sched_status
+# The last result outlives the daemon: right after a restart, status shows it (without the record
+# it would say none has run until the first one after the start, 20 s later).
+last0=$(json_get "$work/status-sched.json" "d['scheduled-backups']['last']['time']")
+pid=$(daemon_pid 1); kill -TERM "$pid"
+for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+k_start 1 "$work/n1-restart.log"
+status_answers() { k 1 status -o json > "$work/status-restart.json" 2>/dev/null; }
+last_kept() {
+  wait_for 60 "n1's status after the restart" status_answers || return 1
+  [[ $(json_get "$work/status-restart.json" "(lambda l: l is not None and l['ok'] and l['time'] >= $last0)(d['scheduled-backups']['last'])") == True \
+    && $(stat -c %a "$bdir/last-scheduled.json") == 600 ]] ||
+    { log "status: $(cat "$work/status-restart.json")"; ls -l "$bdir"; return 1; }
+}
+check "after a restart, status still shows the last scheduled backup (backups/last-scheduled.json, 0600)" last_kept
+wait_for 120 "n1 Ready again after its restart" k 1 status --wait-ready >/dev/null
 exists_refused() {
   local out sum; sum=$(sha256sum < "$archive")
   out=$(k 1 backup --output "$archive" 2>&1) && return 1

@@ -81,7 +81,18 @@ for i in 2 3; do
   if ((i == 2)); then how=("$tok") what="as an argument"; else how=(--token-file "$work/token-n$i") what="from a file"; fi
   if k "$i" join --name "n$i" "${how[@]}" >/dev/null; then pass "n$i: k8sd join (control plane; token $what)"; else fail "n$i: k8sd join"; exit 1; fi
 done
+# A worker's name comes from its token, never from the joiner.
+unnamed_refused() {
+  local out rc; out=$(k 1 add-node --worker 2>&1); rc=$?
+  ((rc == 2)) && [[ $out == *--name* ]] || { log "rc=$rc: $out"; return 1; }
+}
+check "add-node --worker without --name exits 2 naming --name" unnamed_refused
 tok=$(k 1 add-node --worker --name n4 2>/dev/null) || { fail "add-node --worker"; exit 1; }
+other_name_refused() {
+  local out; out=$(k 4 join --worker --name other --token-file - <<<"$tok" 2>&1) && return 1
+  [[ $out == *'reserved for node name "n4", not "other"'* && ! -e $(data_of 4)/node.yaml ]] || { log "got: $out"; return 1; }
+}
+check "join --worker --name other with n4's token is refused, naming both, and writes nothing" other_name_refused
 if k 4 join --worker --token-file - <<<"$tok" >/dev/null; then pass "n4: k8sd join --worker (token on standard input, name from the token)"; else fail "n4: k8sd join --worker"; exit 1; fi
 
 three_voters() { status_says 1 "$@"; }

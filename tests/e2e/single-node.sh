@@ -7,7 +7,8 @@
 # and exec work with the apiserver verifying it), the Node carries its control-plane role,
 # pods get the cluster DNS address, and the host (which has no default route) reaches a
 # ClusterIP through the route k8sd adds for the service range, and a pull of a local image
-# (pull policy Always) succeeds through the node-local image mirror. Hardening on by default: a
+# (pull policy Always) succeeds through the node-local image mirror; image GC is on and k8sd's
+# own images are pinned against it. Hardening on by default: a
 # Secret is stored encrypted (not findable with grep in the datastore files) and still reads
 # back; every listener refuses CBC suites and TLS 1.1 and accepts TLS 1.2 with AES-GCM;
 # PodSecurity refuses hostPath and privileged pods in a fresh namespace and warns on baseline
@@ -36,6 +37,7 @@ cleanup() {
   # `k8sd reset` first (step 8 checks it); teardown-host.sh stays as a safety net for the
   # machine should reset fail or the suite stop before it.
   [[ -d $data || -d $run ]] && k8sd reset --force >/dev/null 2>&1
+  [[ -n ${leak:-} ]] && ip netns del "$leak" 2>/dev/null
   stop_daemon
   "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$data/kubelet" \
     --containerd-address "$run/containerd/containerd.sock" --containerd-root "$data/containerd" \
@@ -242,6 +244,31 @@ pod_logs() { [[ $(kubectl logs deploy/bb) == 'hello from bb' ]]; }
 check "kubectl logs of a pod works" wait_for 30 "pod logs" pod_logs
 pod_dns() { local r; r=$(kubectl exec deploy/bb -- cat /etc/resolv.conf) && grep -q '^nameserver 10.96.0.10$' <<< "$r" && grep -q 'search default.svc.cluster.local' <<< "$r"; }
 check "kubectl exec works and the pod's resolv.conf names the cluster DNS" pod_dns
+
+log "2d. image GC is on, and k8sd's own images are pinned against it (none can be pulled back)"
+configz() { kubectl get --raw /api/v1/nodes/e2e-1/proxy/configz > "$work/configz.json"; }
+gc_thresholds() {
+  configz || return 1
+  [[ $(json_get "$work/configz.json" "d['kubeletconfig']['imageGCHighThresholdPercent']") == 85 &&
+     $(json_get "$work/configz.json" "d['kubeletconfig']['imageGCLowThresholdPercent']") == 80 ]]
+}
+check "the running kubelet collects images above 85 % disk use, down to 80 %" gc_thresholds
+ctr_images() {
+  CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1 ctr --address "$run/containerd/containerd.sock" \
+    --namespace k8s.io images ls
+}
+all_pinned() {
+  local listing refs ref n=0
+  listing=$(ctr_images) || return 1
+  refs=$(k8sd images list -o json | python3 -c 'import json,sys; [print(i["reference"]) for i in json.load(sys.stdin) if i["present"]]')
+  for ref in $refs; do
+    n=$((n + 1))
+    awk -v r="$ref" '$1 == r' <<< "$listing" | grep -qF io.cri-containerd.pinned=pinned \
+      || { log "not pinned: $ref"; grep -F "$ref" <<< "$listing"; return 1; }
+  done
+  ((n >= 5)) || { log "only $n catalog images present"; return 1; }
+}
+check "every image k8sd imported (pause, busybox and the add-ons) is labelled pinned in containerd" all_pinned
 
 log "2c. PodSecurity: baseline enforced and restricted warned cluster-wide; the add-ons still work"
 admission_config() {
@@ -506,6 +533,18 @@ pod_netns_files() {
 }
 pod_netns_files > "$work/pod-netns.before"
 check "before: pods' netns files exist ($(wc -l < "$work/pod-netns.before"))" test -s "$work/pod-netns.before"
+# A pod netns whose processes are gone (its sandbox teardown cut short by a killed containerd):
+# no process is in it, but its file keeps it alive with its veth on cni0, as the CNI left it.
+leak=cni-00000000-0000-4e2e-8000-$(printf '%012d' $$)
+leak_made() {
+  ip netns add "$leak" && in_host "$ns" ip link add k8sd-leak0 type veth peer name eth0 netns "$leak" \
+    && in_host "$ns" ip link set k8sd-leak0 master cni0 up && [[ -z $(ip netns pids "$leak") ]]
+}
+check "before: a process-less pod netns ($leak) hangs on cni0" leak_made
+# The scheduled backups live in the data dir too (made by hand here: the default schedule runs
+# at 00:00 and 12:00 UTC).
+mkdir -m 700 "$data/backups"
+check "before: a backup archive in <data dir>/backups" k8sd backup --output "$data/backups/before-reset.tar.gz"
 check "before: mounts under the data and run dirs exist ($(our_mounts | wc -l))" bash -c "[[ $(our_mounts | wc -l) -gt 0 ]]"
 check "before: the node's cgroup root exists" bash -c "[[ $(our_cgroups | wc -l) -gt 0 ]]"
 check "before: processes of the node run" bash -c "[[ $(our_procs | wc -l) -gt 0 ]]"
@@ -540,11 +579,12 @@ check "after: the daemon is gone" bash -c "! kill -0 $daemon_before 2>/dev/null"
 check "after: no mount under the data or run dir" none our_mounts
 netns_gone() { local f; while read -r f; do [[ -e $f ]] && { log "still there: $f"; return 1; }; done < "$work/pod-netns.before"; return 0; }
 check "after: the pods' netns files are gone" netns_gone
+check "after: the process-less pod netns on cni0 is gone too" bash -c "[[ ! -e /run/netns/$leak ]]"
 check "after: no cgroup under the node's cgroup root (nor the root)" none our_cgroups
 check "after: no KUBE-*/CNI-* chains and no kube-proxy nft table in the node's netns" none our_chains
 check "after: no cni0 in the node's netns" bash -c "! ip -n $ns link show cni0 >/dev/null 2>&1"
 check "after: no service route in the node's netns" bash -c "[[ -z \$(ip -n $ns route show 10.96.0.0/12) ]]"
-check "after: the data dir and run dir are gone" bash -c "[[ ! -e $data && ! -e $run ]]"
+check "after: the data dir (backups included) and run dir are gone" bash -c "[[ ! -e $data && ! -e $run ]]"
 check "after: the node's own netns and its eth0 address are kept" bash -c "ip -n $ns addr show eth0 | grep -q $node_ip/24"
 again() {
   local out rc
