@@ -303,8 +303,8 @@ struct Inner {
     contact: LeaderContact,
 }
 
-/// Load this node's id, or create one: a random non-zero u64, written atomically and fsync'd
-/// before first use so that the id a peer learns can never change under it.
+/// Load this node's id, or create one: a random non-zero u64, written atomically and durably
+/// (`atomic_file`) before first use so that the id a peer learns can never change under it.
 pub fn load_or_create_node_id(raft_dir: &Path) -> Result<u64, RaftNodeError> {
     let path = raft_dir.join("node-id");
     let io = |source| RaftNodeError::NodeId {
@@ -319,22 +319,17 @@ pub fn load_or_create_node_id(raft_dir: &Path) -> Result<u64, RaftNodeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(raft_dir).map_err(io)?;
             let id = rand::random::<u64>() >> 1 | 1;
-            write_durably(raft_dir, "node-id", format!("{id:016x}\n").as_bytes()).map_err(io)?;
+            crate::atomic_file::replace(&path, format!("{id:016x}\n").as_bytes(), RAFT_FILE_MODE)
+                .map_err(|e| io(e.source))?;
             Ok(id)
         }
         Err(e) => Err(io(e)),
     }
 }
 
-/// Replace `dir/name` with `contents` atomically and durably: a temporary file, fsync, rename,
-/// then fsync of the directory, so a crash leaves the old file or the new one, never a part.
-pub(crate) fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    std::fs::write(&tmp, contents)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
-}
+/// The mode of the small files under `raft/` (`node-id`, `removed-members`): readable by
+/// anyone, as the ids they hold are no secret (every peer and `k8sd status` show them).
+pub(crate) const RAFT_FILE_MODE: u32 = 0o644;
 
 fn stopped(e: impl std::fmt::Display) -> RaftNodeError {
     RaftNodeError::Stopped(e.to_string())

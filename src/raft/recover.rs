@@ -218,7 +218,8 @@ pub fn read_fence(raft_dir: &Path) -> Result<BTreeSet<u64>, FenceError> {
 
 fn write_fence(raft_dir: &Path, ids: &BTreeSet<u64>) -> io::Result<()> {
     let text: String = ids.iter().map(|id| format!("{id:016x}\n")).collect();
-    super::write_durably(raft_dir, FENCE_FILE, text.as_bytes())
+    crate::atomic_file::replace(&raft_dir.join(FENCE_FILE), text.as_bytes(), super::RAFT_FILE_MODE)?;
+    Ok(())
 }
 
 /// What `make_sole_voter` did.

@@ -121,10 +121,17 @@ fn each_module_names_only_the_modules_the_map_allows() {
         // daemon::config (an arrow that runs back up the layers).
         ("cluster", &["datastore", "node", "pki", "daemon"]),
     ];
+    // Leaves every module may name: they name no other module themselves (checked below).
+    let leaves = ["atomic_file"];
     let mut bad = Vec::new();
+    for leaf in leaves {
+        for dep in crate_deps(leaf) {
+            bad.push(format!("the leaf {leaf} names crate::{dep}"));
+        }
+    }
     for (module, allowed) in table {
         for dep in crate_deps(module) {
-            if !allowed.contains(&dep.as_str()) {
+            if !allowed.contains(&dep.as_str()) && !leaves.contains(&dep.as_str()) {
                 bad.push(format!("{module} names crate::{dep}"));
             }
         }
