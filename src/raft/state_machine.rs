@@ -75,6 +75,9 @@ pub struct AppliedBatch {
     pub revoked: Vec<i64>,
 }
 
+/// openraft over this state machine: the handle every part of `raft/` drives.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
 /// Called after every committed batch, on the apply task. Must not block.
 pub type ApplyHook = Arc<dyn Fn(&AppliedBatch) + Send + Sync>;
 
