@@ -5,6 +5,7 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and the invariants between them.
 
 pub mod addons;
+pub mod atomic_file;
 pub mod backup;
 pub mod cli;
 pub mod cluster;

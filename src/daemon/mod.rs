@@ -183,24 +183,15 @@ pub fn mkdir(path: &Path, mode: u32) -> Result<(), DaemonError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(write_err(path))
 }
 
-/// Write a file atomically with `mode`.
+/// Write a file atomically and durably with `mode` (`atomic_file`), creating its directory.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), DaemonError> {
-    use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(write_err(&tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(write_err(&tmp))?;
-    f.write_all(contents)
-        .and_then(|_| f.sync_all())
-        .map_err(write_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(write_err(path))
+    crate::atomic_file::replace(path, contents, mode).map_err(|e| DaemonError::Write {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Where the node is in its life, for `k8sd status`.

@@ -56,6 +56,9 @@ pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:1.37-local";
 /// File names `build_pause` and `build_busybox` write into their output directory.
 pub const PAUSE_TARBALL: &str = "pause.tar";
 pub const BUSYBOX_TARBALL: &str = "busybox.tar";
+/// Image tarballs are readable by anyone: they hold nothing secret, and build scripts and
+/// tests read them as other users.
+const TARBALL_MODE: u32 = 0o644;
 /// The containerd namespace the CRI plugin (and so the kubelet) uses.
 pub const CONTAINERD_NAMESPACE: &str = "k8s.io";
 
@@ -359,12 +362,11 @@ pub fn pack(spec: &ImageSpec, tarball: &Path) -> Result<BuiltImage, ImageError> 
     };
 
     let blobs: [&[u8]; 3] = [&layer_gz, &config_json, &manifest_json];
-    let tmp = tarball.with_extension("tar.tmp");
-    let write = || -> io::Result<()> {
-        if let Some(parent) = tarball.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        let mut out = tar::Builder::new(io::BufWriter::new(fs::File::create(&tmp)?));
+    if let Some(parent) = tarball.parent() {
+        fs::create_dir_all(parent).map_err(|source| write_err(parent, source))?;
+    }
+    crate::atomic_file::replace_with(tarball, TARBALL_MODE, |file| {
+        let mut out = tar::Builder::new(io::BufWriter::new(file));
         append_file(&mut out, "oci-layout", 0o644, oci::OCI_LAYOUT.as_bytes())?;
         append_file(&mut out, "index.json", 0o644, &to_json(&index))?;
         append_dir(&mut out, "blobs/", 0o755)?;
@@ -377,13 +379,9 @@ pub fn pack(spec: &ImageSpec, tarball: &Path) -> Result<BuiltImage, ImageError> 
                 blob,
             )?;
         }
-        out.into_inner()?.flush()?;
-        fs::rename(&tmp, tarball)
-    };
-    write().map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        write_err(tarball, source)
-    })?;
+        out.into_inner()?.flush()
+    })
+    .map_err(|e| write_err(&e.path, e.source))?;
     Ok(BuiltImage {
         reference: spec.reference.clone(),
         tarball: tarball.to_owned(),

@@ -8,10 +8,8 @@
 //! still knows the others. Reading it never fails the start: a missing, unreadable or garbled file
 //! only loses that knowledge, and the configured backends still apply.
 
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::Write;
+use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -44,8 +42,7 @@ pub(crate) fn load(path: &Path) -> Result<Option<Vec<SocketAddr>>, String> {
     Ok(Some(state.backends))
 }
 
-/// Writes `backends` to `path`: a temporary file in the same directory with mode 0600, fsynced,
-/// renamed over the target, then the directory fsynced.
+/// Writes `backends` to `path`, mode 0600, atomically and durably (`atomic_file`).
 pub(crate) fn save(path: &Path, backends: &[SocketAddr]) -> std::io::Result<()> {
     let state = StateFile {
         version: STATE_VERSION,
@@ -53,36 +50,14 @@ pub(crate) fn save(path: &Path, backends: &[SocketAddr]) -> std::io::Result<()> 
     };
     let mut json = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
     json.push(b'\n');
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(STATE_MODE)
-            .open(&tmp)?;
-        file.set_permissions(Permissions::from_mode(STATE_MODE))?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::atomic_file::replace(path, &json, STATE_MODE)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

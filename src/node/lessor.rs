@@ -101,7 +101,7 @@ impl Lessor {
     }
 }
 
-/// The leader answers followers' keep-alives from its lessor (`raft::network::LeaseClock`).
+/// The leader answers followers' keep-alives from its lessor (`raft::LeaseClock`).
 impl crate::raft::LeaseClock for Lessor {
     fn renew_now(&self, id: i64) -> Option<i64> {
         self.renew(id, Instant::now())

@@ -31,6 +31,10 @@
 //!   restarts it, and when no op has arrived for [`IDLE_TRUNCATE`] the writer thread (the only
 //!   writer, so it never waits for another) runs `wal_checkpoint(TRUNCATE)` without waiting for
 //!   readers: an idle log.db-wal is empty, not left at its high-water mark.
+//!
+//! One file of about 700 lines, on purpose: the writer thread, the readers and openraft's
+//! storage traits all work on `Shared`'s `pending` map and sequence numbers under the invariants
+//! above, and each is short; split apart, every half would reach into the other's internals.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

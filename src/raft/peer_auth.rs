@@ -57,7 +57,7 @@ pub struct PeerAuth {
 
 impl PeerAuth {
     /// Whether the caller of `req` may use the peer service. The interceptor that answers a
-    /// refusal (with a logged reason) is in `network.rs`, where the peer service's statuses are
+    /// refusal (with a logged reason) is in `service.rs`, where the peer service's statuses are
     /// built.
     pub fn check<T>(&self, req: &Request<T>) -> Result<(), PeerCertRefusal> {
         let Some(org) = &self.organization else {

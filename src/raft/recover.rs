@@ -20,7 +20,7 @@
 //! lost voters that return together still hold a quorum of the *old* configuration, elect one
 //! of themselves at a higher term and would send this node AppendEntries, which Raft accepts
 //! from any higher term, truncating the recovered log. The peer service refuses every Raft
-//! RPC whose sender (leader or candidate) is fenced (`network.rs`), so they can never reach
+//! RPC whose sender (leader or candidate) is fenced (`service.rs`), so they can never reach
 //! this node's log; they must be reset and join again with new tokens (new ids).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +37,8 @@ use super::types::{Entry, NodeInfo, StoredMembership, Vote};
 
 /// Ids of the members `k8sd recover` removed, one 16-digit hex id per line, under `raft/`.
 pub const FENCE_FILE: &str = "removed-members";
+/// The fence holds member ids, no secret: readable by anyone, as `node-id` is.
+const FENCE_MODE: u32 = 0o644;
 
 /// The membership as the recovering node sees it, and which voters answered a probe.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,7 +220,8 @@ pub fn read_fence(raft_dir: &Path) -> Result<BTreeSet<u64>, FenceError> {
 
 fn write_fence(raft_dir: &Path, ids: &BTreeSet<u64>) -> io::Result<()> {
     let text: String = ids.iter().map(|id| format!("{id:016x}\n")).collect();
-    super::write_durably(raft_dir, FENCE_FILE, text.as_bytes())
+    crate::atomic_file::replace(&raft_dir.join(FENCE_FILE), text.as_bytes(), FENCE_MODE)?;
+    Ok(())
 }
 
 /// What `make_sole_voter` did.

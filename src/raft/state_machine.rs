@@ -47,6 +47,8 @@ const MEMBERSHIP_KEY: &str = "membership";
 /// The cluster id every member reports in response headers (see `cluster_id_of`).
 const CLUSTER_ID_KEY: &str = "cluster_id";
 const CURRENT: &str = "current.json";
+/// `current.json` names the snapshot and its log position, nothing secret.
+const SNAPSHOT_FILE_MODE: u32 = 0o644;
 /// Dedup rows older than this many log entries are dropped even without a low-water mark
 /// (proposers that went away). A retry older than this is no longer recognised.
 const DEDUP_WINDOW: u64 = 100_000;
@@ -72,6 +74,9 @@ pub struct AppliedBatch {
     /// Leases whose revoke command was applied (whether or not the lease still existed).
     pub revoked: Vec<i64>,
 }
+
+/// openraft over this state machine: the handle every part of `raft/` drives.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// Called after every committed batch, on the apply task. Must not block.
 pub type ApplyHook = Arc<dyn Fn(&AppliedBatch) + Send + Sync>;
@@ -227,12 +232,13 @@ impl StateMachine {
             source,
         };
         std::fs::create_dir_all(snap_dir).map_err(io)?;
-        // A crash during a build or an install can leave a `tmp-*` copy or a `current.json.tmp`
-        // behind; nothing refers to them (the pointer is switched last), so they go.
+        // A crash during a build or an install can leave a `tmp-*` copy or a temporary
+        // `current.json` behind (`atomic_file`'s, or an older k8sd's `current.json.tmp`); nothing
+        // refers to them (the pointer is switched last), so they go.
         for e in std::fs::read_dir(snap_dir).map_err(io)?.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("tmp-") || name.ends_with(".tmp") {
+            if name.starts_with("tmp-") || name.ends_with(".tmp") || crate::atomic_file::is_temp_name(&name) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -545,11 +551,8 @@ impl SnapshotBuilder {
             meta,
             file: file.clone(),
         };
-        let tmp = self.snap_dir.join("current.json.tmp");
-        std::fs::write(&tmp, json(&cur)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, self.snap_dir.join(CURRENT))?;
-        std::fs::File::open(&self.snap_dir)?.sync_all()?;
+        // The directory fsync inside also makes the snapshot file's new name durable.
+        crate::atomic_file::replace(&self.snap_dir.join(CURRENT), &json(&cur)?, SNAPSHOT_FILE_MODE)?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(cur);
         // Older snapshots are garbage now. A sender still streaming one keeps its open file.
         for e in std::fs::read_dir(&self.snap_dir)?.flatten() {

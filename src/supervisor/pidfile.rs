@@ -37,13 +37,16 @@ pub(crate) fn path(run_dir: &Path, component: &str) -> PathBuf {
     run_dir.join(format!("{component}.pid"))
 }
 
-/// Writes the pid file atomically (temporary file, then rename), so a crash of k8sd never
-/// leaves a half-written pid that could name some other process.
+/// Pid files are readable by anyone, as a process's pid is anyway (`/proc`).
+const PID_FILE_MODE: u32 = 0o644;
+
+/// Writes the pid file atomically (`atomic_file`), so a crash of k8sd never leaves a
+/// half-written pid that could name some other process.
 pub(crate) fn write(run_dir: &Path, component: &str, pid: u32) -> io::Result<()> {
     std::fs::create_dir_all(run_dir)?;
-    let tmp = run_dir.join(format!(".{component}.pid.tmp"));
-    std::fs::write(&tmp, format!("{pid}\n"))?;
-    std::fs::rename(&tmp, path(run_dir, component))
+    let contents = format!("{pid}\n");
+    crate::atomic_file::replace(&path(run_dir, component), contents.as_bytes(), PID_FILE_MODE)?;
+    Ok(())
 }
 
 pub(crate) fn remove(run_dir: &Path, component: &str) {

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use k8sd::datastore::{Command, CommandOutput, KeyRange, Reader, StoreError, TxnRequest};
 use k8sd::raft::state_machine::AppliedBatch;
-use k8sd::raft::{Faults, RaftConfig, RaftNode, RaftNodeError, RaftStatus};
+use k8sd::raft::{RaftConfig, RaftNode, RaftNodeError, RaftStatus};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
-use crate::raft_fixture::{fast_config, must, put, read};
+use crate::raft_fixture::{Faults, fast_config, must, put, read};
 
 /// `(mod_revision, key)` of one event.
 type Seen = (i64, Vec<u8>);

@@ -1,16 +1,44 @@
 //! What the in-process Raft tests share: timings faster than production so the suites stay
 //! short, a bounded wait, a one-key write, and reading a node's SQLite file directly.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8sd::datastore::{Command, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest};
-use k8sd::raft::{Faults, RaftConfig};
+use k8sd::raft::{PeerFilter, RaftConfig};
 
 /// Production is 100 ms and 1–2 s; these stay configurable, so the tests use shorter ones.
 pub const HEARTBEAT: Duration = Duration::from_millis(50);
 pub const ELECTION: (Duration, Duration) = (Duration::from_millis(400), Duration::from_millis(800));
+
+/// Fault injection (TiKV's message filters, reduced to isolation): an isolated node can
+/// neither send nor receive peer RPCs. One `Faults` is shared by every node of a test cluster.
+#[derive(Debug, Default)]
+pub struct Faults {
+    isolated: Mutex<HashSet<u64>>,
+}
+
+impl Faults {
+    pub fn isolate(&self, id: u64) {
+        self.isolated.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    }
+
+    pub fn heal(&self, id: u64) {
+        self.isolated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+impl PeerFilter for Faults {
+    fn blocks(&self, from: u64, to: u64) -> bool {
+        let set = self.isolated.lock().unwrap_or_else(|p| p.into_inner());
+        set.contains(&from) || set.contains(&to)
+    }
+}
 
 /// A node's configuration with the test timings and a shared fault switchboard.
 pub fn fast_config(dir: &Path, name: &str, addr: &str, faults: &Arc<Faults>) -> RaftConfig {

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use k8sd::datastore::{Command, CommandOutput, Durability, KeyRange, RangeRequest};
 use k8sd::node::{Node, NodeConfig, RaftSettings};
-use k8sd::raft::{Faults, RaftConfig, RaftNode, RaftNodeError, RemoveError, RemoveOutcome};
+use k8sd::raft::{RaftConfig, RaftNode, RaftNodeError, RemoveError, RemoveOutcome};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
-use crate::raft_fixture::{ELECTION, HEARTBEAT, fast_config, must, put, put_leased, read};
+use crate::raft_fixture::{ELECTION, Faults, HEARTBEAT, fast_config, must, put, put_leased, read};
 
 fn config(
     dir: &Path,

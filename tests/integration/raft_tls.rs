@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::test_ca::TestCa;
 use k8sd::datastore::{Command, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest};
-use k8sd::raft::network::NetworkFactory;
 use k8sd::raft::pb::Msg;
+use k8sd::raft::transport::NetworkFactory;
 use k8sd::raft::{RaftConfig, RaftNode};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
