@@ -120,7 +120,7 @@ fn save_last(dir: &Path, last: &LastBackup) -> Result<(), String> {
     };
     let path = dir.join(LAST_FILE);
     let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
-    crate::pki::write_atomic(&path, &json, 0o600).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    crate::atomic_file::replace(&path, &json, 0o600).map_err(|e| e.to_string())
 }
 
 /// The last scheduled backup recorded in the backups dir: `Ok(None)` when none has run yet,

@@ -43,7 +43,6 @@ pub use ca::{
 };
 pub use encryption::{ENCRYPTION_CONFIG_FILE, EncryptionSummary, validate_encryption_config};
 pub use error::PkiError;
-pub(crate) use files::write_atomic;
 pub use files::{
     CERT_MODE, CertStatus, FileChange, KEY_MODE, PkiReport, cert_status, create_encryption_config,
     ensure_control_plane_pki, ensure_control_plane_pki_with, ensure_kubeconfigs, install_encryption_config,
