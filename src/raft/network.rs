@@ -13,6 +13,10 @@
 //! `#[serde(default)]` field stays compatible across a rolling upgrade. A binary codec is a
 //! later optimisation (docs/design/raft.md).
 //!
+//! Every message carries `PEER_VERSION`, the format of its body. A body format that an older
+//! node could misread bumps it; a node then refuses what is newer than it reads, naming both
+//! versions, instead of misapplying it. A k8sd older than the field sends 0, read as 1.
+//!
 //! Error mapping, which decides openraft's retry behaviour: a connection failure or an
 //! UNAVAILABLE status is `Unreachable` (openraft backs off), a deadline is `Timeout`, anything
 //! else is `Network` (retried at once).
@@ -111,13 +115,32 @@ struct SnapshotHeader {
     meta: SnapshotMeta,
 }
 
+/// The format of peer message bodies and snapshot headers this build writes and reads.
+pub const PEER_VERSION: u32 = 1;
+
+/// A body of `found`'s format is readable here: any version up to ours (0 is a k8sd from before
+/// messages carried one, whose format is 1's).
+fn check_peer_version(found: u32) -> Result<(), Status> {
+    if found <= PEER_VERSION {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "raft peer message has format version {found}, this k8sd reads up to {PEER_VERSION}; \
+         upgrade this node's k8sd to the version of its peers"
+    )))
+}
+
 fn encode<T: Serialize>(v: &T) -> Result<Msg, Status> {
     serde_json::to_vec(v)
-        .map(|body| Msg { body })
+        .map(|body| Msg {
+            body,
+            version: PEER_VERSION,
+        })
         .map_err(|e| Status::internal(format!("encode: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(m: &Msg) -> Result<T, Status> {
+    check_peer_version(m.version)?;
     serde_json::from_slice(&m.body)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
@@ -363,6 +386,7 @@ fn snapshot_chunks(
         SnapshotChunk {
             header,
             data: Vec::new(),
+            version: PEER_VERSION,
         }
     });
     let rest = futures::stream::unfold(Some(file), |file| async move {
@@ -376,6 +400,7 @@ fn snapshot_chunks(
                     SnapshotChunk {
                         header: Vec::new(),
                         data: buf,
+                        version: PEER_VERSION,
                     },
                     Some(file),
                 ))
@@ -618,6 +643,7 @@ impl RaftPeer for PeerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        check_peer_version(first.version)?;
         let header: SnapshotHeader = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
         self.check_fence(header.vote.leader_id().node_id)?;
@@ -726,5 +752,44 @@ impl tonic::service::Interceptor for super::peer_auth::PeerAuth {
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message from a k8sd older than the version field (0) and one of this version decode;
+    /// a newer one is refused naming both versions, before its body is read.
+    #[test]
+    fn peer_messages_carry_a_version_and_newer_ones_are_refused() {
+        let msg = encode(&LeaseRequest::Renew { id: 7 }).unwrap();
+        assert_eq!(msg.version, PEER_VERSION);
+        assert!(matches!(
+            decode::<LeaseRequest>(&msg).unwrap(),
+            LeaseRequest::Renew { id: 7 }
+        ));
+
+        let old = Msg {
+            version: 0,
+            ..msg.clone()
+        };
+        assert!(matches!(
+            decode::<LeaseRequest>(&old).unwrap(),
+            LeaseRequest::Renew { id: 7 }
+        ));
+
+        let newer = Msg {
+            version: PEER_VERSION + 1,
+            ..msg
+        };
+        let e = decode::<LeaseRequest>(&newer).unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        let text = e.message();
+        assert!(
+            text.contains(&format!("format version {}", PEER_VERSION + 1))
+                && text.contains(&format!("reads up to {PEER_VERSION}")),
+            "{text}"
+        );
     }
 }
