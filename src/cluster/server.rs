@@ -194,12 +194,14 @@ impl ClusterService {
         Err(Status::aborted("the token changed while joining; retry"))
     }
 
-    /// The joiner's Kubernetes version against every control-plane member's, before its token
-    /// is looked at: a refused join spends nothing.
+    /// The joiner's Kubernetes version against every control-plane member's, once its token
+    /// checks out (so only a token holder learns the members' names and versions) and before
+    /// the token is spent: a refused join spends nothing.
     async fn check_skew(&self, req: &JoinRequest) -> Result<(), Status> {
         let Some(joiner) = &req.versions else {
             return Ok(());
         };
+        self.check_token(&req.token, req.role, &req.name).await?;
         let members = registry::members(&self.node).await.map_err(unavailable)?;
         let control_plane = members
             .iter()
