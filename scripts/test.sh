@@ -40,6 +40,12 @@ step "Go builds, in the background (log: $go_log)"
 go_builds >"$go_log" 2>&1 &
 go_pid=$!
 
+# Before this checkout's build and in the same target dir: every dependency the two commits
+# share is compiled once, so the previous release costs only its own crate (docs/benchmarks.md,
+# "Cold build"). A warm machine checks a stamp.
+step "the previous release of k8sd (assets/upgrade/previous.env; tests/e2e/upgrade.sh upgrades from it)"
+scripts/build-previous.sh >/dev/null
+
 step "k8sd"
 cargo build --release --bins
 export K8SD_BIN="$CARGO_TARGET_DIR/release/k8sd"
@@ -87,9 +93,10 @@ rc_raft=${PIPESTATUS[0]}
 ((rc == 0)) && rc=$rc_raft
 
 # The datastore suites (Kubernetes' storage tests on 1 node, 3 nodes and a Raft member, then the
-# linearizability check) run in the background beside the end-to-end suites. They share nothing
-# with them: the storage suite's servers listen on loopback ports the kernel picks, and the
-# linearizability check owns its own network namespaces (10.211.x), while every e2e suite runs
+# linearizability check, then the rolling-upgrade suite) run in the background beside the
+# end-to-end suites. They share nothing with them: the storage suite's servers listen on loopback
+# ports the kernel picks, the linearizability check owns its own network namespaces (10.211.x)
+# and the upgrade suite its own (k8sd-up*, 10.215.0), while every other e2e suite runs
 # in namespaces of its own. Each side leaves a core mostly idle when run alone, and run one after
 # the other they took 38 of a cold run's 66 minutes (docs/benchmarks.md, "Cold build"). Their
 # output goes to their own logs; the failures are counted when both sides are done.
@@ -122,6 +129,11 @@ datastore_suites() {
   ds_run /tmp/k8sd-e2e-robustness.log \
     "Linearizability and watch guarantees of a 3-node cluster under 100 faults (kill -9, partitions)" \
     tests/robustness/run.sh || failed=$((failed + 1))
+  # An end-to-end suite, run in this lane because it was the shorter one; its namespaces,
+  # bridge and subnet (k8sd-up*, k8sd-bru, 10.215.0) are its own.
+  ds_run /tmp/k8sd-e2e-upgrade.log \
+    "e2e: tests/e2e/upgrade.sh, a rolling upgrade from the previous release under a write and watch load" \
+    tests/e2e/upgrade.sh || failed=$((failed + 1))
   step "datastore suites done"
   return "$failed"
 }
@@ -131,6 +143,7 @@ datastore_pid=$!
 
 for t in tests/e2e/*.sh; do
   [[ $(basename "$t") == lib.sh ]] && continue   # sourced by the suites, not run
+  [[ $(basename "$t") == upgrade.sh && -x $t ]] && continue   # runs in the datastore lane
   if [[ ! -x "$t" ]]; then
     echo "e2e FAILED: $t is not executable (chmod +x it; a suite that cannot run must not pass silently)"
     failed=$((failed + 1))

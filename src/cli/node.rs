@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// The kubelet's cgroup root; give each node its own when several share one machine.
     #[arg(long, env = "K8SD_CGROUP_ROOT", default_value = "/")]
     pub cgroup_root: String,
+    /// Let this node run a Kubernetes minor version one step from the other control-plane
+    /// nodes' (the first node of a minor upgrade). Without it such a node refuses to start its
+    /// components or to join; a skipped minor is refused even with it. See docs/operations.md,
+    /// "Upgrades".
+    #[arg(long, env = "K8SD_ALLOW_KUBERNETES_MINOR_CHANGE")]
+    pub allow_kubernetes_minor_change: bool,
 }
 
 pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
@@ -81,6 +87,7 @@ pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
         images_dir: args.images_dir.unwrap_or_else(|| paths::images_dir(snap)),
         cni_bin_dir: paths::cni_bin_dir(snap),
         cgroup_root: args.cgroup_root,
+        allow_kubernetes_minor_change: args.allow_kubernetes_minor_change,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod server;
 pub mod throttle;
 pub mod token;
+pub mod versions;
 pub mod wire;
 
 /// Generated code for the cluster API (`proto/cluster/cluster.proto`).

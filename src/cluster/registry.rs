@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::token::{TokenRecord, TokenState};
+use super::versions::NodeVersions;
 use crate::datastore::{
     Command, CommandOutput, Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, KeyValue, Op,
     PutRequest, RangeRequest, TxnRequest,
@@ -59,6 +60,10 @@ pub struct MemberRecord {
     pub role: MemberRole,
     pub address: IpAddr,
     pub joined_unix: u64,
+    /// What the node runs (`versions.rs`). Absent from a record written by a k8sd older than
+    /// the field, and left out when unknown, so an older k8sd reads every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<NodeVersions>,
 }
 
 /// A user's choice for one add-on. Absent means enabled: every add-on is on by default, and an
@@ -184,6 +189,28 @@ pub async fn tokens(node: &Node) -> Result<Vec<TokenRecord>, RegistryError> {
 pub async fn add_member_if_absent(node: &Node, m: &MemberRecord) -> Result<bool, RegistryError> {
     let key = member_key(&m.name);
     txn(node, vec![unchanged(&key, 0)], vec![put_op(&key, m)]).await
+}
+
+/// Record what member `name` runs, if its record exists and says otherwise (compare-and-swap,
+/// so a concurrent change to the record is never overwritten). `Ok(false)`: no such member.
+pub async fn publish_versions(
+    node: &Node,
+    name: &str,
+    versions: &NodeVersions,
+) -> Result<bool, RegistryError> {
+    let key = member_key(name);
+    loop {
+        let Some((mut rec, rev)) = get::<MemberRecord>(node, &key).await? else {
+            return Ok(false);
+        };
+        if rec.versions.as_ref() == Some(versions) {
+            return Ok(true);
+        }
+        rec.versions = Some(versions.clone());
+        if txn(node, vec![unchanged(&key, rev)], vec![put_op(&key, &rec)]).await? {
+            return Ok(true);
+        }
+    }
 }
 
 /// Revoke an active token. `Ok(false)`: no such token.

@@ -23,6 +23,7 @@ use super::pb::cluster_api_server::ClusterApi;
 use super::registry::{self, ClusterInfo, MemberRecord, MemberRole};
 use super::throttle::FailedJoins;
 use super::token::{JoinToken, TokenError, TokenRecord, TokenRole, TokenState, now_unix};
+use super::versions::check_kubernetes_skew;
 use super::wire::*;
 use crate::node::Node;
 use crate::pki::{self, CaKind, Leaf, NodeIdentity, NodeRole};
@@ -193,6 +194,27 @@ impl ClusterService {
         Err(Status::aborted("the token changed while joining; retry"))
     }
 
+    /// The joiner's Kubernetes version against every control-plane member's, once its token
+    /// checks out (so only a token holder learns the members' names and versions) and before
+    /// the token is spent: a refused join spends nothing.
+    async fn check_skew(&self, req: &JoinRequest) -> Result<(), Status> {
+        let Some(joiner) = &req.versions else {
+            return Ok(());
+        };
+        self.check_token(&req.token, req.role, &req.name).await?;
+        let members = registry::members(&self.node).await.map_err(unavailable)?;
+        let control_plane = members
+            .iter()
+            .filter(|m| m.role == MemberRole::ControlPlane && m.name != req.name)
+            .filter_map(|m| Some((m.name.as_str(), m.versions.as_ref()?.kubernetes.as_str())));
+        check_kubernetes_skew(
+            &joiner.kubernetes,
+            control_plane,
+            req.allow_kubernetes_minor_change,
+        )
+        .map_err(|e| Status::failed_precondition(format!("the joining node: {e}")))
+    }
+
     async fn join_worker(&self, req: JoinRequest, source: Option<IpAddr>) -> Result<JoinReply, Status> {
         // The worker's certificates name its address; it must be the one it calls from.
         if let Some(ip) = source
@@ -236,6 +258,7 @@ impl ClusterService {
             role: MemberRole::Worker,
             address: req.address,
             joined_unix: now_unix(),
+            versions: req.versions.clone(),
         };
         self.consume(&t, rec, rev, &member).await?;
         tracing::info!(node = %req.name, address = %req.address, "a worker joined");
@@ -339,6 +362,7 @@ impl ClusterApi for ClusterService {
             check_version(req.version)?;
             crate::daemon::config::validate_node_name(&req.name)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            self.check_skew(&req).await?;
             let out = match req.role {
                 TokenRole::Worker => self.join_worker(req, source).await?,
                 TokenRole::ControlPlane => self.join_control_plane(req).await?,
@@ -374,6 +398,13 @@ impl ClusterApi for ClusterService {
                 version: WIRE_VERSION,
                 member: false,
             });
+        }
+        if let (Some(versions), Some((m, _))) = (&req.versions, &member)
+            && m.versions.as_ref() != Some(versions)
+        {
+            registry::publish_versions(&self.node, &name, versions)
+                .await
+                .map_err(unavailable)?;
         }
         reply(&MembershipReply {
             version: WIRE_VERSION,
@@ -477,6 +508,7 @@ impl ClusterService {
             role: MemberRole::ControlPlane,
             address: req.address,
             joined_unix: now_unix(),
+            versions: None,
         };
         self.consume(&t, rec, rev, &member).await?;
         tracing::info!(node = %req.name, address = %req.address, "a control-plane node joined");

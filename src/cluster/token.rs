@@ -63,7 +63,8 @@ pub enum TokenError {
     #[error("the join token is garbled ({0}); copy the whole line `k8sd add-node` printed")]
     Garbled(String),
     #[error(
-        "the join token has format version {0}, this k8sd reads version {TOKEN_VERSION}; use matching k8sd versions"
+        "the join token has format version {0}, this k8sd reads versions 1 to {TOKEN_VERSION}; mint the token on a node \
+         running this k8sd version, or upgrade k8sd on this machine"
     )]
     Version(u32),
     #[error("unknown join token; it was never issued by this cluster (or it is for another cluster)")]
@@ -147,7 +148,9 @@ impl JoinToken {
             .get("v")
             .and_then(|v| v.as_u64())
             .ok_or_else(|| TokenError::Garbled("no version".into()))?;
-        if v != u64::from(TOKEN_VERSION) {
+        // Every version up to ours is read (a token minted by an older node mid-upgrade);
+        // 0 was never written.
+        if v == 0 || v > u64::from(TOKEN_VERSION) {
             return Err(TokenError::Version(u32::try_from(v).unwrap_or(u32::MAX)));
         }
         let t: JoinToken = serde_json::from_value(probe).map_err(|e| TokenError::Garbled(e.to_string()))?;
@@ -350,6 +353,28 @@ mod tests {
         ));
         let v2 = URL_SAFE_NO_PAD.encode(br#"{"v":2,"whatever":1}"#);
         assert_eq!(JoinToken::decode(&v2), Err(TokenError::Version(2)));
+        let v0 = URL_SAFE_NO_PAD.encode(br#"{"v":0}"#);
+        assert_eq!(JoinToken::decode(&v0), Err(TokenError::Version(0)));
+    }
+
+    /// A token newer than this binary reads is refused with both versions named, before any
+    /// field of it is trusted; the same token at this version decodes.
+    #[test]
+    fn a_newer_token_names_both_versions() {
+        let t = token(TokenRole::ControlPlane);
+        let mut newer: serde_json::Value = serde_json::to_value(&t).unwrap();
+        newer["v"] = serde_json::json!(TOKEN_VERSION + 1);
+        newer["a-field-of-the-future"] = serde_json::json!(true);
+        let text = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&newer).unwrap());
+        let e = JoinToken::decode(&text).unwrap_err();
+        assert_eq!(e, TokenError::Version(TOKEN_VERSION + 1));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("format version {}", TOKEN_VERSION + 1))
+                && msg.contains(&format!("1 to {TOKEN_VERSION}")),
+            "{msg}"
+        );
+        assert_eq!(JoinToken::decode(&t.encode()).unwrap(), t);
     }
 
     #[test]

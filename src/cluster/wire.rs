@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::registry::ClusterInfo;
 use super::token::TokenRole;
+use super::versions::NodeVersions;
 
 /// 2: a control-plane `Join` answer carries the Secrets encryption configuration.
 pub const WIRE_VERSION: u32 = 2;
@@ -35,6 +36,14 @@ pub struct JoinRequest {
     pub address: IpAddr,
     /// Workers only.
     pub worker_keys: Option<WorkerKeys>,
+    /// What the joiner runs; the server records it and holds its Kubernetes version against
+    /// the control plane's (`versions::check_kubernetes_skew`) before the token is touched.
+    /// Absent from an older joiner's request, which is then not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<NodeVersions>,
+    /// The user's consent to cross one Kubernetes minor (`--allow-kubernetes-minor-change`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_kubernetes_minor_change: bool,
 }
 
 /// A file of the cluster's secrets for a new control-plane node: name in the PKI dir and PEM.
@@ -90,6 +99,11 @@ pub struct MembershipRequest {
     pub version: u32,
     /// Leave the cluster (delete this node's record and Node object).
     pub leave: bool,
+    /// What the caller runs now, recorded in its member record (how a worker, which cannot
+    /// write the datastore, publishes a new version after an upgrade). Absent from an older
+    /// node's request, and ignored by an older server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<NodeVersions>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,6 +9,30 @@ use super::extra_args::ExtraArgs;
 
 pub const API_VERSION: u32 = 1;
 
+/// Whether a daemon of this build answers a request of API `found`: every version up to its
+/// own (an older CLI, as when the binary was replaced under a running daemon), never a newer
+/// one, whose requests it could misread.
+pub fn check_request_version(found: u32) -> Result<(), String> {
+    if found <= API_VERSION {
+        return Ok(());
+    }
+    Err(format!(
+        "the CLI speaks control API {found}, this daemon reads up to {API_VERSION}; \
+         restart the daemon on the new k8sd binary (or use the CLI of the daemon's version)"
+    ))
+}
+
+/// Whether a CLI of this build reads a status report of API `found`.
+pub fn check_report_version(found: u32) -> Result<(), String> {
+    if found <= API_VERSION {
+        return Ok(());
+    }
+    Err(format!(
+        "the daemon answers control API {found}, this CLI reads up to {API_VERSION}; \
+         use the CLI of the daemon's k8sd version"
+    ))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
@@ -153,6 +177,12 @@ pub struct StatusReport {
     pub components: Vec<ComponentReport>,
     pub certificates: Vec<CertReport>,
     pub kubernetes_node: Option<KubeNodeReport>,
+    /// This daemon's k8sd version and the Kubernetes version it carries; `unknown` in a report
+    /// from a daemon older than the fields.
+    #[serde(default = "unknown")]
+    pub k8sd_version: String,
+    #[serde(default = "unknown")]
+    pub kubernetes_version: String,
     /// Every node of the cluster (control-plane nodes only know this).
     #[serde(default)]
     pub nodes: Vec<ClusterNodeReport>,
@@ -219,6 +249,16 @@ pub struct ClusterNodeReport {
     /// voter, standby or worker.
     pub role: String,
     pub datastore_leader: bool,
+    /// What the node runs, as it published it; `unknown` for a node whose k8sd publishes
+    /// nothing (older than the field) and in a report from such a daemon.
+    #[serde(default = "unknown")]
+    pub k8sd_version: String,
+    #[serde(default = "unknown")]
+    pub kubernetes_version: String,
+}
+
+fn unknown() -> String {
+    crate::cluster::versions::UNKNOWN.to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

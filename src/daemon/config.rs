@@ -249,18 +249,36 @@ pub enum NodeFileError {
         path: std::path::PathBuf,
         error: serde_yaml::Error,
     },
+    #[error(
+        "{} has format version {found}, this k8sd reads versions 1 to {NODE_CONFIG_VERSION}: it was written by a newer \
+         k8sd; run that version (or newer) on this node, or restore a backup taken before the upgrade",
+        path.display()
+    )]
+    Version { path: std::path::PathBuf, found: u64 },
 }
 
 /// The node's config file (`Layout::node_file`); `None` when there is none (not initialised).
 /// The one reader of node.yaml, for the daemon and the CLI verbs that run without it.
 pub fn read_node_file(path: &std::path::Path) -> Result<Option<NodeConfig>, NodeFileError> {
+    let parse = |error| NodeFileError::Parse {
+        path: path.to_path_buf(),
+        error,
+    };
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_yaml::from_str(&text)
-            .map(Some)
-            .map_err(|error| NodeFileError::Parse {
-                path: path.to_path_buf(),
-                error,
-            }),
+        Ok(text) => {
+            // The version first: a newer file may hold fields this build refuses as unknown,
+            // and "written by a newer k8sd" is the useful answer, not "unknown field".
+            let probe: serde_yaml::Value = serde_yaml::from_str(&text).map_err(parse)?;
+            if let Some(found) = probe.get("version").and_then(serde_yaml::Value::as_u64)
+                && found > u64::from(NODE_CONFIG_VERSION)
+            {
+                return Err(NodeFileError::Version {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+            serde_yaml::from_value(probe).map(Some).map_err(parse)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(NodeFileError::Read {
             path: path.to_path_buf(),
@@ -474,6 +492,33 @@ mod tests {
 
     fn addrs() -> Vec<IpAddr> {
         vec!["127.0.0.1".parse().unwrap(), "10.0.0.5".parse().unwrap()]
+    }
+
+    /// node.yaml of this version reads back; one from a newer k8sd, even with a field this build
+    /// does not know, is refused naming the file and both versions, not as an unknown field.
+    #[test]
+    fn a_newer_node_file_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.yaml");
+        let cfg = NodeConfig::example();
+        std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(read_node_file(&path).unwrap(), Some(cfg.clone()));
+
+        let mut newer: serde_yaml::Value = serde_yaml::to_value(&cfg).unwrap();
+        newer["version"] = serde_yaml::to_value(NODE_CONFIG_VERSION + 1).unwrap();
+        newer["a-field-of-the-future"] = serde_yaml::Value::Bool(true);
+        std::fs::write(&path, serde_yaml::to_string(&newer).unwrap()).unwrap();
+        let e = read_node_file(&path).unwrap_err();
+        assert!(
+            matches!(e, NodeFileError::Version { found, .. } if found == u64::from(NODE_CONFIG_VERSION) + 1)
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&path.display().to_string())
+                && text.contains(&format!("format version {}", NODE_CONFIG_VERSION + 1))
+                && text.contains(&format!("1 to {NODE_CONFIG_VERSION}")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::api::{API_VERSION, Message, Request};
+use super::api::{Message, Request, check_report_version, check_request_version};
 use super::{Daemon, DaemonError, FailureKind};
 
 /// Bind the socket, replacing a stale one that nobody answers on.
@@ -73,20 +73,17 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
             .await;
         }
     };
+    if let Err(error) = check_request_version(req.version()) {
+        return send(
+            &mut w,
+            &Message::Error {
+                error,
+                kind: FailureKind::Usage,
+            },
+        )
+        .await;
+    }
     match req {
-        r if r.version() != API_VERSION => {
-            let version = r.version();
-            send(
-                &mut w,
-                &Message::Error {
-                    error: format!(
-                        "CLI speaks API {version}, daemon {API_VERSION}; use matching k8sd binaries"
-                    ),
-                    kind: FailureKind::Usage,
-                },
-            )
-            .await
-        }
         Request::Status { .. } => {
             let status = daemon.status().await;
             send(
@@ -231,6 +228,10 @@ impl ControlClient {
                 serde_json::from_str(&l).map_err(|e| ControlError::Malformed(e.to_string()))?;
             match msg {
                 Message::Progress { .. } => on_message(&msg),
+                Message::Status { ref status } => {
+                    check_report_version(status.version).map_err(ControlError::Malformed)?;
+                    return Ok(msg);
+                }
                 _ => return Ok(msg),
             }
         }
@@ -262,6 +263,28 @@ mod tests {
             .expect("a stale socket is replaced")
             .expect("metadata");
         assert_eq!(mode, 0o600);
+    }
+
+    /// A request of this API version or an older one is answered; a newer one is refused
+    /// naming both versions, and so is a newer daemon's status report.
+    #[test]
+    fn control_api_versions_older_accepted_newer_refused() {
+        use crate::daemon::api::API_VERSION;
+        assert!(check_request_version(API_VERSION).is_ok());
+        assert!(check_request_version(API_VERSION - 1).is_ok());
+        let e = check_request_version(API_VERSION + 1).unwrap_err();
+        assert!(
+            e.contains(&format!("control API {}", API_VERSION + 1))
+                && e.contains(&format!("reads up to {API_VERSION}")),
+            "{e}"
+        );
+        assert!(check_report_version(API_VERSION).is_ok());
+        let e = check_report_version(API_VERSION + 1).unwrap_err();
+        assert!(
+            e.contains(&format!("control API {}", API_VERSION + 1))
+                && e.contains(&format!("reads up to {API_VERSION}")),
+            "{e}"
+        );
     }
 
     /// A socket that cannot be created says which listener and which path.

@@ -97,6 +97,7 @@ impl Daemon {
             role: MemberRole::ControlPlane,
             address: cfg.advertise_address,
             joined_unix: token::now_unix(),
+            versions: None,
         };
         registry::add_member_if_absent(node, &me).await?;
         Ok(())
@@ -289,6 +290,8 @@ impl Daemon {
             role: TokenRole::Worker,
             address: cfg.advertise_address,
             worker_keys: Some(keys),
+            versions: Some(super::versions::this_node()),
+            allow_kubernetes_minor_change: self.opts.allow_kubernetes_minor_change,
         };
         let (rep, via): (JoinReply, String) =
             client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await?;
@@ -349,6 +352,8 @@ impl Daemon {
             role: TokenRole::ControlPlane,
             address: cfg.advertise_address,
             worker_keys: None,
+            versions: Some(super::versions::this_node()),
+            allow_kubernetes_minor_change: self.opts.allow_kubernetes_minor_change,
         };
         let (rep, via): (JoinReply, String) =
             client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await?;
@@ -537,6 +542,7 @@ impl Daemon {
                 let req = MembershipRequest {
                     version: WIRE_VERSION,
                     leave: true,
+                    versions: None,
                 };
                 let _: MembershipReply = self.worker_call(&r.cfg, &req).await?;
             }
@@ -675,9 +681,11 @@ impl Daemon {
                     }
                     None => (true, r.cfg.control_plane.clone()),
                 };
+                // Carries this node's versions, so a worker upgraded in place shows them.
                 let req = MembershipRequest {
                     version: WIRE_VERSION,
                     leave: false,
+                    versions: Some(super::versions::this_node()),
                 };
                 let asked = d
                     .node_call::<_, MembershipReply>(&addrs, client::Rpc::Membership, &req)

@@ -30,6 +30,7 @@ mod podnet;
 pub mod status;
 mod storagedir;
 pub mod svcroute;
+pub mod versions;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -134,6 +135,10 @@ pub enum DaemonError {
     Registry(#[from] crate::cluster::registry::RegistryError),
     #[error("{0}")]
     Datastore(#[from] crate::node::NodeError),
+    /// This binary's Kubernetes minor differs from the control plane's, and the user did not
+    /// ask to cross it (or it would skip one).
+    #[error("{0}")]
+    KubernetesSkew(#[from] crate::cluster::versions::SkewError),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -238,6 +243,9 @@ pub struct DaemonOptions {
     /// The kubelet's cgroupRoot: "/" on a real host; a private subtree when several nodes share
     /// one machine (tests), so their kubepods hierarchies never collide.
     pub cgroup_root: String,
+    /// The user's consent to run a Kubernetes minor one step from the control plane's
+    /// (`k8sd run --allow-kubernetes-minor-change`): the first node of a minor upgrade.
+    pub allow_kubernetes_minor_change: bool,
 }
 
 /// The running daemon.
@@ -515,6 +523,8 @@ impl Daemon {
             } else {
                 self.register_founder(&datastore, &cfg).await?;
             }
+            step("checking this node's Kubernetes version against the control plane's");
+            self.check_and_publish_versions(&datastore, &cfg).await?;
             self.serve_datastore_and_api(&datastore, &cfg, stop_rx).await?;
             Some(datastore)
         } else {

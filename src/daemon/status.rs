@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::api::*;
 use super::{Daemon, Phase, components};
+use crate::cluster::versions::UNKNOWN;
 use crate::httpc::TlsClient;
 use crate::supervisor::ComponentState;
 
@@ -23,6 +24,8 @@ pub async fn build(d: &Daemon) -> StatusReport {
         components: Vec::new(),
         certificates: Vec::new(),
         kubernetes_node: None,
+        k8sd_version: super::versions::this_node().k8sd,
+        kubernetes_version: super::versions::this_node().kubernetes,
         nodes: Vec::new(),
         ha: None,
         api_backends: Vec::new(),
@@ -174,11 +177,17 @@ async fn cluster_report(report: &mut StatusReport, ds: &crate::node::Node) {
                 (MemberRole::ControlPlane, Some(_)) => "standby",
                 (MemberRole::ControlPlane, None) => "control-plane (not a datastore member)",
             };
+            let (k8sd, kubernetes) = match &rec.versions {
+                Some(v) => (v.k8sd.clone(), v.kubernetes.clone()),
+                None => (UNKNOWN.to_string(), UNKNOWN.to_string()),
+            };
             ClusterNodeReport {
                 name: rec.name.clone(),
                 address: rec.address.to_string(),
                 role: role.into(),
                 datastore_leader: leader_name.as_deref() == Some(rec.name.as_str()),
+                k8sd_version: k8sd,
+                kubernetes_version: kubernetes,
             }
         })
         .collect();
@@ -265,6 +274,11 @@ pub fn render_text(s: &StatusReport) -> String {
     let _ = writeln!(o, "role:        {}", s.role.as_deref().unwrap_or("-"));
     let _ = writeln!(
         o,
+        "version:     k8sd {}, Kubernetes {}",
+        s.k8sd_version, s.kubernetes_version
+    );
+    let _ = writeln!(
+        o,
         "status:      {}{}",
         s.phase,
         if s.ready { " (ready)" } else { "" }
@@ -338,17 +352,19 @@ pub fn render_text(s: &StatusReport) -> String {
         };
         let _ = writeln!(o, "cluster:     {} nodes; high availability: {ha}", s.nodes.len());
         for n in &s.nodes {
-            let _ = writeln!(
-                o,
-                "  {:<20} {:<16} {}{}",
-                n.name,
-                n.address,
+            let role = format!(
+                "{}{}",
                 n.role,
                 if n.datastore_leader {
                     " (datastore leader)"
                 } else {
                     ""
                 }
+            );
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<16} {:<26} k8sd {} Kubernetes {}",
+                n.name, n.address, role, n.k8sd_version, n.kubernetes_version
             );
         }
     }
@@ -419,4 +435,53 @@ pub fn render_text(s: &StatusReport) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report from a daemon older than the version fields, listing a node whose record has
+    /// none, parses and prints both as `unknown`; a node that published shows its versions.
+    #[test]
+    fn versions_per_node_and_unknown_for_an_older_node() {
+        let old = r#"{"version":1,"initialised":true,"node-name":"n1","role":"control-plane",
+            "ready":true,"phase":"running","datastore":null,"components":[],"certificates":[],
+            "kubernetes-node":null,"nodes":[{"name":"n2","address":"10.0.0.2","role":"voter",
+            "datastore-leader":false}]}"#;
+        let mut s: StatusReport = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (s.k8sd_version.as_str(), s.kubernetes_version.as_str()),
+            (UNKNOWN, UNKNOWN)
+        );
+        assert_eq!(s.nodes[0].k8sd_version, UNKNOWN);
+        s.nodes.push(ClusterNodeReport {
+            name: "n3".into(),
+            address: "10.0.0.3".into(),
+            role: "voter".into(),
+            datastore_leader: true,
+            k8sd_version: "0.2.0".into(),
+            kubernetes_version: "v1.36.3".into(),
+        });
+        let text = render_text(&s);
+        assert!(
+            text.contains("version:     k8sd unknown, Kubernetes unknown"),
+            "{text}"
+        );
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(line("n2").ends_with("k8sd unknown Kubernetes unknown"), "{text}");
+        assert!(
+            line("n3").contains("voter (datastore leader)")
+                && line("n3").ends_with("k8sd 0.2.0 Kubernetes v1.36.3"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["nodes"][1]["k8sd-version"], "0.2.0");
+        assert_eq!(json["nodes"][1]["kubernetes-version"], "v1.36.3");
+    }
 }

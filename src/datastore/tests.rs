@@ -385,3 +385,27 @@ fn hash_kv_depends_on_the_logical_history_not_on_physical_compaction() {
     assert!(matches!(ra.hash_kv(4), Err(StoreError::Compacted { .. })));
     assert_eq!(ra.hash_kv(5).unwrap().revision, 5);
 }
+
+/// A state.db written by a newer k8sd (a schema this build does not know) is refused at open,
+/// naming both versions, and left as it was.
+#[test]
+fn a_newer_schema_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(Store::open(&path, Durability::Normal).unwrap());
+    let newer = sql::SCHEMA_VERSION + 1;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    sql::meta_set(&conn, "schema_version", newer).unwrap();
+    drop(conn);
+    let Err(e) = Store::open(&path, Durability::Normal) else {
+        panic!("a store of schema {newer} opened")
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("schema version {newer}"))
+            && text.contains(&format!("({})", sql::SCHEMA_VERSION)),
+        "{text}"
+    );
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(sql::meta_get(&conn, "schema_version").unwrap(), Some(newer));
+}

@@ -133,6 +133,7 @@ fn wire_status(e: WireError) -> Status {
     match e {
         WireError::Encode(_) => Status::internal(e.to_string()),
         WireError::Decode(_) => Status::invalid_argument(e.to_string()),
+        WireError::TooNew { .. } => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -203,6 +204,7 @@ impl RaftPeer for PeerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        wire::check_version(first.version).map_err(wire_status)?;
         let header = SnapshotHeader::from_bytes(&first.header)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
         self.check_fence(header.vote.leader_id().node_id)?;

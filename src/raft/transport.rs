@@ -264,6 +264,7 @@ fn snapshot_chunks(
         SnapshotChunk {
             header,
             data: Vec::new(),
+            version: super::wire::PEER_VERSION,
         }
     });
     let rest = futures::stream::unfold(Some(file), |file| async move {
@@ -277,6 +278,7 @@ fn snapshot_chunks(
                     SnapshotChunk {
                         header: Vec::new(),
                         data: buf,
+                        version: super::wire::PEER_VERSION,
                     },
                     Some(file),
                 ))

@@ -6,6 +6,10 @@
 //! and new nodes exchange these messages: never rename a field or variant, never change a
 //! field's type, and keep the encoding of what exists byte for byte (the unit tests below pin
 //! it). Nothing here knows how a message is sent (`transport.rs`) or answered (`service.rs`).
+//!
+//! Every message carries `PEER_VERSION`, the format of its body. A body format that an older
+//! node could misread bumps it; a node then refuses what is newer than it reads, naming both
+//! versions, instead of misapplying it. A k8sd older than the field sends 0, read as 1.
 
 use std::collections::BTreeSet;
 
@@ -22,17 +26,39 @@ pub enum WireError {
     Encode(#[source] serde_json::Error),
     #[error("undecodable raft message: {0}")]
     Decode(#[source] serde_json::Error),
+    #[error(
+        "raft peer message has format version {found}, this k8sd reads up to {PEER_VERSION}; \
+         upgrade this node's k8sd to the version of its peers"
+    )]
+    TooNew { found: u32 },
+}
+
+/// The format of peer message bodies and snapshot headers this build writes and reads.
+pub const PEER_VERSION: u32 = 1;
+
+/// A body of `found`'s format is readable here: any version up to ours (0 is a k8sd from before
+/// messages carried one, whose format is 1's).
+pub fn check_version(found: u32) -> Result<(), WireError> {
+    if found <= PEER_VERSION {
+        Ok(())
+    } else {
+        Err(WireError::TooNew { found })
+    }
 }
 
 /// `v` as the body of a peer message.
 pub fn encode<T: Serialize>(v: &T) -> Result<Msg, WireError> {
     serde_json::to_vec(v)
-        .map(|body| Msg { body })
+        .map(|body| Msg {
+            body,
+            version: PEER_VERSION,
+        })
         .map_err(WireError::Encode)
 }
 
-/// The body of a peer message as `T`.
+/// The body of a peer message as `T`, refused before it is read when its format is newer.
 pub fn decode<T: DeserializeOwned>(m: &Msg) -> Result<T, WireError> {
+    check_version(m.version)?;
     serde_json::from_slice(&m.body).map_err(WireError::Decode)
 }
 
@@ -330,14 +356,17 @@ mod tests {
 
     #[test]
     fn requests_from_older_nodes_without_the_newer_fields_decode() {
+        // An older k8sd also sends no version (0).
         let join: JoinRequest = decode(&Msg {
             body: format!(r#"{{"id":1,"info":{INFO}}}"#).into_bytes(),
+            version: 0,
         })
         .unwrap();
         assert!(!join.probe);
         assert_eq!(join.info, info());
         let remove: RemoveRequest = decode(&Msg {
             body: br#"{"id":2,"force":false}"#.to_vec(),
+            version: 0,
         })
         .unwrap();
         assert_eq!((remove.id, remove.force, remove.dry_run), (2, false, false));
@@ -347,9 +376,36 @@ mod tests {
     fn a_garbled_body_is_a_decode_error_naming_the_problem() {
         let err = decode::<JoinRequest>(&Msg {
             body: b"{not json".to_vec(),
+            version: PEER_VERSION,
         })
         .unwrap_err();
         assert!(matches!(err, WireError::Decode(_)), "{err:?}");
         assert!(err.to_string().starts_with("undecodable raft message: "), "{err}");
+    }
+
+    /// A message of this version decodes; a newer one is refused naming both versions, before
+    /// its body is read.
+    #[test]
+    fn peer_messages_carry_a_version_and_newer_ones_are_refused() {
+        let msg = encode(&RemoveRequest {
+            id: 7,
+            force: false,
+            dry_run: false,
+        })
+        .unwrap();
+        assert_eq!(msg.version, PEER_VERSION);
+        assert_eq!(decode::<RemoveRequest>(&msg).unwrap().id, 7);
+        let newer = Msg {
+            version: PEER_VERSION + 1,
+            ..msg
+        };
+        let e = decode::<RemoveRequest>(&newer).unwrap_err();
+        assert!(matches!(e, WireError::TooNew { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("format version {}", PEER_VERSION + 1))
+                && text.contains(&format!("reads up to {PEER_VERSION}")),
+            "{text}"
+        );
     }
 }

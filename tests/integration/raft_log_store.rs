@@ -226,3 +226,36 @@ async fn t40_a_json_log_from_an_older_k8sd_is_read_and_extended() {
     assert_eq!(first[0], b'{');
     assert_eq!(last[0], 2);
 }
+
+/// A log written by a newer k8sd (a format this build does not know) is refused at open with
+/// both versions named, and left as it was.
+#[tokio::test]
+async fn t45_a_log_of_a_newer_format_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = LogStore::open(dir.path()).unwrap();
+        append(&mut s, 1..=2).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let conn = rusqlite::Connection::open(dir.path().join("log.db")).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = CAST('3' AS BLOB) WHERE name = 'format'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let Err(e) = LogStore::open(dir.path()) else {
+        panic!("a format-3 log opened")
+    };
+    assert!(matches!(e, LogStoreError::Format { found: 3, .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("format version 3") && text.contains("understands 1 to 2"),
+        "{text}"
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("log.db")).unwrap();
+    let format: Vec<u8> = conn
+        .query_row("SELECT value FROM meta WHERE name = 'format'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(format, b"3", "the refused log is left as it was");
+}

@@ -134,6 +134,7 @@ async fn t10_cluster_replicates_over_mutual_tls_and_refuses_callers_without_a_ce
     // TLS handshake fails before any RPC runs.
     let junk = Msg {
         body: b"junk".to_vec(),
+        ..Default::default()
     };
     let with_cert = NetworkFactory::new(0, Some(pki.client()));
     let status = with_cert
@@ -261,6 +262,7 @@ async fn t20_a_datastore_client_certificate_is_refused_on_the_peer_port_and_peer
     // gets for the junk body.
     let junk = Msg {
         body: b"junk".to_vec(),
+        ..Default::default()
     };
     let as_client = NetworkFactory::new(0, Some(pki.client_tls(&pki.client)));
     let status = as_client
