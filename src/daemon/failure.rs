@@ -123,6 +123,9 @@ impl DaemonError {
             DaemonError::Refused(r) => r.kind(),
             DaemonError::ClusterApi(e) => join_error_kind(e),
             DaemonError::Datastore(e) => node_error_kind(e),
+            DaemonError::Secrets(
+                super::secrets::SecretsError::NoKey { .. } | super::secrets::SecretsError::Raced,
+            ) => FailureKind::Refused,
             DaemonError::Addons(e) => match e {
                 AddonsError::Addon(AddonError::Unknown { .. }) => FailureKind::Usage,
                 AddonsError::NotInitialised => FailureKind::NotInitialised,
