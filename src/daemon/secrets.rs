@@ -174,9 +174,24 @@ impl Daemon {
                     .map(|p| p.keys.clone())
                     .unwrap_or_default();
                 let known = rotation::known_keys(&pairs(&peers)).map_err(SecretsError::from)?;
+                // This node's keys in its order, then any other node has: a key only one node
+                // holds may still have Secrets stored with it, so it stays until the end too.
+                let mut current = mine;
+                current.extend(
+                    known
+                        .values()
+                        .filter(|k| !current.contains(k))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
                 let taken: Vec<&str> = known.keys().map(String::as_str).collect();
                 let new = KeyEntry::generate(crate::cluster::token::now_unix(), &taken)?;
-                let rec = rotation::begin(&r.cfg.node_name, &mine, &new, crate::cluster::token::now_unix());
+                let rec = rotation::begin(
+                    &r.cfg.node_name,
+                    &current,
+                    &new,
+                    crate::cluster::token::now_unix(),
+                );
                 if !registry::txn(
                     &ds,
                     vec![registry::unchanged(registry::ROTATION_KEY, 0)],
