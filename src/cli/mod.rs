@@ -11,6 +11,7 @@ mod images;
 mod node;
 mod recover;
 mod reset;
+mod secrets;
 
 /// k8sd turns Linux machines into a Kubernetes cluster.
 #[derive(Debug, Parser)]
@@ -72,6 +73,9 @@ pub enum Command {
     /// After losing the datastore's quorum for good: make this surviving control-plane node
     /// the only voter with its data (daemon stopped, confirmation, backup first).
     Recover(recover::RecoverArgs),
+    /// The Secrets encryption key (`rotate-key`), on a control-plane node.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Run the etcd-compatible datastore on its own (accepts etcd's core flags).
     Datastore(datastore::DatastoreArgs),
     /// Build, list and import the local container images (pause, busybox, add-ons).
@@ -106,6 +110,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Restore(args) => backup::restore(layout()?, args),
         Command::Reset(args) => reset::reset(layout()?, args),
         Command::Recover(args) => recover::recover(layout()?, args),
+        Command::Secrets(cmd) => secrets::run(layout()?, cmd),
     }
 }
 

@@ -193,6 +193,7 @@ pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
         Rpc::JoinComplete => client.join_complete(msg).await,
         Rpc::Membership => client.membership(msg).await,
         Rpc::Renew => client.renew(msg).await,
+        Rpc::Encryption => client.encryption(msg).await,
     };
     match res {
         Ok(r) => serde_json::from_slice(&r.into_inner().body)
@@ -208,8 +209,15 @@ pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
                 reason: s.message().to_string(),
             })
         }
+        Err(s) if s.code() == tonic::Code::Unimplemented => Err(JoinError::Refused(format!(
+            "{addr} runs a k8sd without this call ({rpc:?}); upgrade k8sd there"
+        ))),
         Err(s) => Err(JoinError::Refused(format!(
-            "{addr} refused the join: {}",
+            "{addr} refused {}: {}",
+            match rpc {
+                Rpc::Encryption => "the Secrets key call",
+                _ => "the join",
+            },
             s.message()
         ))),
     }
@@ -222,6 +230,7 @@ pub enum Rpc {
     JoinComplete,
     Membership,
     Renew,
+    Encryption,
 }
 
 /// Try each address in turn: pin, connect, call. Stops at the first answer or refusal.

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod registry;
+pub mod rotation;
 pub mod server;
 pub mod throttle;
 pub mod token;
@@ -56,6 +57,16 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, stop)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// What the cluster API's `Encryption` call does on this node; the daemon implements it, since
+/// this module knows no processes.
+pub trait EncryptionHost: Send + Sync + std::fmt::Debug {
+    /// This node's Secrets encryption configuration, if it has one.
+    fn current(&self) -> Result<Option<String>, String>;
+    /// Install `text` (validated, 0600), then restart this node's kube-apiserver and wait until
+    /// it is ready again.
+    fn apply(&self, text: String) -> futures::future::BoxFuture<'static, Result<(), String>>;
 }
 
 /// kubectl with the admin kubeconfig, for the few Kubernetes writes k8sd makes itself.

@@ -5,6 +5,7 @@
 //!  /k8sd/members/<name>   MemberRecord: every node that joined, with its role and address
 //!  /k8sd/tokens/<id>      TokenRecord: hashed join tokens and their state
 //!  /k8sd/addons/<name>    AddonRecord: whether an add-on is enabled; absent means enabled
+//!  /k8sd/secrets-rotation RotationRecord: a `k8sd secrets rotate-key` under way (key names only)
 //! ```
 //!
 //! Reads are linearizable (read index, then the local replica), so a node never hands out a
@@ -28,6 +29,7 @@ pub const CLUSTER_KEY: &str = "/k8sd/cluster";
 pub const MEMBERS_PREFIX: &str = "/k8sd/members/";
 pub const TOKENS_PREFIX: &str = "/k8sd/tokens/";
 pub const ADDONS_PREFIX: &str = "/k8sd/addons/";
+pub const ROTATION_KEY: &str = "/k8sd/secrets-rotation";
 
 /// Settings fixed when the cluster was founded; a joining node adopts them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +74,47 @@ pub struct MemberRecord {
 #[serde(rename_all = "kebab-case")]
 pub struct AddonRecord {
     pub enabled: bool,
+}
+
+/// The steps of a Secrets key rotation, in order (`cluster/rotation.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RotationPhase {
+    /// Every control-plane node learns the new key as a read key.
+    AddReadKey,
+    /// Every control-plane node writes with the new key.
+    MakeWriteKey,
+    /// Every Secret is written again, so it is stored with the new key.
+    RewriteSecrets,
+    /// Every control-plane node forgets the old keys.
+    DropOldKeys,
+}
+
+impl std::fmt::Display for RotationPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RotationPhase::AddReadKey => "1/4 add the new key as a read key",
+            RotationPhase::MakeWriteKey => "2/4 make the new key the write key",
+            RotationPhase::RewriteSecrets => "3/4 rewrite every Secret",
+            RotationPhase::DropOldKeys => "4/4 drop the old keys",
+        })
+    }
+}
+
+/// A Secrets key rotation under way. It names keys, never holds one: the keys live only in
+/// each control-plane node's `pki/encryption-config.yaml`, so a copy of the datastore (or a
+/// backup's snapshot) never carries the key beside the Secrets it encrypts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RotationRecord {
+    pub phase: RotationPhase,
+    /// The key being introduced.
+    pub new_key: String,
+    /// The keys it replaces, the write key first, as they were when the rotation began.
+    pub old_keys: Vec<String>,
+    pub started_unix: u64,
+    /// The node whose `rotate-key` began it (any control-plane node may finish it).
+    pub started_on: String,
 }
 
 #[derive(Debug, thiserror::Error)]

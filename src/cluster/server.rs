@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::Msg;
 use super::pb::cluster_api_server::ClusterApi;
-use super::registry::{self, ClusterInfo, MemberRecord, MemberRole};
+use super::registry::{self, ClusterInfo, MemberRecord, MemberRole, RotationRecord};
 use super::throttle::FailedJoins;
 use super::token::{JoinToken, TokenError, TokenRecord, TokenRole, TokenState, now_unix};
 use super::versions::check_kubernetes_skew;
@@ -36,6 +36,8 @@ pub struct ClusterService {
     pub kubectl: super::Kubectl,
     /// Refused joins per source address (logged, and throttled past a limit).
     pub failed_joins: FailedJoins,
+    /// This node's Secrets encryption configuration and kube-apiserver, for `Encryption`.
+    pub encryption: std::sync::Arc<dyn super::EncryptionHost>,
 }
 
 /// The node name in a verified client certificate (CN `system:node:NAME`), if any.
@@ -140,6 +142,21 @@ impl ClusterService {
         Ok(())
     }
 
+    /// A control-plane node may not join during a Secrets key rotation (see `consume`).
+    async fn check_no_rotation(&self) -> Result<(), Status> {
+        if let Some((rec, _)) = registry::get::<RotationRecord>(&self.node, registry::ROTATION_KEY)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(Status::failed_precondition(format!(
+                "a Secrets key rotation is under way (phase {}, begun on {}); finish it with \
+                 `k8sd secrets rotate-key` on a control-plane node, then join again with the same token",
+                rec.phase, rec.started_on
+            )));
+        }
+        Ok(())
+    }
+
     async fn cluster_info(&self) -> Result<ClusterInfo, Status> {
         registry::get::<ClusterInfo>(&self.node, registry::CLUSTER_KEY)
             .await
@@ -172,9 +189,16 @@ impl ClusterService {
             by: member.name.clone(),
             at_unix: now_unix(),
         };
+        let mut compare = vec![registry::unchanged(&tkey, rev), registry::unchanged(&mkey, 0)];
+        // A control-plane node is recorded only while no Secrets key rotation is under way, in
+        // the same write: a rotation lists the members when it starts each phase, so one that
+        // joined with the keys of before could otherwise miss the new key.
+        if member.role == MemberRole::ControlPlane {
+            compare.push(registry::unchanged(registry::ROTATION_KEY, 0));
+        }
         let ok = registry::txn(
             &self.node,
-            vec![registry::unchanged(&tkey, rev), registry::unchanged(&mkey, 0)],
+            compare,
             vec![registry::put_op(&tkey, &rec), registry::put_op(&mkey, member)],
         )
         .await
@@ -184,6 +208,9 @@ impl ClusterService {
         }
         // Say which compare failed.
         self.check_name_free(&member.name).await?;
+        if member.role == MemberRole::ControlPlane {
+            self.check_no_rotation().await?;
+        }
         if member.role == MemberRole::Worker {
             self.check_token(&t.encode(), TokenRole::Worker, &member.name)
                 .await?;
@@ -303,6 +330,7 @@ impl ClusterService {
             .check_token(&req.token, TokenRole::ControlPlane, &req.name)
             .await?;
         self.check_name_free(&req.name).await?;
+        self.check_no_rotation().await?;
         let cluster = self.cluster_info().await?;
         // Every apiserver must hold the same Secrets key; a node without one (initialised by an
         // older k8sd) cannot admit a control-plane node that would need it.
@@ -460,6 +488,39 @@ impl ClusterApi for ClusterService {
             version: WIRE_VERSION,
             ca_cert: ca.cert_pem().to_string(),
             certs,
+        })
+    }
+
+    async fn encryption(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        let name = node_of(&req)
+            .ok_or_else(|| Status::unauthenticated("present this node's kubelet client certificate"))?;
+        let req: EncryptionRequest = body(req)?;
+        check_version(req.version)?;
+        // The keys go only to a control-plane node, which holds every CA key anyway: its name
+        // comes from the verified certificate, its role from its member record.
+        let member = registry::get::<MemberRecord>(&self.node, &registry::member_key(&name))
+            .await
+            .map_err(unavailable)?
+            .map(|(m, _)| m);
+        if member.is_none_or(|m| m.role != MemberRole::ControlPlane) {
+            return Err(Status::permission_denied(format!(
+                "{name} is not a control-plane member of this cluster"
+            )));
+        }
+        if let Some(text) = req.set {
+            pki::validate_encryption_config("the Secrets encryption configuration sent", &text)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            // Finish even if the caller goes away: the file and the running apiserver must agree.
+            let apply = self.encryption.apply(text);
+            tokio::spawn(apply)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(Status::internal)?;
+            tracing::info!(by = %name, "Secrets encryption keys replaced; kube-apiserver restarted");
+        }
+        reply(&EncryptionReply {
+            version: WIRE_VERSION,
+            config: self.encryption.current().map_err(Status::internal)?,
         })
     }
 

@@ -140,6 +140,23 @@ pub struct RenewedCert {
     pub cert: String,
 }
 
+/// `k8sd secrets rotate-key` reading (`set: None`) or replacing a control-plane node's Secrets
+/// encryption configuration. Added within version 2: an older server answers Unimplemented.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionRequest {
+    pub version: u32,
+    /// The whole new configuration; the server validates it, writes it 0600 and restarts its
+    /// kube-apiserver before it answers.
+    pub set: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionReply {
+    pub version: u32,
+    /// The node's configuration after the call; `None` on a node without one.
+    pub config: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

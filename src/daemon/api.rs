@@ -86,6 +86,11 @@ pub enum Request {
         name: String,
         enable: bool,
     },
+    /// `k8sd secrets rotate-key`: progress lines, then `Done` or `Error`. Added within version
+    /// 1: an older daemon answers it with a malformed-request error.
+    RotateSecretsKey {
+        version: u32,
+    },
 }
 
 impl Request {
@@ -100,7 +105,8 @@ impl Request {
             | Request::RemoveNode { version, .. }
             | Request::Leave { version, .. }
             | Request::Component { version, .. }
-            | Request::Addon { version, .. } => *version,
+            | Request::Addon { version, .. }
+            | Request::RotateSecretsKey { version } => *version,
         }
     }
 }
@@ -198,6 +204,29 @@ pub struct StatusReport {
     /// The scheduled backups (control-plane nodes only; absent elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_backups: Option<ScheduledBackupsReport>,
+    /// The Secrets encryption key this node's kube-apiserver writes with (control-plane nodes
+    /// only; never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_encryption: Option<SecretsEncryptionReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct SecretsEncryptionReport {
+    /// `secretbox` or `aescbc`; `none` on a node without a key (Secrets in plaintext).
+    pub provider: String,
+    /// The write key's name; empty without a key.
+    pub key: String,
+    /// When k8sd made the write key (RFC 3339, UTC), from its name.
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub age_days: Option<u64>,
+    /// Every key this node reads with, the write key first.
+    pub keys: Vec<String>,
+    /// The phase of a `k8sd secrets rotate-key` under way, if any.
+    #[serde(default)]
+    pub rotation: Option<String>,
 }
 
 /// The scheduled backups of a control-plane node: the schedule, the last result, the next one.

@@ -125,13 +125,14 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>) -> std::io::Result<()> 
             let r = daemon.set_addon(&name, enable).await.map_err(DaemonError::from);
             send(&mut w, &done(r)).await
         }
-        req @ (Request::Init { .. } | Request::Join { .. }) => {
+        req @ (Request::Init { .. } | Request::Join { .. } | Request::RotateSecretsKey { .. }) => {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let d = daemon.clone();
             let task = tokio::spawn(async move {
                 match req {
                     Request::Join { join, .. } => d.join(join, tx).await,
                     Request::Init { init, .. } => d.init(init, tx).await,
+                    Request::RotateSecretsKey { .. } => d.rotate_secrets_key(tx).await,
                     _ => Ok(()),
                 }
             });

@@ -124,6 +124,9 @@ impl DaemonError {
             DaemonError::ClusterApi(e) => join_error_kind(e),
             DaemonError::Datastore(e) => node_error_kind(e),
             DaemonError::KubernetesSkew(_) => FailureKind::Refused,
+            DaemonError::Secrets(
+                super::secrets::SecretsError::NoKey { .. } | super::secrets::SecretsError::Raced,
+            ) => FailureKind::Refused,
             DaemonError::Addons(e) => match e {
                 AddonsError::Addon(AddonError::Unknown { .. }) => FailureKind::Usage,
                 AddonsError::NotInitialised => FailureKind::NotInitialised,

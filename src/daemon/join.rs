@@ -49,7 +49,7 @@ fn encryption_from_reply(rep: &JoinReply, via: &str) -> Result<String, DaemonErr
 }
 
 impl Daemon {
-    fn control_plane_node(
+    pub(super) fn control_plane_node(
         &self,
         verb: &'static str,
     ) -> Result<(super::RunningNode, crate::node::Node), DaemonError> {

@@ -27,6 +27,7 @@ mod mirror;
 mod nodemeta;
 mod noderole;
 mod podnet;
+mod secrets;
 pub mod status;
 mod storagedir;
 pub mod svcroute;
@@ -131,6 +132,8 @@ pub enum DaemonError {
     Token(#[from] crate::cluster::token::TokenError),
     #[error(transparent)]
     ClusterApi(#[from] crate::cluster::client::JoinError),
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
     #[error("the cluster records in the datastore: {0}")]
     Registry(#[from] crate::cluster::registry::RegistryError),
     #[error("{0}")]
@@ -743,7 +746,7 @@ impl Daemon {
     /// Serve the etcd API on 127.0.0.1:2379 (mTLS, datastore CA) and the cluster API on the
     /// advertise address (TLS, tokens) until `stop` flips.
     async fn serve_datastore_and_api(
-        &self,
+        self: &Arc<Self>,
         datastore: &Node,
         cfg: &NodeConfig,
         stop: watch::Receiver<bool>,
@@ -774,6 +777,10 @@ impl Daemon {
             pki_dir: l.pki_dir(),
             kubectl: self.kubectl()?,
             failed_joins: Default::default(),
+            encryption: Arc::new(secrets::ApiserverKeys {
+                path: l.encryption_config(),
+                daemon: Arc::downgrade(self),
+            }),
         };
         let mut rx = stop;
         tokio::spawn(async move {

@@ -31,6 +31,7 @@ pub async fn build(d: &Daemon) -> StatusReport {
         api_backends: Vec::new(),
         addons: Vec::new(),
         scheduled_backups: None,
+        secrets_encryption: None,
     };
     let Some(r) = running else { return report };
     report.role = Some(r.cfg.role_name());
@@ -38,6 +39,7 @@ pub async fn build(d: &Daemon) -> StatusReport {
         datastore_report(&mut report, &r.cfg, ds).await;
         cluster_report(&mut report, ds).await;
         report.addons = d.addon_reports(ds).await;
+        report.secrets_encryption = Some(secrets_report(d, ds).await);
     }
     if let Some(lb) = &r.lb {
         report.api_backends = lb
@@ -54,6 +56,34 @@ pub async fn build(d: &Daemon) -> StatusReport {
         .as_ref()
         .map(backups_report);
     report
+}
+
+/// The write key of this node's configuration (its name and age, never its value), and the
+/// phase of a rotation under way.
+async fn secrets_report(d: &Daemon, ds: &crate::node::Node) -> SecretsEncryptionReport {
+    use crate::cluster::registry::{self, RotationRecord};
+    let path = d.layout().encryption_config();
+    let keys = crate::pki::read_encryption_config(&path)
+        .ok()
+        .flatten()
+        .and_then(|(text, _)| crate::pki::encryption_keys(&path.display().to_string(), &text).ok())
+        .unwrap_or_default();
+    let rotation = registry::get::<RotationRecord>(ds, registry::ROTATION_KEY)
+        .await
+        .ok()
+        .flatten()
+        .map(|(r, _)| format!("to {}, phase {} (begun on {})", r.new_key, r.phase, r.started_on));
+    let first = keys.first();
+    let created = first.and_then(|k| k.created_unix());
+    let now = crate::cluster::token::now_unix();
+    SecretsEncryptionReport {
+        provider: first.map_or("none".into(), |k| k.provider.clone()),
+        key: first.map(|k| k.name.clone()).unwrap_or_default(),
+        created: created.and_then(|c| i64::try_from(c).ok()).map(rfc3339),
+        age_days: created.map(|c| now.saturating_sub(c) / 86_400),
+        keys: keys.iter().map(|k| k.name.clone()).collect(),
+        rotation,
+    }
 }
 
 fn backups_report(s: &super::backups::ScheduleState) -> ScheduledBackupsReport {
@@ -343,6 +373,35 @@ pub fn render_text(s: &StatusReport) -> String {
                 l.error.as_deref().unwrap_or("")
             ),
         };
+    }
+    if let Some(e) = &s.secrets_encryption {
+        let _ = if e.key.is_empty() {
+            writeln!(
+                o,
+                "secrets:     NOT encrypted at rest (no key); see docs/operations.md"
+            )
+        } else {
+            writeln!(
+                o,
+                "secrets:     encrypted with {} key {}{}{}",
+                e.provider,
+                e.key,
+                e.created
+                    .as_deref()
+                    .map(|c| format!(", created {c}"))
+                    .unwrap_or_default(),
+                e.age_days.map(|d| format!(" ({d} days ago)")).unwrap_or_default()
+            )
+        };
+        if e.keys.len() > 1 {
+            let _ = writeln!(o, "  also reads: {}", e.keys[1..].join(", "));
+        }
+        if let Some(r) = &e.rotation {
+            let _ = writeln!(
+                o,
+                "  rotation under way: {r}; `k8sd secrets rotate-key` finishes it"
+            );
+        }
     }
     if !s.nodes.is_empty() {
         let ha = match s.ha {

@@ -3,10 +3,11 @@
 //! k8sd generates one secretbox key (XSalsa20-Poly1305, 32 random bytes) when a cluster is
 //! initialised and writes it beside the CA keys (0600). Every control-plane node receives the
 //! same file when it joins, so every kube-apiserver reads every Secret. `identity` follows the
-//! key, so Secrets written in plaintext before encryption was on stay readable (and are
-//! encrypted on their next write). Like `sa.key`, the key is never replaced by k8sd: a new key
-//! that the other apiservers do not know would make every Secret written with it unreadable
-//! there.
+//! keys, so Secrets written in plaintext before encryption was on stay readable (and are
+//! encrypted on their next write). k8sd replaces the keys only through `k8sd secrets
+//! rotate-key` (`rotation.rs`), which gives every apiserver a new key to read before any
+//! apiserver writes with it: a key the other apiservers do not know would make every Secret
+//! written with it unreadable there.
 //!
 //! Pure: rendering and validation only; `files.rs` does the IO.
 
@@ -44,35 +45,126 @@ impl EncryptionSummary {
     }
 }
 
-/// A new configuration with one fresh secretbox key named after `now_unix`.
-pub fn generate_encryption_config(now_unix: u64) -> Result<String, PkiError> {
-    let mut key = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut key)
-        .map_err(|e| PkiError::Parse {
-            what: "random bytes for the Secrets encryption key".into(),
-            reason: e.to_string(),
-        })?;
-    Ok(render(&format!("key-{now_unix}"), &B64.encode(key)))
+/// One key of the configuration, with the provider that uses it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// `secretbox` or `aescbc`.
+    pub provider: String,
+    pub name: String,
+    /// Base64, as the file holds it.
+    pub secret: String,
 }
 
-fn render(name: &str, secret: &str) -> String {
-    format!(
-        "# Written by k8sd at init and handed to every control-plane node that joins (0600).\n\
-         # kube-apiserver encrypts every new Secret with the first key; identity keeps Secrets\n\
-         # written before encryption was on readable.\n\
+// The secret never appears in logs or panics.
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.provider, self.name)
+    }
+}
+
+impl KeyEntry {
+    /// A fresh secretbox key named `key-<now_unix>`, or `key-<now_unix>-N` when that name is
+    /// one of `taken` (two keys made in the same second).
+    pub fn generate(now_unix: u64, taken: &[&str]) -> Result<KeyEntry, PkiError> {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut key)
+            .map_err(|e| PkiError::Parse {
+                what: "random bytes for the Secrets encryption key".into(),
+                reason: e.to_string(),
+            })?;
+        let mut name = format!("key-{now_unix}");
+        let mut n = 2;
+        while taken.contains(&name.as_str()) {
+            name = format!("key-{now_unix}-{n}");
+            n += 1;
+        }
+        Ok(KeyEntry {
+            provider: "secretbox".into(),
+            name,
+            secret: B64.encode(key),
+        })
+    }
+
+    /// When k8sd made this key, from its name (`key-<unix seconds>[-N]`); `None` for a key
+    /// named otherwise.
+    pub fn created_unix(&self) -> Option<u64> {
+        let rest = self.name.strip_prefix("key-")?;
+        rest.split('-').next()?.parse().ok()
+    }
+}
+
+/// A new configuration with one fresh secretbox key named after `now_unix`.
+pub fn generate_encryption_config(now_unix: u64) -> Result<String, PkiError> {
+    Ok(render_keys(&[KeyEntry::generate(now_unix, &[])?]))
+}
+
+/// The configuration that encrypts new Secrets with `keys[0]` and decrypts with every key, then
+/// reads plaintext (`identity`, last). Consecutive keys of one provider share its entry, as
+/// kube-apiserver tries providers in order and each provider's keys in order.
+pub fn render_keys(keys: &[KeyEntry]) -> String {
+    let mut out = format!(
+        "# Written by k8sd (init, join, `k8sd secrets rotate-key`); 0600, the same on every\n\
+         # control-plane node. kube-apiserver encrypts every new Secret with the first key and\n\
+         # decrypts with any; identity keeps Secrets written before encryption was on readable.\n\
          apiVersion: {API_VERSION}\n\
          kind: {KIND}\n\
          resources:\n\
          - resources:\n\
          \x20 - secrets\n\
-         \x20 providers:\n\
-         \x20 - secretbox:\n\
-         \x20     keys:\n\
-         \x20     - name: {name}\n\
-         \x20       secret: {secret}\n\
-         \x20 - identity: {{}}\n"
-    )
+         \x20 providers:\n"
+    );
+    let mut last: Option<&str> = None;
+    for k in keys {
+        if last != Some(k.provider.as_str()) {
+            out.push_str(&format!("  - {}:\n      keys:\n", k.provider));
+            last = Some(&k.provider);
+        }
+        out.push_str(&format!(
+            "      - name: {}\n        secret: {}\n",
+            k.name, k.secret
+        ));
+    }
+    out.push_str("  - identity: {}\n");
+    out
+}
+
+/// Every key of a valid configuration, in the order kube-apiserver tries them (the write key
+/// first).
+pub fn encryption_keys(what: &str, text: &str) -> Result<Vec<KeyEntry>, PkiError> {
+    validate_encryption_config(what, text)?;
+    let cfg: Config = serde_yaml::from_str(text).map_err(|e| PkiError::Parse {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut keys = Vec::new();
+    let providers = cfg
+        .resources
+        .iter()
+        .find(|r| r.resources.iter().any(|x| x == "secrets"))
+        .map(|r| r.providers.as_slice())
+        .unwrap_or_default();
+    for p in providers {
+        for (provider, k) in [("secretbox", &p.secretbox), ("aescbc", &p.aescbc)] {
+            for key in k.iter().flat_map(|k| &k.keys) {
+                keys.push(KeyEntry {
+                    provider: provider.into(),
+                    name: key.name.clone(),
+                    secret: key.secret.trim().to_string(),
+                });
+            }
+        }
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+fn render(name: &str, secret: &str) -> String {
+    render_keys(&[KeyEntry {
+        provider: "secretbox".into(),
+        name: name.into(),
+        secret: secret.into(),
+    }])
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +317,41 @@ mod tests {
         // Two inits never share a key.
         let other = generate_encryption_config(1_700_000_000).unwrap();
         assert_ne!(text, other);
+    }
+
+    /// What rotate-key writes: keys in the given order, one entry per run of one provider,
+    /// identity last; read back as the same list; a key's age comes from its name.
+    #[test]
+    fn rendered_keys_read_back_in_order_and_name_their_creation_time() {
+        let k = |p: &str, n: &str, len: usize| KeyEntry {
+            provider: p.into(),
+            name: n.into(),
+            secret: B64.encode(vec![1u8; len]),
+        };
+        let keys = vec![
+            k("secretbox", "key-200", 32),
+            k("aescbc", "legacy", 16),
+            k("secretbox", "key-100-2", 32),
+        ];
+        let text = render_keys(&keys);
+        assert_eq!(encryption_keys("t", &text).unwrap(), keys);
+        let s = validate_encryption_config("t", &text).unwrap();
+        assert_eq!(
+            (s.provider.as_str(), s.write_key.as_str()),
+            ("secretbox", "key-200")
+        );
+        let y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let providers = y["resources"][0]["providers"].as_sequence().unwrap();
+        assert_eq!(providers.len(), 4, "{text}");
+        assert!(providers[3]["identity"].is_mapping());
+        assert_eq!(keys[0].created_unix(), Some(200));
+        assert_eq!(keys[2].created_unix(), Some(100));
+        assert_eq!(keys[1].created_unix(), None);
+        // The secret never shows in a debug print (logs, panics).
+        assert_eq!(format!("{:?}", keys[0]), "secretbox:key-200");
+        // A name taken in the same second gets a suffix.
+        let fresh = KeyEntry::generate(200, &["key-200", "key-200-2"]).unwrap();
+        assert_eq!(fresh.name, "key-200-3");
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub fn cert_status(dir: &Path) -> Result<Vec<CertStatus>, PkiError> {
 }
 
 /// At `k8sd init`: writes a new Secrets encryption configuration to `path` (0600) unless one
-/// is there, which is kept after it validates (an existing key is never replaced). Returns
+/// is there, which is kept after it validates (init never replaces a key). Returns
 /// what the file now says.
 pub fn create_encryption_config(path: &Path, now_unix: u64) -> Result<EncryptionSummary, PkiError> {
     if let Some((_, summary)) = read_encryption_config(path)? {

@@ -41,7 +41,10 @@ pub use ca::{
     CertificateAuthority, IssuedCert, generate_private_key_pem, issue_leaf, issue_service_serving,
     public_key_pem, sign_leaf_for_public_key,
 };
-pub use encryption::{ENCRYPTION_CONFIG_FILE, EncryptionSummary, validate_encryption_config};
+pub use encryption::{
+    ENCRYPTION_CONFIG_FILE, EncryptionSummary, KeyEntry, encryption_keys, render_keys,
+    validate_encryption_config,
+};
 pub use error::PkiError;
 pub use files::{
     CERT_MODE, CertStatus, FileChange, KEY_MODE, PkiReport, cert_status, create_encryption_config,
