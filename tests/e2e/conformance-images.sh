@@ -9,7 +9,7 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CONFORMANCE_IMAGES_DIR=${CONFORMANCE_IMAGES_DIR:-${K8SD_CACHE_DIR:-/var/cache/k8sd}/conformance/images}
-require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" /usr/bin/containerd \
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "${runtime_bins[@]}" \
   "$CONFORMANCE_IMAGES_DIR/images.tsv"
 
 ns=k8sd-e2e-cimages
