@@ -93,16 +93,14 @@ rc_raft=${PIPESTATUS[0]}
 ((rc == 0)) && rc=$rc_raft
 
 # The datastore suites (Kubernetes' storage tests on 1 node, 3 nodes and a Raft member, then the
-# linearizability check, then the e2e suites in lane2_e2e) run in the background beside the
-# other end-to-end suites. They share nothing with them: the storage suite's servers listen on
-# loopback ports the kernel picks, the linearizability check owns its own network namespaces
-# (10.211.x), and every e2e suite runs in namespaces and a subnet of its own. Each side leaves a core mostly idle when run alone, and run one after
+# linearizability check, then the rolling-upgrade suite) run in the background beside the
+# end-to-end suites. They share nothing with them: the storage suite's servers listen on loopback
+# ports the kernel picks, the linearizability check owns its own network namespaces (10.211.x)
+# and the upgrade suite its own (k8sd-up*, 10.215.0), while every other e2e suite runs
+# in namespaces of its own. Each side leaves a core mostly idle when run alone, and run one after
 # the other they took 38 of a cold run's 66 minutes (docs/benchmarks.md, "Cold build"). Their
 # output goes to their own logs; the failures are counted when both sides are done.
 datastore_log=/tmp/k8sd-datastore-suites.log
-# The e2e suites that run in the datastore lane, after the datastore suites: upgrade.sh
-# (k8sd-up*, 10.215.0) and backup.sh (k8sd-bk*, 10.214.0), so that both lanes take about as long.
-lane2_e2e=(upgrade backup)
 # ds_run LOG WHAT COMMAND...: one datastore suite, its whole output in LOG; on failure the tail
 # of LOG is printed, since the CI log is all a failed run leaves behind.
 ds_run() {
@@ -131,12 +129,11 @@ datastore_suites() {
   ds_run /tmp/k8sd-e2e-robustness.log \
     "Linearizability and watch guarantees of a 3-node cluster under 100 faults (kill -9, partitions)" \
     tests/robustness/run.sh || failed=$((failed + 1))
-  # End-to-end suites that balance the two lanes (docs/benchmarks.md, "CI wall time"); each
-  # has namespaces, a bridge and a subnet of its own.
-  local t
-  for t in "${lane2_e2e[@]}"; do
-    ds_run "/tmp/k8sd-e2e-$t.log" "e2e: tests/e2e/$t.sh (in this lane)" "tests/e2e/$t.sh" || failed=$((failed + 1))
-  done
+  # An end-to-end suite, run in this lane because it was the shorter one; its namespaces,
+  # bridge and subnet (k8sd-up*, k8sd-bru, 10.215.0) are its own.
+  ds_run /tmp/k8sd-e2e-upgrade.log \
+    "e2e: tests/e2e/upgrade.sh, a rolling upgrade from the previous release under a write and watch load" \
+    tests/e2e/upgrade.sh || failed=$((failed + 1))
   step "datastore suites done"
   return "$failed"
 }
@@ -146,7 +143,7 @@ datastore_pid=$!
 
 for t in tests/e2e/*.sh; do
   [[ $(basename "$t") == lib.sh ]] && continue   # sourced by the suites, not run
-  [[ " ${lane2_e2e[*]} " == *" $(basename "$t" .sh) "* && -x $t ]] && continue   # in the datastore lane
+  [[ $(basename "$t") == upgrade.sh && -x $t ]] && continue   # runs in the datastore lane
   if [[ ! -x "$t" ]]; then
     echo "e2e FAILED: $t is not executable (chmod +x it; a suite that cannot run must not pass silently)"
     failed=$((failed + 1))
