@@ -266,25 +266,15 @@ fn take_scheduled(layout: &Layout, node: &NodeConfig, keep: u32, now: i64) -> Re
 /// A scheduled backup's failure, in words for the node's operator: where `k8sd backup` would
 /// suggest `--output`, a schedule has no flags, so say what to change instead.
 fn scheduled_error(e: &BackupError, dir: &Path) -> String {
-    let out_of_space = match e {
-        BackupError::Snapshot { .. } => true,
-        BackupError::Write { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
-        _ => false,
-    };
-    if !out_of_space {
-        return e.to_string();
-    }
     let what = match e {
-        BackupError::Snapshot { path, reason } => {
-            format!(
-                "cannot snapshot the datastore into {} (it needs room for a full copy of the datastore): {reason}",
-                path.display()
-            )
-        }
-        BackupError::Write { path, source } => {
+        BackupError::Snapshot { path, reason } => format!(
+            "cannot snapshot the datastore into {} (it needs room for a full copy of the datastore): {reason}",
+            path.display()
+        ),
+        BackupError::Write { path, source } if source.raw_os_error() == Some(libc::ENOSPC) => {
             format!("cannot write the backup to {}: {source}", path.display())
         }
-        _ => unreachable!("matched above"),
+        _ => return e.to_string(),
     };
     format!(
         "{what}; free space on the filesystem of {}, or keep fewer archives (backup-retention in node.yaml), \
