@@ -708,18 +708,24 @@ impl Daemon {
                 backends.push(s);
             }
         }
+        // Kept whatever the EndpointSlices say (see `LbConfig::pinned`): the apiserver that is
+        // always there for this node, its own, or on a worker the ones it joined through.
+        let pinned = match datastore {
+            Some(_) => vec![cfg.advertise_address],
+            None => cfg.control_plane.clone(),
+        };
         let state = self.opts.layout.lb_state_file();
         if let Some(dir) = state.parent() {
             mkdir(dir, 0o700)?;
         }
-        crate::lb::LoadBalancer::start(crate::lb::LbConfig::new(
-            components::lb_addr(),
-            backends,
-            tls,
-            state,
-        ))
-        .await
-        .map_err(DaemonError::LoadBalancer)
+        let mut lb = crate::lb::LbConfig::new(components::lb_addr(), backends, tls, state);
+        lb.pinned = pinned
+            .into_iter()
+            .map(|a| std::net::SocketAddr::new(a, components::APISERVER_PORT))
+            .collect();
+        crate::lb::LoadBalancer::start(lb)
+            .await
+            .map_err(DaemonError::LoadBalancer)
     }
 
     /// Where this node reaches kube-apiserver for its own checks: its own on a control-plane

@@ -57,6 +57,13 @@ pub struct LbConfig {
     /// The kube-apiservers known from the configuration (the join token). The persisted list is
     /// added to them at start.
     pub backends: Vec<SocketAddr>,
+    /// Backends that stay in the list whatever discovery says: this node's own kube-apiserver on
+    /// a control-plane node, the addresses it joined through on a worker. An apiserver leaves the
+    /// `kubernetes` EndpointSlices while it restarts, so a list read at that moment names only the
+    /// others; replacing the pool with it would leave a node whose other apiservers are down with
+    /// no backend at all until the next refresh, and a worker with only dead ones for good (the
+    /// refresher asks the pool's own backends). Empty by default.
+    pub pinned: Vec<SocketAddr>,
     /// The client for `/readyz` and the EndpointSlice list: cluster CA plus a client certificate.
     /// For discovery the identity must be allowed to list EndpointSlices in `default`;
     /// kube-proxy's (`system:node-proxier`) is.
@@ -91,6 +98,7 @@ impl LbConfig {
         LbConfig {
             listen,
             backends,
+            pinned: Vec::new(),
             tls,
             state_file,
             health_interval: Duration::from_secs(1),
@@ -197,7 +205,7 @@ impl LoadBalancer {
                 Vec::new()
             }
         };
-        for a in cfg.backends.iter().chain(&persisted) {
+        for a in cfg.pinned.iter().chain(&cfg.backends).chain(&persisted) {
             if !initial.contains(a) {
                 initial.push(*a);
             }
@@ -221,6 +229,7 @@ impl LoadBalancer {
                 healthy_after: cfg.healthy_after,
             })),
             persist: tokio::sync::Mutex::new(()),
+            pinned: cfg.pinned,
             tls: cfg.tls,
             state_file: cfg.state_file,
             health_interval: cfg.health_interval,
@@ -335,6 +344,8 @@ impl Drop for LbHandle {
 struct Shared {
     pool: Mutex<Pool>,
     persist: tokio::sync::Mutex<()>,
+    /// [`LbConfig::pinned`]: added to every list [`Shared::set_backends`] is given.
+    pinned: Vec<SocketAddr>,
     tls: TlsClient,
     state_file: PathBuf,
     health_interval: Duration,
@@ -360,6 +371,16 @@ impl Shared {
         self.pool().clear();
     }
 
+    /// `list` plus the pinned backends it lacks, appended in their configured order.
+    fn with_pinned(&self, mut list: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        for p in &self.pinned {
+            if !list.contains(p) {
+                list.push(*p);
+            }
+        }
+        list
+    }
+
     async fn stopped(&self) {
         let mut rx = self.stopping.subscribe();
         let _ = rx.wait_for(|s| *s).await;
@@ -369,6 +390,7 @@ impl Shared {
         if backends.is_empty() {
             return Err(LbError::EmptyBackends);
         }
+        let backends = self.with_pinned(backends);
         let _order = self.persist.lock().await;
         let list = {
             let mut pool = self.pool();
@@ -442,7 +464,8 @@ async fn probe_once(shared: &Shared, addr: SocketAddr) -> Probe {
 }
 
 /// Every `every`, lists the `kubernetes` EndpointSlices through the best backend that answers and
-/// makes the ready addresses the backend list. An empty or failed answer changes nothing.
+/// makes the ready addresses, plus the pinned ones, the backend list. An empty or failed answer
+/// changes nothing.
 async fn refresh_loop(shared: Arc<Shared>, every: Duration) {
     let mut last_error: Option<String> = None;
     loop {
@@ -494,9 +517,10 @@ async fn refresh_once(shared: &Arc<Shared>) -> Result<(), String> {
                 "{addr}: the kubernetes EndpointSlices list no ready endpoint"
             ));
         }
-        let mut current = shared.pool().addrs();
+        let (mut current, mut want) = (shared.pool().addrs(), shared.with_pinned(found.clone()));
         current.sort();
-        if current != found {
+        want.sort();
+        if current != want {
             shared.set_backends(found).await.map_err(|e| e.to_string())?;
         }
         return Ok(());

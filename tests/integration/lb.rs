@@ -682,6 +682,52 @@ async fn t50_the_refresher_follows_the_kubernetes_endpointslices() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t55_a_pinned_backend_outlives_a_list_that_omits_it() {
+    let pki = Pki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = same_port_backends(&pki).await;
+    let port = nodes[0].addr.port();
+    let set_slices = |nodes: &[Backend], ips: &[&str]| {
+        let body = slice_list(ips, "127.0.0.9", port);
+        for n in nodes {
+            *n.slices.lock().unwrap() = Some(body.clone());
+        }
+    };
+    set_slices(&nodes, &["127.0.0.2", "127.0.0.3"]);
+    // A control-plane node's balancer: its own apiserver (n2) is pinned.
+    let mut cfg = config(&pki, &[&nodes[0]], tmp.path());
+    cfg.pinned = vec![nodes[0].addr];
+    cfg.discovery_interval = Some(Duration::from_millis(200));
+    let lb = LoadBalancer::start(cfg).await.unwrap();
+    let two = vec![nodes[0].addr, nodes[1].addr];
+    eventually("n3 discovered", || lb.backends() == two).await;
+
+    // n2 restarts: it leaves the EndpointSlices, which now name only n3. The list keeps n2.
+    set_slices(&nodes, &["127.0.0.3"]);
+    let served = |nodes: &[Backend]| {
+        nodes
+            .iter()
+            .map(|n| n.slice_requests.load(Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    let before = served(&nodes);
+    eventually("three more refreshes", || served(&nodes) >= before + 3).await;
+    let mut listed = lb.backends();
+    listed.sort();
+    assert_eq!(listed, two, "a list without the pinned backend dropped it");
+
+    // n3 goes down for good: every new connection still reaches n2.
+    let n3 = nodes.remove(1);
+    drop(n3);
+    let tls = pki.connector();
+    for _ in 0..4 {
+        let mut c = connect(lb.local_addr(), &tls).await;
+        assert_eq!(c.backend, "n2");
+        c.echo("still here").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t60_the_listener_refuses_nothing_while_health_flips() {
     let pki = Pki::new();
     let tmp = tempfile::tempdir().unwrap();
