@@ -203,12 +203,18 @@ cluster_teardown() {
   ip link del "$CL_BR" 2>/dev/null
   rm -rf "$work"
 }
-# cluster_logs N: the last N lines of each host's k8sd, kube-apiserver and kubelet logs.
+# cluster_logs N: the last N lines of each host's k8sd, kube-apiserver and kubelet logs, and a
+# copy of every host's whole logs/ in /var/tmp/k8sd-e2e-failed/<suite>/nI (the last failure of
+# each suite), since the teardown deletes the data dirs and a failure's cause is often minutes
+# before its last lines.
 cluster_logs() {
-  local i f
+  local i f keep=/var/tmp/k8sd-e2e-failed/$CL_NAME
+  rm -rf "$keep"
   for i in $CL_HOSTS; do
+    mkdir -p "$keep/n$i" && cp -a "$(data_of "$i")/logs/." "$keep/n$i/" 2>/dev/null
     for f in "$(data_of "$i")"/logs/{k8sd,kube-apiserver,kubelet}.log; do
       [[ -f $f ]] && { echo "----- $f (last $1 lines)"; tail -n "$1" "$f"; }
     done
   done
+  echo "----- whole logs kept in $keep"
 }
