@@ -21,6 +21,7 @@ mod control;
 pub mod extra_args;
 mod failure;
 mod join;
+mod leader_wait;
 mod listener_tls;
 mod metrics;
 mod mirror;
@@ -524,6 +525,7 @@ impl Daemon {
                     return Err(e);
                 }
             } else {
+                leader_wait::until_leader(&datastore, &step).await?;
                 self.register_founder(&datastore, &cfg).await?;
             }
             step("checking this node's Kubernetes version against the control plane's");

@@ -17,7 +17,10 @@
 #      node's datastore and through every node's kube-apiserver; the watch saw every
 #      acknowledged write exactly once, as a create, in the order of the writes, with
 #      revisions strictly increasing; `k8sd status` (text and -o json) on every node shows
-#      every node at this build's k8sd version and the Kubernetes pin.
+#      every node at this build's k8sd version and the Kubernetes pin;
+#   5. a whole-cluster restart: every daemon stopped, n1 started alone waits for its datastore's
+#      leader (past the 10 s request timeout) without failing, and is Ready once n2 is started;
+#      n3 then too, with 3 voters, HA, and every acknowledged write still there.
 # Nothing on disk is newer in this build than in the previous release, so the previous binary's
 # refusal of newer data is proven by unit tests of each versioned format (docs/testing.md).
 set -uo pipefail
@@ -47,17 +50,6 @@ kb() { K8SD_BIN=${bin_of[$1]} k "$@"; }
 # kubectl through HAProxy, and against one node's own kube-apiserver.
 kc() { "$K8SD_KUBEBIN" kubectl --kubeconfig "$work/admin.conf" --request-timeout=10s "$@"; }
 kc_at() { local i=$1; shift; kc --server "https://$(addr_of "$i"):6443" "$@"; }
-# etcdctl against host I's datastore (mTLS on 127.0.0.1:2379).
-etcdctl_on() {
-  local i=$1 p; shift; p=$(data_of "$i")/pki
-  ETCDCTL_API=3 nsenter --net="/run/netns/$(ns_of "$i")" etcdctl --endpoints=https://127.0.0.1:2379 \
-    --dial-timeout=3s --command-timeout=10s \
-    --cacert "$p/datastore-ca.crt" --cert "$p/datastore-client.crt" --key "$p/datastore-client.key" "$@"
-}
-revision_on() {
-  etcdctl_on "$1" endpoint status -w json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'
-}
 status_json() { kb "$1" status -o json > "$work/status$1.json"; }
 # status_says I EXPR WANT: a field of `k8sd status -o json` on host I.
 status_says() {
@@ -94,32 +86,7 @@ check "status: 3 voters, HA holds" wait_for 120 "3 voters" status_says 1 \
 for i in 1 2 3; do check "n$i is Ready" wait_for 180 "n$i ready" kb "$i" status --wait-ready --timeout 5; done
 
 # The operator's kubeconfig: admin credentials, server = HAProxy in front of the 3 apiservers.
-sed -e "s#server: .*#server: https://$CL_PREFIX.1:$lbport#" "$(data_of 1)/kubeconfig/admin.conf" > "$work/admin.conf"
-# The apiserver certificates name "kubernetes" on every node; the balancer address is not in them.
-sed -i "s#^\(    server: .*\)#\1\n    tls-server-name: kubernetes#" "$work/admin.conf"
-cat "$(data_of 1)/pki/admin.crt" "$(data_of 1)/pki/admin.key" > "$work/admin.pem"
-cat > "$work/haproxy.cfg" <<EOF
-global
-  pidfile $work/haproxy.pid
-defaults
-  mode tcp
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  retries 3
-  option redispatch
-frontend api
-  bind $CL_PREFIX.1:$lbport
-  default_backend apiservers
-backend apiservers
-  option httpchk GET /readyz
-  http-check expect status 200
-  default-server inter 500ms fall 2 rise 2 check check-ssl verify none crt $work/admin.pem
-  server n1 $(addr_of 1):6443
-  server n2 $(addr_of 2):6443
-  server n3 $(addr_of 3):6443
-EOF
-haproxy -D -f "$work/haproxy.cfg" || { fail "haproxy starts"; exit 1; }
+cluster_haproxy "$lbport" 1 2 3 || { fail "haproxy starts"; exit 1; }
 check "kubectl through HAProxy sees 3 Ready nodes" wait_for 60 "3 nodes Ready" \
   bash -c "[[ \$('$K8SD_KUBEBIN' kubectl --kubeconfig '$work/admin.conf' get nodes --no-headers | grep -c ' Ready ') == 3 ]]"
 check "the namespace of the load is created" quiet kc create namespace upgrade
@@ -299,5 +266,29 @@ text_new() { [[ $(kb 3 status | grep -cE "^  n[123] .* k8sd $new_version Kuberne
 check "status text on n3 shows the three nodes' versions" text_new
 version_line() { kb 1 status | grep -qx "version:     k8sd $new_version, Kubernetes $kube_version"; }
 check "status text on n1 shows its own version line" version_line
+
+log "5. a whole-cluster restart, one node at a time (as after a power cut)"
+touch "$work/stop-load"; kill "$writer_pid" "$watcher_pid" 2>/dev/null; wait "$writer_pid" "$watcher_pid" 2>/dev/null
+writer_pid="" watcher_pid=""
+for i in 1 2 3; do
+  pid=$(daemon_pid "$i"); kill -TERM "$pid"
+  for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  kill -0 "$pid" 2>/dev/null && { fail "n$i stopped within 120 s"; kill -9 "$pid"; }
+done
+k_start 1 "$work/n1-alone.log"
+# Longer than a datastore request's 10 s timeout: before, the first cluster read failed after it
+# and the daemon stayed idle in `failed` for good.
+sleep 25
+phase_of() { status_json "$1" >/dev/null 2>&1 && json_get "$work/status$1.json" "d['phase']"; }
+log "n1 alone after 25 s: $(phase_of 1)"
+check "n1 alone says it waits for the datastore's leader, and has not failed" \
+  grep -q "^starting: waiting for the datastore to have a leader" <<<"$(phase_of 1)"
+k_start 2 "$work/n2-second.log"
+for i in 1 2; do check "n$i is Ready once a second voter is up" wait_for 300 "n$i ready" kb "$i" status --wait-ready --timeout 5; done
+k_start 3 "$work/n3-third.log"
+check "n3 is Ready" wait_for 300 "n3 ready" kb 3 status --wait-ready --timeout 5
+check "3 voters, HA holds, after the restart" wait_for 120 "3 voters" status_says 1 \
+  "sorted((n['name'], n['role']) for n in d['nodes']) == [('n1','voter'),('n2','voter'),('n3','voter')] and d['ha']" True
+check "every acknowledged write is still there (through n3's kube-apiserver)" wait_for 60 "writes on n3" via_api 3
 
 finish
