@@ -42,16 +42,6 @@ cleanup() {
 trap cleanup EXIT
 
 kc() { k "$1" kubectl --request-timeout=10s "${@:2}"; }
-# etcdctl against host I's datastore (mTLS on 127.0.0.1:2379).
-etcdctl_on() {
-  local i=$1 p; shift; p=$(data_of "$i")/pki
-  ETCDCTL_API=3 nsenter --net="/run/netns/$(ns_of "$i")" etcdctl --endpoints=https://127.0.0.1:2379 \
-    --cacert "$p/datastore-ca.crt" --cert "$p/datastore-client.crt" --key "$p/datastore-client.key" "$@"
-}
-revision_on() {
-  etcdctl_on "$1" endpoint status -w json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'
-}
 # host_down I: stop host I's daemon and remove everything it left (as cluster_teardown does).
 host_down() {
   local i=$1 pid d

@@ -120,33 +120,8 @@ check "the renewed certificate verifies against the cluster CA" wait_for 30 "wor
 check "keys are 0600" bash -c "[[ \$(stat -c %a '$(data_of 2)/pki/ca.key') == 600 && \$(stat -c %a '$(data_of 4)/pki/kubelet-client.key') == 600 && \$(stat -c %a '$(data_of 4)/pki/kubelet.key') == 600 ]]"
 
 # The client's kubeconfig: admin credentials, server = HAProxy; the worker's: its balancer.
-sed -e "s#server: .*#server: https://$prefix.1:$lbport#" "$(data_of 1)/kubeconfig/admin.conf" > "$work/admin.conf"
+cluster_haproxy "$lbport" 1 2 3 || { fail "haproxy starts"; exit 1; }
 sed -e "s#server: .*#server: https://127.0.0.1:6444#" "$(data_of 1)/kubeconfig/admin.conf" > "$work/admin-worker.conf"
-# The apiserver certificates name "kubernetes" on every node; the balancer address is not in them.
-sed -i "s#^\(    server: .*\)#\1\n    tls-server-name: kubernetes#" "$work/admin.conf"
-cat "$(data_of 1)/pki/admin.crt" "$(data_of 1)/pki/admin.key" > "$work/admin.pem"
-cat > "$work/haproxy.cfg" <<EOF
-global
-  pidfile $work/haproxy.pid
-defaults
-  mode tcp
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  retries 3
-  option redispatch
-frontend api
-  bind $prefix.1:$lbport
-  default_backend apiservers
-backend apiservers
-  option httpchk GET /readyz
-  http-check expect status 200
-  default-server inter 500ms fall 2 rise 2 check check-ssl verify none crt $work/admin.pem
-  server n1 $(addr_of 1):6443
-  server n2 $(addr_of 2):6443
-  server n3 $(addr_of 3):6443
-EOF
-haproxy -D -f "$work/haproxy.cfg" || { fail "haproxy starts"; exit 1; }
 check "kubectl through HAProxy sees 4 Ready nodes" wait_for 60 "4 nodes Ready" bash -c "[[ \$('$K8SD_KUBEBIN' kubectl --kubeconfig '$work/admin.conf' get nodes --no-headers | grep -c ' Ready ') == 4 ]]"
 check "kubectl through the worker's balancer works" wait_for 30 "worker kubectl" kw get nodes
 

@@ -203,6 +203,52 @@ cluster_teardown() {
   ip link del "$CL_BR" 2>/dev/null
   rm -rf "$work"
 }
+# etcdctl_on I ARGS: etcdctl against host I's datastore (mTLS on 127.0.0.1:2379, its
+# datastore-client certificate), with timeouts so a node that is down fails the call quickly.
+etcdctl_on() {
+  local i=$1 p; shift; p=$(data_of "$i")/pki
+  ETCDCTL_API=3 nsenter --net="/run/netns/$(ns_of "$i")" etcdctl --endpoints=https://127.0.0.1:2379 \
+    --dial-timeout=3s --command-timeout=10s \
+    --cacert "$p/datastore-ca.crt" --cert "$p/datastore-client.crt" --key "$p/datastore-client.key" "$@"
+}
+# revision_on I: the datastore revision host I reports.
+revision_on() {
+  etcdctl_on "$1" endpoint status -w json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'
+}
+# cluster_haproxy PORT HOST...: HAProxy on the bridge address PREFIX.1:PORT in front of the
+# hosts' kube-apiservers (TCP, /readyz checks with the admin certificate), as an operator's
+# external balancer, and $work/admin.conf: host 1's admin kubeconfig pointed at it. Its pid is
+# in $work/haproxy.pid for the suite's cleanup.
+cluster_haproxy() {
+  local port=$1 i; shift
+  sed -e "s#server: .*#server: https://$CL_PREFIX.1:$port#" "$(data_of 1)/kubeconfig/admin.conf" > "$work/admin.conf"
+  # The apiserver certificates name "kubernetes" on every node; the balancer address is not in them.
+  sed -i "s#^\(    server: .*\)#\1\n    tls-server-name: kubernetes#" "$work/admin.conf"
+  cat "$(data_of 1)/pki/admin.crt" "$(data_of 1)/pki/admin.key" > "$work/admin.pem"
+  {
+    cat <<EOF
+global
+  pidfile $work/haproxy.pid
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  retries 3
+  option redispatch
+frontend api
+  bind $CL_PREFIX.1:$port
+  default_backend apiservers
+backend apiservers
+  option httpchk GET /readyz
+  http-check expect status 200
+  default-server inter 500ms fall 2 rise 2 check check-ssl verify none crt $work/admin.pem
+EOF
+    for i in "$@"; do echo "  server n$i $(addr_of "$i"):6443"; done
+  } > "$work/haproxy.cfg"
+  haproxy -D -f "$work/haproxy.cfg"
+}
 # cluster_logs N: the last N lines of each host's k8sd, kube-apiserver and kubelet logs, and a
 # copy of every host's whole logs/ in /var/tmp/k8sd-e2e-failed/<suite>/nI (the last failure of
 # each suite), since the teardown deletes the data dirs and a failure's cause is often minutes

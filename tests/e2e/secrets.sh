@@ -30,11 +30,6 @@ cleanup() {
 trap cleanup EXIT
 
 kc() { k "$1" kubectl --request-timeout=20s "${@:2}"; }
-etcdctl_on() {
-  local i=$1 p; shift; p=$(data_of "$i")/pki
-  ETCDCTL_API=3 nsenter --net="/run/netns/$(ns_of "$i")" etcdctl --endpoints=https://127.0.0.1:2379 \
-    --cacert "$p/datastore-ca.crt" --cert "$p/datastore-client.crt" --key "$p/datastore-client.key" "$@"
-}
 # key_names I: the key names in host I's encryption configuration, the write key first.
 key_names() { awk '$1 == "-" && $2 == "name:" {print $3}' "$(data_of "$1")/pki/encryption-config.yaml" | paste -sd, -; }
 # stored_with KEY: every Secret in n1's replica is stored as k8s:enc:secretbox:v1:KEY:, none
