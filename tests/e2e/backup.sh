@@ -55,7 +55,7 @@ host_down() {
     --containerd-address "$(containerd_sock "$i")" --containerd-root "$d/containerd" \
     --containerd-state "$(run_of "$i")/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
     --cgroup-root "$(cgroup_of "$i")" >/dev/null 2>&1
-  ip link del "k8sd-b$((CL_BASE + i))" 2>/dev/null
+  ip link del "$(veth_of "$i")" 2>/dev/null
   rm -rf "$d" "$(run_of "$i")"
 }
 # untouched DIR: restore wrote nothing lasting into DIR (no node, PKI, datastore or scratch).

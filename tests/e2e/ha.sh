@@ -113,8 +113,24 @@ old_serial=$(serial4)
 pid=$(daemon_pid 4); kill -TERM "$pid"
 for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
 rm -f "$(data_of 4)/pki/kubelet.crt"
-k_start 4 "$work/n4-restart.log"
-check "n4 is ready again after the restart" wait_for 180 "n4 ready" k 4 status --wait-ready --timeout 5
+# The worker holds its Kubernetes minor against the control plane's at every start: with n1's
+# member record claiming the minor below ours, the restarted worker starts nothing and says why,
+# and starts when the user allows one minor change.
+kube_version=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
+lower=$(python3 -c 'import sys; M, m, p = sys.argv[1].lstrip("v").split("."); print(f"v{M}.{int(m) - 1}.{p}")' "$kube_version")
+rec1=$(etcdctl_on 1 get /k8sd/members/n1 --print-value-only)
+etcdctl_on 1 put /k8sd/members/n1 "$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r["versions"]["kubernetes"] = sys.argv[2]; print(json.dumps(r))' "$rec1" "$lower")" >/dev/null
+k_start 4 "$work/n4-skew.log"
+phase4() { k 4 status -o json 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["phase"])'; }
+skew_refused() { local p; p=$(phase4); [[ $p == failed:* && $p == *"Kubernetes $kube_version and node n1 runs $lower"* && $p == *--allow-kubernetes-minor-change* ]]; }
+check "a worker restarted beside a control plane one minor down refuses to start, naming both versions" wait_for 120 "n4 refused" skew_refused
+no_kubelet4() { ! pgrep -f -- "--hostname-override=n4( |$)" >/dev/null; }
+check "... and starts no kubelet" no_kubelet4
+pid=$(daemon_pid 4); kill -TERM "$pid"
+for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+K8SD_ALLOW_KUBERNETES_MINOR_CHANGE=1 k_start 4 "$work/n4-restart.log"
+check "n4 is ready again after the restart (one minor change allowed)" wait_for 180 "n4 ready" k 4 status --wait-ready --timeout 5
+etcdctl_on 1 put /k8sd/members/n1 "$rec1" >/dev/null
 check "n4 received a new kubelet serving certificate" bash -c "s=\$(openssl x509 -noout -serial -in '$(data_of 4)/pki/kubelet.crt') && [[ -n \$s && \$s != '$old_serial' ]]"
 check "the renewed certificate verifies against the cluster CA" wait_for 30 "worker kubelet TLS" worker_kubelet_tls
 check "keys are 0600" bash -c "[[ \$(stat -c %a '$(data_of 2)/pki/ca.key') == 600 && \$(stat -c %a '$(data_of 4)/pki/kubelet-client.key') == 600 && \$(stat -c %a '$(data_of 4)/pki/kubelet.key') == 600 ]]"
@@ -263,7 +279,7 @@ log "1b. DNS keeps answering when a node running a CoreDNS replica is cut off"
 # healthy replica of two) that happens about once in 30,000 tries.
 d=$(dns_nodes | grep -m 1 -E '^n[123]$'); d=${d#n}
 [[ $d =~ ^[123]$ ]] || { fail "a CoreDNS replica on a control-plane node (got '$(dns_nodes | tr '\n' ' ')')"; d=1; }
-ip link set "k8sd-b$((10 + d))" down
+ip link set "$(veth_of "$d")" down
 t0=$SECONDS tries=0 misses=0 streak=0
 while ((SECONDS - t0 < 180 && streak < 15)); do
   tries=$((tries + 1))
@@ -276,7 +292,7 @@ while ((SECONDS - t0 < 180 && streak < 15)); do
 done
 log "TIMING dns-replica-loss: n$d cut off; $tries lookups from the worker, $misses unanswered, 15 in a row answered after $((SECONDS - t0))s"
 check "DNS answers 15 lookups in a row within 180 s of n$d being cut off" test "$streak" -ge 15
-ip link set "k8sd-b$((10 + d))" up
+ip link set "$(veth_of "$d")" up
 node_ready() { [[ $(kc get node "n$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
 check "n$d is Ready again once reconnected" wait_for 180 "n$d Ready" node_ready "$d"
 check "HA holds again (3 voters)" wait_for 90 "3 voters" three_voters \
@@ -464,7 +480,7 @@ t9=$SECONDS
 for i in "$o" 5; do
   pid=$(daemon_pid "$i"); kids=$(pgrep -P "$pid" | tr '\n' ' ')
   kill -9 "$pid" $kids
-  ip link set "k8sd-b$((10 + i))" down   # gone for good: not even its address answers
+  ip link set "$(veth_of "$i")" down   # gone for good: not even its address answers
 done
 write_fails() { ! kc_at 1 --request-timeout=5s create configmap e2e-during-loss >/dev/null 2>&1; }
 check "with n$o and n5 gone, writes through n1 fail" write_fails
@@ -495,7 +511,7 @@ check "kubectl works: n1 is a Ready node" wait_for 60 "n1 Ready" node_ready 1
 log "TIMING recover: $((SECONDS - t9))s from the loss of n$o and n5 to writes through n1 again (incl. the checks)"
 log "9a. the lost nodes come back on their old data, together: they must not take n1 over"
 for i in "$o" 5; do
-  ip link set "k8sd-b$((10 + i))" up
+  ip link set "$(veth_of "$i")" up
   k_start "$i" "$work/n$i-return.log"
 done
 zombie_leader() { timeout 10 "$K8SD_BIN" --data-dir "$(data_of 5)" --run-dir "$(run_of 5)" status -o json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['datastore']['leader'])"; }

@@ -78,14 +78,17 @@ make_bridge() {
 }
 
 # make_bridged_host NS INDEX BRIDGE PREFIX: a host on BRIDGE addressed PREFIX.INDEX/24, so that
-# hosts reach each other directly (one L2 segment, as machines on one switch).
+# hosts reach each other directly (one L2 segment, as machines on one switch). Its veth's root
+# end is named after the netns (`${NS}v`): suites that run side by side have distinct netns
+# names, so one suite's setup never deletes another's veth (a name built from INDEX did, when
+# two suites used the same host numbers).
 make_bridged_host() {
-  local ns=$1 i=$2 br=$3 prefix=$4
+  local ns=$1 i=$2 br=$3 prefix=$4 veth=${1}v
   ip netns del "$ns" 2>/dev/null || true
-  ip link del "k8sd-b$i" 2>/dev/null || true
+  ip link del "$veth" 2>/dev/null || true
   ip netns add "$ns"
-  ip link add "k8sd-b$i" type veth peer name eth0 netns "$ns"
-  ip link set "k8sd-b$i" master "$br" up
+  ip link add "$veth" type veth peer name eth0 netns "$ns"
+  ip link set "$veth" master "$br" up
   ip -n "$ns" addr add "$prefix.$i/24" dev eth0
   ip -n "$ns" link set eth0 up
   ip -n "$ns" link set lo up
@@ -132,7 +135,7 @@ YAML
 
 # ---- A cluster of hosts on one test bridge ------------------------------------------------------
 # cluster_setup NAME BRIDGE PREFIX BASE: host I is the netns NAME$I, addressed PREFIX.(BASE+I) on
-# BRIDGE (veth k8sd-b(BASE+I)), with its data dir $work/nI, its run dir /run/NAME$I-$tag and
+# BRIDGE (its veth is `veth_of I`), with its data dir $work/nI, its run dir /run/NAME$I-$tag and
 # cgroup root /NAME$I-$tag. Suites that may run beside each other pick different NAME, BRIDGE and
 # BASE; two runs of the same suite take turns (a lock in /run). Sets work (a fresh directory) and
 # tag; cluster_teardown undoes everything.
@@ -149,6 +152,7 @@ cluster_setup() {
   make_bridge "$CL_BR" "$CL_PREFIX.1/24"
 }
 ns_of() { echo "$CL_NAME$1"; }
+veth_of() { echo "$CL_NAME${1}v"; }
 data_of() { echo "$work/n$1"; }
 run_of() { echo "/run/$CL_NAME$1-$tag"; }
 addr_of() { echo "$CL_PREFIX.$((CL_BASE + $1))"; }
@@ -197,7 +201,7 @@ cluster_teardown() {
     else
       ip netns del "$(ns_of "$i")" 2>/dev/null
     fi
-    ip link del "k8sd-b$((CL_BASE + i))" 2>/dev/null
+    ip link del "$(veth_of "$i")" 2>/dev/null
     rm -rf "$(run_of "$i")"
   done
   ip link del "$CL_BR" 2>/dev/null
