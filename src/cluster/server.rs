@@ -425,6 +425,7 @@ impl ClusterApi for ClusterService {
             return reply(&MembershipReply {
                 version: WIRE_VERSION,
                 member: false,
+                control_plane: vec![],
             });
         }
         if let (Some(versions), Some((m, _))) = (&req.versions, &member)
@@ -434,9 +435,22 @@ impl ClusterApi for ClusterService {
                 .await
                 .map_err(unavailable)?;
         }
+        let control_plane = registry::members(&self.node)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter(|m| m.role == MemberRole::ControlPlane)
+            .filter_map(|m| {
+                Some(ControlPlaneVersion {
+                    kubernetes: m.versions?.kubernetes,
+                    name: m.name,
+                })
+            })
+            .collect();
         reply(&MembershipReply {
             version: WIRE_VERSION,
             member: member.is_some(),
+            control_plane,
         })
     }
 

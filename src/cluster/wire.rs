@@ -110,6 +110,18 @@ pub struct MembershipRequest {
 pub struct MembershipReply {
     pub version: u32,
     pub member: bool,
+    /// The Kubernetes version each control-plane node published, so that a worker holds its
+    /// own against them before it starts its kubelet. Absent from an older server's reply, and
+    /// from the answer to a `leave`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_plane: Vec<ControlPlaneVersion>,
+}
+
+/// One control-plane node's published Kubernetes version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneVersion {
+    pub name: String,
+    pub kubernetes: String,
 }
 
 /// A worker's public keys (PKIX PEM) for the certificates it wants re-signed, by file stem of
@@ -169,5 +181,24 @@ mod tests {
             "ca_cert":"x","control_plane":[],"secrets":[],"datastore_peers":[],"worker_certs":null}"#;
         let rep: JoinReply = serde_json::from_str(old).unwrap();
         assert!(rep.encryption_config.is_none());
+    }
+
+    /// A membership answer from a server older than `control_plane` parses with none, so a
+    /// worker then starts unchecked rather than failing; a newer one carries the versions.
+    #[test]
+    fn membership_answers_with_and_without_control_plane_versions() {
+        let old: MembershipReply = serde_json::from_str(r#"{"version":1,"member":true}"#).unwrap();
+        assert!(old.member && old.control_plane.is_empty());
+        let new: MembershipReply = serde_json::from_str(
+            r#"{"version":1,"member":true,"control_plane":[{"name":"n1","kubernetes":"v1.36.3"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            new.control_plane,
+            vec![ControlPlaneVersion {
+                name: "n1".into(),
+                kubernetes: "v1.36.3".into()
+            }]
+        );
     }
 }

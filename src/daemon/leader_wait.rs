@@ -1,8 +1,8 @@
 //! Waiting for the datastore to have a leader before a restarted control-plane node reads or
 //! writes any cluster record.
 //!
-//! A node that starts again finds its Raft group as it left it, and the group may have no leader
-//! yet: after a whole-cluster reboot the first node up waits for a second one, and a learner
+//! The datastore's start already waits for its quorum (`node::wait_for_quorum`, the case of a
+//! whole-cluster restart), but the group can lose its leader again right after, and a learner
 //! whose leader is backing off its retries hears from it only after the next attempt. The first
 //! cluster read (the member records, for the version check) would fail after the 10 s request
 //! timeout, and a failed resume leaves the daemon idle in `failed` until someone restarts it.

@@ -500,6 +500,9 @@ impl Daemon {
             pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)?;
             if pending.is_some() {
                 step("joining the datastore (as a learner, promoted to voter once caught up)");
+            } else if progress.is_none() {
+                // A restart: after a whole-cluster one, this waits for a second member.
+                step("starting the datastore, waiting for a quorum of its members");
             } else {
                 step("starting the datastore");
             }
@@ -542,6 +545,8 @@ impl Daemon {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying in 12 h"),
             }
+            step("checking this node's Kubernetes version against the control plane's");
+            self.check_worker_versions(&cfg).await?;
             let server = format!("https://{}", components::lb_addr());
             pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::Worker, &server)?;
             None

@@ -275,7 +275,7 @@ impl Node {
                 node_raft.bootstrap().await?;
             }
         }
-        node_raft.wait_for_recovery(Duration::from_secs(60)).await?;
+        wait_for_quorum(&node_raft).await?;
         let mut reader = Reader::open(&db_path)?;
         let view = reader.view()?;
         // A group founded on a restored store: its log does not hold the data, so it must never
@@ -766,6 +766,32 @@ fn apply_proposals(
                 let _ = p.reply.send(Err(NodeError::Stopped));
             }
             false
+        }
+    }
+}
+
+/// Wait, with no deadline, until the restarted state machine has caught up with a cluster
+/// commit (`RaftNode::wait_for_recovery`). After a whole-cluster restart the first member up
+/// has no quorum until a second one starts, however long that takes; a deadline here left it
+/// failed for good (etcd, too, waits for its quorum). Says every minute what it waits for.
+async fn wait_for_quorum(raft: &crate::raft::RaftNode) -> Result<(), NodeError> {
+    const REPORT_EVERY: Duration = Duration::from_secs(60);
+    let started = Instant::now();
+    loop {
+        match raft.wait_for_recovery(REPORT_EVERY).await {
+            Ok(()) => {
+                if started.elapsed() >= REPORT_EVERY {
+                    tracing::info!(waited = ?started.elapsed(), "the datastore reached its quorum");
+                }
+                return Ok(());
+            }
+            Err(crate::raft::RaftNodeError::Timeout { .. }) => tracing::warn!(
+                waited = ?started.elapsed(),
+                "the datastore is waiting for a quorum of its members (a leader, and the commits \
+                 this node missed): start the other control-plane nodes, or, if a quorum of them \
+                 is lost for good, stop k8sd and run `k8sd recover` on this node"
+            ),
+            Err(e) => return Err(e.into()),
         }
     }
 }
