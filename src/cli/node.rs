@@ -65,8 +65,10 @@ pub struct RunArgs {
     /// Let this node run a Kubernetes minor version one step from the other control-plane
     /// nodes' (the first node of a minor upgrade). Without it such a node refuses to start its
     /// components or to join; a skipped minor is refused even with it. See docs/operations.md,
-    /// "Upgrades".
-    #[arg(long, env = "K8SD_ALLOW_KUBERNETES_MINOR_CHANGE")]
+    /// "Upgrades". The variable takes 1/0, true/false, yes/no or on/off: the documented
+    /// `K8SD_ALLOW_KUBERNETES_MINOR_CHANGE=1` was refused by clap's strict true/false parser.
+    #[arg(long, env = "K8SD_ALLOW_KUBERNETES_MINOR_CHANGE",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_kubernetes_minor_change: bool,
 }
 
