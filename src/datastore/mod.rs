@@ -12,7 +12,8 @@ pub mod types;
 
 pub use error::StoreError;
 pub use mvcc::{
-    Checkpointer, Durability, KvHash, LogPosition, Meta, ReadView, Reader, Store, execute_range, validate_txn,
+    Checkpointer, Durability, KvHash, LogPosition, Meta, PAGE_SIZE, ReadView, Reader, Store, execute_range,
+    validate_txn,
 };
 // Raft-only additions (src/datastore/mvcc/raft_ext.rs).
 pub use mvcc::{

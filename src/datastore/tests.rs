@@ -409,3 +409,66 @@ fn a_newer_schema_is_refused_naming_both_versions() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(sql::meta_get(&conn, "schema_version").unwrap(), Some(newer));
 }
+
+/// The page size the file at `path` has on disk (byte 16 of its header, through SQLite).
+fn file_page_size(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap()
+}
+
+/// An empty file at 4 KiB pages in WAL mode: what k8sd 0.1.0's `Store::open` began with (it
+/// set no page size, and the bundled SQLite's default is 4096).
+fn create_as_0_1_0(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "page_size", 4096).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+}
+
+#[test]
+fn a_new_store_has_16_kib_pages() {
+    let (d, s) = store();
+    assert_eq!(PAGE_SIZE, 16_384);
+    assert_eq!(s.page_size().unwrap(), 16_384);
+    drop(s);
+    assert_eq!(file_page_size(&d.path().join("state.db")), 16_384);
+}
+
+/// A node upgraded from k8sd 0.1.0 keeps its 4 KiB file: it opens, reads and writes (values
+/// of 1 KiB, which spill into overflow pages at this size), and is still 4 KiB after reopening.
+#[test]
+fn a_store_created_at_4_kib_pages_keeps_working_and_keeps_its_page_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    create_as_0_1_0(&path);
+    let big = "v".repeat(1024);
+    {
+        let mut s = Store::open(&path, Durability::Normal).unwrap();
+        assert_eq!(s.page_size().unwrap(), 4096);
+        for i in 0..50 {
+            apply(&mut s, put(&format!("/k/{i:02}"), &big)).unwrap();
+        }
+    }
+    let mut s = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(
+        s.page_size().unwrap(),
+        4096,
+        "reopening must not change the page size"
+    );
+    assert_eq!(s.meta().current_rev, 51);
+    apply(&mut s, put("/k/00", "updated")).unwrap();
+    apply(&mut s, del("/k/01", "")).unwrap();
+    let mut r = s.reader().unwrap();
+    let all = r
+        .range(&RangeRequest {
+            range: KeyRange::new("/k/".into(), "/k0".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .0;
+    assert_eq!(all.kvs.len(), 49);
+    assert_eq!(all.kvs[0].value, b"updated");
+    assert_eq!(all.kvs[1].value, big.as_bytes());
+    assert_eq!(get(&mut r, "/k/01", 51).unwrap().kvs[0].value, big.as_bytes());
+    drop((r, s));
+    assert_eq!(file_page_size(&path), 4096);
+}

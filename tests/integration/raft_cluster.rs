@@ -318,6 +318,76 @@ async fn t30_lagging_node_catches_up_by_snapshot() {
     c.shutdown().await;
 }
 
+/// The page size of the SQLite file at `db`.
+fn page_size(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap()
+}
+
+/// A member whose `state.db` k8sd 0.1.0 created (4 KiB pages) falls behind the purged log of
+/// a leader whose file has 16 KiB pages: the snapshot it receives is 16 KiB, and the backup API
+/// refuses to change a WAL file's page size, so the install rewrites it to 4 KiB first. The
+/// member catches up, keeps its 4 KiB file, and replicates on; the inbox keeps no rewrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t31_a_4_kib_member_catches_up_from_a_16_kib_snapshot() {
+    let mut c = Cluster::start(10).await;
+    let leader = c.leader().await;
+    let lagging = (leader + 1) % 3;
+    let lagging_last = c.node(lagging).status().last_log_index.unwrap_or(0);
+    let db = c.node(lagging).db_path().to_path_buf();
+    assert_eq!(page_size(c.node(leader).db_path()), 16_384);
+    c.kill(lagging).await;
+    // The same data at 4 KiB pages, as if 0.1.0 had created the file (offline, out of WAL mode:
+    // the only way SQLite changes a page size).
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=delete; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=wal;",
+        )
+        .unwrap();
+    }
+    assert_eq!(page_size(&db), 4096);
+
+    for k in 0..60 {
+        txn_ok(
+            c.node(leader)
+                .propose(put(&format!("s{k:02}"), "x"))
+                .await
+                .unwrap(),
+        );
+    }
+    let l = c.node(leader);
+    must("leader purges its log", Duration::from_secs(15), async || {
+        (l.status().purged_index.unwrap_or(0) > lagging_last).then_some(())
+    })
+    .await;
+
+    c.restart(lagging).await;
+    let n = c.node(lagging);
+    must(
+        "snapshot installed on the 4 KiB member",
+        Duration::from_secs(20),
+        async || (read(n.db_path(), "s59").is_some()).then_some(()),
+    )
+    .await;
+    assert!(n.status().snapshot_index.is_some(), "{:?}", n.status());
+    assert_eq!(read(n.db_path(), "s00").as_deref(), Some(&b"x"[..]));
+    txn_ok(n.propose(put("post", "y")).await.unwrap());
+    assert_eq!(read(n.db_path(), "post").as_deref(), Some(&b"y"[..]));
+    assert_eq!(page_size(&db), 4096, "the member keeps its own page size");
+    let inbox = c.members[lagging].dir.join("raft").join("inbox");
+    let left: Vec<_> = std::fs::read_dir(&inbox)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("page-size"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "rewrites left in {}: {left:?}", inbox.display());
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t40_leadership_transfer_and_member_removal() {
     let mut c = Cluster::start(5000).await;

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Result, Store, StoreError, apply_one, sq, write_meta};
+use super::{PAGE_SIZE, Result, Store, StoreError, apply_one, page_size_of, sq, write_meta};
 use crate::datastore::sql::meta_set;
 use crate::datastore::types::{Command, CommandOutput, DeleteRequest, Event, KeyRange, Op, TxnRequest};
 use crate::datastore::{LogPosition, mvcc::to_i64};
@@ -166,11 +166,46 @@ impl Store {
     /// through SQLite's online backup API. Readers keep their connections: an open read sees
     /// the old content, the next one the new. The node-local `member_id` survives the copy (the
     /// snapshot carries the sender's); everything else, `cluster_id` included, comes from `src`.
+    ///
+    /// The store keeps its own page size, whatever the snapshot's. The backup API cannot change
+    /// the page size of a database in WAL mode (it fails with SQLITE_READONLY), and the file
+    /// must stay the one the readers have open, so it is not replaced by a copy of `src` either
+    /// (a copy would have taken the sender's page size). A snapshot whose page size differs
+    /// (from a member whose file k8sd 0.1.0 created at 4 KiB, or the other way round) is first
+    /// rewritten at this store's page size into a temporary file beside `src`, which the caller
+    /// owns (a crash may leave it there).
     pub fn import_snapshot(&mut self, src: &Path) -> Result<()> {
         let member_id = self.meta.member_id;
-        let from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(src))?;
+        let mut from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(src))?;
+        let ours = self.page_size()?;
+        let theirs = page_size_of(&from).map_err(sq(src))?;
+        let rewritten = if theirs == ours {
+            None
+        } else {
+            let tmp = src.with_extension(format!("page-size-{ours}.tmp"));
+            let _ = std::fs::remove_file(&tmp);
+            copy_with_page_size(&from, src, &tmp, Some(ours))?;
+            from = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(&tmp))?;
+            Some(tmp)
+        };
+        let imported = self.import_from(&from, src);
+        drop(from);
+        if let Some(tmp) = rewritten {
+            let _ = std::fs::remove_file(tmp);
+        }
+        imported?;
+        self.conn
+            .execute_batch(RAFT_META_SCHEMA)
+            .map_err(sq(&self.path))?;
+        meta_set(&self.conn, "member_id", to_i64(member_id)).map_err(sq(&self.path))?;
+        self.meta = Self::load_meta(&self.conn, &self.path)?;
+        Ok(())
+    }
+
+    /// Copy every page of `from` (a snapshot of the same page size) over this database.
+    fn import_from(&mut self, from: &Connection, src: &Path) -> Result<()> {
         {
-            let backup = rusqlite::backup::Backup::new(&from, &mut self.conn).map_err(sq(&self.path))?;
+            let backup = rusqlite::backup::Backup::new(from, &mut self.conn).map_err(sq(&self.path))?;
             // -1 copies every page in one step, so the destination changes in one transaction.
             match backup.step(-1).map_err(sq(&self.path))? {
                 rusqlite::backup::StepResult::Done => {}
@@ -182,23 +217,32 @@ impl Store {
                 }
             }
         }
-        self.conn
-            .execute_batch(RAFT_META_SCHEMA)
-            .map_err(sq(&self.path))?;
-        meta_set(&self.conn, "member_id", to_i64(member_id)).map_err(sq(&self.path))?;
-        self.meta = Self::load_meta(&self.conn, &self.path)?;
         Ok(())
     }
 }
 
 /// Write a consistent, compacted copy of the database at `db` to `dst` (which must not exist),
 /// from one read transaction (`VACUUM INTO`), without blocking the writer.
+///
+/// The copy keeps `db`'s page size. That keeps a rolling upgrade from k8sd 0.1.0 working: its
+/// members' files are all 4 KiB, so are their snapshots, and a member still running 0.1.0
+/// (whose import cannot rewrite a snapshot of another page size) installs them as before.
 pub fn export_snapshot(db: &Path, dst: &Path) -> Result<()> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(db))?;
+    copy_with_page_size(&conn, db, dst, None)
+}
+
+/// `VACUUM INTO dst` from `conn` (the database at `db`), at `page_size` if given, else at the
+/// source's. `VACUUM INTO` takes the page size the connection asked for with
+/// `PRAGMA page_size` even when the source is in WAL mode; an in-place `VACUUM` would not.
+fn copy_with_page_size(conn: &Connection, db: &Path, dst: &Path, page_size: Option<i64>) -> Result<()> {
     let dst_str = dst.to_str().ok_or_else(|| StoreError::Io {
         path: dst.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "snapshot path is not utf-8"),
     })?;
+    if let Some(size) = page_size {
+        conn.pragma_update(None, "page_size", size).map_err(sq(db))?;
+    }
     conn.execute("VACUUM INTO ?", [dst_str]).map_err(sq(db))?;
     Ok(())
 }
@@ -212,6 +256,10 @@ pub fn export_snapshot(db: &Path, dst: &Path) -> Result<()> {
 /// membership, replicated cluster id, dedup rows), the applied position returns to 0 and the
 /// member id is fresh. A group of one can then bootstrap on it and number its log from the
 /// start, while revisions go on from where the backup left them.
+///
+/// The seed is a new cluster's first file, so it gets the page size of a new store
+/// ([`PAGE_SIZE`]) whatever the backed-up member's was: a backup of a member whose file k8sd
+/// 0.1.0 created (4 KiB pages) is rewritten, which no node can do to its live file.
 pub fn reseed_for_new_cluster(db: &Path, drop_prefixes: &[&[u8]]) -> Result<()> {
     if !drop_prefixes.is_empty() {
         let mut store = Store::open(db, super::Durability::Normal)?;
@@ -253,6 +301,15 @@ pub fn reseed_for_new_cluster(db: &Path, drop_prefixes: &[&[u8]]) -> Result<()> 
     let member_id: u64 = rand::random::<u64>() >> 1 | 1;
     meta_set(&tx, "member_id", to_i64(member_id)).map_err(sq(db))?;
     tx.commit().map_err(sq(db))?;
+    if page_size_of(&conn).map_err(sq(db))? != PAGE_SIZE {
+        // Out of WAL mode first: SQLite changes the page size only in a VACUUM of a file in a
+        // rollback journal mode. No other connection has the file open. `Store::open` puts it
+        // back in WAL mode when the node starts.
+        conn.pragma_update(None, "journal_mode", "delete")
+            .map_err(sq(db))?;
+        conn.pragma_update(None, "page_size", PAGE_SIZE).map_err(sq(db))?;
+        conn.execute_batch("VACUUM").map_err(sq(db))?;
+    }
     Ok(())
 }
 
@@ -352,6 +409,138 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(&out[0], RaftApplied::Duplicate(o) if o == b"o"));
+    }
+
+    /// A store whose file k8sd 0.1.0 created: 4 KiB pages (see `datastore::tests`).
+    fn open_at_4_kib(path: &Path) -> Store {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        drop(conn);
+        let s = Store::open(path, Durability::Normal).unwrap();
+        assert_eq!(s.page_size().unwrap(), 4096);
+        s
+    }
+
+    fn page_size_of_file(path: &Path) -> i64 {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        page_size_of(&conn).unwrap()
+    }
+
+    fn keys(db: &Path) -> Vec<Vec<u8>> {
+        let mut reader = Reader::open(db).unwrap();
+        let req = RangeRequest {
+            range: KeyRange::new(b"/".to_vec(), vec![0]),
+            ..Default::default()
+        };
+        reader
+            .range(&req)
+            .unwrap()
+            .0
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect()
+    }
+
+    fn apply_puts(s: &mut Store, names: &[&str]) {
+        let cmds: Vec<Command> = names.iter().map(|k| put(k)).collect();
+        let start = s.meta().applied_index;
+        let batch: Vec<RaftCommand<'_>> = cmds
+            .iter()
+            .zip(start + 1..)
+            .map(|(cmd, index)| RaftCommand {
+                pos: LogPosition { index, term: 1 },
+                cmd,
+                dedup: None,
+            })
+            .collect();
+        let last = LogPosition {
+            index: start + names.len() as u64,
+            term: 1,
+        };
+        s.apply_raft_batch(&batch, last, &[], &|_| Vec::new(), &DedupPrune::default())
+            .unwrap();
+    }
+
+    /// Members whose files differ in page size (one created by k8sd 0.1.0 at 4 KiB, one by this
+    /// build at 16 KiB) exchange snapshots both ways: a snapshot keeps its sender's page size,
+    /// the receiver keeps its own and gets the data, and no rewrite is left beside the snapshot.
+    #[test]
+    fn snapshots_install_across_page_sizes_and_each_store_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_db, new_db) = (dir.path().join("old.db"), dir.path().join("new.db"));
+        let mut old = open_at_4_kib(&old_db);
+        old.enable_raft_meta().unwrap();
+        apply_puts(&mut old, &["/a", "/b"]);
+        let mut new = Store::open(&new_db, Durability::Normal).unwrap();
+        new.enable_raft_meta().unwrap();
+        apply_puts(&mut new, &["/x", "/y", "/z"]);
+
+        let from_old = dir.path().join("inbox").join("from-old.db");
+        std::fs::create_dir(dir.path().join("inbox")).unwrap();
+        export_snapshot(&old_db, &from_old).unwrap();
+        assert_eq!(
+            page_size_of_file(&from_old),
+            4096,
+            "a snapshot keeps its source's page size"
+        );
+        let from_new = dir.path().join("from-new.db");
+        export_snapshot(&new_db, &from_new).unwrap();
+        assert_eq!(page_size_of_file(&from_new), PAGE_SIZE);
+
+        new.import_snapshot(&from_old).unwrap();
+        assert_eq!(new.page_size().unwrap(), PAGE_SIZE);
+        assert_eq!(new.meta().current_rev, 3);
+        assert_eq!(keys(&new_db), vec![b"/a".to_vec(), b"/b".to_vec()]);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("inbox"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("from-old.db")],
+            "the rewrite is removed"
+        );
+
+        old.import_snapshot(&from_new).unwrap();
+        assert_eq!(old.page_size().unwrap(), 4096);
+        assert_eq!(old.meta().current_rev, 4);
+        assert_eq!(
+            keys(&old_db),
+            vec![b"/x".to_vec(), b"/y".to_vec(), b"/z".to_vec()]
+        );
+        // Both go on writing.
+        apply_puts(&mut old, &["/after"]);
+        apply_puts(&mut new, &["/after"]);
+        drop((old, new));
+        assert_eq!(page_size_of_file(&old_db), 4096);
+        assert_eq!(page_size_of_file(&new_db), PAGE_SIZE);
+    }
+
+    /// `k8sd restore` of a backup taken on a member whose file k8sd 0.1.0 created: the new
+    /// cluster's seed has the page size of a new store, and the same data.
+    #[test]
+    fn a_reseeded_4_kib_copy_becomes_a_16_kib_file_with_the_same_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let mut a = open_at_4_kib(&db);
+        a.enable_raft_meta().unwrap();
+        apply_puts(&mut a, &["/registry/keep", "/k8sd/tokens/t1"]);
+        let before = a.meta().current_rev;
+        drop(a);
+        let seed = dir.path().join("seed.db");
+        export_snapshot(&db, &seed).unwrap();
+        assert_eq!(page_size_of_file(&seed), 4096);
+        reseed_for_new_cluster(&seed, &[b"/k8sd/tokens/"]).unwrap();
+        assert_eq!(page_size_of_file(&seed), PAGE_SIZE);
+        let s = Store::open(&seed, Durability::Normal).unwrap();
+        assert_eq!(s.page_size().unwrap(), PAGE_SIZE);
+        assert_eq!(s.meta().current_rev, before + 1);
+        let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(keys(&seed), vec![b"/registry/keep".to_vec()]);
     }
 
     /// `k8sd restore`: the seed keeps its data and revision, loses the listed prefixes through
