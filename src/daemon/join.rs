@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::api::{JoinArgs, TokenReport};
 use super::config::{self, InitRequest, NodeConfig, Role};
-use super::{Daemon, DaemonError, Progress, Refusal, report, write_file};
+use super::host::{mkdir, write_file};
+use super::{Daemon, DaemonError, Progress, Refusal, report};
 use crate::cluster::registry::{self, ClusterInfo, MemberRecord, MemberRole};
 use crate::cluster::token::{self, JoinToken, TokenRecord, TokenRole};
 use crate::cluster::wire::*;
@@ -238,7 +239,7 @@ impl Daemon {
         }
         self.check_extra_args(&cfg).await?;
         for dir in [l.pki_dir(), l.kubeconfig_dir(), l.config_dir(), l.datastore_dir()] {
-            super::mkdir(&dir, 0o700)?;
+            mkdir(&dir, 0o700)?;
         }
         report(
             &p,
