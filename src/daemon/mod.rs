@@ -27,7 +27,9 @@
 //! | `error.rs`, `failure.rs` | `DaemonError`, and its kind for the CLI's exit code |
 //! | `control.rs`, `api.rs` | the control socket's server and client, and its versioned messages |
 //! | `config.rs`, `components.rs`, `extra_args.rs` | node.yaml, component arguments and configs |
-//! | `join.rs`, `versions.rs` | add-node, tokens, join, remove-node, leave; the versions check |
+//! | `join.rs`, `versions.rs` | add-node, tokens, join; the versions check |
+//! | `removal.rs` | remove-node, leave, and noticing this node was removed |
+//! | `cluster_calls.rs` | this node's cluster API calls as itself: membership, worker renewal |
 //! | `status.rs`, `backups.rs`, `secrets.rs` | `k8sd status`, backups, Secrets key rotation |
 //! | `addons.rs`, `addon_tls.rs` | the add-ons' reconcile loop and metrics-server's certificate |
 //! | `podnet.rs`, `svcroute.rs`, `noderole.rs`, `storagedir.rs`, `nodemeta.rs` | node plumbing loops |
@@ -39,6 +41,7 @@ pub mod api;
 pub mod backups;
 mod bring_up;
 mod clients;
+mod cluster_calls;
 mod component_specs;
 pub mod components;
 pub mod config;
@@ -57,6 +60,7 @@ mod nodemeta;
 mod noderole;
 mod podnet;
 mod preflight;
+mod removal;
 mod renewal;
 mod secrets;
 pub mod status;
