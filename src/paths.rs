@@ -8,6 +8,8 @@
 //! the host (FHS paths and the build cache), or as a snap, when snapd's `$SNAP` is set
 //! ([`Snap`]: state under `$SNAP_COMMON`, the run dir `/run/snap.<instance>`, everything shipped
 //! from `$SNAP`).
+//!
+//! Over 600 lines only with its tests (about 440 lines of code): one job, every path in one place.
 
 use std::path::{Path, PathBuf};
 

@@ -12,6 +12,9 @@
 //! The rendering follows the Nodes: CoreDNS's replicas their schedulable count, the storage
 //! add-on's `nodePathMap` the storage dir each node recorded (`daemon/storagedir.rs`). So a node
 //! that joins or records its storage dir changes the manifest, which is applied within a tick.
+//!
+//! Over 600 lines only with its tests (about 520 lines of code): one job, the add-ons' reconcile
+//! loop and its reports.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};

@@ -1,6 +1,9 @@
 //! The Kubernetes components of a node: their arguments (pure functions, pinned by tests) and
 //! the rendered configuration files. Arguments are our defaults only; a flag whose reason is
 //! not obvious from its name says why in a comment beside it.
+//!
+//! Over 600 lines only with its tests (about 350 lines of code), which pin every component's
+//! arguments.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,8 @@
 //! Node configuration: what `k8sd init` asks for (flags or a YAML file), validated into a
 //! `NodeConfig` before anything is written, and persisted as the versioned `node.yaml`.
+//!
+//! Over 600 lines only with its tests (about 370 lines of code): one job, node.yaml from request to
+//! file.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::Path;

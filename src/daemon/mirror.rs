@@ -19,7 +19,7 @@ pub async fn start(
 ) -> Result<MirrorHandle, DaemonError> {
     let tls = super::listener_tls::node_listener_tls(layout, "image mirror", &[])?;
     let addr = components::mirror_addr(cfg);
-    let listener = super::listen("image mirror", addr).await?;
+    let listener = super::host::listen("image mirror", addr).await?;
     let store = Arc::new(ContainerdStore {
         ctr: runtime.ctr(),
         address: layout.containerd_socket(),

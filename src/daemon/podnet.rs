@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::NodeConfig;
-use super::{Daemon, components, write_file};
+use super::host::write_file;
+use super::{Daemon, components};
 use crate::httpc::TlsClient;
 
 /// One Node as pod networking sees it.

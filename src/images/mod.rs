@@ -31,13 +31,23 @@
 //!
 //! This module knows nothing of the daemon: it reads input files, writes tarballs, and runs
 //! `ctr`. Rendering the containerd configuration that names the sandbox image is elsewhere.
+//!
+//! Files: this one builds image specs and packs them; `elf.rs` reads the executables they are
+//! built from, `oci.rs` holds the OCI documents, `ctr.rs` imports and pins tarballs in
+//! containerd, `addons.rs` and `rootfs.rs` make the add-on and directory images, `catalog.rs`
+//! lists them all.
 
 mod addons;
 pub mod catalog;
+mod ctr;
+mod elf;
 mod oci;
 mod rootfs;
 
 pub use addons::{Addon, addon_binary, addon_spec, build_addon};
+pub use ctr::{PINNED_LABEL, import, import_command, pin, pin_command};
+pub use elf::read_dynamic_executable;
+pub(crate) use elf::read_static_executable;
 pub use rootfs::read_rootfs;
 
 use flate2::{Compression, GzBuilder};
@@ -46,7 +56,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 
 /// The sandbox image; containerd's `sandbox_image` must name exactly this.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
@@ -389,86 +399,6 @@ pub fn pack(spec: &ImageSpec, tarball: &Path) -> Result<BuiltImage, ImageError> 
     })
 }
 
-/// The `ctr` invocation that imports `tarball` into the CRI's namespace of the containerd at
-/// `address`. Separate from [`import`] so tests can check it without a containerd.
-pub fn import_command(ctr: &Path, address: &Path, tarball: &Path) -> Command {
-    let mut cmd = ctr_images(ctr, address);
-    cmd.arg("import").arg(tarball);
-    cmd
-}
-
-/// The label containerd's CRI plugin reads to report an image as pinned. The kubelet's image
-/// garbage collector never deletes a pinned image, whatever the disk usage or the image's age.
-pub const PINNED_LABEL: &str = "io.cri-containerd.pinned=pinned";
-
-/// The `ctr` invocation that pins `reference` in the CRI's namespace: k8sd's own images cannot
-/// be pulled back on an offline host, so the kubelet's image GC must leave them alone.
-pub fn pin_command(ctr: &Path, address: &Path, reference: &str) -> Command {
-    let mut cmd = ctr_images(ctr, address);
-    cmd.args(["label", reference, PINNED_LABEL]);
-    cmd
-}
-
-/// `ctr --address ADDRESS --namespace k8s.io images`, the start of every image command.
-fn ctr_images(ctr: &Path, address: &Path) -> Command {
-    let mut cmd = Command::new(ctr);
-    // containerd 2's ctr asks the server for its deprecations (cgroup v1 on these hosts) and
-    // prints them at every call; containerd logs them itself, and here they would only bury
-    // the real error of a failed import.
-    cmd.env("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS", "1")
-        .arg("--address")
-        .arg(address)
-        .args(["--namespace", CONTAINERD_NAMESPACE, "images"]);
-    cmd
-}
-
-/// Imports `tarball` into the containerd listening on `ctr_address`, with the `ctr` at `ctr`
-/// (the one built with that containerd: a 1.x `ctr` from `PATH` would be the wrong client).
-///
-/// Idempotent: importing the same tarball again re-points the name at the same digest and
-/// re-unpacks nothing, so k8sd runs it on every start to repair a lost or replaced image.
-pub fn import(ctr: &Path, ctr_address: &Path, tarball: &Path) -> Result<(), ImageError> {
-    let (status, stderr) = run_ctr(ctr, import_command(ctr, ctr_address, tarball))?;
-    if status.success() {
-        return Ok(());
-    }
-    Err(ImageError::Import {
-        tarball: tarball.to_owned(),
-        address: ctr_address.to_owned(),
-        status,
-        stderr,
-    })
-}
-
-/// Pins the imported image `reference` ([`PINNED_LABEL`]). Idempotent.
-pub fn pin(ctr: &Path, ctr_address: &Path, reference: &str) -> Result<(), ImageError> {
-    let (status, stderr) = run_ctr(ctr, pin_command(ctr, ctr_address, reference))?;
-    if status.success() {
-        return Ok(());
-    }
-    Err(ImageError::Pin {
-        reference: reference.to_owned(),
-        address: ctr_address.to_owned(),
-        status,
-        stderr,
-    })
-}
-
-/// Runs a `ctr` command, returning its exit status and trimmed stderr.
-fn run_ctr(ctr: &Path, mut cmd: Command) -> Result<(ExitStatus, String), ImageError> {
-    let output = cmd
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .map_err(|source| ImageError::Spawn {
-            program: ctr.to_owned(),
-            source,
-        })?;
-    Ok((
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-    ))
-}
-
 /// Returns the tag of a fully qualified, offline-safe reference (`registry/repo:tag`).
 fn tag_of(reference: &str) -> Result<&str, ImageError> {
     let bad = |reason: &str| ImageError::BadReference {
@@ -497,133 +427,6 @@ fn tag_of(reference: &str) -> Result<&str, ImageError> {
         ));
     }
     Ok(tag)
-}
-
-/// Reads an executable that must run alone in an empty rootfs: a static ELF (no `PT_INTERP`).
-pub(crate) fn read_static_executable(path: &Path) -> Result<Vec<u8>, ImageError> {
-    let data = fs::read(path).map_err(|source| ImageError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    check_static_elf(&data).map_err(|reason| ImageError::NotStatic {
-        path: path.to_owned(),
-        reason,
-    })?;
-    Ok(data)
-}
-
-/// Reads a dynamically linked executable and the files its loader needs. Each library goes
-/// into the image at its host path as given (not resolved: `/lib64/ld-linux-x86-64.so.2` is a
-/// symlink on the host but must be a file at that path in the image), with the content it
-/// points to. The program interpreter must be one of them; which libraries it loads after that
-/// is up to the caller (`ldd`), and the end-to-end test proves the set complete.
-pub fn read_dynamic_executable(path: &Path, libraries: &[PathBuf]) -> Result<DynamicExecutable, ImageError> {
-    let data = fs::read(path).map_err(|source| ImageError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let not_dynamic = |reason: String| ImageError::NotDynamic {
-        path: path.to_owned(),
-        reason,
-    };
-    let interpreter = elf_interpreter(&data).map_err(not_dynamic)?.ok_or_else(|| {
-        not_dynamic(
-            "it is statically linked; this image packs a dynamically linked busybox with its loader \
-             and libraries, because glibc supports NSS in static programs only with its shared \
-             libraries present. Use the busybox scripts/build-busybox.sh builds (scripts/build-images.sh \
-             runs it)"
-                .to_owned(),
-        )
-    })?;
-    let mut libs = Vec::new();
-    for lib in libraries {
-        let bad = |reason: String| ImageError::BadLibrary {
-            path: lib.clone(),
-            reason,
-        };
-        let in_image = lib
-            .to_str()
-            .and_then(|p| p.strip_prefix('/'))
-            .ok_or_else(|| bad("not an absolute UTF-8 path".to_owned()))?;
-        let content = fs::read(lib).map_err(|source| ImageError::Read {
-            path: lib.clone(),
-            source,
-        })?;
-        if !content.starts_with(b"\x7fELF") {
-            return Err(bad("not an ELF file".to_owned()));
-        }
-        libs.push((in_image.to_owned(), content));
-    }
-    if !libs
-        .iter()
-        .any(|(p, _)| interpreter.strip_prefix('/') == Some(p.as_str()))
-    {
-        return Err(ImageError::MissingInterpreter {
-            executable: path.to_owned(),
-            interpreter,
-            given: libraries.to_vec(),
-        });
-    }
-    Ok(DynamicExecutable {
-        data,
-        interpreter,
-        libraries: libs,
-    })
-}
-
-/// Checks that `data` is a little-endian ELF64 executable without a program interpreter.
-fn check_static_elf(data: &[u8]) -> Result<(), String> {
-    match elf_interpreter(data)? {
-        None => Ok(()),
-        Some(_) => Err("dynamically linked (it has a program interpreter); use a static build".to_owned()),
-    }
-}
-
-/// The program interpreter (`PT_INTERP`) of a little-endian ELF64 file, `None` when static.
-fn elf_interpreter(data: &[u8]) -> Result<Option<String>, String> {
-    const PT_INTERP: u32 = 3;
-    if data.len() < 64 || &data[..4] != b"\x7fELF" {
-        return Err("not an ELF file".to_owned());
-    }
-    if data[4] != 2 || data[5] != 1 {
-        return Err("not a little-endian 64-bit ELF file".to_owned());
-    }
-    let u16_at = |off: usize| data.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |off: usize| {
-        data.get(off..off + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |off: usize| {
-        data.get(off..off + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .and_then(|v| usize::try_from(v).ok())
-    };
-    let truncated = || "truncated ELF header".to_owned();
-    let phoff = u64_at(0x20).ok_or_else(truncated)?;
-    let phentsize = usize::from(u16_at(0x36).ok_or_else(truncated)?);
-    let phnum = usize::from(u16_at(0x38).ok_or_else(truncated)?);
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if u32_at(ph).ok_or_else(truncated)? != PT_INTERP {
-            continue;
-        }
-        // p_offset at +8, p_filesz at +32: a NUL-terminated path.
-        let (off, len) = (
-            u64_at(ph + 8).ok_or_else(truncated)?,
-            u64_at(ph + 32).ok_or_else(truncated)?,
-        );
-        let raw = data
-            .get(off..off.saturating_add(len))
-            .ok_or_else(|| "PT_INTERP points outside the file".to_owned())?;
-        let raw = raw.split(|b| *b == 0).next().unwrap_or_default();
-        let interp = std::str::from_utf8(raw).map_err(|_| "PT_INTERP is not UTF-8".to_owned())?;
-        if !interp.starts_with('/') {
-            return Err(format!("program interpreter {interp:?} is not an absolute path"));
-        }
-        return Ok(Some(interp.to_owned()));
-    }
-    Ok(None)
 }
 
 /// Checks the rootfs entries: relative clean paths, no duplicates, every parent listed as a

@@ -1,3 +1,7 @@
+//! Tests of `images/` only: over 600 lines because every image kind (pause, busybox, the
+//! add-ons, a root filesystem directory) is unpacked and checked, and each refusal too.
+
+use super::elf::{check_static_elf, elf_interpreter};
 use super::*;
 use flate2::read::GzDecoder;
 use std::collections::BTreeMap;

@@ -4,6 +4,8 @@
 //! (0600 for keys and kubeconfigs, so a key is never readable by others, not even briefly;
 //! 0644 for certificates), then is fsynced, renamed over the target, and the directory is
 //! fsynced. A crash leaves either the old file or the new one, never a torn one.
+//!
+//! Over 600 lines only with its tests (about 280 lines of code): one job, the PKI's IO.
 
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder};

@@ -13,6 +13,8 @@
 //! - A leaf is re-issued, with a new key, when missing, unreadable, not matching its key, not
 //!   signed by the current CA, different from its spec (subject, usages, SANs), or expiring
 //!   within the renewal window.
+//!
+//! Over 600 lines only with its tests (about 410 lines of code): one job, the PKI's pure decisions.
 
 use std::collections::{BTreeMap, BTreeSet};
 

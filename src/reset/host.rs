@@ -1,6 +1,9 @@
 //! The IO of `k8sd reset`: processes, mounts, cgroups, the network namespace, files. Every
 //! step records what it removed, tolerates finding nothing, and never stops the others: what
 //! a step could not undo is found again by [`remaining`] and reported there.
+//!
+//! Over 600 lines with its tests: one job, reset's host IO, a short function per step (the
+//! choices they act on are made in `select.rs`).
 
 use std::collections::BTreeSet;
 use std::io::Write;

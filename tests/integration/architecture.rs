@@ -48,7 +48,7 @@ fn sources() -> Vec<(String, Vec<(usize, String)>)> {
         .collect()
 }
 
-/// The top-level module a file belongs to (`datastore/mvcc.rs` -> `datastore`).
+/// The top-level module a file belongs to (`datastore/mvcc/write.rs` -> `datastore`).
 fn module_of(rel: &str) -> &str {
     let first = rel.split('/').next().unwrap_or(rel);
     first.strip_suffix(".rs").unwrap_or(first)

@@ -19,7 +19,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{PAGE_SIZE, Result, Store, StoreError, apply_one, page_size_of, sq, write_meta};
+use super::write::{apply_one, write_meta};
+use super::{PAGE_SIZE, Result, Store, StoreError, page_size_of, sq};
 use crate::datastore::sql::meta_set;
 use crate::datastore::types::{Command, CommandOutput, DeleteRequest, Event, KeyRange, Op, TxnRequest};
 use crate::datastore::{LogPosition, mvcc::to_i64};

@@ -1,0 +1,118 @@
+//! `DaemonError`: every way a daemon call fails; most variants carry what failed (a path, a
+//! listener and its address, a component). `failure.rs` classifies them for the CLI's exit code.
+
+use std::path::PathBuf;
+
+use super::{Refusal, addons, config, secrets};
+use crate::pki;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    NodeFile(#[from] config::NodeFileError),
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another daemon answers on this node's control socket.
+    #[error("another k8sd is already running on {socket}; stop it first")]
+    AlreadyRunning { socket: PathBuf },
+    /// One of the node's listeners could not take its address.
+    #[error(
+        "{listener}: cannot listen on {addr}: {source}; is another k8sd or another program using it? `ss -ltnp` shows which"
+    )]
+    Listen {
+        listener: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A client certificate and key this node uses for its own calls cannot be loaded.
+    #[error("{what} credentials: {source}")]
+    Credentials {
+        what: &'static str,
+        #[source]
+        source: crate::httpc::HttpError,
+    },
+    /// The TLS configuration of one of the node's HTTPS listeners cannot be built.
+    #[error("{listener}: {source}")]
+    ListenerTls {
+        listener: String,
+        #[source]
+        source: crate::tls::MtlsError,
+    },
+    #[error("rendering the components' config files: {0}")]
+    RenderConfig(String),
+    #[error("node {node} did not become Ready within 5 minutes; see `k8sd status` and `k8sd logs kubelet`")]
+    NotReady { node: String },
+    #[error("local API load balancer: {0}")]
+    LoadBalancer(#[source] crate::lb::LbError),
+    #[error("a readiness probe: {0}")]
+    Probe(#[source] crate::supervisor::Error),
+    #[error(
+        "kubebin (the Kubernetes components) was not found; build it with scripts/build-kube.sh or set K8SD_KUBEBIN"
+    )]
+    NoKubebin,
+    #[error(
+        "the container runtime (containerd 2, its runc shim, ctr, runc) is incomplete in {dir}: missing {missing}; build it with scripts/build-runtime.sh or set K8SD_RUNTIME_DIR"
+    )]
+    NoRuntime { dir: PathBuf, missing: String },
+    #[error(
+        "the pause image {0} is missing; build images with scripts/build-images.sh or set K8SD_IMAGES_DIR"
+    )]
+    NoPauseImage(PathBuf),
+    #[error(
+        "this node is already initialised ({0} exists); nothing was changed. Use `k8sd status` to inspect it"
+    )]
+    AlreadyInitialised(PathBuf),
+    #[error("starting {component} failed: {reason}")]
+    Start { component: String, reason: String },
+    #[error("renewing this worker's certificates through the cluster API: {0}")]
+    WorkerRenewal(#[source] crate::cluster::client::JoinError),
+    #[error("the control plane answered a renewal without a certificate for {cert}")]
+    RenewalIncomplete { cert: String },
+    #[error("{0}")]
+    Addons(#[from] addons::AddonsError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("{0}")]
+    Token(#[from] crate::cluster::token::TokenError),
+    #[error(transparent)]
+    ClusterApi(#[from] crate::cluster::client::JoinError),
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+    #[error("the cluster records in the datastore: {0}")]
+    Registry(#[from] crate::cluster::registry::RegistryError),
+    #[error("{0}")]
+    Datastore(#[from] crate::node::NodeError),
+    /// This binary's Kubernetes minor differs from the control plane's, and the user did not
+    /// ask to cross it (or it would skip one).
+    #[error("{0}")]
+    KubernetesSkew(#[from] crate::cluster::versions::SkewError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster API answered, but not with what a join needs; nothing was written.
+    #[error("{via} {problem}")]
+    BadReply { via: String, problem: String },
+    #[error("cannot encode the node config: {0}")]
+    EncodeConfig(#[source] serde_yaml::Error),
+    #[error("deleting the Kubernetes Node {node}: {error}")]
+    Kubectl { node: String, error: String },
+    /// `remove-node` stopped part way; every step can be repeated.
+    #[error("{error}. {state}; run `k8sd remove-node {name}` again")]
+    RemovalIncomplete {
+        name: String,
+        error: String,
+        state: &'static str,
+    },
+}

@@ -1,0 +1,138 @@
+//! The MVCC state machine over SQLite: one writer that applies commands, and readers.
+//!
+//! Invariants kept here:
+//! - Revisions are dense and assigned only here: a command that changes at least one key takes
+//!   `current_rev + 1`, and every change inside it takes the next sub-revision. Failed compares,
+//!   read-only commands, lease grants and compactions consume no revision.
+//! - A batch of commands is applied in one SQLite transaction that also records the applied log
+//!   position, so replaying from the last applied entry after a crash is exact.
+//! - A command that fails with a client error is rolled back to its savepoint and changes
+//!   nothing; the rest of the batch still applies.
+//! - Only the writer connection writes; readers use WAL snapshots, so no write path can see
+//!   SQLITE_BUSY from a reader.
+//!
+//! Files by role. `Store` is one type (defined here, so every file below may use its
+//! connection) whose methods are split by what they do:
+//!
+//! | file | role |
+//! |---|---|
+//! | `open.rs` | opening `state.db`: the connection pragmas, the schema, a new store's metadata |
+//! | `write.rs` | the write path: `apply_batch`, one command at a time, Txn compares, puts, deletes, leases |
+//! | `validate.rs` | a Txn's shape and duplicate keys, checked before it is proposed |
+//! | `range.rs` | etcd's Range rules (limit, count, sort, filters), for readers and Txns alike |
+//! | `read.rs` | `Reader`: reads from one WAL snapshot, events, leases, `HashKV`, sizes |
+//! | `compact.rs` | physical compaction in budgeted steps |
+//! | `checkpoint.rs` | the WAL checkpointer and the file's footprint (size limit, bytes in use) |
+//! | `raft_ext.rs` | what the Raft state machine adds: dedup, `raft_meta`, snapshots, reseeding |
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use super::error::{Result, StoreError};
+
+mod checkpoint;
+mod compact;
+mod open;
+mod raft_ext;
+mod range;
+mod read;
+mod validate;
+mod write;
+
+pub use checkpoint::{Checkpointer, WAL_SIZE_LIMIT, truncate_wal_nowait};
+pub use raft_ext::{
+    DedupPrune, RaftApplied, RaftCommand, export_snapshot, read_raft_meta, reseed_for_new_cluster,
+};
+pub use range::execute_range;
+pub use read::{KvHash, ReadView, Reader};
+pub use validate::{MAX_TXN_OPS, validate_txn};
+pub use write::{MAX_LEASE_TTL, MIN_LEASE_TTL};
+
+/// How hard the writer pushes commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the WAL at every commit. Used when the store itself is the only durable record
+    /// (a standalone store without a separate replicated log).
+    Full,
+    /// No fsync per commit; a crash may lose the tail, which is replayed from the durable log.
+    Normal,
+}
+
+/// The store's metadata, cached by the writer and written in every apply transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub current_rev: i64,
+    pub compact_rev: i64,
+    pub physical_compact_rev: i64,
+    pub applied_index: u64,
+    pub applied_term: u64,
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+/// A position in the replicated log; the store records the last one it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogPosition {
+    pub index: u64,
+    pub term: u64,
+}
+
+/// The page size of every `state.db` this build creates, in bytes.
+///
+/// A row of `kv` (a `WITHOUT ROWID` table) keeps at most about 1000 bytes of itself in its
+/// b-tree cell at 4 KiB pages (SQLite's default, and what k8sd 0.1.0 wrote); the rest of a
+/// 1 KiB value, and all of `prev_value`, spill into overflow pages of their own. At 16 KiB a
+/// cell holds about 4000 bytes, so an update row with both values stays in one page: the file
+/// is about 3x smaller and a 500-key list about 4.5x faster (docs/benchmarks.md). An existing
+/// file keeps the page size it was created with: SQLite changes it only in a `VACUUM`, and
+/// never for a file in WAL mode.
+pub const PAGE_SIZE: i64 = 16_384;
+
+fn page_size_of(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+}
+
+pub(super) fn sq(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Keep i64 <-> u64 conversions for ids and indexes in one place.
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The writer: owns the only read-write connection.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    meta: Meta,
+}
+
+impl Store {
+    pub fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    /// The page size of this store's file: [`PAGE_SIZE`] if this build created it, 4096 if
+    /// k8sd 0.1.0 did.
+    pub fn page_size(&self) -> Result<i64> {
+        page_size_of(&self.conn).map_err(sq(&self.path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open a reader on the same file.
+    pub fn reader(&self) -> Result<Reader> {
+        Reader::open(&self.path)
+    }
+}
