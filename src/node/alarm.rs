@@ -34,11 +34,16 @@ use crate::datastore::{Command, Op, TxnRequest};
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 /// etcd's largest accepted quota (`MaxQuotaBytes`, 8 GiB); larger values are warned about there.
 pub const MAX_QUOTA_BYTES: i64 = 8 * 1024 * 1024 * 1024;
-/// Free bytes on the data dir's filesystem below which it counts as full.
-pub const FULL_FREE_BYTES: u64 = 1024 * 1024;
+/// Free bytes on the data dir's filesystem below which it counts as full. It must cover what
+/// writes can append between two looks (200 ms apart), so that a write is refused with NOSPACE
+/// rather than admitted and left waiting in a Raft log writer with no room. With 16 KiB pages a
+/// batch of large values appends several hundred KiB of WAL frames, and a WAL truncate gives a
+/// megabyte or more back at once: 1 MiB was too little (a write after a fill was admitted, then
+/// timed out).
+pub const FULL_FREE_BYTES: u64 = 4 * 1024 * 1024;
 /// Free bytes on the data dir's filesystem at which a full-disk alarm clears itself: room for a
 /// few WAL frames and Raft log rows, so the first writes after it do not fail at once.
-pub const RESUME_FREE_BYTES: u64 = 2 * 1024 * 1024;
+pub const RESUME_FREE_BYTES: u64 = 6 * 1024 * 1024;
 
 /// The quota a `--quota-backend-bytes` setting means, as in etcd: 0 is the default (2 GiB), a
 /// negative value is no quota. The flag and node.yaml's `quota-backend-bytes` both go through it.
