@@ -620,6 +620,14 @@ async fn same_port_backends(pki: &Pki) -> Vec<Backend> {
     panic!("no common free port on 127.0.0.2-4");
 }
 
+/// EndpointSlice lists the backends have answered so far, all together.
+fn served(nodes: &[Backend]) -> usize {
+    nodes
+        .iter()
+        .map(|n| n.slice_requests.load(Ordering::SeqCst))
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t50_the_refresher_follows_the_kubernetes_endpointslices() {
     let pki = Pki::new();
@@ -670,12 +678,6 @@ async fn t50_the_refresher_follows_the_kubernetes_endpointslices() {
     for n in &nodes {
         *n.slices.lock().unwrap() = Some(empty.to_owned());
     }
-    let served = |nodes: &[Backend]| {
-        nodes
-            .iter()
-            .map(|n| n.slice_requests.load(Ordering::SeqCst))
-            .sum::<usize>()
-    };
     let before = served(&nodes);
     eventually("three more refreshes", || served(&nodes) >= before + 3).await;
     assert_eq!(lb.backends(), all[..2]);
@@ -704,12 +706,6 @@ async fn t55_a_pinned_backend_outlives_a_list_that_omits_it() {
 
     // n2 restarts: it leaves the EndpointSlices, which now name only n3. The list keeps n2.
     set_slices(&nodes, &["127.0.0.3"]);
-    let served = |nodes: &[Backend]| {
-        nodes
-            .iter()
-            .map(|n| n.slice_requests.load(Ordering::SeqCst))
-            .sum::<usize>()
-    };
     let before = served(&nodes);
     eventually("three more refreshes", || served(&nodes) >= before + 3).await;
     let mut listed = lb.backends();

@@ -286,7 +286,15 @@ async fn t30_lagging_node_catches_up_by_snapshot() {
     let lagging = (leader + 1) % 3;
     let lagging_last = c.node(lagging).status().last_log_index.unwrap_or(0);
     c.kill(lagging).await;
+    write_until_purged_past(&c, leader, lagging_last).await;
+    restart_and_catch_up_by_snapshot(&mut c, lagging).await;
+    c.shutdown().await;
+}
 
+/// While a member is down: 60 writes (`s00`..`s59`) through `leader`, until the leader has
+/// snapshotted and purged its log past `lagging_last`, what the member holds, so that only a
+/// snapshot can bring it back.
+async fn write_until_purged_past(c: &Cluster, leader: usize, lagging_last: u64) {
     for k in 0..60 {
         txn_ok(
             c.node(leader)
@@ -295,13 +303,16 @@ async fn t30_lagging_node_catches_up_by_snapshot() {
                 .unwrap(),
         );
     }
-    // The leader has snapshotted and purged past what the lagging node has.
     let l = c.node(leader);
     must("leader purges its log", Duration::from_secs(15), async || {
         (l.status().purged_index.unwrap_or(0) > lagging_last).then_some(())
     })
     .await;
+}
 
+/// Restart `lagging` after `write_until_purged_past`: a snapshot brings it level, and it keeps
+/// replicating normally afterwards.
+async fn restart_and_catch_up_by_snapshot(c: &mut Cluster, lagging: usize) {
     c.restart(lagging).await;
     let n = c.node(lagging);
     must(
@@ -312,10 +323,8 @@ async fn t30_lagging_node_catches_up_by_snapshot() {
     .await;
     assert!(n.status().snapshot_index.is_some(), "{:?}", n.status());
     assert_eq!(read(n.db_path(), "s00").as_deref(), Some(&b"x"[..]));
-    // And it keeps replicating normally afterwards.
     txn_ok(n.propose(put("post", "y")).await.unwrap());
     assert_eq!(read(n.db_path(), "post").as_deref(), Some(&b"y"[..]));
-    c.shutdown().await;
 }
 
 /// The page size of the SQLite file at `db`.
@@ -347,33 +356,8 @@ async fn t31_a_4_kib_member_catches_up_from_a_16_kib_snapshot() {
         .unwrap();
     }
     assert_eq!(page_size(&db), 4096);
-
-    for k in 0..60 {
-        txn_ok(
-            c.node(leader)
-                .propose(put(&format!("s{k:02}"), "x"))
-                .await
-                .unwrap(),
-        );
-    }
-    let l = c.node(leader);
-    must("leader purges its log", Duration::from_secs(15), async || {
-        (l.status().purged_index.unwrap_or(0) > lagging_last).then_some(())
-    })
-    .await;
-
-    c.restart(lagging).await;
-    let n = c.node(lagging);
-    must(
-        "snapshot installed on the 4 KiB member",
-        Duration::from_secs(20),
-        async || (read(n.db_path(), "s59").is_some()).then_some(()),
-    )
-    .await;
-    assert!(n.status().snapshot_index.is_some(), "{:?}", n.status());
-    assert_eq!(read(n.db_path(), "s00").as_deref(), Some(&b"x"[..]));
-    txn_ok(n.propose(put("post", "y")).await.unwrap());
-    assert_eq!(read(n.db_path(), "post").as_deref(), Some(&b"y"[..]));
+    write_until_purged_past(&c, leader, lagging_last).await;
+    restart_and_catch_up_by_snapshot(&mut c, lagging).await;
     assert_eq!(page_size(&db), 4096, "the member keeps its own page size");
     let inbox = c.members[lagging].dir.join("raft").join("inbox");
     let left: Vec<_> = std::fs::read_dir(&inbox)
