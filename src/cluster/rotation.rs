@@ -10,6 +10,12 @@
 //!  drop-old-keys    new                                   the old keys are gone
 //! ```
 //!
+//! A cluster with no key yet (initialised by a k8sd older than encryption at rest) rotates
+//! from plaintext: its "old key" is `identity` (`KeyEntry::identity()`), so phase 1 stages the
+//! new key behind identity (every apiserver reads it, none writes with it), phase 2 makes it
+//! the write key with identity last as always, the rewrite encrypts every Secret stored in
+//! plaintext, and phase 4 has nothing left to drop.
+//!
 //! A phase ends only when every control-plane node holds its keys (and, for the rewrite, when
 //! no Secret in the datastore is stored with another key), so no apiserver ever meets a Secret
 //! it cannot decrypt: the new key is readable everywhere before anyone writes with it, and an
@@ -57,9 +63,10 @@ pub fn target_keys(phase: RotationPhase, old: &[KeyEntry], new: &KeyEntry) -> Ve
     let old = old.iter().filter(|k| k.name != new.name).cloned();
     match phase {
         RotationPhase::AddReadKey => old.chain(std::iter::once(new.clone())).collect(),
-        RotationPhase::MakeWriteKey | RotationPhase::RewriteSecrets => {
-            std::iter::once(new.clone()).chain(old).collect()
-        }
+        // Staged identity goes back to its place at the end, where every list implies it.
+        RotationPhase::MakeWriteKey | RotationPhase::RewriteSecrets => std::iter::once(new.clone())
+            .chain(old.filter(|k| !k.is_identity()))
+            .collect(),
         RotationPhase::DropOldKeys => vec![new.clone()],
     }
 }
@@ -112,6 +119,11 @@ pub fn resolve(
     }
     let mut old = Vec::new();
     for name in rec.old_keys.iter().filter(|n| **n != rec.new_key) {
+        // Plaintext is no key a node can lose.
+        if name == crate::pki::IDENTITY {
+            old.push(KeyEntry::identity());
+            continue;
+        }
         match known.get(name) {
             Some(k) => old.push(k.clone()),
             // Dropping keys needs none of them, and a node that already dropped them is done.
@@ -242,6 +254,35 @@ mod tests {
         ));
         rec.phase = DropOldKeys;
         assert_eq!(names(&resolve(&rec, &known).unwrap().1), ["k1"]);
+    }
+
+    /// From plaintext: nodes with no key get the new key staged behind identity, then as the
+    /// write key; identity is never "missing", and the last phase pushes nothing more.
+    #[test]
+    fn a_cluster_without_a_key_gets_its_first_one_staged_behind_plaintext() {
+        let new = key("k1", "a");
+        let rec = begin("n1", &[KeyEntry::identity()], &new, 7);
+        assert_eq!(rec.old_keys, ["identity"]);
+        let nodes = vec![("n1".to_string(), vec![]), ("n2".to_string(), vec![])];
+        let (held, old) = resolve(&rec, &known_keys(&nodes).unwrap()).unwrap();
+        assert_eq!((held, names(&old)), (None, vec!["identity"]));
+        let plan = plan_phase(AddReadKey, &new, &old, &nodes);
+        assert_eq!(
+            (names(&plan.target), plan.pushes.len()),
+            (vec!["identity", "k1"], 2)
+        );
+        let staged = vec![
+            ("n1".to_string(), plan.target.clone()),
+            ("n2".to_string(), plan.target.clone()),
+        ];
+        let plan = plan_phase(MakeWriteKey, &new, &old, &staged);
+        assert_eq!((names(&plan.target), plan.pushes.len()), (vec!["k1"], 2));
+        let done = vec![
+            ("n1".to_string(), vec![new.clone()]),
+            ("n2".to_string(), vec![new.clone()]),
+        ];
+        assert!(plan_phase(RewriteSecrets, &new, &old, &done).pushes.is_empty());
+        assert!(plan_phase(DropOldKeys, &new, &old, &done).pushes.is_empty());
     }
 
     #[test]

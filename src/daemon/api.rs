@@ -213,9 +213,10 @@ pub struct StatusReport {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub struct SecretsEncryptionReport {
-    /// `secretbox` or `aescbc`; `none` on a node without a key (Secrets in plaintext).
+    /// `secretbox` or `aescbc`; `none` on a node without a key (Secrets in plaintext);
+    /// `identity` while a first key is staged (still plaintext, the key read but not written).
     pub provider: String,
-    /// The write key's name; empty without a key.
+    /// The write key's name; empty without a key, `identity` while a first key is staged.
     pub key: String,
     /// When k8sd made the write key (RFC 3339, UTC), from its name.
     #[serde(default)]

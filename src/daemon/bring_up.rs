@@ -208,6 +208,14 @@ impl Daemon {
     fn secrets_encryption(&self) -> Result<bool, DaemonError> {
         let path = self.opts.layout.encryption_config();
         match pki::read_encryption_config(&path)? {
+            Some((_, key)) if key.provider == pki::IDENTITY => {
+                tracing::warn!(
+                    keys = ?key.keys,
+                    "a first Secrets key is staged but not written with yet: Secrets are still stored \
+                     in plaintext; run `k8sd secrets rotate-key` on a control-plane node to finish"
+                );
+                Ok(true)
+            }
             Some((_, key)) => {
                 tracing::info!(provider = %key.provider, key = %key.write_key, "Secrets are encrypted at rest");
                 Ok(true)
@@ -216,8 +224,9 @@ impl Daemon {
                 tracing::warn!(
                     path = %path.display(),
                     "no Secrets encryption configuration: Secrets are stored in plaintext. A node \
-                     initialised by an older k8sd has none; copy the file from another \
-                     control-plane node of this cluster if one has it"
+                     initialised by an older k8sd has none: run `k8sd secrets rotate-key` on a \
+                     control-plane node to give the cluster its first key (or, if another \
+                     control-plane node has the file, copy it here and restart k8sd)"
                 );
                 Ok(false)
             }

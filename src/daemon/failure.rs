@@ -125,7 +125,7 @@ impl DaemonError {
             DaemonError::Datastore(e) => node_error_kind(e),
             DaemonError::KubernetesSkew(_) => FailureKind::Refused,
             DaemonError::Secrets(
-                super::secrets::SecretsError::NoKey { .. } | super::secrets::SecretsError::Raced,
+                super::secrets::SecretsError::NodeWithoutKey { .. } | super::secrets::SecretsError::Raced,
             ) => FailureKind::Refused,
             DaemonError::Addons(e) => match e {
                 AddonsError::Addon(AddonError::Unknown { .. }) => FailureKind::Usage,

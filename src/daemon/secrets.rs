@@ -10,6 +10,10 @@
 //!        holds no Secret stored with another key
 //! ```
 //!
+//! A cluster with no key (initialised by a k8sd older than encryption at rest) gets its first
+//! one the same way, from plaintext (`cluster/rotation.rs`): its apiservers, started without
+//! `--encryption-provider-config`, are restarted with it once their node holds the staged file.
+//!
 //! Every step can be repeated: the record says which phase is under way, each node's keys say
 //! how far it got, and a second run (on any control-plane node) finishes what the first began.
 //! A control-plane node that does not answer stops the rotation, named, before its phase ends:
@@ -31,16 +35,13 @@ use crate::pki::{self, KeyEntry};
 
 /// Where kube-apiserver keeps Secrets in the datastore (`--etcd-prefix` is `/registry`).
 const SECRETS_PREFIX: &str = "/registry/secrets/";
+/// kube-apiserver's flag naming the Secrets encryption configuration.
+const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
 /// Rewrite passes before giving up on Secrets that keep changing underneath.
 const REWRITE_PASSES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    #[error(
-        "this node has no Secrets encryption key ({path} is missing): its cluster was initialised by a k8sd \
-         without encryption at rest, and rotate-key cannot give it a first key yet; see docs/operations.md"
-    )]
-    NoKey { path: std::path::PathBuf },
     #[error(
         "control-plane node {node} ({address}) did not answer ({reason}); the rotation stopped at phase {phase}, \
          every node still reads every Secret. Start k8sd on {node}, or remove it with `k8sd remove-node {node}`, \
@@ -62,10 +63,11 @@ pub enum SecretsError {
         phase: String,
     },
     #[error(
-        "control-plane node {node} has no Secrets encryption key; copy pki/encryption-config.yaml (0600) from \
-         another control-plane node to it, restart k8sd there, then run `k8sd secrets rotate-key` again"
+        "control-plane node {node} has no Secrets encryption key while {with_key} has one; copy \
+         pki/encryption-config.yaml (0600) from {with_key} to {node}, restart k8sd there, then run \
+         `k8sd secrets rotate-key` again"
     )]
-    NodeWithoutKey { node: String },
+    NodeWithoutKey { node: String, with_key: String },
     #[error("control-plane node {node} sent an unusable configuration: {reason}")]
     BadKeys { node: String, reason: String },
     #[error(transparent)]
@@ -108,34 +110,26 @@ impl crate::cluster::EncryptionHost for ApiserverKeys {
         let (path, daemon) = (self.path.clone(), self.daemon.clone());
         Box::pin(async move {
             let running = daemon.upgrade().and_then(|d| d.running());
-            // An apiserver started without the flag (its node had no key) would not read the
-            // file after a restart: refuse before writing anything.
-            if let Some(r) = &running {
-                let flagged = r
-                    .supervisor
-                    .status()
-                    .iter()
-                    .find(|c| c.name == "kube-apiserver")
-                    .is_some_and(|c| {
-                        c.args
-                            .iter()
-                            .any(|a| a.starts_with("--encryption-provider-config"))
-                    });
-                if !flagged {
-                    return Err(
-                        "this node's kube-apiserver runs without --encryption-provider-config \
-                                (its node had no key when k8sd started); restart k8sd there first"
-                            .into(),
-                    );
-                }
-            }
             pki::install_encryption_config(&path, &text).map_err(|e| e.to_string())?;
             // Not running yet: its kube-apiserver starts with the new file.
             let Some(r) = running else { return Ok(()) };
-            r.supervisor
-                .restart("kube-apiserver")
-                .await
-                .map_err(|e| format!("kube-apiserver did not come back with the new keys: {e}"))
+            let args = r
+                .supervisor
+                .status()
+                .into_iter()
+                .find(|c| c.name == "kube-apiserver")
+                .map(|c| c.args)
+                .unwrap_or_default();
+            let restarted = if args.iter().any(|a| a.starts_with(ENCRYPTION_FLAG)) {
+                r.supervisor.restart("kube-apiserver").await
+            } else {
+                // Started without a key (its cluster had none): the flag is new, and a plain
+                // restart would not read the file.
+                let mut args = args;
+                args.push(format!("{ENCRYPTION_FLAG}={}", path.display()));
+                r.supervisor.restart_with_args("kube-apiserver", args).await
+            };
+            restarted.map_err(|e| format!("kube-apiserver did not come back with the new keys: {e}"))
         })
     }
 }
@@ -153,10 +147,6 @@ impl Daemon {
     pub async fn rotate_secrets_key(&self, progress: Progress) -> Result<(), DaemonError> {
         let (r, ds) = self.control_plane_node("secrets rotate-key")?;
         let step = |s: String| report(&Some(progress.clone()), &s);
-        let path = self.opts.layout.encryption_config();
-        if pki::read_encryption_config(&path)?.is_none() {
-            return Err(SecretsError::NoKey { path }.into());
-        }
         let rec = match registry::get::<RotationRecord>(&ds, registry::ROTATION_KEY).await? {
             Some((rec, _)) => {
                 step(format!(
@@ -167,12 +157,28 @@ impl Daemon {
             }
             None => {
                 // Every node must answer before anything changes.
-                let peers = self.peers(&ds, "0/4 check every control-plane node").await?;
-                let mine = peers
-                    .iter()
-                    .find(|p| p.name == r.cfg.node_name)
-                    .map(|p| p.keys.clone())
-                    .unwrap_or_default();
+                let peers = self
+                    .peers(&ds, "0/4 check every control-plane node", true)
+                    .await?;
+                let keyless: Vec<&Peer> = peers.iter().filter(|p| p.keys.is_empty()).collect();
+                let mine = if keyless.len() == peers.len() {
+                    // No node has a key: the cluster's first, from plaintext.
+                    vec![KeyEntry::identity()]
+                } else if let (Some(node), Some(with_key)) =
+                    (keyless.first(), peers.iter().find(|p| !p.keys.is_empty()))
+                {
+                    return Err(SecretsError::NodeWithoutKey {
+                        node: node.name.clone(),
+                        with_key: with_key.name.clone(),
+                    }
+                    .into());
+                } else {
+                    peers
+                        .iter()
+                        .find(|p| p.name == r.cfg.node_name)
+                        .map(|p| p.keys.clone())
+                        .unwrap_or_default()
+                };
                 let known = rotation::known_keys(&pairs(&peers)).map_err(SecretsError::from)?;
                 // This node's keys in its order, then any other node has: a key only one node
                 // holds may still have Secrets stored with it, so it stays until the end too.
@@ -224,7 +230,9 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         loop {
             let phase = rec.phase.to_string();
-            let peers = self.peers(ds, &phase).await?;
+            // From plaintext, a node may not hold the staged key yet.
+            let from_plaintext = rec.old_keys.iter().any(|k| k == pki::IDENTITY);
+            let peers = self.peers(ds, &phase, from_plaintext).await?;
             let known = rotation::known_keys(&pairs(&peers)).map_err(SecretsError::from)?;
             let (held, old) = rotation::resolve(&rec, &known).map_err(SecretsError::from)?;
             let new = match (held, fresh.take()) {
@@ -279,7 +287,11 @@ impl Daemon {
                 }
                 None => {
                     self.advance(ds, &rec, None).await?;
-                    let gone: Vec<&str> = old.iter().map(|k| k.name.as_str()).collect();
+                    let gone: Vec<&str> = old
+                        .iter()
+                        .filter(|k| !k.is_identity())
+                        .map(|k| k.name.as_str())
+                        .collect();
                     step(format!(
                         "done: every Secret is encrypted with {}; keys dropped: {}",
                         new.name,
@@ -325,8 +337,9 @@ impl Daemon {
     }
 
     /// Every control-plane member with its keys, read over the cluster API. A node that does
-    /// not answer, or has no key, stops the rotation by name.
-    async fn peers(&self, ds: &Node, phase: &str) -> Result<Vec<Peer>, DaemonError> {
+    /// not answer stops the rotation by name, and so does one with no key unless `keyless_ok`
+    /// (then it holds no keys).
+    async fn peers(&self, ds: &Node, phase: &str, keyless_ok: bool) -> Result<Vec<Peer>, DaemonError> {
         let mut members: Vec<_> = registry::members(ds)
             .await?
             .into_iter()
@@ -337,13 +350,20 @@ impl Daemon {
         for m in members {
             let address = std::net::SocketAddr::new(m.address, crate::cluster::API_PORT).to_string();
             let rep = self.encryption_call(&m.name, &address, None, phase).await?;
-            let Some(text) = rep.config else {
-                return Err(SecretsError::NodeWithoutKey { node: m.name }.into());
+            let keys = match rep.config {
+                Some(text) => pki::encryption_keys(&m.name, &text).map_err(|e| SecretsError::BadKeys {
+                    node: m.name.clone(),
+                    reason: e.to_string(),
+                })?,
+                None if keyless_ok => Vec::new(),
+                None => {
+                    return Err(SecretsError::NodeWithoutKey {
+                        node: m.name,
+                        with_key: "the other control-plane nodes".into(),
+                    }
+                    .into());
+                }
             };
-            let keys = pki::encryption_keys(&m.name, &text).map_err(|e| SecretsError::BadKeys {
-                node: m.name.clone(),
-                reason: e.to_string(),
-            })?;
             peers.push(Peer {
                 name: m.name,
                 address,

@@ -378,7 +378,12 @@ pub fn render_text(s: &StatusReport) -> String {
         let _ = if e.key.is_empty() {
             writeln!(
                 o,
-                "secrets:     NOT encrypted at rest (no key); see docs/operations.md"
+                "secrets:     NOT encrypted at rest (no key); `k8sd secrets rotate-key` gives the cluster its first key"
+            )
+        } else if e.provider == crate::pki::IDENTITY {
+            writeln!(
+                o,
+                "secrets:     NOT encrypted at rest yet: a first key is staged; `k8sd secrets rotate-key` finishes it"
             )
         } else {
             writeln!(

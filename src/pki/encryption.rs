@@ -9,6 +9,14 @@
 //! apiserver writes with it: a key the other apiservers do not know would make every Secret
 //! written with it unreadable there.
 //!
+//! A cluster initialised by a k8sd older than encryption at rest has no file. Its first key is
+//! introduced by the same rotation, from a staged configuration: `identity` first (new Secrets
+//! still stored in plaintext, as the other apiservers may not read the key yet), then the key.
+//! That is the only configuration with `identity` first that k8sd accepts; one with no key
+//! after it is refused. In a key list (`encryption_keys`, `render_keys`) the staged `identity`
+//! is the entry `KeyEntry::identity()`, which appears only first; the `identity` that ends
+//! every other configuration is implied, not listed.
+//!
 //! Pure: rendering and validation only; `files.rs` does the IO.
 
 use std::collections::BTreeSet;
@@ -26,12 +34,16 @@ pub const ENCRYPTION_CONFIG_FILE: &str = "encryption-config.yaml";
 const API_VERSION: &str = "apiserver.config.k8s.io/v1";
 const KIND: &str = "EncryptionConfiguration";
 
+/// The provider and key name of the staged `identity` entry (see the module docs).
+pub const IDENTITY: &str = "identity";
+
 /// What a valid configuration does with new Secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncryptionSummary {
-    /// `secretbox` or `aescbc`: the provider that encrypts every write.
+    /// `secretbox` or `aescbc`: the provider that encrypts every write; `identity` in a staged
+    /// first key, whose writes stay in plaintext until the rotation makes the key the write key.
     pub provider: String,
-    /// The key new writes use; it appears in the stored value's prefix.
+    /// The key new writes use; it appears in the stored value's prefix (`identity` when staged).
     pub write_key: String,
     /// Every key name, the write key first (older keys still decrypt).
     pub keys: Vec<String>,
@@ -63,6 +75,20 @@ impl std::fmt::Debug for KeyEntry {
 }
 
 impl KeyEntry {
+    /// The staged `identity` entry: Secrets written in plaintext, first in the list.
+    pub fn identity() -> KeyEntry {
+        KeyEntry {
+            provider: IDENTITY.into(),
+            name: IDENTITY.into(),
+            secret: String::new(),
+        }
+    }
+
+    /// This is the staged `identity` entry, not a key.
+    pub fn is_identity(&self) -> bool {
+        self.provider == IDENTITY
+    }
+
     /// A fresh secretbox key named `key-<now_unix>`, or `key-<now_unix>-N` when that name is
     /// one of `taken` (two keys made in the same second).
     pub fn generate(now_unix: u64, taken: &[&str]) -> Result<KeyEntry, PkiError> {
@@ -101,8 +127,11 @@ pub fn generate_encryption_config(now_unix: u64) -> Result<String, PkiError> {
 
 /// The configuration that encrypts new Secrets with `keys[0]` and decrypts with every key, then
 /// reads plaintext (`identity`, last). Consecutive keys of one provider share its entry, as
-/// kube-apiserver tries providers in order and each provider's keys in order.
+/// kube-apiserver tries providers in order and each provider's keys in order. With
+/// `KeyEntry::identity()` first, the staged configuration: `identity`, then the keys (an
+/// `identity` entry anywhere else is the implied last one, and is not written twice).
 pub fn render_keys(keys: &[KeyEntry]) -> String {
+    let staged = keys.first().is_some_and(KeyEntry::is_identity);
     let mut out = format!(
         "# Written by k8sd (init, join, `k8sd secrets rotate-key`); 0600, the same on every\n\
          # control-plane node. kube-apiserver encrypts every new Secret with the first key and\n\
@@ -114,8 +143,11 @@ pub fn render_keys(keys: &[KeyEntry]) -> String {
          \x20 - secrets\n\
          \x20 providers:\n"
     );
+    if staged {
+        out.push_str("  - identity: {}\n");
+    }
     let mut last: Option<&str> = None;
-    for k in keys {
+    for k in keys.iter().filter(|k| !k.is_identity()) {
         if last != Some(k.provider.as_str()) {
             out.push_str(&format!("  - {}:\n      keys:\n", k.provider));
             last = Some(&k.provider);
@@ -125,7 +157,9 @@ pub fn render_keys(keys: &[KeyEntry]) -> String {
             k.name, k.secret
         ));
     }
-    out.push_str("  - identity: {}\n");
+    if !staged {
+        out.push_str("  - identity: {}\n");
+    }
     out
 }
 
@@ -144,6 +178,9 @@ pub fn encryption_keys(what: &str, text: &str) -> Result<Vec<KeyEntry>, PkiError
         .find(|r| r.resources.iter().any(|x| x == "secrets"))
         .map(|r| r.providers.as_slice())
         .unwrap_or_default();
+    if providers.first().is_some_and(|p| p.identity.is_some()) {
+        keys.push(KeyEntry::identity());
+    }
     for p in providers {
         for (provider, k) in [("secretbox", &p.secretbox), ("aescbc", &p.aescbc)] {
             for key in k.iter().flat_map(|k| &k.keys) {
@@ -224,7 +261,6 @@ pub fn validate_encryption_config(what: &str, text: &str) -> Result<EncryptionSu
         .iter()
         .find(|r| r.resources.iter().any(|x| x == "secrets"))
         .ok_or_else(|| bad("no entry for the resource \"secrets\"".into()))?;
-    let mut first = None;
     for (i, p) in entry.providers.iter().enumerate() {
         let set = [p.secretbox.is_some(), p.aescbc.is_some(), p.identity.is_some()];
         if set.iter().filter(|s| **s).count() != 1 {
@@ -238,29 +274,43 @@ pub fn validate_encryption_config(what: &str, text: &str) -> Result<EncryptionSu
         if let Some(k) = &p.aescbc {
             check_keys(&bad, "aescbc", k, &[16, 24, 32])?;
         }
-        if first.is_none() {
-            first = Some(p);
-        }
     }
-    let (provider, keys) = match first {
+    let first = entry.providers.first();
+    if let Some((provider, keys)) = key_provider(first) {
+        let names: Vec<String> = keys.keys.iter().map(|k| k.name.clone()).collect();
+        return Ok(EncryptionSummary {
+            provider: provider.into(),
+            write_key: names[0].clone(),
+            keys: names,
+        });
+    }
+    // `identity` first: accepted only as a staged first key, with a key right after it.
+    match key_provider(entry.providers.get(1)) {
+        Some((_, keys)) if first.is_some_and(|p| p.identity.is_some()) => Ok(EncryptionSummary {
+            provider: IDENTITY.into(),
+            write_key: IDENTITY.into(),
+            keys: std::iter::once(IDENTITY.to_string())
+                .chain(keys.keys.iter().map(|k| k.name.clone()))
+                .collect(),
+        }),
+        _ => Err(bad(
+            "the first provider for secrets must be secretbox or aescbc (or identity followed by \
+             one of them, while `k8sd secrets rotate-key` introduces a first key): with identity \
+             alone first, Secrets are stored in plaintext"
+                .into(),
+        )),
+    }
+}
+
+/// The provider and keys of `p` when it encrypts (secretbox or aescbc).
+fn key_provider(p: Option<&Provider>) -> Option<(&'static str, &Keys)> {
+    match p {
         Some(Provider {
             secretbox: Some(k), ..
-        }) => ("secretbox", k),
-        Some(Provider { aescbc: Some(k), .. }) => ("aescbc", k),
-        _ => {
-            return Err(bad(
-                "the first provider for secrets must be secretbox or aescbc: with identity first, \
-                 Secrets are stored in plaintext"
-                    .into(),
-            ));
-        }
-    };
-    let names: Vec<String> = keys.keys.iter().map(|k| k.name.clone()).collect();
-    Ok(EncryptionSummary {
-        provider: provider.into(),
-        write_key: names[0].clone(),
-        keys: names,
-    })
+        }) => Some(("secretbox", k)),
+        Some(Provider { aescbc: Some(k), .. }) => Some(("aescbc", k)),
+        _ => None,
+    }
 }
 
 fn check_keys(
@@ -369,7 +419,15 @@ mod tests {
             (&render("k1", "not_base64"), "not base64"),
             (&render("a:b", &B64.encode([7u8; 32])), "without ':'"),
             (
-                &good.replace("  - secretbox:", "  - identity: {}\n  - secretbox:"),
+                &good.replace(
+                    "  - secretbox:",
+                    "  - identity: {}\n  - identity: {}\n  - secretbox:",
+                ),
+                "plaintext",
+            ),
+            (
+                &good[..good.find("  - secretbox:").unwrap()]
+                    .replace("providers:\n", "providers:\n  - identity: {}\n"),
                 "plaintext",
             ),
             (&good.replace("secretbox:", "kms:"), "unknown field"),
@@ -378,5 +436,34 @@ mod tests {
             let e = validate_encryption_config("x", text).unwrap_err().to_string();
             assert!(e.contains(want), "{want:?} not in {e:?} for\n{text}");
         }
+    }
+
+    /// A cluster with no key gets its first one staged: identity first (writes stay plaintext
+    /// while other apiservers may not read the key), the key second. It reads back as the
+    /// identity entry then the key, and renders the same way, with identity written once.
+    #[test]
+    fn a_staged_first_key_keeps_writes_in_plaintext_and_reads_back_with_identity_first() {
+        let key = KeyEntry {
+            provider: "secretbox".into(),
+            name: "key-300".into(),
+            secret: B64.encode([3u8; 32]),
+        };
+        let staged = vec![KeyEntry::identity(), key.clone()];
+        let text = render_keys(&staged);
+        let s = validate_encryption_config("t", &text).unwrap();
+        assert_eq!(
+            (s.provider.as_str(), s.write_key.as_str()),
+            ("identity", "identity")
+        );
+        assert_eq!(s.keys, ["identity", "key-300"]);
+        assert_eq!(encryption_keys("t", &text).unwrap(), staged);
+        let y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let providers = y["resources"][0]["providers"].as_sequence().unwrap();
+        assert_eq!(providers.len(), 2, "{text}");
+        assert!(providers[0]["identity"].is_mapping());
+        // The key made the write key: identity back at the end, implied in the list.
+        let text = render_keys(&[key.clone(), KeyEntry::identity()]);
+        assert_eq!(encryption_keys("t", &text).unwrap(), vec![key.clone()]);
+        assert_eq!(text, render_keys(&[key]));
     }
 }

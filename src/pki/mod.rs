@@ -42,7 +42,7 @@ pub use ca::{
     public_key_pem, sign_leaf_for_public_key,
 };
 pub use encryption::{
-    ENCRYPTION_CONFIG_FILE, EncryptionSummary, KeyEntry, encryption_keys, render_keys,
+    ENCRYPTION_CONFIG_FILE, EncryptionSummary, IDENTITY, KeyEntry, encryption_keys, render_keys,
     validate_encryption_config,
 };
 pub use error::PkiError;

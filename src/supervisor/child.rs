@@ -39,18 +39,20 @@ pub(crate) struct Child {
     reaped: bool,
 }
 
-/// Spawns `spec` (with `program` already resolved by [`resolve_program`]).
+/// Spawns `spec` with `args` (the spec's own, unless a restart replaced them), with `program`
+/// already resolved by [`resolve_program`].
 ///
 /// `marker` is this k8sd instance's value for `K8SD_MANAGED`; stale-process cleanup relies on
 /// it to recognise our children after a crash of k8sd (see `pidfile.rs`).
 pub(crate) fn spawn(
     spec: &ComponentSpec,
+    args: &[std::ffi::OsString],
     program: &Path,
     marker: &OsStr,
     log: &Arc<LogSink>,
 ) -> Result<Child, Error> {
     let mut cmd = Command::new(program);
-    cmd.args(&spec.args)
+    cmd.args(args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         // After the spec's own variables, so neither can be overridden by a spec. kube-apiserver
         // and the kubelet send READY=1 themselves when they find NOTIFY_SOCKET, which would make

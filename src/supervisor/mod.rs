@@ -138,6 +138,10 @@ struct Component {
 #[derive(Debug)]
 struct Shared {
     spec: ComponentSpec,
+    /// The arguments of the next spawn: `spec.args` until `restart_with_args` replaces them
+    /// (kube-apiserver gaining `--encryption-provider-config` when a cluster gets its first
+    /// Secrets key). Respawns after a crash use them too.
+    args: Mutex<Vec<OsString>>,
     /// `spec.program` resolved against `PATH`.
     program: PathBuf,
     run_dir: PathBuf,
@@ -213,6 +217,21 @@ impl Supervisor {
     pub async fn restart(&self, name: &str) -> Result<(), Error> {
         let component = self.find(name)?;
         component.stop().await;
+        component.start().await?;
+        component.wait_ready().await
+    }
+
+    /// Like `restart`, with `args` in place of the component's arguments from now on (crash
+    /// respawns included), e.g. kube-apiserver gaining a flag whose file did not exist when
+    /// k8sd started it. The rest of its spec is unchanged.
+    pub async fn restart_with_args(&self, name: &str, args: Vec<String>) -> Result<(), Error> {
+        let component = self.find(name)?;
+        component.stop().await;
+        *component
+            .shared
+            .args
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = args.into_iter().map(OsString::from).collect();
         component.start().await?;
         component.wait_ready().await
     }
@@ -322,6 +341,7 @@ impl Supervisor {
                         };
                         Arc::new(Component {
                             shared: Arc::new(Shared {
+                                args: Mutex::new(spec.args.clone()),
                                 spec,
                                 program,
                                 run_dir: self.config.run_dir.clone(),
@@ -372,7 +392,13 @@ impl Component {
         }
         let shared = &self.shared;
         shared.update(|s| s.state = ComponentState::Starting);
-        let child = match child::spawn(&shared.spec, &shared.program, &shared.instance, &shared.log) {
+        let child = match child::spawn(
+            &shared.spec,
+            &shared.args(),
+            &shared.program,
+            &shared.instance,
+            &shared.log,
+        ) {
             Ok(child) => child,
             Err(e) => {
                 shared.update(|s| {
@@ -470,6 +496,10 @@ impl Shared {
         });
     }
 
+    fn args(&self) -> Vec<OsString> {
+        self.args.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     fn status(&self) -> ComponentStatus {
         let s = self.status.borrow().clone();
         ComponentStatus {
@@ -481,8 +511,7 @@ impl Shared {
             last_lines: self.log.tail(),
             since: s.since,
             args: self
-                .spec
-                .args
+                .args()
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
@@ -541,7 +570,13 @@ async fn supervise(shared: Arc<Shared>, mut child: Child, mut stop: oneshot::Rec
                 s.state = ComponentState::Starting;
                 s.restarts = s.restarts.saturating_add(1);
             });
-            match child::spawn(spec, &shared.program, &shared.instance, &shared.log) {
+            match child::spawn(
+                spec,
+                &shared.args(),
+                &shared.program,
+                &shared.instance,
+                &shared.log,
+            ) {
                 Ok(child) => break child,
                 Err(e) => {
                     delay = next_delay(&mut backoff, name);

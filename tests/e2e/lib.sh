@@ -220,6 +220,17 @@ revision_on() {
   etcdctl_on "$1" endpoint status -w json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'
 }
+# stored_with KEY: every Secret in n1's replica is stored as k8s:enc:secretbox:v1:KEY:, none
+# another way (in plaintext, or with another key), and there is at least one.
+stored_with() {
+  etcdctl_on 1 get --prefix /registry/secrets/ -w json | python3 -c '
+import base64, json, sys
+kvs = json.load(sys.stdin).get("kvs", [])
+want = ("k8s:enc:secretbox:v1:" + sys.argv[1] + ":").encode()
+bad = [base64.b64decode(kv["key"]).decode() for kv in kvs if not base64.b64decode(kv["value"]).startswith(want)]
+print(f"{len(kvs)} Secrets; {len(bad)} not stored with {sys.argv[1]}: {bad[:3]}")
+sys.exit(1 if bad or not kvs else 0)' "$1"
+}
 # cluster_haproxy PORT HOST...: HAProxy on the bridge address PREFIX.1:PORT in front of the
 # hosts' kube-apiservers (TCP, /readyz checks with the admin certificate), as an operator's
 # external balancer, and $work/admin.conf: host 1's admin kubeconfig pointed at it. Its pid is

@@ -32,17 +32,6 @@ trap cleanup EXIT
 kc() { k "$1" kubectl --request-timeout=20s "${@:2}"; }
 # key_names I: the key names in host I's encryption configuration, the write key first.
 key_names() { awk '$1 == "-" && $2 == "name:" {print $3}' "$(data_of "$1")/pki/encryption-config.yaml" | paste -sd, -; }
-# stored_with KEY: every Secret in n1's replica is stored as k8s:enc:secretbox:v1:KEY:, none
-# another way (the old key's name appears in no stored Secret).
-stored_with() {
-  etcdctl_on 1 get --prefix /registry/secrets/ -w json | python3 -c '
-import base64, json, sys
-kvs = json.load(sys.stdin).get("kvs", [])
-want = ("k8s:enc:secretbox:v1:" + sys.argv[1] + ":").encode()
-bad = [base64.b64decode(kv["key"]).decode() for kv in kvs if not base64.b64decode(kv["value"]).startswith(want)]
-print(f"{len(kvs)} Secrets; {len(bad)} not stored with {sys.argv[1]}: {bad[:3]}")
-sys.exit(1 if bad or not kvs else 0)' "$1"
-}
 # raw_prefix NAME: the first bytes of the Secret default/NAME as the datastore holds it.
 raw_prefix() { etcdctl_on 1 get "/registry/secrets/default/$1" --print-value-only | head -c 40 | tr -dc '[:print:]'; }
 # reads_back I NAME VALUE: the Secret reads back through host I's kube-apiserver.

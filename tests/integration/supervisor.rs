@@ -532,3 +532,46 @@ async fn one_component_can_be_restarted_stopped_and_started() {
     h.sup.stop().await;
     assert!(h.sup.status().iter().all(|s| s.state == ComponentState::Stopped));
 }
+
+/// A restart with new arguments runs them from then on, crash respawns included, and status
+/// shows them (how kube-apiserver gains `--encryption-provider-config` when a cluster that had
+/// no Secrets key gets its first one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_new_arguments_keeps_them_across_crashes() {
+    let h = Harness::new("newargs");
+    let a = h.spec("a", "sleep").with_args(["100"]);
+    h.sup.start(vec![vec![a]]).await.unwrap();
+    let cmdline = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(cmdline(h.status("a").pid.unwrap())[1..], ["100"]);
+
+    h.sup.restart_with_args("a", vec!["200".into()]).await.unwrap();
+    let s = h.status("a");
+    assert_eq!(s.state, ComponentState::Ready);
+    assert_eq!(s.args, ["200"]);
+    let pid = s.pid.unwrap();
+    assert_eq!(cmdline(pid)[1..], ["200"]);
+
+    // A crash respawns it with the new arguments, not the spec's.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    h.eventually("a respawned", |h| {
+        h.status("a").pid.is_some_and(|p| p != pid) && h.status("a").state == ComponentState::Ready
+    })
+    .await;
+    assert_eq!(cmdline(h.status("a").pid.unwrap())[1..], ["200"]);
+    assert!(matches!(
+        h.sup.restart_with_args("nope", vec![]).await,
+        Err(Error::UnknownComponent(_))
+    ));
+    h.sup.stop().await;
+}
