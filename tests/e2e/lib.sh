@@ -180,6 +180,14 @@ k_start() {
     {CL_LOCK}>&-
 }
 daemon_pid() { cat "$(run_of "$1")/k8sd.pid" 2>/dev/null; }
+# k_stop I: stop host I's daemon as systemd would (SIGTERM) and wait up to 120 s for it to exit;
+# fails (after a SIGKILL) if it did not.
+k_stop() {
+  local pid; pid=$(daemon_pid "$1") || return 1
+  kill -TERM "$pid"
+  for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+  kill -9 "$pid"; return 1
+}
 containerd_sock() { echo "$(run_of "$1")/containerd/containerd.sock"; }
 # cluster_teardown: stop every daemon (TERM, then KILL after 60 s), remove everything each host
 # left behind (scripts/teardown-host.sh), the veths and the bridge, then the work directory.

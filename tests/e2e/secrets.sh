@@ -11,7 +11,10 @@
 #      and none with the old one, the Secret reads back through both apiservers, a new Secret is
 #      stored with the new key, `k8sd status` names the key and its age and never its value,
 #      and no rotation record is left;
-#   4. running rotate-key again is harmless: one more key, every Secret moved to it, all readable.
+#   4. running rotate-key again is harmless: one more key, every Secret moved to it, all readable;
+#   5. a cluster with no key (as a k8sd built before encryption at rest left it) gets its first
+#      one: rotate-key stages it, restarts both apiservers with --encryption-provider-config
+#      added, and every Secret written in plaintext is then stored encrypted and reads back.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "${runtime_bins[@]}" \
@@ -117,5 +120,49 @@ check "the second Secret reads back" reads_back 1 s2 "$plain-2"
 no_plaintext() { ! grep -qaF "$plain" "$(data_of 1)"/datastore/state.db "$(data_of 2)"/datastore/state.db; }
 check "neither node's state.db holds a Secret's value in plaintext" no_plaintext
 
+log "5. a cluster without a key gets its first one"
+# The state a cluster made by a k8sd built before encryption at rest is in, made from this one:
+# no key file on either node, both kube-apiservers started without --encryption-provider-config,
+# and no Secret stored encrypted (the encrypted ones are deleted through the etcd API first;
+# an apiserver without the key could not read them).
+etcdctl_on 1 del --prefix /registry/secrets/ >/dev/null
+rm -f "$(data_of 1)/pki/encryption-config.yaml" "$(data_of 2)/pki/encryption-config.yaml"
+for i in 2 1; do k_stop "$i" || fail "n$i stopped within 120 s"; done
+for i in 1 2; do k_start "$i" "$work/n$i-keyless.log"; done
+for i in 1 2; do check "n$i is Ready without a key" wait_for 300 "n$i ready" ready "$i"; done
+# flagged I: whether host I's kube-apiserver runs with --encryption-provider-config.
+flagged() {
+  k "$1" status -o json > "$work/flag-$1.json" &&
+    [[ $(json_get "$work/flag-$1.json" "any(a.startswith('--encryption-provider-config') for c in d['components'] if c['name'] == 'kube-apiserver' for a in c['args'])") == True ]]
+}
+unflagged() { ! flagged "$1"; }
+for i in 1 2; do check "n$i's kube-apiserver runs without a key" unflagged "$i"; done
+status_secrets() { k "$1" status | grep '^secrets:' | grep -q "$2" || { log "n$1: $(k "$1" status | grep '^secrets:')"; return 1; }; }
+check "status says Secrets are not encrypted, and how to give the cluster a key" \
+  status_secrets 1 'NOT encrypted at rest (no key); `k8sd secrets rotate-key` gives the cluster its first key'
+check "a Secret is created" kc 1 create secret generic s3 --from-literal=v="$plain-3"
+raw_has() { etcdctl_on 1 get "/registry/secrets/default/$1" --print-value-only | grep -qaF "$2"; }
+check "the datastore holds it in plaintext" raw_has s3 "$plain-3"
+if k 2 secrets rotate-key > "$work/rotate5.out" 2>&1; then pass "rotate-key on n2 gives the cluster its first key"; else
+  fail "rotate-key on n2 (no key)"; fi
+cat "$work/rotate5.out"
+k3=$(key_names 1)
+check "n1 and n2 hold the same 0600 configuration with one key ($k3)" test -n "$k3" -a "$k3" == "$(key_names 2)" -a "${k3/,/}" == "$k3"
+check "n1 and n2 hold the same 0600 file" same_file_0600
+for i in 1 2; do check "n$i's kube-apiserver was restarted with the key" flagged "$i"; done
+check "every Secret in the datastore is stored with $k3" stored_with "$k3"
+not_raw_has() { ! raw_has "$@"; }
+check "the plaintext Secret's value is gone from its current revision" not_raw_has s3 "$plain-3"
+check "it reads back through n1's kube-apiserver" reads_back 1 s3 "$plain-3"
+check "it reads back through n2's kube-apiserver" reads_back 2 s3 "$plain-3"
+check "a new Secret is created" kc 2 create secret generic s4 --from-literal=v="$plain-4"
+check "the new Secret is stored with $k3" prefix_is s4 "$k3"
+check "status names the key" status_secrets 2 "encrypted with secretbox key $k3"
+check "no rotation record is left" no_record
+k_stop 1 && k_start 1 "$work/n1-after.log"
+ready_flagged() { ready "$1" && flagged "$1"; }
+check "n1 restarts Ready, its kube-apiserver with the key" wait_for 300 "n1 ready with the key" ready_flagged 1
+
 log "suite time: $((SECONDS - start)) s"
+
 finish
