@@ -42,21 +42,15 @@ cleanup() {
 trap cleanup EXIT
 
 kc() { k "$1" kubectl --request-timeout=10s "${@:2}"; }
-# host_down I: stop host I's daemon and remove everything it left (as cluster_teardown does).
+# host_down I: stop host I's daemon and reset the host (as cluster_teardown does).
 host_down() {
-  local i=$1 pid d
-  d=$(data_of "$i")
+  local i=$1 pid
   if pid=$(daemon_pid "$i"); then
     kill -TERM "$pid" 2>/dev/null
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -9 "$pid" 2>/dev/null
   fi
-  "$repo/scripts/teardown-host.sh" --netns "$(ns_of "$i")" --kubelet-root "$d/kubelet" \
-    --containerd-address "$(containerd_sock "$i")" --containerd-root "$d/containerd" \
-    --containerd-state "$(run_of "$i")/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
-    --cgroup-root "$(cgroup_of "$i")" >/dev/null 2>&1
-  ip link del "$(veth_of "$i")" 2>/dev/null
-  rm -rf "$d" "$(run_of "$i")"
+  host_reset "$i"
 }
 # untouched DIR: restore wrote nothing lasting into DIR (no node, PKI, datastore or scratch).
 untouched() {

@@ -189,29 +189,36 @@ k_stop() {
   kill -9 "$pid"; return 1
 }
 containerd_sock() { echo "$(run_of "$1")/containerd/containerd.sock"; }
-# cluster_teardown: stop every daemon (TERM, then KILL after 60 s), remove everything each host
-# left behind (scripts/teardown-host.sh), the veths and the bridge, then the work directory.
+# host_reset I: `k8sd reset --force` on host I (its daemon already stopped): what an operator
+# runs to clean a host, so every suite's teardown also checks that it leaves nothing a later
+# suite would trip on. Should it fail, the reason is logged and scripts/teardown-host.sh cleans
+# up instead. Then the host's netns and veth go.
+host_reset() {
+  local i=$1 d out
+  d=$(data_of "$i")
+  if [[ -d $d || -d $(run_of "$i") ]] && ! out=$(k "$i" reset --force 2>&1); then
+    log "TEARDOWN: k8sd reset --force on n$i failed; cleaning with teardown-host.sh:"
+    printf '%s\n' "$out" | tail -n 15 | sed 's/^/  | /'
+    "$repo/scripts/teardown-host.sh" --netns "$(ns_of "$i")" --kubelet-root "$d/kubelet" \
+      --containerd-address "$(containerd_sock "$i")" --containerd-root "$d/containerd" \
+      --containerd-state "$(run_of "$i")/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
+      --cgroup-root "$(cgroup_of "$i")" >/dev/null 2>&1
+  fi
+  ip netns del "$(ns_of "$i")" 2>/dev/null
+  ip link del "$(veth_of "$i")" 2>/dev/null
+  rm -rf "$d" "$(run_of "$i")"
+}
+# cluster_teardown: stop every daemon (TERM, then KILL after 60 s), reset every host
+# (host_reset), remove the bridge, then the work directory.
 cluster_teardown() {
-  local i pid d
+  local i pid
   for i in $CL_HOSTS; do pid=$(daemon_pid "$i") && kill -TERM "$pid" 2>/dev/null; done
   for i in $CL_HOSTS; do
     pid=$(daemon_pid "$i") || continue
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -9 "$pid" 2>/dev/null
   done
-  for i in $CL_HOSTS; do
-    d=$(data_of "$i")
-    if [[ -d $d ]]; then
-      "$repo/scripts/teardown-host.sh" --netns "$(ns_of "$i")" --kubelet-root "$d/kubelet" \
-        --containerd-address "$(containerd_sock "$i")" --containerd-root "$d/containerd" \
-        --containerd-state "$(run_of "$i")/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
-        --cgroup-root "$(cgroup_of "$i")" >/dev/null 2>&1
-    else
-      ip netns del "$(ns_of "$i")" 2>/dev/null
-    fi
-    ip link del "$(veth_of "$i")" 2>/dev/null
-    rm -rf "$(run_of "$i")"
-  done
+  for i in $CL_HOSTS; do host_reset "$i"; done
   ip link del "$CL_BR" 2>/dev/null
   rm -rf "$work"
 }
