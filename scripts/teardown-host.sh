@@ -19,8 +19,8 @@
 #
 # A k8sd node is cleaned with `k8sd reset` (docs/operations.md), which knows its layout, also
 # stops its processes, removes its routes, data and run dirs, and only touches that node. This
-# script stays for hosts that run the upstream components without k8sd (tests/e2e/k8s-smoke.sh)
-# and, until they move to `k8sd reset --force`, the other suites' teardown.
+# script stays for hosts that run the upstream components without k8sd (tests/e2e/k8s-smoke.sh),
+# the snap suite, and the other suites' fallback when their `k8sd reset --force` fails.
 #
 # Defaults are the system paths; tests pass their private instance's paths:
 #   --netns NAME               run network steps inside this netns, then delete it

@@ -31,16 +31,11 @@ cleanup() {
   if ((failed > 0)); then
     kubectl get pods -A -o wide 2>&1 | sed 's/^/  | /'
     kubectl get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 30 | sed 's/^/  | /'
-  fi
-  stop_daemon
-  "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$data/kubelet" \
-    --containerd-address "$run/containerd/containerd.sock" --containerd-root "$data/containerd" \
-    --containerd-state "$run/containerd" --cni-ipam-dir "$data/cni/networks" --pod-logs-dir "$data/pod-logs" \
-    --cgroup-root "$K8SD_CGROUP_ROOT" >/dev/null 2>&1
-  ip link del k8sd-h7 2>/dev/null
-  if ((failed > 0)); then
     for f in "$data"/logs/*.log; do echo "----- $f (last 30 lines)"; tail -n 30 "$f"; done
   fi
+  stop_daemon
+  reset_or_teardown "$ns" "$data" "$run"
+  ip link del k8sd-h7 2>/dev/null
   rm -rf "$work" "$run"
 }
 trap cleanup EXIT

@@ -189,24 +189,28 @@ k_stop() {
   kill -9 "$pid"; return 1
 }
 containerd_sock() { echo "$(run_of "$1")/containerd/containerd.sock"; }
-# host_reset I: `k8sd reset --force` on host I (its daemon already stopped): what an operator
-# runs to clean a host, so every suite's teardown also checks that it leaves nothing a later
-# suite would trip on. Should it fail, the reason is logged and scripts/teardown-host.sh cleans
-# up instead. Then the host's netns and veth go.
-host_reset() {
-  local i=$1 d out
-  d=$(data_of "$i")
-  if [[ -d $d || -d $(run_of "$i") ]] && ! out=$(k "$i" reset --force 2>&1); then
-    log "TEARDOWN: k8sd reset --force on n$i failed; cleaning with teardown-host.sh:"
+# reset_or_teardown NS DATA RUN: `k8sd reset --force` of the node with these dirs in netns NS
+# (its daemon already stopped; the cgroup root from K8SD_CGROUP_ROOT or its kubelet config);
+# should it fail, the reason is logged and scripts/teardown-host.sh cleans up instead. Then
+# the netns goes. Single-host suites call it from their cleanup.
+reset_or_teardown() {
+  local ns=$1 d=$2 r=$3 out
+  if [[ -d $d || -d $r ]] && ! out=$(in_host "$ns" "$K8SD_BIN" --data-dir "$d" --run-dir "$r" reset --force 2>&1); then
+    log "TEARDOWN: k8sd reset --force in $ns failed; cleaning with teardown-host.sh:"
     printf '%s\n' "$out" | tail -n 15 | sed 's/^/  | /'
-    "$repo/scripts/teardown-host.sh" --netns "$(ns_of "$i")" --kubelet-root "$d/kubelet" \
-      --containerd-address "$(containerd_sock "$i")" --containerd-root "$d/containerd" \
-      --containerd-state "$(run_of "$i")/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
-      --cgroup-root "$(cgroup_of "$i")" >/dev/null 2>&1
+    "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$d/kubelet" \
+      --containerd-address "$r/containerd/containerd.sock" --containerd-root "$d/containerd" \
+      --containerd-state "$r/containerd" --cni-ipam-dir "$d/cni/networks" --pod-logs-dir "$d/pod-logs" \
+      --cgroup-root "${K8SD_CGROUP_ROOT:-/}" >/dev/null 2>&1
   fi
-  ip netns del "$(ns_of "$i")" 2>/dev/null
-  ip link del "$(veth_of "$i")" 2>/dev/null
-  rm -rf "$d" "$(run_of "$i")"
+  ip netns del "$ns" 2>/dev/null
+  rm -rf "$d" "$r"
+}
+# host_reset I: `k8sd reset --force` on host I (its daemon already stopped), what an operator
+# runs to clean a host (reset_or_teardown); then its veth goes.
+host_reset() {
+  K8SD_CGROUP_ROOT=$(cgroup_of "$1") reset_or_teardown "$(ns_of "$1")" "$(data_of "$1")" "$(run_of "$1")"
+  ip link del "$(veth_of "$1")" 2>/dev/null
 }
 # cluster_teardown: stop every daemon (TERM, then KILL after 60 s), reset every host
 # (host_reset), remove the bridge, then the work directory.

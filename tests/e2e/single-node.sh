@@ -34,19 +34,14 @@ stop_daemon() {
 }
 
 cleanup() {
-  # `k8sd reset` first (step 8 checks it); teardown-host.sh stays as a safety net for the
-  # machine should reset fail or the suite stop before it.
-  [[ -d $data || -d $run ]] && k8sd reset --force >/dev/null 2>&1
-  [[ -n ${leak:-} ]] && ip netns del "$leak" 2>/dev/null
-  stop_daemon
-  "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$data/kubelet" \
-    --containerd-address "$run/containerd/containerd.sock" --containerd-root "$data/containerd" \
-    --containerd-state "$run/containerd" --cni-ipam-dir "$data/cni/networks" --pod-logs-dir "$data/pod-logs" \
-    --cgroup-root "$K8SD_CGROUP_ROOT" >/dev/null 2>&1
-  ip link del k8sd-h1 2>/dev/null
   if ((failed > 0)); then
     for f in "$data"/logs/*.log; do echo "----- $f (last 30 lines)"; tail -n 30 "$f"; done
   fi
+  # Step 8 resets the node itself; should the suite stop before it, the same reset runs here.
+  [[ -n ${leak:-} ]] && ip netns del "$leak" 2>/dev/null
+  stop_daemon
+  reset_or_teardown "$ns" "$data" "$run"
+  ip link del k8sd-h1 2>/dev/null
   rm -rf "$work" "$run"
 }
 trap cleanup EXIT
