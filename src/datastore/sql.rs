@@ -7,7 +7,9 @@
 //! kv      (rev, sub) -> key, create_rev, version, lease, value, deleted,
 //!                       prev_rev, prev_create_rev, prev_version, prev_lease, prev_value
 //!         one row per change; a delete is a tombstone row (deleted = 1). The prev_* columns
-//!         copy the key's previous live value so prev_kv survives compaction of that row.
+//!         copy the key's previous live value so prev_kv survives compaction of that row;
+//!         physical compaction clears prev_value in the rows it keeps below the compaction
+//!         revision, which no watch replays.
 //!         index (key, rev) serves point-in-time reads and compaction.
 //! latest  key -> (rev, sub) of the live row; absent once deleted. Serves reads at the
 //!         current revision and exact counts without touching history.

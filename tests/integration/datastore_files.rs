@@ -6,7 +6,8 @@
 //!
 //! - A value written, then deleted and compacted, is no longer anywhere in `state.db` or its
 //!   WAL once the WAL is checkpointed: `secure_delete` zeroes deleted rows, including a large
-//!   value's overflow pages that compaction frees whole.
+//!   value's overflow pages that compaction frees whole. So is a value overwritten and then
+//!   compacted, which the row that replaced it carried for `prev_kv`.
 //! - Once writes stop, `state.db-wal` is emptied (truncated to zero bytes) within seconds
 //!   instead of staying at its high-water mark.
 //!
@@ -82,14 +83,20 @@ async fn compacted_values_are_gone(raft: bool) {
     c.put("/registry/secrets/ns/large", large.as_str(), None)
         .await
         .unwrap();
+    // One overwritten, not deleted: its new row carries the old value for prev_kv.
+    let overwritten = format!("k8sd-secret-overwritten-{}", std::process::id());
+    c.put("/registry/secrets/ns/over", overwritten.as_str(), None)
+        .await
+        .unwrap();
     // Rows around them, so they share pages with values that stay.
     for i in 0..50 {
         c.put(format!("/registry/secrets/ns/keep-{i:02}"), vec![b'k'; 600], None)
             .await
             .unwrap();
     }
+    c.put("/registry/secrets/ns/over", "rotated", None).await.unwrap();
     let on_disk = [read(&state), read(&wal)].concat();
-    for marker in [&small, &head, &tail] {
+    for marker in [&small, &head, &tail, &overwritten] {
         assert!(
             contains(&on_disk, marker.as_bytes()),
             "{marker} must be on disk after the writes, or this test proves nothing"
@@ -108,7 +115,7 @@ async fn compacted_values_are_gone(raft: bool) {
     // No more writes: the checkpointer copies the WAL back and truncates it.
     let took = wait_wal_empty(&wal, Duration::from_secs(20));
     let db = read(&state);
-    for marker in [&small, &head, &tail] {
+    for marker in [&small, &head, &tail, &overwritten] {
         assert!(
             !contains(&db, marker.as_bytes()),
             "{marker} (deleted and compacted) is still in {} ({} bytes), WAL emptied after {took:?}",
@@ -128,6 +135,12 @@ async fn compacted_values_are_gone(raft: bool) {
         kept.kvs().len(),
         50,
         "the rows that were not deleted must survive"
+    );
+    let over = c.get("/registry/secrets/ns/over", None).await.unwrap();
+    assert_eq!(
+        over.kvs()[0].value(),
+        b"rotated",
+        "the overwritten key keeps its new value"
     );
     assert!(
         c.get("/registry/secrets/ns/small", None)

@@ -29,6 +29,15 @@ impl Store {
             params![from, hi, target],
         )
         .map_err(sq(&path))?;
+        // A row kept below the compaction revision is never an event again (watches start at
+        // it or later), so the previous value it carries for `prev_kv` is dead: clear it, and
+        // `secure_delete` zeroes its bytes. Otherwise an overwritten Secret's old ciphertext
+        // would outlive compaction inside the row that replaced it.
+        tx.execute(
+            "UPDATE kv SET prev_value = NULL WHERE rev > ?1 AND rev <= ?2 AND rev < ?3 AND prev_value IS NOT NULL",
+            params![from, hi, target],
+        )
+        .map_err(sq(&path))?;
         meta_set(&tx, "physical_compact_rev", hi).map_err(sq(&path))?;
         tx.commit().map_err(sq(&path))?;
         self.meta.physical_compact_rev = hi;
