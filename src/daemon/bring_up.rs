@@ -89,7 +89,7 @@ impl Daemon {
                     return Err(e);
                 }
             } else {
-                super::leader_wait::until_leader(&datastore, &step).await?;
+                datastore.until_leader(&step).await?;
                 self.register_founder(&datastore, &cfg).await?;
             }
             step("checking this node's Kubernetes version against the control plane's");
