@@ -33,8 +33,12 @@ pub struct Workload {
 pub enum AddonError {
     #[error("unknown add-on {name:?}; valid add-ons are: {valid}")]
     Unknown { name: String, valid: String },
-    #[error("rendering the {addon} add-on's manifest: {reason}")]
-    Render { addon: &'static str, reason: String },
+    #[error("rendering the {addon} add-on's manifest: {source}")]
+    Render {
+        addon: &'static str,
+        #[source]
+        source: crate::template::TemplateError,
+    },
 }
 
 impl Addon {
@@ -209,9 +213,9 @@ pub fn render_manifest(addon: Addon, v: &RenderValues) -> Result<String, AddonEr
         ),
         ("busybox_image", images::BUSYBOX_IMAGE.to_string()),
     ];
-    render(addon.template(), &values).map_err(|reason| AddonError::Render {
+    render(addon.template(), &values).map_err(|source| AddonError::Render {
         addon: addon.name(),
-        reason,
+        source,
     })
 }
 

@@ -76,6 +76,32 @@ pub struct Kubectl {
     pub kubeconfig: std::path::PathBuf,
 }
 
+/// Why [`Kubectl::delete_node`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KubectlError {
+    #[error("deleting Node {node}: cannot run kubectl ({kubebin}): {source}")]
+    Spawn {
+        node: String,
+        kubebin: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// kubectl ran and failed: `stderr` is what it said, after `attempts` tries.
+    #[error("deleting Node {node} ({attempts} attempt(s) in {secs} s): {stderr}")]
+    DeleteNode {
+        node: String,
+        attempts: u32,
+        secs: u64,
+        stderr: String,
+    },
+}
+
+/// One kubectl run that failed.
+enum Attempt {
+    Spawn(std::io::Error),
+    Failed { stderr: String },
+}
+
 /// How long [`Kubectl::delete_node`] keeps trying through transient API errors.
 const DELETE_NODE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
 
@@ -85,7 +111,7 @@ impl Kubectl {
     /// kube-apiserver the moment it turns unhealthy (a node being removed, a node that just
     /// died), so a single try fails with `Unable to connect to the server: EOF` even though
     /// another apiserver would answer the next one.
-    pub async fn delete_node(&self, name: &str) -> Result<(), String> {
+    pub async fn delete_node(&self, name: &str) -> Result<(), KubectlError> {
         let start = tokio::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(500);
         let mut attempts = 0u32;
@@ -93,13 +119,22 @@ impl Kubectl {
             attempts += 1;
             let err = match self.delete_node_once(name).await {
                 Ok(()) => return Ok(()),
-                Err(e) => e,
+                Err(Attempt::Spawn(source)) => {
+                    return Err(KubectlError::Spawn {
+                        node: name.to_string(),
+                        kubebin: self.kubebin.clone(),
+                        source,
+                    });
+                }
+                Err(Attempt::Failed { stderr }) => stderr,
             };
             if !is_transient(&err) || start.elapsed() + delay > DELETE_NODE_DEADLINE {
-                return Err(format!(
-                    "deleting Node {name} ({attempts} attempt(s) in {} s): {err}",
-                    start.elapsed().as_secs()
-                ));
+                return Err(KubectlError::DeleteNode {
+                    node: name.to_string(),
+                    attempts,
+                    secs: start.elapsed().as_secs(),
+                    stderr: err,
+                });
             }
             tracing::warn!(node = %name, error = %err, "deleting a Node failed; retrying");
             tokio::time::sleep(delay).await;
@@ -107,7 +142,7 @@ impl Kubectl {
         }
     }
 
-    async fn delete_node_once(&self, name: &str) -> Result<(), String> {
+    async fn delete_node_once(&self, name: &str) -> Result<(), Attempt> {
         let out = tokio::process::Command::new(&self.kubebin)
             .arg("kubectl")
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
@@ -121,11 +156,13 @@ impl Kubectl {
             ])
             .output()
             .await
-            .map_err(|e| format!("cannot run kubectl: {e}"))?;
+            .map_err(Attempt::Spawn)?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            Err(Attempt::Failed {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
         }
     }
 }

@@ -406,11 +406,11 @@ impl ClusterApi for ClusterService {
         let req: MembershipRequest = body(req)?;
         check_version(req.version)?;
         let key = registry::member_key(&name);
-        let member = registry::get::<MemberRecord>(&self.node, &key)
-            .await
-            .map_err(unavailable)?;
+        // One read of every member: the caller's own record is among them.
+        let mut members = registry::members(&self.node).await.map_err(unavailable)?;
+        let member = members.iter().position(|m| m.name == name);
         if req.leave {
-            if let Some((m, _)) = &member {
+            if let Some(m) = member.map(|i| &members[i]) {
                 if m.role != MemberRole::Worker {
                     return Err(Status::failed_precondition(
                         "a control-plane node leaves through its own datastore",
@@ -428,16 +428,21 @@ impl ClusterApi for ClusterService {
                 control_plane: vec![],
             });
         }
-        if let (Some(versions), Some((m, _))) = (&req.versions, &member)
-            && m.versions.as_ref() != Some(versions)
+        if let (Some(versions), Some(i)) = (&req.versions, member)
+            && members[i].versions.as_ref() != Some(versions)
         {
-            registry::publish_versions(&self.node, &name, versions)
+            // Answer with what is now recorded: the new versions, or no record at all if it
+            // went away meanwhile.
+            if registry::publish_versions(&self.node, &name, versions)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+            {
+                members[i].versions = Some(versions.clone());
+            } else {
+                members.remove(i);
+            }
         }
-        let control_plane = registry::members(&self.node)
-            .await
-            .map_err(unavailable)?
+        let control_plane = members
             .into_iter()
             .filter(|m| m.role == MemberRole::ControlPlane)
             .filter_map(|m| {

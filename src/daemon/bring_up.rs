@@ -89,7 +89,7 @@ impl Daemon {
                     return Err(e);
                 }
             } else {
-                super::leader_wait::until_leader(&datastore, &step).await?;
+                datastore.until_leader(&step).await?;
                 self.register_founder(&datastore, &cfg).await?;
             }
             step("checking this node's Kubernetes version against the control plane's");
@@ -124,9 +124,7 @@ impl Daemon {
             cgroup_root: &self.opts.cgroup_root,
             encrypt_secrets,
         };
-        for (path, text) in components::config_files(&ctx, self.runtime()?, &self.opts.cni_bin_dir)
-            .map_err(DaemonError::RenderConfig)?
-        {
+        for (path, text) in components::config_files(&ctx, self.runtime()?, &self.opts.cni_bin_dir)? {
             write_file(&path, text.as_bytes(), 0o600)?;
         }
         mkdir(&l.containerd_state(), 0o711)?;
@@ -167,10 +165,10 @@ impl Daemon {
                 self.node_groups(&ctx, &kubebin)?
             }
         };
-        supervisor.start(groups).await.map_err(|e| DaemonError::Start {
-            component: "node".into(),
-            reason: e.to_string(),
-        })?;
+        supervisor
+            .start(groups)
+            .await
+            .map_err(|source| DaemonError::StartComponents { source })?;
         podnet::spawn(self.clone(), cfg.clone());
         storagedir::spawn(self, cfg.clone());
         if cfg.role == Role::ControlPlane {

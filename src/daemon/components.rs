@@ -267,7 +267,7 @@ pub const ADMISSION_CONTROL_FILE: &str = "admission-control.yaml";
 pub use crate::template::render;
 
 /// The CNI configuration for this node's pod range (written once the Node has one).
-pub fn cni_conflist(c: &Ctx<'_>, node_pod_cidr: &str) -> Result<String, String> {
+pub fn cni_conflist(c: &Ctx<'_>, node_pod_cidr: &str) -> Result<String, crate::template::TemplateError> {
     let values = [
         ("cni_ipam_dir", c.layout.cni_ipam_dir().display().to_string()),
         ("pod_cidr", node_pod_cidr.to_string()),
@@ -292,7 +292,7 @@ pub fn config_files(
     c: &Ctx<'_>,
     runtime: &RuntimeDir,
     cni_bin_dir: &Path,
-) -> Result<Vec<(PathBuf, String)>, String> {
+) -> Result<Vec<(PathBuf, String)>, super::DaemonError> {
     let l = c.layout;
     let p = |x: &Path| x.display().to_string();
     let values = [
@@ -319,23 +319,18 @@ pub fn config_files(
         ("tls_min_version", TLS_MIN_VERSION.to_string()),
         ("tls_cipher_suites", format!("[{}]", TLS_CIPHER_SUITES.join(", "))),
     ];
+    let rendered = |file: PathBuf, template: &str| match render(template, &values) {
+        Ok(text) => Ok((file, text)),
+        Err(source) => Err(super::DaemonError::RenderConfig { file, source }),
+    };
     let mut files = vec![
-        (
-            l.config_dir().join("containerd.toml"),
-            render(CONTAINERD_TEMPLATE, &values)?,
-        ),
-        (
-            l.config_dir().join("kubelet.yaml"),
-            render(KUBELET_TEMPLATE, &values)?,
-        ),
-        (
-            l.config_dir().join("kube-proxy.yaml"),
-            render(KUBE_PROXY_TEMPLATE, &values)?,
-        ),
-        (
+        rendered(l.config_dir().join("containerd.toml"), CONTAINERD_TEMPLATE)?,
+        rendered(l.config_dir().join("kubelet.yaml"), KUBELET_TEMPLATE)?,
+        rendered(l.config_dir().join("kube-proxy.yaml"), KUBE_PROXY_TEMPLATE)?,
+        rendered(
             l.registry_config_dir().join("_default/hosts.toml"),
-            render(REGISTRY_HOSTS_TEMPLATE, &values)?,
-        ),
+            REGISTRY_HOSTS_TEMPLATE,
+        )?,
     ];
     if c.cfg.role == Role::ControlPlane {
         files.push((l.config_dir().join(AUDIT_POLICY_FILE), AUDIT_POLICY.to_string()));

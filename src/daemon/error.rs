@@ -47,8 +47,14 @@ pub enum DaemonError {
         #[source]
         source: crate::tls::MtlsError,
     },
-    #[error("rendering the components' config files: {0}")]
-    RenderConfig(String),
+    /// A component's config file did not render: the template and k8sd's values disagree (a
+    /// bug in this build, not something the node's config can fix).
+    #[error("rendering {file}: {source}; this build's templates are broken, report it")]
+    RenderConfig {
+        file: PathBuf,
+        #[source]
+        source: crate::template::TemplateError,
+    },
     #[error("node {node} did not become Ready within 5 minutes; see `k8sd status` and `k8sd logs kubelet`")]
     NotReady { node: String },
     #[error("local API load balancer: {0}")]
@@ -71,8 +77,12 @@ pub enum DaemonError {
         "this node is already initialised ({0} exists); nothing was changed. Use `k8sd status` to inspect it"
     )]
     AlreadyInitialised(PathBuf),
-    #[error("starting {component} failed: {reason}")]
-    Start { component: String, reason: String },
+    /// The supervisor could not start the node's components (its error names the component).
+    #[error("starting the node's components: {source}; see `k8sd status` and `k8sd logs COMPONENT`")]
+    StartComponents {
+        #[source]
+        source: crate::supervisor::Error,
+    },
     #[error("renewing this worker's certificates through the cluster API: {0}")]
     WorkerRenewal(#[source] crate::cluster::client::JoinError),
     #[error("the control plane answered a renewal without a certificate for {cert}")]
@@ -106,13 +116,30 @@ pub enum DaemonError {
     BadReply { via: String, problem: String },
     #[error("cannot encode the node config: {0}")]
     EncodeConfig(#[source] serde_yaml::Error),
-    #[error("deleting the Kubernetes Node {node}: {error}")]
-    Kubectl { node: String, error: String },
+    /// `leave` could not delete this node's Kubernetes Node, its first step.
+    #[error("{source}; nothing else was changed, run `k8sd leave` again")]
+    LeaveKubectl {
+        #[source]
+        source: crate::cluster::KubectlError,
+    },
     /// `remove-node` stopped part way; every step can be repeated.
-    #[error("{error}. {state}; run `k8sd remove-node {name}` again")]
+    #[error("{source}. {state}; run `k8sd remove-node {name}` again")]
     RemovalIncomplete {
         name: String,
-        error: String,
+        /// Boxed: a datastore error is large, and this variant is rare.
+        #[source]
+        source: Box<RemovalStep>,
         state: &'static str,
     },
+}
+
+/// The step of `remove-node` that failed: deleting the Node, the datastore member or the record.
+#[derive(Debug, thiserror::Error)]
+pub enum RemovalStep {
+    #[error(transparent)]
+    Kubectl(#[from] crate::cluster::KubectlError),
+    #[error(transparent)]
+    Datastore(#[from] crate::node::NodeError),
+    #[error("deleting its member record: {0}")]
+    Registry(#[from] crate::cluster::registry::RegistryError),
 }

@@ -19,7 +19,6 @@
 //! | `preflight.rs` | what `init` checks before it writes anything: binaries, images, extra args |
 //! | `bring_up.rs` | bringing the node up in dependency order, after init, a join or a restart |
 //! | `datastore.rs` | the Raft member, the etcd API and the cluster API listeners |
-//! | `leader_wait.rs` | a restarted control-plane node's wait for its datastore's leader |
 //! | `local_lb.rs` | the local API load balancer and its first backends |
 //! | `component_specs.rs` | the supervised components in start order with their readiness probes |
 //! | `clients.rs` | this node's own calls to kube-apiserver and the wait for its Node to be Ready |
@@ -53,7 +52,6 @@ pub mod extra_args;
 mod failure;
 mod host;
 mod join;
-mod leader_wait;
 mod listener_tls;
 mod local_lb;
 mod metrics;
@@ -83,7 +81,7 @@ use config::NodeConfig;
 use host::{mkdir, write_file};
 
 pub use control::{ControlClient, ControlError};
-pub use error::DaemonError;
+pub use error::{DaemonError, RemovalStep};
 pub use failure::{FailureKind, Refusal, config_error_kind};
 
 /// Where the node is in its life, for `k8sd status`.

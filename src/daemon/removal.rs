@@ -39,7 +39,7 @@ impl Daemon {
             .await
             .map_err(|e| DaemonError::RemovalIncomplete {
                 name: name.to_string(),
-                error: e,
+                source: Box::new(e.into()),
                 state: "Nothing of it was removed yet (check `k8sd kubectl get nodes`)",
             })?;
         if let Some(m) = raft_member {
@@ -48,7 +48,7 @@ impl Daemon {
                     .await
                     .map_err(|e| DaemonError::RemovalIncomplete {
                         name: name.to_string(),
-                        error: e.to_string(),
+                        source: Box::new(e.into()),
                         state: "Its Node is deleted but it is still a datastore member",
                     })?;
             tracing::info!(node = %name, ?outcome, "removed a datastore member");
@@ -62,7 +62,7 @@ impl Daemon {
         .await
         .map_err(|e| DaemonError::RemovalIncomplete {
             name: name.to_string(),
-            error: e.to_string(),
+            source: Box::new(e.into()),
             state: "Its Node and datastore member are removed but its record is not",
         })?;
         Ok(())
@@ -90,10 +90,7 @@ impl Daemon {
                     self.kubectl()?
                         .delete_node(&name)
                         .await
-                        .map_err(|error| DaemonError::Kubectl {
-                            node: name.clone(),
-                            error,
-                        })?;
+                        .map_err(|source| DaemonError::LeaveKubectl { source })?;
                     registry::txn(
                         ds,
                         vec![],

@@ -2,14 +2,17 @@
 //!
 //! It is a deterministic state machine: `Store::apply_batch` takes commands in log order and
 //! assigns revisions, and `Reader` serves reads from WAL snapshots. It knows nothing about
-//! gRPC, protobuf, async runtimes or Raft; those live in `etcd` and `node`. Plain `#[test]`s
-//! cover it.
+//! gRPC, protobuf or async runtimes; those live in `etcd` and `node`. Of Raft it knows only
+//! what must commit in the same transaction as the data, opaque to it (`mvcc/raft_ext.rs`,
+//! docs/ARCHITECTURE.md "What the datastore knows of Raft"). Plain `#[test]`s cover it.
 
+mod committed;
 pub mod error;
 pub mod mvcc;
 mod sql;
 pub mod types;
 
+pub use committed::{CommittedBatch, LeaseChanges};
 pub use error::StoreError;
 pub use mvcc::{
     Checkpointer, Durability, KvHash, LogPosition, Meta, PAGE_SIZE, ReadView, Reader, Store, execute_range,

@@ -4,7 +4,8 @@
 //!  committed entries ──▶ apply(): one Store::apply_raft_batch = one SQLite txn holding
 //!                          the data, `applied_log_id` and `membership` (raft_meta rows)
 //!                        ──▶ responders (leader-local writes) / waiters (forwarded writes)
-//!                        ──▶ ApplyHook (watch hub, lessor) after the commit
+//!                        ──▶ ApplyHook (the node's applier: meta, lessor, watch hub) after
+//!                            the commit and the answers
 //! ```
 //!
 //! Invariants:
@@ -38,8 +39,8 @@ use super::outcome;
 use super::stages::{self, Stage};
 use super::types::{LogId, Response, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::datastore::{
-    Command, CommandOutput, DedupPrune, Durability, Event, LogPosition, RaftApplied, RaftCommand, Store,
-    StoreError, export_snapshot, read_raft_meta,
+    CommittedBatch, DedupPrune, Durability, Event, LeaseChanges, LogPosition, RaftApplied, RaftCommand,
+    Store, StoreError, export_snapshot, read_raft_meta,
 };
 
 const APPLIED_KEY: &str = "applied_log_id";
@@ -55,31 +56,13 @@ const DEDUP_WINDOW: u64 = 100_000;
 /// How long a batch that met a full disk waits before it is applied again.
 const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// One committed apply batch, as seen by the rest of the node (watch hub, lessor).
-#[derive(Debug)]
-pub struct AppliedBatch {
-    /// The last log id this batch covers.
-    pub applied: Option<LogId>,
-    /// Store revision after the batch.
-    pub revision: i64,
-    /// Compaction revision after the batch.
-    pub compact_rev: i64,
-    /// Events in revision order; empty after a snapshot install.
-    pub events: Vec<Event>,
-    /// The whole database was replaced by a snapshot: rebuild anything derived from it
-    /// (watch hub, lessor), since the events in between are not available.
-    pub snapshot_installed: bool,
-    /// Leases granted in this batch, `(id, ttl)`, for the lessor's deadlines.
-    pub granted: Vec<(i64, i64)>,
-    /// Leases whose revoke command was applied (whether or not the lease still existed).
-    pub revoked: Vec<i64>,
-}
-
 /// openraft over this state machine: the handle every part of `raft/` drives.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
-/// Called after every committed batch, on the apply task. Must not block.
-pub type ApplyHook = Arc<dyn Fn(&AppliedBatch) + Send + Sync>;
+/// Called after every committed batch (and installed snapshot), on the apply task, once every
+/// entry of the batch has had its answer. Must not block. A node's hook is its applier
+/// (`node::applier`), which the standalone apply thread calls too.
+pub type ApplyHook = Arc<dyn Fn(CommittedBatch) + Send + Sync>;
 
 /// Waiters for outcomes of this node's forwarded proposals, keyed by request id.
 #[derive(Debug, Default)]
@@ -389,20 +372,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let mut outputs = outputs.into_iter();
-        let (mut granted, mut revoked) = (Vec::new(), Vec::new());
+        let mut leases = LeaseChanges::default();
         for (entry, responder) in items {
             let (response, origin) = match &entry.payload {
                 EntryPayload::Normal(req) => {
                     let result = match outputs.next() {
                         Some(RaftApplied::Fresh(r)) => {
                             // Only a fresh application changes leases; a duplicate changed nothing.
-                            match (&req.cmd, &r) {
-                                (_, Ok(CommandOutput::LeaseGrant { id, ttl, .. })) => {
-                                    granted.push((*id, *ttl))
-                                }
-                                (Command::LeaseRevoke { id }, _) => revoked.push(*id),
-                                _ => {}
-                            }
+                            leases.record(&req.cmd, &r);
                             r
                         }
                         Some(RaftApplied::Duplicate(bytes)) => {
@@ -435,14 +412,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = Some(last);
         self.membership = membership;
         if let Some(hook) = &self.hook {
-            hook(&AppliedBatch {
-                applied: Some(last),
+            hook(CommittedBatch {
+                applied: Some(position(&last)),
                 revision,
                 compact_rev,
+                // Physical compaction rides along with the batches; a Raft member reports it
+                // as done up to the compaction revision.
+                physical_compact_rev: compact_rev,
                 events,
-                snapshot_installed: false,
-                granted,
-                revoked,
+                replaced: false,
+                leases,
             });
         }
         Ok(())
@@ -475,14 +454,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         if let Some(hook) = &self.hook {
-            hook(&AppliedBatch {
-                applied: meta.last_log_id,
+            hook(CommittedBatch {
+                applied: meta.last_log_id.as_ref().map(position),
                 revision,
                 compact_rev,
+                physical_compact_rev: compact_rev,
                 events: Vec::new(),
-                snapshot_installed: true,
-                granted: Vec::new(),
-                revoked: Vec::new(),
+                replaced: true,
+                leases: LeaseChanges::default(),
             });
         }
         Ok(())

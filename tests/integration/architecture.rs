@@ -158,6 +158,57 @@ fn the_datastore_has_no_async_runtime_and_no_protobuf() {
     );
 }
 
+/// What the datastore knows of Raft (docs/ARCHITECTURE.md, "What the datastore knows of
+/// Raft"): it is all in `datastore/mvcc/raft_ext.rs`, re-exported by name from the two
+/// `mod.rs` files, and it stays opaque: no openraft type, no decoding of the rows it keeps.
+#[test]
+fn the_datastore_knows_raft_only_through_raft_ext() {
+    const HOME: &str = "datastore/mvcc/raft_ext.rs";
+    // Everything raft_ext.rs offers, the only Raft-shaped names the rest of datastore may say.
+    const EXPORTS: &[&str] = &[
+        "raft_ext",
+        "DedupPrune",
+        "RaftApplied",
+        "RaftCommand",
+        "export_snapshot",
+        "read_raft_meta",
+        "reseed_for_new_cluster",
+    ];
+    let mut bad = Vec::new();
+    for (rel, lines) in sources() {
+        if module_of(&rel) != "datastore" {
+            continue;
+        }
+        for (n, line) in &lines {
+            let lower = line.to_lowercase();
+            if rel == HOME {
+                if let Some(w) = ["openraft", "serde"].iter().find(|w| lower.contains(*w)) {
+                    bad.push(format!("src/{rel}:{n}: {w} in `{}`", line.trim()));
+                }
+                continue;
+            }
+            if !(lower.contains("raft") || lower.contains("dedup")) {
+                continue;
+            }
+            let reexport = matches!(rel.as_str(), "datastore/mod.rs" | "datastore/mvcc/mod.rs")
+                && line
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| {
+                        let w = w.to_lowercase();
+                        w.contains("raft") || w.contains("dedup")
+                    })
+                    .all(|w| EXPORTS.contains(&w));
+            if !reexport {
+                bad.push(format!("src/{rel}:{n}: `{}`", line.trim()));
+            }
+        }
+    }
+    assert_none(
+        "the datastore's Raft additions live in datastore/mvcc/raft_ext.rs alone, opaque to it",
+        bad,
+    );
+}
+
 /// Every top-level module (and crate-root file) except `skip`, from the source tree itself, so a
 /// new module is covered without editing this file.
 fn modules_except(skip: &[&str]) -> Vec<String> {

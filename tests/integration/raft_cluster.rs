@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8sd::datastore::CommittedBatch;
 use k8sd::datastore::{Command, CommandOutput, KeyRange, Reader, StoreError, TxnRequest};
-use k8sd::raft::state_machine::AppliedBatch;
 use k8sd::raft::{RaftConfig, RaftNode, RaftNodeError, RaftStatus};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -41,7 +41,7 @@ fn config(m: &Member, snapshot_every: u64, faults: &Arc<Faults>) -> RaftConfig {
     c.snapshot_every = snapshot_every;
     c.logs_kept_after_snapshot = 2;
     let events = m.events.clone();
-    c.apply_hook = Some(Arc::new(move |b: &AppliedBatch| {
+    c.apply_hook = Some(Arc::new(move |b: CommittedBatch| {
         events
             .lock()
             .unwrap()
