@@ -115,6 +115,8 @@ if k 1 backup --output "$archive" > "$work/backup.out" 2>&1; then pass "k8sd bac
 cat "$work/backup.out"
 mode_0600() { [[ $(stat -c %a "$archive") == 600 ]]; }
 check "the archive is mode 0600" mode_0600
+no_plain_in_archive() { ! tar -xzOf "$archive" | grep -qaF "$plain"; }
+check "no file in the archive holds the Secret's value in plaintext (state.db holds it encrypted)" no_plain_in_archive
 tar -xzOf "$archive" manifest.json > "$work/manifest.json"
 backed_rev=$(json_get "$work/manifest.json" "d['revision']")
 log "backed-up revision: $backed_rev"
