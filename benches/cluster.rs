@@ -8,6 +8,11 @@
 //!   of callers, all sent to the leader or spread over the three nodes.
 //! - `failover`: kill -9 of the leader, then the time to the first acknowledged write through a
 //!   client connected to the two survivors; the killed node is restarted between rounds.
+//! - `puts`: plain Puts of 1 KiB to the leader at c1, c16 and c256 (etcd's `benchmark put`),
+//!   with the CPU time each write cost the leader, a follower and all three members (user +
+//!   system, from `/proc/<pid>/stat` before and after the cell). `K8SD_BENCH_PERF=<dir>` also
+//!   records `perf record -g` of the leader and of that follower during every k8sd cell into
+//!   `<dir>/<server>-<phase>-<leader|follower>-r<round>.data`.
 //! - `stall`: a write load while fsyncs are slow (a `dd` disk hog, or `benches/slow-fsync.c`
 //!   preloaded into k8sd); counts leader changes. It is what the default Raft timeouts were
 //!   checked against (docs/design/raft.md, "Failover timing").
@@ -20,7 +25,8 @@
 //! `K8SD_BENCH_FAILOVERS` per server (default 7). Medians over rounds are printed.
 //! `K8SD_BENCH_RAFT_FLAGS` (space-separated) is passed to every k8sd member, e.g.
 //! `--election-timeout=250`; `K8SD_BENCH_ETCD_FLAGS` likewise to every etcd member;
-//! `K8SD_BENCH_ONLY=k8sd` (or `etcd`) runs one server only.
+//! `K8SD_BENCH_ONLY=k8sd` (or `etcd`) runs one server only. `K8SD_BENCH_BASELINE=<k8sd binary>`
+//! adds that build as a third server, `k8sd baseline`, in the same rotation (before/after).
 //!
 //! Nothing is asserted; the numbers go into docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -35,12 +41,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{K8sdCluster, client_for, etcd_bin, free_port};
+use common::{K8sdCluster, client_for, etcd_bin, free_port, k8sd_baseline_bin, k8sd_bin};
 use etcd_client::Client;
 use load::{MAX_OPS, MAX_TIME, PAGE, Row, rss_kib};
 
 const ETCD: &str = "etcd 3.4.23";
 const K8SD: &str = "k8sd";
+const BASELINE: &str = "k8sd baseline";
 /// Reads are cheap; count them longer than writes so a cell lasts long enough to mean something.
 const READ_OPS: usize = 30_000;
 const READ_TIME: Duration = Duration::from_secs(5);
@@ -170,7 +177,12 @@ impl Cluster {
         }
         let flags = std::env::var("K8SD_BENCH_RAFT_FLAGS").unwrap_or_default();
         let extra: Vec<&str> = flags.split_whitespace().collect();
-        Cluster::K8sd(K8sdCluster::start(3, &extra))
+        let bin = if server == BASELINE {
+            k8sd_baseline_bin()
+        } else {
+            k8sd_bin()
+        };
+        Cluster::K8sd(K8sdCluster::start_bin(bin, 3, &extra, &[]))
     }
 
     fn urls(&self) -> Vec<String> {
@@ -191,21 +203,33 @@ impl Cluster {
         }
     }
 
-    /// Sum of the members' RSS.
-    fn rss_kib(&self) -> u64 {
-        let pids: Vec<u32> = match self {
+    /// The members' process ids, `None` for one not running.
+    fn pids(&self) -> Vec<Option<u32>> {
+        match self {
             Cluster::Etcd(c) => c
                 .members
                 .iter()
-                .filter_map(|m| m.child.as_ref().map(Child::id))
+                .map(|m| m.child.as_ref().map(Child::id))
                 .collect(),
             Cluster::K8sd(c) => c
                 .members
                 .iter()
-                .filter_map(|m| m.child.as_ref().map(Child::id))
+                .map(|m| m.child.as_ref().map(Child::id))
                 .collect(),
-        };
-        pids.into_iter().map(rss_kib).sum()
+        }
+    }
+
+    /// Sum of the members' RSS.
+    fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().flatten().map(rss_kib).sum()
+    }
+
+    /// Each member's CPU time so far (zero for one not running).
+    fn cpu_times(&self) -> Vec<Duration> {
+        self.pids()
+            .into_iter()
+            .map(|p| p.map_or(Duration::ZERO, load::cpu_time))
+            .collect()
     }
 
     fn kill9(&mut self, i: usize) {
@@ -331,6 +355,129 @@ async fn writes(server: &str, rows: &mut Vec<Row>) {
         li,
         "{server}: the leader changed during the write phases"
     );
+}
+
+/// CPU time per acknowledged write in one cell, in ms: the leader's, one follower's, all three.
+struct CpuRow {
+    phase: String,
+    server: String,
+    leader: f64,
+    follower: f64,
+    all: f64,
+}
+
+/// `perf record -g` of one process until dropped (SIGINT, so perf writes its file whole).
+struct Perf(Child);
+
+impl Perf {
+    /// A recording of `pid` into `<K8SD_BENCH_PERF>/<name>.data`, or nothing without the variable.
+    fn start(pid: Option<u32>, name: &str) -> Option<Perf> {
+        let dir = PathBuf::from(std::env::var_os("K8SD_BENCH_PERF")?);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join(format!("{}.data", name.replace(' ', "-")));
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "999",
+                "-g",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+            ])
+            .arg(&out)
+            .arg("-p")
+            .arg(pid?.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("K8SD_BENCH_PERF is set but perf does not start: install linux-perf");
+        // perf needs a moment to attach before the load starts.
+        std::thread::sleep(Duration::from_millis(300));
+        Some(Perf(child))
+    }
+}
+
+impl Drop for Perf {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Plain Puts to the leader at c1, c16 and c256, with each write's CPU cost on every member.
+async fn puts(server: &str, round: usize, rows: &mut Vec<Row>, cpu: &mut Vec<CpuRow>) {
+    let c = Cluster::start(server);
+    let li = leader_index(&c).await;
+    let fi = (li + 1) % 3;
+    let leader = connect(&c.urls()[li]).await;
+    for conc in [1, 16, 256] {
+        let phase = format!("put c{conc}");
+        let pids = c.pids();
+        let profiles = if server == ETCD {
+            Vec::new()
+        } else {
+            [(li, "leader"), (fi, "follower")]
+                .into_iter()
+                .filter_map(|(i, role)| Perf::start(pids[i], &format!("{server}-{phase}-{role}-r{round}")))
+                .collect()
+        };
+        let before = c.cpu_times();
+        let (lat, secs) = load::put(&leader, conc, "").await;
+        let after = c.cpu_times();
+        drop(profiles);
+        let per_write = |i: usize| (after[i] - before[i]).as_secs_f64() * 1000.0 / lat.len().max(1) as f64;
+        cpu.push(CpuRow {
+            phase: phase.clone(),
+            server: server.to_string(),
+            leader: per_write(li),
+            follower: per_write(fi),
+            all: (0..3).map(per_write).sum(),
+        });
+        rows.push(Row::new(&phase, server, lat, secs, c.rss_kib()));
+    }
+    assert_eq!(
+        leader_index(&c).await,
+        li,
+        "{server}: the leader changed during the put phases"
+    );
+}
+
+fn print_cpu(rounds: &[Vec<CpuRow>]) {
+    println!(
+        "\n## CPU per acknowledged put (ms, user + system): median of {} rounds\n",
+        rounds.len()
+    );
+    println!("| phase | server | leader | follower | all three | leader per round |");
+    println!("|---|---|---:|---:|---:|---|");
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in rounds.iter().flatten() {
+        let k = (r.phase.clone(), r.server.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.sort_by_key(|(p, _)| p.trim_start_matches("put c").parse::<u32>().unwrap_or(0));
+    for (phase, server) in keys {
+        let cells: Vec<&CpuRow> = rounds
+            .iter()
+            .flatten()
+            .filter(|r| r.phase == phase && r.server == server)
+            .collect();
+        let col = |f: fn(&CpuRow) -> f64| median(&cells.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let per: Vec<String> = cells.iter().map(|r| format!("{:.3}", r.leader)).collect();
+        println!(
+            "| {phase} | {server} | {:.3} | {:.3} | {:.3} | {} |",
+            col(|r| r.leader),
+            col(|r| r.follower),
+            col(|r| r.all),
+            per.join(", ")
+        );
+    }
 }
 
 async fn reads(server: &str, rows: &mut Vec<Row>) {
@@ -573,11 +720,13 @@ fn print_rounds(title: &str, rounds: &[Vec<Row>]) {
 
 fn servers(round: usize) -> Vec<&'static str> {
     let only = std::env::var("K8SD_BENCH_ONLY").unwrap_or_default();
-    let mut s = if round.is_multiple_of(2) {
-        vec![ETCD, K8SD]
-    } else {
-        vec![K8SD, ETCD]
-    };
+    let mut s = vec![ETCD, K8SD];
+    if std::env::var_os("K8SD_BENCH_BASELINE").is_some() {
+        s.insert(1, BASELINE);
+    }
+    // Each round starts with the next server, so none always runs first.
+    let n = s.len();
+    s.rotate_left(round % n);
     if !only.is_empty() {
         s.retain(|x| x.starts_with(only.as_str()));
     }
@@ -622,6 +771,20 @@ async fn run(sections: &[String]) {
             "writes (3-node clusters, load sent to the leader unless noted)",
             &all,
         );
+    }
+    if want("puts") {
+        let (mut all, mut cpu) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let (mut rows, mut cells) = (Vec::new(), Vec::new());
+            for s in servers(r) {
+                eprintln!("puts round {} {s}: load average {}", r + 1, uptime());
+                puts(s, r + 1, &mut rows, &mut cells).await;
+            }
+            all.push(rows);
+            cpu.push(cells);
+        }
+        print_rounds("puts (3-node clusters, 1 KiB, sent to the leader)", &all);
+        print_cpu(&cpu);
     }
     if want("reads") {
         let mut all = Vec::new();

@@ -127,6 +127,37 @@ pub async fn create(client: &Client, conc: usize, tag: &str) -> (Vec<Duration>, 
     .await
 }
 
+/// A plain `Put(key, 1 KiB)` of fresh keys: what etcd's own `benchmark put` sends, so the
+/// figure compares with that tool's.
+pub async fn put(client: &Client, conc: usize, tag: &str) -> (Vec<Duration>, f64) {
+    let (c, v, tag) = (client.clone(), value(), tag.to_string());
+    drive(conc, MAX_OPS, MAX_TIME, move |_, i| {
+        let (mut c, v) = (c.clone(), v.clone());
+        let key = format!("/registry/bench/put-{tag}c{conc}/{i}");
+        async move {
+            c.put(key, v.as_slice(), None).await.unwrap();
+        }
+    })
+    .await
+}
+
+/// CPU time (user + system, all threads) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis
+    // start at field 3, so utime and stime (fields 14 and 15) are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Duration::from_secs_f64(ticks as f64 / hz.max(1) as f64)
+}
+
 /// GuaranteedUpdate: `Txn{mod_revision(key) == R → Put; else Range}`, each caller updating its
 /// own key with the revision it last wrote.
 pub async fn update(client: &Client, conc: usize, tag: &str) -> (Vec<Duration>, f64) {

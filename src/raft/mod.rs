@@ -24,7 +24,8 @@
 //! | `config.rs`, `error.rs`, `node_id.rs` | settings, errors, this node's identity file |
 //! | `transport.rs` | client side of the peer RPCs: openraft's network, unary calls, fault filter |
 //! | `service.rs` | server side: the `RaftPeer` gRPC service; the only `tonic::Status` mapping here |
-//! | `wire.rs` | the peer messages and their encoding (rolling upgrades depend on it) |
+//! | `wire.rs` | the peer messages and their two body formats (rolling upgrades depend on it) |
+//! | `negotiate.rs` | which format each peer is sent, learned from its replies |
 //! | `membership.rs` | the leader's side of joins, promotions, removals, lost-voter replacement |
 //! | `membership_plan.rs` | the pure decisions behind them |
 //! | `log_store.rs`, `codec.rs` | the Raft log in SQLite and its entry encoding |
@@ -45,6 +46,7 @@ mod lease;
 pub mod log_store;
 pub mod membership;
 pub mod membership_plan;
+pub mod negotiate;
 mod node;
 mod node_id;
 pub mod outcome;

@@ -24,8 +24,8 @@ use super::peer_auth::PeerAuth;
 use super::state_machine::Raft;
 use super::types::{Request, Snapshot, SnapshotFile, TypeConfig};
 use super::wire::{
-    self, ForwardReply, JoinRequest, LeaseReply, LeaseRequest, ReadIndexReply, RemoveRequest, SnapshotHeader,
-    WireError,
+    self, Format, ForwardReply, JoinRequest, LeaseReply, LeaseRequest, ReadIndexReply, RemoveRequest,
+    SnapshotHeader, WireError,
 };
 
 /// The leader's lease deadlines, as `node::Lessor` keeps them. The peer service answers
@@ -131,14 +131,19 @@ impl PeerService {
 /// A body that does not decode is the caller's fault; one that does not encode is ours.
 fn wire_status(e: WireError) -> Status {
     match e {
-        WireError::Encode(_) => Status::internal(e.to_string()),
-        WireError::Decode(_) => Status::invalid_argument(e.to_string()),
+        WireError::Encode { .. } => Status::internal(e.to_string()),
+        WireError::Decode { .. } => Status::invalid_argument(e.to_string()),
         WireError::TooNew { .. } => Status::failed_precondition(e.to_string()),
     }
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Result<Msg, Status> {
-    wire::encode(v).map_err(wire_status)
+/// `v` as the reply to `req`, in `req`'s body format: a binary request comes from a peer that reads
+/// binary, and a JSON one may come from a k8sd that reads nothing else. Its `reads` tells the
+/// caller it may send binary from now on (`negotiate.rs`).
+fn reply_to<T: serde::Serialize>(v: &T, req: &Msg) -> Result<tonic::Response<Msg>, Status> {
+    wire::encode(v, Format::of(req.version))
+        .map(tonic::Response::new)
+        .map_err(wire_status)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(m: &Msg) -> Result<T, Status> {
@@ -170,27 +175,27 @@ impl RaftPeer for PeerService {
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             self.touch_contact();
         }
-        encode(&resp).map(tonic::Response::new)
+        reply_to(&resp, req.get_ref())
     }
 
     async fn vote(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
         self.check_fence(rpc.vote.leader_id().node_id)?;
         let resp = self.raft.vote(rpc).await.map_err(fatal)?;
-        encode(&resp).map(tonic::Response::new)
+        reply_to(&resp, req.get_ref())
     }
 
     async fn pre_vote(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
         self.check_fence(rpc.vote.leader_id().node_id)?;
         let resp = self.raft.pre_vote(rpc).await.map_err(fatal)?;
-        encode(&resp).map(tonic::Response::new)
+        reply_to(&resp, req.get_ref())
     }
 
     async fn transfer_leader(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let rpc: TransferLeaderRequest<TypeConfig> = decode(req.get_ref())?;
         let resp = self.raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
-        encode(&resp).map(tonic::Response::new)
+        reply_to(&resp, req.get_ref())
     }
 
     async fn install_snapshot(
@@ -204,9 +209,7 @@ impl RaftPeer for PeerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        wire::check_version(first.version).map_err(wire_status)?;
-        let header = SnapshotHeader::from_bytes(&first.header)
-            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot header: {e}")))?;
+        let header: SnapshotHeader = wire::decode_body(first.version, &first.header).map_err(wire_status)?;
         self.check_fence(header.vote.leader_id().node_id)?;
         tokio::fs::create_dir_all(&self.inbox)
             .await
@@ -234,7 +237,10 @@ impl RaftPeer for PeerService {
         let resp = self.raft.install_full_snapshot(header.vote, snapshot).await;
         // The state machine copied what it keeps; the inbox file is ours to delete.
         let _ = tokio::fs::remove_file(&path).await;
-        encode(&resp.map_err(fatal)?).map(tonic::Response::new)
+        let resp = resp.map_err(fatal)?;
+        wire::encode(&resp, Format::of(first.version))
+            .map(tonic::Response::new)
+            .map_err(wire_status)
     }
 
     async fn forward(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
@@ -249,10 +255,10 @@ impl RaftPeer for PeerService {
             )) => ForwardReply::NotLeader { leader: f.leader_id },
             Err(e) => return Err(Status::unavailable(format!("forwarded write failed: {e}"))),
         };
-        encode(&reply).map(tonic::Response::new)
+        reply_to(&reply, req.get_ref())
     }
 
-    async fn read_index(&self, _req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
+    async fn read_index(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         // ReadIndex on the leader: confirms leadership with a quorum, then reports the index
         // the caller must apply up to. The caller waits locally; the leader does not.
         let reply = match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
@@ -264,20 +270,20 @@ impl RaftPeer for PeerService {
             )) => ReadIndexReply::NotLeader { leader: f.leader_id },
             Err(e) => return Err(Status::unavailable(format!("read index failed: {e}"))),
         };
-        encode(&reply).map(tonic::Response::new)
+        reply_to(&reply, req.get_ref())
     }
 
     async fn join(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let join: JoinRequest = decode(req.get_ref())?;
         self.check_fence(join.id)?;
         let reply = membership::handle_join(&self.raft, &self.membership, join).await;
-        encode(&reply).map(tonic::Response::new)
+        reply_to(&reply, req.get_ref())
     }
 
     async fn remove(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
         let remove: RemoveRequest = decode(req.get_ref())?;
         let reply = membership::handle_remove(&self.raft, &self.membership, &self.policy, remove).await;
-        encode(&reply).map(tonic::Response::new)
+        reply_to(&reply, req.get_ref())
     }
 
     async fn lease(&self, req: tonic::Request<Msg>) -> Result<tonic::Response<Msg>, Status> {
@@ -292,7 +298,7 @@ impl RaftPeer for PeerService {
             },
             None => return Err(Status::unimplemented("this peer keeps no lease clock")),
         };
-        encode(&reply).map(tonic::Response::new)
+        reply_to(&reply, req.get_ref())
     }
 }
 

@@ -35,10 +35,11 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use super::negotiate::PeerReads;
 use super::pb::SnapshotChunk;
 use super::pb::raft_peer_client::RaftPeerClient;
 use super::types::{NodeInfo, Snapshot, SnapshotFile, TypeConfig, Vote};
-use super::wire::{SnapshotHeader, decode, encode};
+use super::wire::{Format, JSON_VERSION, SnapshotHeader, decode, encode, encode_body};
 
 /// Largest gRPC message either side accepts: one AppendEntries batch of big objects.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -53,13 +54,32 @@ pub trait PeerFilter: Send + Sync + std::fmt::Debug {
     fn blocks(&self, from: u64, to: u64) -> bool;
 }
 
-/// Creates peer clients; one HTTP/2 channel per peer address, shared by all its clients.
+/// Creates peer clients; one HTTP/2 channel per peer address, and one record of the body
+/// format that peer reads (`negotiate.rs`), shared by all its clients.
 #[derive(Debug, Clone)]
 pub struct NetworkFactory {
     my_id: u64,
     tls: Option<ClientTlsConfig>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, Peer>>>,
     faults: Option<Arc<dyn PeerFilter>>,
+}
+
+/// One peer address's channel and what that peer reads.
+type Peer = (Channel, Arc<PeerReads>);
+
+/// A gRPC client of one peer, with what that peer reads.
+#[derive(Debug, Clone)]
+pub struct PeerClient {
+    grpc: RaftPeerClient<Channel>,
+    reads: Arc<PeerReads>,
+}
+
+impl PeerClient {
+    /// The bare gRPC client, whose messages bypass the format negotiation (tests send
+    /// hand-made bodies through it).
+    pub fn grpc(&mut self) -> &mut RaftPeerClient<Channel> {
+        &mut self.grpc
+    }
 }
 
 impl NetworkFactory {
@@ -86,9 +106,9 @@ impl NetworkFactory {
     }
 
     /// A gRPC client for the peer service at `addr` (`host:port`).
-    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+    pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = match map.get(addr) {
+        let (channel, reads) = match map.get(addr) {
             Some(c) => c.clone(),
             None => {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -102,14 +122,15 @@ impl NetworkFactory {
                 }
                 // Lazy: a peer that is down now costs nothing until it is called, and tonic
                 // reconnects by itself when it comes back.
-                let c = ep.connect_lazy();
+                let c = (ep.connect_lazy(), Arc::default());
                 map.insert(addr.to_string(), c.clone());
                 c
             }
         };
-        Ok(RaftPeerClient::new(channel)
+        let grpc = RaftPeerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(PeerClient { grpc, reads })
     }
 }
 
@@ -134,7 +155,7 @@ pub struct PeerNetwork {
     faults: Option<Arc<dyn PeerFilter>>,
     my_id: u64,
     target: u64,
-    client: Result<RaftPeerClient<Channel>, String>,
+    client: Result<PeerClient, String>,
 }
 
 /// Why a unary call failed, before it is mapped to openraft's error type.
@@ -179,7 +200,8 @@ impl CallError {
     }
 }
 
-/// Which unary RPC to make; lets one function own the timeout and error handling.
+/// Which unary RPC to make; lets one function own the timeout, the body format and error
+/// handling.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Method {
     Append,
@@ -193,15 +215,36 @@ pub(crate) enum Method {
     Lease,
 }
 
-/// One unary call with a deadline. The body is `req` encoded by `wire`; the reply is decoded
-/// as `T`.
+impl Method {
+    /// Whether this RPC's body goes in binary to a peer that reads it. The ones that carry
+    /// entries or run at every election do; the rest are rare and small, and stay JSON, so
+    /// their k8sd-owned types can still grow a `#[serde(default)]` field without a new format.
+    fn may_go_binary(self) -> bool {
+        match self {
+            Method::Append | Method::Vote | Method::PreVote | Method::Forward => true,
+            Method::TransferLeader | Method::ReadIndex | Method::Join | Method::Remove | Method::Lease => {
+                false
+            }
+        }
+    }
+}
+
+/// One unary call with a deadline. The body is `req` encoded by `wire`, in binary where the
+/// method allows it and the peer is known to read it; the reply is decoded as `T`, and its
+/// `reads` is what the peer is sent next.
 pub(crate) async fn call<Req: Serialize, T: DeserializeOwned>(
-    client: &mut RaftPeerClient<Channel>,
+    peer: &mut PeerClient,
     method: Method,
     req: &Req,
     ttl: Duration,
 ) -> Result<T, CallError> {
-    let msg = encode(req).map_err(|e| CallError::Other(e.to_string()))?;
+    let format = if method.may_go_binary() {
+        peer.reads.format()
+    } else {
+        Format::Json
+    };
+    let msg = encode(req, format).map_err(|e| CallError::Other(e.to_string()))?;
+    let client = &mut peer.grpc;
     let fut = async {
         match method {
             Method::Append => client.append_entries(msg).await,
@@ -218,7 +261,16 @@ pub(crate) async fn call<Req: Serialize, T: DeserializeOwned>(
     let reply = tokio::time::timeout(ttl, fut)
         .await
         .map_err(|_| CallError::Timeout(ttl))?;
-    let reply = reply.map_err(CallError::from_status)?;
+    let reply = reply.map_err(|s| {
+        if format == Format::Binary && matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) {
+            // A peer rolled back to a build that does not read binary bodies; openraft sends
+            // the request again, in JSON from now on.
+            tracing::info!(status = %s, "a peer refused a binary message; sending it JSON");
+            peer.reads.refused();
+        }
+        CallError::from_status(s)
+    })?;
+    peer.reads.heard(reply.get_ref().reads);
     decode(reply.get_ref()).map_err(|e| CallError::Other(e.to_string()))
 }
 
@@ -264,7 +316,7 @@ fn snapshot_chunks(
         SnapshotChunk {
             header,
             data: Vec::new(),
-            version: super::wire::PEER_VERSION,
+            version: JSON_VERSION,
         }
     });
     let rest = futures::stream::unfold(Some(file), |file| async move {
@@ -278,7 +330,7 @@ fn snapshot_chunks(
                     SnapshotChunk {
                         header: Vec::new(),
                         data: buf,
-                        version: super::wire::PEER_VERSION,
+                        version: JSON_VERSION,
                     },
                     Some(file),
                 ))
@@ -357,12 +409,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             Ok(c) => c,
             Err(e) => return Err(CallError::Unreachable(e.clone()).into_streaming(my_id, target)),
         };
+        // The header goes in JSON to every peer: it is sent once per snapshot, and a snapshot
+        // stream has no reply before it that could say what the receiver reads.
         let header = SnapshotHeader {
             vote,
             meta: snapshot.meta,
-        }
-        .to_bytes()
-        .map_err(|e| CallError::Other(e.to_string()).into_streaming(my_id, target))?;
+        };
+        let header = encode_body(&header, Format::Json)
+            .map_err(|e| CallError::Other(e.to_string()).into_streaming(my_id, target))?;
         let file = tokio::fs::File::open(&snapshot.snapshot.path)
             .await
             .map_err(|e| CallError::Other(format!("open snapshot: {e}")).into_streaming(my_id, target))?;
@@ -370,12 +424,13 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         // deleting) this one mid-transfer does not cut it short: the open file stays readable.
         // `cancel` fires when openraft no longer wants this snapshot (e.g. leadership lost).
         let ttl = option.hard_ttl();
-        let send = tokio::time::timeout(ttl, client.install_snapshot(snapshot_chunks(header, file)));
+        let send = tokio::time::timeout(ttl, client.grpc.install_snapshot(snapshot_chunks(header, file)));
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = send => {
                 let reply = r.map_err(|_| CallError::Timeout(ttl).into_streaming(my_id, target))?
                     .map_err(|s| CallError::from_status(s).into_streaming(my_id, target))?;
+                client.reads.heard(reply.get_ref().reads);
                 decode(reply.get_ref()).map_err(|e| CallError::Other(e.to_string()).into_streaming(my_id, target))
             }
         }

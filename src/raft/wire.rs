@@ -1,15 +1,28 @@
 //! The peer messages: what the `RaftPeer` RPCs carry besides openraft's own types, and how a
 //! body is encoded.
 //!
-//! Every body is serde_json in a `Msg` (`proto/raft/raft.proto`). JSON is self-describing, so a
-//! field added with `#[serde(default)]` stays compatible across a rolling upgrade, where old
-//! and new nodes exchange these messages: never rename a field or variant, never change a
-//! field's type, and keep the encoding of what exists byte for byte (the unit tests below pin
-//! it). Nothing here knows how a message is sent (`transport.rs`) or answered (`service.rs`).
+//! A body is in one of two formats, named by `Msg.version`:
 //!
-//! Every message carries `PEER_VERSION`, the format of its body. A body format that an older
-//! node could misread bumps it; a node then refuses what is newer than it reads, naming both
-//! versions, instead of misapplying it. A k8sd older than the field sends 0, read as 1.
+//! | version | format | who reads it |
+//! |---|---|---|
+//! | 0, 1 | serde_json | every k8sd (0 is a k8sd from before messages carried a version) |
+//! | 2 | postcard: byte strings raw, integers varints | this build and later |
+//!
+//! JSON turns every key and value byte of an AppendEntries into a decimal number and a comma
+//! (about 3.5 bytes each) and costs the leader and every follower the CPU to write and parse
+//! them; postcard carries them as they are, the way `codec.rs` stores entries in `log.db`.
+//!
+//! Nodes of different versions exchange these messages during a rolling upgrade, so what exists
+//! keeps its bytes (the unit tests below pin both formats). JSON is self-describing: a field
+//! added with `#[serde(default)]` stays readable both ways. postcard is not: a change to any
+//! type a format-2 body carries (openraft's included, so an openraft bump) changes its bytes
+//! and needs a new version here, with a decoder for the old one kept.
+//!
+//! A node refuses a body newer than it reads (`WireError::TooNew`), naming both versions, so a
+//! sender must know what its peer reads before sending format 2: every message carries `reads`,
+//! the newest format its sender reads, and `negotiate.rs` keeps that per peer. Which format a
+//! message goes in is the caller's choice (`Format`); nothing here knows how a message is sent
+//! (`transport.rs`) or answered (`service.rs`).
 
 use std::collections::BTreeSet;
 
@@ -22,10 +35,10 @@ use super::types::{LogId, NodeInfo, SnapshotMeta, Vote};
 /// A body that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("encode: {0}")]
-    Encode(#[source] serde_json::Error),
-    #[error("undecodable raft message: {0}")]
-    Decode(#[source] serde_json::Error),
+    #[error("encode a format-{version} body: {reason}")]
+    Encode { version: u32, reason: String },
+    #[error("undecodable raft message: format-{version} body: {reason}")]
+    Decode { version: u32, reason: String },
     #[error(
         "raft peer message has format version {found}, this k8sd reads up to {PEER_VERSION}; \
          upgrade this node's k8sd to the version of its peers"
@@ -33,8 +46,50 @@ pub enum WireError {
     TooNew { found: u32 },
 }
 
-/// The format of peer message bodies and snapshot headers this build writes and reads.
-pub const PEER_VERSION: u32 = 1;
+/// Format 1: serde_json, which every k8sd reads.
+pub const JSON_VERSION: u32 = 1;
+/// Format 2: postcard.
+pub const BINARY_VERSION: u32 = 2;
+/// The newest format of peer message bodies and snapshot headers this build reads; every
+/// message it sends says so in `reads`.
+pub const PEER_VERSION: u32 = BINARY_VERSION;
+
+/// The format a body is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Binary,
+}
+
+impl Format {
+    /// The `version` a body of this format carries.
+    pub fn version(self) -> u32 {
+        match self {
+            Format::Json => JSON_VERSION,
+            Format::Binary => BINARY_VERSION,
+        }
+    }
+
+    /// The format of a body of `version`; a reply goes in its request's format, which the
+    /// requester evidently reads.
+    pub fn of(version: u32) -> Format {
+        if version == BINARY_VERSION {
+            Format::Binary
+        } else {
+            Format::Json
+        }
+    }
+
+    /// The newest format both this build and a peer that reads up to `reads` know (0, from a
+    /// k8sd older than the field, reads 1).
+    pub fn readable_by(reads: u32) -> Format {
+        if reads >= BINARY_VERSION {
+            Format::Binary
+        } else {
+            Format::Json
+        }
+    }
+}
 
 /// A body of `found`'s format is readable here: any version up to ours (0 is a k8sd from before
 /// messages carried one, whose format is 1's).
@@ -46,20 +101,42 @@ pub fn check_version(found: u32) -> Result<(), WireError> {
     }
 }
 
-/// `v` as the body of a peer message.
-pub fn encode<T: Serialize>(v: &T) -> Result<Msg, WireError> {
-    serde_json::to_vec(v)
-        .map(|body| Msg {
-            body,
-            version: PEER_VERSION,
-        })
-        .map_err(WireError::Encode)
+/// `v` as a body of `format`.
+pub fn encode_body<T: Serialize>(v: &T, format: Format) -> Result<Vec<u8>, WireError> {
+    let failed = |reason: String| WireError::Encode {
+        version: format.version(),
+        reason,
+    };
+    match format {
+        Format::Json => serde_json::to_vec(v).map_err(|e| failed(e.to_string())),
+        Format::Binary => postcard::to_allocvec(v).map_err(|e| failed(e.to_string())),
+    }
 }
 
-/// The body of a peer message as `T`, refused before it is read when its format is newer.
+/// A body of format `version` as `T`, refused before it is read when the format is newer than
+/// this build reads.
+pub fn decode_body<T: DeserializeOwned>(version: u32, body: &[u8]) -> Result<T, WireError> {
+    check_version(version)?;
+    let failed = |reason: String| WireError::Decode { version, reason };
+    if version == BINARY_VERSION {
+        postcard::from_bytes(body).map_err(|e| failed(e.to_string()))
+    } else {
+        serde_json::from_slice(body).map_err(|e| failed(e.to_string()))
+    }
+}
+
+/// `v` as the body of a peer message in `format`.
+pub fn encode<T: Serialize>(v: &T, format: Format) -> Result<Msg, WireError> {
+    Ok(Msg {
+        body: encode_body(v, format)?,
+        version: format.version(),
+        reads: PEER_VERSION,
+    })
+}
+
+/// The body of a peer message as `T`, in whichever format it says it is.
 pub fn decode<T: DeserializeOwned>(m: &Msg) -> Result<T, WireError> {
-    check_version(m.version)?;
-    serde_json::from_slice(&m.body).map_err(WireError::Decode)
+    decode_body(m.version, &m.body)
 }
 
 /// The first chunk of an `InstallSnapshot` stream: the leader's vote and what the snapshot
@@ -68,16 +145,6 @@ pub fn decode<T: DeserializeOwned>(m: &Msg) -> Result<T, WireError> {
 pub(super) struct SnapshotHeader {
     pub(super) vote: Vote,
     pub(super) meta: SnapshotMeta,
-}
-
-impl SnapshotHeader {
-    pub(super) fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(self)
-    }
-
-    pub(super) fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
 }
 
 /// Reply to `Forward`: the entry was appended on the leader and committed at `log_id`, or this
@@ -213,10 +280,68 @@ pub enum RemoveError {
 
 #[cfg(test)]
 mod tests {
+    use openraft::EntryPayload;
+    use openraft::alias::LeaderIdOf;
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+    use openraft::vote::RaftLeaderIdExt;
+
     use super::*;
+    use crate::datastore::{Command, Op, PutRequest, TxnRequest};
+    use crate::raft::types::{Entry, Request, TypeConfig};
 
     fn json<T: Serialize>(v: &T) -> String {
-        String::from_utf8(encode(v).unwrap().body).unwrap()
+        String::from_utf8(encode(v, Format::Json).unwrap().body).unwrap()
+    }
+
+    fn hex<T: Serialize>(v: &T) -> String {
+        encode(v, Format::Binary)
+            .unwrap()
+            .body
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn msg(body: impl Into<Vec<u8>>, version: u32) -> Msg {
+        Msg {
+            body: body.into(),
+            version,
+            reads: 0,
+        }
+    }
+
+    fn log_id(term: u64, node: u64, index: u64) -> LogId {
+        LogId::new(LeaderIdOf::<TypeConfig>::new_committed(term, node), index)
+    }
+
+    fn put(value: Vec<u8>) -> Request {
+        Request {
+            origin: 0x0102,
+            request_id: 7,
+            low_water: 5,
+            cmd: Command::Txn(TxnRequest {
+                success: vec![Op::Put(PutRequest {
+                    key: b"/k".to_vec(),
+                    value,
+                    ..Default::default()
+                })],
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// A leader's AppendEntries: vote 3 by node 1, one put entry with a value of `value_len`
+    /// bytes after 5, committed up to 5.
+    fn append(value_len: usize) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(3, 1, 5)),
+            entries: vec![Entry {
+                log_id: log_id(3, 1, 6),
+                payload: EntryPayload::Normal(put(vec![0xA5; value_len])),
+            }],
+            leader_commit: Some(log_id(3, 1, 5)),
+        }
     }
 
     fn info() -> NodeInfo {
@@ -354,58 +479,181 @@ mod tests {
         }
     }
 
+    /// What an AppendEntries and a VoteRequest look like in format 1, the only format a k8sd
+    /// before this one reads: every byte of a value is a decimal number.
+    #[test]
+    fn format_1_raft_messages_keep_their_encoding() {
+        let leader = r#"{"term":3,"node_id":1}"#;
+        let log = |i: u64| format!(r#"{{"leader_id":{leader},"index":{i}}}"#);
+        assert_eq!(
+            json(&append(2)),
+            format!(
+                r#"{{"vote":{{"leader_id":{leader},"committed":true}},"prev_log_id":{},"entries":[{{"log_id":{},"payload":{{"Normal":{{"origin":258,"request_id":7,"low_water":5,"cmd":{{"Txn":{{"compare":[],"success":[{{"Put":{{"key":[47,107],"value":[165,165],"lease":0,"prev_kv":false,"ignore_value":false,"ignore_lease":false}}}}],"failure":[]}}}}}}}}}}],"leader_commit":{}}}"#,
+                log(5),
+                log(6),
+                log(5)
+            )
+        );
+        assert_eq!(
+            json(&VoteRequest::<TypeConfig>::new(
+                Vote::new(4, 2),
+                Some(log_id(3, 1, 6))
+            )),
+            format!(
+                r#"{{"vote":{{"leader_id":{{"term":4,"node_id":2}},"committed":false}},"last_log_id":{},"leadership_transfer":false}}"#,
+                log(6)
+            )
+        );
+    }
+
+    /// The format-2 bytes of every message that may go in binary (`transport::Method`), pinned
+    /// like format 1: a later k8sd reading format 2 must read exactly these. postcard writes
+    /// integers as varints (258 is `82 02`), an `Option` or enum as its variant's index first,
+    /// and a byte string as its length and the bytes themselves. The AppendEntries, field by
+    /// field: vote (term 3, node 1, committed), prev_log_id (Some, term 3, node 1, index 5),
+    /// one entry (log id 3-1-6, `Normal`, origin 258, request id 7, low water 5, `Txn`, no
+    /// compare, one `Put`, key "/k", value a5 a5, lease 0, three false flags, no failure ops),
+    /// leader_commit (Some, 3-1-5).
+    #[test]
+    fn format_2_messages_keep_their_encoding() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                hex(&append(2)),
+                "030101 01030105 01 030106 01 8202 07 05 00 00 01 01 022f6b 02a5a5 00000000 00 01030105",
+            ),
+            (hex(&AppendEntriesResponse::<TypeConfig>::Success), "00"),
+            (
+                hex(&AppendEntriesResponse::<TypeConfig>::PartialSuccess(Some(
+                    log_id(3, 1, 6),
+                ))),
+                "01 01 030106",
+            ),
+            (hex(&AppendEntriesResponse::<TypeConfig>::Conflict), "02"),
+            (
+                hex(&AppendEntriesResponse::<TypeConfig>::HigherVote(Vote::new(4, 2))),
+                "03 040200",
+            ),
+            (
+                hex(&VoteRequest::<TypeConfig>::new(
+                    Vote::new(4, 2),
+                    Some(log_id(3, 1, 6)),
+                )),
+                "040200 01 030106 00",
+            ),
+            (
+                hex(&VoteResponse::<TypeConfig>::new(Vote::new(4, 2), None, true)),
+                "040200 01 00",
+            ),
+            (
+                hex(&put(vec![1])),
+                "8202 07 05 00 00 01 01 022f6b 0101 00000000 00",
+            ),
+            (
+                hex(&ForwardReply::Committed {
+                    log_id: log_id(3, 1, 6),
+                }),
+                "00 030106",
+            ),
+            (hex(&ForwardReply::NotLeader { leader: Some(3) }), "01 01 03"),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want.replace(' ', ""));
+        }
+    }
+
+    /// The same AppendEntries decodes from either format, and the binary one is about the size
+    /// of its value where JSON takes about 3.5 bytes per value byte.
+    #[test]
+    fn format_2_round_trips_at_about_the_size_of_the_data() {
+        let rpc = append(1024);
+        let binary = encode(&rpc, Format::Binary).unwrap();
+        let text = encode(&rpc, Format::Json).unwrap();
+        assert_eq!((binary.version, text.version), (2, 1));
+        assert_eq!((binary.reads, text.reads), (PEER_VERSION, PEER_VERSION));
+        for m in [&binary, &text] {
+            let back: AppendEntriesRequest<TypeConfig> = decode(m).unwrap();
+            assert_eq!(back.entries, rpc.entries);
+            assert_eq!(
+                (back.vote, back.prev_log_id, back.leader_commit),
+                (rpc.vote, rpc.prev_log_id, rpc.leader_commit)
+            );
+        }
+        assert!(
+            binary.body.len() < 1024 + 64,
+            "binary body is {} bytes",
+            binary.body.len()
+        );
+        assert!(
+            text.body.len() > 3 * 1024,
+            "json body is {} bytes",
+            text.body.len()
+        );
+    }
+
     #[test]
     fn requests_from_older_nodes_without_the_newer_fields_decode() {
         // An older k8sd also sends no version (0).
-        let join: JoinRequest = decode(&Msg {
-            body: format!(r#"{{"id":1,"info":{INFO}}}"#).into_bytes(),
-            version: 0,
-        })
-        .unwrap();
+        let join: JoinRequest = decode(&msg(format!(r#"{{"id":1,"info":{INFO}}}"#), 0)).unwrap();
         assert!(!join.probe);
         assert_eq!(join.info, info());
-        let remove: RemoveRequest = decode(&Msg {
-            body: br#"{"id":2,"force":false}"#.to_vec(),
-            version: 0,
-        })
-        .unwrap();
+        let remove: RemoveRequest = decode(&msg(r#"{"id":2,"force":false}"#, 0)).unwrap();
         assert_eq!((remove.id, remove.force, remove.dry_run), (2, false, false));
     }
 
     #[test]
     fn a_garbled_body_is_a_decode_error_naming_the_problem() {
-        let err = decode::<JoinRequest>(&Msg {
-            body: b"{not json".to_vec(),
-            version: PEER_VERSION,
-        })
-        .unwrap_err();
-        assert!(matches!(err, WireError::Decode(_)), "{err:?}");
-        assert!(err.to_string().starts_with("undecodable raft message: "), "{err}");
+        let err = decode::<JoinRequest>(&msg("{not json", 1)).unwrap_err();
+        assert!(matches!(err, WireError::Decode { version: 1, .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("undecodable raft message: format-1 body: "),
+            "{err}"
+        );
+        // A binary body cut short.
+        let mut cut = encode(&append(8), Format::Binary).unwrap();
+        cut.body.truncate(cut.body.len() / 2);
+        let err = decode::<AppendEntriesRequest<TypeConfig>>(&cut).unwrap_err();
+        assert!(matches!(err, WireError::Decode { version: 2, .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("undecodable raft message: format-2 body: "),
+            "{err}"
+        );
     }
 
     /// A message of this version decodes; a newer one is refused naming both versions, before
     /// its body is read.
     #[test]
     fn peer_messages_carry_a_version_and_newer_ones_are_refused() {
-        let msg = encode(&RemoveRequest {
+        let req = RemoveRequest {
             id: 7,
             force: false,
             dry_run: false,
-        })
-        .unwrap();
-        assert_eq!(msg.version, PEER_VERSION);
-        assert_eq!(decode::<RemoveRequest>(&msg).unwrap().id, 7);
-        let newer = Msg {
-            version: PEER_VERSION + 1,
-            ..msg
         };
+        for format in [Format::Json, Format::Binary] {
+            let m = encode(&req, format).unwrap();
+            assert_eq!(m.version, format.version());
+            assert_eq!(decode::<RemoveRequest>(&m).unwrap().id, 7);
+        }
+        let newer = msg(encode(&req, Format::Binary).unwrap().body, PEER_VERSION + 1);
         let e = decode::<RemoveRequest>(&newer).unwrap_err();
-        assert!(matches!(e, WireError::TooNew { .. }), "{e:?}");
+        assert!(matches!(e, WireError::TooNew { found: 3 }), "{e:?}");
         let text = e.to_string();
         assert!(
             text.contains(&format!("format version {}", PEER_VERSION + 1))
                 && text.contains(&format!("reads up to {PEER_VERSION}")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_reply_goes_in_its_requests_format() {
+        assert_eq!(Format::of(0), Format::Json);
+        assert_eq!(Format::of(1), Format::Json);
+        assert_eq!(Format::of(2), Format::Binary);
+        assert_eq!(Format::readable_by(0), Format::Json);
+        assert_eq!(Format::readable_by(1), Format::Json);
+        assert_eq!(Format::readable_by(2), Format::Binary);
+        assert_eq!(Format::readable_by(3), Format::Binary);
     }
 }

@@ -228,6 +228,8 @@ pub struct K8sdCluster {
     initial_cluster: String,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// The k8sd binary every member runs (the build under test unless a benchmark says).
+    bin: PathBuf,
 }
 
 pub struct ClusterMember {
@@ -260,6 +262,11 @@ impl K8sdCluster {
 
     /// `start`, with environment variables set for every member process (e.g. `LD_PRELOAD`).
     pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> K8sdCluster {
+        K8sdCluster::start_bin(k8sd_bin(), n, extra, env)
+    }
+
+    /// `start_with_env` with another k8sd binary (a benchmark's baseline build).
+    pub fn start_bin(bin: PathBuf, n: usize, extra: &[&str], env: &[(&str, &str)]) -> K8sdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<ClusterMember> = (0..n)
             .map(|i| ClusterMember {
@@ -283,6 +290,7 @@ impl K8sdCluster {
             initial_cluster,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            bin,
         };
         for i in 0..n {
             c.spawn(i);
@@ -300,7 +308,7 @@ impl K8sdCluster {
         m.starts += 1;
         m.log = self.dir.path().join(format!("{}-{}.log", m.name, m.starts));
         let out = std::fs::File::create(&m.log).unwrap();
-        let child = Command::new(k8sd_bin())
+        let child = Command::new(&self.bin)
             .arg("datastore")
             .arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", m.data_dir.display()))

@@ -30,5 +30,6 @@ mod raft_multiprocess;
 mod raft_state_machine;
 mod raft_store_suite;
 mod raft_tls;
+mod raft_wire;
 mod supervisor;
 mod test_ca;

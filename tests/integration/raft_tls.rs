@@ -140,6 +140,7 @@ async fn t10_cluster_replicates_over_mutual_tls_and_refuses_callers_without_a_ce
     let status = with_cert
         .client(&a.info().peer_addr)
         .unwrap()
+        .grpc()
         .vote(junk.clone())
         .await
         .unwrap_err();
@@ -149,6 +150,7 @@ async fn t10_cluster_replicates_over_mutual_tls_and_refuses_callers_without_a_ce
     let status = without
         .client(&a.info().peer_addr)
         .unwrap()
+        .grpc()
         .vote(junk)
         .await
         .unwrap_err();
@@ -268,6 +270,7 @@ async fn t20_a_datastore_client_certificate_is_refused_on_the_peer_port_and_peer
     let status = as_client
         .client(&a.info().peer_addr)
         .unwrap()
+        .grpc()
         .vote(junk.clone())
         .await
         .unwrap_err();
@@ -281,6 +284,7 @@ async fn t20_a_datastore_client_certificate_is_refused_on_the_peer_port_and_peer
     let status = as_peer
         .client(&a.info().peer_addr)
         .unwrap()
+        .grpc()
         .vote(junk)
         .await
         .unwrap_err();
