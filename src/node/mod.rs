@@ -258,9 +258,14 @@ impl Node {
                 }
             })
         };
+        let alarm = Arc::new(Alarm::new(config.quota_bytes));
         let mut rc = raft.config;
         rc.apply_hook = Some(hook);
         rc.leases = Some(lessor.clone());
+        // A Raft log or state-machine write that meets a full disk raises the alarm at every
+        // attempt, so it stands (and refuses new writes) for as long as that write waits.
+        let full = alarm.clone();
+        rc.on_disk_full = Some(Arc::new(move || full.raise(NoSpaceCause::DiskFull)));
         let seeds = rc.join.clone();
         let node_raft = crate::raft::RaftNode::start(rc, raft.listener).await?;
         // A node whose log already holds a membership restarts as itself: it neither
@@ -299,7 +304,6 @@ impl Node {
         }
         hub.advance_to(view.current_rev);
         let checkpointer = crate::datastore::Checkpointer::open(&db_path)?;
-        let alarm = Arc::new(Alarm::new(config.quota_bytes));
         let inner = Inner {
             config,
             db_path,

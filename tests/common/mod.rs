@@ -260,6 +260,17 @@ impl K8sdCluster {
 
     /// `start`, with environment variables set for every member process (e.g. `LD_PRELOAD`).
     pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> K8sdCluster {
+        K8sdCluster::start_prepared(n, extra, env, |_| {})
+    }
+
+    /// `start_with_env`, after `prepare` has run on each member's data directory path before
+    /// the member first starts (a test mounts a filesystem there).
+    pub fn start_prepared(
+        n: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        mut prepare: impl FnMut(&Path),
+    ) -> K8sdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<ClusterMember> = (0..n)
             .map(|i| ClusterMember {
@@ -284,6 +295,9 @@ impl K8sdCluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
+        for m in &c.members {
+            prepare(&m.data_dir);
+        }
         for i in 0..n {
             c.spawn(i);
         }
