@@ -443,6 +443,12 @@ fn member_alarms(c: &common::K8sdCluster, i: usize) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// Whether the member behind `client` holds `key` in its own replica (a serializable read).
+async fn has_local(client: &mut etcd_client::Client, key: &str) -> bool {
+    let local = Some(etcd_client::GetOptions::new().with_serializable());
+    client.get(key, local).await.is_ok_and(|r| r.kvs().len() == 1)
+}
+
 /// SIGTERM member `i` and return how long it took to exit, and its exit status.
 fn stop(c: &mut common::K8sdCluster, i: usize) -> (Duration, std::process::ExitStatus) {
     let mut child = c.members[i].child.take().unwrap();
@@ -588,15 +594,7 @@ async fn full_disk_leader_of_three() {
     let last = acked.last().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let seen = lc
-            .get(
-                last.as_str(),
-                Some(etcd_client::GetOptions::new().with_serializable()),
-            )
-            .await
-            .map(|r| r.kvs().len())
-            .unwrap_or(0);
-        if seen == 1 && lc.put("via-recovered", "v", None).await.is_ok() {
+        if has_local(&mut lc, &last).await && lc.put("via-recovered", "v", None).await.is_ok() {
             break;
         }
         assert!(
@@ -652,15 +650,7 @@ async fn full_disk_leader_of_three() {
         let deadline = Instant::now() + Duration::from_secs(30);
         for k in &acked {
             loop {
-                let got = mc
-                    .get(
-                        k.as_str(),
-                        Some(etcd_client::GetOptions::new().with_serializable()),
-                    )
-                    .await
-                    .map(|r| r.kvs().len())
-                    .unwrap_or(0);
-                if got == 1 {
+                if has_local(&mut mc, k).await {
                     break;
                 }
                 assert!(
