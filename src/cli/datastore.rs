@@ -14,6 +14,9 @@ use crate::datastore::Durability;
 use crate::etcd::{self, TlsFiles};
 use crate::node::{Node, NodeConfig, RaftSettings};
 
+/// How long a stop waits for open client requests before it closes them.
+const SERVER_DRAIN: Duration = Duration::from_secs(3);
+
 #[derive(Debug, clap::Args)]
 pub struct DatastoreArgs {
     /// Human-readable name for this member.
@@ -398,8 +401,20 @@ pub fn run(args: DatastoreArgs) -> anyhow::Result<()> {
             }
         }
         let _ = stop_tx.send(true);
-        while let Some(res) = servers.join_next().await {
-            res.context("server task panicked")??;
+        // Open requests get a few seconds to finish. One that waits on this node (a read
+        // waiting for an apply that a full disk holds back) must not hold the stop.
+        let drain = async {
+            while let Some(res) = servers.join_next().await {
+                res.context("server task panicked")??;
+            }
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(SERVER_DRAIN, drain).await {
+            Ok(drained) => drained?,
+            Err(_) => {
+                tracing::warn!(after = ?SERVER_DRAIN, "requests still open at shutdown; closing them");
+                servers.abort_all();
+            }
         }
         node.shutdown().await;
         Ok(())

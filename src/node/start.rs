@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::datastore::{Meta, Reader, Store};
 
-use super::alarm::Alarm;
+use super::alarm::{Alarm, NoSpaceCause};
 use super::applier::Applier;
 use super::apply::apply_loop;
 use super::checkpoint::spawn_checkpointer;
@@ -91,9 +91,14 @@ impl Node {
             let applier = applier.clone();
             Arc::new(move |b| applier.committed(b))
         };
+        let alarm = Arc::new(Alarm::new(config.quota_bytes));
         let mut rc = raft.config;
         rc.apply_hook = Some(hook);
         rc.leases = Some(applier.lessor.clone());
+        // A Raft log or state-machine write that meets a full disk raises the alarm at every
+        // attempt, so it stands (and refuses new writes) for as long as that write waits.
+        let full = alarm.clone();
+        rc.on_disk_full = Some(Arc::new(move || full.raise(NoSpaceCause::DiskFull)));
         let seeds = rc.join.clone();
         let node_raft = crate::raft::RaftNode::start(rc, raft.listener).await?;
         // A node whose log already holds a membership restarts as itself: it neither
@@ -130,7 +135,6 @@ impl Node {
             &reader.leases()?,
         );
         let checkpointer = crate::datastore::Checkpointer::open(&db_path)?;
-        let alarm = Arc::new(Alarm::new(config.quota_bytes));
         let inner = Inner {
             config,
             db_path,

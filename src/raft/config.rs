@@ -8,6 +8,7 @@ use openraft::SnapshotPolicy;
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
 use super::error::RaftNodeError;
+use super::full_disk::DiskFullHook;
 use super::membership;
 use super::service::LeaseClock;
 use super::state_machine::ApplyHook;
@@ -71,6 +72,9 @@ pub struct RaftConfig {
     /// This node's lease deadlines (`node::Lessor`). While it leads, followers' lease
     /// keep-alives and time-to-live questions are answered from it over the `Lease` RPC.
     pub leases: Option<Arc<dyn LeaseClock>>,
+    /// Called at every write of the Raft log or the state machine that failed for want of
+    /// space (`full_disk`): the node raises its NOSPACE alarm.
+    pub on_disk_full: Option<DiskFullHook>,
 }
 
 impl std::fmt::Debug for RaftConfig {
@@ -108,6 +112,7 @@ impl RaftConfig {
             join: Vec::new(),
             voter_loss_delay: Duration::from_secs(300),
             leases: None,
+            on_disk_full: None,
         }
     }
 

@@ -26,7 +26,10 @@
 //!   exactly "truncate the torn tail": the lost batch was never reported flushed. A checksum
 //!   mismatch in a committed row, or a hole, is real corruption: opening fails and asks the
 //!   operator to rejoin, because a log that silently lost a committed entry breaks Raft.
-//! - After any write error the store is fail-stop: every later write fails too.
+//! - After any write error the store is fail-stop: every later write fails too. A full disk
+//!   is not an error: the writer writes the same group again until it fits, telling the node
+//!   at every attempt (`full_disk`: its NOSPACE alarm stands meanwhile), and gives up only
+//!   once the node is closing; the group is then reported failed, never flushed.
 //! - The WAL is bounded: `journal_size_limit` ([`LOG_WAL_LIMIT`]) truncates it when SQLite
 //!   restarts it, and when no op has arrived for [`IDLE_TRUNCATE`] the writer thread (the only
 //!   writer, so it never waits for another) runs `wal_checkpoint(TRUNCATE)` without waiting for
@@ -50,6 +53,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::codec::{decode_entry, encode_entry};
+use super::full_disk::{self, FullDisk, Retries};
 use super::stages::{self, Stage};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 
@@ -201,6 +205,11 @@ impl std::fmt::Debug for Op {
 impl LogStore {
     /// Open (or create) the log at `<dir>/log.db`, verify every entry and start the writer.
     pub fn open(dir: &Path) -> Result<LogStore, LogStoreError> {
+        LogStore::open_with(dir, FullDisk::new(None))
+    }
+
+    /// [`LogStore::open`], with the node's view of a full disk (`full_disk`).
+    pub fn open_with(dir: &Path, disk: Arc<FullDisk>) -> Result<LogStore, LogStoreError> {
         std::fs::create_dir_all(dir).map_err(|source| LogStoreError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -239,7 +248,7 @@ impl LogStore {
         let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("k8sd-raft-log".into())
-            .spawn(move || writer_loop(conn, rx, writer_shared))
+            .spawn(move || writer_loop(conn, rx, writer_shared, &disk))
             .map_err(|source| LogStoreError::Dir {
                 path: dir.to_path_buf(),
                 source,
@@ -358,7 +367,7 @@ fn truncate_wal(conn: &Connection) -> rusqlite::Result<bool> {
 
 /// The writer thread: group whatever is queued into one transaction, commit (fsync), then
 /// report. Once a write fails, every later one fails without touching the file.
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Shared>) {
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Shared>, disk: &Arc<FullDisk>) {
     let mut failed: Option<String> = None;
     // Whether the WAL may hold frames since the last truncate.
     let mut wal_dirty = true;
@@ -394,11 +403,13 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
         let committed = take_unsaved_committed(&shared);
         let result = match &failed {
             Some(msg) => Err(msg.clone()),
-            None => write_until_space(&mut conn, &group, committed.as_deref()).map_err(|e| {
-                let msg = format!("raft log write to {} failed: {e}", shared.path.display());
-                tracing::error!("{msg}; refusing further log writes");
-                msg
-            }),
+            None => {
+                write_until_space(&mut conn, &group, committed.as_deref(), &shared.path, disk).map_err(|e| {
+                    let msg = format!("raft log write to {} failed: {e}", shared.path.display());
+                    tracing::error!("{msg}; refusing further log writes");
+                    msg
+                })
+            }
         };
         if let Err(msg) = &result {
             failed = Some(msg.clone());
@@ -434,7 +445,7 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
     // Closing: the committed pointer noted since the last write goes down with a last commit.
     if failed.is_none()
         && let Some(value) = take_unsaved_committed(&shared)
-        && let Err(e) = write_until_space(&mut conn, &[], Some(&value))
+        && let Err(e) = write_until_space(&mut conn, &[], Some(&value), &shared.path, disk)
     {
         tracing::warn!(error = %e, "raft log: could not save the committed pointer at close");
     }
@@ -452,15 +463,53 @@ fn take_unsaved_committed(shared: &Shared) -> Option<Vec<u8>> {
 
 /// `timed_write_group`, retried while the disk is full (SQLITE_FULL rolls the transaction
 /// back, so the same group is written again exactly). Nothing in the group is reported done
-/// meanwhile, so no entry counts as flushed before it is; any other error is fail-stop.
-fn write_until_space(conn: &mut Connection, group: &[Op], committed: Option<&[u8]>) -> rusqlite::Result<()> {
+/// meanwhile, so no entry counts as flushed before it is; any other error is fail-stop, and so
+/// is a full disk once the node is closing (`FullDisk::close`), so that a stop never waits for
+/// space.
+fn write_until_space(
+    conn: &mut Connection,
+    group: &[Op],
+    committed: Option<&[u8]>,
+    path: &Path,
+    disk: &Arc<FullDisk>,
+) -> rusqlite::Result<()> {
+    let mut waiting: Option<(Retries, full_disk::WaitGuard)> = None;
     loop {
         match timed_write_group(conn, group, committed) {
             Err(e) if crate::datastore::error::sqlite_disk_full(&e) => {
-                tracing::warn!(error = %e, "raft log: the disk is full; retrying the write");
-                std::thread::sleep(std::time::Duration::from_millis(500));
+                disk.report();
+                let now = std::time::Instant::now();
+                let (retries, _) = waiting.get_or_insert_with(|| (Retries::new(now), disk.wait_guard()));
+                let due = retries.failed(now);
+                if disk.closing() {
+                    tracing::warn!(
+                        path = %path.display(),
+                        ops = group.len(),
+                        retries = retries.count(),
+                        "raft log: stopping while the disk is still full; the writes not on disk \
+                         are reported failed, not acknowledged"
+                    );
+                    return Err(e);
+                }
+                if due {
+                    tracing::warn!(
+                        error = %e,
+                        path = %path.display(),
+                        retries = retries.count(),
+                        waited_s = retries.waited_secs(now),
+                        "raft log: the disk is full; the write is retried until it fits and \
+                         new writes are refused with NOSPACE meanwhile: free space on the \
+                         filesystem holding the data dir"
+                    );
+                }
+                std::thread::sleep(full_disk::RETRY_PAUSE);
             }
-            other => return other,
+            other => {
+                if let (Some((retries, _)), Ok(())) = (&waiting, &other) {
+                    tracing::info!(retries = retries.count(), "raft log: the disk has room again");
+                }
+                return other;
+            }
         }
     }
 }

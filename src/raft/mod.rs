@@ -29,6 +29,7 @@
 //! | `membership.rs` | the leader's side of joins, promotions, removals, lost-voter replacement |
 //! | `membership_plan.rs` | the pure decisions behind them |
 //! | `log_store.rs`, `codec.rs` | the Raft log in SQLite and its entry encoding |
+//! | `full_disk.rs` | a full disk as the log writer and the state machine meet it: the alarm hook, who waits, the closing flag, the warning rate |
 //! | `state_machine.rs`, `outcome.rs` | apply into the datastore, snapshots, the dedup outcomes |
 //! | `types.rs` | openraft's type configuration and the log entry payload |
 //! | `peer_auth.rs`, `recover.rs`, `stages.rs` | peer certificates, `k8sd recover`, write timing |
@@ -42,6 +43,7 @@ mod admin;
 pub mod codec;
 mod config;
 mod error;
+pub mod full_disk;
 mod lease;
 pub mod log_store;
 pub mod membership;

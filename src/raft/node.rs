@@ -17,6 +17,7 @@ use tonic::transport::Server;
 
 use super::config::RaftConfig;
 use super::error::{RaftNodeError, stopped};
+use super::full_disk::FullDisk;
 use super::log_store::LogStore;
 use super::membership::{self, MembershipLock};
 use super::membership_plan::LossTracker;
@@ -58,7 +59,12 @@ pub(super) struct Inner {
     pub(super) election_timeout: Duration,
     /// Last AppendEntries accepted from a leader (see `has_leader`).
     pub(super) contact: LeaderContact,
+    /// Whether the log writer or the state machine waits for room; closed by `shutdown`.
+    pub(super) disk: Arc<FullDisk>,
 }
+
+/// How long a leader stuck on a full disk waits for a transfer it asked for before it asks again.
+const HANDOVER_AGAIN: Duration = Duration::from_secs(5);
 
 /// Pause between retries while there is no leader to talk to (about one heartbeat).
 pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -74,7 +80,8 @@ impl RaftNode {
         let id = load_or_create_node_id(&raft_dir)?;
         // Read before openraft starts: a garbled fence stops the node before it campaigns.
         let fenced = recover::read_fence(&raft_dir)?;
-        let log = LogStore::open(&raft_dir)?;
+        let disk = FullDisk::new(config.on_disk_full.clone());
+        let log = LogStore::open_with(&raft_dir, disk.clone())?;
         let waiters = Arc::new(Waiters::default());
         let db_path = config.data_dir.join("state.db");
         // A fresh proposer id per start: request ids restart, so they must not collide with
@@ -86,7 +93,8 @@ impl RaftNode {
             &raft_dir.join("snapshots"),
             waiters.clone(),
             config.apply_hook.clone(),
-        )?;
+        )?
+        .with_full_disk(disk.clone());
         let net = NetworkFactory::new(id, config.client_tls.clone()).with_faults(config.faults.clone());
         // openraft recovers here: it reads the vote and log state, restores the state machine
         // from the current snapshot if that is newer than `applied_log_id`, and re-applies
@@ -164,13 +172,63 @@ impl RaftNode {
                 leases: config.leases.clone(),
                 election_timeout: config.election_timeout.1,
                 contact,
+                disk,
             }),
         };
         if config.auto_promote {
             node.spawn_promoter();
         }
         node.spawn_leader_watch();
+        node.spawn_full_disk_handover();
         Ok(node)
+    }
+
+    /// While leader and unable to write (its log writer or state machine waits for room), hand
+    /// leadership to the voter that holds the most of the log, checking every second. A leader
+    /// stuck on its own disk still heartbeats, so without this the others never elect anyone:
+    /// entries it appends can commit through the followers, but it cannot apply them, so no
+    /// write is answered. Once another member leads, writes through the members with room
+    /// succeed, and this node is a follower that catches up when space is freed. It cannot win
+    /// an election meanwhile: a candidate must first write its vote. etcd stops a member whose
+    /// WAL cannot be written (`docs/operations.md`, "Full disks"); the others then elect a
+    /// leader as they do here. Ends when the node shuts down.
+    fn spawn_full_disk_handover(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // The last transfer asked for in this stretch of waiting. A stuck core may take
+            // its time to act on one (it queues behind a vote write), so it is asked again
+            // only every few seconds, and the warning is said once per stretch.
+            let mut asked: Option<tokio::time::Instant> = None;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.disk.closing() {
+                    return;
+                }
+                if !inner.disk.is_waiting() {
+                    asked = None;
+                    continue;
+                }
+                let m = inner.raft.metrics().borrow_watched().clone();
+                if m.current_leader != Some(m.id) || asked.is_some_and(|t| t.elapsed() < HANDOVER_AGAIN) {
+                    continue;
+                }
+                let Some(to) = handover_target(&m) else {
+                    continue; // the only voter: it refuses writes with NOSPACE until space is freed
+                };
+                if asked.is_none() {
+                    tracing::warn!(
+                        to,
+                        "this leader's disk is full: handing leadership to a member that can write"
+                    );
+                }
+                asked = Some(tokio::time::Instant::now());
+                if let Err(e) = inner.raft.trigger().transfer_leader(to).await {
+                    tracing::warn!(error = %e, "leadership transfer off a full disk failed");
+                }
+            }
+        });
     }
 
     /// Count leader changes for etcd's `leader_changes_seen_total`: every time this node
@@ -355,7 +413,12 @@ impl RaftNode {
     }
 
     /// Stop openraft and the peer service. The node's files stay; `start` resumes it.
+    ///
+    /// A write waiting for room on a full disk gives up first (`FullDisk::close`) and is
+    /// reported failed, so the stop does not wait for space; a write that fails this way was
+    /// never acknowledged.
     pub async fn shutdown(&self) -> Result<(), RaftNodeError> {
+        self.inner.disk.close();
         let server = self.inner.server.lock().await.take();
         let result = self.inner.raft.shutdown().await.map_err(stopped);
         if let Some((stop, mut task)) = server {
@@ -371,4 +434,15 @@ impl RaftNode {
         }
         result
     }
+}
+
+/// The voter other than the leader itself that holds the most of the log (by the leader's
+/// replication progress), or `None` when the leader is the only voter.
+fn handover_target(m: &openraft::RaftMetrics<super::types::TypeConfig>) -> Option<u64> {
+    let replication = m.replication.clone().unwrap_or_default();
+    m.membership_config
+        .membership()
+        .voter_ids()
+        .filter(|v| *v != m.id)
+        .max_by_key(|v| replication.get(v).copied().flatten())
 }

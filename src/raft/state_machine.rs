@@ -35,6 +35,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::full_disk::{self, FullDisk, Retries};
 use super::outcome;
 use super::stages::{self, Stage};
 use super::types::{LogId, Response, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
@@ -53,8 +54,6 @@ const SNAPSHOT_FILE_MODE: u32 = 0o644;
 /// Dedup rows older than this many log entries are dropped even without a low-water mark
 /// (proposers that went away). A retry older than this is no longer recognised.
 const DEDUP_WINDOW: u64 = 100_000;
-/// How long a batch that met a full disk waits before it is applied again.
-const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// openraft over this state machine: the handle every part of `raft/` drives.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -190,6 +189,7 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
     waiters: Arc<Waiters>,
     hook: Option<ApplyHook>,
+    disk: Arc<FullDisk>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -261,7 +261,14 @@ impl StateMachine {
             current: Arc::new(Mutex::new(current)),
             waiters,
             hook,
+            disk: FullDisk::new(None),
         })
+    }
+
+    /// Share the node's view of a full disk (`full_disk`) with the apply's retries.
+    pub fn with_full_disk(mut self, disk: Arc<FullDisk>) -> StateMachine {
+        self.disk = disk;
+        self
     }
 
     fn builder(&self) -> SnapshotBuilder {
@@ -343,8 +350,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // A full disk (SQLITE_FULL) rolled the transaction back and left the store whole: wait
         // and apply the same batch again, rather than fail, which would stop Raft on this node
         // for good. Nobody is answered meanwhile, so nothing unkept is acknowledged; the node's
-        // NOSPACE alarm (raised from the free space it sees) refuses new writes in the meantime.
+        // NOSPACE alarm (raised at every failed attempt, `full_disk`) refuses new writes in the
+        // meantime.
         let mut batch = (items, rows, prune);
+        let mut waiting = None;
         let (items, applied) = loop {
             let store = self.store.clone();
             let (back, applied) = tokio::task::spawn_blocking(move || {
@@ -355,14 +364,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(io_err)?;
             match applied {
-                Err(e) if e.is_disk_full() => {
-                    tracing::warn!(error = %e, "state machine: the disk is full; retrying the batch");
+                // Closing: give up, answering nobody (the batch is not applied here; it is
+                // committed, so the next start applies it again).
+                Err(e) if e.is_disk_full() && !self.disk.closing() => {
+                    self.disk.report();
+                    let now = std::time::Instant::now();
+                    let (retries, _) =
+                        waiting.get_or_insert_with(|| (Retries::new(now), self.disk.wait_guard()));
+                    if retries.failed(now) {
+                        tracing::warn!(
+                            error = %e,
+                            retries = retries.count(),
+                            waited_s = retries.waited_secs(now),
+                            "state machine: the disk is full; the batch is applied again until it \
+                             fits: free space on the filesystem holding the data dir"
+                        );
+                    }
                     batch = back;
-                    tokio::time::sleep(DISK_FULL_RETRY).await;
+                    tokio::time::sleep(full_disk::RETRY_PAUSE).await;
                 }
                 applied => break (back.0, applied),
             }
         };
+        drop(waiting);
         // A fatal store error: openraft stops this node; it must be rebuilt (contract X1).
         let (outputs, events, revision, compact_rev) = applied.map_err(io_err)?;
         if stages::enabled() {

@@ -262,11 +262,32 @@ impl K8sdCluster {
 
     /// `start`, with environment variables set for every member process (e.g. `LD_PRELOAD`).
     pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> K8sdCluster {
-        K8sdCluster::start_bin(k8sd_bin(), n, extra, env)
+        K8sdCluster::start_prepared(n, extra, env, |_| {})
+    }
+
+    /// `start_with_env`, after `prepare` has run on each member's data directory path before
+    /// the member first starts (a test mounts a filesystem there).
+    pub fn start_prepared(
+        n: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnMut(&Path),
+    ) -> K8sdCluster {
+        K8sdCluster::start_bin_prepared(k8sd_bin(), n, extra, env, prepare)
     }
 
     /// `start_with_env` with another k8sd binary (a benchmark's baseline build).
     pub fn start_bin(bin: PathBuf, n: usize, extra: &[&str], env: &[(&str, &str)]) -> K8sdCluster {
+        K8sdCluster::start_bin_prepared(bin, n, extra, env, |_| {})
+    }
+
+    fn start_bin_prepared(
+        bin: PathBuf,
+        n: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        mut prepare: impl FnMut(&Path),
+    ) -> K8sdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<ClusterMember> = (0..n)
             .map(|i| ClusterMember {
@@ -292,6 +313,9 @@ impl K8sdCluster {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             bin,
         };
+        for m in &c.members {
+            prepare(&m.data_dir);
+        }
         for i in 0..n {
             c.spawn(i);
         }

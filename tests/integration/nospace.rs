@@ -420,3 +420,253 @@ async fn full_disk_follower_of_three() {
     assert!(got.kvs().is_empty(), "the refused write was not kept");
     drop(_tmpfs);
 }
+
+/// `etcdctl endpoint status` of member `i`, as JSON.
+fn member_status(c: &common::K8sdCluster, i: usize) -> serde_json::Value {
+    let out = Command::new(common::etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.members[i].endpoint()))
+        .args(["endpoint", "status", "-w", "json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()[0]["Status"].clone()
+}
+
+/// `etcdctl alarm list` on member `i`.
+fn member_alarms(c: &common::K8sdCluster, i: usize) -> String {
+    let out = Command::new(common::etcdctl_bin())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.members[i].endpoint()))
+        .args(["alarm", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Whether the member behind `client` holds `key` in its own replica (a serializable read).
+async fn has_local(client: &mut etcd_client::Client, key: &str) -> bool {
+    let local = Some(etcd_client::GetOptions::new().with_serializable());
+    client.get(key, local).await.is_ok_and(|r| r.kvs().len() == 1)
+}
+
+/// SIGTERM member `i` and return how long it took to exit, and its exit status.
+fn stop(c: &mut common::K8sdCluster, i: usize) -> (Duration, std::process::ExitStatus) {
+    let mut child = c.members[i].child.take().unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (started.elapsed(), st);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&c.members[i].log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{} did not stop within 30 s of SIGTERM; its log ends:\n{}",
+                c.members[i].name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The leader of a 3-member cluster whose disk fills. etcd stops a member whose WAL cannot be
+/// written, and the others elect a leader; k8sd's full leader stays up and hands leadership to
+/// a member that can write once its own writes wait for room. So: writes through the full
+/// member are refused with NOSPACE and it lists its alarm; writes through the others succeed
+/// again once another member leads (while it hands over, one may time out, never be
+/// acknowledged and lost); serializable reads work on the full member; once space is freed it
+/// catches up, its alarm clears and it takes writes, with no restart. Filled again, now as a
+/// follower whose log writer waits for room, it stops within a few seconds of SIGTERM (before,
+/// the writer retried forever and the stop hung). At the end every acknowledged write is on
+/// every member.
+#[tokio::test]
+async fn full_disk_leader_of_three() {
+    // Every member's data dir on its own 16 MiB tmpfs, so whichever leads can be filled.
+    // Declared before the cluster, so a failing test kills the members before unmounting.
+    let mut mounts = Vec::new();
+    let mut c = common::K8sdCluster::start_prepared(
+        3,
+        &["--heartbeat-interval=50", "--election-timeout=500"],
+        &[],
+        |data| mounts.push(Tmpfs::mount(data, "16m")),
+    );
+    let urls = c.endpoints();
+    let leader_id = member_status(&c, 0)["leader"].as_u64().unwrap();
+    let id_of = |c: &common::K8sdCluster, i: usize| member_status(c, i)["header"]["member_id"].as_u64();
+    let l = (0..3).find(|&i| id_of(&c, i) == Some(leader_id)).unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let mut acked: Vec<String> = Vec::new();
+    let mut w = common::client_for(&urls[others[0]], Duration::from_secs(5)).await;
+    let mut w2 = common::client_for(&urls[others[1]], Duration::from_secs(5)).await;
+    for i in 0..10 {
+        let k = format!("before{i}");
+        w.put(k.clone(), "v", None).await.unwrap();
+        acked.push(k);
+    }
+
+    let filler = c.members[l].data_dir.join("filler");
+    fill(&filler);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut lc = common::client_for(&urls[l], Duration::from_secs(5)).await;
+    let e = lc.put("via-full", "v", None).await.unwrap_err().to_string();
+    assert!(e.contains(NO_SPACE), "a write through the full leader: {e}");
+    assert!(
+        member_alarms(&c, l).contains("alarm:NOSPACE"),
+        "the full leader lists its alarm"
+    );
+
+    // Writes through the others: large values, so the leader's log or store must grow and
+    // its writes wait for room. Until another member leads a write may time out; after that,
+    // 20 writes in a row succeed.
+    let value = vec![b'x'; 32 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut in_a_row = 0;
+    let mut i = 0;
+    while in_a_row < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "writes through the members with room did not succeed within 60 s (leader now {:?})",
+            member_status(&c, others[0])["leader"]
+        );
+        let k = format!("during{i:04}");
+        let client = if i % 2 == 0 { &mut w } else { &mut w2 };
+        i += 1;
+        let v = if in_a_row > 0 {
+            b"v".to_vec()
+        } else {
+            value.clone()
+        };
+        match client.put(k.clone(), v, None).await {
+            Ok(_) => {
+                acked.push(k);
+                let now_leader = member_status(&c, others[0])["leader"].as_u64();
+                in_a_row = if now_leader != Some(leader_id) {
+                    in_a_row + 1
+                } else {
+                    0
+                };
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    !e.contains(NO_SPACE),
+                    "a member with room refused a write with NOSPACE: {e}"
+                );
+                in_a_row = 0;
+            }
+        }
+    }
+    let new_leader = member_status(&c, others[0])["leader"].as_u64();
+    assert!(
+        new_leader.is_some() && new_leader != Some(leader_id),
+        "a member with room leads now"
+    );
+    assert!(
+        std::fs::read_to_string(&c.members[l].log)
+            .unwrap()
+            .contains("handing leadership"),
+        "the full leader handed leadership over"
+    );
+    for &o in &others {
+        assert!(
+            !member_alarms(&c, o).contains("NOSPACE"),
+            "no alarm on member {o}"
+        );
+    }
+    let got = lc
+        .get(
+            "before0",
+            Some(etcd_client::GetOptions::new().with_serializable()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.kvs().len(), 1, "serializable reads on the full member");
+    let e = lc.put("via-full-2", "v", None).await.unwrap_err().to_string();
+    assert!(e.contains(NO_SPACE), "still refused through the full member: {e}");
+
+    // Free the space: the former leader catches up and takes writes, by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let last = acked.last().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if has_local(&mut lc, &last).await && lc.put("via-recovered", "v", None).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the former leader did not catch up within 30 s of freeing space"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    acked.push("via-recovered".into());
+    assert!(
+        !member_alarms(&c, l).contains("NOSPACE"),
+        "the alarm cleared itself"
+    );
+
+    // Fill it again, now a follower, and make its writers wait for room; then stop it.
+    let full_warnings = || {
+        std::fs::read_to_string(&c.members[l].log)
+            .unwrap()
+            .matches("the disk is full")
+            .count()
+    };
+    let before_refill = full_warnings();
+    fill(&filler);
+    for j in 0..10 {
+        let k = format!("refill{j}");
+        w.put(k.clone(), value.clone(), None)
+            .await
+            .expect("the others take writes while a follower is full");
+        acked.push(k);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while full_warnings() == before_refill {
+        assert!(
+            Instant::now() < deadline,
+            "the refilled member's writes never waited for room"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(lc);
+    let (took, status) = stop(&mut c, l);
+    assert!(
+        took < Duration::from_secs(10),
+        "a member whose disk is full stops within 10 s of SIGTERM, took {took:?}"
+    );
+    assert!(status.success(), "it exits cleanly: {status}");
+
+    // Room again and a restart: every acknowledged write is on every member.
+    std::fs::remove_file(&filler).unwrap();
+    c.spawn(l);
+    c.wait_ready(l, Duration::from_secs(60));
+    for (m, url) in urls.iter().enumerate() {
+        let mut mc = common::client_for(url, Duration::from_secs(5)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for k in &acked {
+            loop {
+                if has_local(&mut mc, k).await {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "acknowledged write {k} is missing on member {m}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        for k in ["via-full", "via-full-2"] {
+            let got = mc.get(k, None).await.unwrap();
+            assert!(got.kvs().is_empty(), "the refused write {k} was not kept");
+        }
+    }
+    for m in 0..3 {
+        c.kill9(m);
+    }
+    drop(mounts);
+}
