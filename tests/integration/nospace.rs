@@ -315,15 +315,7 @@ async fn full_disk_raft_member() {
 #[tokio::test]
 async fn full_disk_follower_of_three() {
     let mut c = common::K8sdCluster::start(3, &["--heartbeat-interval=50", "--election-timeout=500"]);
-    let status = |i: usize| -> serde_json::Value {
-        let out = Command::new(common::etcdctl_bin())
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", c.members[i].endpoint()))
-            .args(["endpoint", "status", "-w", "json"])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0]["Status"].clone()
-    };
+    let status = |i: usize| member_status(&c, i);
     let leader = status(0)["leader"].as_u64().unwrap();
     let f = (0..3)
         .find(|&i| status(i)["header"]["member_id"].as_u64() != Some(leader))
