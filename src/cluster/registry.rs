@@ -8,6 +8,12 @@
 //!  /k8sd/secrets-rotation RotationRecord: a `k8sd secrets rotate-key` under way (key names only)
 //! ```
 //!
+//! Every record carries its format in the field `record-version` (`RECORD_VERSION`). A record
+//! written before the field existed reads as version 1, the format it has; one newer than this
+//! build reads is refused, naming both versions, rather than misread (a mixed cluster during a
+//! rolling upgrade). A k8sd without the field ignores it: its records are plain JSON objects
+//! whose unknown fields are skipped.
+//!
 //! Reads are linearizable (read index, then the local replica), so a node never hands out a
 //! token state or member list older than a write another node acknowledged. Every change that
 //! must be atomic (consume a token and record the member) is one etcd-style Txn, one Raft entry.
@@ -117,12 +123,22 @@ pub struct RotationRecord {
     pub started_on: String,
 }
 
+/// The format of k8sd's records this build writes and reads (see the module docs).
+pub const RECORD_VERSION: u64 = 1;
+/// The field of every record that holds its format.
+const VERSION_FIELD: &str = "record-version";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("datastore: {0}")]
     Node(#[from] crate::node::NodeError),
     #[error("record {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "record {key} has format version {found}, this k8sd reads up to {RECORD_VERSION}; a newer k8sd wrote it: \
+         upgrade k8sd on this node to the version of the other nodes"
+    )]
+    TooNew { key: String, found: u64 },
 }
 
 pub fn member_key(name: &str) -> String {
@@ -156,10 +172,40 @@ async fn range(node: &Node, range: KeyRange) -> Result<Vec<KeyValue>, RegistryEr
 }
 
 fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, RegistryError> {
-    serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
-        key: String::from_utf8_lossy(&kv.key).into_owned(),
-        reason: e.to_string(),
-    })
+    decode_record(&String::from_utf8_lossy(&kv.key), &kv.value)
+}
+
+/// A record's value as `T`, its version checked first and then dropped (records have no field
+/// of that name).
+fn decode_record<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, RegistryError> {
+    let corrupt = |reason: String| RegistryError::Corrupt {
+        key: key.to_string(),
+        reason,
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(value).map_err(|e| corrupt(e.to_string()))?;
+    if let serde_json::Value::Object(m) = &mut v
+        && let Some(found) = m.remove(VERSION_FIELD)
+    {
+        let found = found
+            .as_u64()
+            .ok_or_else(|| corrupt(format!("{VERSION_FIELD} is {found}, not a version number")))?;
+        if found > RECORD_VERSION {
+            return Err(RegistryError::TooNew {
+                key: key.to_string(),
+                found,
+            });
+        }
+    }
+    serde_json::from_value(v).map_err(|e| corrupt(e.to_string()))
+}
+
+/// `value` as a record: its JSON with `record-version`.
+fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert(VERSION_FIELD.into(), RECORD_VERSION.into());
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
 }
 
 /// A record and its mod revision (for compare-and-swap), if present.
@@ -184,7 +230,7 @@ pub async fn list<T: DeserializeOwned>(node: &Node, prefix: &str) -> Result<Vec<
 pub fn put_op<T: Serialize>(key: &str, value: &T) -> Op {
     Op::Put(PutRequest {
         key: key.as_bytes().to_vec(),
-        value: serde_json::to_vec(value).unwrap_or_default(),
+        value: encode_record(value),
         ..Default::default()
     })
 }
@@ -301,4 +347,44 @@ pub async fn set_addon_if_absent(node: &Node, name: &str, enabled: bool) -> Resu
         vec![put_op(&key, &AddonRecord { enabled })],
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> MemberRecord {
+        decode_record(
+            "/k8sd/members/n1",
+            br#"{"name":"n1","role":"control-plane","address":"10.0.0.1","joined-unix":7}"#,
+        )
+        .unwrap()
+    }
+
+    /// A record carries its version; one written before the field reads as version 1; a newer
+    /// one is refused naming both versions and what to do; a garbled version is corrupt.
+    #[test]
+    fn records_carry_their_version_and_newer_ones_are_refused() {
+        let m = member();
+        let bytes = encode_record(&m);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["record-version"], 1);
+        assert_eq!(decode_record::<MemberRecord>("k", &bytes).unwrap(), m);
+        let mut newer = v.clone();
+        newer["record-version"] = 2.into();
+        let e = decode_record::<MemberRecord>("/k8sd/members/n1", &serde_json::to_vec(&newer).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/k8sd/members/n1 has format version 2, this k8sd reads up to 1")
+                && e.contains("upgrade k8sd"),
+            "{e}"
+        );
+        let mut garbled = v;
+        garbled["record-version"] = "x".into();
+        assert!(matches!(
+            decode_record::<MemberRecord>("k", &serde_json::to_vec(&garbled).unwrap()),
+            Err(RegistryError::Corrupt { .. })
+        ));
+    }
 }
