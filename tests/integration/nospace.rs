@@ -356,15 +356,7 @@ async fn full_disk_follower_of_three() {
 
     let e = fc.put("via-full", "v", None).await.unwrap_err().to_string();
     assert!(e.contains(NO_SPACE), "a write through the full member: {e}");
-    let alarms = |i: usize| {
-        let out = Command::new(common::etcdctl_bin())
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", c.members[i].endpoint()))
-            .args(["alarm", "list"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let alarms = |i: usize| member_alarms(&c, i);
     assert!(
         alarms(f).contains("alarm:NOSPACE"),
         "the full member lists its alarm"
