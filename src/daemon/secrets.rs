@@ -359,7 +359,7 @@ impl Daemon {
                 None => {
                     return Err(SecretsError::NodeWithoutKey {
                         node: m.name,
-                        with_key: "the other control-plane nodes".into(),
+                        with_key: "another control-plane node".into(),
                     }
                     .into());
                 }
