@@ -64,9 +64,9 @@ pub async fn serve(
 pub trait EncryptionHost: Send + Sync + std::fmt::Debug {
     /// This node's Secrets encryption configuration, if it has one.
     fn current(&self) -> Result<Option<String>, String>;
-    /// Install `text` (validated, 0600), then restart this node's kube-apiserver and wait until
-    /// it is ready again.
-    fn apply(&self, text: String) -> futures::future::BoxFuture<'static, Result<(), String>>;
+    /// Install `text` (validated, 0600), then wait until this node's kube-apiserver uses it:
+    /// reloaded in place, or restarted and ready again.
+    fn apply(&self, text: String) -> futures::future::BoxFuture<'static, Result<wire::KeysApplied, String>>;
 }
 
 /// kubectl with the admin kubeconfig, for the few Kubernetes writes k8sd makes itself.

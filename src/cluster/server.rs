@@ -526,20 +526,23 @@ impl ClusterApi for ClusterService {
                 "{name} is not a control-plane member of this cluster"
             )));
         }
+        let mut applied = None;
         if let Some(text) = req.set {
             pki::validate_encryption_config("the Secrets encryption configuration sent", &text)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             // Finish even if the caller goes away: the file and the running apiserver must agree.
             let apply = self.encryption.apply(text);
-            tokio::spawn(apply)
+            let how = tokio::spawn(apply)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(Status::internal)?;
-            tracing::info!(by = %name, "Secrets encryption keys replaced; kube-apiserver restarted");
+            tracing::info!(by = %name, kube_apiserver = ?how, "Secrets encryption keys replaced");
+            applied = Some(how);
         }
         reply(&EncryptionReply {
             version: WIRE_VERSION,
             config: self.encryption.current().map_err(Status::internal)?,
+            applied,
         })
     }
 

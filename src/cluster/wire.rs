@@ -157,9 +157,21 @@ pub struct RenewedCert {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EncryptionRequest {
     pub version: u32,
-    /// The whole new configuration; the server validates it, writes it 0600 and restarts its
-    /// kube-apiserver before it answers.
+    /// The whole new configuration; the server validates it, writes it 0600 and waits until
+    /// its kube-apiserver uses it (reloaded in place, or restarted) before it answers.
     pub set: Option<String>,
+}
+
+/// How a node's kube-apiserver took a new Secrets encryption configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeysApplied {
+    /// Its kube-apiserver was not running; it starts with the new file.
+    NotRunning,
+    /// Loaded in place: no restart, no API downtime.
+    Reloaded,
+    /// Restarted with the new file.
+    Restarted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +179,9 @@ pub struct EncryptionReply {
     pub version: u32,
     /// The node's configuration after the call; `None` on a node without one.
     pub config: Option<String>,
+    /// With `set`: how its kube-apiserver took the file. Absent from an older node's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<KeysApplied>,
 }
 
 #[cfg(test)]

@@ -147,11 +147,15 @@ pub fn apiserver_args(c: &Ctx<'_>) -> Vec<String> {
     }
     if c.encrypt_secrets {
         // Secrets are encrypted before they reach the datastore (secretbox, then identity
-        // so Secrets written in plaintext earlier stay readable).
-        args.extend(flags(&[(
-            "encryption-provider-config",
-            c.layout.encryption_config().display().to_string(),
-        )]));
+        // so Secrets written in plaintext earlier stay readable). A key rotation rewrites the
+        // file and the apiserver reloads it in place, with no restart (daemon/apiserver_keys.rs).
+        args.extend(flags(&[
+            (
+                "encryption-provider-config",
+                c.layout.encryption_config().display().to_string(),
+            ),
+            ("encryption-provider-config-automatic-reload", "true".into()),
+        ]));
     }
     with_changes(c, "kube-apiserver", args)
 }
@@ -419,10 +423,12 @@ mod tests {
         );
         assert_eq!(
             args.len(),
-            45,
+            46,
             "the full flag set is pinned; update this test deliberately"
         );
         assert!(args.contains(&"--encryption-provider-config=/d/pki/encryption-config.yaml".to_string()));
+        // A rotation's new keys are loaded in place: no restart, no API downtime.
+        assert!(args.contains(&"--encryption-provider-config-automatic-reload=true".to_string()));
         assert_eq!(
             layout.encryption_config(),
             layout.pki_dir().join(crate::pki::ENCRYPTION_CONFIG_FILE)

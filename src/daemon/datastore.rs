@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::components;
 use super::config::NodeConfig;
 use super::host::listen;
-use super::{Daemon, DaemonError, secrets};
+use super::{Daemon, DaemonError, apiserver_keys};
 use crate::datastore::Durability;
 use crate::etcd::{self, TlsFiles};
 use crate::node::{Node, NodeConfig as DatastoreConfig, RaftSettings};
@@ -116,7 +116,7 @@ impl Daemon {
             pki_dir: l.pki_dir(),
             kubectl: self.kubectl()?,
             failed_joins: Default::default(),
-            encryption: Arc::new(secrets::ApiserverKeys {
+            encryption: Arc::new(apiserver_keys::ApiserverKeys {
                 path: l.encryption_config(),
                 daemon: Arc::downgrade(self),
             }),

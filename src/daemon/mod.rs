@@ -31,6 +31,7 @@
 //! | `removal.rs` | remove-node, leave, and noticing this node was removed |
 //! | `cluster_calls.rs` | this node's cluster API calls as itself: membership, worker renewal |
 //! | `status.rs`, `backups.rs`, `secrets.rs` | `k8sd status`, backups, Secrets key rotation |
+//! | `apiserver_keys.rs` | this node's side of a rotation: install the keys, wait for kube-apiserver to load them |
 //! | `addons.rs`, `addon_tls.rs` | the add-ons' reconcile loop and metrics-server's certificate |
 //! | `podnet.rs`, `svcroute.rs`, `noderole.rs`, `storagedir.rs`, `nodemeta.rs` | node plumbing loops |
 //! | `mirror.rs`, `metrics.rs`, `listener_tls.rs` | the image mirror and `/metrics` listeners |
@@ -38,6 +39,7 @@
 mod addon_tls;
 mod addons;
 pub mod api;
+mod apiserver_keys;
 pub mod backups;
 mod bring_up;
 mod clients;

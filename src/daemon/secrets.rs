@@ -5,14 +5,16 @@
 //!  rotate-key ─▶ daemon (any control-plane node)
 //!     /k8sd/secrets-rotation: phase, key names        (datastore; created / advanced / deleted by CAS)
 //!     each phase: every control-plane member ──Encryption (cluster API, its node certificate)──▶
-//!        read its keys; where they differ from the phase's: install, restart kube-apiserver
+//!        read its keys; where they differ from the phase's: install, and wait until its
+//!        kube-apiserver has reloaded them (`apiserver_keys.rs`)
 //!     rewrite: kubectl get secrets -A -o json | kubectl replace -f -, until the datastore
 //!        holds no Secret stored with another key
 //! ```
 //!
 //! A cluster with no key (initialised by a k8sd older than encryption at rest) gets its first
 //! one the same way, from plaintext (`cluster/rotation.rs`): its apiservers, started without
-//! `--encryption-provider-config`, are restarted with it once their node holds the staged file.
+//! `--encryption-provider-config`, are restarted with it once their node holds the staged file
+//! (the one restart a rotation makes; later ones reload in place).
 //!
 //! Every step can be repeated: the record says which phase is under way, each node's keys say
 //! how far it got, and a second run (on any control-plane node) finishes what the first began.
@@ -20,23 +22,17 @@
 //! it keeps the keys of the previous phase, which still read every Secret, until it is started
 //! (or removed) and the rotation is run again.
 
-use std::sync::Weak;
-
-use futures::future::BoxFuture;
-
 use super::{Daemon, DaemonError, Progress, report};
 use crate::cluster::client::{self, JoinError, Rpc};
 use crate::cluster::registry::{self, MemberRole, RotationPhase, RotationRecord};
 use crate::cluster::rotation::{self, RotationError};
-use crate::cluster::wire::{EncryptionReply, EncryptionRequest, WIRE_VERSION};
+use crate::cluster::wire::{EncryptionReply, EncryptionRequest, KeysApplied, WIRE_VERSION};
 use crate::datastore::{KeyRange, RangeRequest};
 use crate::node::Node;
 use crate::pki::{self, KeyEntry};
 
 /// Where kube-apiserver keeps Secrets in the datastore (`--etcd-prefix` is `/registry`).
 const SECRETS_PREFIX: &str = "/registry/secrets/";
-/// kube-apiserver's flag naming the Secrets encryption configuration.
-const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
 /// Rewrite passes before giving up on Secrets that keep changing underneath.
 const REWRITE_PASSES: u32 = 5;
 
@@ -89,49 +85,6 @@ pub enum SecretsError {
         key: String,
         example: String,
     },
-}
-
-/// The cluster API's `Encryption` call on this node: its configuration file and its
-/// kube-apiserver (reached through the daemon, which owns the supervisor).
-#[derive(Debug)]
-pub(super) struct ApiserverKeys {
-    pub path: std::path::PathBuf,
-    pub daemon: Weak<Daemon>,
-}
-
-impl crate::cluster::EncryptionHost for ApiserverKeys {
-    fn current(&self) -> Result<Option<String>, String> {
-        pki::read_encryption_config(&self.path)
-            .map(|c| c.map(|(text, _)| text))
-            .map_err(|e| e.to_string())
-    }
-
-    fn apply(&self, text: String) -> BoxFuture<'static, Result<(), String>> {
-        let (path, daemon) = (self.path.clone(), self.daemon.clone());
-        Box::pin(async move {
-            let running = daemon.upgrade().and_then(|d| d.running());
-            pki::install_encryption_config(&path, &text).map_err(|e| e.to_string())?;
-            // Not running yet: its kube-apiserver starts with the new file.
-            let Some(r) = running else { return Ok(()) };
-            let args = r
-                .supervisor
-                .status()
-                .into_iter()
-                .find(|c| c.name == "kube-apiserver")
-                .map(|c| c.args)
-                .unwrap_or_default();
-            let restarted = if args.iter().any(|a| a.starts_with(ENCRYPTION_FLAG)) {
-                r.supervisor.restart("kube-apiserver").await
-            } else {
-                // Started without a key (its cluster had none): the flag is new, and a plain
-                // restart would not read the file.
-                let mut args = args;
-                args.push(format!("{ENCRYPTION_FLAG}={}", path.display()));
-                r.supervisor.restart_with_args("kube-apiserver", args).await
-            };
-            restarted.map_err(|e| format!("kube-apiserver did not come back with the new keys: {e}"))
-        })
-    }
 }
 
 /// One control-plane node as a rotation sees it.
@@ -256,17 +209,26 @@ impl Daemon {
             step(format!("phase {phase}"));
             let plan = rotation::plan_phase(rec.phase, &new, &old, &pairs(&peers));
             let text = pki::render_keys(&plan.target);
-            for p in peers.iter().filter(|p| plan.pushes.contains(&p.name)) {
-                self.push(p, &text, &phase).await?;
-                step(format!(
-                    "  {}: kube-apiserver restarted with keys {}",
-                    p.name,
-                    plan.target
-                        .iter()
-                        .map(|k| k.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+            let names = plan
+                .target
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Every node at once: an apiserver that reloads takes up to a minute to notice the
+            // file, and the nodes of one phase do not depend on each other (any mix of this
+            // phase's keys and the last one's reads every Secret).
+            let targets: Vec<&Peer> = peers.iter().filter(|p| plan.pushes.contains(&p.name)).collect();
+            let answers =
+                futures::future::join_all(targets.iter().map(|p| self.push(p, &text, &phase))).await;
+            for (p, answer) in targets.iter().zip(answers) {
+                let how = match answer? {
+                    Some(KeysApplied::Reloaded) => "kube-apiserver reloaded, no restart",
+                    Some(KeysApplied::NotRunning) => "kube-apiserver not running, starts with them",
+                    // An older node restarts its apiserver and does not say so.
+                    Some(KeysApplied::Restarted) | None => "kube-apiserver restarted",
+                };
+                step(format!("  {}: keys {names} ({how})", p.name));
             }
             if plan.pushes.is_empty() {
                 step(format!(
@@ -373,10 +335,11 @@ impl Daemon {
         Ok(peers)
     }
 
-    async fn push(&self, p: &Peer, text: &str, phase: &str) -> Result<(), DaemonError> {
+    /// Send `text` to `p`; how its kube-apiserver took it, if it says.
+    async fn push(&self, p: &Peer, text: &str, phase: &str) -> Result<Option<KeysApplied>, DaemonError> {
         self.encryption_call(&p.name, &p.address, Some(text.to_string()), phase)
             .await
-            .map(|_| ())
+            .map(|r| r.applied)
     }
 
     /// One `Encryption` call with this node's certificate.

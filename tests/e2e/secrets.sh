@@ -12,6 +12,8 @@
 #      stored with the new key, `k8sd status` names the key and its age and never its value,
 #      and no rotation record is left;
 #   4. running rotate-key again is harmless: one more key, every Secret moved to it, all readable;
+#      both kube-apiservers load each phase's keys in place (same pids, the rotation says
+#      "reloaded"), and a Secret read through each once a second never fails meanwhile;
 #   5. a cluster with no key (as a k8sd built before encryption at rest left it) gets its first
 #      one: rotate-key stages it, restarts both apiservers with --encryption-provider-config
 #      added, and every Secret written in plaintext is then stored encrypted and reads back.
@@ -110,8 +112,36 @@ status_names_key() {
 }
 check "k8sd status (text and JSON) names the key and its age, never its value" status_names_key
 
-log "4. running rotate-key again is harmless"
-if k 1 secrets rotate-key > "$work/rotate4.out" 2>&1; then pass "rotate-key runs again"; else fail "rotate-key again"; cat "$work/rotate4.out"; fi
+log "4. running rotate-key again is harmless, and the API stays up"
+# apiserver_pid I: the pid of host I's kube-apiserver, as k8sd status reports it.
+apiserver_pid() {
+  k "$1" status -o json > "$work/pid-$1.json" &&
+    json_get "$work/pid-$1.json" "[c['pid'] for c in d['components'] if c['name'] == 'kube-apiserver'][0]"
+}
+pids_before="$(apiserver_pid 1) $(apiserver_pid 2)"
+# A reader through each apiserver, once a second for the whole rotation; every read must work.
+: > "$work/reads.log"
+reader() {
+  while [[ ! -e $work/reads.stop ]]; do
+    if reads_back "$1" s1 "$plain" >/dev/null 2>&1; then echo "ok n$1" >> "$work/reads.log"; else
+      echo "FAIL n$1 $(date +%T)" >> "$work/reads.log"; fi
+    sleep 1
+  done
+}
+reader 1 & r1=$!
+reader 2 & r2=$!
+if k 1 secrets rotate-key > "$work/rotate4.out" 2>&1; then pass "rotate-key runs again"; else fail "rotate-key again"; fi
+touch "$work/reads.stop"; wait "$r1" "$r2"
+cat "$work/rotate4.out"
+no_failed_read() {
+  local ok; ok=$(grep -c '^ok' "$work/reads.log")
+  log "$ok reads during the rotation, $(grep -c '^FAIL' "$work/reads.log") failed"
+  ((ok >= 10)) && ! grep -q '^FAIL' "$work/reads.log"
+}
+check "the Secret read back through both apiservers all through the rotation" no_failed_read
+check "neither kube-apiserver was restarted (pids $pids_before)" test "$(apiserver_pid 1) $(apiserver_pid 2)" == "$pids_before"
+reloaded() { (($(grep -c 'kube-apiserver reloaded, no restart' "$work/rotate4.out") >= 6)); }
+check "each phase's keys were reloaded in place on both nodes" reloaded
 k2=$(key_names 1)
 check "one more key ($k2), the same on both nodes" test "$k2" != "$k1" -a "$(key_names 2)" == "$k2"
 check "every Secret is stored with $k2" stored_with "$k2"

@@ -1,0 +1,243 @@
+//! This node's side of a Secrets key rotation (the cluster API's `Encryption` call): install
+//! the new encryption configuration, then make this node's kube-apiserver use it.
+//!
+//! kube-apiserver runs with `--encryption-provider-config-automatic-reload=true`: it checks the
+//! file once a minute and swaps its keys in place, with no restart and so no API downtime
+//! (a single control-plane node has no other apiserver to serve meanwhile). After writing the
+//! file we wait until the apiserver reports the file's SHA-256 as its loaded configuration
+//! (`apiserver_encryption_config_controller_last_config_info{hash="sha256:…"}` on its
+//! `/metrics`, set at start and after every successful reload). Only then may the rotation move
+//! to its next phase: a phase that starts writing with a key some apiserver cannot read yet
+//! would make Secrets unreadable there.
+//!
+//! An apiserver that does not reload (its reload flag removed by the operator, or started
+//! before the node had a key at all) is restarted instead, and one that has not loaded the file
+//! within [`RELOAD_WAIT`] too: a restart always reads the file.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+
+use super::Daemon;
+use super::components::{self, Ctx};
+use crate::cluster::wire::KeysApplied;
+use crate::pki;
+
+/// kube-apiserver's flag naming the Secrets encryption configuration.
+pub(super) const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
+/// kube-apiserver's flag that makes it reload that file when it changes.
+pub(super) const RELOAD_FLAG: &str = "--encryption-provider-config-automatic-reload";
+/// The metric whose `hash` label is the SHA-256 of the configuration file the apiserver uses.
+const LOADED_METRIC: &str = "apiserver_encryption_config_controller_last_config_info";
+/// The apiserver checks the file every 60 s; a little more than that, and well inside the
+/// cluster API's 120 s call timeout, so the fallback restart still fits.
+const RELOAD_WAIT: Duration = Duration::from_secs(75);
+const POLL: Duration = Duration::from_secs(2);
+
+/// The cluster API's `Encryption` call on this node: its configuration file and its
+/// kube-apiserver (reached through the daemon, which owns the supervisor).
+#[derive(Debug)]
+pub(super) struct ApiserverKeys {
+    pub path: std::path::PathBuf,
+    pub daemon: Weak<Daemon>,
+}
+
+/// What to do with a running kube-apiserver after the file changed, from its arguments.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    /// It reloads the file on its own: wait until it has.
+    AwaitReload,
+    /// It reads the file but does not reload it: restart it.
+    Restart,
+    /// It runs without the file (its cluster had no key): restart it with the flags added.
+    AddFlags,
+}
+
+fn how_to_take(args: &[String]) -> Take {
+    let flag = |name: &str| {
+        args.iter()
+            .any(|a| a == name || a.starts_with(&format!("{name}=")))
+    };
+    if !flag(ENCRYPTION_FLAG) {
+        Take::AddFlags
+    } else if args
+        .iter()
+        .any(|a| a == RELOAD_FLAG || a == &format!("{RELOAD_FLAG}=true"))
+    {
+        Take::AwaitReload
+    } else {
+        Take::Restart
+    }
+}
+
+/// The value of [`LOADED_METRIC`]'s `hash` label for a file holding `text`.
+fn config_hash(text: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// Whether a Prometheus text exposition says the apiserver has loaded the file with `hash`.
+fn reports_loaded(metrics: &str, hash: &str) -> bool {
+    let label = format!("hash=\"{hash}\"");
+    metrics.lines().any(|l| {
+        // Whole labels only: `apiserver_id_hash="…"` ends with the same text.
+        l.strip_prefix(LOADED_METRIC)
+            .and_then(|rest| rest.strip_prefix('{'))
+            .and_then(|rest| rest.split_once('}'))
+            .is_some_and(|(labels, _)| labels.split(',').any(|l| l.trim() == label))
+    })
+}
+
+impl crate::cluster::EncryptionHost for ApiserverKeys {
+    fn current(&self) -> Result<Option<String>, String> {
+        pki::read_encryption_config(&self.path)
+            .map(|c| c.map(|(text, _)| text))
+            .map_err(|e| e.to_string())
+    }
+
+    fn apply(&self, text: String) -> BoxFuture<'static, Result<KeysApplied, String>> {
+        let (path, daemon) = (self.path.clone(), self.daemon.clone());
+        Box::pin(async move {
+            pki::install_encryption_config(&path, &text).map_err(|e| e.to_string())?;
+            let Some(d) = daemon.upgrade() else {
+                return Ok(KeysApplied::NotRunning);
+            };
+            // Not running yet: its kube-apiserver starts with the new file.
+            let Some(r) = d.running() else {
+                return Ok(KeysApplied::NotRunning);
+            };
+            let args = r
+                .supervisor
+                .status()
+                .into_iter()
+                .find(|c| c.name == "kube-apiserver")
+                .map(|c| c.args)
+                .unwrap_or_default();
+            let restart_err = |e: crate::supervisor::Error| {
+                format!("kube-apiserver did not come back with the new keys: {e}")
+            };
+            match how_to_take(&args) {
+                Take::AwaitReload => {
+                    if d.await_reload(&config_hash(&text)).await {
+                        return Ok(KeysApplied::Reloaded);
+                    }
+                    tracing::warn!(
+                        wait = ?RELOAD_WAIT,
+                        "kube-apiserver has not reloaded the Secrets encryption configuration; restarting it"
+                    );
+                    r.supervisor
+                        .restart("kube-apiserver")
+                        .await
+                        .map_err(restart_err)?;
+                }
+                Take::Restart => r
+                    .supervisor
+                    .restart("kube-apiserver")
+                    .await
+                    .map_err(restart_err)?,
+                Take::AddFlags => {
+                    // Started without a key (its cluster had none): the flags are new, and a
+                    // plain restart would not read the file. Rendered as at start, so the
+                    // operator's extra args still apply.
+                    let ctx = Ctx {
+                        layout: &d.opts.layout,
+                        cfg: &r.cfg,
+                        cgroup_root: &d.opts.cgroup_root,
+                        encrypt_secrets: true,
+                    };
+                    let args = std::iter::once("kube-apiserver".to_string())
+                        .chain(components::apiserver_args(&ctx))
+                        .collect();
+                    r.supervisor
+                        .restart_with_args("kube-apiserver", args)
+                        .await
+                        .map_err(restart_err)?;
+                }
+            }
+            Ok(KeysApplied::Restarted)
+        })
+    }
+}
+
+impl Daemon {
+    /// Wait until this node's kube-apiserver reports the configuration with `hash` as loaded;
+    /// false after [`RELOAD_WAIT`].
+    async fn await_reload(&self, hash: &str) -> bool {
+        let Ok(admin) = self.admin_client() else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
+        loop {
+            match admin
+                .get(components::apiserver_addr(), "/metrics", Duration::from_secs(10))
+                .await
+            {
+                Ok((200, body)) if reports_loaded(&String::from_utf8_lossy(&body), hash) => return true,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "reading kube-apiserver's /metrics"),
+            }
+            if tokio::time::Instant::now() + POLL > deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_apiserver_with_both_flags_is_left_to_reload() {
+        let a = args(&[
+            "kube-apiserver",
+            "--encryption-provider-config=/d/pki/encryption-config.yaml",
+            "--encryption-provider-config-automatic-reload=true",
+        ]);
+        assert_eq!(how_to_take(&a), Take::AwaitReload);
+    }
+
+    #[test]
+    fn reload_turned_off_or_missing_means_a_restart() {
+        let on = "--encryption-provider-config=/d/pki/encryption-config.yaml";
+        assert_eq!(how_to_take(&args(&["kube-apiserver", on])), Take::Restart);
+        let off = "--encryption-provider-config-automatic-reload=false";
+        assert_eq!(how_to_take(&args(&["kube-apiserver", on, off])), Take::Restart);
+    }
+
+    #[test]
+    fn an_apiserver_without_the_file_gets_the_flags() {
+        // The reload flag alone does not count as reading the file.
+        let a = args(&[
+            "kube-apiserver",
+            "--encryption-provider-config-automatic-reload=true",
+        ]);
+        assert_eq!(how_to_take(&a), Take::AddFlags);
+        assert_eq!(how_to_take(&[]), Take::AddFlags);
+    }
+
+    #[test]
+    fn the_loaded_hash_is_read_from_the_metric_line() {
+        let text = "kind: EncryptionConfiguration\n";
+        let hash = config_hash(text);
+        assert_eq!(hash.len(), "sha256:".len() + 64);
+        let body = format!(
+            "# HELP {LOADED_METRIC} Information about the last applied encryption configuration\n\
+             # TYPE {LOADED_METRIC} gauge\n\
+             {LOADED_METRIC}{{apiserver_id_hash=\"sha256:00ff\",hash=\"{hash}\"}} 1\n"
+        );
+        assert!(reports_loaded(&body, &hash));
+        assert!(!reports_loaded(&body, &config_hash("another file\n")));
+        // The apiserver's identity hash is not the file's.
+        assert!(!reports_loaded(&body, "sha256:00ff"));
+        // Another metric carrying the same label does not count.
+        let other = format!("apiserver_other_info{{hash=\"{hash}\"}} 1\n");
+        assert!(!reports_loaded(&other, &hash));
+    }
+}
