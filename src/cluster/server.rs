@@ -406,11 +406,13 @@ impl ClusterApi for ClusterService {
         let req: MembershipRequest = body(req)?;
         check_version(req.version)?;
         let key = registry::member_key(&name);
-        // One read of every member: the caller's own record is among them.
-        let mut members = registry::members(&self.node).await.map_err(unavailable)?;
-        let member = members.iter().position(|m| m.name == name);
         if req.leave {
-            if let Some(m) = member.map(|i| &members[i]) {
+            // Only the caller's own record: another node's (even an unreadable one) is no
+            // reason to keep a worker from leaving.
+            let own = registry::get::<MemberRecord>(&self.node, &key)
+                .await
+                .map_err(unavailable)?;
+            if let Some((m, _)) = own {
                 if m.role != MemberRole::Worker {
                     return Err(Status::failed_precondition(
                         "a control-plane node leaves through its own datastore",
@@ -428,6 +430,9 @@ impl ClusterApi for ClusterService {
                 control_plane: vec![],
             });
         }
+        // One read of every member: the caller's own record is among them.
+        let mut members = registry::members(&self.node).await.map_err(unavailable)?;
+        let member = members.iter().position(|m| m.name == name);
         if let (Some(versions), Some(i)) = (&req.versions, member)
             && members[i].versions.as_ref() != Some(versions)
         {
