@@ -10,6 +10,11 @@
 //! to its next phase: a phase that starts writing with a key some apiserver cannot read yet
 //! would make Secrets unreadable there.
 //!
+//! An apiserver that fails to load the file counts it in
+//! `apiserver_encryption_config_controller_automatic_reloads_total{status="failure"}` and keeps
+//! its previous keys: the call then fails, and the previous file is put back, so the node
+//! keeps running its last good configuration.
+//!
 //! An apiserver that does not reload (its reload flag removed by the operator, or started
 //! before the node had a key at all) is restarted instead, and one that has not loaded the file
 //! within [`RELOAD_WAIT`] too: a restart always reads the file.
@@ -31,6 +36,8 @@ pub(super) const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
 pub(super) const RELOAD_FLAG: &str = "--encryption-provider-config-automatic-reload";
 /// The metric whose `hash` label is the SHA-256 of the configuration file the apiserver uses.
 const LOADED_METRIC: &str = "apiserver_encryption_config_controller_last_config_info";
+/// Its reloads, by `status` (`success`, `failure`).
+const FAILURES_METRIC: &str = "apiserver_encryption_config_controller_automatic_reloads_total";
 /// The apiserver checks the file every 60 s; a little more than that, and well inside the
 /// cluster API's 120 s call timeout, so the fallback restart still fits.
 const RELOAD_WAIT: Duration = Duration::from_secs(75);
@@ -89,6 +96,24 @@ fn reports_loaded(metrics: &str, hash: &str) -> bool {
     })
 }
 
+/// The failed reloads kube-apiserver has counted (0 before the first).
+fn reload_failures(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let (labels, value) = l
+                .strip_prefix(FAILURES_METRIC)?
+                .strip_prefix('{')?
+                .split_once('}')?;
+            labels
+                .split(',')
+                .any(|l| l.trim() == "status=\"failure\"")
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 impl crate::cluster::EncryptionHost for ApiserverKeys {
     fn current(&self) -> Result<Option<String>, String> {
         pki::read_encryption_config(&self.path)
@@ -99,12 +124,10 @@ impl crate::cluster::EncryptionHost for ApiserverKeys {
     fn apply(&self, text: String) -> BoxFuture<'static, Result<KeysApplied, String>> {
         let (path, daemon) = (self.path.clone(), self.daemon.clone());
         Box::pin(async move {
-            pki::install_encryption_config(&path, &text).map_err(|e| e.to_string())?;
-            let Some(d) = daemon.upgrade() else {
-                return Ok(KeysApplied::NotRunning);
-            };
+            let install = |text: &str| pki::install_encryption_config(&path, text).map_err(|e| e.to_string());
             // Not running yet: its kube-apiserver starts with the new file.
-            let Some(r) = d.running() else {
+            let Some((d, r)) = daemon.upgrade().and_then(|d| d.running().map(|r| (d, r))) else {
+                install(&text)?;
                 return Ok(KeysApplied::NotRunning);
             };
             let args = r
@@ -117,20 +140,38 @@ impl crate::cluster::EncryptionHost for ApiserverKeys {
             let restart_err = |e: crate::supervisor::Error| {
                 format!("kube-apiserver did not come back with the new keys: {e}")
             };
-            match how_to_take(&args) {
-                Take::AwaitReload => {
-                    if d.await_reload(&config_hash(&text)).await {
-                        return Ok(KeysApplied::Reloaded);
+            let take = how_to_take(&args);
+            // Counted before the file changes: one more failure afterwards is this file refused.
+            let failures_before = match take {
+                Take::AwaitReload => d.apiserver_metrics().await.map(|m| reload_failures(&m)),
+                _ => None,
+            };
+            let previous = pki::read_encryption_config(&path).ok().flatten().map(|(t, _)| t);
+            install(&text)?;
+            match take {
+                Take::AwaitReload => match d.await_reload(&config_hash(&text), failures_before).await {
+                    Reload::Loaded => return Ok(KeysApplied::Reloaded),
+                    Reload::Refused => {
+                        // The apiserver still runs with its previous keys; the file goes back
+                        // to them too, so a later restart does not read what it refused.
+                        if let Some(previous) = previous {
+                            install(&previous)?;
+                        }
+                        return Err("kube-apiserver refused the new Secrets encryption configuration \
+                                    and keeps its previous keys; see `k8sd logs kube-apiserver`"
+                            .into());
                     }
-                    tracing::warn!(
-                        wait = ?RELOAD_WAIT,
-                        "kube-apiserver has not reloaded the Secrets encryption configuration; restarting it"
-                    );
-                    r.supervisor
-                        .restart("kube-apiserver")
-                        .await
-                        .map_err(restart_err)?;
-                }
+                    Reload::TimedOut => {
+                        tracing::warn!(
+                            wait = ?RELOAD_WAIT,
+                            "kube-apiserver has not reloaded the Secrets encryption configuration; restarting it"
+                        );
+                        r.supervisor
+                            .restart("kube-apiserver")
+                            .await
+                            .map_err(restart_err)?;
+                    }
+                },
                 Take::Restart => r
                     .supervisor
                     .restart("kube-apiserver")
@@ -160,25 +201,50 @@ impl crate::cluster::EncryptionHost for ApiserverKeys {
     }
 }
 
+/// How a wait for a reload ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Reload {
+    Loaded,
+    /// The apiserver counted a failed reload: it keeps its previous keys.
+    Refused,
+    TimedOut,
+}
+
 impl Daemon {
-    /// Wait until this node's kube-apiserver reports the configuration with `hash` as loaded;
-    /// false after [`RELOAD_WAIT`].
-    async fn await_reload(&self, hash: &str) -> bool {
-        let Ok(admin) = self.admin_client() else {
-            return false;
-        };
+    /// This node's kube-apiserver's `/metrics`, if it answers.
+    async fn apiserver_metrics(&self) -> Option<String> {
+        let admin = self.admin_client().ok()?;
+        match admin
+            .get(components::apiserver_addr(), "/metrics", Duration::from_secs(10))
+            .await
+        {
+            Ok((200, body)) => Some(String::from_utf8_lossy(&body).into_owned()),
+            Ok((status, _)) => {
+                tracing::debug!(status, "kube-apiserver's /metrics");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading kube-apiserver's /metrics");
+                None
+            }
+        }
+    }
+
+    /// Wait until this node's kube-apiserver reports the configuration with `hash` as loaded,
+    /// or more failed reloads than `failures_before`, for at most [`RELOAD_WAIT`].
+    async fn await_reload(&self, hash: &str, failures_before: Option<f64>) -> Reload {
         let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
         loop {
-            match admin
-                .get(components::apiserver_addr(), "/metrics", Duration::from_secs(10))
-                .await
-            {
-                Ok((200, body)) if reports_loaded(&String::from_utf8_lossy(&body), hash) => return true,
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "reading kube-apiserver's /metrics"),
+            if let Some(m) = self.apiserver_metrics().await {
+                if reports_loaded(&m, hash) {
+                    return Reload::Loaded;
+                }
+                if failures_before.is_some_and(|before| reload_failures(&m) > before) {
+                    return Reload::Refused;
+                }
             }
             if tokio::time::Instant::now() + POLL > deadline {
-                return false;
+                return Reload::TimedOut;
             }
             tokio::time::sleep(POLL).await;
         }
@@ -220,6 +286,17 @@ mod tests {
         ]);
         assert_eq!(how_to_take(&a), Take::AddFlags);
         assert_eq!(how_to_take(&[]), Take::AddFlags);
+    }
+
+    #[test]
+    fn failed_reloads_are_counted_from_the_failure_lines_only() {
+        assert_eq!(reload_failures(""), 0.0);
+        let body = format!(
+            "# TYPE {FAILURES_METRIC} counter\n\
+             {FAILURES_METRIC}{{apiserver_id_hash=\"sha256:00ff\",status=\"success\"}} 4\n\
+             {FAILURES_METRIC}{{apiserver_id_hash=\"sha256:00ff\",status=\"failure\"}} 2\n"
+        );
+        assert_eq!(reload_failures(&body), 2.0);
     }
 
     #[test]
