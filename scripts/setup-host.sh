@@ -19,8 +19,9 @@ packages=(
   # from upstream's source (scripts/build-busybox.sh, fetched with curl), dynamically linked:
   # the images pack it with the loader and libraries of this host's libc6.
   gcc libc6-dev make bzip2
-  # Test oracles and tools: Debian's etcd for the smoke test, haproxy for HA tests.
-  etcd-server etcd-client haproxy openssl curl ca-certificates util-linux procps
+  # Test oracles and tools: Debian's etcd for the smoke test (jq reads the command lines
+  # `k8sd debug render` prints for it), haproxy for HA tests.
+  etcd-server etcd-client jq haproxy openssl curl ca-certificates util-linux procps
   # Rust build: tonic-prost-build needs protoc; the etcd-client crate (tests) also imports the
   # well-known types (google/protobuf/descriptor.proto), which only libprotobuf-dev ships. It is
   # protoc's "recommends", so --no-install-recommends leaves it out unless named here.

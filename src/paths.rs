@@ -350,6 +350,10 @@ impl Layout {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.d("cni/net.d")
     }
+    /// 0644: the CNI configuration for this node's pod range, written once the Node has one.
+    pub fn cni_conflist(&self) -> PathBuf {
+        self.cni_conf_dir().join("10-k8sd.conflist")
+    }
     /// containerd's registry host configuration (`config_path`): `_default/hosts.toml` points
     /// every registry at the node-local image mirror.
     pub fn registry_config_dir(&self) -> PathBuf {

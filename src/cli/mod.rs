@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod backup;
 mod cluster;
 mod datastore;
+mod debug;
 pub mod exit;
 mod images;
 mod node;
@@ -80,6 +81,9 @@ pub enum Command {
     Datastore(datastore::DatastoreArgs),
     /// Build, list and import the local container images (pause, busybox, add-ons).
     Images(images::ImagesArgs),
+    /// What k8sd would write and run, shown without a daemon (`render`).
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
 }
 
 /// Parse the process arguments and run the chosen verb.
@@ -111,6 +115,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Reset(args) => reset::reset(layout()?, args),
         Command::Recover(args) => recover::recover(layout()?, args),
         Command::Secrets(cmd) => secrets::run(layout()?, cmd),
+        Command::Debug(cmd) => debug::run(layout()?, cmd),
     }
 }
 

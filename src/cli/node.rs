@@ -42,8 +42,10 @@ impl LayoutArgs {
     }
 }
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
+/// Where this node's programs are and the kubelet's cgroup root: what `run` and
+/// `debug render` both need to name the components' command lines.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
     /// The kubebin multi-call binary (defaults: $K8SD_KUBEBIN, $SNAP/bin/kubebin in the snap,
     /// beside k8sd, or the build cache).
     #[arg(long)]
@@ -57,11 +59,44 @@ pub struct RunArgs {
     /// snap, or /var/cache/k8sd/images).
     #[arg(long)]
     pub images_dir: Option<PathBuf>,
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
     /// The kubelet's cgroup root; give each node its own when several share one machine.
     #[arg(long, env = "K8SD_CGROUP_ROOT", default_value = "/")]
     pub cgroup_root: String,
+}
+
+impl HostArgs {
+    /// The daemon's options: the flags, else this install's defaults (the host's or the snap's).
+    pub fn options(
+        self,
+        layout: Layout,
+        allow_kubernetes_minor_change: bool,
+    ) -> anyhow::Result<DaemonOptions> {
+        let snap = paths::Snap::from_env()?;
+        let snap = snap.as_ref();
+        if let Some(s) = snap {
+            tracing::info!(snap = %s.root.display(), revision = %s.revision, data_dir = %layout.data_dir.display(), "running from a snap");
+        }
+        Ok(DaemonOptions {
+            layout,
+            kubebin: self.kubebin.or_else(|| paths::find_kubebin(snap)),
+            runtime: self
+                .runtime_dir
+                .map(paths::RuntimeDir)
+                .unwrap_or_else(|| paths::find_runtime_dir(snap)),
+            images_dir: self.images_dir.unwrap_or_else(|| paths::images_dir(snap)),
+            cni_bin_dir: paths::cni_bin_dir(snap),
+            cgroup_root: self.cgroup_root,
+            allow_kubernetes_minor_change,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
     /// Let this node run a Kubernetes minor version one step from the other control-plane
     /// nodes' (the first node of a minor upgrade). Without it such a node refuses to start its
     /// components or to join; a skipped minor is refused even with it. See docs/operations.md,
@@ -74,23 +109,7 @@ pub struct RunArgs {
 
 pub fn run(layout: Layout, args: RunArgs) -> anyhow::Result<()> {
     super::init_logging(&args.log_level);
-    let snap = paths::Snap::from_env()?;
-    let snap = snap.as_ref();
-    if let Some(s) = snap {
-        tracing::info!(snap = %s.root.display(), revision = %s.revision, data_dir = %layout.data_dir.display(), "running from a snap");
-    }
-    let opts = DaemonOptions {
-        layout,
-        kubebin: args.kubebin.or_else(|| paths::find_kubebin(snap)),
-        runtime: args
-            .runtime_dir
-            .map(paths::RuntimeDir)
-            .unwrap_or_else(|| paths::find_runtime_dir(snap)),
-        images_dir: args.images_dir.unwrap_or_else(|| paths::images_dir(snap)),
-        cni_bin_dir: paths::cni_bin_dir(snap),
-        cgroup_root: args.cgroup_root,
-        allow_kubernetes_minor_change: args.allow_kubernetes_minor_change,
-    };
+    let opts = args.host.options(layout, args.allow_kubernetes_minor_change)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let daemon = Daemon::new(opts);
@@ -136,8 +155,9 @@ impl ExtraArgFlags {
     }
 }
 
+/// The node's settings as `init` takes them; `debug render` takes the same.
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {
+pub struct InitSettings {
     /// Kubernetes node name (default: the host name, lowercased).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -165,6 +185,34 @@ pub struct InitArgs {
     /// `extra-args: {COMPONENT: {NAME: VALUE}}`, a null VALUE removes); flags win.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+impl InitSettings {
+    /// The init request: the flags, then the config file for what they leave unset.
+    pub fn request(self) -> anyhow::Result<InitRequest> {
+        let req = InitRequest {
+            node_name: self.node_name,
+            advertise_address: self.advertise_address,
+            pod_cidr: self.pod_cidr,
+            service_cidr: self.service_cidr,
+            extra_sans: self.extra_sans,
+            disable: self.disable,
+            extra_args: self.extra_args.to_extra_args()?,
+            quota_backend_bytes: self.control_plane.quota_backend_bytes,
+            backup_schedule: self.control_plane.backup_schedule,
+            backup_retention: self.control_plane.backup_retention,
+        };
+        Ok(match &self.config {
+            Some(file) => req.merge_file(config::read_init_file(file)?),
+            None => req,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub settings: InitSettings,
     /// Give up waiting for the node after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -200,21 +248,7 @@ impl ControlPlaneFlags {
 }
 
 pub fn init(layout: Layout, args: InitArgs) -> anyhow::Result<()> {
-    let mut req = InitRequest {
-        node_name: args.node_name,
-        advertise_address: args.advertise_address,
-        pod_cidr: args.pod_cidr,
-        service_cidr: args.service_cidr,
-        extra_sans: args.extra_sans,
-        disable: args.disable,
-        extra_args: args.extra_args.to_extra_args()?,
-        quota_backend_bytes: args.control_plane.quota_backend_bytes,
-        backup_schedule: args.control_plane.backup_schedule,
-        backup_retention: args.control_plane.backup_retention,
-    };
-    if let Some(file) = &args.config {
-        req = req.merge_file(config::read_init_file(file)?);
-    }
+    let req = args.settings.request()?;
     if layout.node_file().exists() {
         fail!(
             AlreadyInitialised,
@@ -314,14 +348,14 @@ fn start_detached_daemon(layout: &Layout, args: &RunArgs) -> anyhow::Result<()> 
         .arg("--log-level")
         .arg(&args.log_level)
         .arg("--cgroup-root")
-        .arg(&args.cgroup_root);
-    if let Some(k) = &args.kubebin {
+        .arg(&args.host.cgroup_root);
+    if let Some(k) = &args.host.kubebin {
         cmd.arg("--kubebin").arg(k);
     }
-    if let Some(r) = &args.runtime_dir {
+    if let Some(r) = &args.host.runtime_dir {
         cmd.arg("--runtime-dir").arg(r);
     }
-    if let Some(i) = &args.images_dir {
+    if let Some(i) = &args.host.images_dir {
         cmd.arg("--images-dir").arg(i);
     }
     cmd.stdin(Stdio::null())

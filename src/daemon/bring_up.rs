@@ -14,6 +14,7 @@ use super::{
     Daemon, DaemonError, Phase, Progress, RunningNode, backups, join, metrics, mirror, noderole, podnet,
     report, storagedir, svcroute,
 };
+use crate::paths::Layout;
 use crate::pki::{self, NodeIdentity, NodeRole};
 use crate::supervisor::{Supervisor, SupervisorConfig};
 
@@ -36,29 +37,13 @@ impl Daemon {
         if !disabled.is_empty() {
             self.addons.set_init_disabled(disabled);
         }
-        for (dir, mode) in [
-            (l.pki_dir(), 0o700),
-            (l.kubeconfig_dir(), 0o700),
-            (l.config_dir(), 0o700),
-            (l.datastore_dir(), 0o700),
-        ] {
-            mkdir(&dir, mode)?;
-        }
-        let identity = NodeIdentity {
-            node_name: cfg.node_name.clone(),
-            node_ips: vec![cfg.advertise_address],
-            extra_sans: cfg.extra_sans.clone(),
-            service_cidr: cfg.service_cidr.parse()?,
-        };
+        make_node_dirs(&l)?;
+        let identity = node_identity(&cfg)?;
         let (etcd_stop, stop_rx) = watch::channel(false);
         let backups_stop = etcd_stop.subscribe();
         let datastore = if cfg.role == Role::ControlPlane {
             step("generating certificates and kubeconfigs");
-            pki::ensure_control_plane_pki(&l.pki_dir(), &identity)?;
-            // Components reach kube-apiserver through the local load balancer, so they keep
-            // working (and keep their leader leases) when this node's apiserver is down.
-            let server = format!("https://{}", components::lb_addr());
-            pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, &server)?;
+            write_control_plane_pki(&l, &identity, &kubeconfig_server())?;
             if pending.is_some() {
                 step("joining the datastore (as a learner, promoted to voter once caught up)");
             } else if progress.is_none() {
@@ -108,8 +93,12 @@ impl Daemon {
             }
             step("checking this node's Kubernetes version against the control plane's");
             self.check_worker_versions(&cfg).await?;
-            let server = format!("https://{}", components::lb_addr());
-            pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::Worker, &server)?;
+            pki::ensure_kubeconfigs(
+                &l.pki_dir(),
+                &l.kubeconfig_dir(),
+                NodeRole::Worker,
+                &kubeconfig_server(),
+            )?;
             None
         };
 
@@ -124,10 +113,7 @@ impl Daemon {
             cgroup_root: &self.opts.cgroup_root,
             encrypt_secrets,
         };
-        for (path, text) in components::config_files(&ctx, self.runtime()?, &self.opts.cni_bin_dir)? {
-            write_file(&path, text.as_bytes(), 0o600)?;
-        }
-        mkdir(&l.containerd_state(), 0o711)?;
+        self.write_component_configs(&ctx)?;
         ensure_cgroup_root(&self.opts.cgroup_root)?;
         step("starting the image mirror");
         let mirror = mirror::start(&l, &cfg, self.runtime()?).await?;
@@ -199,11 +185,19 @@ impl Daemon {
         Ok(())
     }
 
+    /// The rendered component configuration files (0600) and containerd's state dir.
+    pub(super) fn write_component_configs(&self, ctx: &Ctx<'_>) -> Result<(), DaemonError> {
+        for (path, text) in components::config_files(ctx, self.runtime()?, &self.opts.cni_bin_dir)? {
+            write_file(&path, text.as_bytes(), 0o600)?;
+        }
+        mkdir(&ctx.layout.containerd_state(), 0o711)
+    }
+
     /// Whether kube-apiserver gets `--encryption-provider-config`: the file exists and is
     /// valid. A malformed file stops the start (an apiserver without it could not read the
     /// encrypted Secrets); a missing one only warns, since a node initialised by an older
     /// k8sd has none, and making one here would give this apiserver a key the others lack.
-    fn secrets_encryption(&self) -> Result<bool, DaemonError> {
+    pub(super) fn secrets_encryption(&self) -> Result<bool, DaemonError> {
         let path = self.opts.layout.encryption_config();
         match pki::read_encryption_config(&path)? {
             Some((_, key)) if key.provider == pki::IDENTITY => {
@@ -230,4 +224,40 @@ impl Daemon {
             }
         }
     }
+}
+
+/// The data dir's subdirectories every node's start writes into.
+pub(super) fn make_node_dirs(l: &Layout) -> Result<(), DaemonError> {
+    for dir in [l.pki_dir(), l.kubeconfig_dir(), l.config_dir(), l.datastore_dir()] {
+        mkdir(&dir, 0o700)?;
+    }
+    Ok(())
+}
+
+/// What this node's certificates must name.
+pub(super) fn node_identity(cfg: &NodeConfig) -> Result<NodeIdentity, DaemonError> {
+    Ok(NodeIdentity {
+        node_name: cfg.node_name.clone(),
+        node_ips: vec![cfg.advertise_address],
+        extra_sans: cfg.extra_sans.clone(),
+        service_cidr: cfg.service_cidr.parse()?,
+    })
+}
+
+/// The server every kubeconfig names: the local API load balancer, so components keep working
+/// (and keep their leader leases) when this node's own apiserver is down.
+pub(super) fn kubeconfig_server() -> String {
+    format!("https://{}", components::lb_addr())
+}
+
+/// A control-plane node's CAs, leaves and kubeconfigs (naming `server`): made when missing,
+/// renewed when due, left alone otherwise.
+pub(super) fn write_control_plane_pki(
+    l: &Layout,
+    identity: &NodeIdentity,
+    server: &str,
+) -> Result<(), DaemonError> {
+    pki::ensure_control_plane_pki(&l.pki_dir(), identity)?;
+    pki::ensure_kubeconfigs(&l.pki_dir(), &l.kubeconfig_dir(), NodeRole::ControlPlane, server)?;
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! advertise address, only datastore peer certificates admitted), then the etcd API on
 //! 127.0.0.1:2379 and the cluster API on the advertise address.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,32 @@ use super::{Daemon, DaemonError, apiserver_keys};
 use crate::datastore::Durability;
 use crate::etcd::{self, TlsFiles};
 use crate::node::{Node, NodeConfig as DatastoreConfig, RaftSettings};
+use crate::paths::Layout;
 use crate::pki;
+
+/// The datastore's TLS files in a node's PKI dir: the CA it trusts for both ports, the
+/// serving pair of the etcd API on 127.0.0.1:2379 and the pair of the Raft peer port.
+#[derive(Debug, Clone)]
+pub(super) struct DatastoreTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
+}
+
+impl DatastoreTls {
+    pub fn of(l: &Layout) -> DatastoreTls {
+        let f = |name: String| l.pki_dir().join(name);
+        DatastoreTls {
+            ca: f(pki::CaKind::Datastore.cert_file()),
+            server_cert: f(pki::Leaf::DatastoreServer.cert_file()),
+            server_key: f(pki::Leaf::DatastoreServer.key_file()),
+            peer_cert: f(pki::Leaf::DatastorePeer.cert_file()),
+            peer_key: f(pki::Leaf::DatastorePeer.key_file()),
+        }
+    }
+}
 
 impl Daemon {
     /// The datastore as a Raft member: peer service on the advertise address (mTLS with the
@@ -27,15 +53,14 @@ impl Daemon {
     ) -> Result<Node, DaemonError> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
         let l = &self.opts.layout;
-        let read = |f: &str| {
-            let p = l.pki_dir().join(f);
-            std::fs::read(&p).map_err(|source| DaemonError::Read { path: p, source })
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| DaemonError::Read {
+                path: p.clone(),
+                source,
+            })
         };
-        let (ca, cert, key) = (
-            read("datastore-ca.crt")?,
-            read("datastore-peer.crt")?,
-            read("datastore-peer.key")?,
-        );
+        let files = DatastoreTls::of(l);
+        let (ca, cert, key) = (read(&files.ca)?, read(&files.peer_cert)?, read(&files.peer_key)?);
         let identity = Identity::from_pem(&cert, &key);
         let peer_addr = std::net::SocketAddr::new(cfg.advertise_address, components::PEER_PORT);
         let listener = listen("datastore peer", peer_addr).await?;
@@ -92,10 +117,11 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let l = &self.opts.layout;
         let listener = listen("datastore", components::datastore_addr()).await?;
+        let files = DatastoreTls::of(l);
         let tls = TlsFiles {
-            cert_file: Some(l.pki_dir().join("datastore-server.crt")),
-            key_file: Some(l.pki_dir().join("datastore-server.key")),
-            trusted_ca_file: Some(l.pki_dir().join("datastore-ca.crt")),
+            cert_file: Some(files.server_cert),
+            key_file: Some(files.server_key),
+            trusted_ca_file: Some(files.ca),
             client_cert_auth: true,
         };
         let node = datastore.clone();

@@ -17,6 +17,7 @@
 //! |---|---|
 //! | `mod.rs` | `k8sd run` (control socket, resuming the node, shutdown), `init`, `stop`, the phase |
 //! | `preflight.rs` | what `init` checks before it writes anything: binaries, images, extra args |
+//! | `render.rs` | `k8sd debug render`: what `init` writes, through the same functions, started by no one |
 //! | `bring_up.rs` | bringing the node up in dependency order, after init, a join or a restart |
 //! | `datastore.rs` | the Raft member, the etcd API and the cluster API listeners |
 //! | `local_lb.rs` | the local API load balancer and its first backends |
@@ -63,6 +64,7 @@ mod noderole;
 mod podnet;
 mod preflight;
 mod removal;
+pub mod render;
 mod renewal;
 mod secrets;
 pub mod status;
@@ -198,9 +200,7 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         let l = self.opts.layout.clone();
-        mkdir(&l.run_dir, 0o700)?;
-        mkdir(&l.data_dir, 0o700)?;
-        mkdir(&l.logs_dir(), 0o700)?;
+        make_roots(&l)?;
         let listener = control::bind(&l.control_socket())?;
         write_file(
             &l.daemon_pid_file(),
@@ -257,16 +257,7 @@ impl Daemon {
         config::check_ports(config::PORTS)?;
         self.preflight()?;
         self.check_extra_args(&cfg).await?;
-        // The cluster's Secrets key is made once, here: a joining control-plane node receives
-        // this file, and a restart never makes a new one (see `secrets_encryption`).
-        mkdir(&self.opts.layout.pki_dir(), 0o700)?;
-        let key = pki::create_encryption_config(
-            &self.opts.layout.encryption_config(),
-            crate::cluster::token::now_unix(),
-        )?;
-        tracing::info!(provider = %key.provider, key = %key.write_key, "Secrets are encrypted at rest");
-        let text = serde_yaml::to_string(&cfg).map_err(DaemonError::EncodeConfig)?;
-        write_file(&node_file, text.as_bytes(), 0o600)?;
+        write_new_node(&self.opts.layout, &cfg)?;
         let res = self.bring_up(cfg, Some(progress), None).await;
         if let Err(e) = &res {
             self.set_phase(Phase::Failed(e.to_string()));
@@ -292,6 +283,24 @@ impl Daemon {
     pub async fn status(&self) -> api::StatusReport {
         status::build(self).await
     }
+}
+
+/// The data dir, run dir and logs dir, made before anything else is written in them.
+fn make_roots(l: &Layout) -> Result<(), DaemonError> {
+    mkdir(&l.run_dir, 0o700)?;
+    mkdir(&l.data_dir, 0o700)?;
+    mkdir(&l.logs_dir(), 0o700)
+}
+
+/// What `init` writes once its checks pass: the cluster's Secrets key, then node.yaml, whose
+/// presence marks the node initialised. The key is made once, here: a joining control-plane
+/// node receives this file, and a restart never makes a new one (see `secrets_encryption`).
+fn write_new_node(l: &Layout, cfg: &NodeConfig) -> Result<(), DaemonError> {
+    mkdir(&l.pki_dir(), 0o700)?;
+    let key = pki::create_encryption_config(&l.encryption_config(), crate::cluster::token::now_unix())?;
+    tracing::info!(provider = %key.provider, key = %key.write_key, "Secrets are encrypted at rest");
+    let text = serde_yaml::to_string(cfg).map_err(DaemonError::EncodeConfig)?;
+    write_file(&l.node_file(), text.as_bytes(), 0o600)
 }
 
 /// Ping systemd's watchdog at half its interval when WATCHDOG_USEC asks for it.

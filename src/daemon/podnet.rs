@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::config::NodeConfig;
 use super::host::write_file;
-use super::{Daemon, components};
+use super::{Daemon, DaemonError, components};
 use crate::httpc::TlsClient;
 
 /// One Node as pod networking sees it.
@@ -66,6 +66,21 @@ fn ip_route_replace(cidr: &str, via: IpAddr) -> Result<(), String> {
     }
 }
 
+/// Write the CNI configuration for this node's pod range `cidr` (0644) unless the file already
+/// says exactly that; whether it was written.
+pub(super) fn write_conflist(ctx: &components::Ctx<'_>, cidr: &str) -> Result<bool, DaemonError> {
+    let path = ctx.layout.cni_conflist();
+    let text = components::cni_conflist(ctx, cidr).map_err(|source| DaemonError::RenderConfig {
+        file: path.clone(),
+        source,
+    })?;
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(false);
+    }
+    write_file(&path, text.as_bytes(), 0o644)?;
+    Ok(true)
+}
+
 /// Keep the CNI configuration and routes in step with the Node objects, while the node runs.
 pub fn spawn(d: Arc<Daemon>, cfg: NodeConfig) {
     tokio::spawn(async move {
@@ -82,7 +97,6 @@ pub fn spawn(d: Arc<Daemon>, cfg: NodeConfig) {
             }
         };
         let addr = d.api_addr(&cfg);
-        let conflist = d.opts.layout.cni_conf_dir().join("10-k8sd.conflist");
         let mut installed: BTreeMap<String, IpAddr> = BTreeMap::new();
         loop {
             if d.running().is_none() {
@@ -114,20 +128,10 @@ pub fn spawn(d: Arc<Daemon>, cfg: NodeConfig) {
                             // The CNI config does not depend on it.
                             encrypt_secrets: false,
                         };
-                        match components::cni_conflist(&ctx, &cidr) {
-                            Ok(text)
-                                if std::fs::read_to_string(&conflist).ok().as_deref()
-                                    != Some(text.as_str()) =>
-                            {
-                                match write_file(&conflist, text.as_bytes(), 0o644) {
-                                    Ok(()) => tracing::info!(pod_cidr = %cidr, "pod network configured"),
-                                    Err(e) => {
-                                        tracing::error!(error = %e, "cannot write the CNI configuration")
-                                    }
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::error!(error = %e, "cannot render the CNI configuration"),
+                        match write_conflist(&ctx, &cidr) {
+                            Ok(true) => tracing::info!(pod_cidr = %cidr, "pod network configured"),
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(error = %e, "cannot write the CNI configuration"),
                         }
                     }
                     None => pause = Duration::from_secs(1),

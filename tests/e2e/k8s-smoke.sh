@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
-# Smoke test of the upstream components on this host, with no k8sd daemon logic involved
-# (only `k8sd images import`): Debian's etcd, kube-apiserver, kube-controller-manager and
-# kube-scheduler from kubebin, a private containerd, the kubelet and kube-proxy. The node must
-# register and turn Ready, a pod from the local busybox image must run to completion, and
-# teardown must leave nothing behind.
+# Smoke test of the upstream components on this host, with no k8sd daemon involved: Debian's
+# etcd, kube-apiserver, kube-controller-manager and kube-scheduler from kubebin, a private
+# containerd, the kubelet and kube-proxy. The node must register and turn Ready, a pod from the
+# local busybox image must run to completion, and teardown must leave nothing behind. A failure
+# here is the kube build's, the images', the runtime's or the host's, not the daemon's.
+#
+# What k8sd would write and run comes from k8sd itself, so nothing here re-implements it:
+# `k8sd debug render` writes a control-plane node's data dir exactly as `k8sd init` does (PKI,
+# kubeconfigs, containerd, kubelet and kube-proxy configs, the audit policy, the Secrets key)
+# and prints every component's command line and environment; this script runs those command
+# lines as they are. Two things the daemon would provide are asked of render instead: the
+# kubeconfigs name kube-apiserver itself (--kubeconfig-server; the local API load balancer is
+# the daemon's), and the CNI configuration is written for the Node's first /24
+# (--node-pod-cidr; the daemon writes it once controller-manager gives the Node its range).
+# Debian's etcd stands in for k8sd's datastore at the address and with the TLS files the
+# render names (client certificates required, on both the client and the peer port).
+# Only `k8sd debug render` and `k8sd images import` run; neither starts anything.
 #
 # Isolation: everything runs inside a network namespace this test creates (`k8sd-smoke-<pid>`),
 # whose node address sits on a veth pair kept wholly inside it (10.213.0.2/30), so nothing
 # touches the host's interfaces, routes or iptables, and cni0 lives inside the netns. Only the
 # network namespace is entered (nsenter --net), so mounts stay in the host's mount namespace,
-# where the kubelet and containerd must share them. Data lives in a fresh directory under
-# /var/tmp, containerd gets its own root, state and socket, and the kubelet its own root dir,
-# cgroup root, pod log dir and IPAM dir.
+# where the kubelet and containerd must share them. The node's data and run dirs live in a
+# fresh directory under /var/tmp, so containerd gets its own root, state and socket, and the
+# kubelet its own root dir, pod log dir and IPAM dir; the kubelet's cgroup root is private.
 #
 # Prerequisites (missing ones fail the test, never skip it):
-#   scripts/setup-host.sh && scripts/build-kube.sh && scripts/build-images.sh
-#   (build-images.sh also builds the k8sd binary, whose `images import` loads the images)
+#   scripts/setup-host.sh && scripts/build-kube.sh && scripts/build-runtime.sh &&
+#   scripts/build-images.sh   (build-images.sh also builds the k8sd binary)
 # Environment: K8SD_CACHE_DIR (default /var/cache/k8sd), K8SD_IMAGES_DIR (default
 # $K8SD_CACHE_DIR/images), K8SD_BIN (default $CARGO_TARGET_DIR or target/, then debug/k8sd),
-# KEEP=1 keeps the work directory even on success.
+# K8SD_RUNTIME_DIR (default: scripts/build-runtime.sh --check), KEEP=1 keeps the work
+# directory even on success.
 # K8SD_SMOKE_BENCH_OUT=FILE (used by benches/node-startup.sh; unset, nothing changes): polls every
 # 0.2 s instead of 1 s and appends "mark NAME EPOCH" lines from starting etcd to the node turning
 # Ready; once kube-proxy is healthy it appends "pid NAME PID" per component and "idle", then holds
@@ -35,11 +48,16 @@ node="k8sd-smoke"
 node_ip=10.213.0.2
 cgroup_root=/k8sd-smoke-$$
 pod_cidr=10.88.0.0/16
+# controller-manager gives the first Node the first /24 of the pod range (--node-cidr-mask-size).
+node_pod_cidr=10.88.0.0/24
 version=$(tr -d '[:space:]' < "$repo/assets/kube/VERSION")
 k8sd=${K8SD_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/k8sd}
 
 passed=0 failed=0
-work="" kubebin="" runtime_dir=""
+work="" kubebin="" runtime_dir="" rendered=""
+# The rendered node's paths, set from the render's report (`layout`).
+admin_conf="" kubelet_root="" containerd_sock="" containerd_root="" containerd_state=""
+cni_ipam_dir="" pod_logs_dir=""
 declare -A pids=()
 
 say() { echo "$*"; }
@@ -59,17 +77,35 @@ wait_for() {
 # bench_mark NAME: with K8SD_SMOKE_BENCH_OUT, record when a bring-up step finished.
 bench_mark() { [[ -z "$bench_out" ]] || echo "mark $1 $(date +%s.%N)" >> "$bench_out"; }
 inns() { nsenter --net="/run/netns/$ns" -- "$@"; }
-kubectl() { inns "$kubebin" kubectl --kubeconfig "$work/pki/admin.conf" "$@"; }
+kubectl() { inns "$kubebin" kubectl --kubeconfig "$admin_conf" "$@"; }
 # containerd 2's ctr prints the server's deprecations (cgroup v1 on these hosts) on stderr at
 # every call; they are in containerd's own log, and here they would read as leftover output.
-ctr_() { CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1 ctr --address "$work/containerd/containerd.sock" --namespace k8s.io "$@"; }
+ctr_() { CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS=1 ctr --address "$containerd_sock" --namespace k8s.io "$@"; }
+# Reading the render's report: layout KEY, datastore KEY, and FLAG's value in COMPONENT's
+# command line.
+layout() { jq -er --arg k "$1" '.layout[$k]' "$rendered"; }
+datastore() { jq -er --arg k "$1" '.datastore[$k]' "$rendered"; }
+rendered_flag() {
+  jq -er --arg c "$1" --arg f "--$2=" \
+    'first(.components[] | select(.name == $c) | .argv[] | select(startswith($f)) | ltrimstr($f))' "$rendered"
+}
 
 # start NAME CMD...: run a component in the netns, logging to $work/logs/NAME.log.
-# nsenter execs the command, so the recorded pid is the component's own.
+# nsenter and env exec the command, so the recorded pid is the component's own.
 start() {
   local name=$1; shift
   nsenter --net="/run/netns/$ns" -- "$@" >"$work/logs/$name.log" 2>&1 &
   pids[$name]=$!
+}
+# run_rendered NAME: start component NAME with the command line and environment k8sd rendered.
+run_rendered() {
+  local name=$1 argv=() env=()
+  mapfile -d '' -t argv < <(jq -j --arg c "$name" \
+    '.components[] | select(.name == $c) | .argv[] | (., "\u0000")' "$rendered")
+  mapfile -d '' -t env < <(jq -j --arg c "$name" \
+    '.components[] | select(.name == $c) | .env | to_entries[] | ("\(.key)=\(.value)", "\u0000")' "$rendered")
+  ((${#argv[@]})) || { nok "$name has no command line in $rendered"; return 1; }
+  start "$name" env "${env[@]}" "${argv[@]}"
 }
 stop() {  # stop NAME...: SIGTERM to all, up to 20 s together, then SIGKILL
   local name pid deadline=$((SECONDS + 20))
@@ -102,17 +138,23 @@ dump_logs() {
   for f in "$work"/logs/*.log; do
     [[ -s "$f" ]] || continue
     say "--- last lines of $f (klog info and warning lines left out)"
-    # Left out too: kcm and scheduler complain until the apiserver publishes requestheader CAs,
-    # which this cluster does not configure (no aggregation layer).
-    grep -vE '^[IW][0-9]{4} |requestheader-client-ca-file' "$f" | tail -n 15 | cut -c1-300 | sed 's/^/  | /'
+    grep -vE '^[IW][0-9]{4} ' "$f" | tail -n 15 | cut -c1-300 | sed 's/^/  | /'
   done
 }
 
-teardown_args() {
-  echo --netns "$ns" --kubelet-root "$work/kubelet" \
-    --containerd-address "$work/containerd/containerd.sock" --containerd-root "$work/containerd/root" \
-    --containerd-state "$work/containerd/state" --cgroup-root "$cgroup_root" \
-    --cni-ipam-dir "$work/cni/ipam" --pod-logs-dir "$work/pod-logs"
+# The host teardown of this test's node (scripts/teardown-host.sh with its paths). Before the
+# render named them nothing was started: only the netns and the cgroup root are removed, since
+# teardown-host.sh's defaults are the machine's own containerd and kubelet.
+teardown_host() {
+  if [[ -z "$kubelet_root" ]]; then
+    ip netns delete "$ns" 2>/dev/null
+    rmdir /sys/fs/cgroup/*/"${cgroup_root#/}" 2>/dev/null
+    return 0
+  fi
+  "$repo/scripts/teardown-host.sh" --netns "$ns" --kubelet-root "$kubelet_root" \
+    --containerd-address "$containerd_sock" --containerd-root "$containerd_root" \
+    --containerd-state "$containerd_state" --cgroup-root "$cgroup_root" \
+    --cni-ipam-dir "$cni_ipam_dir" --pod-logs-dir "$pod_logs_dir" >>"$work/logs/teardown.log" 2>&1
 }
 
 # Teardown, in two stages. Stage 1 stops the kubelet and the control-plane components that
@@ -126,8 +168,7 @@ teardown_stage1() {
   ((stage < 1)) || return 0
   if [[ -n "$work" ]]; then
     stop kube-proxy kubelet kube-scheduler kube-controller-manager
-    # shellcheck disable=SC2046
-    "$repo/scripts/teardown-host.sh" $(teardown_args) >>"$work/logs/teardown.log" 2>&1
+    teardown_host
   fi
   stage=1
 }
@@ -136,8 +177,7 @@ teardown_stage2() {
   teardown_stage1
   if [[ -n "$work" ]]; then
     stop containerd kube-apiserver etcd
-    # shellcheck disable=SC2046
-    "$repo/scripts/teardown-host.sh" $(teardown_args) >>"$work/logs/teardown.log" 2>&1
+    teardown_host
   fi
   stage=2
 }
@@ -163,7 +203,7 @@ trap 'exit 130' INT TERM
 prereqs() {
   local missing=() b
   [[ $(id -u) -eq 0 ]] || missing+=("root")
-  for b in etcd etcdctl openssl nsenter ip iptables curl; do
+  for b in etcd etcdctl jq nsenter ip iptables curl; do
     command -v "$b" >/dev/null || missing+=("$b")
   done
   for b in bridge host-local portmap loopback; do [[ -x /usr/lib/cni/$b ]] || missing+=("/usr/lib/cni/$b"); done
@@ -201,7 +241,8 @@ our_pod_netns() {
 
 # --- work dir, netns, cgroup root ----------------------------------------------------------
 work=$(mktemp -d /var/tmp/k8sd-smoke.XXXXXX)
-mkdir -p "$work"/{logs,pki,etcd,kubelet,pod-logs,containerd/root,containerd/state,cni/net.d,cni/ipam}
+mkdir -p "$work"/{logs,etcd}
+rendered=$work/render.json
 
 setup_netns() {
   ip netns add "$ns" &&
@@ -230,139 +271,70 @@ setup_cgroups() {  # the kubelet requires its cgroupRoot to exist in every hiera
 }
 must "private cgroup root $cgroup_root" setup_cgroups
 
-# --- PKI (openssl, ECDSA P-256, kubeadm-shaped names) -----------------------------------------
-pki=$work/pki
-cert() {  # cert NAME SUBJECT EKU [SANS]
-  local name=$1 subj=$2 eku=$3 sans=${4:-}
-  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$name.key" 2>/dev/null &&
-    openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null &&
-    {
-      echo "basicConstraints=critical,CA:FALSE"
-      echo "keyUsage=critical,digitalSignature,keyEncipherment"
-      echo "extendedKeyUsage=$eku"
-      [[ -z "$sans" ]] || echo "subjectAltName=$sans"
-    } > "$pki/$name.ext" &&
-    openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
-      -days 2 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+# --- the node as k8sd renders it -----------------------------------------------------------
+render_node() {
+  # In the netns: render checks, as init does, that the advertise address is this machine's.
+  inns "$k8sd" --data-dir "$work/node" --run-dir "$work/run" debug render \
+    --node-name "$node" --advertise-address "$node_ip" --pod-cidr "$pod_cidr" \
+    --kubebin "$kubebin" --runtime-dir "$runtime_dir" --images-dir "$images_dir" \
+    --cgroup-root "$cgroup_root" --node-pod-cidr "$node_pod_cidr" \
+    --kubeconfig-server https://127.0.0.1:6443 >"$rendered" 2>"$work/logs/render.log" || return 1
+  admin_conf=$(layout admin-kubeconfig) && kubelet_root=$(layout kubelet-root) &&
+    containerd_sock=$(layout containerd-socket) && containerd_root=$(layout containerd-root) &&
+    containerd_state=$(layout containerd-state) && cni_ipam_dir=$(layout cni-ipam-dir) &&
+    pod_logs_dir=$(layout pod-logs-dir)
 }
-kubeconfig() {  # kubeconfig FILE CERTNAME
-  cat > "$1" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: smoke
-  cluster: {server: "https://127.0.0.1:6443", certificate-authority: "$pki/ca.crt"}
-users:
-- name: user
-  user: {client-certificate: "$pki/$2.crt", client-key: "$pki/$2.key"}
-contexts:
-- name: smoke
-  context: {cluster: smoke, user: user}
-current-context: smoke
-EOF
+must "k8sd debug render wrote the node's PKI, kubeconfigs and configs" render_node
+in_start_order() {
+  jq -e '[.components[].name] == ["kube-apiserver", "kube-controller-manager", "kube-scheduler",
+    "containerd", "kubelet", "kube-proxy"]' "$rendered" >/dev/null
 }
-make_pki() {
-  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/ca.key" 2>/dev/null &&
-    openssl req -x509 -new -key "$pki/ca.key" -subj /CN=kubernetes-ca -days 2 -out "$pki/ca.crt" \
-      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null &&
-    openssl ecparam -name prime256v1 -genkey -noout -out "$pki/sa.key" 2>/dev/null &&
-    openssl ec -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null &&
-    cert apiserver /CN=kube-apiserver serverAuth \
-      "DNS:localhost,DNS:$node,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$node_ip,IP:10.96.0.1" &&
-    cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth &&
-    cert admin "/O=system:masters/CN=kubernetes-admin" clientAuth &&
-    cert controller-manager /CN=system:kube-controller-manager clientAuth &&
-    cert scheduler /CN=system:kube-scheduler clientAuth &&
-    cert kubelet-client "/O=system:nodes/CN=system:node:$node" clientAuth &&
-    cert kubelet "/CN=system:node:$node" serverAuth "DNS:$node,IP:$node_ip" &&
-    cert proxy /CN=system:kube-proxy clientAuth &&
-    chmod 600 "$pki"/*.key &&
-    kubeconfig "$pki/admin.conf" admin &&
-    kubeconfig "$pki/controller-manager.conf" controller-manager &&
-    kubeconfig "$pki/scheduler.conf" scheduler &&
-    kubeconfig "$pki/kubelet.conf" kubelet-client &&
-    kubeconfig "$pki/proxy.conf" proxy
-}
-must "test PKI generated" make_pki
+check "the render names all six components in start order" in_start_order
+check "kube-apiserver's rendered --etcd-servers is the datastore address etcd will serve" \
+  test "$(rendered_flag kube-apiserver etcd-servers)" = "$(datastore client-url)"
 
 # --- control plane -------------------------------------------------------------------------
 bench_mark start
+# Debian's etcd in place of k8sd's datastore: its client and peer addresses and TLS files.
 start etcd etcd --name smoke --data-dir "$work/etcd" \
-  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster smoke=http://127.0.0.1:2380
-must "etcd healthy on the netns loopback" \
-  wait_for 30 inns env ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:2379 endpoint health
+  --listen-client-urls "$(datastore client-url)" --advertise-client-urls "$(datastore client-url)" \
+  --cert-file "$(datastore cert-file)" --key-file "$(datastore key-file)" \
+  --trusted-ca-file "$(datastore trusted-ca-file)" --client-cert-auth \
+  --listen-peer-urls "$(datastore peer-url)" --initial-advertise-peer-urls "$(datastore peer-url)" \
+  --initial-cluster "smoke=$(datastore peer-url)" \
+  --peer-cert-file "$(datastore peer-cert-file)" --peer-key-file "$(datastore peer-key-file)" \
+  --peer-trusted-ca-file "$(datastore trusted-ca-file)" --peer-client-cert-auth
+# etcdctl with kube-apiserver's own datastore client certificate.
+etcd_health() {
+  inns env ETCDCTL_API=3 etcdctl --endpoints "$(datastore client-url)" \
+    --cacert "$(rendered_flag kube-apiserver etcd-cafile)" \
+    --cert "$(rendered_flag kube-apiserver etcd-certfile)" \
+    --key "$(rendered_flag kube-apiserver etcd-keyfile)" endpoint health
+}
+must "etcd healthy on the netns loopback (TLS, kube-apiserver's client certificate)" \
+  wait_for 30 etcd_health
 bench_mark etcd-healthy
 
-start kube-apiserver "$kubebin" kube-apiserver \
-  --advertise-address="$node_ip" --bind-address=0.0.0.0 --secure-port=6443 \
-  --etcd-servers=http://127.0.0.1:2379 --storage-backend=etcd3 --etcd-prefix=/registry \
-  --etcd-healthcheck-timeout=10s --etcd-readycheck-timeout=10s \
-  --service-cluster-ip-range=10.96.0.0/12 \
-  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-  --api-audiences=https://kubernetes.default.svc.cluster.local \
-  --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-  --client-ca-file="$pki/ca.crt" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-  --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
-  --kubelet-preferred-address-types=InternalIP,Hostname \
-  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-  --allow-privileged=true --profiling=false --anonymous-auth=false
+run_rendered kube-apiserver
 readyz() { test "$(kubectl get --raw /readyz 2>/dev/null)" = ok; }
 must "kube-apiserver /readyz within 120 s" wait_for 120 readyz
 bench_mark apiserver-ready
 api_version() { kubectl get --raw /version | grep -q "\"gitVersion\": \"$version\""; }
 check "apiserver reports gitVersion $version" api_version
 
-start kube-controller-manager "$kubebin" kube-controller-manager \
-  --kubeconfig="$pki/controller-manager.conf" --authentication-kubeconfig="$pki/controller-manager.conf" \
-  --authorization-kubeconfig="$pki/controller-manager.conf" --bind-address=127.0.0.1 \
-  --root-ca-file="$pki/ca.crt" --service-account-private-key-file="$pki/sa.key" \
-  --use-service-account-credentials=true --cluster-signing-cert-file="$pki/ca.crt" \
-  --cluster-signing-key-file="$pki/ca.key" --leader-elect=false --profiling=false
-start kube-scheduler "$kubebin" kube-scheduler \
-  --kubeconfig="$pki/scheduler.conf" --authentication-kubeconfig="$pki/scheduler.conf" \
-  --authorization-kubeconfig="$pki/scheduler.conf" --bind-address=127.0.0.1 --leader-elect=false
+run_rendered kube-controller-manager
+run_rendered kube-scheduler
 must "controller-manager created the default ServiceAccount within 90 s" \
   wait_for 90 kubectl get serviceaccount default -n default
 bench_mark default-serviceaccount
 
 # --- node: containerd + kubelet ------------------------------------------------------------
-render() {  # render TEMPLATE OUT: replace every {{marker}}; a leftover marker is an error
-  sed -e "s|{{containerd_root}}|$work/containerd/root|g" \
-    -e "s|{{containerd_state}}|$work/containerd/state|g" \
-    -e "s|{{containerd_address}}|$work/containerd/containerd.sock|g" \
-    -e "s|{{cni_conf_dir}}|$work/cni/net.d|g" \
-    -e "s|{{cni_ipam_dir}}|$work/cni/ipam|g" \
-    -e "s|{{cni_bin_dir}}|/usr/lib/cni|g" \
-    -e "s|{{pod_cidr}}|$pod_cidr|g" \
-    -e "s|{{pki_dir}}|$pki|g" \
-    -e "s|{{cgroup_root}}|$cgroup_root|g" \
-    -e "s|{{pod_logs_dir}}|$work/pod-logs|g" \
-    -e "s|{{kubeconfig}}|$pki/proxy.conf|g" \
-    -e "s|{{node_name}}|$node|g" \
-    -e "s|{{cluster_dns}}|[\"10.96.0.10\"]|g" \
-    -e "s|{{resolv_conf}}|/etc/resolv.conf|g" \
-    -e "s|{{tls_min_version}}|VersionTLS12|g" \
-    -e "s|{{tls_cipher_suites}}|[TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]|g" \
-    -e "s|{{runc}}|$runtime_dir/runc|g" \
-    -e "s|{{registry_config_dir}}|$work/registry|g" \
-    "$repo/assets/$1" > "$2" && ! grep -n '{{' "$2"
-}
-render_all() {
-  render containerd/config.toml "$work/containerd/config.toml" &&
-    render cni/10-k8sd.conflist "$work/cni/net.d/10-k8sd.conflist" &&
-    render kubelet/config.yaml "$work/kubelet-config.yaml" &&
-    render kube-proxy/config.yaml "$work/kube-proxy-config.yaml"
-}
-must "config templates rendered" render_all
-
-start containerd containerd --config "$work/containerd/config.toml"
+run_rendered containerd
 must "private containerd answers on its socket" \
-  wait_for 30 ctr --address "$work/containerd/containerd.sock" version
+  wait_for 30 ctr --address "$containerd_sock" version
 import_images() {  # through k8sd's own import (src/images), twice: it must be idempotent
   for _ in 1 2; do
-    "$k8sd" images import --address "$work/containerd/containerd.sock" \
+    "$k8sd" images import --address "$containerd_sock" \
       "$images_dir/pause.tar" "$images_dir/busybox.tar" >>"$work/logs/import.log" 2>&1 || return 1
   done
   local have
@@ -372,8 +344,7 @@ import_images() {  # through k8sd's own import (src/images), twice: it must be i
 must "local images imported under normalized names" import_images
 bench_mark containerd-ready-images-imported
 
-start kubelet "$kubebin" kubelet --config="$work/kubelet-config.yaml" --kubeconfig="$pki/kubelet.conf" \
-  --hostname-override="$node" --node-ip="$node_ip" --root-dir="$work/kubelet"
+run_rendered kubelet
 must "node $node registers within 120 s" wait_for 120 kubectl get node "$node"
 bench_mark node-registered
 node_ready() {
@@ -381,8 +352,8 @@ node_ready() {
 }
 must "node $node Ready within 180 s" wait_for 180 node_ready
 bench_mark node-ready
-# kube-proxy is optional for pods but cheap, and this exercises its config template.
-start kube-proxy "$kubebin" kube-proxy --config="$work/kube-proxy-config.yaml"
+# kube-proxy is optional for pods but cheap, and this exercises its rendered config.
+run_rendered kube-proxy
 proxy_healthy() { inns curl -sf http://127.0.0.1:10256/healthz >/dev/null; }
 check "kube-proxy healthy within 60 s" wait_for 60 proxy_healthy
 bench_hold() {  # hand the running components to the benchmark, and wait until it is done
@@ -396,6 +367,8 @@ check "node reports kubeletVersion $version" \
   test "$(kubectl get node "$node" -o jsonpath='{.status.nodeInfo.kubeletVersion}')" = "$version"
 check "node InternalIP is $node_ip" \
   test "$(kubectl get node "$node" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')" = "$node_ip"
+check "node's pod CIDR is $node_pod_cidr, the range its CNI configuration was rendered for" \
+  test "$(kubectl get node "$node" -o jsonpath='{.spec.podCIDR}')" = "$node_pod_cidr"
 
 # --- a pod runs to completion --------------------------------------------------------------
 kubectl apply -f - >"$work/logs/kubectl.log" 2>&1 <<'EOF'

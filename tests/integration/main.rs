@@ -31,5 +31,6 @@ mod raft_state_machine;
 mod raft_store_suite;
 mod raft_tls;
 mod raft_wire;
+mod render;
 mod supervisor;
 mod test_ca;
