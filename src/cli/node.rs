@@ -492,8 +492,21 @@ pub fn logs(layout: Layout, args: LogsArgs) -> anyhow::Result<()> {
     } else {
         lines.len().saturating_sub(args.lines)
     };
+    // A reader that has seen enough (`| head`, `| grep -q`) closes the pipe: that ends the
+    // output, it is not an error.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for l in &lines[from..] {
-        println!("{l}");
+        match writeln!(out, "{l}") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e).context("writing the log to standard output"),
+        }
     }
-    Ok(())
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing the log to standard output")
+        }
+        _ => Ok(()),
+    }
 }
