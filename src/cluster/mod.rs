@@ -63,10 +63,25 @@ pub async fn serve(
 /// this module knows no processes.
 pub trait EncryptionHost: Send + Sync + std::fmt::Debug {
     /// This node's Secrets encryption configuration, if it has one.
-    fn current(&self) -> Result<Option<String>, String>;
+    fn current(&self) -> Result<Option<String>, EncryptionHostError>;
     /// Install `text` (validated, 0600), then restart this node's kube-apiserver and wait until
     /// it is ready again.
-    fn apply(&self, text: String) -> futures::future::BoxFuture<'static, Result<(), String>>;
+    fn apply(&self, text: String) -> futures::future::BoxFuture<'static, Result<(), EncryptionHostError>>;
+}
+
+/// Why an [`EncryptionHost`] call failed. The cluster API sends the message to the node that
+/// asked, so each says what failed on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum EncryptionHostError {
+    /// Reading or installing the configuration file (the error names the file).
+    #[error(transparent)]
+    File(#[from] crate::pki::PkiError),
+    /// kube-apiserver did not come back after the restart that loads the new keys. The source
+    /// is the supervisor's error, a module this one does not name.
+    #[error(
+        "kube-apiserver did not come back with the new keys: {0}; see `k8sd logs kube-apiserver` on the node that restarted it"
+    )]
+    Restart(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// kubectl with the admin kubeconfig, for the few Kubernetes writes k8sd makes itself.

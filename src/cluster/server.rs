@@ -534,12 +534,15 @@ impl ClusterApi for ClusterService {
             tokio::spawn(apply)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(Status::internal)?;
+                .map_err(|e| Status::internal(e.to_string()))?;
             tracing::info!(by = %name, "Secrets encryption keys replaced; kube-apiserver restarted");
         }
         reply(&EncryptionReply {
             version: WIRE_VERSION,
-            config: self.encryption.current().map_err(Status::internal)?,
+            config: self
+                .encryption
+                .current()
+                .map_err(|e| Status::internal(e.to_string()))?,
         })
     }
 

@@ -100,17 +100,15 @@ pub(super) struct ApiserverKeys {
 }
 
 impl crate::cluster::EncryptionHost for ApiserverKeys {
-    fn current(&self) -> Result<Option<String>, String> {
-        pki::read_encryption_config(&self.path)
-            .map(|c| c.map(|(text, _)| text))
-            .map_err(|e| e.to_string())
+    fn current(&self) -> Result<Option<String>, crate::cluster::EncryptionHostError> {
+        Ok(pki::read_encryption_config(&self.path)?.map(|(text, _)| text))
     }
 
-    fn apply(&self, text: String) -> BoxFuture<'static, Result<(), String>> {
+    fn apply(&self, text: String) -> BoxFuture<'static, Result<(), crate::cluster::EncryptionHostError>> {
         let (path, daemon) = (self.path.clone(), self.daemon.clone());
         Box::pin(async move {
             let running = daemon.upgrade().and_then(|d| d.running());
-            pki::install_encryption_config(&path, &text).map_err(|e| e.to_string())?;
+            pki::install_encryption_config(&path, &text)?;
             // Not running yet: its kube-apiserver starts with the new file.
             let Some(r) = running else { return Ok(()) };
             let args = r
@@ -129,7 +127,7 @@ impl crate::cluster::EncryptionHost for ApiserverKeys {
                 args.push(format!("{ENCRYPTION_FLAG}={}", path.display()));
                 r.supervisor.restart_with_args("kube-apiserver", args).await
             };
-            restarted.map_err(|e| format!("kube-apiserver did not come back with the new keys: {e}"))
+            restarted.map_err(|e| crate::cluster::EncryptionHostError::Restart(Box::new(e)))
         })
     }
 }
