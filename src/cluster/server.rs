@@ -12,6 +12,9 @@
 //!   address the control plane records, over public keys it sent. The same holds when it
 //!   renews (`Renew`): the name comes from its verified client certificate, the address from
 //!   its member record.
+//!
+//! About 600 lines, on purpose: one job, the server side of every cluster API call, each
+//! call beside the checks that guard it (the tests are at the end).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
