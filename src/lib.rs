@@ -42,5 +42,6 @@ pub mod pb {
 /// The etcd version k8sd reports in `Maintenance.Status`.
 ///
 /// kube-apiserver enables progress-notify based consistent reads only for etcd >= 3.5.13
-/// (`feature_support_checker.go`); we keep the promise that implies (contract rules W8, W9).
+/// (`feature_support_checker.go`); we keep the promise that implies (rules W8 and W9 of
+/// `docs/design/etcd-contract.md`).
 pub const EMULATED_ETCD_VERSION: &str = "3.6.8";

@@ -63,10 +63,35 @@ pub async fn serve(
 /// this module knows no processes.
 pub trait EncryptionHost: Send + Sync + std::fmt::Debug {
     /// This node's Secrets encryption configuration, if it has one.
-    fn current(&self) -> Result<Option<String>, String>;
+    fn current(&self) -> Result<Option<String>, EncryptionHostError>;
     /// Install `text` (validated, 0600), then wait until this node's kube-apiserver uses it:
     /// reloaded in place, or restarted and ready again.
-    fn apply(&self, text: String) -> futures::future::BoxFuture<'static, Result<wire::KeysApplied, String>>;
+    fn apply(
+        &self,
+        text: String,
+    ) -> futures::future::BoxFuture<'static, Result<wire::KeysApplied, EncryptionHostError>>;
+}
+
+/// Why an [`EncryptionHost`] call failed. The cluster API sends the message to the node that
+/// asked, so each says what failed on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum EncryptionHostError {
+    /// Reading or installing the configuration file (the error names the file).
+    #[error(transparent)]
+    File(#[from] crate::pki::PkiError),
+    /// kube-apiserver failed to load the new file and keeps its previous keys; the previous
+    /// file was put back.
+    #[error(
+        "kube-apiserver refused the new Secrets encryption configuration and keeps its previous keys; \
+         see `k8sd logs kube-apiserver` on the node that refused it"
+    )]
+    Refused,
+    /// kube-apiserver did not come back after the restart that loads the new keys. The source
+    /// is the supervisor's error, a module this one does not name.
+    #[error(
+        "kube-apiserver did not come back with the new keys: {0}; see `k8sd logs kube-apiserver` on the node that restarted it"
+    )]
+    Restart(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// kubectl with the admin kubeconfig, for the few Kubernetes writes k8sd makes itself.

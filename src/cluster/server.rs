@@ -12,6 +12,9 @@
 //!   address the control plane records, over public keys it sent. The same holds when it
 //!   renews (`Renew`): the name comes from its verified client certificate, the address from
 //!   its member record.
+//!
+//! About 600 lines, on purpose: one job, the server side of every cluster API call, each
+//! call beside the checks that guard it (the tests are at the end).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -540,13 +543,16 @@ impl ClusterApi for ClusterService {
             let how = tokio::spawn(apply)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(Status::internal)?;
+                .map_err(|e| Status::internal(e.to_string()))?;
             tracing::info!(by = %name, kube_apiserver = ?how, "Secrets encryption keys replaced");
             applied = Some(how);
         }
         reply(&EncryptionReply {
             version: WIRE_VERSION,
-            config: self.encryption.current().map_err(Status::internal)?,
+            config: self
+                .encryption
+                .current()
+                .map_err(|e| Status::internal(e.to_string()))?,
             applied,
         })
     }

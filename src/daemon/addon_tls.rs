@@ -19,7 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::Daemon;
-use super::addons::{AddonsError, run_kubectl};
+use super::addons::{AddonsError, ApiRead, run_kubectl};
 use super::components;
 use crate::addons::Addon;
 use crate::cluster::Kubectl;
@@ -135,23 +135,25 @@ impl Daemon {
 
     /// The Secret's certificate and key; both absent when there is no Secret.
     async fn read_metrics_secret(&self) -> Result<Held, AddonsError> {
-        let err = |reason: String| AddonsError::SecretRead {
+        let err = |source: ApiRead| AddonsError::SecretRead {
             secret: format!("{}/{SECRET}", METRICS_SERVER.namespace),
-            reason,
+            source,
         };
-        let client = self.admin_client().map_err(|e| err(e.to_string()))?;
+        let client = self
+            .admin_client()
+            .map_err(|e| err(ApiRead::Credentials(Box::new(e))))?;
         let path = format!("/api/v1/namespaces/{}/secrets/{SECRET}", METRICS_SERVER.namespace);
         let (code, body) = client
             .get(components::apiserver_addr(), &path, Duration::from_secs(10))
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         match code {
             200 => {
-                let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(e.to_string()))?;
+                let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(e.into()))?;
                 Ok(held(&v))
             }
             404 => Ok(Held::default()),
-            _ => Err(err(format!("kube-apiserver answered HTTP {code}"))),
+            _ => Err(err(ApiRead::Status(code))),
         }
     }
 }

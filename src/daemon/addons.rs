@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::api::AddonReport;
 use super::config::{NodeConfig, Role};
-use super::{Daemon, addon_tls, components};
+use super::{Daemon, DaemonError, addon_tls, components};
 use crate::addons::{self, Addon, AddonError, RenderValues};
 use crate::cluster::Kubectl;
 use crate::cluster::registry::{self, RegistryError};
@@ -34,6 +34,21 @@ const TICK: Duration = Duration::from_secs(30);
 /// How often an unchanged manifest is applied anyway (repairs objects someone deleted).
 const REFRESH: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Why a read from kube-apiserver with the admin identity failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiRead {
+    /// The admin client certificate could not be loaded (boxed: it is a `DaemonError`, which
+    /// holds this one).
+    #[error("{0}")]
+    Credentials(#[source] Box<DaemonError>),
+    #[error(transparent)]
+    Http(#[from] crate::httpc::HttpError),
+    #[error("kube-apiserver answered HTTP {0}")]
+    Status(u16),
+    #[error("kube-apiserver's answer is not the JSON expected: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AddonsError {
@@ -67,16 +82,23 @@ pub enum AddonsError {
         addon: Addon,
         stderr: String,
     },
-    #[error("listing nodes from kube-apiserver: {reason}")]
-    Nodes { reason: String },
+    #[error("listing nodes from kube-apiserver: {source}")]
+    Nodes {
+        #[source]
+        source: ApiRead,
+    },
     #[error("{what}: {source}")]
     ServingCert {
         what: String,
         #[source]
         source: crate::pki::PkiError,
     },
-    #[error("reading the Secret {secret}: {reason}")]
-    SecretRead { secret: String, reason: String },
+    #[error("reading the Secret {secret}: {source}")]
+    SecretRead {
+        secret: String,
+        #[source]
+        source: ApiRead,
+    },
     #[error(
         "reading the cluster CA certificate {path}: {source}; is this node's PKI intact (`k8sd status`)?"
     )]
@@ -334,8 +356,10 @@ impl Daemon {
     /// The NodeList: CoreDNS replicas follow the schedulable nodes, local volumes each node's
     /// recorded storage dir.
     async fn nodes(&self) -> Result<serde_json::Value, AddonsError> {
-        let err = |reason: String| AddonsError::Nodes { reason };
-        let client = self.admin_client().map_err(|e| err(e.to_string()))?;
+        let err = |source: ApiRead| AddonsError::Nodes { source };
+        let client = self
+            .admin_client()
+            .map_err(|e| err(ApiRead::Credentials(Box::new(e))))?;
         let (code, body) = client
             .get(
                 components::apiserver_addr(),
@@ -343,11 +367,11 @@ impl Daemon {
                 Duration::from_secs(10),
             )
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         if code != 200 {
-            return Err(err(format!("HTTP {code}")));
+            return Err(err(ApiRead::Status(code)));
         }
-        serde_json::from_slice(&body).map_err(|e| err(e.to_string()))
+        serde_json::from_slice(&body).map_err(|e| err(e.into()))
     }
 
     /// Every add-on with its enablement and its Deployment's ready/desired replicas.

@@ -169,7 +169,7 @@ pub enum Message {
     },
 }
 
-/// `k8sd status` as data: the contract between daemon and CLI, also printed as JSON or YAML.
+/// `k8sd status` as data: what the daemon sends and the CLI reads, also printed as JSON or YAML.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub struct StatusReport {

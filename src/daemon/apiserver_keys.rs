@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::Daemon;
 use super::components::{self, Ctx};
+use crate::cluster::EncryptionHostError;
 use crate::cluster::wire::KeysApplied;
 use crate::pki;
 
@@ -115,16 +116,14 @@ fn reload_failures(metrics: &str) -> f64 {
 }
 
 impl crate::cluster::EncryptionHost for ApiserverKeys {
-    fn current(&self) -> Result<Option<String>, String> {
-        pki::read_encryption_config(&self.path)
-            .map(|c| c.map(|(text, _)| text))
-            .map_err(|e| e.to_string())
+    fn current(&self) -> Result<Option<String>, EncryptionHostError> {
+        Ok(pki::read_encryption_config(&self.path)?.map(|(text, _)| text))
     }
 
-    fn apply(&self, text: String) -> BoxFuture<'static, Result<KeysApplied, String>> {
+    fn apply(&self, text: String) -> BoxFuture<'static, Result<KeysApplied, EncryptionHostError>> {
         let (path, daemon) = (self.path.clone(), self.daemon.clone());
         Box::pin(async move {
-            let install = |text: &str| pki::install_encryption_config(&path, text).map_err(|e| e.to_string());
+            let install = |text: &str| pki::install_encryption_config(&path, text);
             // Not running yet: its kube-apiserver starts with the new file.
             let Some((d, r)) = daemon.upgrade().and_then(|d| d.running().map(|r| (d, r))) else {
                 install(&text)?;
@@ -137,9 +136,7 @@ impl crate::cluster::EncryptionHost for ApiserverKeys {
                 .find(|c| c.name == "kube-apiserver")
                 .map(|c| c.args)
                 .unwrap_or_default();
-            let restart_err = |e: crate::supervisor::Error| {
-                format!("kube-apiserver did not come back with the new keys: {e}")
-            };
+            let restart_err = |e: crate::supervisor::Error| EncryptionHostError::Restart(Box::new(e));
             let take = how_to_take(&args);
             // Counted before the file changes: one more failure afterwards is this file refused.
             let failures_before = match take {
@@ -157,9 +154,7 @@ impl crate::cluster::EncryptionHost for ApiserverKeys {
                         if let Some(previous) = previous {
                             install(&previous)?;
                         }
-                        return Err("kube-apiserver refused the new Secrets encryption configuration \
-                                    and keeps its previous keys; see `k8sd logs kube-apiserver`"
-                            .into());
+                        return Err(EncryptionHostError::Refused);
                     }
                     Reload::TimedOut => {
                         tracing::warn!(

@@ -66,9 +66,10 @@ pub enum DaemonError {
     )]
     NoKubebin,
     #[error(
-        "the container runtime (containerd 2, its runc shim, ctr, runc) is incomplete in {dir}: missing {missing}; build it with scripts/build-runtime.sh or set K8SD_RUNTIME_DIR"
+        "the container runtime (containerd 2, its runc shim, ctr, runc) is incomplete in {dir}: missing {}; build it with scripts/build-runtime.sh or set K8SD_RUNTIME_DIR",
+        display_paths(.missing)
     )]
-    NoRuntime { dir: PathBuf, missing: String },
+    NoRuntime { dir: PathBuf, missing: Vec<PathBuf> },
     #[error(
         "the pause image {0} is missing; build images with scripts/build-images.sh or set K8SD_IMAGES_DIR"
     )]
@@ -111,9 +112,10 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    /// The cluster API answered, but not with what a join needs; nothing was written.
+    /// The cluster API server at `via` answered, but not with what a join needs; nothing was
+    /// written.
     #[error("{via} {problem}")]
-    BadReply { via: String, problem: String },
+    BadReply { via: String, problem: BadReply },
     #[error("cannot encode the node config: {0}")]
     EncodeConfig(#[source] serde_yaml::Error),
     /// `leave` could not delete this node's Kubernetes Node, its first step.
@@ -131,6 +133,34 @@ pub enum DaemonError {
         source: Box<RemovalStep>,
         state: &'static str,
     },
+}
+
+/// What a cluster API answer to a join lacked or held that it must not. Each case is an older
+/// or newer k8sd on the other side, or a server that is not k8sd's.
+#[derive(Debug, thiserror::Error)]
+pub enum BadReply {
+    #[error(
+        "answered without the Secrets encryption key (cluster API version {server}, this node {this}); run the same k8sd version on every control-plane node"
+    )]
+    NoEncryptionKey { server: u32, this: u32 },
+    #[error("answered without certificates; run the same k8sd version on this node as on the control plane")]
+    NoWorkerCertificates,
+    #[error(
+        "answered without the cluster secrets or datastore peers; run the same k8sd version on every control-plane node"
+    )]
+    NoSecretsOrPeers,
+    #[error(
+        "sent an unexpected file {name:?}; refusing to write it. Run the same k8sd version on every control-plane node"
+    )]
+    UnexpectedFile { name: String },
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The step of `remove-node` that failed: deleting the Node, the datastore member or the record.

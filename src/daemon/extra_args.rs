@@ -12,7 +12,7 @@
 //! anything is written.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -34,7 +34,7 @@ pub type Changes = BTreeMap<String, Option<String>>;
 #[serde(transparent)]
 pub struct ExtraArgs(pub BTreeMap<String, Changes>);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ExtraArgsError {
     #[error("unknown component {component:?} in extra args; valid components are: {}", COMPONENTS.join(", "))]
     UnknownComponent { component: String },
@@ -50,13 +50,26 @@ pub enum ExtraArgsError {
         args: String,
         message: String,
     },
-    #[error("cannot run {program} to check the {component} flags: {reason}")]
+    #[error("cannot run {program} to check the {component} flags: {source}")]
     Check {
-        program: String,
+        program: PathBuf,
         component: String,
-        reason: String,
+        #[source]
+        source: CheckFailure,
     },
 }
+
+/// Why a component could not check its flags.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailure {
+    #[error("it did not exit within {} s", CHECK_TIMEOUT.as_secs())]
+    TimedOut,
+    #[error(transparent)]
+    Spawn(#[from] std::io::Error),
+}
+
+/// How long a component may take to print its `--help`.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ExtraArgs {
     pub fn is_empty(&self) -> bool {
@@ -180,10 +193,10 @@ pub async fn check_with_component(
     args: &[String],
     changes: &Changes,
 ) -> Result<(), ExtraArgsError> {
-    let check_err = |reason: String| ExtraArgsError::Check {
-        program: kubebin.display().to_string(),
+    let check_err = |source: CheckFailure| ExtraArgsError::Check {
+        program: kubebin.to_path_buf(),
         component: component.to_string(),
-        reason,
+        source,
     };
     let run = tokio::process::Command::new(kubebin)
         .arg(component)
@@ -192,10 +205,10 @@ pub async fn check_with_component(
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), run)
+    let out = tokio::time::timeout(CHECK_TIMEOUT, run)
         .await
-        .map_err(|_| check_err("it did not exit within 60 s".into()))?
-        .map_err(|e| check_err(e.to_string()))?;
+        .map_err(|_| check_err(CheckFailure::TimedOut))?
+        .map_err(|e| check_err(e.into()))?;
     if out.status.success() {
         return Ok(());
     }

@@ -66,8 +66,12 @@ pub enum Refusal {
         "this is the last control-plane node: leaving would destroy the cluster. Use --force to do it anyway"
     )]
     LastControlPlane,
-    #[error("{error}; components: {}", known.join(", "))]
-    Component { error: String, known: Vec<String> },
+    #[error("{source}; components: {}", known.join(", "))]
+    Component {
+        #[source]
+        source: crate::supervisor::Error,
+        known: Vec<String>,
+    },
 }
 
 impl Refusal {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::api::{JoinArgs, TokenReport};
 use super::config::{self, InitRequest, NodeConfig, Role};
 use super::host::{mkdir, write_file};
-use super::{Daemon, DaemonError, Progress, Refusal, report};
+use super::{BadReply, Daemon, DaemonError, Progress, Refusal, report};
 use crate::cluster::registry::{self, ClusterInfo, MemberRecord, MemberRole};
 use crate::cluster::token::{self, JoinToken, TokenRecord, TokenRole};
 use crate::cluster::wire::*;
@@ -39,11 +39,10 @@ fn encryption_from_reply(rep: &JoinReply, via: &str) -> Result<String, DaemonErr
     let Some(text) = &rep.encryption_config else {
         return Err(DaemonError::BadReply {
             via: via.to_string(),
-            problem: format!(
-                "answered without the Secrets encryption key (cluster API version {}, \
-                 this node {WIRE_VERSION}); run the same k8sd version on every control-plane node",
-                rep.version
-            ),
+            problem: BadReply::NoEncryptionKey {
+                server: rep.version,
+                this: WIRE_VERSION,
+            },
         });
     };
     pki::validate_encryption_config(&format!("the Secrets encryption key from {via}"), text)?;
@@ -299,7 +298,7 @@ impl Daemon {
             client::call_any(&t.addrs, &t.ca, client::Rpc::Join, &req).await?;
         let certs = rep.worker_certs.ok_or_else(|| DaemonError::BadReply {
             via: via.clone(),
-            problem: "answered without certificates".into(),
+            problem: BadReply::NoWorkerCertificates,
         })?;
         let issued = [
             (
@@ -362,7 +361,7 @@ impl Daemon {
         if rep.secrets.is_empty() || rep.datastore_peers.is_empty() {
             return Err(DaemonError::BadReply {
                 via,
-                problem: "answered without the cluster secrets or datastore peers".into(),
+                problem: BadReply::NoSecretsOrPeers,
             });
         }
         // Checked before anything is written: without the cluster's key this node's apiserver
@@ -372,7 +371,7 @@ impl Daemon {
             if !allowed_secret(&s.name) {
                 return Err(DaemonError::BadReply {
                     via,
-                    problem: format!("sent an unexpected file {:?}; refusing to write it", s.name),
+                    problem: BadReply::UnexpectedFile { name: s.name.clone() },
                 });
             }
             let mode = if s.name.ends_with(".key") {
@@ -456,7 +455,7 @@ impl Daemon {
         };
         res.map_err(|e| {
             Refusal::Component {
-                error: e.to_string(),
+                source: e,
                 known: r.supervisor.status().iter().map(|c| c.name.clone()).collect(),
             }
             .into()

@@ -85,7 +85,7 @@ use config::NodeConfig;
 use host::{mkdir, write_file};
 
 pub use control::{ControlClient, ControlError};
-pub use error::{DaemonError, RemovalStep};
+pub use error::{BadReply, DaemonError, RemovalStep};
 pub use failure::{FailureKind, Refusal, config_error_kind};
 
 /// Where the node is in its life, for `k8sd status`.

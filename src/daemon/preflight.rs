@@ -58,11 +58,7 @@ impl Daemon {
         }
         Err(DaemonError::NoRuntime {
             dir: rt.dir().to_owned(),
-            missing: missing
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            missing,
         })
     }
 

@@ -10,23 +10,35 @@ use super::error::Result;
 use super::mvcc::LogPosition;
 use super::types::{Command, CommandOutput, Event};
 
-/// Leases a batch granted and revoked, in the order their commands applied.
+/// One change a committed command made to the leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// A lease was granted with this TTL in seconds.
+    Granted { id: i64, ttl: i64 },
+    /// A revoke command applied, whether or not the lease still existed (an unknown lease has
+    /// no deadline to keep either).
+    Revoked { id: i64 },
+}
+
+/// Leases a batch granted and revoked, in the order their commands applied. The order is
+/// the log's: a batch may revoke a lease and grant the same ID again, and only applying the
+/// changes in that order leaves the lease known, as it is in the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseChanges {
-    /// `(id, ttl)` of every lease granted.
-    pub granted: Vec<(i64, i64)>,
-    /// Every lease whose revoke command applied, whether or not the lease still existed
-    /// (an unknown lease has no deadline to keep either).
-    pub revoked: Vec<i64>,
+    pub in_log_order: Vec<LeaseChange>,
 }
 
 impl LeaseChanges {
     /// Record what `cmd`, applied with `result`, did to the leases. Call it only for commands
-    /// applied now: a Raft duplicate was applied earlier and changed nothing this time.
+    /// applied now, in log order: a Raft duplicate was applied earlier and changed nothing
+    /// this time.
     pub fn record(&mut self, cmd: &Command, result: &Result<CommandOutput>) {
         match (cmd, result) {
-            (_, Ok(CommandOutput::LeaseGrant { id, ttl, .. })) => self.granted.push((*id, *ttl)),
-            (Command::LeaseRevoke { id }, _) => self.revoked.push(*id),
+            (_, Ok(CommandOutput::LeaseGrant { id, ttl, .. })) => {
+                self.in_log_order
+                    .push(LeaseChange::Granted { id: *id, ttl: *ttl });
+            }
+            (Command::LeaseRevoke { id }, _) => self.in_log_order.push(LeaseChange::Revoked { id: *id }),
             _ => {}
         }
     }
@@ -79,7 +91,13 @@ mod tests {
             &Command::Compact { revision: 1 },
             &Ok(CommandOutput::Compact { revision: 1 }),
         );
-        assert_eq!(l.granted, vec![(7, 5)]);
-        assert_eq!(l.revoked, vec![8, 7]);
+        assert_eq!(
+            l.in_log_order,
+            vec![
+                LeaseChange::Granted { id: 7, ttl: 5 },
+                LeaseChange::Revoked { id: 8 },
+                LeaseChange::Revoked { id: 7 },
+            ]
+        );
     }
 }

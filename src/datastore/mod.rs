@@ -12,7 +12,7 @@ pub mod mvcc;
 mod sql;
 pub mod types;
 
-pub use committed::{CommittedBatch, LeaseChanges};
+pub use committed::{CommittedBatch, LeaseChange, LeaseChanges};
 pub use error::StoreError;
 pub use mvcc::{
     Checkpointer, Durability, KvHash, LogPosition, Meta, PAGE_SIZE, ReadView, Reader, Store, execute_range,

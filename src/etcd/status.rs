@@ -1,6 +1,6 @@
 //! Errors become `tonic::Status` here and nowhere else. etcd clients map a status to a typed
 //! error by its exact message (`rpctypes.errStringToError`), so every message below is etcd's
-//! string verbatim (contract E1).
+//! string verbatim (rule E1 of `docs/design/etcd-contract.md`).
 
 use tonic::{Code, Status};
 

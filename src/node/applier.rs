@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::datastore::{CommittedBatch, Meta, Reader};
+use crate::datastore::{CommittedBatch, LeaseChange, Meta, Reader};
 
 use super::hub::{EventBatch, WatchHub};
 use super::lessor::Lessor;
@@ -58,12 +58,13 @@ impl Applier {
             }
         }
         let now = Instant::now();
-        // Grants before revokes, as both writers did before they shared this.
-        for &(id, ttl) in &b.leases.granted {
-            self.lessor.granted(id, ttl, now);
-        }
-        for id in &b.leases.revoked {
-            self.lessor.revoked(*id);
+        // In log order: a batch that revokes a lease and grants its ID again must leave it
+        // known, as the store does.
+        for change in &b.leases.in_log_order {
+            match *change {
+                LeaseChange::Granted { id, ttl } => self.lessor.granted(id, ttl, now),
+                LeaseChange::Revoked { id } => self.lessor.revoked(id),
+            }
         }
         if b.replaced {
             // History arrived without events: every watch stream catches up from SQLite, and
@@ -119,5 +120,92 @@ impl Applier {
     /// The node's metadata now.
     pub(super) fn meta(&self) -> Meta {
         *self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::datastore::{Command, CommandOutput, LeaseChanges, StoreError};
+
+    fn applier() -> Applier {
+        let meta = Meta {
+            current_rev: 1,
+            compact_rev: 0,
+            physical_compact_rev: 0,
+            applied_index: 0,
+            applied_term: 0,
+            member_id: 1,
+            cluster_id: 1,
+        };
+        Applier::new(PathBuf::from("/nonexistent/state.db"), meta)
+    }
+
+    /// What the writers record for a grant of `id` that applied.
+    fn grant(l: &mut LeaseChanges, id: i64, ttl: i64) {
+        l.record(
+            &Command::LeaseGrant { id, ttl },
+            &Ok(CommandOutput::LeaseGrant { revision: 1, id, ttl }),
+        );
+    }
+
+    fn revoke(l: &mut LeaseChanges, id: i64, found: bool) {
+        let out = if found {
+            Ok(CommandOutput::LeaseRevoke { revision: 1 })
+        } else {
+            Err(StoreError::LeaseNotFound(id))
+        };
+        l.record(&Command::LeaseRevoke { id }, &out);
+    }
+
+    fn batch(leases: LeaseChanges) -> CommittedBatch {
+        CommittedBatch {
+            revision: 1,
+            leases,
+            ..Default::default()
+        }
+    }
+
+    /// A batch that revokes lease 7 and then grants it again (a client revoking and granting
+    /// the same ID quickly enough for both to commit together) leaves lease 7 in the store,
+    /// so the lessor must keep it with its new TTL and expire it when that runs out. Applying
+    /// grants before revokes forgot it: it never expired and keep-alives found no lease.
+    #[test]
+    fn a_revoke_then_a_grant_of_one_lease_in_one_batch_keeps_the_lease() {
+        let a = applier();
+        let mut first = LeaseChanges::default();
+        grant(&mut first, 7, 30);
+        a.committed(batch(first));
+
+        let mut l = LeaseChanges::default();
+        revoke(&mut l, 7, true);
+        grant(&mut l, 7, 5);
+        a.committed(batch(l));
+        let now = Instant::now();
+        assert_eq!(
+            a.lessor.remaining(7, now),
+            Some((5, 5)),
+            "lease 7 with its new TTL"
+        );
+        assert!(a.lessor.take_expired(now + Duration::from_secs(4)).is_empty());
+        assert_eq!(a.lessor.take_expired(now + Duration::from_secs(6)), vec![7]);
+    }
+
+    /// The reverse order within one batch (grant, then revoke) leaves no lease, and neither
+    /// does a revoke of an unknown lease followed by nothing.
+    #[test]
+    fn a_grant_then_a_revoke_of_one_lease_in_one_batch_leaves_none() {
+        let a = applier();
+        let mut l = LeaseChanges::default();
+        grant(&mut l, 7, 5);
+        revoke(&mut l, 7, true);
+        revoke(&mut l, 8, false);
+        a.committed(batch(l));
+        let now = Instant::now();
+        assert_eq!(a.lessor.remaining(7, now), None);
+        assert_eq!(a.lessor.remaining(8, now), None);
+        assert!(a.lessor.take_expired(now + Duration::from_secs(60)).is_empty());
     }
 }

@@ -5,8 +5,8 @@
 //! `subscribe` and `publish` share a lock so that a subscriber learns exactly which revision its
 //! receiver starts after: every batch with a higher revision will arrive on the receiver, and
 //! every batch at or below it was published before. A receiver that falls behind the channel's
-//! capacity gets `Lagged` and must catch up from SQLite (contract W14): the apply loop never
-//! waits for a watcher.
+//! capacity gets `Lagged` and must catch up from SQLite (rule W14 of
+//! `docs/design/etcd-contract.md`): the apply loop never waits for a watcher.
 
 use std::sync::{Arc, Mutex};
 

@@ -135,7 +135,7 @@ fn apply_batch(
     let (outputs, events) = applied?;
     let revision = store.meta().current_rev;
     // Physical compaction rides along with apply batches, a few milliseconds at a time, so it
-    // never holds the writer for long (contract S5).
+    // never holds the writer for long (rule S5 of `docs/design/etcd-contract.md`).
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_millis(5) {
         match store.compact_step(1000) {
@@ -387,7 +387,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         };
         drop(waiting);
-        // A fatal store error: openraft stops this node; it must be rebuilt (contract X1).
+        // A fatal store error: openraft stops this node; it must be rebuilt (rule X1 of
+        // `docs/design/etcd-contract.md`).
         let (outputs, events, revision, compact_rev) = applied.map_err(io_err)?;
         if stages::enabled() {
             stages::apply_txn();

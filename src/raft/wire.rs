@@ -23,6 +23,9 @@
 //! the newest format its sender reads, and `negotiate.rs` keeps that per peer. Which format a
 //! message goes in is the caller's choice (`Format`); nothing here knows how a message is sent
 //! (`transport.rs`) or answered (`service.rs`).
+//!
+//! Over 600 lines only with its tests (about 280 lines of code), which pin both formats byte for
+//! byte.
 
 use std::collections::BTreeSet;
 

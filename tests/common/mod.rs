@@ -1,11 +1,72 @@
 //! Shared helpers for integration tests: start a real `k8sd datastore` or Debian's etcd on a
-//! free loopback port in a temporary directory, and stop it on drop.
+//! free loopback port in a temporary directory, and stop it on drop; wait for a condition
+//! with a deadline (`eventually` and its twins), which every test polls through.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How often `eventually` and `eventually_blocking` look again.
+const POLL: Duration = Duration::from_millis(20);
+/// How often `eventually_some` calls again: its closure usually asks a server.
+const POLL_CALLS: Duration = Duration::from_millis(50);
+
+/// Wait until `cond` holds, looking every 20 ms; fail the test naming `what` once `timeout`
+/// has passed. `what` is formatted only then, so it may show state read at that moment.
+pub async fn eventually(timeout: Duration, what: impl std::fmt::Display, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The async twin: wait until `f` yields a value and return it.
+pub async fn eventually_some<T>(
+    timeout: Duration,
+    what: impl std::fmt::Display,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL_CALLS).await;
+    }
+}
+
+/// `eventually` for a test without an async runtime: the thread sleeps between looks.
+pub fn eventually_blocking(timeout: Duration, what: impl std::fmt::Display, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A finished command's stdout, once it is known to have succeeded; a failure fails the test
+/// with `what` and the command's stderr.
+pub fn must_succeed(what: impl std::fmt::Display, out: std::process::Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
 
 /// A running server process.
 pub struct Server {
@@ -177,13 +238,8 @@ impl Server {
 
     /// Run etcdctl (v3 API) against this server; returns stdout, panics with stderr on failure.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let out = self.etcdctl_raw(args);
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let out = must_succeed(format!("etcdctl {args:?}"), self.etcdctl_raw(args));
+        String::from_utf8(out).unwrap()
     }
 
     pub fn etcdctl_raw(&self, args: &[&str]) -> std::process::Output {

@@ -426,11 +426,7 @@ async fn etcdctl_snapshot_save_streams_a_checksummed_consistent_copy() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "etcdctl snapshot save: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::must_succeed("etcdctl snapshot save", out);
     let bytes = std::fs::read(&file).unwrap();
     assert!(bytes.len() > 1_000_000, "{} bytes", bytes.len());
     let (data, sum) = bytes.split_at(bytes.len() - 32);

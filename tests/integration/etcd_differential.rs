@@ -13,9 +13,9 @@
 //! - the remaining TTL of a lease is compared as "within 3 s of the granted TTL";
 //! - the version string of `Status` is not compared.
 //!
-//! Where etcd 3.4.23 is known to deviate from the contract that kube-apiserver 1.36 relies on
-//! (`docs/design/etcd-contract.md`), k8sd is judged against the contract and the step
-//! says why. Features the apiserver never sends (contract R7) may be refused by k8sd with
+//! Where etcd 3.4.23 is known to deviate from the rules kube-apiserver 1.36 relies on
+//! (`docs/design/etcd-contract.md`), k8sd is judged against those rules and the step
+//! says why. Features the apiserver never sends (rule R7 there) may be refused by k8sd with
 //! `Unimplemented`; that is recorded as a note, not a failure.
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
 
@@ -275,7 +275,8 @@ impl Pair {
         (e, k)
     }
 
-    /// Like `same`, for features the apiserver never sends (contract R7): k8sd may refuse them
+    /// Like `same`, for features the apiserver never sends (R7 of `docs/design/etcd-contract.md`):
+    /// k8sd may refuse them
     /// with `Unimplemented`, but must never give a different answer.
     async fn same_or_unimplemented<F, Fut>(&mut self, step: &str, f: F) -> (Value, Value)
     where
@@ -286,7 +287,7 @@ impl Pair {
         let k = f(self.ck.clone()).await;
         if is_unimplemented(&k) {
             self.notes.push(format!(
-                "{step}: k8sd answers Unimplemented (allowed by contract R7): {k}"
+                "{step}: k8sd answers Unimplemented (allowed by R7 of docs/design/etcd-contract.md): {k}"
             ));
         } else {
             self.compare(step, &e, &k);
@@ -308,11 +309,13 @@ impl Pair {
         }
     }
 
-    /// An assertion about k8sd alone (against the contract, where etcd 3.4 is not the reference).
+    /// An assertion about k8sd alone (against `docs/design/etcd-contract.md`, where etcd 3.4 is
+    /// not the reference).
     fn expect_k8sd(&mut self, step: &str, ok: bool, detail: impl std::fmt::Display) {
         if !ok {
-            self.mismatches
-                .push(format!("{step}: k8sd breaks the contract: {detail}"));
+            self.mismatches.push(format!(
+                "{step}: k8sd breaks docs/design/etcd-contract.md: {detail}"
+            ));
         }
     }
 
@@ -405,7 +408,8 @@ fn flat_events(resps: &[WatchResponse]) -> Value {
 ///
 /// etcd (3.4 to 3.6) sends the cancel with `header.revision` 0 (the event batch's revision,
 /// which is empty), which breaks W6 ("header.revision never decreases on a stream"); that one
-/// field is judged by the contract instead: k8sd's must not go below the created response's.
+/// field is judged by `docs/design/etcd-contract.md` instead: k8sd's must not go below the
+/// created response's.
 async fn compacted_watch(p: &mut Pair, step: &str, key: &'static str, start: i64) {
     let run = |mut c: Client| async move {
         let mut ws = c
@@ -1271,7 +1275,8 @@ async fn compaction() {
 
     // Compact at the delete's revision, then watch from exactly there. etcd#19179: etcd
     // (including 3.4.23) drops the tombstone at exactly compactRev, so the DELETE at 8 is
-    // missing from its replay; the contract (W4) requires it, so k8sd is judged against that.
+    // missing from its replay; W4 of `docs/design/etcd-contract.md` requires it, so k8sd is
+    // judged against that.
     p.same("compact 8 (the tombstone's revision)", |mut c| async move {
         res(c.compact(8, None).await, compact_v)
     })
@@ -1770,7 +1775,8 @@ async fn watch() {
     .await;
 
     // RequestProgress (W8). etcd 3.4.23 predates the fix for etcd#15220 (3.4.31): it answers
-    // at once, even while a watcher is unsynced. Judge k8sd by the contract instead: the
+    // at once, even while a watcher is unsynced. Judge k8sd by W8 of
+    // `docs/design/etcd-contract.md` instead: the
     // progress response has watch_id -1 and the current revision, and every event up to that
     // revision has already been written to the stream.
     let step = "RequestProgress after writes (judged by W8)";

@@ -15,8 +15,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::common::eventually;
 use crate::test_ca::TestCa;
 use k8sd::httpc::TlsClient;
 use k8sd::lb::{LbConfig, LbError, LbHandle, LoadBalancer};
@@ -296,14 +297,6 @@ impl Conn {
     }
 }
 
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn config(pki: &Pki, backends: &[&Backend], state: &Path) -> LbConfig {
     let mut cfg = LbConfig::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -327,7 +320,10 @@ fn state_of(lb: &LbHandle, addr: SocketAddr) -> String {
 }
 
 async fn wait_state(lb: &LbHandle, b: &Backend, want: &str) {
-    eventually(&format!("{} {want}", b.name), || state_of(lb, b.addr) == want).await;
+    eventually(DEADLINE, &format!("{} {want}", b.name), || {
+        state_of(lb, b.addr) == want
+    })
+    .await;
 }
 
 fn count(conns: &[Conn]) -> BTreeMap<String, usize> {
@@ -393,7 +389,7 @@ async fn t10_connections_spread_across_healthy_backends_and_status_reports_them(
         assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
     drop(conns);
-    eventually("connections released", || {
+    eventually(DEADLINE, "connections released", || {
         lb.status().iter().all(|s| s.active_connections == 0)
     })
     .await;
@@ -437,7 +433,7 @@ async fn t20_a_not_ready_backend_is_drained_gets_nothing_new_and_fails_back() {
             "a connection to the drained backend stays open"
         );
     }
-    eventually("b's echo connections gone", || b.open() == 0).await;
+    eventually(DEADLINE, "b's echo connections gone", || b.open() == 0).await;
     for c in &mut others {
         c.echo("still here").await.unwrap();
     }
@@ -474,7 +470,10 @@ async fn t30_with_every_backend_unhealthy_connections_still_go_through() {
     for x in [&a, &b] {
         wait_state(&lb, x, "unhealthy").await;
     }
-    eventually("dead backend unhealthy", || state_of(&lb, dead) == "unhealthy").await;
+    eventually(DEADLINE, "dead backend unhealthy", || {
+        state_of(&lb, dead) == "unhealthy"
+    })
+    .await;
 
     // Every backend is a candidate, in turn; the dead one fails to dial and the next is tried,
     // so no client connection is lost.
@@ -643,14 +642,14 @@ async fn t50_the_refresher_follows_the_kubernetes_endpointslices() {
     cfg.discovery_interval = Some(Duration::from_millis(200));
     let lb = LoadBalancer::start(cfg).await.unwrap();
     let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    eventually("three backends discovered", || lb.backends() == all).await;
+    eventually(DEADLINE, "three backends discovered", || lb.backends() == all).await;
     // The pool changes first, the file right after.
     let saved = || {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(tmp.path().join("lb-endpoints.json")).unwrap()).unwrap();
         v["backends"].as_array().unwrap().len()
     };
-    eventually("three backends saved", || saved() == 3).await;
+    eventually(DEADLINE, "three backends saved", || saved() == 3).await;
     for n in &nodes {
         wait_state(&lb, n, "healthy").await;
     }
@@ -666,7 +665,7 @@ async fn t50_the_refresher_follows_the_kubernetes_endpointslices() {
     for n in &nodes {
         *n.slices.lock().unwrap() = Some(body.clone());
     }
-    eventually("n4 removed", || lb.backends() == all[..2]).await;
+    eventually(DEADLINE, "n4 removed", || lb.backends() == all[..2]).await;
     for c in &mut conns {
         if c.backend == "n4" {
             assert!(c.is_closed().await, "connection to a removed backend stays open");
@@ -679,7 +678,7 @@ async fn t50_the_refresher_follows_the_kubernetes_endpointslices() {
         *n.slices.lock().unwrap() = Some(empty.to_owned());
     }
     let before = served(&nodes);
-    eventually("three more refreshes", || served(&nodes) >= before + 3).await;
+    eventually(DEADLINE, "three more refreshes", || served(&nodes) >= before + 3).await;
     assert_eq!(lb.backends(), all[..2]);
 }
 
@@ -702,12 +701,12 @@ async fn t55_a_pinned_backend_outlives_a_list_that_omits_it() {
     cfg.discovery_interval = Some(Duration::from_millis(200));
     let lb = LoadBalancer::start(cfg).await.unwrap();
     let two = vec![nodes[0].addr, nodes[1].addr];
-    eventually("n3 discovered", || lb.backends() == two).await;
+    eventually(DEADLINE, "n3 discovered", || lb.backends() == two).await;
 
     // n2 restarts: it leaves the EndpointSlices, which now name only n3. The list keeps n2.
     set_slices(&nodes, &["127.0.0.3"]);
     let before = served(&nodes);
-    eventually("three more refreshes", || served(&nodes) >= before + 3).await;
+    eventually(DEADLINE, "three more refreshes", || served(&nodes) >= before + 3).await;
     let mut listed = lb.backends();
     listed.sort();
     assert_eq!(listed, two, "a list without the pinned backend dropped it");
@@ -810,7 +809,7 @@ async fn t60_the_listener_refuses_nothing_while_health_flips() {
     for b in backends.iter() {
         wait_state(&lb, b, "healthy").await;
     }
-    eventually("no connection left counted", || {
+    eventually(DEADLINE, "no connection left counted", || {
         lb.status().iter().all(|s| s.active_connections == 0)
     })
     .await;

@@ -132,14 +132,8 @@ impl Datastore {
     }
 
     fn scrape(&self) -> Scrape {
-        let out = self.curl(Some(""));
-        assert!(
-            out.status.success(),
-            "scraping {} failed: {}",
-            self.metrics_url,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Scrape(String::from_utf8(out.stdout).unwrap())
+        let out = common::must_succeed(format!("scraping {}", self.metrics_url), self.curl(Some("")));
+        Scrape(String::from_utf8(out).unwrap())
     }
 
     fn etcdctl(&self, args: &[&str]) -> std::process::Output {
@@ -157,12 +151,7 @@ impl Datastore {
     }
 
     fn put(&self, key: &str, value: &str) {
-        let out = self.etcdctl(&["put", key, value]);
-        assert!(
-            out.status.success(),
-            "etcdctl put: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::must_succeed("etcdctl put", self.etcdctl(&["put", key, value]));
     }
 }
 
@@ -281,14 +270,11 @@ fn names_types_and_moving_values(raft: bool) {
         after.value("etcd_disk_wal_fsync_duration_seconds_count")
     );
     // The closed watch stream leaves the gauge.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ds.scrape().value("etcd_mvcc_watcher_total") != 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the watcher gauge stays up after the watch closed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::eventually_blocking(
+        Duration::from_secs(10),
+        "the watcher gauge to leave 1 after the watch closed",
+        || ds.scrape().value("etcd_mvcc_watcher_total") == 0.0,
+    );
 }
 
 #[test]

@@ -342,14 +342,12 @@ async fn full_disk_follower_of_three() {
     c.spawn(f);
     c.wait_ready(f, Duration::from_secs(60));
     let mut fc = common::client_for(&url(f), Duration::from_secs(5)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while fc.get("before", None).await.map(|r| r.kvs().len()).unwrap_or(0) != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the follower serves again after its restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually_some(
+        Duration::from_secs(20),
+        "the follower to serve again after its restart",
+        async || (fc.get("before", None).await.map(|r| r.kvs().len()).unwrap_or(0) == 1).then_some(()),
+    )
+    .await;
     let filler = data.join("filler");
     fill(&filler);
     std::thread::sleep(Duration::from_millis(500));
@@ -381,18 +379,15 @@ async fn full_disk_follower_of_three() {
 
     // Free the space: the member catches up and takes writes, by itself.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = fc.get("during19", None).await.map(|r| r.kvs().len()).unwrap_or(0);
-        if seen == 1 && fc.put("via-recovered", "v", None).await.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the member did not catch up within 30 s of freeing space"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually_some(
+        Duration::from_secs(30),
+        "the member to catch up and take a write after freeing space",
+        async || {
+            let seen = fc.get("during19", None).await.map(|r| r.kvs().len()).unwrap_or(0);
+            (seen == 1 && fc.put("via-recovered", "v", None).await.is_ok()).then_some(())
+        },
+    )
+    .await;
     assert!(!alarms(f).contains("NOSPACE"), "the alarm cleared itself");
     let got = w.get("via-recovered", None).await.unwrap();
     assert_eq!(
@@ -576,17 +571,15 @@ async fn full_disk_leader_of_three() {
     // Free the space: the former leader catches up and takes writes, by itself.
     std::fs::remove_file(&filler).unwrap();
     let last = acked.last().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if has_local(&mut lc, &last).await && lc.put("via-recovered", "v", None).await.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the former leader did not catch up within 30 s of freeing space"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually_some(
+        Duration::from_secs(30),
+        "the former leader to catch up and take a write after freeing space",
+        async || {
+            (has_local(&mut lc, &last).await && lc.put("via-recovered", "v", None).await.is_ok())
+                .then_some(())
+        },
+    )
+    .await;
     acked.push("via-recovered".into());
     assert!(
         !member_alarms(&c, l).contains("NOSPACE"),
@@ -609,14 +602,12 @@ async fn full_disk_leader_of_three() {
             .expect("the others take writes while a follower is full");
         acked.push(k);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while full_warnings() == before_refill {
-        assert!(
-            Instant::now() < deadline,
-            "the refilled member's writes never waited for room"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::eventually(
+        Duration::from_secs(20),
+        "the refilled member's writes to wait for room",
+        || full_warnings() != before_refill,
+    )
+    .await;
     drop(lc);
     let (took, status) = stop(&mut c, l);
     assert!(
@@ -633,16 +624,12 @@ async fn full_disk_leader_of_three() {
         let mut mc = common::client_for(url, Duration::from_secs(5)).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         for k in &acked {
-            loop {
-                if has_local(&mut mc, k).await {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "acknowledged write {k} is missing on member {m}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            common::eventually_some(
+                deadline.saturating_duration_since(Instant::now()),
+                format!("acknowledged write {k} on member {m}"),
+                async || has_local(&mut mc, k).await.then_some(()),
+            )
+            .await;
         }
         for k in ["via-full", "via-full-2"] {
             let got = mc.get(k, None).await.unwrap();

@@ -15,7 +15,8 @@ use k8sd::raft::{RaftConfig, RaftNode, RaftNodeError, RaftStatus};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
-use crate::raft_fixture::{Faults, fast_config, must, put, read};
+use crate::common::eventually_some;
+use crate::raft_fixture::{Faults, fast_config, put, read};
 
 /// `(mod_revision, key)` of one event.
 type Seen = (i64, Vec<u8>);
@@ -84,7 +85,7 @@ impl Cluster {
         };
         let first = c.node(0);
         first.bootstrap().await.unwrap();
-        must("bootstrap leader", Duration::from_secs(10), async || {
+        eventually_some(Duration::from_secs(10), "bootstrap leader", async || {
             (first.status().leader == Some(first.id())).then_some(())
         })
         .await;
@@ -97,7 +98,7 @@ impl Cluster {
         first.change_membership(voters.clone()).await.unwrap();
         for i in 0..3 {
             let n = c.node(i);
-            must("membership everywhere", Duration::from_secs(10), async || {
+            eventually_some(Duration::from_secs(10), "membership everywhere", async || {
                 (n.status().voters == voters).then_some(())
             })
             .await;
@@ -118,7 +119,7 @@ impl Cluster {
 
     /// The index of the node every running node agrees is leader.
     async fn leader(&self) -> usize {
-        must("an agreed leader", Duration::from_secs(15), async || {
+        eventually_some(Duration::from_secs(15), "an agreed leader", async || {
             let statuses: Vec<RaftStatus> = self.running().iter().map(|i| self.node(*i).status()).collect();
             let leader = statuses.first()?.leader?;
             if statuses.iter().all(|s| s.leader == Some(leader)) {
@@ -304,7 +305,7 @@ async fn write_until_purged_past(c: &Cluster, leader: usize, lagging_last: u64) 
         );
     }
     let l = c.node(leader);
-    must("leader purges its log", Duration::from_secs(15), async || {
+    eventually_some(Duration::from_secs(15), "leader purges its log", async || {
         (l.status().purged_index.unwrap_or(0) > lagging_last).then_some(())
     })
     .await;
@@ -315,9 +316,9 @@ async fn write_until_purged_past(c: &Cluster, leader: usize, lagging_last: u64) 
 async fn restart_and_catch_up_by_snapshot(c: &mut Cluster, lagging: usize) {
     c.restart(lagging).await;
     let n = c.node(lagging);
-    must(
-        "snapshot installed on the lagging node",
+    eventually_some(
         Duration::from_secs(20),
+        "snapshot installed on the lagging node",
         async || (read(n.db_path(), "s59").is_some()).then_some(()),
     )
     .await;
@@ -379,9 +380,9 @@ async fn t40_leadership_transfer_and_member_removal() {
     let to = (from + 1) % 3;
     c.node(from).transfer_leader(c.node(to).id()).await.unwrap();
     // The trigger returns at once; the handover completes asynchronously.
-    must(
-        "leadership to move to the chosen node",
+    eventually_some(
         Duration::from_secs(10),
+        "leadership to move to the chosen node",
         async || (c.leader().await == to).then_some(()),
     )
     .await;
@@ -391,7 +392,7 @@ async fn t40_leadership_transfer_and_member_removal() {
     c.node(to).change_membership(keep.clone()).await.unwrap();
     for i in (0..3).filter(|i| *i != from) {
         let n = c.node(i);
-        must("the smaller voter set", Duration::from_secs(10), async || {
+        eventually_some(Duration::from_secs(10), "the smaller voter set", async || {
             (n.status().voters == keep).then_some(())
         })
         .await;
@@ -412,9 +413,9 @@ async fn t50_isolated_leader_refuses_linearizable_reads_and_rejoins() {
 
     // The majority elects a new leader and keeps accepting writes.
     let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-    must(
-        "the majority to elect a new leader",
+    eventually_some(
         Duration::from_secs(15),
+        "the majority to elect a new leader",
         async || {
             let a = c.node(others[0]).status().leader?;
             (Some(a) == c.node(others[1]).status().leader && a != old_id).then_some(a)
@@ -441,7 +442,7 @@ async fn t50_isolated_leader_refuses_linearizable_reads_and_rejoins() {
     // uncommitted "lost" entry was truncated, never applied.
     c.faults.heal(old_id);
     let n = c.node(old);
-    must("a barrier after healing", Duration::from_secs(15), async || {
+    eventually_some(Duration::from_secs(15), "a barrier after healing", async || {
         n.linearizable_barrier().await.ok()
     })
     .await;

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8sd::datastore::{Command, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest};
 use k8sd::raft::{PeerFilter, RaftConfig};
@@ -48,18 +48,6 @@ pub fn fast_config(dir: &Path, name: &str, addr: &str, faults: &Arc<Faults>) -> 
     c.request_timeout = Duration::from_secs(3);
     c.faults = Some(faults.clone());
     c
-}
-
-/// Poll `f` every 50 ms until it yields a value; fail the test naming `what` after `timeout`.
-pub async fn must<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A plain Put of one key, as a Txn without compares (what kube-apiserver never sends, but

@@ -19,7 +19,8 @@ use k8sd::raft::{RaftConfig, RaftNode, RaftNodeError, RemoveError, RemoveOutcome
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
-use crate::raft_fixture::{ELECTION, Faults, HEARTBEAT, fast_config, must, put, put_leased, read};
+use crate::common::eventually_some;
+use crate::raft_fixture::{ELECTION, Faults, HEARTBEAT, fast_config, put, put_leased, read};
 
 fn config(
     dir: &Path,
@@ -76,9 +77,9 @@ impl Cluster {
         let all: BTreeSet<u64> = c.running().iter().map(|i| c.node(*i).id()).collect();
         for i in c.running() {
             let node = c.node(i);
-            must(
-                "three voters and every member everywhere",
+            eventually_some(
                 Duration::from_secs(20),
+                "three voters and every member everywhere",
                 async || {
                     let st = node.status();
                     (st.voters.len() == want && st.members.keys().copied().collect::<BTreeSet<_>>() == all)
@@ -109,7 +110,7 @@ impl Cluster {
 
     /// The node every running node agrees is leader.
     async fn leader(&self) -> usize {
-        must("an agreed leader", Duration::from_secs(15), async || {
+        eventually_some(Duration::from_secs(15), "an agreed leader", async || {
             let leaders: BTreeSet<Option<u64>> = self
                 .running()
                 .iter()
@@ -157,7 +158,7 @@ fn txn_ok(out: Result<Result<CommandOutput, k8sd::datastore::StoreError>, RaftNo
 
 /// Wait until `node` sees exactly `voters` and `learners`.
 async fn must_membership(node: &RaftNode, voters: &BTreeSet<u64>, learners: &BTreeSet<u64>) {
-    must("the expected membership", Duration::from_secs(15), async || {
+    eventually_some(Duration::from_secs(15), "the expected membership", async || {
         let st = node.status();
         (st.voters == *voters && st.learners == *learners).then_some(())
     })
@@ -299,9 +300,9 @@ async fn t40_the_leader_hands_over_before_it_is_removed() {
     let out = c.node(l).remove_member(l_id, false).await.unwrap();
     assert_eq!(out, RemoveOutcome::VoterReplaced { replacement: s_id });
     let mut voters = c.node(s).status().voters;
-    must(
-        "the removal to reach the standby",
+    eventually_some(
         Duration::from_secs(10),
+        "the removal to reach the standby",
         async || {
             voters = c.node(s).status().voters;
             (!voters.contains(&l_id)).then_some(())
@@ -351,7 +352,7 @@ async fn t50_a_lost_voter_is_replaced_by_the_standby_and_returns_as_one() {
     // Healed, it catches up as a learner (the standby), and the voters stay as they are.
     c.faults.heal(f_id);
     let back = c.node(f);
-    must("the old voter to catch up", Duration::from_secs(15), async || {
+    eventually_some(Duration::from_secs(15), "the old voter to catch up", async || {
         read(back.db_path(), "during").map(|_| ())
     })
     .await;
@@ -397,7 +398,7 @@ async fn node_cluster(tmp: &Path) -> Vec<Node> {
         nodes.push(Node::start_raft(cfg, settings).await.unwrap());
     }
     for n in &nodes {
-        must("three voters", Duration::from_secs(20), async || {
+        eventually_some(Duration::from_secs(20), "three voters", async || {
             (n.raft_status()?.voters.len() == 3).then_some(())
         })
         .await;
@@ -409,7 +410,7 @@ async fn node_cluster(tmp: &Path) -> Vec<Node> {
 async fn t60_a_lease_kept_alive_only_through_a_follower_survives_and_then_expires() {
     let tmp = tempfile::tempdir().unwrap();
     let nodes = node_cluster(tmp.path()).await;
-    let follower = must("a follower with a leader", Duration::from_secs(15), async || {
+    let follower = eventually_some(Duration::from_secs(15), "a follower with a leader", async || {
         nodes.iter().find(|n| {
             let st = n.raft_status().unwrap();
             st.leader.is_some_and(|l| l != st.id)
@@ -449,7 +450,7 @@ async fn t60_a_lease_kept_alive_only_through_a_follower_survives_and_then_expire
     }
 
     // No more keep-alives: the leader expires it, everywhere.
-    must("the lease to expire", Duration::from_secs(10), async || {
+    eventually_some(Duration::from_secs(10), "the lease to expire", async || {
         follower.barrier().await.ok()?;
         let v = follower
             .read(|r| {

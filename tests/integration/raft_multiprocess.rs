@@ -13,22 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{K8sdCluster, client_for};
+use common::{K8sdCluster, client_for, eventually_some};
 use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
 const T: Duration = Duration::from_secs(5);
-
-/// Poll `f` every 100 ms until it returns `Some`, or panic after `timeout`.
-async fn eventually<R>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<R>) -> R {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(r) = f().await {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// (member id, leader id) of every running node, by index; `None` for a node that does not
 /// answer.
@@ -50,7 +38,7 @@ async fn statuses(c: &K8sdCluster) -> Vec<Option<(u64, u64)>> {
 
 /// The index of the leader that every running node agrees on.
 async fn leader_index(c: &K8sdCluster, timeout: Duration) -> usize {
-    eventually("an agreed leader", timeout, async || {
+    eventually_some(timeout, "an agreed leader", async || {
         let st = statuses(c).await;
         let running: Vec<(u64, u64)> = (0..st.len())
             .filter(|i| c.running(*i))
@@ -69,9 +57,9 @@ async fn leader_index(c: &K8sdCluster, timeout: Duration) -> usize {
 async fn wait_formed(c: &K8sdCluster) -> Vec<u64> {
     let mut all = Vec::new();
     for m in &c.members {
-        let ids = eventually(
-            "three voters in MemberList",
+        let ids = eventually_some(
             Duration::from_secs(30),
+            "three voters in MemberList",
             async || {
                 let mut cl = client_for(&m.url(), Duration::from_secs(1)).await;
                 let ml = cl.member_list().await.ok()?;
@@ -292,12 +280,7 @@ fn build_slow_fsync_shim(dir: &std::path::Path) -> std::path::PathBuf {
         .arg("-ldl")
         .output()
         .expect("cc (gcc, installed by scripts/setup-host.sh) is needed to build the slow-fsync shim");
-    assert!(
-        out.status.success(),
-        "building {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::must_succeed(format!("building {}", src.display()), out);
     so
 }
 
@@ -432,14 +415,12 @@ async fn t17_a_wiped_first_member_does_not_found_a_second_cluster() {
     c.kill9(0);
     std::fs::remove_dir_all(&c.members[0].data_dir).unwrap();
     c.spawn(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = c.members[0].child.as_mut().unwrap().try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "a wiped first member kept running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = eventually_some(
+        Duration::from_secs(30),
+        "a wiped first member to exit",
+        async || c.members[0].child.as_mut().unwrap().try_wait().unwrap(),
+    )
+    .await;
     let log = std::fs::read_to_string(&c.members[0].log).unwrap();
     assert!(!status.success());
     assert!(log.contains("already belongs to member"), "{log}");
@@ -837,9 +818,9 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
             failovers.push(took);
         }
         // The load resumes too (its clients rotate over all endpoints, the dead one included).
-        eventually(
-            "load writes resume after the kill",
+        eventually_some(
             Duration::from_secs(20),
+            "load writes resume after the kill",
             async || (sh.acks.load(Ordering::Relaxed) >= acks_at_kill + 20).then_some(()),
         )
         .await;
@@ -856,7 +837,7 @@ async fn t20_kill9_leader_and_each_node_under_load_loses_nothing_and_stays_linea
     assert_eq!(wait_formed(&c).await, members, "membership after the restarts");
 
     // All three nodes converge: same revision, identical keys, values and mod revisions.
-    let dumps = eventually("all nodes converge", Duration::from_secs(30), async || {
+    let dumps = eventually_some(Duration::from_secs(30), "all nodes converge", async || {
         let mut ds = Vec::new();
         for url in &endpoints {
             ds.push(dump(url).await?);
@@ -943,7 +924,7 @@ async fn t12_every_member_gives_the_same_hashkv_for_a_revision() {
     for rev in [mid, last, 0] {
         let mut hashes = Vec::new();
         for m in &c.members {
-            let h = eventually("the member to reach the last revision", T, async || {
+            let h = eventually_some(T, "the member to reach the last revision", async || {
                 let mut cl = client_for(&m.url(), T).await;
                 let h = cl.hash_kv(rev).await.ok()?;
                 (h.header()?.revision() == last).then_some(h)
@@ -974,9 +955,8 @@ async fn t12_every_member_gives_the_same_hashkv_for_a_revision() {
         .args(["endpoint", "hashkv", "-w", "json"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "etcdctl endpoint hashkv: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = common::must_succeed("etcdctl endpoint hashkv", out);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let hashes: Vec<&serde_json::Value> = v
         .as_array()
         .unwrap()

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use k8sd::datastore::{
-    Command, CommandOutput, Compare, CompareResult, CompareTarget, KeyRange, Op, PutRequest, Reader,
-    TxnRequest,
+    Command, CommandOutput, Compare, CompareResult, CompareTarget, KeyRange, LeaseChange, LeaseChanges, Op,
+    PutRequest, Reader, TxnRequest,
 };
 use k8sd::raft::Response;
-use k8sd::raft::state_machine::{StateMachine, Waiters};
+use k8sd::raft::state_machine::{ApplyHook, StateMachine, Waiters};
 use k8sd::raft::types::{Entry, LogId, Request, TypeConfig};
 use openraft::EntryPayload;
 use openraft::alias::LeaderIdOf;
@@ -135,4 +135,50 @@ async fn t30_applied_log_id_survives_reopen() {
     )
     .unwrap();
     assert_eq!(again.applied_state().await.unwrap().0, Some(log_id(2)));
+}
+
+/// One apply batch that grants lease 9, revokes it and grants it again (as a client's
+/// revoke and re-grant of one ID do when they commit together) leaves the lease in the store
+/// with its second TTL, and reports the changes to the node's applier in log order, so its
+/// lessor ends knowing the lease too.
+#[tokio::test]
+async fn t40_a_revoke_and_a_grant_of_one_lease_in_one_batch_reach_the_applier_in_log_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let seen: Arc<std::sync::Mutex<Vec<LeaseChanges>>> = Arc::default();
+    let record = seen.clone();
+    let hook: ApplyHook = Arc::new(move |b| record.lock().unwrap().push(b.leases));
+    let mut sm =
+        StateMachine::open(ORIGIN, &db, &dir.path().join("snap"), Arc::default(), Some(hook)).unwrap();
+    let cmds = [
+        Command::LeaseGrant { id: 9, ttl: 30 },
+        Command::LeaseRevoke { id: 9 },
+        Command::LeaseGrant { id: 9, ttl: 5 },
+    ];
+    let entries = cmds.into_iter().zip(1u64..).map(|(cmd, i)| {
+        let req = Request {
+            origin: ORIGIN,
+            request_id: i,
+            low_water: 1,
+            cmd,
+        };
+        let entry = Entry {
+            log_id: log_id(i),
+            payload: EntryPayload::Normal(req),
+        };
+        Ok((entry, None))
+    });
+    sm.apply(futures::stream::iter(entries)).await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![LeaseChanges {
+            in_log_order: vec![
+                LeaseChange::Granted { id: 9, ttl: 30 },
+                LeaseChange::Revoked { id: 9 },
+                LeaseChange::Granted { id: 9, ttl: 5 },
+            ],
+        }],
+        "one batch, its lease changes in log order"
+    );
+    assert_eq!(Reader::open(&db).unwrap().leases().unwrap(), vec![(9, 5)]);
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use crate::common;
 use crate::test_ca::TestCa;
 use k8sd::datastore::{Command, KeyRange, Op, PutRequest, RangeRequest, Reader, TxnRequest};
 use k8sd::raft::pb::Msg;
@@ -81,11 +82,10 @@ async fn start(pki: &Pki, dir: &std::path::Path) -> RaftNode {
 /// `a` bootstraps and leads, then `b` joins it as a voter.
 async fn form_pair(a: &RaftNode, b: &RaftNode) {
     a.bootstrap().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.status().leader != Some(a.id()) {
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(Duration::from_secs(10), "a leader", || {
+        a.status().leader == Some(a.id())
+    })
+    .await;
     add_voter(a, b).await;
 }
 

@@ -14,6 +14,8 @@ use k8sd::supervisor::{
 };
 use tempfile::TempDir;
 
+use crate::common;
+
 struct Harness {
     dir: TempDir,
     instance: String,
@@ -68,16 +70,19 @@ impl Harness {
         self.sup.status().into_iter().find(|s| s.name == name).unwrap()
     }
 
+    /// Wait up to 15 s for `f`; a timeout shows the supervisor's status as it was then.
     async fn eventually(&self, what: &str, f: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !f(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; status: {:#?}",
-                self.sup.status()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = WithStatus(what, &self.sup);
+        common::eventually(Duration::from_secs(15), what, || f(self)).await;
+    }
+}
+
+/// What a wait is for, followed by the supervisor's status when the message is formatted.
+struct WithStatus<'a>(&'a str, &'a Supervisor);
+
+impl std::fmt::Display for WithStatus<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; status: {:#?}", self.0, self.1.status())
     }
 }
 
@@ -93,11 +98,10 @@ fn alive(pid: u32) -> bool {
 }
 
 async fn wait_dead(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "pid {pid} is still alive");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(Duration::from_secs(10), format!("pid {pid} to die"), || {
+        !alive(pid)
+    })
+    .await;
 }
 
 /// Spawns and waits until /proc/<pid>/environ shows the new image's environment, which the
@@ -275,11 +279,11 @@ fn dropping_the_runtime_kills_every_child() {
     let leader = h.status("a").pid.unwrap();
     let grandchild = read_pid(&h.path("grandchild"));
     drop(runtime);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(leader) || alive(grandchild) {
-        assert!(Instant::now() < deadline, "children survived the runtime");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::eventually_blocking(
+        Duration::from_secs(10),
+        "the children to die with the runtime",
+        || !alive(leader) && !alive(grandchild),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

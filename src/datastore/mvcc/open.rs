@@ -63,7 +63,8 @@ impl Store {
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(sq(path))?;
         // Deleted rows are overwritten with zeros, so a compacted (or deleted) value, a Secret's
-        // old version say, does not linger in state.db's free space (issue 15). ON rather than
+        // old version say, does not linger in state.db's free space, where anyone who can read the
+        // file could read it. ON rather than
         // FAST: FAST zeroes cells inside b-tree pages but leaves freed pages as they were, and a
         // value over about 1000 bytes ends in an overflow page that compaction frees whole
         // (docs/benchmarks.md has the cost). Only this connection deletes.

@@ -14,6 +14,9 @@
 //!
 //! `raft_meta` is its own table (`name -> BLOB`) rather than rows in `meta`, whose values are
 //! integers that every reader decodes as such.
+//!
+//! Over 600 lines only with its tests (about 340 lines of code): one job, the rows that must
+//! commit with the Raft state machine's data.
 
 use std::path::Path;
 
