@@ -32,9 +32,9 @@ use crate::cluster::wire::KeysApplied;
 use crate::pki;
 
 /// kube-apiserver's flag naming the Secrets encryption configuration.
-pub(super) const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
+const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
 /// kube-apiserver's flag that makes it reload that file when it changes.
-pub(super) const RELOAD_FLAG: &str = "--encryption-provider-config-automatic-reload";
+const RELOAD_FLAG: &str = "--encryption-provider-config-automatic-reload";
 /// The metric whose `hash` label is the SHA-256 of the configuration file the apiserver uses.
 const LOADED_METRIC: &str = "apiserver_encryption_config_controller_last_config_info";
 /// Its reloads, by `status` (`success`, `failure`).
@@ -85,33 +85,28 @@ fn config_hash(text: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
 
+/// The samples of metric `name` in a Prometheus text exposition: each line's labels
+/// (`key="value"`, whole) and its value.
+fn samples<'a>(metrics: &'a str, name: &'a str) -> impl Iterator<Item = (Vec<&'a str>, &'a str)> + 'a {
+    metrics.lines().filter_map(move |l| {
+        // `{` right after the name: another metric may start with the same text.
+        let (labels, value) = l.strip_prefix(name)?.strip_prefix('{')?.split_once('}')?;
+        Some((labels.split(',').map(str::trim).collect(), value.trim()))
+    })
+}
+
 /// Whether a Prometheus text exposition says the apiserver has loaded the file with `hash`.
 fn reports_loaded(metrics: &str, hash: &str) -> bool {
+    // Whole labels only: `apiserver_id_hash="…"` ends with the same text.
     let label = format!("hash=\"{hash}\"");
-    metrics.lines().any(|l| {
-        // Whole labels only: `apiserver_id_hash="…"` ends with the same text.
-        l.strip_prefix(LOADED_METRIC)
-            .and_then(|rest| rest.strip_prefix('{'))
-            .and_then(|rest| rest.split_once('}'))
-            .is_some_and(|(labels, _)| labels.split(',').any(|l| l.trim() == label))
-    })
+    samples(metrics, LOADED_METRIC).any(|(labels, _)| labels.contains(&label.as_str()))
 }
 
 /// The failed reloads kube-apiserver has counted (0 before the first).
 fn reload_failures(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter_map(|l| {
-            let (labels, value) = l
-                .strip_prefix(FAILURES_METRIC)?
-                .strip_prefix('{')?
-                .split_once('}')?;
-            labels
-                .split(',')
-                .any(|l| l.trim() == "status=\"failure\"")
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
+    samples(metrics, FAILURES_METRIC)
+        .filter(|(labels, _)| labels.contains(&"status=\"failure\""))
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
         .sum()
 }
 
