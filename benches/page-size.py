@@ -13,7 +13,10 @@ range read does), best of 20. Run from the repository root: `python3 benches/pag
 import os, shutil, sqlite3, tempfile, time
 
 DIR = tempfile.mkdtemp(prefix='k8sd-page-size-', dir='/var/tmp')
-SCHEMA = open('src/datastore/sql.rs').read().split('pub const SCHEMA: &str = "')[1].split('";')[0]
+SRC = open('src/datastore/sql.rs').read()
+# kv as it was when this measurement was made (`WITHOUT ROWID`), then the other tables.
+SCHEMA = (SRC.split('pub const KV_TABLE_WITHOUT_ROWID: &str = "')[1].split('";')[0]
+          + SRC.split('pub const SCHEMA: &str = "')[1].split('";')[0])
 
 
 def run(page, batch, n=6000):

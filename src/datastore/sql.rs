@@ -6,6 +6,10 @@
 //! ```text
 //! kv      (rev, sub) -> key, create_rev, version, lease, value, deleted,
 //!                       prev_rev, prev_create_rev, prev_version, prev_lease, prev_value
+//!         a rowid table (its `id` is only the row's place in the file) with a unique index
+//!         on (rev, sub); files created by earlier builds (k8sd 0.1.0) hold it as a `WITHOUT ROWID` table
+//!         keyed by (rev, sub). Every statement names its columns and keys rows by (rev, sub),
+//!         so both layouts answer the same SQL (`KV_TABLE` says why the layout changed).
 //!         one row per change; a delete is a tombstone row (deleted = 1). The prev_* columns
 //!         copy the key's previous live value so prev_kv survives compaction of that row;
 //!         physical compaction clears prev_value in the rows it keeps below the compaction
@@ -24,9 +28,43 @@ use super::types::{Event, EventKind, KeyRange, KeyValue};
 
 pub const SCHEMA_VERSION: i64 = 1;
 
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS kv (
+/// `kv` as every `state.db` this build creates holds it: a rowid table whose `id` SQLite assigns
+/// (ascending with the revision, so rows are appended), found by (rev, sub) through
+/// `kv_rev_sub`.
+///
+/// Why not `WITHOUT ROWID` keyed by (rev, sub), as before: such a table is an index b-tree, whose
+/// cells keep at most about a quarter of a page in place. A 1 KiB value, or an update row with
+/// its `prev_value` (2 KiB), then fits only in 16 KiB pages, and at 16 KiB every write dirties
+/// whole 16 KiB pages in `latest` and `kv_key_rev` (one each, wherever its key falls), which
+/// every commit copies into the WAL: about 65 KiB of WAL for a 1 KiB create committed alone. A
+/// rowid table keeps up to a page less 35 bytes in its cells, so the same rows fit 4 KiB pages
+/// ([`super::mvcc::PAGE_SIZE`]) and a write appends 3x less WAL, with lists no slower
+/// (docs/benchmarks.md, "kv as a rowid table").
+pub const KV_TABLE: &str = "
+CREATE TABLE kv (
+    id INTEGER PRIMARY KEY,
+    rev INTEGER NOT NULL,
+    sub INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    lease INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    deleted INTEGER NOT NULL,
+    prev_rev INTEGER NOT NULL,
+    prev_create_rev INTEGER NOT NULL,
+    prev_version INTEGER NOT NULL,
+    prev_lease INTEGER NOT NULL,
+    prev_value BLOB
+);
+CREATE UNIQUE INDEX kv_rev_sub ON kv (rev, sub);
+";
+
+/// `kv` as earlier builds (k8sd 0.1.0, at 4 KiB pages, and later at 16 KiB) created it. Files
+/// made so are read and written as they are (the SQL is the same); only tests create one.
+#[cfg(test)]
+pub const KV_TABLE_WITHOUT_ROWID: &str = "
+CREATE TABLE kv (
     rev INTEGER NOT NULL,
     sub INTEGER NOT NULL,
     key BLOB NOT NULL,
@@ -42,6 +80,11 @@ CREATE TABLE IF NOT EXISTS kv (
     prev_value BLOB,
     PRIMARY KEY (rev, sub)
 ) WITHOUT ROWID;
+";
+
+/// Everything but `kv`, which must exist first (`KV_TABLE` for a new file). Idempotent.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS kv_key_rev ON kv (key, rev);
 CREATE TABLE IF NOT EXISTS latest (key BLOB PRIMARY KEY, rev INTEGER NOT NULL, sub INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);

@@ -416,21 +416,82 @@ fn file_page_size(path: &std::path::Path) -> i64 {
     conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap()
 }
 
-/// An empty file at 4 KiB pages in WAL mode: what k8sd 0.1.0's `Store::open` began with (it
-/// set no page size, and the bundled SQLite's default is 4096).
-fn create_as_0_1_0(path: &std::path::Path) {
+/// An empty file in WAL mode with `kv` as earlier builds made it (`WITHOUT ROWID`), at
+/// `page_size`: 4096 is what k8sd 0.1.0's `Store::open` began with (it set no page size, and
+/// the bundled SQLite's default is 4096), 16384 what the builds between that and this did.
+fn create_without_rowid(path: &std::path::Path, page_size: i64) {
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.pragma_update(None, "page_size", 4096).unwrap();
+    conn.pragma_update(None, "page_size", page_size).unwrap();
     conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch(sql::KV_TABLE_WITHOUT_ROWID).unwrap();
 }
 
 #[test]
-fn a_new_store_has_16_kib_pages() {
-    let (d, s) = store();
-    assert_eq!(PAGE_SIZE, 16_384);
-    assert_eq!(s.page_size().unwrap(), 16_384);
+fn a_new_store_has_4_kib_pages_and_kv_as_a_rowid_table() {
+    let (d, mut s) = store();
+    assert_eq!(PAGE_SIZE, 4096);
+    assert_eq!(
+        s.format().unwrap(),
+        mvcc::FileFormat {
+            page_size: 4096,
+            kv: mvcc::KvLayout::Rowid
+        }
+    );
+    // A 1 KiB value and, in an update's row, its previous value too stay in the row's own
+    // cell: kv has no overflow page (what 4 KiB pages cost the earlier `WITHOUT ROWID` layout).
+    let big = "v".repeat(1024);
+    for i in 0..20 {
+        apply(&mut s, put(&format!("/k/{i:02}"), &big)).unwrap();
+        apply(&mut s, put(&format!("/k/{i:02}"), &big)).unwrap();
+    }
     drop(s);
-    assert_eq!(file_page_size(&d.path().join("state.db")), 16_384);
+    let path = d.path().join("state.db");
+    assert_eq!(file_page_size(&path), 4096);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let overflow: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM dbstat WHERE name = 'kv' AND pagetype = 'overflow'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        overflow, 0,
+        "1 KiB values and their previous values fit kv's cells"
+    );
+}
+
+/// A file an earlier build created (`WITHOUT ROWID`, 16 KiB pages) keeps its format when this
+/// build opens it: it reads, writes and reopens as it was.
+#[test]
+fn a_store_with_the_earlier_kv_layout_keeps_working_and_keeps_its_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    create_without_rowid(&path, 16_384);
+    let earlier = mvcc::FileFormat {
+        page_size: 16_384,
+        kv: mvcc::KvLayout::WithoutRowid,
+    };
+    {
+        let mut s = Store::open(&path, Durability::Normal).unwrap();
+        assert_eq!(s.format().unwrap(), earlier);
+        for i in 0..20 {
+            apply(&mut s, put(&format!("/k/{i:02}"), "one")).unwrap();
+        }
+    }
+    let mut s = Store::open(&path, Durability::Normal).unwrap();
+    assert_eq!(
+        s.format().unwrap(),
+        earlier,
+        "reopening must not change the format"
+    );
+    apply(&mut s, put("/k/00", "two")).unwrap();
+    apply(&mut s, del("/k/01", "")).unwrap();
+    let mut r = s.reader().unwrap();
+    assert_eq!(get(&mut r, "/k/00", 0).unwrap().kvs[0].value, b"two");
+    assert_eq!(get(&mut r, "/k/00", 21).unwrap().kvs[0].value, b"one");
+    assert!(get(&mut r, "/k/01", 0).unwrap().kvs.is_empty());
+    assert_eq!(get(&mut r, "/k/01", 21).unwrap().kvs[0].value, b"one");
 }
 
 /// A node upgraded from k8sd 0.1.0 keeps its 4 KiB file: it opens, reads and writes (values
@@ -439,11 +500,12 @@ fn a_new_store_has_16_kib_pages() {
 fn a_store_created_at_4_kib_pages_keeps_working_and_keeps_its_page_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    create_as_0_1_0(&path);
+    create_without_rowid(&path, 4096);
     let big = "v".repeat(1024);
     {
         let mut s = Store::open(&path, Durability::Normal).unwrap();
         assert_eq!(s.page_size().unwrap(), 4096);
+        assert_eq!(s.format().unwrap().kv, mvcc::KvLayout::WithoutRowid);
         for i in 0..50 {
             apply(&mut s, put(&format!("/k/{i:02}"), &big)).unwrap();
         }

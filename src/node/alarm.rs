@@ -36,8 +36,8 @@ pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 pub const MAX_QUOTA_BYTES: i64 = 8 * 1024 * 1024 * 1024;
 /// Free bytes on the data dir's filesystem below which it counts as full. It must cover what
 /// writes can append between two looks (200 ms apart), so that a write is refused with NOSPACE
-/// rather than admitted and left waiting in a Raft log writer with no room. With 16 KiB pages a
-/// batch of large values appends several hundred KiB of WAL frames, and a WAL truncate gives a
+/// rather than admitted and left waiting in a Raft log writer with no room. With 16 KiB pages (a
+/// `state.db` of an earlier build) a batch of large values appends several hundred KiB of WAL frames, and a WAL truncate gives a
 /// megabyte or more back at once: 1 MiB was too little (a write after a fill was admitted, then
 /// timed out).
 pub const FULL_FREE_BYTES: u64 = 4 * 1024 * 1024;

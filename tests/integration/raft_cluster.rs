@@ -328,44 +328,71 @@ async fn restart_and_catch_up_by_snapshot(c: &mut Cluster, lagging: usize) {
     assert_eq!(read(n.db_path(), "post").as_deref(), Some(&b"y"[..]));
 }
 
-/// The page size of the SQLite file at `db`.
-fn page_size(db: &std::path::Path) -> i64 {
+/// The page size of the SQLite file at `db`, and whether its `kv` is a `WITHOUT ROWID` table
+/// (as earlier builds made it) rather than a rowid table (as this build does).
+fn format(db: &std::path::Path) -> (i64, bool) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap()
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'kv'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (page, sql.contains("WITHOUT ROWID"))
 }
 
-/// A member whose `state.db` k8sd 0.1.0 created (4 KiB pages) falls behind the purged log of
-/// a leader whose file has 16 KiB pages: the snapshot it receives is 16 KiB, and the backup API
-/// refuses to change a WAL file's page size, so the install rewrites it to 4 KiB first. The
-/// member catches up, keeps its 4 KiB file, and replicates on; the inbox keeps no rewrite.
+/// A member whose `state.db` an earlier build created (`kv` a `WITHOUT ROWID` table, 16 KiB
+/// pages) falls behind the purged log of a leader whose file this build created (a rowid
+/// `kv`, 4 KiB pages). The backup API refuses to change a WAL file's page size and the member's
+/// readers keep its file open, so the install first rewrites the snapshot in the member's own
+/// format. The member catches up, keeps its format, and replicates on; the inbox keeps no
+/// rewrite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t31_a_4_kib_member_catches_up_from_a_16_kib_snapshot() {
+async fn t31_a_member_of_the_earlier_format_catches_up_from_a_snapshot_of_the_new_one() {
     let mut c = Cluster::start(10).await;
     let leader = c.leader().await;
     let lagging = (leader + 1) % 3;
     let lagging_last = c.node(lagging).status().last_log_index.unwrap_or(0);
     let db = c.node(lagging).db_path().to_path_buf();
-    assert_eq!(page_size(c.node(leader).db_path()), 16_384);
+    assert_eq!(format(c.node(leader).db_path()), (4096, false));
     c.kill(lagging).await;
-    // The same data at 4 KiB pages, as if 0.1.0 had created the file (offline, out of WAL mode:
-    // the only way SQLite changes a page size).
+    // The same data in the earlier format, as if that build had created the file (offline, out
+    // of WAL mode: the only way SQLite changes a page size).
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode=delete; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=wal;",
-        )
+        let columns = "rev, sub, key, create_rev, version, lease, value, deleted, \
+                       prev_rev, prev_create_rev, prev_version, prev_lease, prev_value";
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=delete;
+             BEGIN;
+             ALTER TABLE kv RENAME TO kv_rowid;
+             CREATE TABLE kv (
+                 rev INTEGER NOT NULL, sub INTEGER NOT NULL, key BLOB NOT NULL,
+                 create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL,
+                 value BLOB NOT NULL, deleted INTEGER NOT NULL, prev_rev INTEGER NOT NULL,
+                 prev_create_rev INTEGER NOT NULL, prev_version INTEGER NOT NULL,
+                 prev_lease INTEGER NOT NULL, prev_value BLOB, PRIMARY KEY (rev, sub)
+             ) WITHOUT ROWID;
+             INSERT INTO kv ({columns}) SELECT {columns} FROM kv_rowid;
+             DROP TABLE kv_rowid;
+             CREATE UNIQUE INDEX kv_key_rev ON kv (key, rev);
+             COMMIT;
+             PRAGMA page_size=16384; VACUUM; PRAGMA journal_mode=wal;"
+        ))
         .unwrap();
     }
-    assert_eq!(page_size(&db), 4096);
+    assert_eq!(format(&db), (16_384, true));
     write_until_purged_past(&c, leader, lagging_last).await;
     restart_and_catch_up_by_snapshot(&mut c, lagging).await;
-    assert_eq!(page_size(&db), 4096, "the member keeps its own page size");
+    assert_eq!(format(&db), (16_384, true), "the member keeps its own format");
     let inbox = c.members[lagging].dir.join("raft").join("inbox");
     let left: Vec<_> = std::fs::read_dir(&inbox)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains("page-size"))
+                .filter(|n| n.contains("rewritten"))
                 .collect()
         })
         .unwrap_or_default();

@@ -78,19 +78,64 @@ pub struct LogPosition {
     pub term: u64,
 }
 
-/// The page size of every `state.db` this build creates, in bytes.
+/// The page size of every `state.db` this build creates, in bytes: SQLite's default.
 ///
-/// A row of `kv` (a `WITHOUT ROWID` table) keeps at most about 1000 bytes of itself in its
-/// b-tree cell at 4 KiB pages (SQLite's default, and what k8sd 0.1.0 wrote); the rest of a
-/// 1 KiB value, and all of `prev_value`, spill into overflow pages of their own. At 16 KiB a
-/// cell holds about 4000 bytes, so an update row with both values stays in one page: the file
-/// is about 3x smaller and a 500-key list about 4.5x faster (docs/benchmarks.md). An existing
-/// file keeps the page size it was created with: SQLite changes it only in a `VACUUM`, and
-/// never for a file in WAL mode.
-pub const PAGE_SIZE: i64 = 16_384;
+/// `kv` is a rowid table (`sql::KV_TABLE`), whose cells keep up to a page less 35 bytes in
+/// place, so an update row holding a 1 KiB value and its 1 KiB `prev_value` fits a 4 KiB page
+/// with no overflow page. Earlier builds held `kv` as a `WITHOUT ROWID` table and needed 16 KiB
+/// pages for the same; with 4 KiB pages each write dirties 4 KiB, not 16 KiB, in the key
+/// indexes, and appends about 3x less WAL (docs/benchmarks.md). An existing file keeps the
+/// page size it was created with: SQLite changes it only in a `VACUUM`, and never for a file
+/// in WAL mode.
+pub const PAGE_SIZE: i64 = 4096;
 
 fn page_size_of(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+}
+
+/// How a `state.db` file holds `kv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvLayout {
+    /// A rowid table with a unique index on (rev, sub): what this build creates.
+    Rowid,
+    /// A `WITHOUT ROWID` table keyed by (rev, sub): what earlier builds created.
+    WithoutRowid,
+}
+
+/// What a `state.db` file is made of, beyond its rows: the two things a snapshot install keeps
+/// from the receiver rather than take from the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileFormat {
+    pub page_size: i64,
+    pub kv: KvLayout,
+}
+
+/// The format of every `state.db` this build creates.
+pub const NEW_FORMAT: FileFormat = FileFormat {
+    page_size: PAGE_SIZE,
+    kv: KvLayout::Rowid,
+};
+
+/// Whether `kv` exists in the database `conn` has open as `main`.
+fn kv_ddl(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'kv'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn format_of(conn: &Connection) -> rusqlite::Result<FileFormat> {
+    let kv = match kv_ddl(conn)? {
+        Some(sql) if sql.to_ascii_uppercase().contains("WITHOUT ROWID") => KvLayout::WithoutRowid,
+        _ => KvLayout::Rowid,
+    };
+    Ok(FileFormat {
+        page_size: page_size_of(conn)?,
+        kv,
+    })
 }
 
 pub(super) fn sq(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
@@ -121,10 +166,15 @@ impl Store {
         self.meta
     }
 
-    /// The page size of this store's file: [`PAGE_SIZE`] if this build created it, 4096 if
-    /// k8sd 0.1.0 did.
+    /// The page size of this store's file: [`PAGE_SIZE`] if this build created it; 4096 if
+    /// k8sd 0.1.0 did, 16384 if a build between the two did.
     pub fn page_size(&self) -> Result<i64> {
         page_size_of(&self.conn).map_err(sq(&self.path))
+    }
+
+    /// This store file's page size and `kv` layout ([`NEW_FORMAT`] if this build created it).
+    pub fn format(&self) -> Result<FileFormat> {
+        format_of(&self.conn).map_err(sq(&self.path))
     }
 
     pub fn path(&self) -> &Path {

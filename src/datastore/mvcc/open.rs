@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use super::checkpoint::WAL_SIZE_LIMIT;
 use super::{Durability, Meta, Store, sq, to_i64, to_u64};
 use crate::datastore::error::{Result, StoreError};
-use crate::datastore::sql::{SCHEMA, SCHEMA_VERSION, meta_get, meta_set};
+use crate::datastore::sql::{KV_TABLE, SCHEMA, SCHEMA_VERSION, meta_get, meta_set};
 
 /// How long a connection waits for a lock before SQLITE_BUSY.
 pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -70,6 +70,12 @@ impl Store {
         // (docs/benchmarks.md has the cost). Only this connection deletes.
         conn.pragma_update(None, "secure_delete", true)
             .map_err(sq(path))?;
+        // A new file gets this build's `kv`; an existing one keeps the layout it was made with.
+        if super::kv_ddl(&conn).map_err(sq(path))?.is_none() {
+            // In one transaction, so a crash cannot leave `kv` without its (rev, sub) index.
+            conn.execute_batch(&format!("BEGIN; {KV_TABLE} COMMIT;"))
+                .map_err(sq(path))?;
+        }
         conn.execute_batch(SCHEMA).map_err(sq(path))?;
         let version = meta_get(&conn, "schema_version").map_err(sq(path))?;
         match version {

@@ -23,8 +23,8 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::write::{apply_one, write_meta};
-use super::{PAGE_SIZE, Result, Store, StoreError, page_size_of, sq};
-use crate::datastore::sql::meta_set;
+use super::{NEW_FORMAT, PAGE_SIZE, Result, Store, StoreError, format_of, sq};
+use crate::datastore::sql::{KV_TABLE, SCHEMA, meta_set};
 use crate::datastore::types::{Command, CommandOutput, DeleteRequest, Event, KeyRange, Op, TxnRequest};
 use crate::datastore::{LogPosition, mvcc::to_i64};
 
@@ -171,24 +171,29 @@ impl Store {
     /// the old content, the next one the new. The node-local `member_id` survives the copy (the
     /// snapshot carries the sender's); everything else, `cluster_id` included, comes from `src`.
     ///
-    /// The store keeps its own page size, whatever the snapshot's. The backup API cannot change
-    /// the page size of a database in WAL mode (it fails with SQLITE_READONLY), and the file
-    /// must stay the one the readers have open, so it is not replaced by a copy of `src` either
-    /// (a copy would have taken the sender's page size). A snapshot whose page size differs
-    /// (from a member whose file k8sd 0.1.0 created at 4 KiB, or the other way round) is first
-    /// rewritten at this store's page size into a temporary file beside `src`, which the caller
-    /// owns (a crash may leave it there).
+    /// The store keeps its own format (page size and `kv` layout), whatever the snapshot's.
+    /// The backup API cannot change the page size of a database in WAL mode (it fails with
+    /// SQLITE_READONLY), and the file must stay the one the readers have open, so it is not
+    /// replaced by a copy of `src` either (a copy would have taken the sender's format). A
+    /// snapshot of another format (from a member whose file an earlier build created, or the
+    /// other way round) is first rewritten in this store's format, row by row into a
+    /// temporary file beside `src` (`copy_in_format`), which the caller owns (a crash may leave
+    /// it there). Without that, a member created by this build that joined a cluster of older
+    /// files would take their `WITHOUT ROWID` layout at its 4 KiB pages, where every 1 KiB
+    /// value spills into an overflow page.
     pub fn import_snapshot(&mut self, src: &Path) -> Result<()> {
         let member_id = self.meta.member_id;
         let mut from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(src))?;
-        let ours = self.page_size()?;
-        let theirs = page_size_of(&from).map_err(sq(src))?;
+        let ours = self.format()?;
+        let theirs = format_of(&from).map_err(sq(src))?;
         let rewritten = if theirs == ours {
             None
         } else {
-            let tmp = src.with_extension(format!("page-size-{ours}.tmp"));
+            drop(from);
+            let tmp = src.with_extension("rewritten.tmp");
             let _ = std::fs::remove_file(&tmp);
-            copy_with_page_size(&from, src, &tmp, Some(ours))?;
+            let schema = schema_of(&self.conn).map_err(sq(&self.path))?;
+            copy_in_format(src, &tmp, ours.page_size, &schema)?;
             from = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(&tmp))?;
             Some(tmp)
         };
@@ -206,7 +211,7 @@ impl Store {
         Ok(())
     }
 
-    /// Copy every page of `from` (a snapshot of the same page size) over this database.
+    /// Copy every page of `from` (a snapshot in this store's format) over this database.
     fn import_from(&mut self, from: &Connection, src: &Path) -> Result<()> {
         {
             let backup = rusqlite::backup::Backup::new(from, &mut self.conn).map_err(sq(&self.path))?;
@@ -228,26 +233,82 @@ impl Store {
 /// Write a consistent, compacted copy of the database at `db` to `dst` (which must not exist),
 /// from one read transaction (`VACUUM INTO`), without blocking the writer.
 ///
-/// The copy keeps `db`'s page size. That keeps a rolling upgrade from k8sd 0.1.0 working: its
-/// members' files are all 4 KiB, so are their snapshots, and a member still running 0.1.0
-/// (whose import cannot rewrite a snapshot of another page size) installs them as before.
+/// The copy keeps `db`'s format. That keeps a rolling upgrade from k8sd 0.1.0 working: its
+/// members' files are all 4 KiB `WITHOUT ROWID`, so are their snapshots, and a member still
+/// running 0.1.0 (which can rewrite a snapshot only to its page size, not to another `kv`
+/// layout) installs them as before.
 pub fn export_snapshot(db: &Path, dst: &Path) -> Result<()> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(db))?;
-    copy_with_page_size(&conn, db, dst, None)
-}
-
-/// `VACUUM INTO dst` from `conn` (the database at `db`), at `page_size` if given, else at the
-/// source's. `VACUUM INTO` takes the page size the connection asked for with
-/// `PRAGMA page_size` even when the source is in WAL mode; an in-place `VACUUM` would not.
-fn copy_with_page_size(conn: &Connection, db: &Path, dst: &Path, page_size: Option<i64>) -> Result<()> {
     let dst_str = dst.to_str().ok_or_else(|| StoreError::Io {
         path: dst.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "snapshot path is not utf-8"),
     })?;
-    if let Some(size) = page_size {
-        conn.pragma_update(None, "page_size", size).map_err(sq(db))?;
-    }
     conn.execute("VACUUM INTO ?", [dst_str]).map_err(sq(db))?;
+    Ok(())
+}
+
+/// The statements that created every table and index of the database `conn` has open, tables
+/// first, each in the order it was created.
+fn schema_of(conn: &Connection) -> rusqlite::Result<String> {
+    let mut stmt = conn.prepare(
+        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' \
+         ORDER BY type <> 'table', rowid",
+    )?;
+    let statements: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(statements.join(";\n") + ";")
+}
+
+/// The columns of `table` in `db` ("main" or an attached name), in their order.
+fn columns(conn: &Connection, db: &str, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA \"{db}\".table_info(\"{table}\")"))?;
+    stmt.query_map([], |r| r.get(1))?.collect()
+}
+
+/// Write the database at `src` into the new file `dst` with `page_size` and the tables and
+/// indexes `schema` creates, copying every table's rows by column name, `kv` in (rev, sub)
+/// order. A table of `src` that `schema` lacks is created as `src` has it; a column only one
+/// side has is left out (`kv.id`, which the rowid layout assigns itself). One transaction, in
+/// rollback-journal mode at SQLite's default `synchronous=FULL`, so `dst` is on disk when this
+/// returns.
+fn copy_in_format(src: &Path, dst: &Path, page_size: i64, schema: &str) -> Result<()> {
+    let src_str = src.to_str().ok_or_else(|| StoreError::Io {
+        path: src.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "snapshot path is not utf-8"),
+    })?;
+    let mut conn = Connection::open(dst).map_err(sq(dst))?;
+    conn.pragma_update(None, "page_size", page_size)
+        .map_err(sq(dst))?;
+    conn.execute("ATTACH DATABASE ? AS src", [src_str])
+        .map_err(sq(src))?;
+    let tx = conn.transaction().map_err(sq(dst))?;
+    tx.execute_batch(schema).map_err(sq(dst))?;
+    let tables: Vec<(String, String)> = tx
+        .prepare("SELECT name, sql FROM src.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
+        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(sq(src))?;
+    for (table, sql) in tables {
+        let mut ours = columns(&tx, "main", &table).map_err(sq(dst))?;
+        if ours.is_empty() {
+            tx.execute_batch(&sql).map_err(sq(dst))?;
+            ours = columns(&tx, "main", &table).map_err(sq(dst))?;
+        }
+        let theirs = columns(&tx, "src", &table).map_err(sq(src))?;
+        let shared: Vec<String> = ours
+            .into_iter()
+            .filter(|c| theirs.contains(c))
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        let cols = shared.join(", ");
+        let order = if table == "kv" { " ORDER BY rev, sub" } else { "" };
+        tx.execute_batch(&format!(
+            "INSERT INTO main.\"{table}\" ({cols}) SELECT {cols} FROM src.\"{table}\"{order}"
+        ))
+        .map_err(sq(dst))?;
+    }
+    tx.commit().map_err(sq(dst))?;
+    conn.execute("DETACH DATABASE src", []).map_err(sq(src))?;
     Ok(())
 }
 
@@ -261,9 +322,9 @@ fn copy_with_page_size(conn: &Connection, db: &Path, dst: &Path, page_size: Opti
 /// member id is fresh. A group of one can then bootstrap on it and number its log from the
 /// start, while revisions go on from where the backup left them.
 ///
-/// The seed is a new cluster's first file, so it gets the page size of a new store
-/// ([`PAGE_SIZE`]) whatever the backed-up member's was: a backup of a member whose file k8sd
-/// 0.1.0 created (4 KiB pages) is rewritten, which no node can do to its live file.
+/// The seed is a new cluster's first file, so it gets the format of a new store
+/// ([`NEW_FORMAT`]) whatever the backed-up member's was: a backup of a member whose file an
+/// earlier build created is rewritten, which no node can do to its live file.
 pub fn reseed_for_new_cluster(db: &Path, drop_prefixes: &[&[u8]]) -> Result<()> {
     if !drop_prefixes.is_empty() {
         let mut store = Store::open(db, super::Durability::Normal)?;
@@ -305,16 +366,36 @@ pub fn reseed_for_new_cluster(db: &Path, drop_prefixes: &[&[u8]]) -> Result<()> 
     let member_id: u64 = rand::random::<u64>() >> 1 | 1;
     meta_set(&tx, "member_id", to_i64(member_id)).map_err(sq(db))?;
     tx.commit().map_err(sq(db))?;
-    if page_size_of(&conn).map_err(sq(db))? != PAGE_SIZE {
-        // Out of WAL mode first: SQLite changes the page size only in a VACUUM of a file in a
-        // rollback journal mode. No other connection has the file open. `Store::open` puts it
-        // back in WAL mode when the node starts.
+    if format_of(&conn).map_err(sq(db))? != NEW_FORMAT {
+        // Out of WAL mode first, which copies the WAL back and removes it, so `db` is one file
+        // that `copy_in_format` can read and the rename can replace. No other connection has it
+        // open. `Store::open` puts the new file in WAL mode when the node starts.
         conn.pragma_update(None, "journal_mode", "delete")
             .map_err(sq(db))?;
-        conn.pragma_update(None, "page_size", PAGE_SIZE).map_err(sq(db))?;
-        conn.execute_batch("VACUUM").map_err(sq(db))?;
+        drop(conn);
+        let tmp = db.with_extension("rewritten.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let schema = [KV_TABLE, SCHEMA, RAFT_META_SCHEMA].concat();
+        copy_in_format(db, &tmp, PAGE_SIZE, &schema)?;
+        replace_by(&tmp, db)?;
     }
     Ok(())
+}
+
+/// Rename `tmp` over `db` with `db`'s permissions, durably (the directory is synced too).
+fn replace_by(tmp: &Path, db: &Path) -> Result<()> {
+    let io = |source| StoreError::Io {
+        path: db.to_path_buf(),
+        source,
+    };
+    let mode = std::fs::metadata(db).map_err(io)?.permissions();
+    std::fs::set_permissions(tmp, mode).map_err(io)?;
+    std::fs::rename(tmp, db).map_err(io)?;
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 /// One `raft_meta` row of the database file at `db` (a live store or a snapshot file).
@@ -341,6 +422,7 @@ fn read_raft_meta_conn(conn: &Connection, name: &str) -> rusqlite::Result<Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datastore::mvcc::{FileFormat, KvLayout};
     use crate::datastore::types::{KeyRange, Op, PutRequest, RangeRequest, TxnRequest};
     use crate::datastore::{Durability, Reader};
 
@@ -415,20 +497,30 @@ mod tests {
         assert!(matches!(&out[0], RaftApplied::Duplicate(o) if o == b"o"));
     }
 
-    /// A store whose file k8sd 0.1.0 created: 4 KiB pages (see `datastore::tests`).
-    fn open_at_4_kib(path: &Path) -> Store {
+    /// A store whose file an earlier build created: `kv` `WITHOUT ROWID`, at 4 KiB pages
+    /// (k8sd 0.1.0) or 16 KiB (the builds between it and this one; see `datastore::tests`).
+    fn open_earlier(path: &Path, page_size: i64) -> Store {
         let conn = Connection::open(path).unwrap();
-        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "page_size", page_size).unwrap();
         conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        conn.execute_batch(crate::datastore::sql::KV_TABLE_WITHOUT_ROWID)
+            .unwrap();
         drop(conn);
         let s = Store::open(path, Durability::Normal).unwrap();
-        assert_eq!(s.page_size().unwrap(), 4096);
+        assert_eq!(s.format().unwrap(), earlier(page_size));
         s
     }
 
-    fn page_size_of_file(path: &Path) -> i64 {
+    fn earlier(page_size: i64) -> FileFormat {
+        FileFormat {
+            page_size,
+            kv: KvLayout::WithoutRowid,
+        }
+    }
+
+    fn format_of_file(path: &Path) -> FileFormat {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        page_size_of(&conn).unwrap()
+        format_of(&conn).unwrap()
     }
 
     fn keys(db: &Path) -> Vec<Vec<u8>> {
@@ -467,84 +559,119 @@ mod tests {
             .unwrap();
     }
 
-    /// Members whose files differ in page size (one created by k8sd 0.1.0 at 4 KiB, one by this
-    /// build at 16 KiB) exchange snapshots both ways: a snapshot keeps its sender's page size,
-    /// the receiver keeps its own and gets the data, and no rewrite is left beside the snapshot.
+    /// Members whose files differ in format (one created by an earlier build, one by this
+    /// build) exchange snapshots both ways: a snapshot keeps its sender's format, the receiver
+    /// keeps its own and gets the data, history included, and no rewrite is left beside the
+    /// snapshot. For both earlier formats: k8sd 0.1.0's 4 KiB pages, where only the `kv`
+    /// layout differs, and the later 16 KiB.
     #[test]
-    fn snapshots_install_across_page_sizes_and_each_store_keeps_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let (old_db, new_db) = (dir.path().join("old.db"), dir.path().join("new.db"));
-        let mut old = open_at_4_kib(&old_db);
-        old.enable_raft_meta().unwrap();
-        apply_puts(&mut old, &["/a", "/b"]);
-        let mut new = Store::open(&new_db, Durability::Normal).unwrap();
-        new.enable_raft_meta().unwrap();
-        apply_puts(&mut new, &["/x", "/y", "/z"]);
+    fn snapshots_install_across_formats_and_each_store_keeps_its_own() {
+        for page_size in [4096, 16_384] {
+            let dir = tempfile::tempdir().unwrap();
+            let (old_db, new_db) = (dir.path().join("old.db"), dir.path().join("new.db"));
+            let mut old = open_earlier(&old_db, page_size);
+            old.enable_raft_meta().unwrap();
+            apply_puts(&mut old, &["/a", "/b", "/a"]);
+            let mut new = Store::open(&new_db, Durability::Normal).unwrap();
+            new.enable_raft_meta().unwrap();
+            apply_puts(&mut new, &["/x", "/y", "/z", "/x"]);
 
-        let from_old = dir.path().join("inbox").join("from-old.db");
-        std::fs::create_dir(dir.path().join("inbox")).unwrap();
-        export_snapshot(&old_db, &from_old).unwrap();
-        assert_eq!(
-            page_size_of_file(&from_old),
-            4096,
-            "a snapshot keeps its source's page size"
-        );
-        let from_new = dir.path().join("from-new.db");
-        export_snapshot(&new_db, &from_new).unwrap();
-        assert_eq!(page_size_of_file(&from_new), PAGE_SIZE);
+            let from_old = dir.path().join("inbox").join("from-old.db");
+            std::fs::create_dir(dir.path().join("inbox")).unwrap();
+            export_snapshot(&old_db, &from_old).unwrap();
+            assert_eq!(
+                format_of_file(&from_old),
+                earlier(page_size),
+                "a snapshot keeps its source's format"
+            );
+            let from_new = dir.path().join("from-new.db");
+            export_snapshot(&new_db, &from_new).unwrap();
+            assert_eq!(format_of_file(&from_new), NEW_FORMAT);
 
-        new.import_snapshot(&from_old).unwrap();
-        assert_eq!(new.page_size().unwrap(), PAGE_SIZE);
-        assert_eq!(new.meta().current_rev, 3);
-        assert_eq!(keys(&new_db), vec![b"/a".to_vec(), b"/b".to_vec()]);
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("inbox"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(
-            left,
-            vec![std::ffi::OsString::from("from-old.db")],
-            "the rewrite is removed"
-        );
+            new.import_snapshot(&from_old).unwrap();
+            assert_eq!(new.format().unwrap(), NEW_FORMAT);
+            assert_eq!(new.meta().current_rev, 4);
+            assert_eq!(keys(&new_db), vec![b"/a".to_vec(), b"/b".to_vec()]);
+            assert_eq!(history(&new_db, b"/a"), vec![2, 4], "every revision came along");
+            let left: Vec<_> = std::fs::read_dir(dir.path().join("inbox"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert_eq!(
+                left,
+                vec![std::ffi::OsString::from("from-old.db")],
+                "the rewrite is removed"
+            );
 
-        old.import_snapshot(&from_new).unwrap();
-        assert_eq!(old.page_size().unwrap(), 4096);
-        assert_eq!(old.meta().current_rev, 4);
-        assert_eq!(
-            keys(&old_db),
-            vec![b"/x".to_vec(), b"/y".to_vec(), b"/z".to_vec()]
-        );
-        // Both go on writing.
-        apply_puts(&mut old, &["/after"]);
-        apply_puts(&mut new, &["/after"]);
-        drop((old, new));
-        assert_eq!(page_size_of_file(&old_db), 4096);
-        assert_eq!(page_size_of_file(&new_db), PAGE_SIZE);
+            old.import_snapshot(&from_new).unwrap();
+            assert_eq!(old.format().unwrap(), earlier(page_size));
+            assert_eq!(old.meta().current_rev, 5);
+            assert_eq!(
+                keys(&old_db),
+                vec![b"/x".to_vec(), b"/y".to_vec(), b"/z".to_vec()]
+            );
+            assert_eq!(history(&old_db, b"/x"), vec![2, 5]);
+            // Both go on writing, each in its own format.
+            apply_puts(&mut old, &["/after"]);
+            apply_puts(&mut new, &["/after"]);
+            assert_eq!(keys(&old_db).len(), 4);
+            assert_eq!(keys(&new_db).len(), 3);
+            drop((old, new));
+            assert_eq!(format_of_file(&old_db), earlier(page_size));
+            assert_eq!(format_of_file(&new_db), NEW_FORMAT);
+        }
     }
 
-    /// `k8sd restore` of a backup taken on a member whose file k8sd 0.1.0 created: the new
-    /// cluster's seed has the page size of a new store, and the same data.
+    /// The revisions at which `key` was written, oldest first, read from `kv` itself.
+    fn history(db: &Path, key: &[u8]) -> Vec<i64> {
+        let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut st = conn
+            .prepare("SELECT rev FROM kv WHERE key = ? ORDER BY rev")
+            .unwrap();
+        st.query_map([key], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    /// `k8sd restore` of a backup taken on a member whose file an earlier build created: the new
+    /// cluster's seed has the format of a new store, the same data and history, and the
+    /// permissions of the file it replaced.
     #[test]
-    fn a_reseeded_4_kib_copy_becomes_a_16_kib_file_with_the_same_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("a.db");
-        let mut a = open_at_4_kib(&db);
-        a.enable_raft_meta().unwrap();
-        apply_puts(&mut a, &["/registry/keep", "/k8sd/tokens/t1"]);
-        let before = a.meta().current_rev;
-        drop(a);
-        let seed = dir.path().join("seed.db");
-        export_snapshot(&db, &seed).unwrap();
-        assert_eq!(page_size_of_file(&seed), 4096);
-        reseed_for_new_cluster(&seed, &[b"/k8sd/tokens/"]).unwrap();
-        assert_eq!(page_size_of_file(&seed), PAGE_SIZE);
-        let s = Store::open(&seed, Durability::Normal).unwrap();
-        assert_eq!(s.page_size().unwrap(), PAGE_SIZE);
-        assert_eq!(s.meta().current_rev, before + 1);
-        let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-        assert_eq!(mode, "wal");
-        assert_eq!(keys(&seed), vec![b"/registry/keep".to_vec()]);
+    fn a_reseeded_copy_of_an_earlier_format_becomes_a_new_format_file_with_the_same_data() {
+        use std::os::unix::fs::PermissionsExt;
+        for page_size in [4096, 16_384] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("a.db");
+            let mut a = open_earlier(&db, page_size);
+            a.enable_raft_meta().unwrap();
+            apply_puts(&mut a, &["/registry/keep", "/k8sd/tokens/t1", "/registry/keep"]);
+            let before = a.meta().current_rev;
+            drop(a);
+            let seed = dir.path().join("seed.db");
+            export_snapshot(&db, &seed).unwrap();
+            std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(format_of_file(&seed), earlier(page_size));
+            reseed_for_new_cluster(&seed, &[b"/k8sd/tokens/"]).unwrap();
+            assert_eq!(format_of_file(&seed), NEW_FORMAT);
+            let mode = std::fs::metadata(&seed).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            let s = Store::open(&seed, Durability::Normal).unwrap();
+            assert_eq!(s.format().unwrap(), NEW_FORMAT);
+            assert_eq!(s.meta().current_rev, before + 1);
+            let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            assert_eq!(mode, "wal");
+            assert_eq!(keys(&seed), vec![b"/registry/keep".to_vec()]);
+            assert_eq!(history(&seed, b"/registry/keep"), vec![2, 4]);
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("rewritten"))
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
     }
 
     /// `k8sd restore`: the seed keeps its data and revision, loses the listed prefixes through
