@@ -80,14 +80,31 @@ if [[ -z ${CARGO_TARGET_DIR:-} ]]; then
   export CARGO_TARGET_DIR=$out/target
   private_target=1
 fi
+# In a shared target dir, cargo puts this build's binary where the checkout's own is,
+# release/k8sd. Keep a copy of the checkout's and put it back at the end whatever happens:
+# cargo does not link a binary there again while the checkout's build is fresh, so the next
+# `cargo build` would leave the previous release's in its place. A copy, not a hard link, since
+# a file cargo rewrote in place would change under a link too (it does so with dep-info files,
+# which nothing reads back).
+kept=""
+restore_kept() {
+  if [[ -n $kept ]]; then
+    mv -f "$kept" "$CARGO_TARGET_DIR/release/k8sd"
+    kept=""
+  fi
+}
+if ((private_target == 0)) && [[ -e $CARGO_TARGET_DIR/release/k8sd ]]; then
+  kept=$CARGO_TARGET_DIR/release/.k8sd.kept-$$
+  cp -p "$CARGO_TARGET_DIR/release/k8sd" "$kept"
+  trap restore_kept EXIT
+fi
 log "building k8sd $PREVIOUS_VERSION (cargo build --release --locked, target $CARGO_TARGET_DIR)"
 start=$SECONDS
 # From inside the source: cargo reads .cargo/config.toml from the working directory up, and the
 # commit's own settings (its SQLite flags) are the ones it was built and tested with.
 (cd "$src" && cargo build --release --locked --bin k8sd >&2)
-# The shared target's release/k8sd is the main build's name too: take the binary out at once
-# (the main build links its own there again).
 cp "$CARGO_TARGET_DIR/release/k8sd" "$bin.tmp"
+restore_kept
 got=$("$bin.tmp" --version) || die "the fresh binary $bin.tmp failed to run"
 [[ $got == "k8sd $PREVIOUS_VERSION" ]] ||
   die "the binary built from $PREVIOUS_COMMIT reports '$got', not 'k8sd $PREVIOUS_VERSION'; fix assets/upgrade/previous.env"

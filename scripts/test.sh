@@ -40,15 +40,12 @@ step "Go builds, in the background (log: $go_log)"
 go_builds >"$go_log" 2>&1 &
 go_pid=$!
 
-# Before this checkout's build and in the same target dir: every dependency the two commits
-# share is compiled once, so the previous release costs only its own crate (docs/benchmarks.md,
-# "Cold build"). A warm machine checks a stamp.
-step "the previous release of k8sd (assets/upgrade/previous.env; tests/e2e/upgrade.sh upgrades from it)"
-scripts/build-previous.sh >/dev/null
-
 step "k8sd"
 cargo build --release --bins
-export K8SD_BIN="$CARGO_TARGET_DIR/release/k8sd"
+# The binary under test, copied out of cargo's way: the previous release is built later in the
+# same target dir (in the datastore lane, below), and cargo puts that binary at release/k8sd too.
+cp -p "$CARGO_TARGET_DIR/release/k8sd" "$CARGO_TARGET_DIR/release/k8sd-under-test"
+export K8SD_BIN="$CARGO_TARGET_DIR/release/k8sd-under-test"
 
 failed=0
 step "style: cargo fmt --check (cargo clippy runs beside the tests, below)"
@@ -73,9 +70,6 @@ export K8SD_KUBEBIN K8SD_RUNTIME_DIR
 
 step "images"
 scripts/build-images.sh >/dev/null
-
-step "conformance images (tests/e2e/conformance-images.sh and conformance-subset.sh use them)"
-scripts/build-conformance-images.sh >/dev/null
 
 step "cargo test"
 rm -f /tmp/k8sd-e2e-*.log
@@ -111,6 +105,14 @@ CARGO_TARGET_DIR="$CARGO_TARGET_DIR-clippy" cargo clippy --release --all-targets
   >"$clippy_log" 2>&1 &
 clippy_pid=$!
 
+# The conformance images (about 220 s cold, a stamp check warm) are built beside the first
+# suites of the e2e lane; the two suites that run them wait for the build (below). After
+# scripts/build-images.sh, not beside it: both fill the same busybox and Debian package caches.
+conf_images_log=/tmp/k8sd-build-conformance-images.log
+step "conformance images, in the background (log: $conf_images_log; tests/e2e/conformance-images.sh and conformance-subset.sh wait for them)"
+scripts/build-conformance-images.sh >"$conf_images_log" 2>&1 &
+conf_images_pid=$!
+
 # The datastore suites (Kubernetes' storage tests on 1 node and 3 nodes, then the
 # linearizability check, then the rolling-upgrade and Secrets suites) run in the background beside the
 # end-to-end suites. They share nothing with them: the storage suite's servers listen on loopback
@@ -137,6 +139,14 @@ ds_run() {
 }
 datastore_suites() {
   local failed=0
+  # The previous release, which tests/e2e/upgrade.sh upgrades from, builds beside the storage
+  # suites (a stamp check warm). In the shared target dir, so every dependency the two commits
+  # share is compiled once and a cold machine builds only its crate; off the builds' critical
+  # path, where it cost a cold run about 400 s of a busy core (docs/benchmarks.md, "Cold build").
+  local previous_log=/tmp/k8sd-build-previous.log previous_pid
+  step "the previous release of k8sd, in the background (assets/upgrade/previous.env; log: $previous_log)"
+  scripts/build-previous.sh >"$previous_log" 2>&1 &
+  previous_pid=$!
   ds_run /tmp/k8sd-e2e-storage-suite.log \
     "Kubernetes' storage tests (k8s.io/apiserver etcd3 and cacher) against k8sd" \
     tests/storage-suite/run.sh || failed=$((failed + 1))
@@ -150,6 +160,12 @@ datastore_suites() {
   # the CI run of 5bc8253; snap.sh went back to the other lane when secrets.sh grew, as this
   # lane had become the longer by about 5 minutes); their namespaces, bridges and subnets are
   # their own (upgrade: k8sd-up*, 10.215.0; secrets: k8sd-sk*, 10.216.0).
+  step "waiting for the previous release's build"
+  if ! wait "$previous_pid"; then
+    tail -n 60 "$previous_log"
+    echo "FAILED: scripts/build-previous.sh (whole log: $previous_log)"
+    failed=$((failed + 1))
+  fi
   local t
   for t in "${lane2_e2e[@]}"; do
     ds_run "/tmp/k8sd-e2e-$t.log" "e2e: tests/e2e/$t.sh" "tests/e2e/$t.sh" || failed=$((failed + 1))
@@ -169,6 +185,15 @@ for t in tests/e2e/*.sh; do
     echo "e2e FAILED: $t is not executable (chmod +x it; a suite that cannot run must not pass silently)"
     failed=$((failed + 1))
     continue
+  fi
+  if [[ $(basename "$t") == conformance-* && -n $conf_images_pid ]]; then
+    step "waiting for the conformance images"
+    if ! wait "$conf_images_pid"; then
+      tail -n 60 "$conf_images_log"
+      echo "FAILED: scripts/build-conformance-images.sh (whole log: $conf_images_log)"
+      failed=$((failed + 1))
+    fi
+    conf_images_pid=""
   fi
   step "e2e: $t"
   log=/tmp/k8sd-e2e-$(basename "$t" .sh).log
