@@ -44,8 +44,10 @@ step "k8sd"
 cargo build --release --bins
 # The binary under test, copied out of cargo's way: the previous release is built later in the
 # same target dir (in the datastore lane, below), and cargo puts that binary at release/k8sd too.
-cp -p "$CARGO_TARGET_DIR/release/k8sd" "$CARGO_TARGET_DIR/release/k8sd-under-test"
-export K8SD_BIN="$CARGO_TARGET_DIR/release/k8sd-under-test"
+# Still named k8sd: scripts/build-snap.sh takes the file named k8sd from K8SD_BIN's directory.
+mkdir -p "$CARGO_TARGET_DIR/under-test"
+cp -p "$CARGO_TARGET_DIR/release/k8sd" "$CARGO_TARGET_DIR/under-test/k8sd"
+export K8SD_BIN="$CARGO_TARGET_DIR/under-test/k8sd"
 
 failed=0
 step "style: cargo fmt --check (cargo clippy runs beside the tests, below)"
