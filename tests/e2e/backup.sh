@@ -107,7 +107,11 @@ check "the backups dir is 0700 and each scheduled archive 0600" sched_modes
 # Retention: the first archive goes once two newer ones exist, and 2 are left.
 rotated() { [[ ! -e $bdir/$first && $(sched | wc -l) == 2 ]]; }
 check "retention keeps only the 2 newest scheduled archives" wait_for 120 "retention" rotated
-latest=$bdir/$(sched | tail -1)
+# A copy of the newest one: the schedule goes on every 20 s and retention deletes the archive
+# it replaces, so the checks below (about 40 s of them on a busy machine) must not read it in
+# place (a CI run on a loaded machine found it gone half-way).
+latest=$work/scheduled.tar.gz
+cp "$bdir/$(sched | tail -1)" "$latest"
 tar -xzOf "$latest" manifest.json > "$work/sched-manifest.json"
 archive=$work/backup.tar.gz
 if k 1 backup --output "$archive" > "$work/backup.out" 2>&1; then pass "k8sd backup"; else
