@@ -82,6 +82,26 @@ pub fn replace_with(
     })
 }
 
+/// Replace `path` with `finished`, a complete file another writer made and synced beside it
+/// (SQLite, say), keeping `path`'s permissions: rename, then fsync the directory so the rename
+/// survives a crash. On an error `path` is as it was.
+pub fn replace_by_file(finished: &Path, path: &Path) -> Result<(), AtomicWriteError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let result = (|| {
+        let mode = fs::metadata(path)?.permissions();
+        fs::set_permissions(finished, mode)?;
+        fs::rename(finished, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    result.map_err(|source| AtomicWriteError {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// What every temporary file name carries between the target's name and the random suffix.
 const TEMP_MARK: &str = ".tmp-";
 

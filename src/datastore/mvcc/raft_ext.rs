@@ -377,25 +377,12 @@ pub fn reseed_for_new_cluster(db: &Path, drop_prefixes: &[&[u8]]) -> Result<()> 
         let _ = std::fs::remove_file(&tmp);
         let schema = [KV_TABLE, SCHEMA, RAFT_META_SCHEMA].concat();
         copy_in_format(db, &tmp, PAGE_SIZE, &schema)?;
-        replace_by(&tmp, db)?;
+        crate::atomic_file::replace_by_file(&tmp, db).map_err(|e| StoreError::Io {
+            path: db.to_path_buf(),
+            source: e.source,
+        })?;
     }
     Ok(())
-}
-
-/// Rename `tmp` over `db` with `db`'s permissions, durably (the directory is synced too).
-fn replace_by(tmp: &Path, db: &Path) -> Result<()> {
-    let io = |source| StoreError::Io {
-        path: db.to_path_buf(),
-        source,
-    };
-    let mode = std::fs::metadata(db).map_err(io)?.permissions();
-    std::fs::set_permissions(tmp, mode).map_err(io)?;
-    std::fs::rename(tmp, db).map_err(io)?;
-    let dir = db
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 /// One `raft_meta` row of the database file at `db` (a live store or a snapshot file).
