@@ -504,7 +504,7 @@ fn a_store_created_at_4_kib_pages_keeps_working_and_keeps_its_page_size() {
     let big = "v".repeat(1024);
     {
         let mut s = Store::open(&path, Durability::Normal).unwrap();
-        assert_eq!(s.page_size().unwrap(), 4096);
+        assert_eq!(s.format().unwrap().page_size, 4096);
         assert_eq!(s.format().unwrap().kv, mvcc::KvLayout::WithoutRowid);
         for i in 0..50 {
             apply(&mut s, put(&format!("/k/{i:02}"), &big)).unwrap();
@@ -512,7 +512,7 @@ fn a_store_created_at_4_kib_pages_keeps_working_and_keeps_its_page_size() {
     }
     let mut s = Store::open(&path, Durability::Normal).unwrap();
     assert_eq!(
-        s.page_size().unwrap(),
+        s.format().unwrap().page_size,
         4096,
         "reopening must not change the page size"
     );

@@ -116,7 +116,8 @@ pub const NEW_FORMAT: FileFormat = FileFormat {
     kv: KvLayout::Rowid,
 };
 
-/// Whether `kv` exists in the database `conn` has open as `main`.
+/// The statement that created `kv` in the database `conn` has open as `main`; `None` in a new
+/// file, which has no `kv` yet.
 fn kv_ddl(conn: &Connection) -> rusqlite::Result<Option<String>> {
     use rusqlite::OptionalExtension;
     conn.query_row(
@@ -166,13 +167,8 @@ impl Store {
         self.meta
     }
 
-    /// The page size of this store's file: [`PAGE_SIZE`] if this build created it; 4096 if
-    /// k8sd 0.1.0 did, 16384 if a build between the two did.
-    pub fn page_size(&self) -> Result<i64> {
-        page_size_of(&self.conn).map_err(sq(&self.path))
-    }
-
-    /// This store file's page size and `kv` layout ([`NEW_FORMAT`] if this build created it).
+    /// This store file's page size and `kv` layout: [`NEW_FORMAT`] if this build created it;
+    /// `WITHOUT ROWID` at 4096 if k8sd 0.1.0 did, at 16384 if a build between the two did.
     pub fn format(&self) -> Result<FileFormat> {
         format_of(&self.conn).map_err(sq(&self.path))
     }

@@ -239,12 +239,16 @@ impl Store {
 /// layout) installs them as before.
 pub fn export_snapshot(db: &Path, dst: &Path) -> Result<()> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq(db))?;
-    let dst_str = dst.to_str().ok_or_else(|| StoreError::Io {
-        path: dst.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "snapshot path is not utf-8"),
-    })?;
-    conn.execute("VACUUM INTO ?", [dst_str]).map_err(sq(db))?;
+    conn.execute("VACUUM INTO ?", [utf8(dst)?]).map_err(sq(db))?;
     Ok(())
+}
+
+/// `path` as SQL text takes it (`VACUUM INTO`, `ATTACH`): SQLite names files in UTF-8.
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str().ok_or_else(|| StoreError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "snapshot path is not utf-8"),
+    })
 }
 
 /// The statements that created every table and index of the database `conn` has open, tables
@@ -273,14 +277,10 @@ fn columns(conn: &Connection, db: &str, table: &str) -> rusqlite::Result<Vec<Str
 /// rollback-journal mode at SQLite's default `synchronous=FULL`, so `dst` is on disk when this
 /// returns.
 fn copy_in_format(src: &Path, dst: &Path, page_size: i64, schema: &str) -> Result<()> {
-    let src_str = src.to_str().ok_or_else(|| StoreError::Io {
-        path: src.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "snapshot path is not utf-8"),
-    })?;
     let mut conn = Connection::open(dst).map_err(sq(dst))?;
     conn.pragma_update(None, "page_size", page_size)
         .map_err(sq(dst))?;
-    conn.execute("ATTACH DATABASE ? AS src", [src_str])
+    conn.execute("ATTACH DATABASE ? AS src", [utf8(src)?])
         .map_err(sq(src))?;
     let tx = conn.transaction().map_err(sq(dst))?;
     tx.execute_batch(schema).map_err(sq(dst))?;
