@@ -115,19 +115,20 @@ step "conformance images, in the background (log: $conf_images_log; tests/e2e/co
 scripts/build-conformance-images.sh >"$conf_images_log" 2>&1 &
 conf_images_pid=$!
 
-# The datastore suites (Kubernetes' storage tests on 1 node and 3 nodes, then the
-# linearizability check, then the rolling-upgrade and Secrets suites) run in the background beside the
-# end-to-end suites. They share nothing with them: the storage suite's servers listen on loopback
-# ports the kernel picks, the linearizability check owns its own network namespaces (10.211.x)
-# and the upgrade suite its own (k8sd-up*, 10.215.0), while every other e2e suite runs
-# in namespaces of its own. Each side leaves a core mostly idle when run alone, and run one after
-# the other they took 38 of a cold run's 66 minutes (docs/benchmarks.md, "Cold build"). Their
-# output goes to their own logs; the failures are counted when both sides are done.
-datastore_log=/tmp/k8sd-datastore-suites.log
-lane2_e2e=(upgrade secrets)
-# ds_run LOG WHAT COMMAND...: one datastore suite, its whole output in LOG; on failure the tail
-# of LOG is printed, since the CI log is all a failed run leaves behind.
-ds_run() {
+# The test phase runs in three lanes, two of them in the background beside the third. Their
+# suites mostly wait (for clusters to form, for pods, for kube-apiserver's once-a-minute reload
+# of the encryption key file), so one lane alone leaves a core idle; side by side they took the
+# test phase of a cold run from 2283 s to about 1500 s with two lanes (docs/benchmarks.md, "Cold
+# build"), and a third lane took the longest off the critical path. They share nothing: the
+# storage suite's servers listen on loopback ports the kernel picks, the linearizability check
+# owns its own network namespaces (10.211.x), and every e2e suite runs in namespaces, bridges and
+# subnets of its own (ha: k8sd-ha*, 10.210.100; secrets: k8sd-sk*, 10.216.0; upgrade: k8sd-up*,
+# 10.215.0; the rest 10.210.x, 10.213.0 and 10.214.0). A background lane's output goes to its
+# own log; the failures are counted when every lane is done.
+#
+# lane_run LOG WHAT COMMAND...: one suite, its whole output in LOG; on failure the tail of LOG is
+# printed, since the CI log is all a failed run leaves behind.
+lane_run() {
   local log=$1 what=$2
   shift 2
   step "$what"
@@ -139,50 +140,63 @@ ds_run() {
   echo "FAILED: $what (whole log: $log)"
   return 1
 }
-datastore_suites() {
+# The datastore lane: Kubernetes' storage tests on 1 node and on 3 nodes, then the
+# linearizability check.
+datastore_log=/tmp/k8sd-datastore-suites.log
+datastore_lane() {
   local failed=0
-  # The previous release, which tests/e2e/upgrade.sh upgrades from, builds beside the storage
-  # suites (a stamp check warm). In the shared target dir, so every dependency the two commits
-  # share is compiled once and a cold machine builds only its crate; off the builds' critical
-  # path, where it cost a cold run about 400 s of a busy core (docs/benchmarks.md, "Cold build").
+  lane_run /tmp/k8sd-e2e-storage-suite.log \
+    "Kubernetes' storage tests (k8s.io/apiserver etcd3 and cacher) against k8sd" \
+    tests/storage-suite/run.sh || failed=$((failed + 1))
+  lane_run /tmp/k8sd-e2e-storage-suite-3.log \
+    "Kubernetes' storage tests against a 3-node cluster, requests spread over all nodes" \
+    env K8SD_TEST_CLUSTER=3 tests/storage-suite/run.sh || failed=$((failed + 1))
+  lane_run /tmp/k8sd-e2e-robustness.log \
+    "Linearizability and watch guarantees of a 3-node cluster under 100 faults (kill -9, partitions)" \
+    tests/robustness/run.sh || failed=$((failed + 1))
+  step "datastore lane done"
+  return "$failed"
+}
+# The clusters lane: the three longest multi-node e2e suites (about 550, 490 and 420 s on a cold
+# run), which in the e2e lane would make it the critical path by itself.
+clusters_log=/tmp/k8sd-cluster-suites.log
+lane3_e2e=(ha secrets upgrade)
+clusters_lane() {
+  local failed=0 t
+  # The previous release, which tests/e2e/upgrade.sh (this lane's last suite) upgrades from,
+  # builds beside the first suites (a stamp check warm). In the shared target dir, so every
+  # dependency the two commits share is compiled once and a cold machine builds only its crate;
+  # off the builds' critical path, where it cost a cold run about 400 s of a busy core.
   local previous_log=/tmp/k8sd-build-previous.log previous_pid
   step "the previous release of k8sd, in the background (assets/upgrade/previous.env; log: $previous_log)"
   scripts/build-previous.sh >"$previous_log" 2>&1 &
   previous_pid=$!
-  ds_run /tmp/k8sd-e2e-storage-suite.log \
-    "Kubernetes' storage tests (k8s.io/apiserver etcd3 and cacher) against k8sd" \
-    tests/storage-suite/run.sh || failed=$((failed + 1))
-  ds_run /tmp/k8sd-e2e-storage-suite-3.log \
-    "Kubernetes' storage tests against a 3-node cluster, requests spread over all nodes" \
-    env K8SD_TEST_CLUSTER=3 tests/storage-suite/run.sh || failed=$((failed + 1))
-  ds_run /tmp/k8sd-e2e-robustness.log \
-    "Linearizability and watch guarantees of a 3-node cluster under 100 faults (kill -9, partitions)" \
-    tests/robustness/run.sh || failed=$((failed + 1))
-  # End-to-end suites run in this lane because it was the shorter one (by about 13 minutes in
-  # the CI run of 5bc8253; snap.sh went back to the other lane when secrets.sh grew, as this
-  # lane had become the longer by about 5 minutes); their namespaces, bridges and subnets are
-  # their own (upgrade: k8sd-up*, 10.215.0; secrets: k8sd-sk*, 10.216.0).
-  step "waiting for the previous release's build"
-  if ! wait "$previous_pid"; then
-    tail -n 60 "$previous_log"
-    echo "FAILED: scripts/build-previous.sh (whole log: $previous_log)"
-    failed=$((failed + 1))
-  fi
-  local t
-  for t in "${lane2_e2e[@]}"; do
-    ds_run "/tmp/k8sd-e2e-$t.log" "e2e: tests/e2e/$t.sh" "tests/e2e/$t.sh" || failed=$((failed + 1))
+  for t in "${lane3_e2e[@]}"; do
+    if [[ $t == upgrade ]]; then
+      step "waiting for the previous release's build"
+      if ! wait "$previous_pid"; then
+        tail -n 60 "$previous_log"
+        echo "FAILED: scripts/build-previous.sh (whole log: $previous_log)"
+        failed=$((failed + 1))
+      fi
+    fi
+    lane_run "/tmp/k8sd-e2e-$t.log" "e2e: tests/e2e/$t.sh" "tests/e2e/$t.sh" || failed=$((failed + 1))
   done
-  step "datastore suites done"
+  step "clusters lane done"
   return "$failed"
 }
-step "datastore suites, in the background beside the e2e suites (log: $datastore_log)"
-datastore_suites >"$datastore_log" 2>&1 &
+step "datastore lane, in the background (log: $datastore_log)"
+datastore_lane >"$datastore_log" 2>&1 &
 datastore_pid=$!
+step "clusters lane (${lane3_e2e[*]}), in the background (log: $clusters_log)"
+clusters_lane >"$clusters_log" 2>&1 &
+clusters_pid=$!
 
+# The e2e lane, in the foreground: every other suite under tests/e2e/.
 for t in tests/e2e/*.sh; do
   [[ $(basename "$t") == lib.sh ]] && continue   # sourced by the suites, not run
   # shellcheck disable=SC2076
-  [[ -x $t && " ${lane2_e2e[*]} " == *" $(basename "$t" .sh) "* ]] && continue   # the datastore lane runs it
+  [[ -x $t && " ${lane3_e2e[*]} " == *" $(basename "$t" .sh) "* ]] && continue   # the clusters lane runs it
   if [[ ! -x "$t" ]]; then
     echo "e2e FAILED: $t is not executable (chmod +x it; a suite that cannot run must not pass silently)"
     failed=$((failed + 1))
@@ -205,24 +219,25 @@ for t in tests/e2e/*.sh; do
   fi
 done
 
-# The Raft-member pass of the storage tests runs in this lane, last: the datastore lane was the
-# longer by about 5 minutes (in the CI run of 8045a23 it ended at 2535 s and this one at 2221 s),
-# and this suite, at about 140 s, is the one whose move evens them out. Last, because the other
-# lane's first suite compiles the same upstream test binaries: run at the same time on a cold
-# machine, both compiled them (about 480 s each instead of 265 s and 105 s). Its servers listen
-# on ports the kernel picks and its scratch dir is its own (the other lane's storage tests clear
-# theirs), so it shares nothing with the e2e suites or the other lane.
-if ! ds_run /tmp/k8sd-e2e-storage-suite-raft.log \
+# The Raft-member pass of the storage tests runs last in this lane: the datastore lane's first
+# suite compiles the same upstream test binaries, and run at the same time on a cold machine
+# both compiled them (about 480 s each instead of 265 s and 105 s). Its servers listen on ports
+# the kernel picks and its scratch dir is its own (the datastore lane's storage tests clear
+# theirs), so it shares nothing with the other suites.
+if ! lane_run /tmp/k8sd-e2e-storage-suite-raft.log \
   "Kubernetes' storage tests again, with the datastore as a Raft member" \
   env K8SD_TEST_RAFT=1 K8SD_SUITE_DIR=/var/tmp/k8sd-storage-suite-raft tests/storage-suite/run.sh; then
   failed=$((failed + 1))
 fi
 
-step "waiting for the datastore suites"
-datastore_failed=0
-wait "$datastore_pid" || datastore_failed=$?
-cat "$datastore_log"
-failed=$((failed + datastore_failed))
+for lane in datastore clusters; do
+  step "waiting for the $lane lane"
+  pid_var=${lane}_pid log_var=${lane}_log
+  lane_failed=0
+  wait "${!pid_var}" || lane_failed=$?
+  cat "${!log_var}"
+  failed=$((failed + lane_failed))
+done
 
 step "waiting for cargo clippy"
 if ! wait "$clippy_pid"; then
