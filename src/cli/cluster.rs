@@ -43,6 +43,11 @@ pub struct JoinCliArgs {
     /// This node's address for the cluster (default: first non-loopback IPv4).
     #[arg(long)]
     pub advertise_address: Option<String>,
+    /// A control-plane joiner's extra subject alternative names for its API server
+    /// certificate (comma-separated), beside those the cluster was initialised with, which
+    /// every control-plane node carries.
+    #[arg(long, value_delimiter = ',')]
+    pub extra_sans: Vec<String>,
     #[command(flatten)]
     pub extra_args: ExtraArgFlags,
     /// A control-plane joiner's datastore quota and backup schedule, as `k8sd init` takes them.
@@ -151,6 +156,12 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
             "--quota-backend-bytes, --backup-schedule and --backup-retention are for control-plane nodes (a worker has no datastore and takes no backups); nothing was changed. Drop them, or join with a control-plane token and without --worker"
         );
     }
+    if args.worker && !args.extra_sans.is_empty() {
+        fail!(
+            Usage,
+            "--extra-sans names a control-plane node's API server certificate; a worker serves no API; nothing was changed. Drop it, or join with a control-plane token and without --worker"
+        );
+    }
     let token = read_token(&args)?;
     let t = JoinToken::decode(&token)?;
     if layout.node_file().exists() {
@@ -163,6 +174,7 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
     let req = config::InitRequest {
         node_name: t.node_name(args.name.as_deref())?,
         advertise_address: args.advertise_address.clone(),
+        extra_sans: args.extra_sans.clone(),
         extra_args: args.extra_args.to_extra_args()?,
         quota_backend_bytes: args.control_plane.quota_backend_bytes,
         backup_schedule: args.control_plane.backup_schedule.clone(),
@@ -177,6 +189,7 @@ pub fn join(layout: Layout, args: JoinCliArgs) -> anyhow::Result<()> {
         node_name: req.node_name,
         advertise_address: args.advertise_address,
         extra_args: req.extra_args,
+        extra_sans: req.extra_sans,
         quota_backend_bytes: req.quota_backend_bytes,
         backup_schedule: req.backup_schedule,
         backup_retention: req.backup_retention,

@@ -43,6 +43,12 @@ pub const ROTATION_KEY: &str = "/k8sd/secrets-rotation";
 pub struct ClusterInfo {
     pub pod_cidr: String,
     pub service_cidr: String,
+    /// `init --extra-sans`: names of the whole control plane (a load balancer's name or
+    /// address), so every control-plane node's kube-apiserver certificate carries them, not
+    /// only the founder's. Absent in clusters founded before it existed, and skipped when
+    /// empty, so older nodes read the record as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_sans: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -131,6 +131,10 @@ pub struct JoinArgs {
     pub backup_schedule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_retention: Option<u32>,
+    /// A control-plane joiner's own extra SANs, beside the cluster's from `init`. Skipped when
+    /// empty, so an older daemon still accepts the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_sans: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -33,6 +33,18 @@ fn allowed_secret(name: &str) -> bool {
         || name == pki::SA_PUB_FILE
 }
 
+/// A control-plane joiner's extra SANs: the cluster's (from `init`), then its own
+/// (`join --extra-sans`), each once.
+fn merge_sans(cluster: &[String], own: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in cluster.iter().chain(own) {
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
 /// The Secrets encryption configuration of a control-plane `Join` answer, checked. An older
 /// server's answer has none: refused with what to do, never installed half.
 fn encryption_from_reply(rep: &JoinReply, via: &str) -> Result<String, DaemonError> {
@@ -86,6 +98,7 @@ impl Daemon {
         let info = ClusterInfo {
             pod_cidr: cfg.pod_cidr.clone(),
             service_cidr: cfg.service_cidr.clone(),
+            extra_sans: cfg.extra_sans.clone(),
         };
         registry::txn(
             node,
@@ -220,6 +233,7 @@ impl Daemon {
         let req = InitRequest {
             node_name: t.node_name(args.node_name.as_deref())?,
             advertise_address: args.advertise_address.clone(),
+            extra_sans: args.extra_sans.clone(),
             extra_args: args.extra_args.clone(),
             quota_backend_bytes: args.quota_backend_bytes,
             backup_schedule: args.backup_schedule.clone(),
@@ -385,6 +399,7 @@ impl Daemon {
         cfg.role = Role::ControlPlane;
         cfg.pod_cidr = rep.cluster.pod_cidr;
         cfg.service_cidr = rep.cluster.service_cidr;
+        cfg.extra_sans = merge_sans(&rep.cluster.extra_sans, &cfg.extra_sans);
         Ok(Some(PendingJoin {
             token: t.clone(),
             datastore_peers: rep.datastore_peers,
@@ -473,6 +488,7 @@ mod tests {
             cluster: ClusterInfo {
                 pod_cidr: "10.88.0.0/16".into(),
                 service_cidr: "10.96.0.0/12".into(),
+                extra_sans: vec![],
             },
             ca_cert: String::new(),
             control_plane: vec![],
@@ -481,6 +497,17 @@ mod tests {
             worker_certs: None,
             encryption_config,
         }
+    }
+
+    #[test]
+    fn a_joiner_takes_the_clusters_extra_sans_then_its_own_each_once() {
+        let cluster = vec!["api.example.com".to_string(), "198.51.100.7".to_string()];
+        let own = vec!["n2.example.com".to_string(), "api.example.com".to_string()];
+        assert_eq!(
+            merge_sans(&cluster, &own),
+            ["api.example.com", "198.51.100.7", "n2.example.com"]
+        );
+        assert_eq!(merge_sans(&[], &own), ["n2.example.com", "api.example.com"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The HA demo (shared/reference/origin-dqlite-ha-demo.md) as an automated test, on four hosts
+# The original dqlite HA demo as an automated test (docs/testing.md, "HA demo"), on four hosts
 # that are network namespaces on one test bridge:
-#   n1 `k8sd init`; n2, n3 `k8sd join`; n4 `k8sd join --worker`.
+#   n1 `k8sd init --extra-sans` (a load balancer's name and address, on every control-plane
+#   node's API server certificate); n2 (with a SAN of its own), n3 `k8sd join`; n4 `k8sd join --worker`.
 # A client in the root namespace drives kubectl through HAProxy (as the demo did) and, inside
 # the worker, through the worker's own load balancer. Steps:
 #   0. Secrets: n2 and n3 hold n1's encryption key, the worker none; a Secret written through
@@ -73,12 +74,15 @@ count() { grep -c "^$1 " "$2"; }
 log "setup: bridge $br, hosts n1-n4"
 for i in 1 2 3 4; do cluster_add_host "$i"; done
 
-if k 1 init --node-name n1 >/dev/null; then pass "n1: k8sd init"; else fail "n1: k8sd init"; exit 1; fi
+# The cluster's extra SANs (a load balancer's name and address, say) go on every control-plane
+# node's API server certificate; n2 adds a name of its own at join.
+lb_name=api.k8sd-ha.test lb_ip=10.210.100.250
+if k 1 init --node-name n1 --extra-sans "$lb_name,$lb_ip" >/dev/null; then pass "n1: k8sd init --extra-sans"; else fail "n1: k8sd init"; exit 1; fi
 for i in 2 3; do
   tok=$(k 1 add-node 2>/dev/null) || { fail "add-node for n$i"; exit 1; }
   echo "$tok" > "$work/token-n$i"
   # n2 takes the token as an argument, n3 from a file (kept out of /proc/PID/cmdline).
-  if ((i == 2)); then how=("$tok") what="as an argument"; else how=(--token-file "$work/token-n$i") what="from a file"; fi
+  if ((i == 2)); then how=("$tok" --extra-sans n2.k8sd-ha.test) what="as an argument"; else how=(--token-file "$work/token-n$i") what="from a file"; fi
   if k "$i" join --name "n$i" "${how[@]}" >/dev/null; then pass "n$i: k8sd join (control plane; token $what)"; else fail "n$i: k8sd join"; exit 1; fi
 done
 # A worker's name comes from its token, never from the joiner.
@@ -93,7 +97,29 @@ other_name_refused() {
   [[ $out == *'reserved for node name "n4", not "other"'* && ! -e $(data_of 4)/node.yaml ]] || { log "got: $out"; return 1; }
 }
 check "join --worker --name other with n4's token is refused, naming both, and writes nothing" other_name_refused
+sans_refused() {
+  local out rc; out=$(k 4 join --worker --extra-sans x.test --token-file - <<<"$tok" 2>&1); rc=$?
+  ((rc == 2)) && [[ $out == *--extra-sans* && ! -e $(data_of 4)/node.yaml ]] || { log "rc=$rc: $out"; return 1; }
+}
+check "join --worker --extra-sans is refused (exit 2, naming the flag) and writes nothing" sans_refused
 if k 4 join --worker --token-file - <<<"$tok" >/dev/null; then pass "n4: k8sd join --worker (token on standard input, name from the token)"; else fail "n4: k8sd join --worker"; exit 1; fi
+
+# serves_as I NAME: host I's kube-apiserver presents a certificate the cluster CA verifies for
+# NAME (a DNS name or an IP address), as a client of a load balancer in front of it would check.
+serves_as() {
+  local i=$1 name=$2 verify=(-verify_hostname "$2")
+  [[ $name =~ ^[0-9.]+$ ]] && verify=(-verify_ip "$name")
+  nsenter --net="/run/netns/$(ns_of "$i")" openssl s_client -connect "$(addr_of "$i"):6443" -servername "$name" \
+    -CAfile "$(data_of 1)/pki/ca.crt" -verify_return_error "${verify[@]}" </dev/null >/dev/null 2>&1
+}
+serves_lb() { serves_as "$1" "$lb_name" && serves_as "$1" "$lb_ip"; }
+for i in 1 2 3; do
+  check "n$i's kube-apiserver certificate carries init's extra SANs ($lb_name, $lb_ip)" wait_for 60 "n$i SANs" serves_lb "$i"
+done
+check "n2's also carries its own from join --extra-sans" serves_as 2 n2.k8sd-ha.test
+# n3 answers (the check above), so a failed verification here is the name's, not a dead server's.
+only_lb() { serves_as 3 "$lb_name" && ! serves_as 3 n2.k8sd-ha.test; }
+check "n3's does not carry n2's own SAN" only_lb
 
 three_voters() { status_says 1 "$@"; }
 check "status: 3 voters and a worker, HA holds" wait_for 60 "3 voters" three_voters "sorted((n['name'], n['role']) for n in d['nodes']) == [('n1','voter'),('n2','voter'),('n3','voter'),('n4','worker')] and d['ha']" True
