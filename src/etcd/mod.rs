@@ -6,6 +6,7 @@
 
 mod authority;
 mod convert;
+mod deadline;
 mod kv;
 mod lease;
 mod maintenance;
@@ -157,7 +158,8 @@ pub async fn serve(
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .layer(metered::MeteredLayer);
+        .layer(metered::MeteredLayer)
+        .layer(deadline::DeadlineLayer);
     let tls = if tls.enabled() {
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config()?)))
     } else {

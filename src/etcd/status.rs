@@ -62,7 +62,7 @@ fn raft_status(e: &crate::raft::RaftNodeError) -> Status {
     match e {
         R::Store(s) => store_status(s),
         R::NoLeader(_) => no_leader(),
-        R::Timeout { .. } => Status::new(Code::Unavailable, "etcdserver: request timed out"),
+        R::Timeout { .. } => timed_out(),
         R::Ambiguous(_) => Status::new(
             Code::Unavailable,
             "etcdserver: request timed out, possibly due to connection lost",
@@ -100,6 +100,12 @@ pub fn unknown_alarm_action(action: i32) -> Status {
 
 pub fn too_large() -> Status {
     Status::new(Code::InvalidArgument, REQUEST_TOO_LARGE)
+}
+
+/// etcd's `ErrTimeout`: the request did not finish in time (a Raft timeout, or the client's
+/// deadline, `deadline.rs`). Unavailable, which etcd's client never sends again for a write.
+pub fn timed_out() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: request timed out")
 }
 
 pub fn no_leader() -> Status {
