@@ -133,14 +133,19 @@ pub fn meta_set(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<(
     Ok(())
 }
 
+/// The statement of [`latest_kv`], one string so a test can find it in the statement cache.
+pub fn latest_kv_sql() -> String {
+    format!(
+        "SELECT {KV_COLS} FROM latest JOIN kv ON kv.rev = latest.rev AND kv.sub = latest.sub WHERE latest.key = ?"
+    )
+}
+
 /// A key's live row at the current revision (inside the writer this includes the open
 /// transaction's own writes).
 pub fn latest_kv(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<KeyValue>> {
-    conn.prepare_cached(&format!(
-        "SELECT {KV_COLS} FROM latest JOIN kv ON kv.rev = latest.rev AND kv.sub = latest.sub WHERE latest.key = ?"
-    ))?
-    .query_row([key], |r| row_kv(r, false))
-    .optional()
+    conn.prepare_cached(&latest_kv_sql())?
+        .query_row([key], |r| row_kv(r, false))
+        .optional()
 }
 
 /// Live key-values in `range` as of `rev`, ascending by key. `at_current` selects the fast

@@ -24,6 +24,14 @@ pub(super) fn configure(conn: &Connection, path: &Path) -> Result<()> {
     // which SQLite otherwise fetches with one pread each, bypassing its cache (docs/benchmarks.md).
     conn.pragma_update(None, "mmap_size", 1i64 << 30)
         .map_err(sq(path))?;
+    // Plans that never depend on a bound value. Without this, SQLite marks some statements
+    // (the apply's `latest_kv` among them) to be re-planned when their parameters change, and
+    // rusqlite clears a statement's bindings whenever it returns to the statement cache, which
+    // expires it: every call parsed and planned its SQL again, 7.6 % of a member's CPU under a
+    // sustained write load (docs/benchmarks.md, "etcd's own benchmark tool"). Our plans are
+    // index lookups whatever the values; no statistics tables exist for values to matter.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(sq(path))?;
     Ok(())
 }
 

@@ -526,6 +526,32 @@ mod tests {
             .collect()
     }
 
+    /// The apply's statements are planned once, not again at every call (see `configure`).
+    #[test]
+    fn applying_puts_never_prepares_a_cached_statement_again() {
+        use rusqlite::StatementStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("state.db"), Durability::Normal).unwrap();
+        s.enable_raft_meta().unwrap();
+        apply_puts(&mut s, &["a", "b", "c"]);
+        let sql = crate::datastore::sql::latest_kv_sql();
+        let reprepared = |s: &Store| {
+            s.conn
+                .prepare_cached(&sql)
+                .unwrap()
+                .get_status(StatementStatus::RePrepare)
+        };
+        let before = reprepared(&s);
+        for _ in 0..5 {
+            apply_puts(&mut s, &["a", "b", "c", "d"]);
+        }
+        assert_eq!(
+            reprepared(&s),
+            before,
+            "latest_kv was prepared again while applying 20 puts"
+        );
+    }
+
     fn apply_puts(s: &mut Store, names: &[&str]) {
         let cmds: Vec<Command> = names.iter().map(|k| put(k)).collect();
         let start = s.meta().applied_index;
