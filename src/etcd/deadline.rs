@@ -10,17 +10,18 @@
 //! unconditional Txn applied five times. etcd's server never answers those codes: its handler
 //! gives up with `ErrTimeout`, `Unavailable`, which the client does not retry for writes.
 //!
-//! [`DeadlineLayer`] sits inside tonic's own timeout and gives up first, [`MARGIN`] before the
+//! [`Deadline`] sits inside tonic's own timeout and gives up first, [`MARGIN`] before the
 //! client's deadline, with etcd's answer. tonic polls the call before its own timer, so when
 //! both have passed this answer wins. A call that arrives with less than [`MARGIN`] left is
 //! answered at once, before anything is proposed.
 
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
+
+use super::metered::BoxFuture;
 
 /// How long before the client's deadline a call is given up: just enough that this layer's
 /// timer is never due after tonic's (created a few microseconds apart, both rounded up to the
@@ -29,22 +30,17 @@ use tonic::codegen::{Service, http};
 /// deadline saw the write fail before its watch ended, where etcd fails both at once.
 pub const MARGIN: Duration = Duration::from_millis(2);
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DeadlineLayer;
-
-impl<S> tower_layer::Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-    fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline { inner }
-    }
-}
-
+/// The layer: `tower_layer::layer_fn(Deadline::new)`.
 #[derive(Debug, Clone)]
 pub struct Deadline<S> {
     inner: S,
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+impl<S> Deadline<S> {
+    pub fn new(inner: S) -> Deadline<S> {
+        Deadline { inner }
+    }
+}
 
 impl<S> Service<http::Request<Body>> for Deadline<S>
 where

@@ -35,7 +35,8 @@ pub struct Metered<S> {
     inner: S,
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+/// The boxed response future of this module's and `deadline.rs`'s services.
+pub(super) type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl<S> Service<http::Request<Body>> for Metered<S>
 where

@@ -159,7 +159,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .layer(metered::MeteredLayer)
-        .layer(deadline::DeadlineLayer);
+        .layer(tower_layer::layer_fn(deadline::Deadline::new));
     let tls = if tls.enabled() {
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config()?)))
     } else {

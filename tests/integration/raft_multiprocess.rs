@@ -198,46 +198,6 @@ async fn t10_three_processes_form_a_cluster_and_every_node_serves_reads_and_watc
     assert_eq!(revs.len(), 1, "{revs:?}");
 }
 
-/// etcd's Go client sends a call again when the server answers `Cancelled` or
-/// `DeadlineExceeded` before the client's own deadline (it takes them for the call's own
-/// timeout), writes included: a write that tonic gave up on at the client's `grpc-timeout`,
-/// after it was proposed, was applied once per attempt (five times in one linearizability run).
-/// A write past its deadline must get etcd's own answer, `Unavailable` "request timed out".
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn t16_a_write_past_the_clients_deadline_is_answered_unavailable_never_cancelled() {
-    use k8sd::pb::etcdserverpb::{PutRequest, RequestOp, TxnRequest, kv_client::KvClient, request_op};
-    let mut c = K8sdCluster::start(3, &["--heartbeat-interval=50", "--election-timeout=500"]);
-    wait_formed(&c).await;
-    leader_index(&c, Duration::from_secs(20)).await;
-    // The survivor of two kill -9s has no quorum: its writes wait until the deadline.
-    c.kill9(0);
-    c.kill9(1);
-    let mut kv = KvClient::connect(c.members[2].url()).await.unwrap();
-    let put = RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key: b"/deadline/k".to_vec(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        })),
-    };
-    for timeout in [Duration::from_millis(800)] {
-        let mut req = tonic::Request::new(TxnRequest {
-            success: vec![put.clone()],
-            ..Default::default()
-        });
-        req.set_timeout(timeout);
-        let err = kv
-            .txn(req)
-            .await
-            .expect_err("a write without a quorum cannot succeed");
-        assert_eq!(
-            (err.code(), err.message()),
-            (tonic::Code::Unavailable, "etcdserver: request timed out"),
-            "deadline {timeout:?}: {err:?}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t15_hasleader_watch_is_cancelled_after_the_node_loses_its_leader() {
     // Election timeout 500 ms: the survivor stops counting the old leader after about 1 s
