@@ -30,7 +30,8 @@
 //! | `membership_plan.rs` | the pure decisions behind them |
 //! | `log_store.rs`, `codec.rs` | the Raft log in SQLite and its entry encoding |
 //! | `full_disk.rs` | a full disk as the log writer and the state machine meet it: the alarm hook, who waits, the closing flag, the warning rate |
-//! | `state_machine.rs`, `outcome.rs` | apply into the datastore, snapshots, the dedup outcomes |
+//! | `state_machine.rs`, `outcome.rs` | openraft's state machine: apply, snapshots, the dedup outcomes |
+//! | `apply_thread.rs` | the one writer of the datastore: committed ranges queued behind a running transaction become the next one |
 //! | `types.rs` | openraft's type configuration and the log entry payload |
 //! | `peer_auth.rs`, `recover.rs`, `stages.rs` | peer certificates, `k8sd recover`, write timing |
 //!
@@ -40,6 +41,7 @@
 //! its hostname or address. See docs/design/raft.md for the reasoning.
 
 mod admin;
+pub mod apply_thread;
 pub mod codec;
 mod config;
 mod error;

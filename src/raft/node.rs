@@ -15,6 +15,7 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{Mutex, oneshot};
 use tonic::transport::Server;
 
+use super::apply_thread::ApplyThread;
 use super::config::RaftConfig;
 use super::error::{RaftNodeError, stopped};
 use super::full_disk::FullDisk;
@@ -61,6 +62,8 @@ pub(super) struct Inner {
     pub(super) contact: LeaderContact,
     /// Whether the log writer or the state machine waits for room; closed by `shutdown`.
     pub(super) disk: Arc<FullDisk>,
+    /// The state machine's apply thread: how far the store itself has applied the log.
+    pub(super) apply: ApplyThread,
 }
 
 /// How long a leader stuck on a full disk waits for a transfer it asked for before it asks again.
@@ -87,14 +90,15 @@ impl RaftNode {
         // A fresh proposer id per start: request ids restart, so they must not collide with
         // dedup rows a previous run of this node left behind.
         let origin = rand::random::<u64>() >> 1 | 1;
-        let sm = StateMachine::open(
+        let sm = StateMachine::open_with(
             origin,
             &db_path,
             &raft_dir.join("snapshots"),
             waiters.clone(),
             config.apply_hook.clone(),
-        )?
-        .with_full_disk(disk.clone());
+            disk.clone(),
+        )?;
+        let apply = sm.apply_thread();
         let net = NetworkFactory::new(id, config.client_tls.clone()).with_faults(config.faults.clone());
         // openraft recovers here: it reads the vote and log state, restores the state machine
         // from the current snapshot if that is newer than `applied_log_id`, and re-applies
@@ -173,6 +177,7 @@ impl RaftNode {
                 election_timeout: config.election_timeout.1,
                 contact,
                 disk,
+                apply,
             }),
         };
         if config.auto_promote {
@@ -401,15 +406,22 @@ impl RaftNode {
     /// fsync'd per apply). Wait until it has caught up with a cluster commit covering this
     /// node's log before serving reads or watches.
     pub async fn wait_for_recovery(&self, timeout: Duration) -> Result<(), RaftNodeError> {
-        self.inner
+        let deadline = tokio::time::Instant::now() + timeout;
+        let recovered = self
+            .inner
             .raft
             .wait_for_recovery(Some(timeout))
             .await
-            .map(|_| ())
             .map_err(|_| RaftNodeError::Timeout {
                 what: "recovery",
                 after: timeout,
-            })
+            })?;
+        // openraft counts a range applied once it is queued for the apply thread; the store
+        // itself must have it before this node serves from it.
+        let index = recovered.last_applied.map_or(0, |l| l.index);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait_store_applied(index, left, "recovery: the store applying the log")
+            .await
     }
 
     /// Stop openraft and the peer service. The node's files stay; `start` resumes it.
@@ -421,6 +433,9 @@ impl RaftNode {
         self.inner.disk.close();
         let server = self.inner.server.lock().await.take();
         let result = self.inner.raft.shutdown().await.map_err(stopped);
+        // openraft has stopped handing out ranges; what it queued is applied, and a restart in
+        // this process never meets the old thread still writing.
+        self.inner.apply.stop().await;
         if let Some((stop, mut task)) = server {
             let _ = stop.send(());
             // Graceful stop waits for open streams; a peer that never lets go must not keep

@@ -35,17 +35,10 @@ impl RaftNode {
                 // before this call is at or below `index`; wait until we have applied it.
                 Ok(lin) => {
                     let index = lin.read_log_id().index();
-                    return match lin
-                        .try_await_ready(&inner.raft, Some(left))
+                    return self
+                        .wait_store_applied(index, left, "local apply up to the read index")
                         .await
-                        .map_err(stopped)?
-                    {
-                        Ok(_) => Ok(index),
-                        Err(_) => Err(RaftNodeError::Timeout {
-                            what: "local apply up to the read index",
-                            after: inner.request_timeout,
-                        }),
-                    };
+                        .map(|()| index);
                 }
                 // A follower: the leader does the quorum round trip, we only wait for our own
                 // apply. A failed or refused call falls through to the retry below.
@@ -56,16 +49,10 @@ impl RaftNode {
                         && let Some(index) = self.remote_read_index(&node.peer_addr, left).await
                     {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        inner
-                            .raft
-                            .wait(Some(left))
-                            .applied_index_at_least(Some(index), "read index")
+                        return self
+                            .wait_store_applied(index, left, "local apply up to the read index")
                             .await
-                            .map_err(|_| RaftNodeError::Timeout {
-                                what: "local apply up to the read index",
-                                after: inner.request_timeout,
-                            })?;
-                        return Ok(index);
+                            .map(|()| index);
                     }
                 }
                 Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {}
@@ -76,6 +63,23 @@ impl RaftNode {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// Wait until the store itself holds the log up to `index`. openraft's own applied
+    /// index runs ahead of it by what is queued for the apply thread (`apply_thread`).
+    pub(super) async fn wait_store_applied(
+        &self,
+        index: u64,
+        left: Duration,
+        what: &'static str,
+    ) -> Result<(), RaftNodeError> {
+        if self.inner.apply.wait_applied(index, left).await {
+            return Ok(());
+        }
+        if self.inner.apply.applied().failed {
+            return Err(stopped("the state machine's apply thread stopped on an error"));
+        }
+        Err(RaftNodeError::Timeout { what, after: left })
     }
 
     /// A read index from the leader at `addr`, sharing one RPC among concurrent callers.

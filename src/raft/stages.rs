@@ -34,9 +34,9 @@ pub enum Stage {
     Appended = 0,
     /// The log transaction holding it committed (its fsync returned).
     Flushed = 1,
-    /// The state machine's `apply` received it.
+    /// The state machine's `apply` received it (it waits in `apply_thread`'s queue next).
     ApplyStarted = 2,
-    /// The state.db transaction holding it committed.
+    /// The state.db transaction holding it committed (on the apply thread).
     Applied = 3,
     /// Its openraft responder was sent the outcome.
     Responded = 4,

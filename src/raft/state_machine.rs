@@ -1,11 +1,11 @@
 //! The Raft state machine: openraft's `RaftStateMachine` over `datastore::Store`.
 //!
 //! ```text
-//!  committed entries ──▶ apply(): one Store::apply_raft_batch = one SQLite txn holding
-//!                          the data, `applied_log_id` and `membership` (raft_meta rows)
-//!                        ──▶ responders (leader-local writes) / waiters (forwarded writes)
-//!                        ──▶ ApplyHook (the node's applier: meta, lessor, watch hub) after
-//!                            the commit and the answers
+//!  committed range ──▶ apply(): membership and rows worked out here, then queued
+//!                        ──▶ apply_thread: the ranges queued behind a running transaction
+//!                            become ONE Store::apply_raft_batch (data, `applied_log_id` and
+//!                            `membership` raft_meta rows), then the answers, then the
+//!                            ApplyHook (the node's applier: meta, lessor, watch hub)
 //! ```
 //!
 //! Invariants:
@@ -13,9 +13,13 @@
 //!   store is exactly "everything up to `applied_log_id`" and replay from there is exact. The
 //!   store runs `synchronous=NORMAL`; the durable record is the Raft log, so a lost tail is
 //!   simply re-applied (the node waits for recovery before serving, see `RaftNode`).
-//! - Every entry handed to `apply` gets exactly one answer: through its openraft responder if
-//!   it has one (the proposal was made on this node while it led), otherwise through a local
-//!   waiter if this node originated it (a forwarded write), otherwise none is wanted.
+//! - Every entry handed to `apply` gets exactly one answer, after the commit that holds it:
+//!   through its openraft responder if it has one (the proposal was made on this node while it
+//!   led), otherwise through a local waiter if this node originated it (a forwarded write),
+//!   otherwise none is wanted.
+//! - openraft's applied index runs ahead of the store by what is queued; snapshot build and
+//!   install flush the queue first, and reads wait for the store's own index
+//!   (`ApplyThread::wait_applied`).
 //! - A client error (failed compare, unknown lease) is a `Response::Rejected`, never an `Err`:
 //!   an `Err` from here stops Raft on this node for good.
 //! - A snapshot is a `VACUUM INTO` copy taken from its own read transaction: it is consistent
@@ -24,7 +28,6 @@
 //! - Snapshot files are immutable once renamed into place; `current.json` names the current
 //!   one and is replaced atomically (write, fsync, rename).
 
-use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,121 +36,29 @@ use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
-use super::full_disk::{self, FullDisk, Retries};
-use super::outcome;
+use super::apply_thread::{self, APPLIED_KEY, ApplyThread, Job, MEMBERSHIP_KEY, position};
+pub use super::apply_thread::{ApplyHook, Waiters};
+use super::full_disk::FullDisk;
 use super::stages::{self, Stage};
-use super::types::{LogId, Response, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
+use super::types::{LogId, Snapshot, SnapshotFile, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::datastore::{
-    CommittedBatch, DedupPrune, Durability, Event, LeaseChanges, LogPosition, RaftApplied, RaftCommand,
-    Store, StoreError, export_snapshot, read_raft_meta,
+    CommittedBatch, Durability, LeaseChanges, Store, StoreError, export_snapshot, read_raft_meta,
 };
 
-const APPLIED_KEY: &str = "applied_log_id";
-const MEMBERSHIP_KEY: &str = "membership";
 /// The cluster id every member reports in response headers (see `cluster_id_of`).
 const CLUSTER_ID_KEY: &str = "cluster_id";
 const CURRENT: &str = "current.json";
 /// `current.json` names the snapshot and its log position, nothing secret.
 const SNAPSHOT_FILE_MODE: u32 = 0o644;
-/// Dedup rows older than this many log entries are dropped even without a low-water mark
-/// (proposers that went away). A retry older than this is no longer recognised.
-const DEDUP_WINDOW: u64 = 100_000;
-
 /// openraft over this state machine: the handle every part of `raft/` drives.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
-
-/// Called after every committed batch (and installed snapshot), on the apply task, once every
-/// entry of the batch has had its answer. Must not block. A node's hook is its applier
-/// (`node::applier`), which the standalone apply thread calls too.
-pub type ApplyHook = Arc<dyn Fn(CommittedBatch) + Send + Sync>;
-
-/// Waiters for outcomes of this node's forwarded proposals, keyed by request id.
-#[derive(Debug, Default)]
-pub struct Waiters {
-    map: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
-}
-
-impl Waiters {
-    pub fn register(&self, request_id: u64) -> oneshot::Receiver<Response> {
-        let (tx, rx) = oneshot::channel();
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(request_id, tx);
-        rx
-    }
-
-    pub fn cancel(&self, request_id: u64) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request_id);
-    }
-
-    fn take(&self, request_id: u64) -> Option<oneshot::Sender<Response>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request_id)
-    }
-}
 
 /// `current.json`: which snapshot file is current and what it contains.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CurrentSnapshot {
     meta: SnapshotMeta,
     file: String,
-}
-
-/// Each command's output, the events, and the revision and compaction revision after a batch.
-type BatchApplied = (Vec<RaftApplied>, Vec<Event>, i64, i64);
-
-/// Apply one batch in one SQLite transaction (on a blocking thread), then let physical
-/// compaction run for a few milliseconds.
-fn apply_batch(
-    store: &Mutex<Store>,
-    items: &[EntryResponder<TypeConfig>],
-    rows: &[(&str, Vec<u8>)],
-    prune: &DedupPrune,
-    last: LogId,
-) -> crate::datastore::error::Result<BatchApplied> {
-    let cmds: Vec<RaftCommand<'_>> = items
-        .iter()
-        .filter_map(|(e, _)| match &e.payload {
-            EntryPayload::Normal(req) => Some(RaftCommand {
-                pos: position(&e.log_id),
-                cmd: &req.cmd,
-                dedup: Some((req.origin, req.request_id)),
-            }),
-            _ => None,
-        })
-        .collect();
-    let meta: Vec<(&str, &[u8])> = rows.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-    let commit_started = std::time::Instant::now();
-    let applied = store.apply_raft_batch(&cmds, position(&last), &meta, &outcome::encode, prune);
-    // The state machine's transaction is etcd's backend commit.
-    crate::metrics::etcd::ETCD
-        .backend_commit
-        .observe(commit_started.elapsed());
-    let (outputs, events) = applied?;
-    let revision = store.meta().current_rev;
-    // Physical compaction rides along with apply batches, a few milliseconds at a time, so it
-    // never holds the writer for long (rule S5 of `docs/design/etcd-contract.md`).
-    let started = std::time::Instant::now();
-    while started.elapsed() < std::time::Duration::from_millis(5) {
-        match store.compact_step(1000) {
-            Ok(true) => continue,
-            Ok(false) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "compaction step failed; retried with the next batch");
-                break;
-            }
-        }
-    }
-    Ok((outputs, events, revision, store.meta().compact_rev))
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -178,18 +89,15 @@ fn json<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
 /// The state machine handed to openraft. The `Store` sits behind a mutex only so that SQLite
 /// work can run on a blocking thread; openraft calls `apply` and `install_snapshot` serially.
 pub struct StateMachine {
-    /// This process's proposer id (`Request::origin`): outcomes of our own forwarded
-    /// proposals go to `waiters`.
-    origin: u64,
     store: Arc<Mutex<Store>>,
     db_path: PathBuf,
     snap_dir: PathBuf,
     applied: Option<LogId>,
     membership: StoredMembership,
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
-    waiters: Arc<Waiters>,
     hook: Option<ApplyHook>,
-    disk: Arc<FullDisk>,
+    /// Commits what `apply` queues, and answers its writers.
+    apply: ApplyThread,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -209,6 +117,18 @@ impl StateMachine {
         snap_dir: &Path,
         waiters: Arc<Waiters>,
         hook: Option<ApplyHook>,
+    ) -> Result<StateMachine, StoreError> {
+        Self::open_with(origin, db_path, snap_dir, waiters, hook, FullDisk::new(None))
+    }
+
+    /// `open`, sharing the node's view of a full disk (`full_disk`) with the apply's retries.
+    pub fn open_with(
+        origin: u64,
+        db_path: &Path,
+        snap_dir: &Path,
+        waiters: Arc<Waiters>,
+        hook: Option<ApplyHook>,
+        disk: Arc<FullDisk>,
     ) -> Result<StateMachine, StoreError> {
         let io = |source| StoreError::Io {
             path: snap_dir.to_path_buf(),
@@ -251,24 +171,30 @@ impl StateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(e)),
         };
-        Ok(StateMachine {
+        let store = Arc::new(Mutex::new(store));
+        let thread = apply_thread::Context {
             origin,
-            store: Arc::new(Mutex::new(store)),
+            store: store.clone(),
+            waiters,
+            hook: hook.clone(),
+            disk,
+        };
+        let apply = ApplyThread::spawn(thread, applied.map_or(0, |l: LogId| l.index)).map_err(io)?;
+        Ok(StateMachine {
+            store,
             db_path: db_path.to_path_buf(),
             snap_dir: snap_dir.to_path_buf(),
             applied,
             membership,
             current: Arc::new(Mutex::new(current)),
-            waiters,
             hook,
-            disk: FullDisk::new(None),
+            apply,
         })
     }
 
-    /// Share the node's view of a full disk (`full_disk`) with the apply's retries.
-    pub fn with_full_disk(mut self, disk: Arc<FullDisk>) -> StateMachine {
-        self.disk = disk;
-        self
+    /// The apply thread, for whoever must wait until the store itself has applied an index.
+    pub fn apply_thread(&self) -> ApplyThread {
+        self.apply.clone()
     }
 
     fn builder(&self) -> SnapshotBuilder {
@@ -277,13 +203,6 @@ impl StateMachine {
             snap_dir: self.snap_dir.clone(),
             current: self.current.clone(),
         }
-    }
-}
-
-fn position(log_id: &LogId) -> LogPosition {
-    LogPosition {
-        index: log_id.index,
-        term: log_id.leader_id.term,
     }
 }
 
@@ -299,8 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        // The stream ends with the batch openraft decided to apply; take it whole so that it
-        // becomes one transaction.
+        // The stream ends with the range openraft decided to apply; take it whole.
         let mut items = Vec::new();
         while let Some(item) = entries.next().await {
             items.push(item?);
@@ -314,145 +232,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let mut membership = self.membership.clone();
-        // Dedup pruning, decided from the entries alone so every replica prunes alike: each
-        // proposer's low-water mark, and anything older than DEDUP_WINDOW entries.
-        let mut low_water: BTreeMap<u64, u64> = BTreeMap::new();
         for (entry, _) in &items {
-            match &entry.payload {
-                EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(entry.log_id), m.clone())
-                }
-                EntryPayload::Normal(req) if req.low_water > 0 => {
-                    let w = low_water.entry(req.origin).or_default();
-                    *w = (*w).max(req.low_water);
-                }
-                _ => {}
+            if let EntryPayload::Membership(m) = &entry.payload {
+                membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }
         }
-        let prune = DedupPrune {
-            low_water: low_water.into_iter().collect(),
-            below_index: last.index.saturating_sub(DEDUP_WINDOW),
-        };
-        let mut rows = vec![
-            (APPLIED_KEY, json(&Some(last))?),
-            (MEMBERSHIP_KEY, json(&membership)?),
-        ];
         // The bootstrap membership entry (index 0) names the cluster. Every member applies it,
         // or receives the row inside a snapshot, so all of them report the same id.
+        let mut extra_rows = Vec::new();
         if let Some((first, _)) = items
             .iter()
             .find(|(e, _)| e.log_id.index == 0 && matches!(e.payload, EntryPayload::Membership(_)))
         {
-            rows.push((CLUSTER_ID_KEY, json(&cluster_id_of(&first.log_id))?));
+            extra_rows.push((CLUSTER_ID_KEY, json(&cluster_id_of(&first.log_id))?));
         }
-        // SQLite work runs on a blocking thread; the entries (with their responders) travel
-        // there and back so that answers are sent only after the commit.
-        // A full disk (SQLITE_FULL) rolled the transaction back and left the store whole: wait
-        // and apply the same batch again, rather than fail, which would stop Raft on this node
-        // for good. Nobody is answered meanwhile, so nothing unkept is acknowledged; the node's
-        // NOSPACE alarm (raised at every failed attempt, `full_disk`) refuses new writes in the
-        // meantime.
-        let mut batch = (items, rows, prune);
-        let mut waiting = None;
-        let (items, applied) = loop {
-            let store = self.store.clone();
-            let (back, applied) = tokio::task::spawn_blocking(move || {
-                let (items, rows, prune) = &batch;
-                let applied = apply_batch(&store, items, rows, prune, last);
-                (batch, applied)
+        // The apply thread commits it, with whatever else queued up meanwhile, and answers its
+        // writers; openraft counts it applied from here on (module `apply_thread`).
+        self.apply
+            .submit(Job {
+                items,
+                last,
+                membership: membership.clone(),
+                extra_rows,
             })
-            .await
-            .map_err(io_err)?;
-            match applied {
-                // Closing: give up, answering nobody (the batch is not applied here; it is
-                // committed, so the next start applies it again).
-                Err(e) if e.is_disk_full() && !self.disk.closing() => {
-                    self.disk.report();
-                    let now = std::time::Instant::now();
-                    let (retries, _) =
-                        waiting.get_or_insert_with(|| (Retries::new(now), self.disk.wait_guard()));
-                    if retries.failed(now) {
-                        tracing::warn!(
-                            error = %e,
-                            retries = retries.count(),
-                            waited_s = retries.waited_secs(now),
-                            "state machine: the disk is full; the batch is applied again until it \
-                             fits: free space on the filesystem holding the data dir"
-                        );
-                    }
-                    batch = back;
-                    tokio::time::sleep(full_disk::RETRY_PAUSE).await;
-                }
-                applied => break (back.0, applied),
-            }
-        };
-        drop(waiting);
-        // A fatal store error: openraft stops this node; it must be rebuilt (rule X1 of
-        // `docs/design/etcd-contract.md`).
-        let (outputs, events, revision, compact_rev) = applied.map_err(io_err)?;
-        if stages::enabled() {
-            stages::apply_txn();
-            for (e, _) in &items {
-                stages::mark(e.log_id.index, Stage::Applied);
-            }
-        }
-        let mut outputs = outputs.into_iter();
-        let mut leases = LeaseChanges::default();
-        for (entry, responder) in items {
-            let (response, origin) = match &entry.payload {
-                EntryPayload::Normal(req) => {
-                    let result = match outputs.next() {
-                        Some(RaftApplied::Fresh(r)) => {
-                            // Only a fresh application changes leases; a duplicate changed nothing.
-                            leases.record(&req.cmd, &r);
-                            r
-                        }
-                        Some(RaftApplied::Duplicate(bytes)) => {
-                            outcome::decode(&bytes).map_err(io::Error::other)?
-                        }
-                        None => {
-                            return Err(io::Error::other("datastore returned fewer outputs than commands"));
-                        }
-                    };
-                    let r = match result {
-                        Ok(out) => Response::Applied(out),
-                        Err(e) => Response::Rejected(e),
-                    };
-                    (r, Some((req.origin, req.request_id)))
-                }
-                _ => (Response::Empty, None),
-            };
-            // Exactly one destination per entry (module invariant): the local client via its
-            // responder, else this process's forwarded proposal via its waiter, else nobody.
-            if let Some(responder) = responder {
-                stages::mark(entry.log_id.index, Stage::Responded);
-                responder.send(response);
-            } else if let Some((origin, request_id)) = origin
-                && origin == self.origin
-                && let Some(waiter) = self.waiters.take(request_id)
-            {
-                let _ = waiter.send(response);
-            }
-        }
+            .await?;
         self.applied = Some(last);
         self.membership = membership;
-        if let Some(hook) = &self.hook {
-            hook(CommittedBatch {
-                applied: Some(position(&last)),
-                revision,
-                compact_rev,
-                // Physical compaction rides along with the batches; a Raft member reports it
-                // as done up to the compaction revision.
-                physical_compact_rev: compact_rev,
-                events,
-                replaced: false,
-                leases,
-            });
-        }
         Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // A snapshot is copied from the store, and openraft expects it to cover everything it
+        // counts applied. A failed thread leaves the store as it was: the copy is still
+        // consistent, only older, and its metadata says so.
+        let _ = self.apply.flush().await;
         self.builder()
     }
 
@@ -461,6 +274,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
+        // Whatever was queued before is older than the snapshot; it must not land on top of it.
+        self.apply.flush().await?;
         // The import is one SQLite write transaction, so a crash mid-install leaves the old
         // database intact; openraft retries the install from its own state afterwards.
         let store = self.store.clone();
@@ -478,6 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(io_err)??;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.apply.installed(meta.last_log_id.map_or(0, |l| l.index));
         if let Some(hook) = &self.hook {
             hook(CommittedBatch {
                 applied: meta.last_log_id.as_ref().map(position),

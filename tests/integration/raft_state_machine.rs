@@ -169,6 +169,8 @@ async fn t40_a_revoke_and_a_grant_of_one_lease_in_one_batch_reach_the_applier_in
         Ok((entry, None))
     });
     sm.apply(futures::stream::iter(entries)).await.unwrap();
+    // The batch is committed, and the applier told, on the apply thread.
+    sm.apply_thread().flush().await.unwrap();
     assert_eq!(
         *seen.lock().unwrap(),
         vec![LeaseChanges {
@@ -181,4 +183,78 @@ async fn t40_a_revoke_and_a_grant_of_one_lease_in_one_batch_reach_the_applier_in
         "one batch, its lease changes in log order"
     );
     assert_eq!(Reader::open(&db).unwrap().leases().unwrap(), vec![(9, 5)]);
+}
+
+/// Committed ranges that openraft hands over while the apply thread is busy become one SQLite
+/// transaction: the applier hears of one batch for them, whose events are every write's, in
+/// log order, and every writer still gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_ranges_queued_behind_a_running_apply_commit_as_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let waiters = Arc::new(Waiters::default());
+    // The applier of the first batch holds the apply thread until the test lets it go.
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(Some((entered_tx, release_rx)));
+    let batches: Arc<std::sync::Mutex<Vec<(u64, Vec<i64>)>>> = Arc::default();
+    let record = batches.clone();
+    let hook: ApplyHook = Arc::new(move |b| {
+        let revisions = b.events.iter().map(|e| e.kv.mod_revision).collect();
+        record
+            .lock()
+            .unwrap()
+            .push((b.applied.map_or(0, |p| p.index), revisions));
+        if let Some((entered, release)) = gate.lock().unwrap().take() {
+            entered.send(()).unwrap();
+            release.recv().unwrap();
+        }
+    });
+    let mut sm =
+        StateMachine::open(ORIGIN, &db, &dir.path().join("snap"), waiters.clone(), Some(hook)).unwrap();
+    let put = |i: u64| {
+        let req = Request {
+            origin: ORIGIN,
+            request_id: i,
+            low_water: 1,
+            cmd: Command::Txn(TxnRequest {
+                compare: vec![],
+                success: vec![Op::Put(PutRequest {
+                    key: format!("/k{i}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })],
+                failure: vec![],
+            }),
+        };
+        Ok((
+            Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Normal(req),
+            },
+            None,
+        ))
+    };
+    let answers: Vec<_> = (1..=4).map(|i| waiters.register(i)).collect();
+    sm.apply(futures::stream::iter([put(1)])).await.unwrap();
+    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+        .await
+        .unwrap();
+    // The thread is inside the first batch's applier: these three ranges queue behind it.
+    sm.apply(futures::stream::iter([put(2)])).await.unwrap();
+    sm.apply(futures::stream::iter([put(3), put(4)])).await.unwrap();
+    release_tx.send(()).unwrap();
+    for (i, rx) in (1..).zip(answers) {
+        match rx.await.unwrap() {
+            Response::Applied(CommandOutput::Txn { revision, .. }) => assert_eq!(revision, i + 1),
+            other => panic!("write {i}: {other:?}"),
+        }
+    }
+    sm.apply_thread().flush().await.unwrap();
+    assert_eq!(
+        *batches.lock().unwrap(),
+        vec![(1, vec![2]), (4, vec![3, 4, 5])],
+        "the first range alone, then the three queued behind it in one batch"
+    );
+    assert_eq!(sm.apply_thread().applied().index, 4);
 }
