@@ -185,6 +185,9 @@ async fn t40_a_revoke_and_a_grant_of_one_lease_in_one_batch_reach_the_applier_in
     assert_eq!(Reader::open(&db).unwrap().leases().unwrap(), vec![(9, 5)]);
 }
 
+/// What the applier heard of one batch: its last log index and its events' revisions.
+type Batch = (u64, Vec<i64>);
+
 /// Committed ranges that openraft hands over while the apply thread is busy become one SQLite
 /// transaction: the applier hears of one batch for them, whose events are every write's, in
 /// log order, and every writer still gets its own answer.
@@ -197,7 +200,7 @@ async fn t50_ranges_queued_behind_a_running_apply_commit_as_one_batch() {
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let gate = std::sync::Mutex::new(Some((entered_tx, release_rx)));
-    let batches: Arc<std::sync::Mutex<Vec<(u64, Vec<i64>)>>> = Arc::default();
+    let batches: Arc<std::sync::Mutex<Vec<Batch>>> = Arc::default();
     let record = batches.clone();
     let hook: ApplyHook = Arc::new(move |b| {
         let revisions = b.events.iter().map(|e| e.kv.mod_revision).collect();
