@@ -6,7 +6,7 @@
 //!                                                                          │ behind the running
 //!                                                                          ▼ one: ONE transaction
 //!                        answers (responders, waiters) ◀── commit ── Store::apply_raft_batch
-//!                        ApplyHook (meta, lessor, watch hub), then `Applied` advances
+//!                        ApplyHook (meta, lessor, watch hub), then `AppliedIndex` advances
 //! ```
 //!
 //! Why: openraft hands the state machine one committed range per log flush, and applies them
@@ -22,10 +22,11 @@
 //! - Nobody is answered before the transaction holding their entry has committed, so an
 //!   acknowledged write is in the store (and in the Raft log, which is the durable record).
 //! - openraft counts a range applied once it is queued. Everything that must see the store
-//!   itself waits for [`Applied`] instead (linearizable reads, recovery), or flushes the queue
-//!   first (snapshot build and install, which run on the same openraft worker as `apply`).
+//!   itself waits for [`ApplyThread::wait_applied`] instead (linearizable reads, recovery), or
+//!   flushes the queue first (snapshot build and install, which run on the same openraft
+//!   worker as `apply`).
 //! - A fatal store error stops the thread: it is reported by the next `submit`, which makes
-//!   openraft stop this node, and `Applied` is marked failed so that nobody waits for it.
+//!   openraft stop this node, and [`AppliedIndex`] is marked failed so that nobody waits for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -160,9 +161,9 @@ pub(super) struct Context {
 #[derive(Clone, Debug)]
 pub struct ApplyThread {
     tx: mpsc::Sender<Msg>,
-    applied: watch::Receiver<AppliedIndex>,
-    /// Shared with the thread, for a snapshot installed beside it (`installed`).
-    applied_tx: Arc<watch::Sender<AppliedIndex>>,
+    /// Shared with the thread, which advances it; also set for a snapshot installed beside it
+    /// (`installed`).
+    applied: Arc<watch::Sender<AppliedIndex>>,
     /// The reason the thread stopped on a fatal error.
     failure: Arc<Mutex<Option<String>>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -172,16 +173,15 @@ impl ApplyThread {
     /// Start the thread; `applied` is the store's applied index at open.
     pub(super) fn spawn(ctx: Context, applied: u64) -> io::Result<ApplyThread> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (applied_tx, applied_rx) = watch::channel(AppliedIndex {
+        let applied = Arc::new(watch::Sender::new(AppliedIndex {
             index: applied,
             failed: false,
-        });
-        let applied_tx = Arc::new(applied_tx);
+        }));
         let failure = Arc::new(Mutex::new(None));
         let worker = Worker {
             ctx,
             rx,
-            applied: applied_tx.clone(),
+            applied: applied.clone(),
             failure: failure.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -189,8 +189,7 @@ impl ApplyThread {
             .spawn(move || worker.run())?;
         Ok(ApplyThread {
             tx,
-            applied: applied_rx,
-            applied_tx,
+            applied,
             failure,
             thread: Arc::new(Mutex::new(Some(handle))),
         })
@@ -201,11 +200,9 @@ impl ApplyThread {
         io::Error::other(failure.unwrap_or_else(|| "the state machine's apply thread has stopped".into()))
     }
 
-    /// Queue a committed range. Waits only while the queue is full.
+    /// Queue a committed range. Waits only while the queue is full. A failed thread has closed
+    /// the queue, so the send itself reports the failure.
     pub(super) async fn submit(&self, job: Job) -> io::Result<()> {
-        if self.failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-            return Err(self.stopped());
-        }
         self.tx.send(Msg::Apply(job)).await.map_err(|_| self.stopped())
     }
 
@@ -219,7 +216,7 @@ impl ApplyThread {
     /// Record the position of a snapshot installed outside the thread, after a flush (so
     /// nothing queued is behind it).
     pub(super) fn installed(&self, index: u64) {
-        self.applied_tx.send_modify(|a| a.index = index);
+        self.applied.send_modify(|a| a.index = index);
     }
 
     /// The store's applied index and whether the thread failed.
@@ -230,7 +227,7 @@ impl ApplyThread {
     /// Wait until the store has applied `index`, or `timeout` passes (`false`), or the thread
     /// failed (`false`).
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
-        let mut rx = self.applied.clone();
+        let mut rx = self.applied.subscribe();
         let reached = tokio::time::timeout(timeout, rx.wait_for(|a| a.index >= index || a.failed)).await;
         matches!(reached, Ok(Ok(a)) if a.index >= index)
     }
