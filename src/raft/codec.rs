@@ -127,6 +127,33 @@ mod tests {
         assert!(json > 3 * 1024, "json entry is {json} bytes");
     }
 
+    /// Format 2's bytes, pinned: a change to the types inside `Request` (or to how serde sees
+    /// them) that alters them must bump `COMMAND_FORMAT_VERSION`, not slip through. Every byte
+    /// string kind is here (a put's key and value, a compared value, a range's ends).
+    #[test]
+    fn format_2_bytes_are_pinned() {
+        use crate::datastore::{Compare, CompareResult, CompareTarget, KeyRange};
+        let mut e = put_entry(3);
+        if let EntryPayload::Normal(req) = &mut e.payload
+            && let Command::Txn(txn) = &mut req.cmd
+        {
+            txn.compare.push(Compare {
+                range: KeyRange::new(b"k".to_vec(), b"l".to_vec()),
+                result: CompareResult::Equal,
+                target: CompareTarget::Value(vec![1, 2]),
+            });
+        }
+        let hex: String = encode_entry(&e)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "0203092a01ffffffffffffffffff0107050001016b016c000302010201011c2f72656769737472792f706f64732f64656661756c742f7765622d3003a5a5a50000000000"
+        );
+    }
+
     #[test]
     fn unknown_versions_and_garbage_are_clear_errors() {
         let err = decode_entry(&[99, 1, 2]).unwrap_err();
