@@ -19,7 +19,9 @@
 //!   fsync per batch, never per entry. `IOFlushed` fires only after that commit returns.
 //! - `append` returns before the fsync; its entries sit in `pending` so readers see them at
 //!   once, as openraft requires. An entry leaves `pending` only once it is durable, and only if
-//!   it is still the same entry (matched by a sequence number, not by index).
+//!   it is still the same entry (matched by a sequence number, not by index). It then moves
+//!   to `recent` (`log_cache`, bounded), where the apply reads it right after its commit
+//!   without SQLite; a truncate or purge removes the same indexes from both maps at once.
 //! - `save_vote`, `truncate_after` and `purge` wait for their commit before returning.
 //! - Each row stores a CRC-32 of (index, encoded entry). SQLite's WAL already discards a torn,
 //!   uncommitted tail at open (frames after the last valid commit frame are ignored), which is
@@ -54,6 +56,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{decode_entry, encode_entry};
 use super::full_disk::{self, FullDisk, Retries};
+use super::log_cache::RecentEntries;
 use super::stages::{self, Stage};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 
@@ -126,6 +129,9 @@ struct State {
     /// rows on disk, because a pending entry is always at least as new as a row with the same
     /// index (a truncate removes pending entries before its rows are deleted).
     pending: BTreeMap<u64, (u64, Entry)>,
+    /// The newest entries that left `pending` durable, so that reads of them (the apply, right
+    /// after the commit) skip SQLite and the decode; as true as the rows on disk.
+    recent: RecentEntries,
     /// Sequence numbers tell a re-appended entry from the one a finished write covered.
     next_seq: u64,
     /// The durable vote: set only after its commit, so nobody acts on a vote a crash undoes.
@@ -426,13 +432,15 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
                 }
                 stages::log_txn(entries);
             }
-            // Durable now: drop from `pending` exactly the entries this group wrote.
+            // Durable now: move from `pending` to `recent` exactly the entries this group wrote.
             let mut st = shared.lock();
             for op in &group {
-                if let Op::Append { seqs, .. } = op {
-                    for (idx, seq) in seqs {
-                        if st.pending.get(idx).is_some_and(|(s, _)| s == seq) {
-                            st.pending.remove(idx);
+                if let Op::Append { seqs, rows, .. } = op {
+                    for ((idx, seq), (_, _, blob)) in seqs.iter().zip(rows) {
+                        if st.pending.get(idx).is_some_and(|(s, _)| s == seq)
+                            && let Some((_, entry)) = st.pending.remove(idx)
+                        {
+                            st.recent.insert(*idx, entry, blob.len());
                         }
                     }
                 }
@@ -556,7 +564,8 @@ fn write_group(conn: &mut Connection, group: &[Op], committed: Option<&[u8]>) ->
     tx.commit()
 }
 
-/// A reader for replication tasks: pending entries from memory, the rest from SQLite.
+/// A reader for replication tasks and the apply: pending and recent entries from memory, the
+/// rest from SQLite.
 ///
 /// Each reader has its own read-only SQLite connection, opened on first use, so replication
 /// tasks read concurrently with each other and with the writer (WAL snapshot isolation). The
@@ -569,16 +578,33 @@ pub struct LogReader {
 
 impl LogReader {
     fn read_range(&self, start: u64, end: Option<u64>) -> io::Result<Vec<Entry>> {
-        // Take the pending entries first: an entry that leaves `pending` after this point was
-        // committed before it left, so the SQLite read below sees it.
-        let mut out: BTreeMap<u64, Entry> = {
+        // Take the in-memory entries first, `pending` and `recent` under one lock (an entry
+        // moves from one to the other under it, so none is missed in between); `pending` wins
+        // where both hold an index, being newer. An entry that leaves memory after this point
+        // was committed before it left, so the SQLite read below sees it.
+        let (mut out, hi): (BTreeMap<u64, Entry>, u64) = {
             let st = self.shared.lock();
             let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-            st.pending
+            let mut out: BTreeMap<u64, Entry> = st
+                .pending
                 .range((Bound::Included(start), upper))
                 .map(|(i, (_, e))| (*i, e.clone()))
-                .collect()
+                .collect();
+            for (i, e) in st.recent.range(start, end) {
+                out.entry(i).or_insert_with(|| e.clone());
+            }
+            let last = st.last_log_id.as_ref().map_or(0, |l| l.index.saturating_add(1));
+            (out, end.map_or(last, |e| e.min(last)))
         };
+        // Everything asked for was in memory: the apply's common case.
+        let held = if start < hi {
+            out.range(start..hi).count()
+        } else {
+            0
+        };
+        if u64::try_from(held).is_ok_and(|n| n == hi.saturating_sub(start)) {
+            return Ok(out.into_values().collect());
+        }
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             let c = Connection::open_with_flags(&self.shared.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -709,6 +735,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 rows.push((idx, row_crc(idx, &blob), blob));
                 seqs.push((idx, seq));
                 st.last_log_id = Some(entry.log_id);
+                // Appending at `idx` replaces the log from there on.
+                st.recent.remove_from(idx);
                 st.pending.insert(idx, (seq, entry));
                 stages::mark(idx, Stage::Appended);
             }
@@ -728,6 +756,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut st = self.shared.lock();
             st.pending.retain(|i, _| to_i64(*i) <= after);
+            st.recent
+                .remove_from(u64::try_from(after.saturating_add(1)).unwrap_or(0));
             // Truncating past the end changes nothing; otherwise the new end is `last_log_id`.
             if st.last_log_id.as_ref().is_some_and(|l| to_i64(l.index) > after) {
                 st.last_log_id = last_log_id.or(st.last_purged);
@@ -744,6 +774,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.send_and_wait(|done| Op::Purge { upto, value, done }).await?;
         let mut st = self.shared.lock();
         st.pending.retain(|i, _| *i > upto);
+        st.recent.remove_upto(upto);
         st.last_purged = Some(log_id);
         if st.last_log_id.as_ref().is_none_or(|l| l.index < upto) {
             st.last_log_id = Some(log_id);

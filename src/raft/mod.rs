@@ -28,7 +28,7 @@
 //! | `negotiate.rs` | which format each peer is sent, learned from its replies |
 //! | `membership.rs` | the leader's side of joins, promotions, removals, lost-voter replacement |
 //! | `membership_plan.rs` | the pure decisions behind them |
-//! | `log_store.rs`, `codec.rs` | the Raft log in SQLite and its entry encoding |
+//! | `log_store.rs`, `codec.rs`, `log_cache.rs` | the Raft log in SQLite, its entry encoding, the newest durable entries kept in memory |
 //! | `full_disk.rs` | a full disk as the log writer and the state machine meet it: the alarm hook, who waits, the closing flag, the warning rate |
 //! | `state_machine.rs`, `outcome.rs` | openraft's state machine: apply, snapshots, the dedup outcomes |
 //! | `apply_thread.rs` | the one writer of the datastore: committed ranges queued behind a running transaction become the next one |
@@ -47,6 +47,7 @@ mod config;
 mod error;
 pub mod full_disk;
 mod lease;
+pub mod log_cache;
 pub mod log_store;
 pub mod membership;
 pub mod membership_plan;
