@@ -4,7 +4,10 @@
 # pinned below) against etcd and k8sd, one member and three, on loopback. Each round starts
 # every configuration on a fresh data directory, one after another (never two servers at once),
 # runs every load against it and stops it; the table is the median of the rounds, with each
-# round's figure. Nothing is asserted: the figures go into docs/benchmarks.md.
+# round's figure, and the CPU the servers spent per operation (user + system time of every
+# member, read from /proc before and after the load): on a small machine throughput swings with
+# what else runs, the CPU a write costs much less. Nothing is asserted: the figures go into
+# docs/benchmarks.md.
 #
 # Usage (as root or not; nothing is installed): benches/etcd-benchmark.sh [ROUNDS]   (default 3)
 #
@@ -140,6 +143,15 @@ leader() {
   die "no member names itself leader"
 }
 
+# cpu_ticks: user + system clock ticks of every running member, summed.
+cpu_ticks() {
+  local p t=0
+  for p in "${pids[@]}"; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+
 # --- loads ----------------------------------------------------------------------------------
 # load NAME: the tool's arguments for load NAME, after the endpoints.
 load_args() {
@@ -155,7 +167,7 @@ load_args() {
 loads_one=("put c1" "put c16" "put c256" "txn-put c16" "range c16")
 loads_three=("put c1" "put c16" "put c256" "put c256 spread" "txn-put c16" "range c16")
 
-results=$scratch/results.tsv   # round, config, load, ops/s, p99 ms
+results=$scratch/results.tsv   # round, config, load, ops/s, p99 ms, server CPU us per op
 : >"$results"
 for ((round = 1; round <= rounds; round++)); do
   for config in "${configs[@]}"; do
@@ -171,17 +183,22 @@ for ((round = 1; round <= rounds; round++)); do
       ep=$target
       [[ $l == *spread ]] && ep=$(IFS=,; echo "${endpoints[*]}")
       out=$scratch/r$round-$config/$(tr ' ' '-' <<<"$l").out
+      before=$(cpu_ticks)
       # shellcheck disable=SC2046
       "$tool" --endpoints="$ep" $(load_args "$l") >"$out" 2>&1 ||
         die "$config, $l: the tool failed; its output: $out"
-      python3 - "$out" "$round" "$config" "$l" >>"$results" <<'EOF'
+      ticks=$(($(cpu_ticks) - before))
+      python3 - "$out" "$round" "$config" "$l" "$ticks" "$(getconf CLK_TCK)" >>"$results" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 rps = re.search(r'Requests/sec:\s+([0-9.]+)', text)
 p99 = re.search(r'99% in ([0-9.]+) secs', text)
-if not rps or not p99:
-    sys.exit(f'{sys.argv[1]}: no Requests/sec or 99% line in the tool output')
-print(f'{sys.argv[2]}\t{sys.argv[3]}\t{sys.argv[4]}\t{float(rps.group(1)):.0f}\t{float(p99.group(1)) * 1000:.1f}')
+total = re.search(r'Total:\s+([0-9.]+) secs', text)
+if not rps or not p99 or not total:
+    sys.exit(f'{sys.argv[1]}: no Requests/sec, Total or 99% line in the tool output')
+ops = float(rps.group(1)) * float(total.group(1))
+cpu_us = int(sys.argv[5]) / int(sys.argv[6]) * 1e6 / ops
+print(f'{sys.argv[2]}\t{sys.argv[3]}\t{sys.argv[4]}\t{float(rps.group(1)):.0f}\t{float(p99.group(1)) * 1000:.1f}\t{cpu_us:.0f}')
 EOF
     done
     stop_all
@@ -195,21 +212,22 @@ import statistics, sys
 from collections import defaultdict
 rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
 configs = sys.argv[2:]
-ops, p99 = defaultdict(list), defaultdict(list)
+ops, p99, cpu = defaultdict(list), defaultdict(list), defaultdict(list)
 loads = []
-for rnd, cfg, load, o, p in rows:
-    ops[cfg, load].append(int(o)); p99[cfg, load].append(float(p))
+for rnd, cfg, load, o, p, c in rows:
+    ops[cfg, load].append(int(o)); p99[cfg, load].append(float(p)); cpu[cfg, load].append(int(c))
     if load not in loads:
         loads.append(load)
-print('| load | ' + ' | '.join(f'{c} ops/s (rounds) | p99 ms' for c in configs) + ' |')
-print('|---|' + '---:|---:|' * len(configs))
+print('| load | ' + ' | '.join(f'{c} ops/s (rounds) | p99 ms | CPU us/op' for c in configs) + ' |')
+print('|---|' + '---:|---:|---:|' * len(configs))
 for load in loads:
     cells = []
     for c in configs:
         if (c, load) not in ops:
-            cells += ['', '']
+            cells += ['', '', '']
             continue
         o = ops[c, load]
-        cells += [f'{statistics.median(o):.0f} ({", ".join(map(str, o))})', f'{statistics.median(p99[c, load]):.1f}']
+        cells += [f'{statistics.median(o):.0f} ({", ".join(map(str, o))})', f'{statistics.median(p99[c, load]):.1f}',
+                  f'{statistics.median(cpu[c, load]):.0f}']
     print(f'| {load} | ' + ' | '.join(cells) + ' |')
 EOF
