@@ -38,8 +38,6 @@ export PATH="/usr/local/go/bin:$PATH"
 die() { echo "etcd-benchmark: error: $*" >&2; exit 2; }
 log() { echo "etcd-benchmark: $*" >&2; }
 
-K8SD_BIN=${K8SD_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/k8sd}
-[[ -x $K8SD_BIN ]] || die "no k8sd binary at $K8SD_BIN: run 'cargo build --release --bin k8sd' or set K8SD_BIN"
 command -v etcd >/dev/null || die "no etcd on PATH: scripts/setup-host.sh installs Debian's etcd-server"
 command -v etcdctl >/dev/null || die "no etcdctl on PATH: scripts/setup-host.sh installs Debian's etcd-client"
 command -v go >/dev/null || die "no go on PATH (expected /usr/local/go/bin/go)"
@@ -47,6 +45,10 @@ configs=(${K8SD_BENCH_CONFIGS:-etcd k8sd etcd3 k8sd3})
 for c in "${configs[@]}"; do
   [[ $c =~ ^(etcd|k8sd)3?$ ]] || die "unknown configuration '$c' in K8SD_BENCH_CONFIGS (etcd, k8sd, etcd3, k8sd3)"
 done
+K8SD_BIN=${K8SD_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/k8sd}
+if [[ " ${configs[*]} " == *" k8sd"* ]]; then
+  [[ -x $K8SD_BIN ]] || die "no k8sd binary at $K8SD_BIN: run 'cargo build --release --bin k8sd' or set K8SD_BIN"
+fi
 
 # --- the tool -------------------------------------------------------------------------------
 # A throwaway module that requires etcd's root module at the pinned version: `go install
