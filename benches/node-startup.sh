@@ -39,7 +39,7 @@ while (($#)); do
   shift
 done
 [[ $(id -u) -eq 0 ]] || { echo "run as root" >&2; exit 1; }
-require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" /usr/bin/containerd /usr/bin/etcd
+require "$K8SD_BIN" "$K8SD_KUBEBIN" "$K8SD_IMAGES_DIR/pause.tar" "$K8SD_IMAGES_DIR/busybox.tar" "${runtime_bins[@]}" /usr/bin/etcd
 
 out=$(mktemp -d /var/tmp/k8sd-bench-startup.XXXXXX)
 hz=$(getconf CLK_TCK)
