@@ -94,6 +94,17 @@ impl Job {
             below_index: self.last.index.saturating_sub(DEDUP_WINDOW),
         }
     }
+
+    /// The `raft_meta` rows this job's transaction writes.
+    fn rows(&self) -> io::Result<Vec<(&'static str, Vec<u8>)>> {
+        let json = |v: serde_json::Result<Vec<u8>>| v.map_err(io::Error::other);
+        let mut rows = vec![
+            (APPLIED_KEY, json(serde_json::to_vec(&Some(self.last)))?),
+            (MEMBERSHIP_KEY, json(serde_json::to_vec(&self.membership))?),
+        ];
+        rows.extend(self.extra_rows.iter().cloned());
+        Ok(rows)
+    }
 }
 
 /// Called after every committed batch (and installed snapshot), on the apply task, once every
@@ -118,10 +129,7 @@ impl Waiters {
     }
 
     pub fn cancel(&self, request_id: u64) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request_id);
+        self.take(request_id);
     }
 
     pub(super) fn take(&self, request_id: u64) -> Option<oneshot::Sender<Response>> {
@@ -391,18 +399,6 @@ impl Worker {
                 applied => return applied.map_err(|e| io::Error::other(e.to_string())),
             }
         }
-    }
-}
-
-impl Job {
-    fn rows(&self) -> io::Result<Vec<(&'static str, Vec<u8>)>> {
-        let json = |v: serde_json::Result<Vec<u8>>| v.map_err(io::Error::other);
-        let mut rows = vec![
-            (APPLIED_KEY, json(serde_json::to_vec(&Some(self.last)))?),
-            (MEMBERSHIP_KEY, json(serde_json::to_vec(&self.membership))?),
-        ];
-        rows.extend(self.extra_rows.iter().cloned());
-        Ok(rows)
     }
 }
 

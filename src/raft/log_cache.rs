@@ -18,7 +18,7 @@ use std::ops::Bound;
 use super::types::Entry;
 
 /// Most bytes of entries kept (encoded sizes plus [`PER_ENTRY`] each).
-pub const MAX_BYTES: usize = 8 << 20;
+const MAX_BYTES: usize = 8 << 20;
 /// What an entry costs beyond its encoded bytes: the map node and the entry's own fields.
 const PER_ENTRY: usize = 256;
 
@@ -72,18 +72,6 @@ impl RecentEntries {
             .range((Bound::Included(start), upper))
             .map(|(i, (e, _))| (*i, e))
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
 }
 
 #[cfg(test)]
@@ -116,7 +104,7 @@ mod tests {
         r.remove_upto(3);
         assert_eq!(indexes(&r, 0, None), vec![4, 5, 6, 7]);
         assert_eq!(indexes(&r, 5, Some(7)), vec![5, 6]);
-        assert_eq!(r.bytes(), 4 * (100 + PER_ENTRY));
+        assert_eq!(r.bytes, 4 * (100 + PER_ENTRY));
     }
 
     #[test]
@@ -127,11 +115,11 @@ mod tests {
             r.insert(i, entry(i), size);
         }
         assert_eq!(indexes(&r, 0, None), vec![3, 4, 5, 6]);
-        assert_eq!(r.bytes(), MAX_BYTES);
+        assert_eq!(r.bytes, MAX_BYTES);
         // Re-inserting an index replaces it and counts it once.
         r.insert(6, entry(6), size);
-        assert_eq!(r.len(), 4);
-        assert_eq!(r.bytes(), MAX_BYTES);
+        assert_eq!(r.entries.len(), 4);
+        assert_eq!(r.bytes, MAX_BYTES);
     }
 
     #[test]
@@ -141,6 +129,6 @@ mod tests {
         r.insert(2, entry(2), 10);
         r.insert(2, entry(2), MAX_BYTES);
         assert_eq!(indexes(&r, 0, None), vec![1]);
-        assert!(!r.is_empty());
+        assert_eq!(r.bytes, 10 + PER_ENTRY);
     }
 }

@@ -735,10 +735,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 rows.push((idx, row_crc(idx, &blob), blob));
                 seqs.push((idx, seq));
                 st.last_log_id = Some(entry.log_id);
-                // Appending at `idx` replaces the log from there on.
-                st.recent.remove_from(idx);
                 st.pending.insert(idx, (seq, entry));
                 stages::mark(idx, Stage::Appended);
+            }
+            // Appending at an index replaces the log from there on.
+            if let Some(&(first, _)) = seqs.first() {
+                st.recent.remove_from(first);
             }
         }
         self.send(Op::Append {

@@ -47,7 +47,7 @@ mod config;
 mod error;
 pub mod full_disk;
 mod lease;
-pub mod log_cache;
+mod log_cache;
 pub mod log_store;
 pub mod membership;
 pub mod membership_plan;
